@@ -1,0 +1,136 @@
+"""evalkit's command line. Imports nothing heavy: each subcommand's module is imported only when it runs.
+
+Each stage owns a light `cli` module with `add_*_arguments(parser)` and `*_main(args) -> int`:
+  generate, backends            -> evalkit/generate/cli.py
+  score, compare-images, weights -> evalkit/metrics/cli.py
+  report                        -> evalkit/report/cli.py
+  check, compare                -> evalkit/check/cli.py
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import os
+import sys
+from typing import Callable, Sequence
+
+from evalkit import __version__
+
+# (command, module, add-arguments function, main function, help). `run` is defined below.
+COMMANDS: list[tuple[str, str, str, str, str]] = [
+    ("generate", "evalkit.generate.cli", "add_generate_arguments", "generate_main",
+     "generate images per backend and measure memory and latency (stage 1)"),
+    ("backends", "evalkit.generate.cli", "add_backends_arguments", "backends_main",
+     "list quantization backends and modifiers, and whether each can run here"),
+    ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main",
+     "score every backend's images against the bf16 reference (stage 2)"),
+    ("compare-images", "evalkit.metrics.cli", "add_compare_images_arguments", "compare_images_main",
+     "score two folders of images paired by file name"),
+    ("weights", "evalkit.metrics.cli", "add_weights_arguments", "weights_main",
+     "show, prepare and verify the metric weights (for air-gapped machines)"),
+    ("report", "evalkit.report.cli", "add_report_arguments", "report_main",
+     "write the self-contained HTML report and paper figures (stage 3)"),
+    ("check", "evalkit.check.cli", "add_check_arguments", "check_main",
+     "gate a release: check a run against thresholds (exit 0 pass, 1 fail, 2 error)"),
+    ("compare", "evalkit.check.cli", "add_compare_arguments", "compare_main",
+     "compare two runs with a paired bootstrap over prompts"),
+]
+
+# Stages that `evalkit run` chains, in order, after generate.
+RUN_STAGES: list[tuple[str, str, str, str]] = [
+    ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main"),
+    ("report", "evalkit.report.cli", "add_report_arguments", "report_main"),
+]
+
+
+def _load(module: str, attr: str) -> Callable | None:
+    try:
+        mod = importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name and module.startswith(e.name):  # the stage itself is not built yet
+            return None
+        raise
+    return getattr(mod, attr, None)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="evalkit",
+        description="Measure how much image quality each way of quantizing a Flux model costs, "
+        "and what it buys in memory and speed.",
+        epilog="Start with: evalkit run prompts/styles.txt --model tiny   (docs: README.md)",
+    )
+    parser.add_argument("--version", action="version", version=f"evalkit {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    run = sub.add_parser("run", help="generate, score and report in one go: evalkit run prompts/styles.txt",
+                         description="Run every stage: generate -> score -> report. Each stage can be rerun alone on the run directory.")
+    gen_add = _load("evalkit.generate.cli", "add_generate_arguments")
+    assert gen_add is not None
+    gen_add(run)
+    for _name, module, add, _main in RUN_STAGES:
+        add_fn = _load(module, add)
+        if add_fn is not None:
+            add_fn(run, for_run=True)
+    run.set_defaults(_main=_run_main)
+
+    for name, module, add, main, help_text in COMMANDS:
+        add_fn = _load(module, add)
+        if add_fn is None:
+            continue
+        p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
+        add_fn(p)
+        p.set_defaults(_main=(module, main))
+    return parser
+
+
+def _call(target: tuple[str, str] | Callable, args: argparse.Namespace) -> int:
+    if callable(target):
+        return target(args)
+    fn = _load(*target)
+    assert fn is not None, target
+    return int(fn(args) or 0)
+
+
+def _run_main(args: argparse.Namespace) -> int:
+    from evalkit.generate.cli import generate_main
+
+    rc = generate_main(args)
+    if rc not in (0, None):
+        return rc
+    # Later stages read what generate wrote; they take the run directory it chose.
+    for _name, module, _add, main in RUN_STAGES:
+        fn = _load(module, main)
+        if fn is None:
+            continue
+        rc = int(fn(args) or 0)
+        if rc != 0:
+            return rc
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "command", None):
+        parser.print_help()
+        return 0
+    from evalkit.errors import EvalkitError
+
+    try:
+        return _call(args._main, args)
+    except EvalkitError as e:
+        print(f"evalkit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    except KeyboardInterrupt:
+        print("evalkit: interrupted; rerun the same command to resume", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        # `evalkit backends | head` should not print a traceback.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
