@@ -1,0 +1,68 @@
+"""What check and compare hand to the writers (JUnit, Markdown, terminal): plain data, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+Outcome = Literal["pass", "fail", "skipped"]
+
+EXIT_PASS = 0
+EXIT_FAIL = 1
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """One judged thing: a (backend, bound) in check, a (backend, metric or resource) in compare.
+
+    `cells` are the table columns after backend and check (see `Report.columns`), already formatted,
+    so every writer shows the same numbers with the same rounding.
+    """
+
+    backend: str
+    name: str
+    outcome: Outcome
+    cells: tuple[str, ...]
+    message: str = ""  # one line; the JUnit failure/skipped message
+    detail: str = ""  # longer text for the JUnit body
+
+
+@dataclass
+class Report:
+    """Everything one `check` or `compare` invocation found, in display order."""
+
+    kind: Literal["check", "compare"]
+    title: str
+    columns: tuple[str, ...]  # headers for CaseResult.cells
+    cases: list[CaseResult] = field(default_factory=list)
+    context: list[tuple[str, str]] = field(default_factory=list)  # (label, value) shown above the table
+    warnings: list[str] = field(default_factory=list)  # shown prominently (e.g. a forced comparison)
+    notes: list[str] = field(default_factory=list)  # shown below the table
+    properties: dict[str, str] = field(default_factory=dict)  # JUnit <properties>
+
+    @property
+    def n_failed(self) -> int:
+        return sum(c.outcome == "fail" for c in self.cases)
+
+    @property
+    def n_skipped(self) -> int:
+        return sum(c.outcome == "skipped" for c in self.cases)
+
+    @property
+    def n_passed(self) -> int:
+        return sum(c.outcome == "pass" for c in self.cases)
+
+    @property
+    def exit_code(self) -> int:
+        return EXIT_FAIL if self.n_failed else EXIT_PASS
+
+    @property
+    def verdict(self) -> str:
+        return "FAIL" if self.n_failed else "PASS"
+
+    def backends(self) -> list[str]:
+        """Backends in first-seen order (the manifest's order, as the cases were built)."""
+        seen: dict[str, None] = {}
+        for c in self.cases:
+            seen.setdefault(c.backend, None)
+        return list(seen)

@@ -1,0 +1,157 @@
+"""Tiny synthetic run directories for the check/compare tests, written exactly as docs/run-directory.md says.
+
+No model and no images: check and compare read only manifest.json, generation/<backend>.json,
+metrics/<backend>.json and summary.json, so that is all these write (summary via write_summary).
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+from evalkit.io import atomic_write_json
+from evalkit.prompts import prompt_id, prompt_seed
+from evalkit.rundir import RunDir, write_summary
+
+PROMPTS = [
+    "Baroque style, a lavish palace interior with ornate gilded ceilings",
+    "Futurist style, a dynamic spaceport with sleek silver starships",
+    "Noir style, a shadowy alleyway with flickering street lamps",
+    "Impressionist style, a sunlit garden with blooming flowers",
+    "Cubist style, a bustling market of fragmented geometric stalls",
+    "Art Deco style, a grand hotel lobby with geometric brass",
+]
+
+# Per-prompt quality of each backend against bf16: small, plausible, and different per prompt so the
+# bootstrap has spread to work with.
+BASE_LPIPS = [0.10, 0.14, 0.12, 0.09, 0.15, 0.11]
+BASE_SSIM = [0.91, 0.88, 0.90, 0.93, 0.86, 0.89]
+BASE_PSNR = [28.0, 26.5, 27.2, 29.1, 25.8, 27.0]
+
+
+def manifest(prompts: list[str] = PROMPTS, backends: tuple[str, ...] = ("bf16", "bnb-nf4", "torchao-int8wo"),
+             base_seed: int = 0, device: str = "cpu", **generation: Any) -> dict[str, Any]:
+    gen = {"height": 128, "width": 128, "num_inference_steps": 4, "guidance_scale": 3.5,
+           "max_sequence_length": 64, "batch_size": 1, "base_seed": base_seed, "generator_device": "cpu",
+           "warmup_runs": 1, "dtype": "bfloat16"}
+    gen.update(generation)
+    return {
+        "schema_version": 1,
+        "run_id": "20261121-143000-tiny",
+        "created_utc": "2026-11-21T14:30:00Z",
+        "evalkit_version": "0.1.0",
+        "command": ["evalkit", "run", "prompts/styles.txt", "--model", "tiny"],
+        "prompts_file": "prompts/styles.txt",
+        "prompts_sha256": "0" * 64,
+        "prompts": [{"index": i, "id": prompt_id(i, t), "text": t, "seed": prompt_seed(t, base_seed),
+                     "tokens": {"clip": 12, "clip_limit": 77, "clip_truncated": False,
+                                "t5": 14, "t5_limit": 512, "t5_truncated": False}}
+                    for i, t in enumerate(prompts)],
+        "model": {"spec": "tiny", "kind": "tiny", "path": "/cache/tiny", "random_weights": False,
+                  "quality_meaningful": True, "note": "tiny test model"},
+        "generation": gen,
+        "backends": list(backends),
+        "reference_backend": "bf16",
+        "device": {"type": device, "name": "Intel CPU" if device == "cpu" else "NVIDIA H100", "capability": None,
+                   "total_memory_gib": None, "cpu_count": 2, "platform": "linux", "python": "3.11.7"},
+        "versions": {"torch": "2.13.0+cpu", "diffusers": "0.42.1"},
+        "memory_convention": {"unit": "GiB (2^30 bytes)"},
+        "fid_mode": {},
+        "config": {},
+    }
+
+
+def generation_record(backend: str, m: dict[str, Any], status: str = "ok", reason: str | None = None,
+                      device: str = "cpu", median_s: float = 0.03, peak_reserved: float | None = None,
+                      flags: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    cuda = device == "cuda"
+    mem = {
+        "device": device,
+        "after_load_allocated_gib": (peak_reserved or 1.0) * 0.8 if cuda else None,
+        "after_load_reserved_gib": (peak_reserved or 1.0) * 0.9 if cuda else None,
+        "load_peak_allocated_gib": (peak_reserved or 1.0) * 0.85 if cuda else None,
+        "load_peak_reserved_gib": (peak_reserved or 1.0) * 0.95 if cuda else None,
+        "peak_allocated_gib": (peak_reserved or 1.0) * 0.9 if cuda else None,
+        "peak_reserved_gib": (peak_reserved or 1.0) if cuda else None,
+        "cuda_reason": None if cuda else "device is cpu",
+        "cpu_peak_rss_gib": 2.1,
+    }
+    images = [] if status != "ok" else [
+        {"prompt_id": p["id"], "seed": p["seed"], "path": f"images/{backend}/{p['id']}_s{p['seed']}.png",
+         "sha256": "0" * 64, "latency_s": median_s, "flags": (flags or {}).get(p["id"], [])}
+        for p in m["prompts"]]
+    return {
+        "schema_version": 1, "backend": backend, "status": status, "reason": reason,
+        "error": None if status == "ok" else {"type": "RuntimeError", "message": reason or "", "traceback_tail": ""},
+        "recipe": {"name": backend, "library": backend.split("-")[0], "components": ["transformer"],
+                   "modifiers": [], "options": {}},
+        "quantization": {"resolved_config": {}, "components_quantized": [] if backend == "bf16" else ["transformer"],
+                         "layer_types": {}, "quantized_linear_count": {}},
+        "footprint": {"total_bytes": 1 << 20, "total_gib": 0.001},
+        "load_time_s": 1.2 if status == "ok" else None,
+        "compile_time_s": None,
+        "memory": mem if status == "ok" else None,
+        "latency": ({"warmup_runs": 1, "n": len(m["prompts"]), "median_s": median_s, "mean_s": median_s,
+                     "std_s": 0.001, "min_s": median_s, "max_s": median_s, "p10_s": median_s, "p90_s": median_s}
+                    if status == "ok" else None),
+        "images": images,
+        "started_utc": "2026-11-21T14:30:00Z", "finished_utc": "2026-11-21T14:31:00Z", "pid": 1,
+    }
+
+
+def _metric(values: list[float], ids: list[str], higher_is_better: bool) -> dict[str, Any]:
+    n = len(values)
+    mean = sum(values) / n
+    sd = (sum((v - mean) ** 2 for v in values) / max(n - 1, 1)) ** 0.5
+    half = 2.0 * sd / n ** 0.5
+    return {"status": "ok", "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n,
+            "higher_is_better": higher_is_better, "per_prompt": dict(zip(ids, values))}
+
+
+def metrics_record(backend: str, m: dict[str, Any], shift: float = 0.0,
+                   skipped: dict[str, str] | None = None) -> dict[str, Any]:
+    """Quality of `backend` against bf16. `shift` worsens every per-prompt value (LPIPS up, SSIM/PSNR down)."""
+    ids = [p["id"] for p in m["prompts"]]
+    n = len(ids)
+    k = 1.0 if backend == "bnb-nf4" else 0.5  # nf4 is the lossier backend
+    metrics = {
+        "lpips_alex": _metric([v * k + shift for v in BASE_LPIPS[:n]], ids, False),
+        "ssim": _metric([1 - (1 - v) * k - shift for v in BASE_SSIM[:n]], ids, True),
+        "psnr": _metric([v / k ** 0.25 - 40 * shift for v in BASE_PSNR[:n]], ids, True),
+        "fid": {"status": "ok", "value": 12.3 * k + 100 * shift, "n": n, "n_reference": n, "higher_is_better": False},
+    }
+    for name, reason in (skipped or {}).items():
+        metrics[name] = {"status": "skipped", "reason": reason}
+    return {"schema_version": 1, "backend": backend, "reference_backend": "bf16", "metrics": metrics}
+
+
+def make_run(root: Path, m: dict[str, Any] | None = None, *, shift: float = 0.0,
+             failed: dict[str, str] | None = None, skipped: dict[str, str] | None = None,
+             device: str = "cpu", median_s: dict[str, float] | None = None,
+             peak_reserved: dict[str, float] | None = None, score: bool = True,
+             flags: dict[str, dict[str, list[str]]] | None = None) -> Path:
+    """Write a complete scored run under `root` and return it.
+
+    failed: backend -> reason (generation failed); skipped: metric -> reason (skipped for every backend);
+    shift: a uniform quality regression of the non-reference backends (for compare).
+    """
+    m = copy.deepcopy(m or manifest(device=device))
+    m["device"]["type"] = device
+    rd = RunDir(Path(root))
+    rd.root.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rd.manifest, m)
+    for b in m["backends"]:
+        st, reason = ("failed", failed[b]) if failed and b in failed else ("ok", None)
+        lat = (median_s or {}).get(b, 0.03 if b == "bf16" else 0.045)
+        atomic_write_json(rd.generation_record(b), generation_record(
+            b, m, st, reason, device, lat, (peak_reserved or {}).get(b), (flags or {}).get(b)))
+        if score and st == "ok" and b != m["reference_backend"]:
+            atomic_write_json(rd.metrics_record(b), metrics_record(b, m, shift, skipped))
+    write_summary(rd.root)
+    return rd.root
+
+
+def write(path: Path, text: str) -> Path:
+    path.write_text(text, encoding="utf-8")
+    return path
