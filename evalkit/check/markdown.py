@@ -27,8 +27,8 @@ def _table(report: Report, cases) -> list[str]:
 
 def render_markdown(report: Report) -> str:
     """The report as GitHub-flavoured Markdown."""
-    icon = "❌" if report.n_failed else "✅"
-    out = [f"## {icon} {report.title}: **{report.verdict}**", ""]
+    icon = "❌" if report.n_failed else ("⚠️" if report.flagged or report.warnings else "✅")
+    out = [f"## {icon} {report.title}: **{report.headline}**", ""]
     for w in report.warnings:
         out.append(f"> ⚠️ **Warning:** {_cell(w)}")
     if report.warnings:
@@ -40,8 +40,13 @@ def render_markdown(report: Report) -> str:
     out.append("")
     failed = [c for c in report.cases if c.outcome == "fail"]
     if failed:
-        out += ["### Failures", ""]
+        out += ["### Failures" if report.kind == "check" else "### Regressions", ""]
         out += [f"- **{_cell(c.backend)}** `{c.name}`: {_cell(c.message)}" for c in failed]
+        out.append("")
+    flagged = [c for c in report.cases if c.outcome == "pass" and "regression" in c.cells[-1]]
+    if flagged:
+        out += ["### Regressions (not failing: --fail-on-regression not set)", ""]
+        out += [f"- **{_cell(c.backend)}** `{c.name}`: {_cell(c.detail)}" for c in flagged]
         out.append("")
     skipped = [c for c in report.cases if c.outcome == "skipped" and c.message]
     if skipped:

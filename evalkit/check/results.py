@@ -39,6 +39,8 @@ class Report:
     warnings: list[str] = field(default_factory=list)  # shown prominently (e.g. a forced comparison)
     notes: list[str] = field(default_factory=list)  # shown below the table
     properties: dict[str, str] = field(default_factory=dict)  # JUnit <properties>
+    summary_line: str = ""  # compare: "2 significant regression(s)"; shown next to the verdict
+    flagged: int = 0  # compare: regressions found, failing or not (drives the ⚠ icon without --fail-on-regression)
 
     @property
     def n_failed(self) -> int:
@@ -59,6 +61,11 @@ class Report:
     @property
     def verdict(self) -> str:
         return "FAIL" if self.n_failed else "PASS"
+
+    @property
+    def headline(self) -> str:
+        """The verdict plus, for compare, what was found (a report-only compare can pass with regressions)."""
+        return f"{self.verdict} ({self.summary_line})" if self.summary_line else self.verdict
 
     def backends(self) -> list[str]:
         """Backends in first-seen order (the manifest's order, as the cases were built)."""
