@@ -1,0 +1,109 @@
+"""CLI for the generate stage and `evalkit backends`. Imports nothing heavy at module level."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def add_generate_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("prompts", help="prompts file: one prompt a line, '#' comments and blank lines ignored, UTF-8")
+    p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
+                   help="Hugging Face id (from the local cache only; default %(default)s), a local diffusers "
+                        "directory, 'tiny' (embedded tiny Flux, CPU-friendly) or 'random:flux-dev' (full-size "
+                        "architecture, random weights: memory/latency only)")
+    p.add_argument("--backends", default="default",
+                   help="comma-separated backend names with optional +compile/+offload/+group-offload modifiers; "
+                        "'default' = every registered backend, 'seed' = the seed study's set; bf16 is always "
+                        "included (see `evalkit backends`)")
+    p.add_argument("--out", help="run directory (default: reports/<model>-<prompts>-<settings hash>; rerunning "
+                                 "the same command resumes it)")
+    p.add_argument("--reports-dir", default="reports", help="parent of auto-named run directories (default %(default)s)")
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+    g = p.add_argument_group("generation settings (defaults: the seed study's for real Flux; small ones for tiny)")
+    g.add_argument("--height", type=int)
+    g.add_argument("--width", type=int)
+    g.add_argument("--steps", type=int, help="num_inference_steps")
+    g.add_argument("--guidance", type=float, help="guidance_scale")
+    g.add_argument("--max-sequence-length", type=int, help="T5 tokens (Flux default 512)")
+    g.add_argument("--batch-size", type=int, default=1)
+    g.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed derives from it and the prompt text")
+    g.add_argument("--warmup", type=int, default=1, help="warm-up generations excluded from latency (default 1)")
+    q = p.add_argument_group("quantization")
+    q.add_argument("--components", help="what quantizing backends quantize: transformer, text_encoder_2, or both "
+                                        "(comma-separated); default per backend, as in the seed study")
+    q.add_argument("--config", dest="config_file", help="TOML with per-backend options, e.g. [backends.bnb-8bit] llm_int8_threshold = 5.0")
+    q.add_argument("--gguf-file", help="a pre-quantized GGUF transformer for the gguf-* backends (else evalkit makes one)")
+    q.add_argument("--attempt-known-failures", action="store_true",
+                   help="try backend/modifier pairs known to fail instead of recording them as failed")
+    x = p.add_argument_group("execution")
+    x.add_argument("--jobs", type=int, default=1, help="CPU only: backends generated concurrently (latency then shares cores)")
+    x.add_argument("--gpus", help="comma-separated GPU indices; backends run concurrently, one process per GPU")
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    from evalkit.generate.stage import GenerateOptions, run_generate
+
+    opts = GenerateOptions(
+        prompts_file=args.prompts, model=args.model, backends=args.backends, out=args.out, reports_dir=args.reports_dir,
+        device=args.device, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
+        max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, warmup=args.warmup,
+        components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
+        config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs,
+        gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
+        attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
+    )
+    run_dir = run_generate(opts)
+    args.run_dir = str(run_dir)  # later stages of `evalkit run` read it
+    print(f"Results: {run_dir}")
+    return 0
+
+
+def add_backends_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def backends_main(args: argparse.Namespace) -> int:
+    import json
+
+    from evalkit.generate.backends import BACKEND_LIST, MODIFIERS, availability, parse_backend, resolve_components
+
+    device, capability = _probe_device(args.device)
+    rows = []
+    for b in BACKEND_LIST:
+        status, reason = availability(parse_backend(b.name), device, capability)
+        comps, note = resolve_components(b, None, device)
+        rows.append({"name": b.name, "kind": "backend", "library": b.library, "runs_here": status == "ok",
+                     "reason": reason or note, "quantizes": list(comps), "description": b.description})
+    for m in MODIFIERS.values():
+        ok = device in m.devices
+        rows.append({"name": "+" + m.name, "kind": "modifier", "library": "diffusers/torch", "runs_here": ok,
+                     "reason": None if ok else m.cpu_unsupported_reason, "quantizes": [], "description": m.description})
+    if args.json:
+        print(json.dumps({"device": device, "capability": capability, "backends": rows}, indent=2))
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    t = Table(title=f"evalkit backends on this machine (device: {device}"
+                    + (f", compute capability {capability[0]}.{capability[1]})" if capability else ")"))
+    for col in ("name", "runs here", "quantizes", "library", "why not / note", "what it is"):
+        t.add_column(col, overflow="fold")
+    for r in rows:
+        t.add_row(r["name"], "[green]yes[/]" if r["runs_here"] else "[red]no[/]", ",".join(r["quantizes"]) or "-",
+                  r["library"], r["reason"] or "", r["description"])
+    Console().print(t)
+    return 0
+
+
+def _probe_device(requested: str) -> tuple[str, tuple[int, int] | None]:
+    import torch
+
+    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
+        return "cpu", None
+    if not torch.cuda.is_available():
+        from evalkit.errors import EvalkitError
+
+        raise EvalkitError("--device cuda: no CUDA device is available to torch")
+    return "cuda", tuple(torch.cuda.get_device_capability())

@@ -1,0 +1,212 @@
+"""Load a Flux pipeline with one backend recipe and its modifiers, and inspect what the load produced.
+
+Runs inside the worker process only (imports torch and diffusers).
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from typing import Any, Callable
+
+import torch
+
+from evalkit.generate.backends import BackendSpec, BuildContext, resolve_components
+
+
+def _describe_config(cfg: Any) -> Any:
+    """A JSON-able description of a quantization config (for the record)."""
+    for attr in ("to_dict", "to_json_string"):
+        if hasattr(cfg, attr):
+            try:
+                d = cfg.to_dict() if attr == "to_dict" else cfg.to_json_string()
+                return _jsonable(d)
+            except Exception:  # some configs (torchao objects inside) don't serialise; fall back to repr
+                break
+    return repr(cfg)
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, (str, int, float, bool)) or x is None:
+        return x
+    return repr(x)
+
+
+def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tuple[str, ...] | None,
+                  gguf_file: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """Load the pipeline for `spec` (not yet moved to the device). Returns (pipe, quantization info)."""
+    from diffusers import FluxPipeline, PipelineQuantizationConfig
+
+    b = spec.backend
+    components, note = resolve_components(b, requested_components, ctx.device)
+    info: dict[str, Any] = {"components_quantized": list(components), "resolved_config": {}, "note": note}
+    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+
+    if b.make_config is not None and components:
+        mapping = {c: b.make_config(c, ctx) for c in components}
+        info["resolved_config"] = {c: {"class": f"{type(cfg).__module__}.{type(cfg).__name__}", "config": _describe_config(cfg)}
+                                   for c, cfg in mapping.items()}
+        kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
+
+    if b.transformer_loader == "gguf":
+        from evalkit.generate import gguf
+
+        qtype = str(ctx.options.get("qtype"))
+        if gguf_file:
+            path = gguf_file
+            info["gguf_source"] = "user file"
+        else:
+            path = str(gguf.ensure_gguf(ctx.model_path, qtype, ctx.cache_dir))
+            info["gguf_source"] = "made by evalkit from the bf16 transformer with the gguf package"
+        info["gguf_file"] = path
+        info["gguf_summary"] = gguf.validate_gguf(path, ctx.model_path)
+        kwargs["transformer"] = gguf.load_gguf_transformer(path, ctx.model_path, torch.bfloat16)
+        info["resolved_config"] = {"transformer": {"class": "diffusers.GGUFQuantizationConfig",
+                                                   "config": {"compute_dtype": "bfloat16", "qtype": qtype}}}
+
+    pipe = FluxPipeline.from_pretrained(ctx.model_path, **kwargs)
+
+    if b.post_load:
+        info["post_load"] = POST_LOAD[b.post_load](pipe, components, ctx)
+    return pipe, info
+
+
+def _layerwise_fp8(pipe: Any, components: tuple[str, ...], ctx: BuildContext) -> dict[str, Any]:
+    cfg = {"storage_dtype": "float8_e4m3fn", "compute_dtype": "bfloat16"}
+    for c in components:
+        getattr(pipe, c).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
+    return {"enable_layerwise_casting": cfg, "components": list(components)}
+
+
+POST_LOAD: dict[str, Callable[[Any, tuple[str, ...], BuildContext], dict[str, Any]]] = {
+    "layerwise_fp8": _layerwise_fp8,
+}
+
+
+def place_pipeline(pipe: Any, spec: BackendSpec, device: str) -> dict[str, Any]:
+    """Move to the device, or set up offloading instead. Returns what was done, for the record."""
+    mods = set(spec.modifiers)
+    if "offload" in mods:
+        pipe.enable_model_cpu_offload(device=device)
+        return {"placement": "model_cpu_offload"}
+    if "group-offload" in mods:
+        onload = torch.device(device)
+        pipe.enable_group_offload(onload_device=onload, offload_device=torch.device("cpu"),
+                                  offload_type="leaf_level", use_stream=True)
+        return {"placement": "group_offload", "offload_type": "leaf_level", "use_stream": True}
+    pipe.to(device)
+    return {"placement": device}
+
+
+def apply_compile(pipe: Any, spec: BackendSpec) -> dict[str, Any] | None:
+    if "compile" not in spec.modifiers:
+        return None
+    # fullgraph=False: quantized tensor subclasses (bnb, quanto) graph-break; compile what can be compiled.
+    pipe.transformer.compile()
+    return {"target": "transformer", "fullgraph": False, "mode": "default"}
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Inspection: proof that quantization happened, and what the weights cost.
+
+
+def _tensor_bytes(t: torch.Tensor) -> int:
+    """Bytes a (possibly subclassed, quantized) tensor really holds: flatten tensor subclasses to their parts."""
+    if hasattr(t, "__tensor_flatten__") and type(t) not in (torch.Tensor, torch.nn.Parameter):
+        try:
+            names, _ = t.__tensor_flatten__()
+            return sum(_tensor_bytes(getattr(t, n)) for n in names if isinstance(getattr(t, n, None), torch.Tensor))
+        except Exception:
+            pass
+    total = t.numel() * t.element_size()
+    qs = getattr(t, "quant_state", None)  # bitsandbytes 4-bit keeps absmax etc. beside the packed data
+    if qs is not None:
+        for name in ("absmax", "code"):
+            v = getattr(qs, name, None)
+            if isinstance(v, torch.Tensor):
+                total += v.numel() * v.element_size()
+        nested = getattr(qs, "state2", None)
+        if nested is not None and isinstance(getattr(nested, "absmax", None), torch.Tensor):
+            total += nested.absmax.numel() * nested.absmax.element_size()
+    scb = getattr(t, "SCB", None)  # bitsandbytes 8-bit row scales
+    if isinstance(scb, torch.Tensor):
+        total += scb.numel() * scb.element_size()
+    return total
+
+
+def component_footprint(module: torch.nn.Module) -> dict[str, Any]:
+    params = 0
+    nbytes = 0
+    dtypes: Counter[str] = Counter()
+    seen: set[int] = set()
+    for t in list(module.parameters()) + list(module.buffers()):
+        if id(t) in seen:
+            continue
+        seen.add(id(t))
+        params += t.numel()
+        nbytes += _tensor_bytes(t)
+        dtypes[str(t.dtype)] += t.numel()
+    return {"params": params, "bytes": nbytes, "gib": nbytes / 2**30, "dtypes": dict(dtypes)}
+
+
+def pipeline_footprint(pipe: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    total = 0
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        m = getattr(pipe, name, None)
+        if isinstance(m, torch.nn.Module):
+            out[name] = component_footprint(m)
+            total += out[name]["bytes"]
+    out["total_bytes"] = total
+    out["total_gib"] = total / 2**30
+    return out
+
+
+_FLOAT = {torch.float32, torch.float16, torch.bfloat16}
+
+
+def layer_types(module: torch.nn.Module) -> tuple[dict[str, int], int, int]:
+    """Counts of `ModuleClass[WeightClass:dtype]` over modules with a 2-D weight (Linear-like layers), plus how
+    many of those are quantized (class other than nn.Linear, subclassed weight, or a non-float weight dtype) and
+    how many there are in all."""
+    counts: Counter[str] = Counter()
+    quantized = 0
+    total = 0
+    for m in module.modules():
+        w = getattr(m, "weight", None)
+        if not isinstance(w, torch.Tensor) or w.dim() != 2 or isinstance(m, torch.nn.Embedding):
+            continue
+        total += 1
+        wcls = type(w).__name__
+        key = f"{type(m).__name__}[{wcls}:{str(w.dtype).replace('torch.', '')}]"
+        counts[key] += 1
+        plain = type(m) is torch.nn.Linear and type(w) in (torch.Tensor, torch.nn.Parameter) and w.dtype in _FLOAT
+        if not plain:
+            quantized += 1
+    return dict(counts), quantized, total
+
+
+def inspect_quantization(pipe: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {"layer_types": {}, "quantized_linear_count": {}, "linear_count": {}}
+    for name in ("transformer", "text_encoder", "text_encoder_2"):
+        m = getattr(pipe, name, None)
+        if isinstance(m, torch.nn.Module):
+            types, q, total = layer_types(m)
+            out["layer_types"][name] = types
+            out["quantized_linear_count"][name] = q
+            out["linear_count"][name] = total
+    return out
+
+
+def timed(fn: Callable[[], Any], device: str) -> tuple[Any, float]:
+    if device == "cuda":
+        torch.cuda.synchronize()
+    t0 = time.perf_counter()
+    out = fn()
+    if device == "cuda":
+        torch.cuda.synchronize()
+    return out, time.perf_counter() - t0

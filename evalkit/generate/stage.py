@@ -1,0 +1,440 @@
+"""The generate stage: write the manifest, then run one worker process per backend and collect their records.
+
+Resumable: the run directory name is derived from the run's settings, so rerunning the same command finds the
+same directory; finished backends are skipped and unfinished ones continue from their last written image.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+import re
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalkit import __version__
+from evalkit.errors import EvalkitError
+from evalkit.generate.backends import BackendSpec, availability, parse_backend_list, resolve_components
+from evalkit.generate.measure import MEMORY_CONVENTION
+from evalkit.generate.models import ModelInfo, resolve_model
+from evalkit.io import atomic_write_json, read_json, sha256_file
+from evalkit.paths import cache_dir
+from evalkit.prompts import Prompt, load_prompts
+from evalkit.rundir import REFERENCE_BACKEND, SCHEMA_VERSION, RunDir, ensure_writable_dir, write_summary
+
+VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "tokenizers", "bitsandbytes",
+                      "torchao", "optimum-quanto", "gguf", "torchmetrics", "numpy", "pillow", "scikit-image", "huggingface-hub")
+
+# Settings that decide what the images are. A run directory holds one value of each; backends can be added.
+IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
+                 "max_sequence_length", "base_seed", "batch_size", "device", "components", "backend_options", "gguf_file")
+
+
+@dataclass
+class GenerateOptions:
+    prompts_file: str
+    model: str = "black-forest-labs/FLUX.1-dev"
+    backends: str | None = None
+    out: str | None = None
+    reports_dir: str = "reports"
+    device: str = "auto"
+    height: int | None = None
+    width: int | None = None
+    steps: int | None = None
+    guidance: float | None = None
+    max_sequence_length: int | None = None
+    batch_size: int = 1
+    seed: int = 0
+    warmup: int = 1
+    components: list[str] | None = None
+    config_file: str | None = None
+    gguf_file: str | None = None
+    jobs: int = 1
+    gpus: list[str] = field(default_factory=list)
+    attempt_known_failures: bool = False
+    retry_failed: bool = True
+    command: list[str] = field(default_factory=list)
+
+
+def package_versions() -> dict[str, str | None]:
+    from importlib import metadata
+
+    out: dict[str, str | None] = {}
+    for name in VERSIONED_PACKAGES:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            out[name] = None
+    out["evalkit"] = __version__
+    out["python"] = platform.python_version()
+    return out
+
+
+def detect_device(requested: str) -> tuple[str, dict[str, Any]]:
+    import torch
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise EvalkitError(f"--device {requested!r}: expected auto, cpu or cuda")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise EvalkitError("--device cuda: no CUDA device is available to torch "
+                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
+    device = "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    info: dict[str, Any] = {"type": device, "platform": platform.platform(), "cpu_count": os.cpu_count(),
+                            "python": platform.python_version(), "torch": torch.__version__}
+    if device == "cuda":
+        p = torch.cuda.get_device_properties(0)
+        info.update(name=p.name, capability=list(torch.cuda.get_device_capability(0)),
+                    total_memory_gib=p.total_memory / 2**30, device_count=torch.cuda.device_count(),
+                    cuda=torch.version.cuda, driver=_nvidia_driver())
+    else:
+        info.update(name=platform.processor() or platform.machine(), capability=None)
+    return device, info
+
+
+def _nvidia_driver() -> str | None:
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def token_counts(model_path: str, prompts: list[Prompt], max_sequence_length: int) -> list[dict[str, Any]]:
+    """How many tokens each prompt has for each text encoder, and whether the pipeline truncates it."""
+    from transformers import AutoTokenizer
+
+    clip = AutoTokenizer.from_pretrained(os.path.join(model_path, "tokenizer"))
+    t5 = AutoTokenizer.from_pretrained(os.path.join(model_path, "tokenizer_2"))
+    out = []
+    for p in prompts:
+        n_clip = len(clip(p.text, truncation=False).input_ids)
+        n_t5 = len(t5(p.text, truncation=False).input_ids)
+        out.append({"clip": n_clip, "clip_limit": 77, "clip_truncated": n_clip > 77,
+                    "t5": n_t5, "t5_limit": max_sequence_length, "t5_truncated": n_t5 > max_sequence_length})
+    return out
+
+
+def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
+    """`--config FILE.toml`: per-backend options, e.g. `[backends.bnb-8bit] llm_int8_threshold = 5.0`."""
+    if not path:
+        return {}
+    import tomllib
+
+    from evalkit.errors import suggest
+    from evalkit.generate.backends import BACKENDS
+
+    p = Path(path)
+    try:
+        data = tomllib.loads(p.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalkitError(f"{p}: config file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EvalkitError(f"{p}: invalid TOML: {e}") from None
+    unknown_top = set(data) - {"backends"}
+    if unknown_top:
+        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>]")
+    opts = data.get("backends", {})
+    for name in opts:
+        if name not in BACKENDS:
+            raise EvalkitError(f"{p}: [backends.{name}]: unknown backend.{suggest(name, list(BACKENDS))}")
+    return opts
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:32] or "run"
+
+
+def run_identity(opts: GenerateOptions, model: ModelInfo, prompts_sha: str, gen: dict[str, Any], device: str,
+                 backend_options: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "model_spec": model.spec, "prompts_sha256": prompts_sha, "height": gen["height"], "width": gen["width"],
+        "num_inference_steps": gen["num_inference_steps"], "guidance_scale": gen["guidance_scale"],
+        "max_sequence_length": gen["max_sequence_length"], "base_seed": gen["base_seed"], "batch_size": gen["batch_size"],
+        "device": device, "components": sorted(opts.components) if opts.components else None,
+        "backend_options": backend_options, "gguf_file": os.path.abspath(opts.gguf_file) if opts.gguf_file else None,
+    }
+
+
+def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[BackendSpec]]:
+    """Validate everything, resolve the model, and create (or reopen) the run directory with its manifest."""
+    prompts = load_prompts(opts.prompts_file, base_seed=opts.seed)
+    prompts_sha = sha256_file(opts.prompts_file)
+    backend_options = load_backend_options(opts.config_file)
+    if opts.components:
+        from evalkit.generate.backends import COMPONENTS
+
+        for c in opts.components:
+            if c not in COMPONENTS:
+                raise EvalkitError(f"--components: unknown component {c!r}; choose from {', '.join(COMPONENTS)}")
+    if opts.gguf_file and not Path(opts.gguf_file).is_file():
+        raise EvalkitError(f"--gguf-file {opts.gguf_file}: file not found")
+    for name, value in (("--batch-size", opts.batch_size), ("--jobs", opts.jobs)):
+        if value < 1:
+            raise EvalkitError(f"{name} must be at least 1 (got {value})")
+    if opts.warmup < 0:
+        raise EvalkitError(f"--warmup must be 0 or more (got {opts.warmup})")
+    device, device_info = detect_device(opts.device)
+    specs = parse_backend_list(opts.backends, device)
+
+    # Check the output location before the (possibly long) model build.
+    out_root = Path(opts.out) if opts.out else Path(opts.reports_dir)
+    ensure_writable_dir(out_root if not opts.out else out_root.parent if not out_root.exists() else out_root)
+    model = resolve_model(opts.model, device=device)
+    d = model.defaults
+    gen = {
+        "height": opts.height or d.height, "width": opts.width or d.width,
+        "num_inference_steps": opts.steps or d.num_inference_steps,
+        "guidance_scale": d.guidance_scale if opts.guidance is None else opts.guidance,
+        "max_sequence_length": opts.max_sequence_length or d.max_sequence_length,
+        "batch_size": opts.batch_size, "base_seed": opts.seed, "generator_device": "cpu",
+        "warmup_runs": opts.warmup, "dtype": "bfloat16",
+    }
+    multiple = 16 if model.kind != "tiny" else 8
+    for k in ("height", "width"):
+        if gen[k] % multiple:
+            raise EvalkitError(f"--{k} {gen[k]}: Flux needs a multiple of {multiple} for this model")
+    identity = run_identity(opts, model, prompts_sha, gen, device, backend_options)
+    ident_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
+    run_id = f"{_slug(model.spec)}-{_slug(Path(opts.prompts_file).stem)}-{ident_hash}"
+    root = Path(opts.out) if opts.out else Path(opts.reports_dir) / run_id
+    ensure_writable_dir(root)
+    rd = RunDir(root)
+
+    if rd.manifest.exists():
+        old = read_json(rd.manifest)
+        old_ident = (old.get("config") or {}).get("identity") or {}
+        diffs = [k for k in IDENTITY_KEYS if old_ident.get(k) != identity.get(k)]
+        if diffs:
+            k = diffs[0]
+            raise EvalkitError(f"{root} holds a run with {k}={old_ident.get(k)!r}, but this command asks for "
+                               f"{k}={identity.get(k)!r}; choose another --out (or leave --out unset for a new run dir)")
+        backends = list(old.get("backends", []))
+        for s in specs:
+            if s.name not in backends:
+                backends.append(s.name)
+        run_id = old.get("run_id", run_id)
+        created = old.get("created_utc")
+    else:
+        backends = [s.name for s in specs]
+        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+    tokens = token_counts(model.path, prompts, gen["max_sequence_length"])
+    manifest = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "created_utc": created,
+        "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "evalkit_version": __version__, "command": opts.command or None,
+        "prompts_file": str(opts.prompts_file), "prompts_sha256": prompts_sha,
+        "prompts": [{"index": p.index, "id": p.id, "text": p.text, "seed": p.seed, "line": p.line, "tokens": t}
+                    for p, t in zip(prompts, tokens)],
+        "tokenization_note": ("Prompts longer than an encoder's limit are truncated by the pipeline's tokenizers: "
+                              "CLIP to 77 tokens, T5 to max_sequence_length. 'tokens' counts them before truncation."),
+        "model": model.to_manifest(), "generation": gen, "backends": backends,
+        "reference_backend": REFERENCE_BACKEND, "device": device_info, "versions": package_versions(),
+        "memory_convention": MEMORY_CONVENTION,
+        "config": {"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
+                   "gguf_file": identity["gguf_file"], "cache_dir": str(cache_dir()), "jobs": opts.jobs,
+                   "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
+                   "options": {k: v for k, v in asdict(opts).items() if k != "command"}},
+    }
+    if rd.manifest.exists():
+        old = read_json(rd.manifest)
+        for k in ("fid_mode",):  # written by later stages; keep
+            if k in old:
+                manifest[k] = old[k]
+    atomic_write_json(rd.manifest, manifest)
+    return rd, manifest, [s for s in _all_specs(backends)]
+
+
+def _all_specs(names: list[str]) -> list[BackendSpec]:
+    from evalkit.generate.backends import parse_backend
+
+    return [parse_backend(n) for n in names]
+
+
+def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
+    """A finished backend: status ok, every prompt's image present with the recorded content hash."""
+    path = rd.generation_record(backend)
+    if not path.exists():
+        return False
+    try:
+        rec = read_json(path)
+    except EvalkitError:
+        return False
+    if rec.get("status") != "ok":
+        return False
+    by_id = {i["prompt_id"]: i for i in rec.get("images", [])}
+    for p in manifest["prompts"]:
+        img = by_id.get(p["id"])
+        if img is None or img.get("seed") != p["seed"]:
+            return False
+        f = rd.root / img["path"]
+        if not f.exists() or sha256_file(f) != img["sha256"]:
+            return False
+    return True
+
+
+def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
+    atomic_write_json(rd.generation_record(spec.name), {
+        "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
+        "recipe": {"name": spec.backend.name, "library": spec.backend.library, "description": spec.backend.description,
+                   "modifiers": list(spec.modifiers), "options": dict(spec.backend.options)},
+        "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+def _worker_env(opts: GenerateOptions, gpu: str | None, device: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for the hub
+    env["PYTHONUNBUFFERED"] = "1"
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if device == "cpu" and opts.jobs > 1:
+        # Parallel CPU workers share the cores instead of oversubscribing them.
+        env.setdefault("EVALKIT_THREADS", str(max(1, (os.cpu_count() or 1) // opts.jobs)))
+    return env
+
+
+def _run_worker(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> None:
+    rd.log(spec.name).parent.mkdir(parents=True, exist_ok=True)
+    # A stale record from an earlier attempt must not stand in for this attempt's outcome.
+    rd.generation_record(spec.name).unlink(missing_ok=True)
+    with open(rd.log(spec.name), "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker for {spec.name} ===\n".encode())
+        log.flush()
+        proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name],
+                                stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            try:
+                on_event(json.loads(line))
+            except json.JSONDecodeError:
+                pass  # a library printing to stdout; not ours
+        rc = proc.wait()
+    if rc != 0:
+        rec_path = rd.generation_record(spec.name)
+        rec = read_json(rec_path) if rec_path.exists() else None
+        if rec is None or rec.get("status") != "failed":
+            # The worker died without writing its record (killed, segfault, OOM killer).
+            if rc < 0:
+                import signal
+
+                reason = f"worker killed by signal {signal.Signals(-rc).name}"
+                if -rc == signal.SIGKILL:
+                    reason += " (out of host memory?)"
+            else:
+                reason = f"worker exited with code {rc}"
+            tail = _log_tail(rd.log(spec.name))
+            write_unrun_record(rd, spec, "failed", f"{reason}; last log line: {tail}" if tail else reason)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""
+
+
+def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
+    """Run the generate stage; returns the run directory."""
+    from rich.console import Console
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    console = console or Console(stderr=True)
+    rd, manifest, specs = prepare_run(opts)
+    device = manifest["config"]["device"]
+    capability = manifest["device"].get("capability")
+    requested = tuple(opts.components) if opts.components else None
+    console.print(f"[bold]evalkit generate[/] model={manifest['model']['spec']} device={device} "
+                  f"{manifest['generation']['height']}x{manifest['generation']['width']} "
+                  f"steps={manifest['generation']['num_inference_steps']} prompts={len(manifest['prompts'])} "
+                  f"backends={len(specs)} -> {rd.root}")
+
+    todo: list[BackendSpec] = []
+    for spec in specs:
+        if record_is_complete(rd, spec.name, manifest):
+            continue
+        status, reason = availability(spec, device, tuple(capability) if capability else None, requested,
+                                      opts.attempt_known_failures)
+        if status != "ok":
+            write_unrun_record(rd, spec, status, reason or "")
+            continue
+        todo.append(spec)
+
+    n_prompts = len(manifest["prompts"])
+    slots: list[str | None] = list(opts.gpus) if (device == "cuda" and opts.gpus) else [None] * (opts.jobs if device == "cpu" else 1)
+    with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
+                  TimeElapsedColumn(), console=console, transient=False) as progress:
+        tasks = {s.name: progress.add_task(s.name, total=n_prompts, phase="queued") for s in todo}
+
+        def work(spec: BackendSpec, slot: str | None) -> None:
+            tid = tasks[spec.name]
+
+            def on_event(ev: dict[str, Any]) -> None:
+                if ev.get("event") == "phase":
+                    progress.update(tid, phase=ev.get("phase", ""))
+                elif ev.get("event") == "progress":
+                    progress.update(tid, completed=ev.get("done", 0), phase="generating")
+                elif ev.get("event") == "done":
+                    progress.update(tid, phase=ev.get("status", ""))
+
+            progress.update(tid, phase="starting")
+            _run_worker(rd, spec, _worker_env(opts, slot, device), on_event)
+            rec = read_json(rd.generation_record(spec.name)) if rd.generation_record(spec.name).exists() else {}
+            progress.update(tid, phase=f"[green]ok[/]" if rec.get("status") == "ok" else f"[red]{rec.get('status', 'failed')}[/]")
+
+        # The reference first and alone: later stages need it, and it is the one run nobody can do without.
+        queue = list(todo)
+        if queue and queue[0].name == REFERENCE_BACKEND:
+            work(queue.pop(0), slots[0])
+        lock = threading.Lock()
+
+        def runner(slot: str | None) -> None:
+            while True:
+                with lock:
+                    if not queue:
+                        return
+                    spec = queue.pop(0)
+                work(spec, slot)
+
+        threads = [threading.Thread(target=runner, args=(slot,), daemon=True) for slot in slots]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    summary = write_summary(rd.root)
+    _print_summary(console, summary)
+    return rd.root
+
+
+def _print_summary(console: Any, summary: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    dev = (summary.get("device") or {}).get("type")
+    table = Table(title="generation", show_lines=False)
+    for col in ("backend", "status", "load s", "latency median s",
+                "peak reserved GiB" if dev == "cuda" else "peak RSS GiB (host)", "quantized", "note"):
+        table.add_column(col)
+    for name, b in summary["backends"].items():
+        mem = b.get("memory") or {}
+        lat = b.get("latency") or {}
+        peak = mem.get("peak_reserved_gib") if dev == "cuda" else mem.get("cpu_peak_rss_gib")
+        flags = ", ".join(f"{k}×{v}" for k, v in (b.get("image_flags") or {}).items())
+        table.add_row(name, b["status"], _fmt(b.get("load_time_s")), _fmt(lat.get("median_s"), 3), _fmt(peak),
+                      ",".join(b.get("components_quantized") or []) or "-",
+                      (b.get("reason") or flags or "")[:80])
+    console.print(table)
+
+
+def _fmt(v: Any, digits: int = 2) -> str:
+    return "-" if v is None else f"{v:.{digits}f}"

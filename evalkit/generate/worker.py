@@ -1,0 +1,212 @@
+"""One backend, one process: load the pipeline, measure, generate the missing images, write the record.
+
+Run by the generate stage as `python -m evalkit.generate.worker RUN_DIR BACKEND`. A process per backend keeps
+peak-memory statistics clean and lets a crash (OOM, segfault in a kernel) take down only that backend.
+Progress goes to stdout as JSON lines; everything else goes to stderr (the run's logs/<backend>.log).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+import traceback
+from typing import Any
+
+from evalkit.generate.backends import BuildContext, parse_backend
+from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes, sha256_file
+from evalkit.rundir import SCHEMA_VERSION, RunDir
+
+# All-black means every channel of every pixel is at most this (out of 255): a VAE decoding zeros/NaNs.
+ALL_BLACK_MAX = 3
+
+
+def emit(event: str, **data: Any) -> None:
+    print(json.dumps({"event": event, **data}), flush=True)
+
+
+def utcnow() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+def image_flags(arr: Any) -> list[str]:
+    import numpy as np
+
+    flags = []
+    if np.isnan(arr).any():
+        flags.append("nan")
+    u8 = to_uint8(arr)
+    if int(u8.max()) <= ALL_BLACK_MAX:
+        flags.append("all_black")
+    return flags
+
+
+def to_uint8(arr: Any) -> Any:
+    import numpy as np
+
+    # Same rounding as diffusers' numpy_to_pil; NaN becomes 0 so the PNG still exists and the flag tells why.
+    return (np.nan_to_num(arr, nan=0.0).clip(0, 1) * 255).round().astype("uint8")
+
+
+def encode_png(u8: Any) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(u8, mode="RGB").save(buf, format="PNG", optimize=False)  # no metadata: same pixels, same bytes
+    return buf.getvalue()
+
+
+def _error_reason(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    name = type(e).__name__
+    if name == "OutOfMemoryError":
+        return f"CUDA out of memory: {msg[:300]}"
+    return f"{name}: {msg[:400]}" if msg else name
+
+
+def run_worker(run_dir: str, backend_name: str) -> int:
+    rd = RunDir(__import__("pathlib").Path(run_dir))
+    manifest = read_json(rd.manifest)
+    cfg = manifest["config"]
+    gen = manifest["generation"]
+    spec = parse_backend(backend_name)
+    started = utcnow()
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
+        "recipe": {"name": spec.backend.name, "library": spec.backend.library, "description": spec.backend.description,
+                   "modifiers": list(spec.modifiers),
+                   "options": {**dict(spec.backend.options), **(cfg.get("backend_options", {}).get(spec.backend.name) or {})}},
+        "started_utc": started, "pid": os.getpid(), "images": [],
+    }
+    try:
+        _run(rd, manifest, cfg, gen, spec, record)
+        record["status"] = "ok"
+        code = 0
+    except BaseException as e:  # noqa: BLE001 - every failure must end up in the record
+        record["status"] = "failed"
+        record["reason"] = _error_reason(e)
+        record["error"] = {"type": type(e).__name__, "message": str(e)[:4000],
+                           "traceback_tail": "".join(traceback.format_exception(e))[-4000:]}
+        traceback.print_exc()
+        code = 1
+    record["finished_utc"] = utcnow()
+    atomic_write_json(rd.generation_record(spec.name), record)
+    if code == 0:
+        try:
+            rd.generation_partial(spec.name).unlink()
+        except FileNotFoundError:
+            pass
+    emit("done", status=record["status"], reason=record["reason"])
+    return code
+
+
+def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: dict[str, Any]) -> None:
+    import torch
+
+    from evalkit.generate import loading, measure
+
+    if threads := os.environ.get("EVALKIT_THREADS"):
+        torch.set_num_threads(int(threads))
+    device = cfg["device"]
+    capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
+    ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
+                       options=record["recipe"]["options"], cache_dir=cfg["cache_dir"])
+    requested = tuple(cfg["components"]) if cfg.get("components") else None
+    on_cuda = device == "cuda"
+
+    # --- load -------------------------------------------------------------------------------------------------
+    emit("phase", phase="loading")
+    if on_cuda:
+        measure.cuda_reset_peak()
+    t0 = time.perf_counter()
+    pipe, qinfo = loading.load_pipeline(spec, ctx, requested, gguf_file=cfg.get("gguf_file"))
+    placement = loading.place_pipeline(pipe, spec, device)
+    compile_info = loading.apply_compile(pipe, spec)
+    if on_cuda:
+        torch.cuda.synchronize()
+    record["load_time_s"] = time.perf_counter() - t0
+    pipe.set_progress_bar_config(disable=True)
+
+    memory: dict[str, Any] = {"device": device}
+    if on_cuda:
+        snap = measure.cuda_snapshot()
+        memory.update(after_load_allocated_gib=snap["allocated_gib"], after_load_reserved_gib=snap["reserved_gib"],
+                      load_peak_allocated_gib=snap["max_allocated_gib"], load_peak_reserved_gib=snap["max_reserved_gib"],
+                      cuda_reason=None)
+    else:
+        memory.update(after_load_allocated_gib=None, after_load_reserved_gib=None, load_peak_allocated_gib=None,
+                      load_peak_reserved_gib=None, peak_allocated_gib=None, peak_reserved_gib=None,
+                      cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
+                      cpu_rss_after_load_gib=measure.current_rss_gib())
+    record["quantization"] = {**qinfo, **loading.inspect_quantization(pipe)}
+    record["placement"] = placement
+    record["compile"] = compile_info
+    record["footprint"] = loading.pipeline_footprint(pipe)
+    emit("phase", phase="loaded", load_time_s=record["load_time_s"])
+
+    # --- warm-up (excluded from latency; includes compilation for +compile) -------------------------------------
+    if on_cuda:
+        measure.cuda_reset_peak()
+    prompts = manifest["prompts"]
+    common = dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
+                  guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"], output_type="np")
+    warm_times = []
+    for _ in range(int(gen.get("warmup_runs", 1))):
+        emit("phase", phase="warmup")
+        g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
+        _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
+        warm_times.append(dt)
+    record["warmup_times_s"] = warm_times
+
+    # --- generate what is missing ---------------------------------------------------------------------------------
+    done: dict[str, dict[str, Any]] = {}
+    for line in read_jsonl(rd.generation_partial(spec.name)):
+        p = rd.root / line["path"]
+        if p.exists() and sha256_file(p) == line["sha256"]:
+            done[line["prompt_id"]] = line
+    todo = [p for p in prompts if p["id"] not in done]
+    record["resumed_images"] = len(done)
+    emit("progress", done=len(done), total=len(prompts))
+    bs = max(1, int(gen.get("batch_size", 1)))
+    for start in range(0, len(todo), bs):
+        batch = todo[start:start + bs]
+        gens = [torch.Generator("cpu").manual_seed(p["seed"]) for p in batch]
+        out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
+        for p, arr in zip(batch, out.images):
+            png = encode_png(to_uint8(arr))
+            path = rd.image_path(spec.name, p["id"], p["seed"])
+            atomic_write_bytes(path, png)
+            entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
+                     "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
+            append_jsonl(rd.generation_partial(spec.name), entry)
+            done[p["id"]] = entry
+        emit("progress", done=len(done), total=len(prompts))
+
+    if on_cuda:
+        snap = measure.cuda_snapshot()
+        memory.update(peak_allocated_gib=snap["max_allocated_gib"], peak_reserved_gib=snap["max_reserved_gib"])
+    memory["cpu_peak_rss_gib"] = measure.peak_rss_gib()
+    record["memory"] = memory
+    record["images"] = [done[p["id"]] for p in prompts]
+    # Latency only from images timed in this process: a resumed run may come from another process or machine state.
+    fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
+    record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
+    if compile_info is not None and warm_times and record["latency"].get("median_s") is not None:
+        record["compile_time_s"] = max(0.0, warm_times[0] - record["latency"]["median_s"])
+    else:
+        record["compile_time_s"] = None
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) != 2:
+        print("usage: python -m evalkit.generate.worker RUN_DIR BACKEND", file=sys.stderr)
+        return 2
+    return run_worker(argv[0], argv[1])
+
+
+if __name__ == "__main__":
+    sys.exit(main())
