@@ -1,0 +1,332 @@
+"""Build the report: thumbnails, figures, tables, then one self-contained index.html.
+
+The page makes no network request: CSS and JS are inlined, images are relative files inside the
+run directory (so the folder can be moved or zipped), and a Content-Security-Policy forbids the rest.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import json
+import math
+import sys
+import time
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from evalkit import __version__
+from evalkit.io import atomic_write_text
+from evalkit.report.data import (
+    MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, BackendView, ReportData, fmt_num, fmt_seconds, load_report_data,
+    metric_value,
+)
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    thumb_size: int = 256,
+    figures: bool = True,
+    memory_axis: str | None = None,
+    quiet: bool = False,
+) -> Path:
+    """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html."""
+    t0 = time.perf_counter()
+    log = (lambda msg: None) if quiet else (lambda msg: print(f"report: {msg}", file=sys.stderr))
+    data = load_report_data(run_dir, memory_axis)
+    from evalkit.report.images import build_images, inferno_css_gradient, DIFF_CLIP
+    from evalkit.report.tables import write_tables
+
+    show_images = not data.random_weights
+    t = time.perf_counter()
+    images = build_images(data, thumb_size=thumb_size) if show_images else {}
+    log(f"{len(images)} thumbnails in {time.perf_counter() - t:.1f} s")
+    figs = []
+    if figures:
+        from evalkit.report.figures import write_figures
+
+        t = time.perf_counter()
+        figs = write_figures(data)
+        log(f"{len(figs)} figures (svg, pdf, png) in {time.perf_counter() - t:.1f} s")
+    tables = write_tables(data)
+
+    ctx = _context(data, images, figs, tables, show_images)
+    ctx["diff_clip"] = DIFF_CLIP
+    ctx["diff_gradient"] = inferno_css_gradient() if show_images else ""
+    html = render_html(ctx)
+    out = data.root / "index.html"
+    atomic_write_text(out, html)
+    log(f"wrote {out} ({len(html.encode()) / 1024:.0f} KiB) in {time.perf_counter() - t0:.1f} s")
+    return out
+
+
+# ---------------------------------------------------------------- rendering
+
+def _static(name: str) -> str:
+    return resources.files("evalkit.report").joinpath("static", name).read_text(encoding="utf-8")
+
+
+def json_for_script(obj: Any) -> str:
+    """JSON safe inside <script type="application/json">: `<`, `>`, `&` escaped so a prompt cannot close the tag."""
+    text = json.dumps(obj, ensure_ascii=False, sort_keys=True, allow_nan=False)
+    return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
+
+
+def render_html(ctx: dict[str, Any]) -> str:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("evalkit.report", "templates"),
+        autoescape=True,  # every user string (prompts, names, paths, errors) is escaped unless marked safe here
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True, lstrip_blocks=True,
+    )
+    env.filters["num"] = fmt_num
+    env.filters["secs"] = fmt_seconds
+    js = _static("report.js")
+    css = _static("report.css")
+    # The CSP allows exactly this script (by hash): an injected inline script or on* handler would not run.
+    js_hash = base64.b64encode(hashlib.sha256(js.encode("utf-8")).digest()).decode()
+    ctx = dict(ctx, css=css, js=js, js_hash=js_hash)
+    return env.get_template("index.html.j2").render(**ctx)
+
+
+# ---------------------------------------------------------------- view model
+
+def _ratio(v: float | None, ref: float | None) -> str:
+    if v is None or ref in (None, 0):
+        return ""
+    return f"×{v / ref:.2f}"
+
+
+def _perf_rows(data: ReportData) -> list[dict[str, Any]]:
+    ref = data.reference_view
+    ref_peak = ref.memory_value("peak_reserved_gib") if ref else None
+    ref_rss = ref.memory_value("cpu_peak_rss_gib") if ref else None
+    ref_lat = ref.latency.get("median_s") if ref else None
+    rows = []
+    for b in data.backends:
+        mem, lat, rec = b.memory, b.latency, (b.record or {})
+        cells = []
+        for phase, _ in MEMORY_PHASES:
+            for kind, _ in MEMORY_KINDS:
+                cells.append(b.memory_value(f"{phase}_{kind}_gib"))
+        cuda_na = None
+        if b.ok and all(c is None for c in cells):
+            reason = mem.get("cuda_reason") or "not measured"
+            dev = mem.get("device") or data.device_type
+            cuda_na = f"n/a ({'CPU' if dev == 'cpu' else dev}: {reason})"
+        med = lat.get("median_s")
+        rows.append({
+            "name": b.name, "status": b.status, "reason": b.reason, "ok": b.ok, "library": b.library,
+            "is_ref": b.name == data.reference,
+            "footprint": b.footprint_gib, "cells": cells, "cuda_na": cuda_na,
+            "peak_ratio": _ratio(b.memory_value("peak_reserved_gib"), ref_peak) if b.name != data.reference else "",
+            "rss": b.memory_value("cpu_peak_rss_gib"),
+            "rss_ratio": _ratio(b.memory_value("cpu_peak_rss_gib"), ref_rss) if b.name != data.reference else "",
+            "lat_med": med, "lat_lo": lat.get("p10_s"), "lat_hi": lat.get("p90_s"), "lat_n": lat.get("n"),
+            "lat_warmup": lat.get("warmup_runs"),
+            "lat_ratio": _ratio(med, ref_lat) if b.name != data.reference else "",
+            "load": rec.get("load_time_s"), "compile": rec.get("compile_time_s"),
+            "flags": b.flags,
+        })
+    return rows
+
+
+def _quality_rows(data: ReportData) -> list[dict[str, Any]]:
+    best: dict[str, float] = {}
+    for m in data.metrics:
+        vals = [metric_value(b.metrics.get(m.key)) for b in data.backends if b.ok and b.name != data.reference]
+        vals = [v for v in vals if v is not None]
+        if vals and m.higher_is_better is not None:
+            best[m.key] = max(vals) if m.higher_is_better else min(vals)
+    rows = []
+    for b in data.backends:
+        if not b.ok:
+            continue
+        cells = []
+        for m in data.metrics:
+            rec = b.metrics.get(m.key)
+            v = metric_value(rec)
+            if v is None:
+                why = (rec or {}).get("reason") or ("reference" if b.name == data.reference and m.compares == "reference" else "not scored")
+                cells.append({"value": None, "why": why})
+                continue
+            lo, hi = rec.get("ci_low"), rec.get("ci_high")
+            cells.append({"value": fmt_num(v, m.digits), "raw": v,
+                          "ci": f"[{fmt_num(lo, m.digits)}, {fmt_num(hi, m.digits)}]" if lo is not None and hi is not None else "",
+                          "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": best.get(m.key) == v})
+        rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference})
+    return rows
+
+
+def _highlights(data: ReportData) -> list[dict[str, str]]:
+    """At-a-glance cards: least memory, fastest, and closest to the reference by the first paired metric."""
+    ok = [b for b in data.backends if b.ok]
+    out = []
+    field, label = MEMORY_AXES[data.memory_axis]
+    mem = [(b.memory_value(field), b) for b in ok if b.memory_value(field) is not None]
+    ref = data.reference_view
+    if mem:
+        v, b = min(mem, key=lambda t: t[0])
+        refv = ref.memory_value(field) if ref and ref.ok else None
+        out.append({"title": "Least memory", "backend": b.name, "value": f"{v:.2f} GiB",
+                    "detail": label.split("\n")[0] + (f"; {data.reference}: {refv:.2f} GiB" if refv and b.name != data.reference else "")})
+    lat = [(b.latency.get("median_s"), b) for b in ok if isinstance(b.latency.get("median_s"), (int, float))]
+    if lat:
+        v, b = min(lat, key=lambda t: t[0])
+        refv = ref.latency.get("median_s") if ref and ref.ok else None
+        out.append({"title": "Fastest", "backend": b.name, "value": fmt_seconds(v),
+                    "detail": "median latency per image" + (f"; {data.reference}: {fmt_seconds(refv)}" if refv and b.name != data.reference else "")})
+    if not data.random_weights:
+        for m in data.metrics:
+            if m.compares != "reference" or m.higher_is_better is None:
+                continue
+            vals = [(metric_value(b.metrics.get(m.key)), b) for b in ok if b.name != data.reference]
+            vals = [t for t in vals if t[0] is not None]
+            if vals:
+                v, b = (max if m.higher_is_better else min)(vals, key=lambda t: t[0])
+                out.append({"title": f"Closest to {data.reference}", "backend": b.name, "value": f"{m.label} {fmt_num(v, m.digits)}",
+                            "detail": "by " + m.label + (" (higher is better)" if m.higher_is_better else " (lower is better)")})
+                break
+    failed = [b for b in data.backends if not b.ok]
+    if failed:
+        out.append({"title": "Did not run", "backend": f"{len(failed)} backend{'s' if len(failed) != 1 else ''}",
+                    "value": ", ".join(b.name for b in failed[:3]) + ("…" if len(failed) > 3 else ""), "detail": "reasons under Problems"})
+    return out
+
+
+def _prompt_sections(data: ReportData, images: dict) -> list[dict[str, Any]]:
+    sections = []
+    ref_name = data.reference
+    for p in data.prompts:
+        pid = str(p["id"])
+        cards = []
+        ref_entry = images.get((ref_name, pid))
+        for b in data.backends:
+            if not b.ok:
+                continue
+            e = images.get((b.name, pid))
+            vals = []
+            for m in data.metrics:
+                v = ((b.metrics.get(m.key) or {}).get("per_prompt") or {}).get(pid)
+                if isinstance(v, (int, float)) and not isinstance(v, bool):
+                    vals.append({"label": m.label.split(" (")[0] if m.key != "lpips_vgg" else "LPIPS-vgg", "value": fmt_num(v, min(m.digits, 3)), "unit": m.unit})
+            cards.append({
+                "backend": b.name, "is_ref": b.name == ref_name, "entry": e, "metrics": vals,
+                "mad": fmt_num(e.mean_abs_diff, 2) if e and e.mean_abs_diff is not None else None,
+                "ref_full": ref_entry.full_href if ref_entry else None,
+                "flags": (b.images.get(pid) or {}).get("flags") or [],
+            })
+        sections.append({"id": pid, "text": p.get("text", ""), "seed": p.get("seed"), "index": p.get("index"),
+                         "tokens": p.get("tokens") or {}, "cards": cards})
+    return sections
+
+
+def _per_prompt_tables(data: ReportData) -> list[dict[str, Any]]:
+    """Per metric: prompts × backends, each cell shaded by where it sits between the best and worst value."""
+    tables = []
+    ok = [b for b in data.backends if b.ok]
+    for m in data.metrics:
+        cols = [b for b in ok if (b.metrics.get(m.key) or {}).get("per_prompt")]
+        if not cols:
+            continue
+        vals = [v for b in cols for v in (b.metrics[m.key]["per_prompt"] or {}).values() if isinstance(v, (int, float)) and math.isfinite(v)]
+        lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
+        rows = []
+        for p in data.prompts:
+            pid = str(p["id"])
+            cells = []
+            for b in cols:
+                v = b.metrics[m.key]["per_prompt"].get(pid)
+                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                    cells.append({"text": "—", "shade": None})
+                    continue
+                t = 0.0 if hi == lo else (v - lo) / (hi - lo)
+                badness = (1 - t) if m.higher_is_better else t if m.higher_is_better is False else None
+                cells.append({"text": fmt_num(v, min(m.digits, 3)), "shade": None if badness is None else round(badness, 3)})
+            rows.append({"id": pid, "text": p.get("text", ""), "cells": cells})
+        means = [fmt_num(metric_value(b.metrics.get(m.key)), min(m.digits, 3)) for b in cols]
+        tables.append({"key": m.key, "label": m.label, "unit": m.unit, "hib": m.higher_is_better,
+                       "backends": [b.name for b in cols], "rows": rows, "means": means})
+    return tables
+
+
+def _problems(data: ReportData, images: dict) -> dict[str, Any]:
+    backends = []
+    for b in data.backends:
+        if b.ok:
+            continue
+        err = (b.record or {}).get("error") or {}
+        log = data.rd.log(b.name)
+        backends.append({"name": b.name, "status": b.status, "reason": b.reason or "(no reason recorded)",
+                         "error_type": err.get("type"), "error_message": err.get("message"),
+                         "traceback": err.get("traceback_tail"),
+                         "log": data.rd.relative(log) if log.exists() else None})
+    missing = [(k[0], k[1], e.problem) for k, e in images.items() if e.problem]
+    flags = [(b.name, pid, f) for b in data.backends for pid, img in b.images.items() for f in (img.get("flags") or [])]
+    not_scored = [b.name for b in data.backends if b.ok and not b.metrics] if not data.random_weights else []
+    # One row per (metric, reason): "clip_score skipped for all 14 backends" reads better than 14 identical rows.
+    grouped: dict[tuple[str, str], list[str]] = {}
+    for bname, key, why in data.skipped_metrics():
+        grouped.setdefault((key, why), []).append(bname)
+    metrics = [{"metric": k, "reason": why, "backends": names} for (k, why), names in grouped.items()]
+    return {"backends": backends, "metrics": metrics, "missing_images": missing, "flags": flags,
+            "not_scored": not_scored, "notes": data.notes,
+            "count": len(backends) + len(metrics) + len(missing) + len(flags) + len(data.notes)}
+
+
+def _blind_rounds(data: ReportData, images: dict) -> list[dict[str, Any]]:
+    """Every (prompt, quantized backend) pair with both PNGs. Full-resolution PNGs: lossy thumbnails would add artefacts."""
+    rounds = []
+    for p in data.prompts:
+        pid = str(p["id"])
+        ref = images.get((data.reference, pid))
+        if not ref or not ref.full_href:
+            continue
+        for b in data.backends:
+            e = images.get((b.name, pid))
+            if b.ok and b.name != data.reference and e and e.full_href:
+                rounds.append({"prompt": p.get("text", ""), "prompt_id": pid, "backend": b.name, "ref": ref.full_href, "test": e.full_href})
+    return rounds
+
+
+def _figure_views(data: ReportData, figs: list) -> list[dict[str, Any]]:
+    out = []
+    for f in figs:
+        links = {ext: "figures/" + p.name for ext, p in f.files.items()}
+        group = "quality" if f.key.startswith("quality_vs_memory") else "latency" if f.key.startswith("quality_vs_latency") else "resources"
+        out.append({"key": f.key, "title": f.title, "caption": f.caption, "src": links.get("svg") or links.get("png"), "links": links, "group": group})
+    return out
+
+
+def _context(data: ReportData, images: dict, figs: list, tables: list[Path], show_images: bool) -> dict[str, Any]:
+    manifest = data.manifest
+    problems = _problems(data, images)
+    blind = _blind_rounds(data, images) if show_images else []
+    device = manifest.get("device") or {}
+    ref = data.reference_view
+    return {
+        "data": data, "m": manifest, "run_id": manifest.get("run_id") or data.root.name,
+        "model": manifest.get("model") or {}, "device": device, "gen": manifest.get("generation") or {},
+        "versions": manifest.get("versions") or {}, "conventions": manifest.get("memory_convention") or {},
+        "fid_mode": manifest.get("fid_mode") or {}, "reference": data.reference,
+        "reference_ok": bool(ref and ref.ok),
+        "random_weights": data.random_weights, "scored": data.scored, "cuda": data.has_cuda_memory,
+        "device_type": data.device_type, "metrics": data.metrics,
+        "memory_axis_label": MEMORY_AXES[data.memory_axis][1].replace("\n", " — "),
+        "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "highlights": _highlights(data),
+        "prompt_sections": _prompt_sections(data, images) if show_images else [],
+        "per_prompt_tables": _per_prompt_tables(data) if not data.random_weights else [],
+        "problems": problems, "figures": _figure_views(data, figs),
+        "tables": [p.name for p in tables], "show_images": show_images,
+        "blind_json": json_for_script({"rounds": blind, "reference": data.reference}),
+        "n_blind": len(blind),
+        "config_json": json.dumps(manifest.get("config"), indent=2, sort_keys=True, ensure_ascii=False),
+        "command": " ".join(str(c) for c in manifest.get("command") or []),
+        "evalkit_version": __version__,
+        "generated": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "n_ok": sum(1 for b in data.backends if b.ok), "n_backends": len(data.backends),
+    }

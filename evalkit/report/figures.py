@@ -1,0 +1,287 @@
+"""Paper figures (matplotlib, Agg): quality vs memory with the Pareto front, quality vs latency, memory and latency bars.
+
+Each figure is written as PDF (papers), SVG (the HTML page) and PNG (slides, README), from one style.
+Colours are Okabe–Ito (safe for the common colour-vision deficiencies); colour marks the library,
+marker shape tells backends of one library apart, so the plots also survive greyscale printing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from evalkit.report.data import MEMORY_AXES, MetricInfo, ReportData, metric_value, pareto_front, safe_name
+
+OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
+LIBRARY_ORDER = ["none", "bitsandbytes", "torchao", "quanto", "gguf", "diffusers"]
+MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
+REFERENCE_COLOUR = "#000000"
+MEMORY_AXIS_SHORT = {
+    "peak_reserved": "peak GPU memory (reserved)", "peak_allocated": "peak GPU memory (allocated)",
+    "after_load_reserved": "GPU memory after load (reserved)", "after_load_allocated": "GPU memory after load (allocated)",
+    "load_peak_reserved": "GPU memory peak while loading (reserved)", "footprint": "weight footprint",
+    "cpu_peak_rss": "CPU peak RSS",
+}
+
+STYLE = {
+    "font.family": "DejaVu Sans", "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 7.5,
+    "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.color": "#e3e3e3",
+    "grid.linewidth": 0.6, "axes.axisbelow": True, "figure.dpi": 100, "savefig.dpi": 200,
+    "figure.constrained_layout.use": True,  # one layout pass; bbox="tight" would draw every figure twice per format
+    "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: journals reject Type 3 fonts
+    "svg.fonttype": "path", "svg.hashsalt": "evalkit",  # stable SVG ids: reruns give identical files
+}
+
+
+@dataclass
+class Figure:
+    key: str
+    title: str
+    caption: str
+    files: dict[str, Path] = field(default_factory=dict)
+
+
+def _styles(data: ReportData) -> dict[str, dict[str, Any]]:
+    """backend -> {color, marker}: colour by library, marker by position within it; stable for a given run."""
+    libs: list[str] = []
+    for b in data.backends:
+        if b.library not in libs:
+            libs.append(b.library)
+    libs.sort(key=lambda l: LIBRARY_ORDER.index(l) if l in LIBRARY_ORDER else len(LIBRARY_ORDER))
+    palette = [c for c in OKABE_ITO if c != REFERENCE_COLOUR]
+    colour = {lib: palette[i % len(palette)] for i, lib in enumerate(l for l in libs if l != "none")}
+    seen: dict[str, int] = {}
+    out = {}
+    for b in data.backends:
+        i = seen.get(b.library, 0)
+        seen[b.library] = i + 1
+        ref = b.name == data.reference
+        out[b.name] = {"color": REFERENCE_COLOUR if ref else colour.get(b.library, "#777777"),
+                       "marker": "*" if ref else MARKERS[i % len(MARKERS)], "size": 90 if ref else 36}
+    return out
+
+
+def _metric_label(m: MetricInfo, data: ReportData) -> str:
+    unit = f" ({m.unit})" if m.unit else ""
+    arrow = " ↑ better" if m.higher_is_better else " ↓ better" if m.higher_is_better is False else ""
+    against = f" vs {data.reference}" if m.compares == "reference" else ""
+    return f"{m.label}{against}{unit}{arrow}"
+
+
+def _place_labels(ax, fig, pts: list[tuple[float, float, str, str]]) -> None:
+    """Label points without overlaps: try a few offsets per label, keep the first that hits nothing placed so far."""
+    renderer = fig.canvas.get_renderer()
+    placed = []
+    # Points in display space also block labels, so a label never hides another marker.
+    marks = [ax.transData.transform((x, y)) for x, y, _, _ in pts]
+    offsets = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"), (-6, -4, "right", "top"),
+               (0, 9, "center", "bottom"), (0, -9, "center", "top"), (10, 14, "left", "bottom"), (10, -14, "left", "top"),
+               (-10, 14, "right", "bottom"), (-10, -14, "right", "top"), (0, 20, "center", "bottom"), (0, -20, "center", "top")]
+    axbox = ax.get_window_extent(renderer)
+    for x, y, text, colour in pts:
+        best = None
+        for dx, dy, ha, va in offsets:
+            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
+                            color=colour, zorder=5)
+            bb = t.get_window_extent(renderer).expanded(1.03, 1.1)
+            clash = any(bb.overlaps(p) for p in placed) or any(
+                bb.contains(mx, my) for (mx, my) in marks if not (abs(mx - ax.transData.transform((x, y))[0]) < 1e-6))
+            inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 + 40 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1 + 10
+            if not clash and inside:
+                best = (t, bb)
+                break
+            t.remove()
+        if best is None:  # crowded: fall back to the first offset, drawn lighter
+            t = ax.annotate(text, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=6, color=colour, alpha=0.7, zorder=5)
+            best = (t, t.get_window_extent(renderer))
+        placed.append(best[1])
+
+
+def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: str, xerr_fields: tuple[str, str] | None):
+    import matplotlib.pyplot as plt
+
+    styles = _styles(data)
+    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    pts = []
+    for b in data.backends:
+        if not b.ok:
+            continue
+        x = b.memory_value(xfield) if not xfield.startswith("latency.") else b.latency.get(xfield.split(".", 1)[1])
+        rec = b.metrics.get(m.key) or {}
+        y = metric_value(rec)
+        if x is None or y is None:
+            continue
+        pts.append((b.name, float(x), y, rec))
+    ref = data.reference_view
+    refx = None
+    if ref and ref.ok:
+        refx = ref.memory_value(xfield) if not xfield.startswith("latency.") else ref.latency.get(xfield.split(".", 1)[1])
+    if refx is not None and not any(n == data.reference for n, *_ in pts):
+        # A metric measured against bf16 has no value for bf16 itself: mark where bf16 sits instead.
+        ax.axvline(refx, color=REFERENCE_COLOUR, lw=0.9, ls=(0, (4, 3)), zorder=1)
+        ax.annotate(f"{data.reference} (reference)", (refx, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
+                    textcoords="offset points", ha="left", va="top", fontsize=6.5, rotation=90)
+    front = pareto_front([(n, x, y) for n, x, y, _ in pts], bool(m.higher_is_better)) if m.higher_is_better is not None else []
+    if len(front) >= 1:
+        fx = [x for n, x, y, _ in sorted(pts, key=lambda p: p[1]) if n in front]
+        fy = [y for n, x, y, _ in sorted(pts, key=lambda p: p[1]) if n in front]
+        ax.step(fx, fy, where="post", color="#555555", lw=1.1, zorder=2, label="Pareto front")
+        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="#555555", linewidths=1.0, zorder=2)
+    for n, x, y, rec in pts:
+        st = styles[n]
+        lo, hi = rec.get("ci_low"), rec.get("ci_high")
+        if isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
+            ax.errorbar(x, y, yerr=[[max(y - lo, 0)], [max(hi - y, 0)]], fmt="none", ecolor=st["color"], elinewidth=0.9, capsize=2, zorder=3)
+        if xerr_fields:
+            b = next(bb for bb in data.backends if bb.name == n)
+            lo_x, hi_x = b.latency.get(xerr_fields[0]), b.latency.get(xerr_fields[1])
+            if isinstance(lo_x, (int, float)) and isinstance(hi_x, (int, float)):
+                ax.errorbar(x, y, xerr=[[max(x - lo_x, 0)], [max(hi_x - x, 0)]], fmt="none", ecolor=st["color"], elinewidth=0.9, capsize=2, zorder=3)
+        ax.scatter([x], [y], s=st["size"], marker=st["marker"], color=st["color"], edgecolors="white", linewidths=0.5, zorder=4)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(_metric_label(m, data))
+    ax.set_title(title, loc="left")
+    ax.margins(x=0.12, y=0.12)
+    if front:
+        ax.legend(loc="best", frameon=False)
+    fig.canvas.draw()
+    _place_labels(ax, fig, [(x, y, n + (" ★" if n in front else ""), styles[n]["color"]) for n, x, y, _ in pts])
+    return fig, [n for n, *_ in pts], front
+
+
+def quality_vs_memory(data: ReportData, m: MetricInfo):
+    field, label = MEMORY_AXES[data.memory_axis]
+    return _scatter(data, m, field, label, f"{m.label} vs {MEMORY_AXIS_SHORT[data.memory_axis]}", None)
+
+
+def quality_vs_latency(data: ReportData, m: MetricInfo):
+    return _scatter(data, m, "latency.median_s", "Latency per image (s): median, whiskers p10–p90",
+                    f"{m.label} vs latency", ("p10_s", "p90_s"))
+
+
+def memory_bars(data: ReportData):
+    """Grouped horizontal bars: after load, load peak, peak; allocated and reserved side by side (CUDA), or CPU RSS."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    ok = [b for b in data.backends if b.ok]
+    names = [b.name for b in ok][::-1]  # reference on top
+    h = max(2.2, 0.32 * len(names) + 1.0)
+    if data.has_cuda_memory:
+        fig, axes = plt.subplots(1, 2, figsize=(7.2, h), sharey=True)
+        series = [("after_load", "After load", OKABE_ITO[5]), ("load_peak", "Load peak", OKABE_ITO[1]), ("peak", "Peak (generation)", OKABE_ITO[3])]
+        for ax, kind, fn in zip(axes, ["allocated", "reserved"], ["memory_allocated", "memory_reserved"]):
+            y = np.arange(len(names))
+            for i, (phase, label, col) in enumerate(series):
+                vals = [next(b for b in ok if b.name == n).memory_value(f"{phase}_{kind}_gib") for n in names]
+                ax.barh(y + (i - 1) * 0.27, [v or 0 for v in vals], height=0.26, color=col, label=label)
+            ax.set_title(f"{kind.capitalize()} (torch.cuda.*{fn})", loc="left", fontsize=8.5)
+            ax.set_xlabel(f"GPU memory, {kind} (GiB)")
+            ax.grid(axis="y", visible=False)
+        axes[0].set_yticks(np.arange(len(names)), names)
+        fig.legend(*axes[0].get_legend_handles_labels(), loc="outside lower center", ncol=3, frameon=False)
+        total = (data.manifest.get("device") or {}).get("total_memory_gib")
+        if isinstance(total, (int, float)):
+            for ax in axes:
+                ax.axvline(total, color="#555555", lw=0.8, ls=":")
+                ax.annotate(f"device total {total:.0f} GiB", (total, 1), xycoords=("data", "axes fraction"), xytext=(-3, -2),
+                            textcoords="offset points", ha="right", va="top", fontsize=6.5, rotation=90, color="#555555")
+        fig.suptitle("GPU memory per backend (GiB = 2³⁰ B)", x=0.01, ha="left", fontsize=10)
+    else:
+        fig, ax = plt.subplots(figsize=(6.0, h))
+        y = np.arange(len(names))
+        rss = [next(b for b in ok if b.name == n).memory_value("cpu_peak_rss_gib") for n in names]
+        fp = [next(b for b in ok if b.name == n).footprint_gib for n in names]
+        ax.barh(y - 0.2, [v or 0 for v in fp], height=0.38, color=OKABE_ITO[5], label="Weight footprint")
+        ax.barh(y + 0.2, [v or 0 for v in rss], height=0.38, color=OKABE_ITO[1], label="CPU peak RSS (process, ru_maxrss)")
+        ax.set_yticks(y, names)
+        ax.set_xlabel("GiB (2³⁰ B) — CPU run: no GPU memory measured")
+        ax.grid(axis="y", visible=False)
+        fig.legend(loc="outside lower center", ncol=2, frameon=False)
+        ax.set_title("Memory per backend (CPU run)", loc="left")
+    return fig
+
+
+def latency_bars(data: ReportData):
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    styles = _styles(data)
+    ok = [b for b in data.backends if b.ok and isinstance(b.latency.get("median_s"), (int, float))]
+    names = [b.name for b in ok][::-1]
+    fig, ax = plt.subplots(figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)))
+    y = np.arange(len(names))
+    med = [next(b for b in ok if b.name == n).latency["median_s"] for n in names]
+    lo = [next(b for b in ok if b.name == n).latency.get("p10_s", m) for n, m in zip(names, med)]
+    hi = [next(b for b in ok if b.name == n).latency.get("p90_s", m) for n, m in zip(names, med)]
+    ax.barh(y, med, color=[styles[n]["color"] for n in names], height=0.6)
+    ax.errorbar(med, y, xerr=[[max(m - (l if l is not None else m), 0) for m, l in zip(med, lo)],
+                              [max((h if h is not None else m) - m, 0) for m, h in zip(med, hi)]],
+                fmt="none", ecolor="#333333", capsize=2, elinewidth=0.8)
+    ref = data.reference_view
+    if ref and ref in ok:
+        ax.axvline(ref.latency["median_s"], color="#333333", lw=0.8, ls=(0, (4, 3)))
+    ax.set_yticks(y, names)
+    ax.set_xlabel("Latency per image (s): median, whiskers p10–p90; compile time excluded")
+    ax.grid(axis="y", visible=False)
+    ax.set_title("Latency per backend", loc="left")
+    return fig
+
+
+def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "png")) -> list[Figure]:
+    """Draw every figure the run supports into figures/ and describe each for the page."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out = data.root / "figures"
+    out.mkdir(parents=True, exist_ok=True)
+    figures: list[Figure] = []
+    mem_label = MEMORY_AXES[data.memory_axis][0]
+
+    def save(fig, key: str, title: str, caption: str) -> None:
+        f = Figure(key, title, caption)
+        for ext in formats:
+            path = out / f"{key}.{ext}"
+            tmp = out / f".{key}.tmp.{ext}"
+            fig.savefig(tmp, format=ext, metadata=_metadata(ext))
+            tmp.replace(path)
+            f.files[ext] = path
+        plt.close(fig)
+        figures.append(f)
+
+    with plt.rc_context(STYLE):
+        if any(b.ok for b in data.backends):
+            save(memory_bars(data), "memory", "Memory per backend",
+                 "After load, peak while loading, and peak while generating." if data.has_cuda_memory else
+                 "CPU run: weight footprint and the worker process's peak RSS; no GPU memory was measured.")
+            save(latency_bars(data), "latency", "Latency per backend", "Median seconds per image; whiskers p10–p90.")
+        if not data.random_weights:
+            for m in data.metrics:
+                fig, shown, front = quality_vs_memory(data, m)
+                if shown:
+                    save(fig, f"quality_vs_memory_{safe_name(m.key)}", f"{m.label} vs memory",
+                         f"x: {MEMORY_AXES[data.memory_axis][1].splitlines()[0]}. Pareto front: {', '.join(front) or '—'}.")
+                else:
+                    plt.close(fig)
+                fig, shown, front = quality_vs_latency(data, m)
+                if shown:
+                    save(fig, f"quality_vs_latency_{safe_name(m.key)}", f"{m.label} vs latency",
+                         f"x: median latency per image. Pareto front: {', '.join(front) or '—'}.")
+                else:
+                    plt.close(fig)
+    return figures
+
+
+def _metadata(ext: str) -> dict[str, Any]:
+    # No creation dates: rerunning the report on the same run gives byte-identical figures.
+    if ext == "pdf":
+        return {"Creator": "evalkit", "Producer": "evalkit", "CreationDate": None}
+    if ext == "svg":
+        return {"Creator": "evalkit", "Date": None}
+    if ext == "png":
+        return {"Software": "evalkit"}
+    return {}

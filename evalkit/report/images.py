@@ -1,0 +1,184 @@
+"""Thumbnails and |backend − reference| heatmaps for the page. Full-resolution PNGs stay where generate wrote them.
+
+Thumbnails are WebP: a 1024² PNG is 1–3 MB, a 256 px WebP is ~15 KB, and 75 of them must load in seconds.
+Lossy thumbnails are for browsing only; the lightbox and the blind test show the original PNGs.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from evalkit.io import atomic_write_json, read_json
+from evalkit.report.data import ReportData, safe_name
+
+# |Δ| is shown on a fixed scale so heatmaps compare across backends and prompts: 0 → black, ≥ DIFF_CLIP/255 → brightest.
+DIFF_CLIP = 64
+THUMB_VERSION = 2  # bump when the thumbnail recipe changes, so cached files are redrawn
+
+
+@dataclass
+class ImageEntry:
+    backend: str
+    prompt_id: str
+    full_href: str | None  # relative URL of the PNG, quoted
+    thumb_href: str | None
+    diff_href: str | None
+    mean_abs_diff: float | None  # mean |Δ| in 0–255 units, all channels
+    width: int | None
+    height: int | None
+    problem: str | None  # why there is no image, for the page
+
+
+def href(rel: str) -> str:
+    """A relative URL for a run-relative path: every component quoted (`+`, spaces, `#` stay literal file names)."""
+    return quote(rel, safe="/")
+
+
+def resolve_image(data: ReportData, backend: str, prompt: dict[str, Any], img: dict[str, Any] | None) -> tuple[Path | None, str | None]:
+    """The PNG for (backend, prompt), refusing record paths that point outside the run directory."""
+    root = data.root.resolve()
+    candidates = []
+    if img and isinstance(img.get("path"), str):
+        candidates.append(img["path"])
+    seed = (img or {}).get("seed", prompt.get("seed"))
+    if seed is not None:
+        candidates.append(data.rd.relative(data.rd.image_path(backend, str(prompt["id"]), seed)))
+    for rel in candidates:
+        p = (root / rel).resolve()
+        if root not in p.parents:
+            continue  # a record must never make the page link outside its own folder
+        if p.is_file():
+            return p, None
+    return None, "image file missing"
+
+
+def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = None) -> dict[tuple[str, str], ImageEntry]:
+    """Write thumbs/ (cached by source SHA-256) and return one entry per (backend, prompt_id)."""
+    root = data.root
+    cache_path = root / "thumbs" / "cache.json"
+    try:
+        cache: dict[str, Any] = read_json(cache_path) if cache_path.exists() else {}
+    except Exception:
+        cache = {}
+    ref = data.reference_view
+    jobs = []
+    entries: dict[tuple[str, str], ImageEntry] = {}
+    ref_paths: dict[str, Path | None] = {}
+    for p in data.prompts:
+        pid = str(p["id"])
+        ref_paths[pid] = resolve_image(data, data.reference, p, (ref.images.get(pid) if ref else None))[0] if ref and ref.ok else None
+    for b in data.backends:
+        if not b.ok:
+            continue
+        imgs = b.images
+        for p in data.prompts:
+            pid = str(p["id"])
+            src, problem = resolve_image(data, b.name, p, imgs.get(pid))
+            if src is None:
+                entries[(b.name, pid)] = ImageEntry(b.name, pid, None, None, None, None, None, None, problem)
+                continue
+            bdir = safe_name(b.name)
+            thumb_rel = f"thumbs/{bdir}/{pid}.webp"
+            diff_rel = f"thumbs/{bdir}/{pid}.diff.webp" if (b.name != data.reference and ref_paths.get(pid)) else None
+            jobs.append((b.name, pid, src, ref_paths.get(pid) if diff_rel else None, thumb_rel, diff_rel))
+
+    def work(job):
+        name, pid, src, refp, thumb_rel, diff_rel = job
+        key = f"{name}\x00{pid}"
+        stamp = [THUMB_VERSION, thumb_size, _stat_key(src), _stat_key(refp) if refp else None]
+        hit = cache.get(key)
+        if hit and hit.get("stamp") == stamp and (root / thumb_rel).exists() and (not diff_rel or (root / diff_rel).exists()):
+            return key, hit
+        info = _make_thumb_and_diff(src, refp, root / thumb_rel, root / diff_rel if diff_rel else None, thumb_size)
+        info["stamp"] = stamp
+        return key, info
+
+    workers = workers or min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL and numpy release the GIL for the heavy parts
+        results = dict(pool.map(work, jobs))
+    for name, pid, src, refp, thumb_rel, diff_rel in jobs:
+        info = results[f"{name}\x00{pid}"]
+        entries[(name, pid)] = ImageEntry(
+            name, pid, href(data.rd.relative(src)), href(thumb_rel), href(diff_rel) if diff_rel and info.get("diff") else None,
+            info.get("mean_abs_diff"), info.get("width"), info.get("height"), info.get("problem"),
+        )
+    atomic_write_json(cache_path, results)
+    return entries
+
+
+def _stat_key(p: Path) -> list:
+    # Size and mtime stand in for a content hash: rehashing 75 × 2 MB PNGs on every rerun is the slow part we avoid.
+    st = p.stat()
+    return [str(p.name), st.st_size, st.st_mtime_ns]
+
+
+def _load_rgb(path: Path):
+    from PIL import Image
+
+    with Image.open(path) as im:
+        return im.convert("RGB")
+
+
+def _make_thumb_and_diff(src: Path, refp: Path | None, thumb: Path, diff: Path | None, size: int) -> dict[str, Any]:
+    import numpy as np
+    from PIL import Image
+
+    try:
+        im = _load_rgb(src)
+    except Exception as e:  # a corrupt PNG is reported on the page, not fatal
+        return {"problem": f"cannot read image: {type(e).__name__}: {e}"}
+    info: dict[str, Any] = {"width": im.width, "height": im.height}
+    thumb.parent.mkdir(parents=True, exist_ok=True)
+    t = im.copy()
+    t.thumbnail((size, size), Image.Resampling.LANCZOS)
+    _save_webp(t, thumb, quality=85)
+    if diff is not None and refp is not None:
+        try:
+            ref = _load_rgb(refp)
+        except Exception:
+            return info
+        if ref.size != im.size:  # SVDQuant's convention: resize the reference, bicubic
+            ref = ref.resize(im.size, Image.Resampling.BICUBIC)
+        d = np.abs(np.asarray(im, np.int16) - np.asarray(ref, np.int16)).astype(np.float32)
+        info["mean_abs_diff"] = round(float(d.mean()), 3)
+        dm = d.mean(axis=2)
+        # Downscale by averaging (BOX): a thumbnail pixel shows the mean |Δ| of the pixels it covers.
+        dimg = Image.fromarray(np.clip(dm * (255.0 / DIFF_CLIP), 0, 255).astype(np.uint8), "L")
+        dimg = dimg.resize(t.size, Image.Resampling.BOX)
+        lut = _inferno_lut()
+        rgb = Image.fromarray(lut[np.asarray(dimg)], "RGB")
+        _save_webp(rgb, diff, quality=90)
+        info["diff"] = True
+    return info
+
+
+def _save_webp(img, path: Path, quality: int) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    img.save(tmp, "WEBP", quality=quality, method=4)
+    os.replace(tmp, path)
+
+
+_LUT = None
+
+
+def _inferno_lut():
+    """matplotlib's 'inferno' as a 256×3 uint8 table: perceptually uniform and readable in greyscale."""
+    global _LUT
+    if _LUT is None:
+        import numpy as np
+        from matplotlib import colormaps
+
+        _LUT = (colormaps["inferno"](np.linspace(0, 1, 256))[:, :3] * 255 + 0.5).astype(np.uint8)
+    return _LUT
+
+
+def inferno_css_gradient() -> str:
+    """The same colour map as a CSS gradient, for the legend under the heatmaps."""
+    lut = _inferno_lut()
+    stops = [f"rgb({r},{g},{b}) {i * 100 // 8}%" for i, (r, g, b) in enumerate(lut[:: 32].tolist() + [lut[-1].tolist()])]
+    return "linear-gradient(to right, " + ", ".join(stops) + ")"

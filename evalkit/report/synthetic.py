@@ -1,0 +1,235 @@
+"""Synthetic run directories that follow docs/run-directory.md exactly, for tests, the benchmark and demos.
+
+The images are smooth random scenes; each backend adds structured error whose size grows as its
+bit width shrinks, and the metric records are consistent with that error. Nothing here is a measurement.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from pathlib import Path
+from typing import Any, Sequence
+
+from evalkit.io import atomic_write_json, sha256_file
+from evalkit.prompts import prompt_id, prompt_seed
+from evalkit.rundir import RunDir, write_summary
+
+DEFAULT_PROMPTS = [
+    "Baroque style, a lavish palace interior with ornate gilded ceilings.",
+    "Futurist style, a dynamic spaceport with sleek silver starships.",
+    "Noir style, a shadowy alleyway with flickering street lamps.",
+]
+
+# (name, library, relative error level, weight bytes relative to bf16, latency factor)
+FIFTEEN_BACKENDS: list[tuple[str, str, float, float, float]] = [
+    ("bf16", "none", 0.0, 1.00, 1.00),
+    ("bnb-nf4", "bitsandbytes", 0.55, 0.36, 1.35),
+    ("bnb-8bit", "bitsandbytes", 0.25, 0.55, 1.90),
+    ("torchao-int8wo", "torchao", 0.20, 0.55, 1.05),
+    ("torchao-int4wo", "torchao", 0.60, 0.36, 1.10),
+    ("torchao-fp8wo", "torchao", 0.22, 0.55, 1.02),
+    ("quanto-int8", "quanto", 0.21, 0.56, 1.60),
+    ("quanto-int4", "quanto", 0.62, 0.38, 1.70),
+    ("quanto-fp8", "quanto", 0.24, 0.56, 1.55),
+    ("gguf-q8_0", "gguf", 0.18, 0.57, 1.25),
+    ("gguf-q4_1", "gguf", 0.50, 0.38, 1.30),
+    ("gguf-q2_k", "gguf", 1.00, 0.25, 1.40),
+    ("fp8-layerwise", "diffusers", 0.30, 0.55, 1.08),
+    ("bnb-nf4+offload", "bitsandbytes", 0.55, 0.12, 2.60),
+    ("torchao-int8wo+compile", "torchao", 0.20, 0.55, 0.80),
+]
+
+
+def _rng(*key: Any):
+    import numpy as np
+
+    digest = hashlib.sha256(":".join(map(str, key)).encode()).digest()
+    return np.random.default_rng(int.from_bytes(digest[:8], "little"))
+
+
+def _scene(seed: int, size: int):
+    """A smooth, photo-like random image (gradients plus blobs): compresses like a real render, not like noise."""
+    import numpy as np
+
+    rng = _rng("scene", seed)
+    y, x = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    img = np.zeros((size, size, 3), np.float32)
+    for c in range(3):
+        img[..., c] = rng.uniform(0.1, 0.5) + rng.uniform(-0.3, 0.3) * x + rng.uniform(-0.3, 0.3) * y
+    for _ in range(12):
+        cx, cy, r = rng.uniform(0, 1), rng.uniform(0, 1), rng.uniform(0.03, 0.25)
+        col = rng.uniform(0, 1, 3).astype(np.float32)
+        mask = np.exp(-(((x - cx) ** 2 + (y - cy) ** 2) / (2 * r * r)))
+        img += mask[..., None] * (col - img) * 0.8
+    img += rng.normal(0, 0.02, img.shape).astype(np.float32)  # film grain
+    return np.clip(img, 0, 1)
+
+
+def _perturb(base, level: float, key: Any):
+    """Quantization-like error: a low-frequency colour drift plus local detail error, scaled by `level`."""
+    import numpy as np
+
+    if level <= 0:
+        return base
+    size = base.shape[0]
+    rng = _rng("perturb", key)
+    low = rng.normal(0, 1, (8, 8, 3)).astype(np.float32)
+    rep = int(math.ceil(size / 8))
+    low = np.kron(low, np.ones((rep, rep, 1), np.float32))[:size, :size]
+    hi = rng.normal(0, 1, base.shape).astype(np.float32)
+    return np.clip(base + level * (0.04 * low + 0.03 * hi), 0, 1)
+
+
+def make_synthetic_run(
+    root: str | Path,
+    *,
+    prompts: Sequence[str] = DEFAULT_PROMPTS,
+    backends: Sequence[str] | None = None,
+    size: int = 64,
+    device: str = "cpu",
+    random_weights: bool = False,
+    with_metrics: bool = True,
+    failed: dict[str, str] | None = None,
+    skipped: dict[str, str] | None = None,
+    skipped_metrics: dict[str, str] | None = None,
+    base_seed: int = 0,
+) -> Path:
+    """Write a complete run directory at `root` (created) and return it. `failed`/`skipped` map backend -> reason."""
+    import numpy as np
+    from PIL import Image
+
+    table = {b[0]: b for b in FIFTEEN_BACKENDS}
+    names = list(backends) if backends is not None else [b[0] for b in FIFTEEN_BACKENDS[:5]]
+    failed = dict(failed or {})
+    skipped = dict(skipped or {})
+    if skipped_metrics is None:
+        skipped_metrics = {"clip_score": "no CLIP weights found: pass --clip-weights or set EVALKIT_CLIP_PATH"}
+    root = Path(root)
+    root.mkdir(parents=True, exist_ok=True)
+    rd = RunDir(root)
+    plist = [
+        {"index": i, "id": prompt_id(i, t), "text": t, "seed": prompt_seed(t, base_seed),
+         "tokens": {"clip": min(77, len(t.split()) + 2), "clip_limit": 77, "clip_truncated": len(t.split()) + 2 > 77,
+                    "t5": len(t.split()) + 1, "t5_limit": 512, "t5_truncated": False}}
+        for i, t in enumerate(prompts)
+    ]
+    cuda = device == "cuda"
+    manifest = {
+        "schema_version": 1,
+        "run_id": root.name,
+        "created_utc": "2026-11-21T14:30:00Z",
+        "evalkit_version": "0.1.0",
+        "command": ["evalkit", "run", "prompts/styles.txt", "--model", "synthetic"],
+        "prompts_file": "prompts/styles.txt",
+        "prompts_sha256": hashlib.sha256("\n".join(prompts).encode()).hexdigest(),
+        "prompts": plist,
+        "model": {"spec": "random:flux-dev" if random_weights else "synthetic", "kind": "random" if random_weights else "tiny",
+                  "path": str(root / "model"), "random_weights": random_weights, "quality_meaningful": not random_weights,
+                  "note": "synthetic run written by evalkit.report.synthetic (no model was run)"},
+        "generation": {"height": size, "width": size, "num_inference_steps": 4, "guidance_scale": 3.5,
+                       "max_sequence_length": 64, "batch_size": 1, "base_seed": base_seed,
+                       "generator_device": "cpu", "warmup_runs": 1, "dtype": "bfloat16"},
+        "backends": names,
+        "reference_backend": "bf16",
+        "device": ({"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "capability": [9, 0], "total_memory_gib": 79.1,
+                    "cpu_count": 16, "platform": "Linux-x86_64", "python": "3.11.7"} if cuda else
+                   {"type": "cpu", "name": "x86_64", "capability": None, "total_memory_gib": None,
+                    "cpu_count": 2, "platform": "Linux-x86_64", "python": "3.11.7"}),
+        "versions": {"torch": "2.13.0+cpu", "diffusers": "0.42.1", "transformers": "5.23.0", "evalkit": "0.1.0"},
+        "memory_convention": {
+            "unit": "GiB (2^30 bytes)",
+            "after_load_*": "torch.cuda.memory_allocated/reserved right after loading",
+            "load_peak_*": "torch.cuda.max_memory_allocated/reserved during loading (peak stats reset before)",
+            "peak_*": "torch.cuda.max_memory_allocated/reserved during generation",
+            "cpu_peak_rss_gib": "process peak RSS (ru_maxrss)",
+        },
+        "fid_mode": {"implementation": "evalkit (clean-fid 'clean' resize, TF Inception pool3)", "n": len(prompts),
+                     "note": "FID on a handful of images is strongly biased; read KID and paired metrics first"},
+        "config": {"synthetic": True},
+    }
+    atomic_write_json(rd.manifest, manifest)
+    ref_imgs = {p["id"]: _scene(p["seed"], size) for p in plist}
+    for name in names:
+        _, library, level, mem_factor, lat_factor = table.get(name, (name, "unknown", 0.4, 0.5, 1.2))
+        record: dict[str, Any] = {
+            "schema_version": 1, "backend": name, "status": "ok", "reason": None, "error": None,
+            "recipe": {"name": name, "library": library, "components": ["transformer", "text_encoder_2"],
+                       "modifiers": name.split("+")[1:], "options": {}},
+            "quantization": {"resolved_config": {}, "components_quantized": [] if name == "bf16" else ["transformer", "text_encoder_2"],
+                             "layer_types": {}, "quantized_linear_count": {}},
+            "started_utc": "2026-11-21T14:30:00Z", "finished_utc": "2026-11-21T14:31:00Z", "pid": 1234,
+        }
+        if name in failed or name in skipped:
+            status = "failed" if name in failed else "skipped"
+            record.update(status=status, reason=(failed.get(name) or skipped.get(name)))
+            if status == "failed":
+                record["error"] = {"type": "RuntimeError", "message": failed[name],
+                                   "traceback_tail": f'  File "worker.py", line 1\nRuntimeError: {failed[name]}'}
+            record.update(images=[], footprint=None, load_time_s=None, compile_time_s=None, memory=None, latency=None)
+            atomic_write_json(rd.generation_record(name), record)
+            continue
+        weights_gib = (31.4 if cuda else 0.004) * mem_factor
+        rng = _rng("mem", name)
+        if cuda:
+            memory = {"device": "cuda", "after_load_allocated_gib": round(weights_gib, 3),
+                      "after_load_reserved_gib": round(weights_gib * 1.01 + 0.1, 3),
+                      "load_peak_allocated_gib": round(weights_gib * (1.0 if name == "bf16" else 1.25), 3),
+                      "load_peak_reserved_gib": round(weights_gib * (1.02 if name == "bf16" else 1.3) + 0.2, 3),
+                      "peak_allocated_gib": round(weights_gib + 1.6 + rng.uniform(0, 0.3), 3),
+                      "peak_reserved_gib": round(weights_gib + 3.2 + rng.uniform(0, 0.6), 3),
+                      "cuda_reason": None, "cpu_peak_rss_gib": round(3.0 + rng.uniform(0, 1), 3)}
+            base_lat = 11.0
+        else:
+            memory = {"device": "cpu", "after_load_allocated_gib": None, "after_load_reserved_gib": None,
+                      "load_peak_allocated_gib": None, "load_peak_reserved_gib": None,
+                      "peak_allocated_gib": None, "peak_reserved_gib": None,
+                      "cuda_reason": "device is cpu", "cpu_peak_rss_gib": round(0.6 + 0.4 * mem_factor + rng.uniform(0, 0.05), 3)}
+            base_lat = 0.04
+        lats = sorted(float(base_lat * lat_factor * (1 + 0.03 * v)) for v in rng.normal(0, 1, 5))
+        images = []
+        for p in plist:
+            arr = _perturb(ref_imgs[p["id"]], level, (name, p["id"]))
+            path = rd.image_path(name, p["id"], p["seed"])
+            path.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray((arr * 255 + 0.5).astype(np.uint8)).save(path, compress_level=1)
+            images.append({"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_file(path),
+                           "latency_s": lats[len(images) % len(lats)], "flags": []})
+        record.update(
+            images=images,
+            footprint={"total_bytes": int(weights_gib * 2**30), "total_gib": round(weights_gib, 3)},
+            load_time_s=round(4.0 * lat_factor, 2) if cuda else round(0.2 * lat_factor, 3),
+            compile_time_s=95.0 if "compile" in name else None,
+            memory=memory,
+            latency={"warmup_runs": 1, "n": len(lats), "median_s": lats[len(lats) // 2], "mean_s": sum(lats) / len(lats),
+                     "std_s": float(np.std(lats)), "min_s": lats[0], "max_s": lats[-1], "p10_s": lats[0], "p90_s": lats[-1]},
+        )
+        atomic_write_json(rd.generation_record(name), record)
+        if with_metrics and not random_weights:
+            atomic_write_json(rd.metrics_record(name), _metrics(name, level, plist, skipped_metrics))
+    write_summary(root)
+    return root
+
+
+def _metrics(name: str, level: float, plist: list[dict], skipped_metrics: dict[str, str]) -> dict[str, Any]:
+    rng = _rng("metrics", name)
+    ids = [p["id"] for p in plist]
+    n = len(ids)
+    metrics: dict[str, Any] = {}
+
+    def paired(key: str, base: float, slope: float, hib: bool, jitter: float) -> None:
+        per = {i: round(base + slope * level * (1 + jitter * float(rng.normal())), 4) for i in ids}
+        mean = sum(per.values()) / n
+        half = 1.96 * jitter * abs(slope) * level / max(math.sqrt(n), 1) + 1e-4
+        metrics[key] = {"status": "ok", "mean": round(mean, 4), "ci_low": round(mean - half, 4), "ci_high": round(mean + half, 4),
+                        "n": n, "higher_is_better": hib, "per_prompt": per}
+
+    if name != "bf16":
+        paired("psnr", 48.0, -22.0, True, 0.1)
+        paired("ssim", 1.0, -0.35, True, 0.1)
+        paired("lpips_alex", 0.0, 0.30, False, 0.15)
+        metrics["fid"] = {"status": "ok", "value": round(2.0 + 20 * level * level, 3), "n": n, "n_reference": n,
+                          "higher_is_better": False, "mode": "clean"}
+    for key, reason in skipped_metrics.items():
+        metrics[key] = {"status": "skipped", "reason": reason}
+    return {"schema_version": 1, "backend": name, "reference_backend": "bf16", "metrics": metrics}
