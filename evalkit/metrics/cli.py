@@ -1,0 +1,169 @@
+"""`evalkit score`, `evalkit compare-images`, `evalkit weights`. Imports nothing heavy at module level:
+`evalkit --help` must not pay for torch (stage modules are imported inside the *_main functions)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+
+def _add_metric_options(p: argparse.ArgumentParser | Any, for_run: bool) -> None:
+    p.add_argument("--metrics", default=None,
+                   help="comma list of metrics (see docs/metrics.md), or 'all'; default: lpips_alex, ssim, ms_ssim, "
+                        "psnr, clip_score, clip_score_drop, fid, kid. 'lpips' means lpips_<--lpips-net>")
+    p.add_argument("--lpips-net", default=None, help="alex (default), vgg, or alex,vgg")
+    p.add_argument("--clip-model", default=None,
+                   help="CLIP for clip_score: a local folder, a Hugging Face id in the local cache "
+                        "(default openai/clip-vit-large-patch14), or open_clip:ARCH:/path/to/ckpt")
+    p.add_argument("--real-dir", default=None, help="a folder of real images: adds fid_real / kid_real")
+    p.add_argument("--bootstrap-samples", type=int, default=2000, help="bootstrap resamples for 95%% CIs (default 2000)")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 8)")
+    p.add_argument("--metrics-batch-size", type=int, default=8, help="image pairs per device batch (default 8)")
+    p.add_argument("--fid-sqrt", choices=["eigh", "sqrtm"], default="eigh",
+                   help="trace-sqrt method for FID: eigh (fast, default) or sqrtm (clean-fid's scipy path); agree to ~1e-6")
+    p.add_argument("--no-cache", action="store_true", help="recompute everything (ignore and do not write metrics/cache)")
+    p.add_argument("--weights-dir", default=None, help="folder holding metric weight files (also $EVALKIT_WEIGHTS_DIR)")
+    if not for_run:
+        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
+
+
+def add_score_arguments(parser: argparse.ArgumentParser, for_run: bool = False) -> None:
+    """Options of `evalkit score RUN_DIR`; with for_run, only the options (`evalkit run` owns --device etc.)."""
+    if not for_run:
+        parser.add_argument("run_dir", help="a run directory written by `evalkit generate`")
+    group = parser.add_argument_group("scoring (stage 2)") if for_run else parser
+    _add_metric_options(group, for_run)
+    if not for_run:
+        parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+
+
+def score_main(args: argparse.Namespace) -> int:
+    from evalkit.metrics.stage import score_run
+
+    quiet = bool(getattr(args, "quiet", False))
+    results = score_run(
+        args.run_dir, metrics=args.metrics, device=getattr(args, "device", "auto") or "auto",
+        lpips_net=args.lpips_net, clip_model=args.clip_model, real_dir=args.real_dir,
+        bootstrap_samples=args.bootstrap_samples, workers=args.workers, use_cache=not args.no_cache,
+        weights_dir=args.weights_dir, batch_size=args.metrics_batch_size, fid_method=args.fid_sqrt,
+        progress=not quiet and sys.stderr.isatty(),
+    )
+    if not quiet:
+        _print_score_table(results)
+        print(f"Metrics: {args.run_dir}/metrics/ (per_image.csv, <backend>.json); summary.json updated")
+    return 0
+
+
+def _fmt(rec: dict[str, Any]) -> str:
+    if rec.get("status") != "ok":
+        return "skipped"
+    if "mean" in rec:
+        ci = f" [{rec['ci_low']:.4g}, {rec['ci_high']:.4g}]" if rec.get("ci_low") is not None else ""
+        return f"{rec['mean']:.4g}{ci} n={rec['n']}"
+    return f"{rec['value']:.4g} n={rec['n']}/{rec.get('n_reference')}"
+
+
+def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    names = sorted({m for r in results.values() for m in r}, key=lambda m: list(next(iter(results.values()))).index(m)
+                   if m in next(iter(results.values())) else 99)
+    t = Table(title="score: mean [95% CI] n (vs the reference backend)")
+    t.add_column("backend")
+    for m in names:
+        t.add_column(m)
+    reasons: dict[str, str] = {}
+    for b, r in results.items():
+        t.add_row(b, *[_fmt(r.get(m, {})) for m in names])
+        for m in names:
+            if r.get(m, {}).get("status") == "skipped":
+                reasons.setdefault(r[m].get("reason", ""), f"{m} ({b})")
+    c = Console()
+    c.print(t)
+    for reason, where in list(reasons.items())[:8]:
+        c.print(f"  skipped {where}: {reason}", highlight=False, soft_wrap=True)
+
+
+# ---------------------------------------------------------------- compare-images
+
+def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dir_a", help="reference images (e.g. bf16)")
+    parser.add_argument("dir_b", help="candidate images, paired with DIR_A by file name")
+    parser.add_argument("--metrics", default="lpips,ssim,psnr",
+                        help="comma list: lpips (=lpips_alex), lpips_vgg, ssim, ms_ssim, psnr, fid, kid (default %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object: each metric's mean, CI and n")
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--workers", type=int, default=None, help="image-decoding processes")
+    parser.add_argument("--batch-size", type=int, default=8, help="image pairs per device batch")
+    parser.add_argument("--bootstrap-samples", type=int, default=2000)
+    parser.add_argument("--weights-dir", default=None, help="folder holding metric weight files")
+
+
+def compare_images_main(args: argparse.Namespace) -> int:
+    from evalkit.metrics.stage import compare_folders
+
+    res = compare_folders(args.dir_a, args.dir_b, args.metrics, device=args.device, workers=args.workers,
+                          weights_dir=args.weights_dir, batch_size=args.batch_size,
+                          bootstrap_samples=args.bootstrap_samples, progress=not args.json and sys.stderr.isatty())
+    if args.json:
+        from evalkit.io import to_json
+
+        sys.stdout.write(to_json(res))
+        return 0
+    print(f"{res['n_pairs']} pairs: {res['candidate_dir']} vs {res['reference_dir']}")
+    for m, r in res["metrics"].items():
+        print(f"  {m:12s} {_fmt(r)}" + (f"  ({r['reason']})" if r.get("status") != "ok" else ""))
+    if res["n_resized"]:
+        print(f"  {res['n_resized']} reference image(s) resized: {res['resize_policy']}")
+    if res["n_corrupt"]:
+        print(f"  {res['n_corrupt']} corrupt image(s) skipped: {', '.join(res['corrupt'][:3])}")
+    return 0
+
+
+# ---------------------------------------------------------------- weights
+
+def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("action", nargs="?", choices=["status", "prepare", "verify"], default="status",
+                        help="status (default): where each weight file is and whether its SHA-256 matches; "
+                             "prepare: copy verified files into evalkit's cache (and convert LPIPS pickles); "
+                             "verify: re-hash everything")
+    parser.add_argument("--from", dest="from_dir", default=None,
+                        help="prepare: take the files from this folder (e.g. copied from a machine with internet)")
+    parser.add_argument("--weights-dir", default=None, help="also look in this folder (also $EVALKIT_WEIGHTS_DIR)")
+    parser.add_argument("--json", action="store_true", help="machine-readable output")
+
+
+def weights_main(args: argparse.Namespace) -> int:
+    from evalkit.metrics import weights as w
+
+    if args.action == "prepare":
+        rows = w.prepare(args.from_dir or args.weights_dir)
+    elif args.action == "verify":
+        rows = w.verify(args.weights_dir)
+    else:
+        rows = w.status(args.weights_dir)
+    if args.json:
+        from evalkit.io import to_json
+
+        sys.stdout.write(to_json({"cache": str(w.weights_cache_dir()), "weights": rows}))
+    else:
+        from rich.console import Console
+        from rich.table import Table
+
+        t = Table(title=f"metric weights (cache: {w.weights_cache_dir()})")
+        for col in ("id", "status", "sha256 ok", "path"):
+            t.add_column(col, overflow="fold")
+        for r in rows:
+            ok = {True: "yes", False: "NO", None: "-"}[r.get("sha256_ok")] if "sha256_ok" in r else "-"
+            t.add_row(r["id"], r["status"], ok, r.get("path") or r.get("description") or "")
+        c = Console()
+        c.print(t)
+        for r in rows:
+            fix = r.get("fix") or (r.get("note") if r["status"] != "ok" else None)
+            if fix:
+                c.print(f"  {r['id']}: {fix}", highlight=False, soft_wrap=True)
+    bad = [r for r in rows if r["status"] in ("missing", "corrupt")]
+    return 1 if (bad and args.action in ("verify", "prepare")) else 0

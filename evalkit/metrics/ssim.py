@@ -1,0 +1,124 @@
+"""SSIM and MS-SSIM between a candidate image and its reference. Higher is better (1 = identical).
+
+SSIM: Gaussian window 11x11 (sigma 1.5, truncated at 3.5 sigma as scipy does), K1 0.01, K2 0.03,
+population (not sample) covariance, data_range 1.0 on images scaled to [0, 1] from 8 bits.
+Per channel, then averaged over channels and over the valid area, per image.
+
+Border convention: skimage.metrics.structural_similarity filters with reflect padding and then crops
+(win_size - 1) // 2 = 5 pixels from every side before averaging. The cropped values never touch
+the padding, so this module computes the same numbers with a *valid* (unpadded) convolution.
+Parity with skimage (gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=1.0,
+channel_axis=-1) is tested at 1e-4 on real photographs.
+
+MS-SSIM: torchmetrics' functional multiscale SSIM (5 scales, the standard betas, Gaussian 11 / 1.5,
+data_range 1.0; its import does not need torchvision). It downsamples 4 times, so each side must
+exceed (11 - 1) * 2**4 = 160 px; smaller images are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+WIN = 11
+SIGMA = 1.5
+K1, K2 = 0.01, 0.03
+MS_SSIM_MIN_SIDE = (WIN - 1) * 2 ** 4 + 1  # torchmetrics requires each side > (win - 1) * 2^4
+
+
+def gaussian_kernel_1d(sigma: float = SIGMA, truncate: float = 3.5, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """scipy.ndimage's Gaussian taps: radius int(truncate * sigma + 0.5), normalised to sum 1."""
+    radius = int(truncate * sigma + 0.5)
+    x = torch.arange(-radius, radius + 1, dtype=torch.float64)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return (k / k.sum()).to(dtype)
+
+
+def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """SSIM of each pair in (N, C, H, W) float tensors -> (N,). Computed in float64 on CPU, float32 on CUDA
+    (float32 on CPU would lose ~1e-5 to cancellation in E[x^2] - E[x]^2; on CUDA float64 is slow)."""
+    if a.shape != b.shape:
+        raise ValueError(f"SSIM needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
+    n, c, h, w = a.shape
+    if h < WIN or w < WIN:
+        raise ValueError(f"SSIM needs images of at least {WIN}x{WIN} px, got {h}x{w}")
+    dtype = torch.float32 if a.device.type == "cuda" else torch.float64
+    a, b = a.to(dtype), b.to(dtype)
+    g = gaussian_kernel_1d(dtype=dtype).to(a.device)
+    # Separable filter over the 5 moment maps of every channel at once (grouped conv).
+    stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)  # (N, 5C, H, W)
+    groups = stack.shape[1]
+    stack = F.conv2d(stack, g.view(1, 1, 1, -1).expand(groups, 1, 1, WIN), groups=groups)
+    stack = F.conv2d(stack, g.view(1, 1, -1, 1).expand(groups, 1, WIN, 1), groups=groups)
+    mu_a, mu_b, e_aa, e_bb, e_ab = stack.split(c, dim=1)
+    var_a = e_aa - mu_a * mu_a
+    var_b = e_bb - mu_b * mu_b
+    cov = e_ab - mu_a * mu_b
+    c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
+    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
+    return s.mean(dim=(1, 2, 3))
+
+
+def ms_ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms_ssim
+
+    h, w = a.shape[-2:]
+    if min(h, w) < MS_SSIM_MIN_SIDE:
+        raise ValueError(ms_ssim_too_small_reason(h, w))
+    return ms_ssim(a.float(), b.float(), data_range=data_range, kernel_size=WIN, sigma=SIGMA,
+                   reduction="none", normalize="relu")
+
+
+def ms_ssim_too_small_reason(h: int, w: int) -> str:
+    return (f"images are {h}x{w} px; MS-SSIM (5 scales, window {WIN}) needs each side >= {MS_SSIM_MIN_SIDE} px")
+
+
+class SSIMMetric:
+    """Paired metric: per-pair SSIM between uint8 HWC batches."""
+
+    higher_is_better = True
+    OPTIONS = {"window": "gaussian 11x11", "sigma": SIGMA, "k1": K1, "k2": K2, "data_range": 1.0,
+               "covariance": "population", "border": "valid (= skimage's crop of 5 px)"}
+
+    def __init__(self, device: str = "cpu", batch_size: int = 8) -> None:
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.options = dict(self.OPTIONS)
+
+    def min_size_reason(self, h: int, w: int) -> str | None:
+        return None if min(h, w) >= WIN else f"images are {h}x{w} px; SSIM needs at least {WIN}x{WIN}"
+
+    @torch.inference_mode()
+    def compute(self, ref: "np.ndarray | torch.Tensor", img: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """Per-pair values for uint8 (N, H, W, 3) batches (numpy, or tensors already on the device)."""
+        from evalkit.metrics.images import to_float_nchw
+
+        out = []
+        for s in range(0, len(ref), self.batch_size):
+            a = to_float_nchw(ref[s:s + self.batch_size], self.device)
+            b = to_float_nchw(img[s:s + self.batch_size], self.device)
+            out.append(ssim_per_image(a, b).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
+
+
+class MSSSIMMetric(SSIMMetric):
+    """Paired metric: per-pair MS-SSIM (torchmetrics functional), skipped below 161 px per side."""
+
+    OPTIONS = {"scales": 5, "betas": "(0.0448, 0.2856, 0.3001, 0.2363, 0.1333)", "window": "gaussian 11x11",
+               "sigma": SIGMA, "data_range": 1.0, "implementation": "torchmetrics functional", "normalize": "relu"}
+
+    def min_size_reason(self, h: int, w: int) -> str | None:
+        return None if min(h, w) >= MS_SSIM_MIN_SIDE else ms_ssim_too_small_reason(h, w)
+
+    @torch.inference_mode()
+    def compute(self, ref: "np.ndarray | torch.Tensor", img: "np.ndarray | torch.Tensor") -> np.ndarray:
+        """Per-pair values for uint8 (N, H, W, 3) batches (numpy, or tensors already on the device)."""
+        from evalkit.metrics.images import to_float_nchw
+
+        out = []
+        for s in range(0, len(ref), self.batch_size):
+            a = to_float_nchw(ref[s:s + self.batch_size], self.device)
+            b = to_float_nchw(img[s:s + self.batch_size], self.device)
+            out.append(ms_ssim_per_image(a, b).double().cpu().numpy())
+        return np.concatenate(out) if out else np.zeros(0)
