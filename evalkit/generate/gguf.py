@@ -482,10 +482,14 @@ def _read_gguf(path: Path) -> Any:
     if not path.is_file():
         raise EvalkitError(f"{path}: GGUF file not found")
     size = path.stat().st_size
+    with open(path, "rb") as fh:
+        magic = fh.read(4)
+    if magic != b"GGUF":
+        raise EvalkitError(f"{path}: not a GGUF file (it does not start with the GGUF magic bytes; {size} bytes)")
     try:
         reader = gguf.GGUFReader(path)
-    except Exception as e:  # struct/numpy/ValueError from a bad header: name the file, not the stack
-        raise EvalkitError(f"{path}: not a valid GGUF file or it is truncated ({size} bytes): "
+    except Exception as e:  # struct/numpy/ValueError from a cut or damaged header: name the file, not the stack
+        raise EvalkitError(f"{path}: truncated or damaged GGUF file ({size} bytes; an interrupted download or copy?): "
                            f"{type(e).__name__}: {e}") from None
     for t in reader.tensors:
         end = int(t.data_offset) + int(t.n_bytes)
