@@ -16,6 +16,7 @@ gguf = pytest.importorskip("gguf")
 torch = pytest.importorskip("torch")
 
 from evalkit.errors import EvalkitError  # noqa: E402
+from evalkit.io import read_json  # noqa: E402
 from evalkit.generate import gguf as eg  # noqa: E402
 
 # Bits per weight go down along this list, so errors must go up.
@@ -143,11 +144,14 @@ def _awkward_rows() -> np.ndarray:
     return torch.from_numpy(x).bfloat16().float().numpy()
 
 
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 @pytest.mark.parametrize("qtype", ["Q8_0", "Q4_0", "Q4_1"])
-def test_torch_quantizer_is_bit_exact_with_gguf(qtype: str) -> None:
+def test_torch_quantizer_is_bit_exact_with_gguf(qtype: str, device: str) -> None:
+    if device == "cuda" and not torch.cuda.is_available():
+        pytest.skip("needs CUDA (the full-size conversion path)")
     x = _awkward_rows()
     ref = gguf.quants.quantize(x, gguf.GGMLQuantizationType[qtype])
-    mine = eg.quantize_tensor(torch.from_numpy(x), qtype, device="cpu", engine="torch")
+    mine = eg.quantize_tensor(torch.from_numpy(x), qtype, device=device, engine="torch")
     assert mine.dtype == np.uint8 and mine.shape == ref.shape
     assert np.array_equal(mine, ref)
 
@@ -202,6 +206,8 @@ def test_second_call_reuses_the_file(made: dict, tiny_model_path: Path, gguf_dir
     assert time.perf_counter() - t0 < 1.0
     assert len({p.name for p in made.values()}) == len(MADE)  # the type is part of the key
     assert not [p for p in (gguf_dir / "gguf").iterdir() if p.name.endswith(".tmp")]
+    record = read_json(eg.conversion_record_path(path))
+    assert record["qtype"] == "Q8_0" and record["file_bytes"] == path.stat().st_size and record["params"] > 0
 
 
 def test_interrupted_conversion_leaves_no_file(tiny_model_path: Path, tmp_path: Path,
@@ -218,7 +224,7 @@ def test_interrupted_conversion_leaves_no_file(tiny_model_path: Path, tmp_path: 
     monkeypatch.setattr(eg, "quantize_tensor", dies_midway)
     with pytest.raises(KeyboardInterrupt):
         eg.ensure_gguf(str(tiny_model_path), "Q4_0", tmp_path)
-    assert not [p for p in (tmp_path / "gguf").iterdir() if not p.name.endswith(".lock")]
+    assert not [p for p in (tmp_path / "gguf").iterdir() if not p.name.endswith(".lock")]  # no temp, no record
     monkeypatch.setattr(eg, "quantize_tensor", real)
     path = eg.ensure_gguf(str(tiny_model_path), "Q4_0", tmp_path)
     assert eg.validate_gguf(path, str(tiny_model_path))["tensor_types"]["Q4_0"] > 0

@@ -402,7 +402,8 @@ def ensure_gguf(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], 
 
 
 def convert_transformer(model_path: str, qtype: str, out: str | os.PathLike[str], device: str | None = None) -> dict[str, Any]:
-    """Write the GGUF file (atomically) and return stats: seconds, parameters, types."""
+    """Write the GGUF file (atomically) and return stats (also saved as `<out>.json`): seconds, parameters,
+    tensor types, engine."""
     import numpy as np
     from safetensors import safe_open
 
@@ -467,7 +468,21 @@ def convert_transformer(model_path: str, qtype: str, out: str | os.PathLike[str]
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    return {"seconds": time.perf_counter() - t0, "params": n_params, "tensor_types": dict(counts), "path": str(out)}
+    stats = {"seconds": round(time.perf_counter() - t0, 3), "params": n_params, "tensor_types": dict(counts),
+             "qtype": t.name, "engine": "/".join(_engine(t.name, device)), "converter": CONVERTER_VERSION,
+             "gguf_version": _gguf_version(), "source": str(Path(model_path).resolve() / "transformer"),
+             "file_bytes": out.stat().st_size}
+    from evalkit.io import atomic_write_json
+
+    # Optional record for the run's notes (conversion time, engine); the .gguf alone is the cache entry.
+    atomic_write_json(conversion_record_path(out), stats)
+    return stats
+
+
+def conversion_record_path(gguf_path: str | os.PathLike[str]) -> Path:
+    """The JSON written next to a made file: seconds, params, tensor types, engine, versions."""
+    p = Path(gguf_path)
+    return p.with_name(p.name + ".json")
 
 
 # ---------------------------------------------------------------------------------------------------------------
