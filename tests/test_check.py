@@ -368,3 +368,28 @@ def test_cli_module_imports_nothing_heavy() -> None:
              "print([m for m in ('torch', 'numpy', 'diffusers', 'rich', 'evalkit.check.compare') if m in sys.modules])")
     out2 = subprocess.run([sys.executable, "-c", code2], capture_output=True, text=True, env=env, timeout=60)
     assert out2.stdout.strip() == "[]", out2.stdout
+
+
+# --- the shipped example and the docs -------------------------------------------------------------------------
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_example_thresholds_file_is_valid_for_its_backends(tmp_path: Path) -> None:
+    # Same backends as the example's sections; a CUDA run so memory is measured. Exit 1 is fine (the fixture
+    # has no clip_score_drop), exit 2 would mean the shipped example itself is broken.
+    run = make_run(tmp_path / "run", device="cuda", peak_reserved={"bf16": 33.0, "bnb-nf4": 12.0, "torchao-int8wo": 20.0})
+    assert check(run, REPO / "thresholds.example.toml", "-q") == 1
+    md = (run / "check" / "summary.md").read_text()
+    assert "clip_score_drop not scored" in md
+    assert "bnb-nf4** `peak_memory_reserved_gib_max`" not in md  # 12 GiB is within nf4's 18
+
+
+def test_docs_name_every_bound() -> None:
+    from evalkit.check.thresholds import KNOWN_METRICS, OPTIONS, RESOURCES
+
+    doc = (REPO / "docs" / "release-gate.md").read_text()
+    for name in [*KNOWN_METRICS, *OPTIONS]:
+        assert f"`{name}" in doc or f"{name}`" in doc, name
+    for r in RESOURCES:
+        assert f"{r}_max" in doc, r
