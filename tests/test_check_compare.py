@@ -80,7 +80,7 @@ def test_not_comparable_exits_2_naming_the_difference(base: Path, tmp_path: Path
     assert compare(base, cand) == 2
     err = capsys.readouterr().err
     assert "not comparable" in err and fragment in err and "--force" in err
-    assert not (cand / "check" / "junit.xml").exists()
+    assert not (cand / "check" / "compare-junit.xml").exists()
 
 
 def test_seed_edited_in_manifest_is_caught(base: Path, tmp_path: Path, capsys) -> None:
@@ -104,15 +104,15 @@ def test_force_compares_and_says_so_everywhere(base: Path, tmp_path: Path, capsy
     assert compare(base, cand, "--force") == 0
     err = capsys.readouterr().err
     assert "FORCED comparison" in err
-    md = (cand / "check" / "summary.md").read_text()
+    md = (cand / "check" / "compare-summary.md").read_text()
     assert md.splitlines()[2].startswith("> ⚠️ **Warning:** FORCED comparison (--force)")
     assert "num_inference_steps differs (4 vs 8)" in md
-    root = ET.parse(cand / "check" / "junit.xml").getroot()
+    root = ET.parse(cand / "check" / "compare-junit.xml").getroot()
     props = {p.get("name"): p.get("value") for p in root.find("testsuite").iter("property") if p.get("name") == "forced"}
     assert props == {"forced": "true"}
     assert "FORCED" in root.find("testsuite").find("system-err").text
     # Only the 5 shared prompts are paired.
-    assert "n=5 prompts" in (cand / "check" / "junit.xml").read_text()
+    assert "n=5 prompts" in (cand / "check" / "compare-junit.xml").read_text()
 
 
 # --- regressions ----------------------------------------------------------------------------------------------
@@ -120,20 +120,20 @@ def test_force_compares_and_says_so_everywhere(base: Path, tmp_path: Path, capsy
 def test_identical_runs_pass_with_no_change(base: Path, tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand")
     assert compare(base, cand, "--fail-on-regression") == 0
-    md = (cand / "check" / "summary.md").read_text()
+    md = (cand / "check" / "compare-summary.md").read_text()
     assert "no significant regression" in md and "regression |" not in md
 
 
 def test_regression_is_flagged_and_fails_only_with_flag(base: Path, tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand", shift=0.02)
     assert compare(base, cand) == 0  # report only
-    md = (cand / "check" / "summary.md").read_text()
+    md = (cand / "check" / "compare-summary.md").read_text()
     assert "6 significant regression(s) (not failing" in md
     assert "### Regressions (not failing" in md
-    assert ET.parse(cand / "check" / "junit.xml").getroot().get("failures") == "0"
+    assert ET.parse(cand / "check" / "compare-junit.xml").getroot().get("failures") == "0"
 
     assert compare(base, cand, "--fail-on-regression") == 1
-    root = ET.parse(cand / "check" / "junit.xml").getroot()
+    root = ET.parse(cand / "check" / "compare-junit.xml").getroot()
     failed = sorted((c.get("classname"), c.get("name")) for c in root.iter("testcase") if c.find("failure") is not None)
     assert failed == [(f"evalkit.compare.{b}", m) for b in ("bnb-nf4", "torchao-int8wo") for m in ("lpips_alex", "psnr", "ssim")]
     msg = next(root.iter("failure")).get("message")
@@ -143,13 +143,13 @@ def test_regression_is_flagged_and_fails_only_with_flag(base: Path, tmp_path: Pa
 def test_improvement_is_not_a_regression(base: Path, tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand", shift=-0.01)
     assert compare(base, cand, "--fail-on-regression") == 0
-    assert "improved" in (cand / "check" / "summary.md").read_text()
+    assert "improved" in (cand / "check" / "compare-summary.md").read_text()
 
 
 def test_set_level_metric_delta_is_shown_untested(base: Path, tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand", shift=0.01)
     compare(base, cand)
-    md = (cand / "check" / "summary.md").read_text()
+    md = (cand / "check" / "compare-summary.md").read_text()
     assert "| bnb-nf4 | `fid` | 12.3 | 13.3 | +1 |  |  | not tested |" in md
 
 
@@ -158,7 +158,7 @@ def test_latency_and_memory_ratios(tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand", device="cuda", peak_reserved={"bf16": 33.0, "bnb-nf4": 14.0, "torchao-int8wo": 20.2},
                     median_s={"bf16": 0.03, "bnb-nf4": 0.045, "torchao-int8wo": 0.06})
     assert compare(base, cand, "--fail-on-regression") == 1
-    root = ET.parse(cand / "check" / "junit.xml").getroot()
+    root = ET.parse(cand / "check" / "compare-junit.xml").getroot()
     failed = sorted((c.get("classname").rsplit(".", 1)[1], c.get("name")) for c in root.iter("testcase")
                     if c.find("failure") is not None)
     # nf4 memory +16.7% (> 5%), int8wo latency x1.333 (> 10%); int8wo memory +1% is within tolerance.
@@ -174,21 +174,21 @@ def test_other_device_ratios_shown_not_flagged(tmp_path: Path) -> None:
     m["device"]["name"] = "AMD EPYC"
     cand = make_run(tmp_path / "cand", m, median_s={"bf16": 0.3, "bnb-nf4": 0.9, "torchao-int8wo": 0.9})
     assert compare(base, cand, "--fail-on-regression") == 0
-    md = (cand / "check" / "summary.md").read_text()
+    md = (cand / "check" / "compare-summary.md").read_text()
     assert "devices differ" in md and "other device" in md
 
 
 def test_backend_failing_in_candidate_is_a_regression(base: Path, tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand", failed={"bnb-nf4": "RuntimeError: no kernel image is available"})
     assert compare(base, cand, "--fail-on-regression") == 1
-    f = next(ET.parse(cand / "check" / "junit.xml").getroot().iter("failure"))
+    f = next(ET.parse(cand / "check" / "compare-junit.xml").getroot().iter("failure"))
     assert "no kernel image" in f.get("message")
 
 
 def test_metric_skipped_in_candidate_is_reported(base: Path, tmp_path: Path) -> None:
     cand = make_run(tmp_path / "cand", skipped={"lpips_alex": "no LPIPS weights"})
     compare(base, cand)
-    md = (cand / "check" / "summary.md").read_text()
+    md = (cand / "check" / "compare-summary.md").read_text()
     assert "lpips_alex candidate: skipped (no LPIPS weights)" in md
 
 
@@ -196,7 +196,7 @@ def test_compare_junit_validates(base: Path, tmp_path: Path) -> None:
     xmlschema = pytest.importorskip("xmlschema")
     cand = make_run(tmp_path / "cand", shift=0.02, skipped={"clip_score": "no weights"})
     compare(base, cand, "--fail-on-regression")
-    xmlschema.XMLSchema(str(XSD)).validate(str(cand / "check" / "junit.xml"))
+    xmlschema.XMLSchema(str(XSD)).validate(str(cand / "check" / "compare-junit.xml"))
 
 
 def test_bad_arguments_exit_2(base: Path, tmp_path: Path, capsys) -> None:
@@ -217,6 +217,16 @@ def test_per_prompt_read_from_metrics_files(base: Path, tmp_path: Path) -> None:
     pp[first] += 0.3
     rec_path.write_text(json.dumps(rec))
     assert compare(base, cand, "--fail-on-regression") == 0
-    row = next(line for line in (cand / "check" / "summary.md").read_text().splitlines()
+    row = next(line for line in (cand / "check" / "compare-summary.md").read_text().splitlines()
                if line.startswith("| bnb-nf4 | `lpips_alex`"))
     assert "+0.05" in row and "n.s." in row
+
+
+def test_compare_does_not_clobber_check_outputs(base: Path, tmp_path: Path) -> None:
+    from check_fixtures import write
+
+    cand = make_run(tmp_path / "cand")
+    assert main(["check", str(cand), "-q", "--thresholds", str(write(tmp_path / "t.toml", "[default]\nssim_min = 0.5\n"))]) == 0
+    assert compare(base, cand) == 0
+    assert sorted(p.name for p in (cand / "check").iterdir()) == [
+        "compare-junit.xml", "compare-summary.md", "junit.xml", "summary.md"]

@@ -8,11 +8,17 @@ import time
 from pathlib import Path
 
 
-def _add_outputs(parser: argparse.ArgumentParser, what: str) -> None:
+# check and compare both write into RUN/check/; compare's names differ so that a CI job running both on the
+# same candidate run keeps both reports.
+CHECK_OUTPUTS = ("junit.xml", "summary.md")
+COMPARE_OUTPUTS = ("compare-junit.xml", "compare-summary.md")
+
+
+def _add_outputs(parser: argparse.ArgumentParser, what: str, names: tuple[str, str]) -> None:
     parser.add_argument("--junit", metavar="PATH", default=None,
-                        help=f"JUnit XML output (default: {what}/check/junit.xml); '-' to skip")
+                        help=f"JUnit XML output (default: {what}/check/{names[0]}); '-' to skip")
     parser.add_argument("--markdown", metavar="PATH", default=None,
-                        help=f"Markdown summary for PR comments (default: {what}/check/summary.md); '-' to skip")
+                        help=f"Markdown summary for PR comments (default: {what}/check/{names[1]}); '-' to skip")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not print the table to the terminal")
 
 
@@ -24,7 +30,7 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-ci", action="store_true",
                         help="judge the confidence bound instead of the mean: ci_high against a _max bound, "
                              "ci_low against a _min bound (stricter; metrics without a CI use their value)")
-    _add_outputs(parser, "RUN_DIR")
+    _add_outputs(parser, "RUN_DIR", CHECK_OUTPUTS)
     parser.epilog = "Exit status: 0 every bound holds, 1 a bound is violated, 2 the check cannot run."
 
 
@@ -46,15 +52,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--force", action="store_true",
                         help="compare runs that differ in prompts, seeds, resolution, steps, guidance or model; "
                              "the outputs say so prominently")
-    _add_outputs(parser, "CANDIDATE_RUN")
+    _add_outputs(parser, "CANDIDATE_RUN", COMPARE_OUTPUTS)
     parser.epilog = ("Exit status: 0 done (or no significant regression with --fail-on-regression), "
                      "1 a significant regression with --fail-on-regression, 2 the runs cannot be compared.")
 
 
-def _outputs(args: argparse.Namespace, run_dir: Path) -> tuple[Path | None, Path | None]:
+def _outputs(args: argparse.Namespace, run_dir: Path, names: tuple[str, str]) -> tuple[Path | None, Path | None]:
     default = run_dir / "check"
-    junit = None if args.junit == "-" else Path(args.junit) if args.junit else default / "junit.xml"
-    md = None if args.markdown == "-" else Path(args.markdown) if args.markdown else default / "summary.md"
+    junit = None if args.junit == "-" else Path(args.junit) if args.junit else default / names[0]
+    md = None if args.markdown == "-" else Path(args.markdown) if args.markdown else default / names[1]
     return junit, md
 
 
@@ -98,7 +104,7 @@ def check_main(args: argparse.Namespace) -> int:
     from evalkit.check.gate import check_run
 
     t0 = time.perf_counter()
-    junit, md = _outputs(args, Path(args.run_dir))
+    junit, md = _outputs(args, Path(args.run_dir), CHECK_OUTPUTS)
     _clear_stale([junit, md])
     report = check_run(args.run_dir, args.thresholds, use_ci=args.use_ci)
     return _emit(report, junit, md, args.quiet, time.perf_counter() - t0)
@@ -114,7 +120,7 @@ def compare_main(args: argparse.Namespace) -> int:
     if args.n_bootstrap < 100:
         raise EvalkitError(f"--n-bootstrap must be at least 100, not {args.n_bootstrap}")
     t0 = time.perf_counter()
-    junit, md = _outputs(args, Path(args.candidate_run))
+    junit, md = _outputs(args, Path(args.candidate_run), COMPARE_OUTPUTS)
     _clear_stale([junit, md])
     report = compare_runs(args.base_run, args.candidate_run, alpha=args.alpha, n_bootstrap=args.n_bootstrap,
                           force=args.force, fail_on_regression=args.fail_on_regression,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalkit.check.results import Report
+from evalkit.check.results import CaseResult, Report
 from evalkit.io import atomic_write_text
 
 
@@ -13,7 +13,7 @@ def _cell(text: str) -> str:
     return str(text).replace("|", "\\|").replace("\n", " ")
 
 
-def _table(report: Report, cases) -> list[str]:
+def _table(report: Report, cases: list[CaseResult]) -> list[str]:
     head = ("backend", "check", *report.columns)
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
     for c in cases:
