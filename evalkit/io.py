@@ -33,8 +33,8 @@ def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def to_json(obj: Any) -> str:
-    return json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
+def to_json(obj: Any, sort_keys: bool = True) -> str:
+    return json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False, allow_nan=False, default=_json_default) + "\n"
 
 
 def _json_default(o: Any) -> Any:
@@ -48,8 +48,9 @@ def _json_default(o: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(o).__name__}")
 
 
-def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    atomic_write_text(path, to_json(obj))
+def atomic_write_json(path: str | os.PathLike[str], obj: Any, sort_keys: bool = True) -> None:
+    """Keys are sorted (stable diffs) unless the order carries meaning, as in summary.json's backend order."""
+    atomic_write_text(path, to_json(obj, sort_keys=sort_keys))
 
 
 def read_json(path: str | os.PathLike[str]) -> Any:

@@ -127,7 +127,7 @@ def write_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
         "fid_mode": manifest.get("fid_mode"),
         "backends": backends,
     }
-    atomic_write_json(rd.summary, summary)
+    atomic_write_json(rd.summary, summary, sort_keys=False)  # backends stay in manifest order
     return summary
 
 
