@@ -393,3 +393,49 @@ def test_docs_name_every_bound() -> None:
         assert f"`{name}" in doc or f"{name}`" in doc, name
     for r in RESOURCES:
         assert f"{r}_max" in doc, r
+
+
+def test_ignore_opts_one_backend_out_visibly(tmp_path: Path) -> None:
+    run = make_run(tmp_path / "run", failed={"bnb-nf4": "needs CUDA"})
+    th = write(tmp_path / "t.toml", '[default]\nrequire_status_ok = true\n[backends."bnb-nf4"]\nignore = true\n')
+    assert check(run, th, "-q") == 0
+    cases = {(c.get("classname"), c.get("name")): c for c in junit_cases(run / "check" / "junit.xml")}
+    assert cases[("evalkit.check.bnb-nf4", "ignore")].find("skipped") is not None
+    assert check(run, write(tmp_path / "d.toml", "[default]\nignore = true\n"), "-q") == 2
+
+
+@pytest.mark.slow
+def test_end_to_end_on_a_real_tiny_run(tiny_run: Path, tmp_path: Path) -> None:
+    """The shared generated tiny run (CPU: CUDA memory null; torchao-fp8dq recorded as skipped)."""
+    import shutil
+
+    from conftest import run_evalkit
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run)
+    th = write(tmp_path / "t.toml", """
+[default]
+require_status_ok = true
+latency_ratio_to_bf16_max = 1000
+load_time_s_max = 1000
+peak_memory_reserved_gib_max = 100
+allow_unmeasured = true
+""")
+    r = run_evalkit("check", str(run), "--thresholds", str(th))
+    # torchao-fp8dq cannot run on CPU: named by [default], it fails with the generation's own reason.
+    assert r.returncode == 1, r.stderr
+    root = ET.parse(run / "check" / "junit.xml").getroot()
+    failed = {c.get("classname") for c in root.iter("testcase") if c.find("failure") is not None}
+    assert failed == {"evalkit.check.torchao-fp8dq"}
+    import json
+
+    skip_reason = json.loads((run / "generation" / "torchao-fp8dq.json").read_text())["reason"]
+    assert skip_reason and skip_reason in next(root.iter("failure")).get("message")
+    _validate_structure(run / "check" / "junit.xml")
+
+    th.write_text(th.read_text() + '\n[backends."torchao-fp8dq"]\nignore = true\n')
+    r = run_evalkit("check", str(run), "--thresholds", str(th))
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Comparing the run with itself: every quality delta is exactly zero.
+    r = run_evalkit("compare", str(tiny_run), str(run), "--fail-on-regression")
+    assert r.returncode == 0, r.stdout + r.stderr

@@ -109,6 +109,9 @@ def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str
                    rd: RunDir, use_ci: bool) -> list[CaseResult]:
     b = rules.backend
     out: list[CaseResult] = []
+    if rules.ignored_in:
+        msg = f"not gated: ignore = true in [{rules.ignored_in}]"
+        return [CaseResult(b, "ignore", "skipped", ("—", "—", "skipped"), msg)]
     status = (entry or {}).get("status", "missing")
     reason = (entry or {}).get("reason") or ("not in summary.json" if entry is None else "no reason recorded")
     ok = status == "ok"

@@ -79,6 +79,9 @@ OPTIONS = {
     # allow_unmeasured: a resource the run could not measure (null with a reason, e.g. CUDA memory on a CPU run)
     # is reported as skipped instead of failed. It never excuses a skipped quality metric or a failed backend.
     "allow_unmeasured": "boolean",
+    # ignore: opt this backend out of [default] (e.g. one that cannot run on this runner). It still shows, as one
+    # skipped testcase, so a gate never drops a backend without a trace.
+    "ignore": "boolean",
 }
 
 TOP_LEVEL = ("default", "backends")
@@ -117,6 +120,7 @@ class Rules:
     bounds: tuple[Bound, ...]
     require_status_ok: bool
     allow_unmeasured: bool
+    ignored_in: str | None = None  # the table that set `ignore = true`
 
 
 @dataclass
@@ -139,6 +143,8 @@ class Thresholds:
         for s in sections:
             bounds.update(s.bounds)  # later (per-backend) sections win, key by key
             options.update(s.options)
+        if options.get("ignore"):
+            return Rules(backend, (), False, False, ignored_in=f'backends."{backend}"')
         if not bounds and not options.get("require_status_ok"):
             return None
         return Rules(backend, tuple(bounds.values()), bool(options.get("require_status_ok", False)),
@@ -219,6 +225,8 @@ def _section(raw: dict[str, Any], table: str, valid_keys: list[str], where: "_Lo
             raise EvalkitError(f"{loc}: unknown bound {key!r} in [{label}].{hint} "
                                f"(bounds are <metric>_max/_min and <resource>_max; see docs/release-gate.md)")
         if key in OPTIONS:
+            if key == "ignore" and table == "default":
+                raise EvalkitError(f"{loc}: ignore belongs in a [backends.\"<name>\"] section (it opts one backend out)")
             if not isinstance(value, bool):
                 raise EvalkitError(f"{loc}: {key} must be true or false, not {value!r}")
             sec.options[key] = value
