@@ -154,9 +154,11 @@ def _quality_rows(data: ReportData) -> list[dict[str, Any]]:
                 why = (rec or {}).get("reason") or ("reference" if b.name == data.reference and m.compares == "reference" else "not scored")
                 cells.append({"value": None, "why": why})
                 continue
-            lo, hi = rec.get("ci_low"), rec.get("ci_high")
-            cells.append({"value": fmt_num(v, m.digits), "raw": v,
-                          "ci": f"[{fmt_num(lo, m.digits)}, {fmt_num(hi, m.digits)}]" if lo is not None and hi is not None else "",
+            lo, hi, sd = rec.get("ci_low"), rec.get("ci_high"), rec.get("std")
+            # Per-image metrics carry a bootstrap CI; set-level ones (FID, KID) at most a std over subsets.
+            spread = (f"[{fmt_num(lo, m.digits)}, {fmt_num(hi, m.digits)}]" if lo is not None and hi is not None
+                      else f"± {fmt_num(sd, m.digits)} std" if isinstance(sd, (int, float)) and m.compares != "reference" else "no CI")
+            cells.append({"value": fmt_num(v, m.digits), "raw": v, "ci": spread, "note": rec.get("note") or rec.get("description") or "",
                           "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": best.get(m.key) == v})
         rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference})
     return rows
@@ -273,7 +275,8 @@ def _problems(data: ReportData, images: dict) -> dict[str, Any]:
     for bname, key, why in data.skipped_metrics():
         grouped.setdefault((key, why), []).append(bname)
     metrics = [{"metric": k, "reason": why, "backends": names} for (k, why), names in grouped.items()]
-    return {"backends": backends, "metrics": metrics, "missing_images": missing, "flags": flags,
+    expected = sorted({f"{k} ({b})" for b, k, _ in data.skipped_metrics(expected=True) if b == data.reference})
+    return {"backends": backends, "metrics": metrics, "missing_images": missing, "flags": flags, "expected": expected,
             "not_scored": not_scored, "notes": data.notes,
             "count": len(backends) + len(metrics) + len(missing) + len(flags) + len(data.notes)}
 
@@ -302,6 +305,17 @@ def _figure_views(data: ReportData, figs: list) -> list[dict[str, Any]]:
     return out
 
 
+def _fid_n(fid_mode: dict[str, Any]) -> str:
+    """'n = 3 images per backend, 3 reference' from score's fid_mode (n is a number or a per-backend dict)."""
+    n, ref = fid_mode.get("n"), fid_mode.get("n_reference")
+    if isinstance(n, dict) and n:
+        vals = sorted(set(n.values()), key=str)
+        n = vals[0] if len(vals) == 1 else f"{min(vals)}–{max(vals)}"
+    if n is None:
+        return ""
+    return f"n = {n} images per backend" + (f", {ref} reference" if ref is not None else "")
+
+
 def _context(data: ReportData, images: dict, figs: list, tables: list[Path], show_images: bool) -> dict[str, Any]:
     manifest = data.manifest
     problems = _problems(data, images)
@@ -312,7 +326,7 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "data": data, "m": manifest, "run_id": manifest.get("run_id") or data.root.name,
         "model": manifest.get("model") or {}, "device": device, "gen": manifest.get("generation") or {},
         "versions": manifest.get("versions") or {}, "conventions": manifest.get("memory_convention") or {},
-        "fid_mode": manifest.get("fid_mode") or {}, "reference": data.reference,
+        "fid_mode": manifest.get("fid_mode") or {}, "reference": data.reference, "fid_n": _fid_n(manifest.get("fid_mode") or {}),
         "reference_ok": bool(ref and ref.ok),
         "random_weights": data.random_weights, "scored": data.scored, "cuda": data.has_cuda_memory,
         "device_type": data.device_type, "metrics": data.metrics,

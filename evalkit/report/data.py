@@ -34,9 +34,13 @@ KNOWN_METRICS: dict[str, MetricInfo] = {m.key: m for m in [
     MetricInfo("lpips_vgg", "LPIPS (VGG16)", "", False, 4),
     MetricInfo("psnr", "PSNR", "dB", True, 2),
     MetricInfo("ssim", "SSIM", "", True, 4),
+    MetricInfo("ms_ssim", "MS-SSIM", "", True, 4),
     MetricInfo("fid", "FID", "", False, 2, "distribution"),
     MetricInfo("kid", "KID", "", False, 4, "distribution"),
+    MetricInfo("fid_real", "FID vs real images", "", False, 2, "real"),
+    MetricInfo("kid_real", "KID vs real images", "", False, 4, "real"),
     MetricInfo("clip_score", "CLIP score", "", True, 2, "text"),
+    MetricInfo("clip_score_drop", "CLIP score drop", "", False, 3, "text"),
     MetricInfo("clip_iqa", "CLIP-IQA", "", True, 4, "image"),
     MetricInfo("image_reward", "ImageReward", "", True, 3, "text"),
 ]}
@@ -64,6 +68,14 @@ def metric_info(key: str, record: dict[str, Any] | None = None) -> MetricInfo:
     if isinstance(hib, bool) and hib != base.higher_is_better:
         base = MetricInfo(base.key, base.label, base.unit, hib, base.digits, base.compares)
     return base
+
+
+def expected_gap(b: "BackendView", key: str, m: dict[str, Any], reference: str) -> bool:
+    """A metric that has no value by design: the reference compared with itself, or a backend that never ran
+    (its reason is already shown once, as a backend problem)."""
+    if not b.ok:
+        return True
+    return b.name == reference and "reference" in str(m.get("reason") or "").lower()
 
 
 def metric_value(m: dict[str, Any] | None) -> float | None:
@@ -175,13 +187,14 @@ class ReportData:
     def scored(self) -> bool:
         return any(b.metrics for b in self.backends)
 
-    def skipped_metrics(self) -> list[tuple[str, str, str]]:
-        """(backend, metric, reason) for every metric that did not produce a value."""
+    def skipped_metrics(self, expected: bool = False) -> list[tuple[str, str, str]]:
+        """(backend, metric, reason) for every metric without a value; `expected` picks the by-design gaps instead."""
         out = []
         for b in self.backends:
             for key, m in b.metrics.items():
                 if m.get("status", "ok") != "ok" or metric_value(m) is None:
-                    out.append((b.name, key, str(m.get("reason") or m.get("status") or "no value")))
+                    if expected_gap(b, key, m, self.reference) == expected:
+                        out.append((b.name, key, str(m.get("reason") or m.get("status") or "no value")))
         return out
 
 

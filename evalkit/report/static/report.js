@@ -46,6 +46,13 @@
     });
   });
 
+  /* ---- small images (tiny-model runs) upscale with hard pixels: smoothing would hide the differences we look for ---- */
+  function markUpscaled(img) {
+    var fit = function () { img.classList.toggle("upscaled", img.naturalWidth > 0 && img.naturalWidth < img.clientWidth); };
+    img.addEventListener("load", fit); if (img.complete) fit();
+  }
+  $$("#lb-img, #blind-img-a, #blind-img-b, .tile img").forEach(markUpscaled);
+
   /* ---- nav: highlight the section in view ---- */
   var links = $$(".tabs a");
   if ("IntersectionObserver" in window && links.length) {

@@ -1,0 +1,99 @@
+"""The report in headless Chromium: no console error, no request outside file://, every image loads,
+the blind test clicks through to a score. Writes screenshots to test-artifacts/ (look at them)."""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from evalkit.report import build_report
+from evalkit.report.browser import LOAD_ALL_IMAGES_JS, find_chromium
+from report_fixtures import ARTIFACTS, XSS_PROMPTS, synthetic_run
+
+pytestmark = [
+    pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (apt-get install -y chromium; .ci/run does)"),
+    pytest.mark.skipif(importlib.util.find_spec("websocket") is None, reason="websocket-client not installed (dev extra)"),
+]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _scored_tiny_run(request: pytest.FixtureRequest, tmp_path: Path) -> Path:
+    """The shared real tiny run (copied: it is read-only), scored here; a synthetic run when the stages are not there."""
+    try:
+        src = request.getfixturevalue("tiny_run")
+    except pytest.FixtureLookupError:
+        return synthetic_run(tmp_path, prompts=XSS_PROMPTS)
+    root = tmp_path / "tiny"
+    shutil.copytree(src, root, ignore=shutil.ignore_patterns("index.html", "thumbs", "figures", "tables"))
+    r = subprocess.run([sys.executable, "-m", "evalkit", "score", str(root)], capture_output=True, text=True, cwd=REPO, timeout=600)
+    # A score failure must not hide the report's own checks: the report builds without metrics too.
+    if r.returncode != 0:
+        print("score failed; rendering the unscored run:\n" + r.stderr[-2000:])
+    return root
+
+
+def _check_page(b, index: Path) -> dict:
+    load_s = b.goto(index.as_uri())
+    imgs = b.eval(LOAD_ALL_IMAGES_JS, await_promise=True)
+    assert imgs["total"] > 0 and imgs["bad"] == [], imgs
+    outside = [u for u in b.requests() if not u.startswith(("file:", "data:"))]
+    assert outside == [], f"requests outside file://: {outside}"
+    assert b.failed_requests() == []
+    assert b.console_errors() == []
+    dialogs = [e for e in b.events if e["method"] == "Page.javascriptDialogOpening"]
+    assert dialogs == [], f"a script ran: {dialogs}"
+    return {"load_s": load_s, "images": imgs["total"]}
+
+
+def test_report_in_chromium(request: pytest.FixtureRequest, tmp_path: Path) -> None:
+    from evalkit.report.browser import Browser
+
+    root = _scored_tiny_run(request, tmp_path)
+    index = build_report(root, quiet=True)
+    with Browser() as b:
+        _check_page(b, index)
+        ARTIFACTS.mkdir(exist_ok=True)
+        b.screenshot(ARTIFACTS / "report.png")
+        b.screenshot(ARTIFACTS / "report-full.png", full_page=True)
+
+        # Lightbox: a click opens the full-resolution PNG, R flips to the reference.
+        b.eval("document.querySelector('a.thumb:not([data-ref=\"\"])') && document.querySelectorAll('a.thumb')[1].click()")
+        assert b.eval("!document.getElementById('lightbox').hidden")
+        assert b.eval("document.getElementById('lb-img').getAttribute('src').endsWith('.png')")
+        b.eval("document.dispatchEvent(new KeyboardEvent('keydown', {key: 'Escape'}))")
+        assert b.eval("document.getElementById('lightbox').hidden")
+
+        # Blind test: start, pick A every round, reach the score and a per-backend row.
+        n = b.eval("JSON.parse(document.getElementById('blind-data').textContent).rounds.length")
+        assert n > 0
+        b.eval("location.hash = 'blind-seed=7'; document.getElementById('blind-seed').value = '7'; document.getElementById('blind-start').click()")
+        assert b.eval("!document.getElementById('blind-play').hidden")
+        b.screenshot(ARTIFACTS / "report-blind.png")
+        for _ in range(n):
+            b.eval("document.getElementById('blind-a').click()")
+        assert b.eval("!document.getElementById('blind-result').hidden")
+        score = b.eval("document.getElementById('blind-score').textContent")
+        assert f"of {n} times" in score, score
+        rows = b.eval("document.querySelectorAll('#blind-table tbody tr').length")
+        assert rows >= 1
+        b.screenshot(ARTIFACTS / "report-blind-result.png")
+        assert b.console_errors() == []
+
+
+def test_hostile_prompts_do_not_execute(tmp_path: Path) -> None:
+    """The XSS prompts render as text in a real browser: nothing runs, nothing is fetched (src=x would be a request)."""
+    from evalkit.report.browser import Browser
+
+    root = synthetic_run(tmp_path, prompts=XSS_PROMPTS)
+    index = build_report(root, quiet=True, figures=False)
+    with Browser() as b:
+        _check_page(b, index)
+        text = b.eval("document.getElementById('images').innerText")
+        assert "<script>alert(1)</script>" in text and '"><img src=x onerror=alert(1)>' in text
+        assert b.eval("document.querySelectorAll('img[src=\"x\"]').length") == 0
