@@ -21,8 +21,9 @@ def _add_metric_options(p: argparse.ArgumentParser | Any, for_run: bool) -> None
     p.add_argument("--bootstrap-samples", type=int, default=2000, help="bootstrap resamples for 95%% CIs (default 2000)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 8)")
     p.add_argument("--metrics-batch-size", type=int, default=8, help="image pairs per device batch (default 8)")
-    p.add_argument("--fid-sqrt", choices=["eigh", "sqrtm"], default="eigh",
-                   help="trace-sqrt method for FID: eigh (fast, default) or sqrtm (clean-fid's scipy path); agree to ~1e-6")
+    p.add_argument("--fid-sqrt", choices=["auto", "eigh", "sqrtm"], default="auto",
+                   help="trace-sqrt method for FID: auto (exact low-rank path for sets under 2048 images, else eigh), "
+                        "eigh, or sqrtm (clean-fid's scipy path); all agree to ~1e-6")
     p.add_argument("--no-cache", action="store_true", help="recompute everything (ignore and do not write metrics/cache)")
     p.add_argument("--weights-dir", default=None, help="folder holding metric weight files (also $EVALKIT_WEIGHTS_DIR)")
     if not for_run:

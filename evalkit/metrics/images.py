@@ -108,6 +108,8 @@ def to_device_uint8(batch: "np.ndarray | Iterable[np.ndarray] | object", device:
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
     arr = np.ascontiguousarray(np.stack(list(batch)) if not isinstance(batch, np.ndarray) else batch)
+    if not arr.flags.writeable:  # arrays from PIL are read-only; torch wants to own writable memory
+        arr = arr.copy()
     t = torch.from_numpy(arr)
     if torch.device(device).type == "cuda":
         t = t.pin_memory()

@@ -1,0 +1,278 @@
+"""The score stage on synthetic run directories (docs/run-directory.md), compare-images, and the CLI."""
+
+from __future__ import annotations
+
+import csv
+import importlib.machinery
+import json
+import subprocess
+import sys
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from metrics_fixtures import blur, jpeg, make_run, noise
+from evalkit.errors import EvalkitError
+from evalkit.io import read_json
+from evalkit.metrics import images as images_mod
+from evalkit.metrics.lpips import LPIPSMetric
+from evalkit.metrics.stage import RANDOM_WEIGHTS_REASON, score_run
+
+FAST = "lpips_alex,ssim,ms_ssim,psnr"
+
+
+def _load(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+@pytest.fixture
+def fake_clip(monkeypatch):
+    """A stand-in evalkit.metrics.clip_score (the real one is tested in test_metrics_clip.py): the score is a
+    deterministic function of the image, and prompts longer than 60 characters count as truncated."""
+    calls = {"n": 0}
+    mod = types.ModuleType("evalkit.metrics.clip_score")
+    mod.__spec__ = importlib.machinery.ModuleSpec("evalkit.metrics.clip_score", None)
+    mod.DEFAULT_CLIP_MODEL = "fake/clip"
+
+    class ClipScorer:
+        def __init__(self, spec, device="cpu"):
+            self.spec = spec
+
+        def score(self, images, prompts):
+            calls["n"] += len(images)
+            return (np.array([30.0 - float(np.std(i)) / 10 for i in images]), [len(p) > 60 for p in prompts])
+
+    mod.ClipScorer = ClipScorer
+    monkeypatch.setitem(sys.modules, "evalkit.metrics.clip_score", mod)
+    return calls
+
+
+@pytest.fixture
+def run(tmp_path):
+    return make_run(tmp_path / "run", {
+        "bf16": None,
+        "mild": lambda a, i: jpeg(a, 70),
+        "harsh": lambda a, i: noise(a, 30, seed=i),
+    }, n_prompts=4, size=96)
+
+
+def test_score_writes_the_contract(run, fake_clip):
+    res = score_run(run, f"{FAST},clip", workers=1, progress=False)
+    for b in ("bf16", "mild", "harsh"):
+        rec = read_json(run / "metrics" / f"{b}.json")
+        assert rec["schema_version"] == 1 and rec["backend"] == b and rec["reference_backend"] == "bf16"
+        assert set(rec["metrics"]) == {"lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop"}
+        ms = rec["metrics"]["ms_ssim"]
+        assert ms["status"] == "skipped" and "mean" not in ms
+        assert ("96x96" if b != "bf16" else "reference") in ms["reason"]
+    bf16 = res["bf16"]
+    assert bf16["lpips_alex"]["status"] == "skipped" and "reference" in bf16["lpips_alex"]["reason"]
+    assert bf16["clip_score"]["status"] == "ok" and bf16["clip_score"]["n"] == 4  # the reference gets a CLIP score
+    for b in ("mild", "harsh"):
+        for m in ("lpips_alex", "ssim", "psnr"):
+            r = res[b][m]
+            assert r["status"] == "ok" and r["n"] == 4 and len(r["per_prompt"]) == 4
+            assert r["ci_low"] <= r["mean"] <= r["ci_high"]
+            assert "bootstrap" in r["ci_method"]
+    assert res["mild"]["lpips_alex"]["mean"] < res["harsh"]["lpips_alex"]["mean"]
+    assert res["mild"]["psnr"]["mean"] > res["harsh"]["psnr"]["mean"]
+    assert res["harsh"]["lpips_alex"]["higher_is_better"] is False
+    # the stage's numbers are the metric's numbers on the right pairs
+    gen = read_json(run / "generation" / "harsh.json")
+    ref = read_json(run / "generation" / "bf16.json")
+    pid = gen["images"][2]["prompt_id"]
+    a = _load(run / ref["images"][2]["path"])
+    b = _load(run / gen["images"][2]["path"])
+    assert res["harsh"]["lpips_alex"]["per_prompt"][pid] == pytest.approx(float(LPIPSMetric().compute(a[None], b[None])[0]), abs=1e-6)
+    # clip drop = reference minus backend, per pair
+    drop = res["harsh"]["clip_score_drop"]
+    assert drop["n"] == 4 and drop["mean"] == pytest.approx(bf16["clip_score"]["mean"] - res["harsh"]["clip_score"]["mean"])
+    assert res["mild"]["clip_score"]["n_truncated_prompts"] == 0
+    # per_image.csv: one row per (backend, prompt, metric)
+    rows = list(csv.DictReader(open(run / "metrics" / "per_image.csv")))
+    assert {r["metric"] for r in rows} == {"lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop"}
+    assert all(r["status"] == "skipped" and "96x96" in r["note"] for r in rows if r["metric"] == "ms_ssim")
+    assert len([r for r in rows if r["backend"] == "harsh" and r["metric"] == "psnr"]) == 4
+    assert len([r for r in rows if r["backend"] == "bf16"]) == 4  # clip_score only
+    # summary.json carries the aggregates without per-prompt detail; every file is strict JSON
+    summ = read_json(run / "summary.json")
+    assert summ["backends"]["harsh"]["metrics"]["ssim"]["mean"] == res["harsh"]["ssim"]["mean"]
+    assert "per_prompt" not in summ["backends"]["harsh"]["metrics"]["ssim"]
+    for p in (run / "metrics").glob("*.json"):
+        json.loads(p.read_text(), parse_constant=lambda c: pytest.fail(f"{p} has {c}"))
+
+
+def test_rerun_recomputes_nothing(run, fake_clip, monkeypatch):
+    score_run(run, f"{FAST},clip", workers=1, progress=False)
+    before = {p.name: p.read_bytes() for p in (run / "metrics").glob("*.json")}
+    csv_before = (run / "metrics" / "per_image.csv").read_bytes()
+    counts = {"decode": 0, "lpips": 0, "clip": fake_clip["n"]}
+    real_decode = images_mod.decode_file
+
+    def counting_decode(p):
+        counts["decode"] += 1
+        return real_decode(p)
+
+    def no_lpips(*a, **k):
+        counts["lpips"] += 1
+        raise AssertionError("LPIPS network loaded on a cached rerun")
+
+    monkeypatch.setattr(images_mod, "decode_file", counting_decode)
+    monkeypatch.setattr(LPIPSMetric, "__init__", no_lpips)
+    score_run(run, f"{FAST},clip", workers=1, progress=False)
+    assert counts["decode"] == 0 and counts["lpips"] == 0 and fake_clip["n"] == counts["clip"]
+    assert {p.name: p.read_bytes() for p in (run / "metrics").glob("*.json")} == before
+    assert (run / "metrics" / "per_image.csv").read_bytes() == csv_before
+    # --no-cache really recomputes (and a changed image is recomputed even with the cache)
+    monkeypatch.setattr(images_mod, "decode_file", real_decode)
+    gen = read_json(run / "generation" / "mild.json")
+    p = run / gen["images"][0]["path"]
+    Image.fromarray(blur(_load(p), 3)).save(p)
+    monkeypatch.undo()
+    res = score_run(run, "psnr", workers=1, progress=False)
+    pid = gen["images"][0]["prompt_id"]
+    assert res["mild"]["psnr"]["per_prompt"][pid] != json.loads(before["mild.json"])["metrics"]["psnr"]["per_prompt"][pid]
+
+
+def test_fid_kid_with_sample_sizes_and_fid_mode(tmp_path):
+    # "same" has bf16's exact PNGs: its Inception features come from the content-keyed cache.
+    run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: blur(a, 1.5), "same": lambda a, i: a},
+                   n_prompts=3, size=64)
+    res = score_run(run, "fid,kid,psnr", workers=1, progress=False)
+    fid, kid = res["q"]["fid"], res["q"]["kid"]
+    assert fid["status"] == "ok" and fid["n"] == 3 and fid["n_reference"] == 3 and fid["value"] > 0
+    assert kid["status"] == "ok" and kid["subset_size"] == 3 and kid["n"] == 3  # adapts to the small set
+    assert res["bf16"]["fid"]["status"] == "skipped"
+    assert abs(res["same"]["fid"]["value"]) < 1e-6
+    # unbiased KID of a set against itself is <= 0 (the diagonal counts only across sets), and below a real change
+    assert res["same"]["kid"]["value"] <= 0 < res["q"]["kid"]["value"] - res["same"]["kid"]["value"]
+    assert res["same"]["psnr"]["mean"] == 100.0 and res["same"]["psnr"]["n_capped"] == 3
+    mode = read_json(run / "manifest.json")["fid_mode"]
+    assert mode["dtype"] == "float64" and mode["feature_dim"] == 2048 and mode["n"] == {"q": 3, "same": 3}
+    assert "clean" in mode["resize"] and mode["weights_sha256"]
+    assert read_json(run / "summary.json")["fid_mode"] == mode
+    assert read_json(run / "manifest.json")["prompts"]  # read-modify-write kept the rest
+
+
+def test_low_rank_fid_equals_full_fid():
+    from evalkit.metrics.fid import fid_from_features
+    from evalkit.metrics.stage import fid_low_rank
+
+    rng = np.random.default_rng(0)
+    for n1, n2, d in ((5, 7, 64), (30, 12, 96), (3, 3, 128)):
+        x = rng.normal(size=(n1, d)) @ rng.normal(size=(d, d)) * 0.3
+        y = rng.normal(0.2, 1.0, size=(n2, d)) @ rng.normal(size=(d, d)) * 0.3
+        for method in ("eigh", "sqrtm"):
+            assert fid_low_rank(x, y) == pytest.approx(fid_from_features(x, y, method=method), rel=1e-6, abs=1e-6)
+
+
+def test_set_of_one_image_skips_fid_kid_with_reason(tmp_path):
+    run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: noise(a, 5)}, n_prompts=1, size=64)
+    res = score_run(run, "fid,kid,ssim", workers=1, progress=False)
+    for m in ("fid", "kid"):
+        assert res["q"][m]["status"] == "skipped" and "at least 2" in res["q"][m]["reason"]
+        assert res["q"][m]["n"] == 1
+    assert res["q"]["ssim"]["status"] == "ok" and res["q"]["ssim"]["ci_low"] is None
+
+
+def test_random_weights_writes_no_numbers(tmp_path):
+    run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: noise(a, 5)}, n_prompts=2, size=64,
+                   random_weights=True)
+    score_run(run, None, workers=1, progress=False)
+    for b in ("bf16", "q"):
+        mets = read_json(run / "metrics" / f"{b}.json")["metrics"]
+        assert mets and all(v == {"status": "skipped", "reason": RANDOM_WEIGHTS_REASON} for v in mets.values())
+    assert len((run / "metrics" / "per_image.csv").read_text().splitlines()) == 1  # header only
+
+
+def test_missing_reference_image_is_an_error_naming_it(run):
+    ref = read_json(run / "generation" / "bf16.json")
+    gone = run / ref["images"][1]["path"]
+    gone.unlink()
+    with pytest.raises(EvalkitError, match=gone.name):
+        score_run(run, "psnr", workers=1, progress=False)
+
+
+def test_corrupt_png_is_flagged_skipped_and_counted(run):
+    gen = read_json(run / "generation" / "harsh.json")
+    bad = run / gen["images"][1]["path"]
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
+    res = score_run(run, "ssim,psnr", workers=1, progress=False)
+    r = res["harsh"]["ssim"]
+    assert r["status"] == "ok" and r["n"] == 3 and r["n_skipped"] == 1 and r["n_corrupt"] == 1
+    assert "corrupt" in r["skipped"][0]["reason"] and r["skipped"][0]["prompt_id"] == gen["images"][1]["prompt_id"]
+    assert res["mild"]["ssim"]["n"] == 4  # other backends unaffected
+    rows = [x for x in csv.DictReader(open(run / "metrics" / "per_image.csv")) if x["status"] == "skipped"]
+    assert len(rows) == 2 and all(x["backend"] == "harsh" and "corrupt" in x["note"] for x in rows)
+
+
+def test_size_mismatch_resizes_reference_and_says_so(tmp_path):
+    big = lambda a, i: np.asarray(Image.fromarray(jpeg(a, 80)).resize((112, 112), Image.BICUBIC))
+    run = make_run(tmp_path / "run", {"bf16": None, "big": big}, n_prompts=2, size=96)
+    res = score_run(run, "ssim,lpips_alex", workers=1, progress=False)
+    for m in ("ssim", "lpips_alex"):
+        assert res["big"][m]["n_resized"] == 2 and "bicubic" in res["big"][m]["resize_policy"]
+    assert res["big"]["ssim"]["mean"] > 0.8
+
+
+def test_failed_backend_is_skipped_with_its_reason(tmp_path):
+    run = make_run(tmp_path / "run", {"bf16": None, "broken": lambda a, i: a}, n_prompts=2, size=64,
+                   status={"broken": "failed"})
+    res = score_run(run, "psnr", workers=1, progress=False)
+    assert res["broken"]["psnr"]["status"] == "skipped" and "failed" in res["broken"]["psnr"]["reason"]
+
+
+def test_cli_score_and_unknown_metric(run, capsys):
+    from evalkit.cli import main
+
+    assert main(["score", str(run), "--metrics", "ssim,psnr", "--quiet", "--workers", "1"]) == 0
+    assert read_json(run / "metrics" / "mild.json")["metrics"]["psnr"]["status"] == "ok"
+    assert main(["score", str(run), "--metrics", "ssmi", "--quiet"]) == 2
+    assert "Did you mean: ssim" in capsys.readouterr().err
+
+
+def _folder(d: Path, arrays: dict[str, np.ndarray]) -> Path:
+    d.mkdir(parents=True)
+    for name, a in arrays.items():
+        Image.fromarray(a).save(d / name)
+    return d
+
+
+def test_compare_images_json(tmp_path, capsys):
+    from evalkit.cli import main
+    from metrics_fixtures import PHOTOS, photo
+
+    refs = {f"{n}.png": photo(n, 64) for n in PHOTOS[:4]}
+    a = _folder(tmp_path / "a", refs)
+    b = _folder(tmp_path / "b", {k: noise(v, 12) for k, v in refs.items()})
+    assert main(["compare-images", str(a), str(b), "--metrics", "lpips,ssim,psnr,fid,kid", "--json",
+                 "--workers", "2"]) == 0  # 2 workers: the process-pool decode path
+    out = json.loads(capsys.readouterr().out)
+    assert out["n_pairs"] == 4
+    for m in ("lpips_alex", "ssim", "psnr"):
+        r = out["metrics"][m]
+        assert r["status"] == "ok" and r["n"] == 4 and r["ci_low"] <= r["mean"] <= r["ci_high"]
+    assert out["metrics"]["fid"]["n"] == 4 and out["metrics"]["fid"]["value"] > 0
+    assert out["metrics"]["kid"]["subset_size"] == 4
+
+
+def test_compare_images_errors(tmp_path):
+    from evalkit.metrics.stage import compare_folders
+    from metrics_fixtures import photo
+
+    a = _folder(tmp_path / "a", {f"x{i}.png": photo("coffee", 32) for i in range(5)})
+    b = _folder(tmp_path / "b", {f"y{i}.png": photo("coffee", 32) for i in range(5)})
+    with pytest.raises(EvalkitError, match=r"no partner.*5 only in .*x0.png, x1.png, x2.png"):
+        compare_folders(a, b, "psnr")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(EvalkitError, match="no images"):
+        compare_folders(a, tmp_path / "empty", "psnr")
+
+
+def test_cli_module_imports_nothing_heavy():
+    code = ("import sys, evalkit.metrics.cli, evalkit.metrics.registry as r; r.list_metrics();"
+            "heavy=[m for m in ('torch','numpy','PIL') if m in sys.modules]; assert not heavy, heavy")
+    subprocess.run([sys.executable, "-c", code], check=True)
