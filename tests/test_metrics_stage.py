@@ -276,3 +276,49 @@ def test_cli_module_imports_nothing_heavy():
     code = ("import sys, evalkit.metrics.cli, evalkit.metrics.registry as r; r.list_metrics();"
             "heavy=[m for m in ('torch','numpy','PIL') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+@pytest.fixture(scope="module")
+def tiny_clip_dir(tmp_path_factory):
+    """A randomly initialised, tiny transformers CLIP saved without tokenizer files (the CLIP module then uses
+    the real CLIP BPE vocab from open-clip-torch); no CLIP weights exist on this machine."""
+    import torch
+    from transformers import CLIPConfig, CLIPModel
+
+    torch.manual_seed(0)
+    cfg = CLIPConfig(
+        text_config={"vocab_size": 49408, "hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
+                     "num_attention_heads": 2, "max_position_embeddings": 77},
+        vision_config={"image_size": 64, "patch_size": 16, "hidden_size": 32, "intermediate_size": 64,
+                       "num_hidden_layers": 2, "num_attention_heads": 2},
+        projection_dim=16)
+    d = tmp_path_factory.mktemp("tiny_clip")
+    CLIPModel(cfg).eval().save_pretrained(d)
+    return d
+
+
+def test_clip_score_end_to_end_with_tiny_clip(tmp_path, tiny_clip_dir):
+    from evalkit.metrics.clip_score import ClipScorer
+
+    run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: noise(a, 40, seed=i)}, n_prompts=2, size=64)
+    man = read_json(run / "manifest.json")
+    man["prompts"][1]["text"] = "an extremely long prompt " + "with many ornate baroque details " * 20
+    (run / "manifest.json").write_text(json.dumps(man))
+    res = score_run(run, "clip", workers=1, progress=False, clip_model=str(tiny_clip_dir))
+    cs = res["bf16"]["clip_score"]
+    assert cs["status"] == "ok" and cs["n"] == 2 and cs["n_truncated_prompts"] == 1
+    assert res["q"]["clip_score_drop"]["status"] == "ok" and res["q"]["clip_score_drop"]["n"] == 2
+    # the stage's per-image value is the scorer's on the same image and prompt
+    gen = read_json(run / "generation" / "q.json")
+    img = _load(run / gen["images"][1]["path"])
+    direct = ClipScorer(str(tiny_clip_dir)).score([img], [man["prompts"][1]["text"]])
+    assert res["q"]["clip_score"]["per_prompt"][gen["images"][1]["prompt_id"]] == pytest.approx(float(direct.scores[0]), abs=1e-4)  # batch of 2 vs 1: float32 noise
+    rows = [r for r in csv.DictReader(open(run / "metrics" / "per_image.csv")) if r["metric"] == "clip_score"]
+    assert sum("truncated" in r["note"] for r in rows) == 2  # the long prompt, for both backends
+
+
+def test_clip_missing_weights_is_skipped_not_fatal(run):
+    res = score_run(run, "clip,psnr", workers=1, progress=False, clip_model=str(run / "no-such-clip"))
+    assert res["mild"]["psnr"]["status"] == "ok"
+    for b in ("bf16", "mild"):
+        assert res[b]["clip_score"]["status"] == "skipped" and "no-such-clip" in res[b]["clip_score"]["reason"]

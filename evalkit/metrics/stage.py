@@ -87,13 +87,33 @@ def clip_model_spec(clip_model: str | None) -> str:
     try:
         from evalkit.metrics import clip_score as cs
 
-        return str(getattr(cs, "DEFAULT_CLIP_MODEL", "openai/clip-vit-large-patch14"))
+        return str(getattr(cs, "CLIP_DEFAULT_SPEC", "openai/clip-vit-large-patch14"))
     except ImportError:
         return "openai/clip-vit-large-patch14"
 
 
+_CLIP_KEYS: dict[str, str] = {}
+
+
 def clip_key(spec: str) -> str:
-    return hashlib.sha256(f"{spec}|{reg.METRICS_VERSION}".encode()).hexdigest()[:16]
+    """Cache key of CLIP scores: the spec, where it resolves (an HF snapshot hash names the exact weights), and
+    for a local folder or checkpoint its files' sizes and mtimes, so retrained weights in the same place are not
+    served stale scores. Resolving loads no model; MissingWeightsError propagates (the metric is then skipped)."""
+    if spec not in _CLIP_KEYS:
+        where = ""
+        try:
+            from evalkit.metrics.clip_score import resolve_clip_spec
+
+            kind, where = resolve_clip_spec(spec)
+            target = Path(where.split(":", 1)[1] if kind == "open_clip" else where)
+            files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+            stamp = [(str(p.relative_to(target)) if p != target else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                     for p in files] if kind != "hf" else []
+        except ImportError:
+            stamp = []
+        blob = json_key([spec, where, stamp, reg.METRICS_VERSION])
+        _CLIP_KEYS[spec] = hashlib.sha256(blob).hexdigest()[:16]
+    return _CLIP_KEYS[spec]
 
 
 class InceptionSetMetric:
@@ -126,7 +146,7 @@ class ClipPromptMetric:
 
         self.mod = cs
         self.spec = clip_model_spec(clip_model)
-        self.scorer = cs.ClipScorer(self.spec, device=device)
+        self.scorer = cs.ClipScorer(self.spec, device=device, batch_size=batch_size)
         self.batch_size = batch_size
         self.key = clip_key(self.spec)
 
@@ -138,12 +158,13 @@ class ClipPromptMetric:
 
 
 def _unpack_clip(out: Any, n: int) -> tuple[Any, list[bool]]:
-    # ClipScorer.score's return shape is the CLIP module's to define; accept the shapes it may take.
+    # ClipScoreResult (scores, tokens[i].truncated, n_truncated), or a plain (scores, flags) pair.
     if isinstance(out, tuple) and len(out) == 2:
         scores, trunc = out
     else:
         scores = getattr(out, "scores", out)
-        trunc = getattr(out, "truncated", getattr(out, "n_truncated", 0))
+        tokens = getattr(out, "tokens", None)
+        trunc = [bool(t.truncated) for t in tokens] if tokens else getattr(out, "n_truncated", 0)
     if hasattr(scores, "detach"):
         scores = scores.detach().cpu().numpy()
     if isinstance(trunc, (int, np.integer)):
@@ -484,7 +505,12 @@ def _needs(state: _State, b: str) -> tuple[dict[str, list[int]], list[int], list
                  if it.sha not in corrupt_t and cache.get_features(key, it.sha) is None]
     clip: list[int] = []
     if ("clip_score" in opts.metrics or "clip_score_drop" in opts.metrics) and not _unavailable(opts, "clip_score"):
-        clip_t = cache.table(f"clip-{clip_key(clip_model_spec(opts.clip_model))}")
+        try:
+            ck = clip_key(clip_model_spec(opts.clip_model))
+        except (MissingWeightsError, EvalkitError) as e:
+            opts.created["clip_score"] = reg.MetricUnavailable(str(e))
+            return paired, feats, []
+        clip_t = cache.table(f"clip-{ck}")
         clip = [i for i, it in enumerate(items)
                 if it.sha not in corrupt_t and f"{it.sha}:{_text_sha(it.prompt)}" not in clip_t]
     return paired, feats, clip
