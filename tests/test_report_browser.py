@@ -51,6 +51,7 @@ def _check_page(b, index: Path) -> dict:
     return {"load_s": load_s, "images": imgs["total"]}
 
 
+@pytest.mark.slow  # builds and scores the shared tiny run when it is not cached yet
 def test_report_in_chromium(request: pytest.FixtureRequest, tmp_path: Path) -> None:
     from evalkit.report.browser import Browser
 

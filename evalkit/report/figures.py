@@ -70,33 +70,46 @@ def _metric_label(m: MetricInfo, data: ReportData) -> str:
     return f"{m.label}{against}{unit}{arrow}"
 
 
+def _label_offsets() -> list[tuple[float, float, str, str, bool]]:
+    """Candidate label positions around a point, nearest first: (dx, dy, ha, va, needs a leader line)."""
+    import math
+
+    out = []
+    for r in (7, 15, 25, 37, 50):
+        for deg in (30, -30, 150, -150, 90, -90, 0, 180):
+            dx, dy = r * math.cos(math.radians(deg)), r * math.sin(math.radians(deg))
+            ha = "left" if dx > 1 else "right" if dx < -1 else "center"
+            va = "bottom" if dy > 1 else "top" if dy < -1 else "center"
+            out.append((dx, dy, ha, va, r > 7))
+    return out
+
+
 def _place_labels(ax, fig, pts: list[tuple[float, float, str, str]]) -> None:
-    """Label points without overlaps: try a few offsets per label, keep the first that hits nothing placed so far."""
+    """Label points without overlaps: try positions nearest first, keep the first that hits no placed label,
+    no other marker and stays in the axes; far labels get a thin leader line so they stay attributable."""
     renderer = fig.canvas.get_renderer()
     placed = []
-    # Points in display space also block labels, so a label never hides another marker.
     marks = [ax.transData.transform((x, y)) for x, y, _, _ in pts]
-    offsets = [(6, 4, "left", "bottom"), (6, -4, "left", "top"), (-6, 4, "right", "bottom"), (-6, -4, "right", "top"),
-               (0, 9, "center", "bottom"), (0, -9, "center", "top"), (10, 14, "left", "bottom"), (10, -14, "left", "top"),
-               (-10, 14, "right", "bottom"), (-10, -14, "right", "top"), (0, 20, "center", "bottom"), (0, -20, "center", "top")]
     axbox = ax.get_window_extent(renderer)
-    for x, y, text, colour in pts:
-        best = None
-        for dx, dy, ha, va in offsets:
+    offsets = _label_offsets()
+    for i, (x, y, text, colour) in enumerate(pts):
+        chosen = None
+        for dx, dy, ha, va, leader in offsets:
             t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
                             color=colour, zorder=5)
-            bb = t.get_window_extent(renderer).expanded(1.03, 1.1)
+            bb = t.get_window_extent(renderer).expanded(1.04, 1.15)
             clash = any(bb.overlaps(p) for p in placed) or any(
-                bb.contains(mx, my) for (mx, my) in marks if not (abs(mx - ax.transData.transform((x, y))[0]) < 1e-6))
-            inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 + 40 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1 + 10
-            if not clash and inside:
-                best = (t, bb)
-                break
+                bb.contains(mx, my) for j, (mx, my) in enumerate(marks) if j != i)
+            inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
             t.remove()
-        if best is None:  # crowded: fall back to the first offset, drawn lighter
-            t = ax.annotate(text, (x, y), xytext=(6, 4), textcoords="offset points", fontsize=6, color=colour, alpha=0.7, zorder=5)
-            best = (t, t.get_window_extent(renderer))
-        placed.append(best[1])
+            if not clash and inside:
+                chosen = (dx, dy, ha, va, leader)
+                break
+        dx, dy, ha, va, leader = chosen or (7, 4, "left", "bottom", False)
+        t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
+                        color=colour, zorder=5, alpha=1.0 if chosen else 0.75,
+                        arrowprops=dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=1, shrinkB=3) if leader else None)
+        placed.append(t.get_window_extent(renderer).expanded(1.04, 1.15))
 
 
 def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: str, xerr_fields: tuple[str, str] | None):
