@@ -276,6 +276,9 @@ def fmt_num(v: Any, digits: int = 3) -> str:
         return "—"
     if not math.isfinite(v):
         return "∞" if v > 0 else ("−∞" if v < 0 else "NaN")
+    if v != 0 and abs(v) < 10 ** -(digits - 1):
+        # Near-identical images give LPIPS ~1e-5: fixed decimals would print 0.000 and hide the ranking.
+        return f"{v:.3g}"
     return f"{v:.{digits}f}"
 
 
