@@ -80,9 +80,17 @@ def test_ssim_psnr_ms_ssim_monotone(kind):
 
 def test_ms_ssim_size_limit():
     m = MSSSIMMetric()
+    a = photo("astronaut", MS_SSIM_MIN_SIDE)
+    m.compute(a[None], a[None])  # the smallest size we accept really runs in torchmetrics
+    with pytest.raises(ValueError):
+        from torchmetrics.functional.image import multiscale_structural_similarity_index_measure as ms
+
+        t = torch.from_numpy(photo("astronaut", MS_SSIM_MIN_SIDE - 1)).permute(2, 0, 1)[None].float() / 255
+        ms(t, t, data_range=1.0)  # ... and one pixel less really fails there
     assert m.min_size_reason(MS_SSIM_MIN_SIDE, MS_SSIM_MIN_SIDE) is None
     why = m.min_size_reason(128, 128)
-    assert why and "161" in why
+    assert why and "176" in why
+    assert m.min_size_reason(MS_SSIM_MIN_SIDE - 1, 400)
     a = photo("astronaut", 96)
     with pytest.raises(ValueError, match="MS-SSIM"):
         m.compute(a[None], a[None])

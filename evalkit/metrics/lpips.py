@@ -135,6 +135,9 @@ class LPIPSMetric:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.model = load_lpips(net, self.device, weights_dir)
+        # NHWC lets oneDNN pick ~2x faster conv kernels on CPU (same fp32 math; parity tested at 1e-5).
+        self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
+        self.model = self.model.to(memory_format=self.memory_format)
         self.options = {**self.OPTIONS, "net": net}
 
     def min_size_reason(self, h: int, w: int) -> str | None:
@@ -149,7 +152,9 @@ class LPIPSMetric:
 
         out = []
         for s in range(0, len(ref), self.batch_size):
-            a = to_float_nchw(ref[s:s + self.batch_size], self.device)
-            b = to_float_nchw(img[s:s + self.batch_size], self.device)
-            out.append(self.model(a, b).double().cpu().numpy())
+            a = to_float_nchw(ref[s:s + self.batch_size], self.device).contiguous(memory_format=self.memory_format)
+            b = to_float_nchw(img[s:s + self.batch_size], self.device).contiguous(memory_format=self.memory_format)
+            # fp32 convolutions on CUDA too: TF32 would move LPIPS by ~1e-3 between CPU and GPU runs.
+            with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+                out.append(self.model(a, b).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)

@@ -124,7 +124,7 @@ for _spec in [
     MetricSpec("ssim", "paired", True, "evalkit.metrics.ssim:SSIMMetric",
                description="SSIM, Gaussian 11/1.5, data range 1, vs the reference image; 1 = identical"),
     MetricSpec("ms_ssim", "paired", True, "evalkit.metrics.ssim:MSSSIMMetric",
-               description="MS-SSIM, 5 scales (images >= 161 px per side), vs the reference image; 1 = identical"),
+               description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical"),
     MetricSpec("psnr", "paired", True, "evalkit.metrics.psnr:PSNRMetric",
                description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image"),
     MetricSpec("clip_score", "prompt", True, "evalkit.metrics.stage:ClipPromptMetric", weights=("clip",),

@@ -1,0 +1,192 @@
+"""Paired-metric throughput at 1024x1024: evalkit's batched LPIPS(alex) + SSIM + PSNR vs a naive per-image loop.
+
+    python benchmarks/bench_metrics.py [--device cpu|cuda] [--pairs 8] [--size 1024] [--batch 4] [--decode]
+
+Both sides get the same in-memory uint8 image pairs (real photographs upscaled, JPEG/blur/noise distorted) and
+produce the same three numbers per pair:
+  * evalkit: one upload of each uint8 batch to the device, LPIPSNet (both images of a pair in one backbone pass),
+    ssim_per_image (one batched 11x11 conv over all moment maps), integer PSNR on the device;
+  * naive:   per pair, float conversion on the host, torchmetrics.functional SSIM (gaussian 11 / 1.5) and PSNR,
+    and LPIPS with evalkit's network at batch size 1 (torchmetrics' LPIPS needs torchvision, absent on CPU here).
+It prints the pairs/s of each, the ratio, and the largest difference between the two sides' values.
+`--decode` adds an end-to-end figure: PNGs on disk decoded by evalkit's worker pool, then scored.
+Results go to stdout as JSON (and to $OUT/bench_metrics.json when $OUT is set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+
+def make_pairs(n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """n (reference, distorted) uint8 pairs at size x size from scikit-image's photographs."""
+    import io
+
+    from PIL import Image, ImageFilter
+    from skimage import data
+
+    photos = [data.astronaut(), data.chelsea(), data.coffee(), data.rocket()]
+    refs, dists = [], []
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        a = np.asarray(Image.fromarray(photos[i % len(photos)]).resize((size, size), Image.BICUBIC))
+        kind = i % 3
+        if kind == 0:
+            buf = io.BytesIO()
+            Image.fromarray(a).save(buf, format="JPEG", quality=40)
+            d = np.asarray(Image.open(buf).convert("RGB"))
+        elif kind == 1:
+            d = np.asarray(Image.fromarray(a).filter(ImageFilter.GaussianBlur(2)))
+        else:
+            d = np.clip(a + rng.normal(0, 12, a.shape), 0, 255).astype(np.uint8)
+        refs.append(a)
+        dists.append(d)
+    return np.stack(refs), np.stack(dists)
+
+
+class Evalkit:
+    def __init__(self, device: str, batch: int) -> None:
+        from evalkit.metrics.lpips import LPIPSMetric
+        from evalkit.metrics.psnr import PSNRMetric
+        from evalkit.metrics.ssim import SSIMMetric
+
+        self.device, self.batch = device, batch
+        self.lpips = LPIPSMetric("alex", device=device, batch_size=batch)
+        self.ssim = SSIMMetric(device=device, batch_size=batch)
+        self.psnr = PSNRMetric()
+
+    def __call__(self, refs: np.ndarray, dists: np.ndarray) -> np.ndarray:
+        from evalkit.metrics.images import to_device_uint8
+
+        out = []
+        for s in range(0, len(refs), self.batch):
+            a = to_device_uint8(refs[s:s + self.batch], self.device)
+            b = to_device_uint8(dists[s:s + self.batch], self.device)
+            out.append(np.stack([self.lpips.compute(a, b), self.ssim.compute(a, b), self.psnr.compute(a, b)], 1))
+        return np.concatenate(out)
+
+
+class Naive:
+    def __init__(self, device: str) -> None:
+        from evalkit.metrics.lpips import load_lpips
+
+        self.device = device
+        self.lpips = load_lpips("alex", device)
+
+    @torch.inference_mode()
+    def __call__(self, refs: np.ndarray, dists: np.ndarray) -> np.ndarray:
+        from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+
+        rows = []
+        for a, b in zip(refs, dists):
+            x = (torch.from_numpy(a.copy()).permute(2, 0, 1)[None].float() / 255).to(self.device)
+            y = (torch.from_numpy(b.copy()).permute(2, 0, 1)[None].float() / 255).to(self.device)
+            lp = float(self.lpips(x, y))
+            ss = float(structural_similarity_index_measure(y, x, gaussian_kernel=True, sigma=1.5, kernel_size=11,
+                                                           data_range=1.0))
+            ps = float(peak_signal_noise_ratio(y, x, data_range=1.0))
+            rows.append((lp, ss, ps))
+        return np.array(rows)
+
+
+def _sync(device: str) -> None:
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def timed(fn, refs, dists, device: str, repeat: int) -> tuple[float, np.ndarray]:
+    """Best-of-`repeat` seconds (after one warm-up call) and the values."""
+    vals = fn(refs, dists)
+    _sync(device)
+    best = float("inf")
+    for _ in range(repeat):
+        t = time.perf_counter()
+        vals = fn(refs, dists)
+        _sync(device)
+        best = min(best, time.perf_counter() - t)
+    return best, vals
+
+
+def decode_end_to_end(refs: np.ndarray, dists: np.ndarray, ours: Evalkit, device: str, workers: int | None) -> dict:
+    from PIL import Image
+
+    from evalkit.metrics.images import Decoder
+
+    with tempfile.TemporaryDirectory() as d:
+        pa, pb = [], []
+        for i, (a, b) in enumerate(zip(refs, dists)):
+            pa.append(Path(d) / f"a{i}.png")
+            pb.append(Path(d) / f"b{i}.png")
+            Image.fromarray(a).save(pa[-1])
+            Image.fromarray(b).save(pb[-1])
+        with Decoder(workers) as dec:
+            dec.decode(pa[:4] + pb[:4])  # start the pool outside the timing
+            t = time.perf_counter()
+            da = np.stack([x.array for x in dec.decode(pa)])
+            db = np.stack([x.array for x in dec.decode(pb)])
+            t_dec = time.perf_counter() - t
+            ours(da, db)
+            _sync(device)
+            t_all = time.perf_counter() - t
+        return {"workers": dec.workers, "decode_s": t_dec, "pairs_per_s_with_decode": len(refs) / t_all,
+                "decode_pairs_per_s": len(refs) / t_dec}
+
+
+def run(device: str, pairs: int, size: int, batch: int, repeat: int, decode: bool, workers: int | None) -> dict:
+    refs, dists = make_pairs(pairs, size)
+    ours, naive = Evalkit(device, batch), Naive(device)
+    t_ours, v_ours = timed(ours, refs, dists, device, repeat)
+    t_naive, v_naive = timed(naive, refs, dists, device, repeat)
+    res = {
+        "date_utc": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M"),
+        "machine": {"platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+                    "cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                    "gpu": torch.cuda.get_device_name(0) if device.startswith("cuda") else None,
+                    "torch": torch.__version__, "python": platform.python_version(),
+                    "load_avg_1m": os.getloadavg()[0] if hasattr(os, "getloadavg") else None},
+        "device": device, "size": size, "pairs": pairs, "batch": batch, "repeat": repeat,
+        "metrics": "lpips_alex + ssim + psnr",
+        "evalkit_pairs_per_s": pairs / t_ours, "naive_pairs_per_s": pairs / t_naive, "speedup": t_naive / t_ours,
+        "max_abs_diff_vs_naive": {"lpips_alex": float(np.abs(v_ours[:, 0] - v_naive[:, 0]).max()),
+                                  "ssim": float(np.abs(v_ours[:, 1] - v_naive[:, 1]).max()),
+                                  "psnr": float(np.abs(v_ours[:, 2] - v_naive[:, 2]).max())},
+    }
+    if decode:
+        res["end_to_end"] = decode_end_to_end(refs, dists, ours, device, workers)
+    return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--pairs", type=int, default=8)
+    p.add_argument("--size", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--repeat", type=int, default=2)
+    p.add_argument("--decode", action="store_true", help="also time PNG decode + scoring end to end")
+    p.add_argument("--workers", type=int, default=None)
+    a = p.parse_args(argv)
+    res = run(a.device, a.pairs, a.size, a.batch, a.repeat, a.decode, a.workers)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "bench_metrics.json").write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
