@@ -131,13 +131,36 @@ def _torchao(kind: str) -> ConfigBuilder:
             quant = q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerRow())
         else:  # pragma: no cover - registry typo
             raise ValueError(kind)
+        skip = None
+        if kind == "int4wo":
+            # Group-wise int4 needs in_features divisible by the group size; Flux's x_embedder (64 inputs) is not.
+            skip = indivisible_linears(ctx.model_path, component, group) or None
         if component == "transformer":
             from diffusers import TorchAoConfig
         else:
             from transformers import TorchAoConfig
-        return TorchAoConfig(quant_type=quant)
+        return TorchAoConfig(quant_type=quant, modules_to_not_convert=skip)
 
     return build
+
+
+def indivisible_linears(model_path: str, component: str, group: int) -> list[str]:
+    """Names of 2-D weights in a component's safetensors whose row length is not a multiple of `group`
+    (read from the headers only; no weights are loaded)."""
+    import glob
+    import os
+
+    from safetensors import safe_open
+
+    names = []
+    for f in sorted(glob.glob(os.path.join(model_path, component, "*.safetensors"))):
+        with safe_open(f, "pt") as st:
+            for key in st.keys():
+                if key.endswith(".weight"):
+                    shape = st.get_slice(key).get_shape()
+                    if len(shape) == 2 and shape[1] % group:
+                        names.append(key[: -len(".weight")])
+    return names
 
 
 def _quanto(weights: str) -> ConfigBuilder:
@@ -209,6 +232,10 @@ class BackendSpec:
     name: str
     backend: Backend
     modifiers: tuple[str, ...]
+
+    @property
+    def modifiers_offload(self) -> bool:
+        return "offload" in self.modifiers or "group-offload" in self.modifiers
 
 
 def parse_backend(name: str) -> BackendSpec:

@@ -68,6 +68,11 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
         info["resolved_config"] = {"transformer": {"class": "diffusers.GGUFQuantizationConfig",
                                                    "config": {"compute_dtype": "bfloat16", "qtype": qtype}}}
 
+    if ctx.device == "cuda" and b.library == "torchao" and not spec.modifiers_offload:
+        # torchao packs int4 weights with CUDA-only ops, so quantize-on-load must happen on the GPU, not on the CPU
+        # before a .to("cuda").
+        kwargs["device_map"] = "cuda"
+        info["device_map"] = "cuda"
     pipe = FluxPipeline.from_pretrained(ctx.model_path, **kwargs)
 
     if b.post_load:

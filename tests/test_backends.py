@@ -1,0 +1,154 @@
+"""Every backend that can run on CPU generates on the tiny model, and its layers really are quantized.
+Backends that cannot run here are recorded as skipped with a reason; nothing crashes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from conftest import run_evalkit
+from evalkit.errors import EvalkitError
+from evalkit.generate.backends import BACKENDS, availability, parse_backend, parse_backend_list
+from evalkit.io import read_json
+
+# What must generate on CPU (environment.md), and which components each must have quantized there.
+CPU_EXPECTED = {
+    "quanto-int8": ("transformer", "text_encoder_2"),
+    "quanto-int4": ("transformer", "text_encoder_2"),
+    "quanto-fp8": ("transformer", "text_encoder_2"),
+    "torchao-int8wo": ("transformer", "text_encoder_2"),
+    "torchao-fp8wo": ("transformer", "text_encoder_2"),
+    "torchao-int8dq": ("transformer", "text_encoder_2"),
+    "torchao-int4wo": ("transformer", "text_encoder_2"),  # the IntxWeightOnly int4 route on CPU
+    "gguf-q8_0": ("transformer",),
+    "gguf-q4_1": ("transformer",),
+    "gguf-q2_k": ("transformer",),
+    "fp8-layerwise": ("transformer",),
+    # bitsandbytes through transformers on T5; diffusers' bnb quantizer needs a GPU for the transformer.
+    "bnb-nf4": ("text_encoder_2",),
+    "bnb-4bit": ("text_encoder_2",),
+    "bnb-nf4-dq": ("text_encoder_2",),
+    "bnb-8bit": ("text_encoder_2",),
+}
+# The marker of real quantization in layer_types, per library.
+LAYER_MARKER = {"quanto": "QLinear", "torchao": "Tensor", "gguf": "GGUF", "fp8": "float8_e4m3fn", "bnb": "Linear"}
+
+
+@pytest.fixture(scope="module")
+def all_backends_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
+    d = tmp_path_factory.mktemp("allbackends")
+    prompts = d / "one.txt"
+    prompts.write_text("A cat holding a sign that says hello world\n", encoding="utf-8")
+    cfg = d / "options.toml"
+    cfg.write_text("[backends.bnb-8bit]\nllm_int8_threshold = 5.0\n", encoding="utf-8")
+    out = d / "run"
+    r = run_evalkit("generate", str(prompts), "--model", "tiny", "--height", "32", "--width", "32", "--warmup", "0",
+                    "--backends", "default,bf16+offload", "--config", str(cfg), "--jobs", "2", "--out", str(out),
+                    timeout=1800)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out
+
+
+@pytest.mark.parametrize("name", sorted(CPU_EXPECTED))
+def test_cpu_backend_generates_with_quantized_layers(all_backends_run: Path, name: str) -> None:
+    rec = read_json(all_backends_run / "generation" / f"{name}.json")
+    assert rec["status"] == "ok", f"{name}: {rec.get('reason')}"
+    assert len(rec["images"]) == 1 and (all_backends_run / rec["images"][0]["path"]).exists()
+    q = rec["quantization"]
+    assert tuple(q["components_quantized"]) == CPU_EXPECTED[name]
+    for comp in ("transformer", "text_encoder_2"):
+        n, total = q["quantized_linear_count"][comp], q["linear_count"][comp]
+        if comp in CPU_EXPECTED[name]:
+            # Most Linears of the component are quantized. Not all: GGUF keeps odd-width layers in bf16, and
+            # diffusers' layerwise casting skips norm and proj_out layers by design.
+            assert n > 0 and n >= 0.75 * total, (name, comp, q["layer_types"][comp])
+            marker = LAYER_MARKER[name.split("-")[0]]
+            assert any(marker in k for k in q["layer_types"][comp]), (name, q["layer_types"][comp])
+        else:
+            assert n == 0, (name, comp, q["layer_types"][comp])
+    assert q["resolved_config"], name
+    # A quantized component is smaller than the bf16 one.
+    ref = read_json(all_backends_run / "generation" / "bf16.json")["footprint"]
+    for comp in CPU_EXPECTED[name]:
+        if comp == "transformer":
+            assert rec["footprint"][comp]["bytes"] < ref[comp]["bytes"], (name, comp)
+
+
+def test_cpu_narrowing_of_bnb_is_stated(all_backends_run: Path) -> None:
+    rec = read_json(all_backends_run / "generation" / "bnb-nf4.json")
+    assert "transformer left in bf16 on CPU" in (rec["quantization"]["note"] or "")
+
+
+def test_backend_options_from_config_reach_the_quantizer(all_backends_run: Path) -> None:
+    rec = read_json(all_backends_run / "generation" / "bnb-8bit.json")
+    assert rec["recipe"]["options"]["llm_int8_threshold"] == 5.0
+    assert rec["quantization"]["resolved_config"]["text_encoder_2"]["config"]["llm_int8_threshold"] == 5.0
+
+
+def test_backends_that_cannot_run_on_cpu_are_skipped_with_reasons(all_backends_run: Path) -> None:
+    summary = read_json(all_backends_run / "summary.json")
+    fp8dq = summary["backends"]["torchao-fp8dq"]
+    assert fp8dq["status"] == "skipped" and "8.9" in fp8dq["reason"]
+    off = summary["backends"]["bf16+offload"]
+    assert off["status"] == "skipped" and "accelerator" in off["reason"]
+    for name, b in summary["backends"].items():
+        assert b["status"] in ("ok", "skipped"), (name, b["reason"])
+        if b["status"] != "ok":
+            assert b["reason"], name
+    assert set(BACKENDS) <= set(summary["backends"])
+
+
+def test_components_flag_limits_what_is_quantized(tmp_path: Path, tiny_model_path: Path) -> None:
+    p = tmp_path / "p.txt"
+    p.write_text("a red cube\n")
+    r = run_evalkit("generate", str(p), "--model", "tiny", "--height", "32", "--width", "32", "--warmup", "0",
+                    "--backends", "quanto-int8", "--components", "text_encoder_2", "--out", str(tmp_path / "run"))
+    assert r.returncode == 0, r.stderr[-2000:]
+    q = read_json(tmp_path / "run" / "generation" / "quanto-int8.json")["quantization"]
+    assert q["components_quantized"] == ["text_encoder_2"]
+    assert q["quantized_linear_count"]["transformer"] == 0 and q["quantized_linear_count"]["text_encoder_2"] > 0
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Units: names, modifiers, availability
+
+
+def test_modifiers_parse_in_canonical_order() -> None:
+    assert parse_backend("bnb-nf4+offload+compile").name == "bnb-nf4+compile+offload"
+    assert parse_backend("bnb-nf4+compile+offload").modifiers == ("compile", "offload")
+    with pytest.raises(EvalkitError, match="twice"):
+        parse_backend("bf16+compile+compile")
+    with pytest.raises(EvalkitError, match="one of"):
+        parse_backend("bf16+offload+group-offload")
+    with pytest.raises(EvalkitError, match="Did you mean: torchao-int8wo"):
+        parse_backend("torchao-int8w")
+
+
+def test_backend_list_always_starts_with_the_reference() -> None:
+    specs = parse_backend_list("bnb-nf4,quanto-int8", "cpu")
+    assert [s.name for s in specs] == ["bf16", "bnb-nf4", "quanto-int8"]
+    assert {s.name for s in parse_backend_list("default", "cpu")} == set(BACKENDS)
+    seed = {s.name for s in parse_backend_list("seed", "cpu")}
+    assert "torchao-int8dq" not in seed and "gguf-q2_k" in seed and len(seed) == 14
+
+
+def test_known_incompatible_pair_fails_cleanly_with_its_reason() -> None:
+    status, reason = availability(parse_backend("bnb-8bit+offload"), "cuda", (9, 0))
+    assert status == "failed" and "10653" in reason
+    assert availability(parse_backend("bnb-8bit+offload"), "cuda", (9, 0), attempt_known_failures=True)[0] == "ok"
+    assert availability(parse_backend("bnb-nf4+offload"), "cuda", (9, 0))[0] == "ok"
+
+
+def test_capability_gate() -> None:
+    status, reason = availability(parse_backend("torchao-fp8dq"), "cuda", (8, 0))
+    assert status == "skipped" and ">= 8.9" in reason and "8.0" in reason
+    assert availability(parse_backend("torchao-fp8dq"), "cuda", (9, 0))[0] == "ok"
+
+
+def test_missing_package_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
+    import evalkit.generate.backends as b
+
+    monkeypatch.setattr(b, "package_available", lambda name: name != "optimum.quanto")
+    status, reason = availability(parse_backend("quanto-int8"), "cpu", None)
+    assert status == "skipped" and "pip install optimum-quanto" in reason
