@@ -322,3 +322,27 @@ def test_clip_missing_weights_is_skipped_not_fatal(run):
     assert res["mild"]["psnr"]["status"] == "ok"
     for b in ("bf16", "mild"):
         assert res[b]["clip_score"]["status"] == "skipped" and "no-such-clip" in res[b]["clip_score"]["reason"]
+
+
+def test_score_a_generated_tiny_run(tiny_run, tmp_path):
+    """The real generate stage's output, scored with the default metrics through the CLI."""
+    import shutil
+
+    from evalkit.cli import main
+
+    run = tmp_path / "tiny"
+    shutil.copytree(tiny_run, run)
+    assert main(["score", str(run), "--quiet", "--workers", "1"]) == 0
+    man = read_json(run / "manifest.json")
+    summ = read_json(run / "summary.json")
+    ok = [b for b in man["backends"] if summ["backends"][b]["status"] == "ok" and b != "bf16"]
+    assert ok
+    for b in man["backends"]:
+        mets = read_json(run / "metrics" / f"{b}.json")["metrics"]
+        assert set(mets) >= {"lpips_alex", "ssim", "psnr", "fid", "kid", "clip_score"}
+        if b in ok:
+            assert mets["lpips_alex"]["status"] == "ok" and mets["lpips_alex"]["n"] == len(man["prompts"])
+            assert mets["fid"]["n"] == len(man["prompts"])
+            assert summ["backends"][b]["metrics"]["psnr"]["status"] == "ok"
+        if summ["backends"][b]["status"] != "ok":
+            assert all(v["status"] == "skipped" for v in mets.values())

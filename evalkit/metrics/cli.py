@@ -155,11 +155,11 @@ def weights_main(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         t = Table(title=f"metric weights (cache: {w.weights_cache_dir()})")
-        for col in ("id", "status", "sha256 ok", "path"):
+        for col in ("id", "status", "sha256 ok", "source", "path"):
             t.add_column(col, overflow="fold")
         for r in rows:
             ok = {True: "yes", False: "NO", None: "-"}[r.get("sha256_ok")] if "sha256_ok" in r else "-"
-            t.add_row(r["id"], r["status"], ok, r.get("path") or r.get("description") or "")
+            t.add_row(r["id"], r["status"], ok, r.get("source") or "-", r.get("path") or r.get("description") or "")
         c = Console()
         c.print(t)
         for r in rows:

