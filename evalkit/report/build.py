@@ -36,12 +36,12 @@ def build_report(
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     data = load_report_data(run_dir, memory_axis)
-    from evalkit.report.images import build_images, inferno_css_gradient, DIFF_CLIP
+    from evalkit.report.images import build_images, inferno_css_gradient
     from evalkit.report.tables import write_tables
 
     show_images = not data.random_weights
     t = time.perf_counter()
-    images = build_images(data, thumb_size=thumb_size) if show_images else {}
+    images, diff_scale = build_images(data, thumb_size=thumb_size) if show_images else ({}, 0)
     log(f"{len(images)} thumbnails in {time.perf_counter() - t:.1f} s")
     figs = []
     if figures:
@@ -53,7 +53,7 @@ def build_report(
     tables = write_tables(data)
 
     ctx = _context(data, images, figs, tables, show_images)
-    ctx["diff_clip"] = DIFF_CLIP
+    ctx["diff_clip"] = diff_scale
     ctx["diff_gradient"] = inferno_css_gradient() if show_images else ""
     html = render_html(ctx)
     out = data.root / "index.html"

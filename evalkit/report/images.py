@@ -16,9 +16,11 @@ from urllib.parse import quote
 from evalkit.io import atomic_write_json, read_json
 from evalkit.report.data import ReportData, safe_name
 
-# |Δ| is shown on a fixed scale so heatmaps compare across backends and prompts: 0 → black, ≥ DIFF_CLIP/255 → brightest.
-DIFF_CLIP = 64
-THUMB_VERSION = 2  # bump when the thumbnail recipe changes, so cached files are redrawn
+# |Δ| uses one scale for every heatmap of a run, so tiles compare across backends and prompts: 0 → black,
+# ≥ scale/255 → brightest. The scale is the smallest of these that covers the 99th percentile of the run's
+# worst heatmap: a fixed 64/255 left near-identical backends (|Δ| < 1) all black.
+DIFF_SCALES = (2, 4, 8, 16, 32, 64, 128, 255)
+THUMB_VERSION = 3  # bump when the thumbnail recipe changes, so cached files are redrawn
 
 
 @dataclass
@@ -57,8 +59,8 @@ def resolve_image(data: ReportData, backend: str, prompt: dict[str, Any], img: d
     return None, "image file missing"
 
 
-def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = None) -> dict[tuple[str, str], ImageEntry]:
-    """Write thumbs/ (cached by source SHA-256) and return one entry per (backend, prompt_id)."""
+def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = None) -> tuple[dict[tuple[str, str], ImageEntry], int]:
+    """Write thumbs/ (cached by source size and mtime) and return one entry per (backend, prompt_id), and the |Δ| scale."""
     root = data.root
     cache_path = root / "thumbs" / "cache.json"
     try:
@@ -93,22 +95,41 @@ def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = 
         stamp = [THUMB_VERSION, thumb_size, _stat_key(src), _stat_key(refp) if refp else None]
         hit = cache.get(key)
         if hit and hit.get("stamp") == stamp and (root / thumb_rel).exists() and (not diff_rel or (root / diff_rel).exists()):
-            return key, hit
-        info = _make_thumb_and_diff(src, refp, root / thumb_rel, root / diff_rel if diff_rel else None, thumb_size)
+            return key, (dict(hit), None)
+        info, small = _make_thumb_and_diff(src, refp, root / thumb_rel, thumb_size)
         info["stamp"] = stamp
-        return key, info
+        return key, (info, small)
 
     workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL and numpy release the GIL for the heavy parts
-        results = dict(pool.map(work, jobs))
+        done = dict(pool.map(work, jobs))
+    p99 = [info.get("p99") for info, _ in done.values() if info.get("p99") is not None]
+    scale = next((s for s in DIFF_SCALES if s >= max(p99, default=0)), DIFF_SCALES[-1])
+
+    def paint(job):
+        name, pid, src, refp, thumb_rel, diff_rel = job
+        key = f"{name}\x00{pid}"
+        info, small = done[key]
+        if not diff_rel or info.get("problem") or info.get("p99") is None:
+            return
+        if info.get("diff_scale") == scale and small is None and (root / diff_rel).exists():
+            return  # cached, drawn at this scale
+        if small is None:  # cached thumbnail but the run's scale moved: recompute this heatmap
+            small = _diff_map(src, refp, thumb_size)[0]
+        _save_heatmap(small, scale, root / diff_rel)
+        info["diff_scale"] = scale
+
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        list(pool.map(paint, jobs))
+    results = {k: info for k, (info, _) in done.items()}
     for name, pid, src, refp, thumb_rel, diff_rel in jobs:
         info = results[f"{name}\x00{pid}"]
         entries[(name, pid)] = ImageEntry(
-            name, pid, href(data.rd.relative(src)), href(thumb_rel), href(diff_rel) if diff_rel and info.get("diff") else None,
+            name, pid, href(data.rd.relative(src)), href(thumb_rel), href(diff_rel) if diff_rel and info.get("diff_scale") else None,
             info.get("mean_abs_diff"), info.get("width"), info.get("height"), info.get("problem"),
         )
     atomic_write_json(cache_path, results)
-    return entries
+    return entries, scale
 
 
 def _stat_key(p: Path) -> list:
@@ -124,37 +145,53 @@ def _load_rgb(path: Path):
         return im.convert("RGB")
 
 
-def _make_thumb_and_diff(src: Path, refp: Path | None, thumb: Path, diff: Path | None, size: int) -> dict[str, Any]:
-    import numpy as np
+def _make_thumb_and_diff(src: Path, refp: Path | None, thumb: Path, size: int) -> tuple[dict[str, Any], Any]:
+    """Write the thumbnail; return stats and the |Δ| map at thumbnail size (painted later, once the run's scale is known)."""
     from PIL import Image
 
     try:
         im = _load_rgb(src)
     except Exception as e:  # a corrupt PNG is reported on the page, not fatal
-        return {"problem": f"cannot read image: {type(e).__name__}: {e}"}
+        return {"problem": f"cannot read image: {type(e).__name__}: {e}"}, None
     info: dict[str, Any] = {"width": im.width, "height": im.height}
     thumb.parent.mkdir(parents=True, exist_ok=True)
     t = im.copy()
     t.thumbnail((size, size), Image.Resampling.LANCZOS)
     _save_webp(t, thumb, quality=85)
-    if diff is not None and refp is not None:
-        try:
-            ref = _load_rgb(refp)
-        except Exception:
-            return info
-        if ref.size != im.size:  # SVDQuant's convention: resize the reference, bicubic
-            ref = ref.resize(im.size, Image.Resampling.BICUBIC)
-        d = np.abs(np.asarray(im, np.int16) - np.asarray(ref, np.int16)).astype(np.float32)
-        info["mean_abs_diff"] = round(float(d.mean()), 3)
-        dm = d.mean(axis=2)
-        # Downscale by averaging (BOX): a thumbnail pixel shows the mean |Δ| of the pixels it covers.
-        dimg = Image.fromarray(np.clip(dm * (255.0 / DIFF_CLIP), 0, 255).astype(np.uint8), "L")
-        dimg = dimg.resize(t.size, Image.Resampling.BOX)
-        lut = _inferno_lut()
-        rgb = Image.fromarray(lut[np.asarray(dimg)], "RGB")
-        _save_webp(rgb, diff, quality=90)
-        info["diff"] = True
-    return info
+    if refp is None:
+        return info, None
+    small, mad, p99 = _diff_map(src, refp, size, im)
+    if small is not None:
+        info.update(mean_abs_diff=mad, p99=p99)
+    return info, small
+
+
+def _diff_map(src: Path, refp: Path, size: int, im=None):
+    """Mean-over-RGB |src − ref| downscaled by averaging (a heatmap pixel is the mean |Δ| it covers),
+    its overall mean and 99th percentile, in 0–255 units."""
+    import numpy as np
+    from PIL import Image
+
+    try:
+        im = im or _load_rgb(src)
+        ref = _load_rgb(refp)
+    except Exception:
+        return None, None, None
+    if ref.size != im.size:  # SVDQuant's convention: resize the reference, bicubic
+        ref = ref.resize(im.size, Image.Resampling.BICUBIC)
+    d = np.abs(np.asarray(im, np.int16) - np.asarray(ref, np.int16)).astype(np.float32).mean(axis=2)
+    tw, th = im.size
+    f = min(1.0, size / max(tw, th))
+    small = np.asarray(Image.fromarray(d, "F").resize((max(1, round(tw * f)), max(1, round(th * f))), Image.Resampling.BOX))
+    return small, round(float(d.mean()), 3), round(float(np.percentile(small, 99)), 3)
+
+
+def _save_heatmap(small, scale: int, path: Path) -> None:
+    import numpy as np
+    from PIL import Image
+
+    idx = np.clip(small * (255.0 / scale), 0, 255).astype(np.uint8)
+    _save_webp(Image.fromarray(_inferno_lut()[idx], "RGB"), path, quality=90)
 
 
 def _save_webp(img, path: Path, quality: int) -> None:
