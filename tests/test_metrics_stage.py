@@ -38,7 +38,7 @@ def fake_clip(monkeypatch):
     mod.DEFAULT_CLIP_MODEL = "fake/clip"
 
     class ClipScorer:
-        def __init__(self, spec, device="cpu"):
+        def __init__(self, spec, device="cpu", **kw):
             self.spec = spec
 
         def score(self, images, prompts):
