@@ -19,7 +19,7 @@ from typing import Any
 from evalkit import __version__
 from evalkit.io import atomic_write_text
 from evalkit.report.data import (
-    MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, BackendView, ReportData, fmt_num, fmt_seconds, load_report_data,
+    MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, ReportData, fmt_num, fmt_seconds, load_report_data,
     metric_value,
 )
 

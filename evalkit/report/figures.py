@@ -253,7 +253,6 @@ def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "p
     out = data.root / "figures"
     out.mkdir(parents=True, exist_ok=True)
     figures: list[Figure] = []
-    mem_label = MEMORY_AXES[data.memory_axis][0]
 
     def save(fig, key: str, title: str, caption: str) -> None:
         f = Figure(key, title, caption)

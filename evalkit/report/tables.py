@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import io
-import re
 from pathlib import Path
 from typing import Any
 
 from evalkit.io import atomic_write_text
-from evalkit.report.data import MEMORY_KINDS, MEMORY_PHASES, ReportData, fmt_num, metric_value, safe_name
+from evalkit.report.data import MEMORY_KINDS, MEMORY_PHASES, ReportData, fmt_num, metric_value
 
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
