@@ -35,7 +35,7 @@ def fake_clip(monkeypatch):
     calls = {"n": 0}
     mod = types.ModuleType("evalkit.metrics.clip_score")
     mod.__spec__ = importlib.machinery.ModuleSpec("evalkit.metrics.clip_score", None)
-    mod.DEFAULT_CLIP_MODEL = "fake/clip"
+    mod.CLIP_DEFAULT_SPEC = "fake/clip"
 
     class ClipScorer:
         def __init__(self, spec, device="cpu", **kw):
@@ -46,7 +46,11 @@ def fake_clip(monkeypatch):
             return (np.array([30.0 - float(np.std(i)) / 10 for i in images]), [len(p) > 60 for p in prompts])
 
     mod.ClipScorer = ClipScorer
+    import evalkit.metrics
+
     monkeypatch.setitem(sys.modules, "evalkit.metrics.clip_score", mod)
+    # `from evalkit.metrics import clip_score` reads the package attribute once the real module was imported
+    monkeypatch.setattr(evalkit.metrics, "clip_score", mod, raising=False)
     return calls
 
 
