@@ -42,7 +42,7 @@ def _photos(size: int) -> tuple[np.ndarray, np.ndarray]:
     return make_pairs(6, size)
 
 
-def lpips_parity(net: str, sizes: tuple[int, ...]) -> dict:
+def lpips_parity(net: str, sizes: tuple[int, ...], device: str = "cuda") -> dict:
     """Max |evalkit - lpips.LPIPS| on CUDA (both fp32, TF32 off), and |evalkit CUDA - evalkit CPU|."""
     import lpips  # the real package, with real torchvision underneath
     from torch import nn
@@ -65,15 +65,15 @@ def lpips_parity(net: str, sizes: tuple[int, ...]) -> dict:
         for i, conv in enumerate(convs):
             conv.weight.copy_(state[f"convs.{i}.weight"])
             conv.bias.copy_(state[f"convs.{i}.bias"])
-    ref = ref.cuda().eval()
-    ours_gpu = LPIPSMetric(net, device="cuda", batch_size=6)
+    ref = ref.to(device).eval()
+    ours_gpu = LPIPSMetric(net, device=device, batch_size=6)
     ours_cpu = LPIPSMetric(net, device="cpu", batch_size=6)
     out = {}
     for size in sizes:
         a, b = _photos(size)
         with torch.no_grad(), torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            x = torch.from_numpy(a).permute(0, 3, 1, 2).float().cuda() / 255
-            y = torch.from_numpy(b).permute(0, 3, 1, 2).float().cuda() / 255
+            x = torch.from_numpy(a).permute(0, 3, 1, 2).float().to(device) / 255
+            y = torch.from_numpy(b).permute(0, 3, 1, 2).float().to(device) / 255
             expected = ref(x, y, normalize=True).flatten().double().cpu().numpy()
         got = ours_gpu.compute(a, b)
         cpu = ours_cpu.compute(a, b)
@@ -89,13 +89,13 @@ def types_ns(**kw):
     return types.SimpleNamespace(**kw)
 
 
-def ssim_parity(size: int) -> dict:
+def ssim_parity(size: int, device: str = "cuda") -> dict:
     from skimage.metrics import structural_similarity
 
     from evalkit.metrics.ssim import SSIMMetric
 
     a, b = _photos(size)
-    got = SSIMMetric(device="cuda").compute(a, b)
+    got = SSIMMetric(device=device).compute(a, b)
     exp = np.array([structural_similarity(x / 255.0, y / 255.0, gaussian_weights=True, sigma=1.5,
                                           use_sample_covariance=False, data_range=1.0, channel_axis=-1)
                     for x, y in zip(a, b)])
@@ -110,29 +110,32 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--naive-pairs", type=int, default=16)
     p.add_argument("--batches", default="8,16,32")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a dry run of the script itself
+    p.add_argument("--size", type=int, default=1024, help=argparse.SUPPRESS)
     a = p.parse_args(argv)
+    dev = a.device
     if a.lpips_src:
         sys.path.insert(0, str(Path(a.lpips_src).resolve()))
     if a.weights_dir:
         os.environ["EVALKIT_WEIGHTS_DIR"] = str(Path(a.weights_dir).resolve())
     os.environ.setdefault("EVALKIT_CACHE", tempfile.mkdtemp(prefix="evalkit-gpu-cache-"))
-    if not torch.cuda.is_available():
+    if dev == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "CUDA is not available"}))
         return 2
     torch.backends.cudnn.benchmark = True
-    res: dict = {"device": torch.cuda.get_device_name(0), "torch": torch.__version__,
+    res: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else dev, "torch": torch.__version__,
                  "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu_count": os.cpu_count()}
     ok = True
     for net in ("alex", "vgg"):
         try:
-            r = lpips_parity(net, (256, 1024) if net == "alex" else (256,))
+            r = lpips_parity(net, (256, a.size) if net == "alex" else (256,), dev)
             res[f"lpips_{net}_parity"] = r
             ok &= all(v["max_abs_diff_vs_lpips_package"] <= LPIPS_TOL for v in r.values())
         except Exception as e:  # vgg weights are optional (59 MB); alex must work
             res[f"lpips_{net}_parity"] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-1500:]}
             ok &= net != "alex"
     try:
-        res["ssim_parity"] = ssim_parity(512)
+        res["ssim_parity"] = ssim_parity(512, dev)
         ok &= res["ssim_parity"]["max_abs_diff_vs_skimage"] <= SSIM_TOL
     except Exception as e:
         res["ssim_parity"] = {"error": f"{type(e).__name__}: {e}"}
@@ -140,22 +143,22 @@ def main(argv: list[str] | None = None) -> int:
 
     from bench_metrics import Evalkit, Naive, decode_end_to_end, make_pairs, timed
 
-    refs, dists = make_pairs(a.pairs, 1024)
-    naive = Naive("cuda")
-    t_naive, v_naive = timed(naive, refs[:a.naive_pairs], dists[:a.naive_pairs], "cuda", 2)
+    refs, dists = make_pairs(a.pairs, a.size)
+    naive = Naive(dev)
+    t_naive, v_naive = timed(naive, refs[:a.naive_pairs], dists[:a.naive_pairs], dev, 2)
     res["naive_pairs_per_s"] = a.naive_pairs / t_naive
     res["throughput"] = {}
     best = None
     for bs in [int(x) for x in a.batches.split(",")]:
-        ours = Evalkit("cuda", bs)
-        t, v = timed(ours, refs, dists, "cuda", 3)
+        ours = Evalkit(dev, bs)
+        t, v = timed(ours, refs, dists, dev, 3)
         res["throughput"][str(bs)] = {"pairs_per_s": a.pairs / t, "speedup_vs_naive": (a.pairs / t) / res["naive_pairs_per_s"],
                                       "max_abs_diff_vs_naive": np.abs(v[:a.naive_pairs] - v_naive).max(0).tolist(),
-                                      "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30}
+                                      "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if dev == "cuda" else None}
         if best is None or a.pairs / t > best[1]:
             best = (ours, a.pairs / t)
     res["best_pairs_per_s"] = best[1]
-    res["end_to_end_with_png_decode"] = decode_end_to_end(refs, dists, best[0], "cuda", a.workers)
+    res["end_to_end_with_png_decode"] = decode_end_to_end(refs, dists, best[0], dev, a.workers)
     res["parity_ok"] = bool(ok)
     text = json.dumps(res, indent=2)
     print(text)

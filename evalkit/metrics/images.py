@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import os
 from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Sequence
@@ -84,7 +85,18 @@ class Decoder:
             # but fork after torch threads exist is unsafe, so use spawn with a light entry point.
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
         chunk = max(1, len(paths) // (self.workers * 2))
-        return list(self._pool.map(decode_file, paths, chunksize=chunk))
+        try:
+            return list(self._pool.map(decode_file, paths, chunksize=chunk))
+        except BrokenProcessPool:
+            # e.g. a caller's script without an `if __name__ == "__main__":` guard (spawn re-runs it): slower
+            # but correct, decode in this process from now on.
+            import warnings
+
+            warnings.warn("image-decoding worker processes failed to start; decoding in the main process",
+                          RuntimeWarning, stacklevel=2)
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool, self.workers = None, 1
+            return [decode_file(p) for p in paths]
 
 
 def resize_bicubic(arr: np.ndarray, height: int, width: int) -> np.ndarray:
