@@ -73,6 +73,10 @@ class Modifier:
 KNOWN_INCOMPATIBLE: dict[tuple[str, frozenset[str]], str] = {
     ("bnb-8bit", frozenset({"offload"})): "bitsandbytes 8-bit with model CPU offload fails (diffusers #10653)",
     ("bnb-8bit", frozenset({"group-offload"})): "bitsandbytes 8-bit weights cannot be moved by group offloading (Int8Params)",
+    # Seen on an H100 with torchao 0.17 (benchmarks/results/gpu-2026-11-21.md): group offloading's stream path calls
+    # aten.is_pinned, which torchao's quantized tensor subclass does not implement.
+    ("torchao-int8wo", frozenset({"group-offload"})): "torchao quantized tensors do not implement aten.is_pinned, "
+                                                       "which group offloading with streams calls (seen with torchao 0.17)",
 }
 
 
