@@ -77,6 +77,8 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
 
     if b.post_load:
         info["post_load"] = POST_LOAD[b.post_load](pipe, components, ctx)
+        info["resolved_config"] = {c: {"class": f"post-load transform {b.post_load}", "config": info["post_load"]}
+                                   for c in components}
     return pipe, info
 
 

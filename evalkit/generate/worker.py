@@ -22,8 +22,44 @@ from evalkit.rundir import SCHEMA_VERSION, RunDir
 ALL_BLACK_MAX = 3
 
 
+# Where progress events go: stdout JSON lines (subprocess mode) or a multiprocessing pipe (forkserver mode).
+_event_conn: Any = None
+
+# Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
+PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "diffusers.pipelines.flux.pipeline_flux", "transformers",
+           "transformers.models.clip.modeling_clip", "transformers.models.t5.modeling_t5", "safetensors.torch",
+           "evalkit.generate.loading", "evalkit.generate.measure", "torchao", "optimum.quanto", "bitsandbytes", "gguf")
+
+
 def emit(event: str, **data: Any) -> None:
-    print(json.dumps({"event": event, **data}), flush=True)
+    msg = {"event": event, **data}
+    if _event_conn is not None:
+        try:
+            _event_conn.send(msg)
+        except (BrokenPipeError, OSError):
+            pass
+        return
+    print(json.dumps(msg), flush=True)
+
+
+def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any) -> None:
+    """Entry point of a backend's process forked from the preloaded forkserver."""
+    global _event_conn
+    # The forkserver's environment is the one it started with; this backend's (GPU pinning, thread count) wins.
+    os.environ.clear()
+    os.environ.update(env)
+    fd = os.open(log_path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(fd, 1)  # libraries that print go to the log, not into the event stream
+    os.dup2(fd, 2)
+    os.close(fd)
+    _event_conn = conn
+    code = run_worker(run_dir, backend)
+    conn.close()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(code)
 
 
 def utcnow() -> str:
