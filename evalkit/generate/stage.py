@@ -326,6 +326,16 @@ def _forkserver() -> Any:
         return _FORKSERVER
 
 
+def _start_forkserver() -> None:
+    from multiprocessing import forkserver
+
+    _forkserver()
+    try:
+        forkserver.ensure_running()
+    except Exception:  # noqa: BLE001 - the first backend's start will report it properly
+        pass
+
+
 def worker_mode() -> str:
     """'forkserver' (default on Linux) or 'subprocess' (EVALKIT_WORKER_MODE=subprocess: a fresh interpreter per
     backend, slower to start but sharing nothing at all with the parent)."""
@@ -411,6 +421,9 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
 
     # Logs and CI capture stderr: give tables room instead of rich's 80-column default off a terminal.
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    if worker_mode() == "forkserver":
+        # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
+        threading.Thread(target=_start_forkserver, daemon=True).start()
     rd, manifest, specs = prepare_run(opts)
     device = manifest["config"]["device"]
     capability = manifest["device"].get("capability")

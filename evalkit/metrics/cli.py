@@ -59,33 +59,38 @@ def score_main(args: argparse.Namespace) -> int:
 
 def _fmt(rec: dict[str, Any]) -> str:
     if rec.get("status") != "ok":
-        return "skipped"
+        return "-"
     if "mean" in rec:
-        ci = f" [{rec['ci_low']:.4g}, {rec['ci_high']:.4g}]" if rec.get("ci_low") is not None else ""
-        return f"{rec['mean']:.4g}{ci} n={rec['n']}"
-    return f"{rec['value']:.4g} n={rec['n']}/{rec.get('n_reference')}"
+        half = (rec["ci_high"] - rec["ci_low"]) / 2 if rec.get("ci_low") is not None else None
+        return f"{rec['mean']:.4g}" + (f" ±{half:.2g}" if half is not None else "")
+    return f"{rec['value']:.4g} (n={rec['n']})"
 
 
 def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
+    """Terminal summary: one row per scored backend, mean ± half the 95% CI; every skip listed once with its reason."""
     from rich.console import Console
     from rich.table import Table
 
-    names = sorted({m for r in results.values() for m in r}, key=lambda m: list(next(iter(results.values()))).index(m)
-                   if m in next(iter(results.values())) else 99)
-    t = Table(title="score: mean [95% CI] n (vs the reference backend)")
+    order: list[str] = []
+    for r in results.values():
+        order += [m for m in r if m not in order]
+    shown = [m for m in order if any(r.get(m, {}).get("status") == "ok" for r in results.values())]
+    t = Table(title="score vs the reference backend: mean ±95% CI half-width (n images)", title_justify="left")
     t.add_column("backend")
-    for m in names:
-        t.add_column(m)
-    reasons: dict[str, str] = {}
+    for m in shown:
+        t.add_column(m, justify="right")
+    reasons: dict[str, list[str]] = {}
     for b, r in results.items():
-        t.add_row(b, *[_fmt(r.get(m, {})) for m in names])
-        for m in names:
+        if any(r.get(m, {}).get("status") == "ok" for m in shown):
+            t.add_row(b, *[_fmt(r.get(m, {})) for m in shown])
+        for m in order:
             if r.get(m, {}).get("status") == "skipped":
-                reasons.setdefault(r[m].get("reason", ""), f"{m} ({b})")
-    c = Console()
+                reasons.setdefault(r[m].get("reason", ""), []).append(f"{m}@{b}")
+    c = Console(width=None if sys.stdout.isatty() else 160)
     c.print(t)
-    for reason, where in list(reasons.items())[:8]:
-        c.print(f"  skipped {where}: {reason}", highlight=False, soft_wrap=True)
+    for reason, where in reasons.items():
+        more = f" (+{len(where) - 3} more)" if len(where) > 3 else ""
+        c.print(f"  skipped {', '.join(where[:3])}{more}: {reason}", highlight=False, soft_wrap=True)
 
 
 # ---------------------------------------------------------------- compare-images

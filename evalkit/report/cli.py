@@ -46,5 +46,5 @@ def report_main(args: argparse.Namespace) -> int:
         figures=not getattr(args, "report_no_figures", False),
         memory_axis=None if axis in (None, "auto") else axis,
     )
-    print(f"report: {out}")
+    print(f"Report: {out}")
     return 0
