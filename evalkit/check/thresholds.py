@@ -24,19 +24,15 @@ from typing import Any, Literal
 
 from evalkit.errors import EvalkitError, suggest
 
-# Metric names score writes (metrics/<backend>.json), with their direction. The run's own metric names
-# are added to these at load time, so a metric added later is known without editing this table.
-KNOWN_METRICS: dict[str, bool] = {  # name -> higher_is_better
-    "lpips_alex": False,
-    "lpips_vgg": False,
-    "ssim": True,
-    "ms_ssim": True,
-    "psnr": True,
-    "clip_score": True,
-    "clip_score_drop": False,
-    "fid": False,
-    "kid": False,
-}
+def _known_metrics() -> dict[str, bool]:
+    """name -> higher_is_better, from the metric registry (a light import: no torch), so a metric added there is
+    known here without a second table. The run's own metric names are added to these at load time."""
+    from evalkit.metrics.registry import list_metrics
+
+    return {m.name: m.higher_is_better for m in list_metrics()}
+
+
+KNOWN_METRICS: dict[str, bool] = _known_metrics()
 
 
 @dataclass(frozen=True)
