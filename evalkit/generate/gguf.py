@@ -30,7 +30,6 @@ Making a file (`ensure_gguf`):
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import json
 import os
@@ -41,6 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator
 
 from evalkit.errors import EvalkitError
+from evalkit.io import file_lock
 
 if TYPE_CHECKING:  # torch/diffusers/numpy are imported lazily: the CLI must stay fast
     import numpy as np
@@ -367,18 +367,6 @@ def tensor_qtype(name: str, shape: tuple[int, ...], qtype: str) -> str:
 # Making the file.
 
 
-@contextlib.contextmanager
-def _lock(target: Path) -> Iterator[None]:
-    """One conversion per target across processes (parallel workers would otherwise each spend minutes)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def gguf_cache_path(model_path: str, qtype: str, cache_dir: str | os.PathLike[str]) -> Path:
     """Where `ensure_gguf` keeps (or would keep) the file for this transformer and type."""
     t = _qtype_enum(qtype).name
@@ -394,7 +382,7 @@ def ensure_gguf(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], 
     target = gguf_cache_path(model_path, t.name, cache_dir)
     if target.exists():
         return target
-    with _lock(target):
+    with file_lock(target):
         if target.exists():  # another process finished it while we waited
             return target
         convert_transformer(model_path, t.name, target, device=device)

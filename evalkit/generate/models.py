@@ -6,17 +6,16 @@ model gives an error that says how to supply it.
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import os
 import re
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from evalkit.errors import EvalkitError, MissingWeightsError
+from evalkit.io import file_lock
 from evalkit.paths import cache_dir
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
@@ -154,24 +153,12 @@ def resolve_hub_model(repo_id: str) -> Path:
     return Path(path)
 
 
-@contextlib.contextmanager
-def _build_lock(target: Path) -> Iterator[None]:
-    """Serialise builds of one cached model across processes (parallel workers, parallel tests)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    with open(target.parent / f".{target.name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-
-
 def _build_cached(target: Path, builder: Any) -> Path:
     """Build into a temp dir then rename, so a killed build never leaves a half model that looks complete."""
     marker = target / ".evalkit-complete"
     if marker.exists():
         return target
-    with _build_lock(target):
+    with file_lock(target):
         if marker.exists():
             return target
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"

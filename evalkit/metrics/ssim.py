@@ -107,6 +107,9 @@ class SSIMMetric:
         self.batch_size = batch_size
         self.options = dict(self.OPTIONS)
 
+    # The per-pair function on float NCHW batches in [0, 1]; MS-SSIM swaps in its own.
+    per_image = staticmethod(lambda a, b: ssim_per_image(a, b))
+
     def min_size_reason(self, h: int, w: int) -> str | None:
         return None if min(h, w) >= WIN else f"images are {h}x{w} px; SSIM needs at least {WIN}x{WIN}"
 
@@ -119,7 +122,7 @@ class SSIMMetric:
         for s in range(0, len(ref), self.batch_size):
             a = to_float_nchw(ref[s:s + self.batch_size], self.device)
             b = to_float_nchw(img[s:s + self.batch_size], self.device)
-            out.append(ssim_per_image(a, b).double().cpu().numpy())
+            out.append(self.per_image(a, b).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
 
 
@@ -132,14 +135,4 @@ class MSSSIMMetric(SSIMMetric):
     def min_size_reason(self, h: int, w: int) -> str | None:
         return None if min(h, w) >= MS_SSIM_MIN_SIDE else ms_ssim_too_small_reason(h, w)
 
-    @torch.inference_mode()
-    def compute(self, ref: "np.ndarray | torch.Tensor", img: "np.ndarray | torch.Tensor") -> np.ndarray:
-        """Per-pair values for uint8 (N, H, W, 3) batches (numpy, or tensors already on the device)."""
-        from evalkit.metrics.images import to_float_nchw
-
-        out = []
-        for s in range(0, len(ref), self.batch_size):
-            a = to_float_nchw(ref[s:s + self.batch_size], self.device)
-            b = to_float_nchw(img[s:s + self.batch_size], self.device)
-            out.append(ms_ssim_per_image(a, b).double().cpu().numpy())
-        return np.concatenate(out) if out else np.zeros(0)
+    per_image = staticmethod(lambda a, b: ms_ssim_per_image(a, b))
