@@ -20,6 +20,11 @@ class RunDir:
 
     root: Path
 
+    def __post_init__(self) -> None:
+        # Always absolute: stages compare and relativise paths under the root, which breaks when one side is
+        # relative (the default `reports/<run-id>`) and the other was resolved.
+        object.__setattr__(self, "root", Path(self.root).expanduser().resolve())
+
     @property
     def manifest(self) -> Path:
         return self.root / "manifest.json"
@@ -67,6 +72,15 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, dict[str, Any]]:
     if not isinstance(version, int) or version > SCHEMA_VERSION:
         raise EvalkitError(f"{rd.manifest}: schema_version {version!r} is newer than this evalkit understands ({SCHEMA_VERSION}); upgrade evalkit")
     return rd, manifest
+
+
+def display_path(path: str | os.PathLike[str]) -> str:
+    """A path for humans: relative to the working directory when it is inside it."""
+    p = Path(path).resolve()
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return str(p)
 
 
 def ensure_writable_dir(path: Path) -> None:

@@ -55,7 +55,9 @@ def generate_main(args: argparse.Namespace) -> int:
     )
     run_dir = run_generate(opts)
     args.run_dir = str(run_dir)  # later stages of `evalkit run` read it
-    print(f"Results: {run_dir}")
+    from evalkit.rundir import display_path
+
+    print(f"Results: {display_path(run_dir)}")
     return 0
 
 

@@ -53,7 +53,9 @@ def score_main(args: argparse.Namespace) -> int:
     )
     if not quiet:
         _print_score_table(results)
-        print(f"Metrics: {args.run_dir}/metrics/ (per_image.csv, <backend>.json); summary.json updated")
+        from evalkit.rundir import display_path
+
+        print(f"Metrics: {display_path(args.run_dir)}/metrics/ (per_image.csv, <backend>.json); summary.json updated")
     return 0
 
 

@@ -46,5 +46,7 @@ def report_main(args: argparse.Namespace) -> int:
         figures=not getattr(args, "report_no_figures", False),
         memory_axis=None if axis in (None, "auto") else axis,
     )
-    print(f"Report: {out}")
+    from evalkit.rundir import display_path
+
+    print(f"Report: {display_path(out)}")
     return 0
