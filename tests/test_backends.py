@@ -152,3 +152,18 @@ def test_missing_package_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setattr(b, "package_available", lambda name: name != "optimum.quanto")
     status, reason = availability(parse_backend("quanto-int8"), "cpu", None)
     assert status == "skipped" and "pip install optimum-quanto" in reason
+
+
+def test_every_named_hook_of_a_recipe_exists(all_backends_run: Path) -> None:
+    """A recipe names its post-load transform, transformer loader and one-time prepare step by string (so the
+    registry imports no torch): each name must resolve, or that backend would fail only when someone runs it."""
+    from evalkit.generate import loading
+    from evalkit.generate.backends import BACKEND_LIST
+
+    for b in BACKEND_LIST:
+        assert b.post_load is None or b.post_load in loading.POST_LOAD, b.name
+        assert b.transformer_loader is None or b.transformer_loader in loading.TRANSFORMER_LOADERS, b.name
+        assert b.prepare is None or b.prepare in loading.PREPARE, b.name
+    # quanto-int4 builds optimum-quanto's CUDA kernels before the load clock on CUDA; on CPU there is nothing to do.
+    rec = read_json(all_backends_run / "generation" / "quanto-int4.json")
+    assert rec["status"] == "ok" and "prepare" in rec and rec["prepare"] is None

@@ -55,6 +55,9 @@ class Backend:
     make_config: ConfigBuilder | None = None
     post_load: str | None = None  # name of a transform in evalkit.generate.loading.POST_LOAD
     transformer_loader: str | None = None  # name of a loader in evalkit.generate.loading.TRANSFORMER_LOADERS
+    # name of a one-time step in evalkit.generate.loading.PREPARE (e.g. a library's JIT kernel build), run before the
+    # load clock starts; its time is recorded apart as `prepare`
+    prepare: str | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     in_seed_study: bool = True
     reference: bool = False
@@ -207,7 +210,8 @@ BACKEND_LIST: tuple[Backend, ...] = (
     Backend("torchao-fp8dq", description="torchao float8 dynamic activation + float8 weight, per-row",
             make_config=_torchao("fp8dq"), in_seed_study=False, devices=("cuda",), min_capability=(8, 9),
             cpu_unsupported_reason="float8 dynamic activation needs CUDA compute capability >= 8.9", **_AO),
-    Backend("quanto-int4", description="optimum-quanto int4 weights (group size 128)", make_config=_quanto("int4"), **_QUANTO),
+    Backend("quanto-int4", description="optimum-quanto int4 weights (group size 128)", make_config=_quanto("int4"),
+            prepare="quanto_cuda_kernels", **_QUANTO),
     Backend("quanto-int8", description="optimum-quanto int8 weights", make_config=_quanto("int8"), **_QUANTO),
     Backend("quanto-fp8", description="optimum-quanto float8 (e4m3) weights", make_config=_quanto("float8"), **_QUANTO),
     Backend("gguf-q2_k", description="GGUF Q2_K transformer (T5 stays bf16)", options=MappingProxyType({"qtype": "Q2_K"}), **_GGUF),

@@ -52,21 +52,8 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
                                    for c, cfg in mapping.items()}
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
 
-    if b.transformer_loader == "gguf":
-        from evalkit.generate import gguf
-
-        qtype = str(ctx.options.get("qtype"))
-        if gguf_file:
-            path = gguf_file
-            info["gguf_source"] = "user file"
-        else:
-            path = str(gguf.ensure_gguf(ctx.model_path, qtype, ctx.cache_dir))
-            info["gguf_source"] = "made by evalkit from the bf16 transformer with the gguf package"
-        info["gguf_file"] = path
-        info["gguf_summary"] = gguf.validate_gguf(path, ctx.model_path)
-        kwargs["transformer"] = gguf.load_gguf_transformer(path, ctx.model_path, torch.bfloat16)
-        info["resolved_config"] = {"transformer": {"class": "diffusers.GGUFQuantizationConfig",
-                                                   "config": {"compute_dtype": "bfloat16", "qtype": qtype}}}
+    if b.transformer_loader:
+        kwargs["transformer"] = TRANSFORMER_LOADERS[b.transformer_loader](ctx, gguf_file, info)
 
     if ctx.device == "cuda" and b.library == "torchao" and not spec.modifiers_offload:
         # torchao packs int4 weights with CUDA-only ops, so quantize-on-load must happen on the GPU, not on the CPU
@@ -82,6 +69,30 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
     return pipe, info
 
 
+def _gguf_transformer(ctx: BuildContext, gguf_file: str | None, info: dict[str, Any]) -> Any:
+    """The transformer from a GGUF file: the user's (--gguf-file) or one evalkit makes from the bf16 weights."""
+    from evalkit.generate import gguf
+
+    qtype = str(ctx.options.get("qtype"))
+    if gguf_file:
+        path = gguf_file
+        info["gguf_source"] = "user file"
+    else:
+        path = str(gguf.ensure_gguf(ctx.model_path, qtype, ctx.cache_dir))
+        info["gguf_source"] = "made by evalkit from the bf16 transformer with the gguf package"
+    info["gguf_file"] = path
+    info["gguf_summary"] = gguf.validate_gguf(path, ctx.model_path)
+    info["resolved_config"] = {"transformer": {"class": "diffusers.GGUFQuantizationConfig",
+                                               "config": {"compute_dtype": "bfloat16", "qtype": qtype}}}
+    return gguf.load_gguf_transformer(path, ctx.model_path, torch.bfloat16)
+
+
+# Loaders that build the transformer themselves instead of a quantization config (Backend.transformer_loader).
+TRANSFORMER_LOADERS: dict[str, Callable[[BuildContext, str | None, dict[str, Any]], Any]] = {
+    "gguf": _gguf_transformer,
+}
+
+
 def _layerwise_fp8(pipe: Any, components: tuple[str, ...], ctx: BuildContext) -> dict[str, Any]:
     cfg = {"storage_dtype": "float8_e4m3fn", "compute_dtype": "bfloat16"}
     for c in components:
@@ -91,6 +102,29 @@ def _layerwise_fp8(pipe: Any, components: tuple[str, ...], ctx: BuildContext) ->
 
 POST_LOAD: dict[str, Callable[[Any, tuple[str, ...], BuildContext], dict[str, Any]]] = {
     "layerwise_fp8": _layerwise_fp8,
+}
+
+
+def _quanto_cuda_kernels(ctx: BuildContext) -> dict[str, Any] | None:
+    """optimum-quanto builds its CUDA kernels (unpack, AWQ, Marlin) with torch.utils.cpp_extension the first time
+    one is used, into its own package folder; int4 weights use them while being quantized. That build takes
+    minutes once per installation and is no part of loading a model: do it here, off the load clock."""
+    if ctx.device != "cuda":
+        return None
+    from optimum.quanto.library.extensions import get_extension, is_extension_available
+
+    if not is_extension_available("quanto_cuda"):
+        return None
+    ext = get_extension("quanto_cuda")
+    t0 = time.perf_counter()
+    ext.lib  # noqa: B018 - builds (or loads the cached build of) the extension
+    return {"what": "optimum-quanto CUDA kernels (torch.utils.cpp_extension JIT build, cached after the first use)",
+            "build_directory": ext.build_directory, "seconds": time.perf_counter() - t0}
+
+
+# One-time steps a backend needs before its model loads, run before the load clock starts (Backend.prepare).
+PREPARE: dict[str, Callable[[BuildContext], dict[str, Any] | None]] = {
+    "quanto_cuda_kernels": _quanto_cuda_kernels,
 }
 
 

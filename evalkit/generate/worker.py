@@ -165,6 +165,11 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
         importlib.import_module(mod)
     if on_cuda:
         torch.zeros(1, device="cuda")
+    # One-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either.
+    record["prepare"] = None
+    if spec.backend.prepare:
+        emit("phase", phase="preparing")
+        record["prepare"] = loading.PREPARE[spec.backend.prepare](ctx)
     if on_cuda:
         measure.cuda_reset_peak()
     t0 = time.perf_counter()
