@@ -16,7 +16,7 @@ def _add_metric_options(p: argparse.ArgumentParser | Any, for_run: bool) -> None
     p.add_argument("--lpips-net", default=None, help="alex (default), vgg, or alex,vgg")
     p.add_argument("--clip-model", default=None,
                    help="CLIP for clip_score: a local folder, a Hugging Face id in the local cache "
-                        "(default openai/clip-vit-large-patch14), or open_clip:ARCH:/path/to/ckpt")
+                        "(default openai/clip-vit-large-patch14), open_clip:ARCH:/path/to/ckpt, or open_clip:/path/to/folder")
     p.add_argument("--real-dir", default=None, help="a folder of real images: adds fid_real / kid_real")
     p.add_argument("--bootstrap-samples", type=int, default=2000, help="bootstrap resamples for 95%% CIs (default 2000)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 8)")

@@ -38,8 +38,10 @@ Definitions and choices:
     (``snapshot_download(local_files_only=True)``, no network call), else MissingWeightsError says how to supply
     them. A local directory is a transformers CLIP (``save_pretrained``); if it has no tokenizer files, CLIP's BPE
     vocab shipped with open-clip-torch is used (evalkit.generate.models.build_clip_tokenizer).
-  * ``open_clip:ARCH:/path/to/ckpt`` uses open_clip's own model, tokenizer (which keeps EOT when truncating) and
-    preprocessing; open_clip imports torchvision, so it only works where torchvision does (not on the CPU machines
+  * ``open_clip:ARCH:/path/to/ckpt`` (a config shipped with open_clip plus a weights file) or
+    ``open_clip:/path/to/folder`` (open_clip_config.json plus weights, the layout of laion's Hugging Face repos; a
+    folder without weights is refused rather than scored with random weights) uses open_clip's own model,
+    tokenizer (which keeps EOT when truncating) and preprocessing; open_clip imports torchvision, so it only works where torchvision does (not on the CPU machines
     here): the import is lazy and failure is a clear EvalkitError.
 """
 
@@ -65,7 +67,7 @@ _HOW_TO_SUPPLY = (
     "(HF_HOME, default ~/.cache/huggingface) here; "
     "(2) pass a local directory holding a transformers CLIP (config.json + model weights, e.g. from "
     "CLIPModel.save_pretrained) as --clip-model /path/to/dir; "
-    "(3) pass an open_clip checkpoint as --clip-model open_clip:ARCH:/path/to/ckpt (needs torchvision)."
+    "(3) pass an open_clip checkpoint as --clip-model open_clip:ARCH:/path/to/ckpt, or an open_clip folder (open_clip_config.json + weights) as open_clip:/path/to/folder (both need torchvision)."
 )
 
 
@@ -136,13 +138,33 @@ def clip_preprocess(
     return np.ascontiguousarray(x.transpose(2, 0, 1), dtype=np.float32)
 
 
+OPEN_CLIP_WEIGHT_GLOBS = ("*.safetensors", "*.bin", "*.pth")
+
+
+def open_clip_weights_in(folder: Path) -> list[Path]:
+    """The weights files open_clip's `local-dir:` loader would consider (it picks one by a preference order)."""
+    return sorted(p for g in OPEN_CLIP_WEIGHT_GLOBS for p in folder.glob(g) if p.is_file())
+
+
 def resolve_clip_spec(spec: str) -> tuple[str, str]:
-    """("local", dir) | ("hf", snapshot dir from the local cache) | ("open_clip", "ARCH:ckpt"); never downloads."""
+    """("local", dir) | ("hf", snapshot dir from the local cache) | ("open_clip", "ARCH:ckpt" or "local-dir:DIR");
+    never downloads."""
     if spec.startswith("open_clip:"):
         rest = spec[len("open_clip:") :]
+        folder = Path(rest).expanduser()
+        if folder.is_dir():  # open_clip's own folder layout (laion's Hugging Face repos): config + weights
+            if not (folder / "open_clip_config.json").is_file():
+                raise MissingWeightsError(f"{folder} is not an open_clip model folder: no open_clip_config.json "
+                                          f"(from --clip-model {spec!r}); or pass open_clip:ARCH:/path/to/ckpt")
+            if not open_clip_weights_in(folder):
+                # open_clip itself would only warn and go on with random weights: a number that is not CLIP score.
+                raise MissingWeightsError(f"{folder} has open_clip_config.json but no weights file "
+                                          f"({', '.join(OPEN_CLIP_WEIGHT_GLOBS)}) (from --clip-model {spec!r})")
+            return "open_clip", f"local-dir:{folder.resolve()}"
         arch, sep, ckpt = rest.partition(":")
         if not arch or not sep or not ckpt:
-            raise EvalkitError(f"bad CLIP spec {spec!r}: expected open_clip:ARCH:/path/to/checkpoint")
+            raise EvalkitError(f"bad CLIP spec {spec!r}: expected open_clip:ARCH:/path/to/checkpoint or "
+                               "open_clip:/path/to/folder (holding open_clip_config.json and the weights)")
         if not Path(ckpt).expanduser().is_file():
             raise MissingWeightsError(f"open_clip checkpoint not found: {ckpt} (from --clip-model {spec!r})")
         return "open_clip", f"{arch}:{Path(ckpt).expanduser()}"
@@ -231,7 +253,6 @@ class ClipScorer:
         return build_clip_tokenizer()  # CLIP's original BPE vocab, as shipped with open-clip-torch
 
     def _init_open_clip(self, where: str, dtype: Any) -> None:
-        arch, _, ckpt = where.partition(":")
         try:
             import open_clip  # imports torchvision
         except Exception as e:  # ImportError, or torchvision's "operator torchvision::nms does not exist"
@@ -240,14 +261,22 @@ class ClipScorer:
                 f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Use a transformers CLIP "
                 "directory (--clip-model /path/to/dir) or run where torchvision works."
             ) from None
-        model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=ckpt, device=self.device)
+        if where.startswith("local-dir:"):  # config and weights from the folder; nothing else is read
+            name, kwargs, self.id = where, {}, f"open_clip:{where[len('local-dir:'):]}"
+        else:  # a config shipped with open_clip (or registered with open_clip.add_model_config) + a weights file
+            name, _, ckpt = where.partition(":")
+            kwargs, self.id = {"pretrained": ckpt}, f"open_clip:{name}:{ckpt}"
+        try:
+            model, _, preprocess = open_clip.create_model_and_transforms(name, device=self.device, **kwargs)
+            self.tokenizer = open_clip.get_tokenizer(name)
+        except (RuntimeError, ValueError, FileNotFoundError, KeyError) as e:  # unknown arch, weights not matching
+            raise EvalkitError(f"open_clip could not load {self.spec!r}: {type(e).__name__}: "
+                               f"{str(e).splitlines()[0] if str(e) else ''}"[:600]) from None
         self.model = model.eval()
         if dtype is not None:
             self.model.to(dtype)
         self.oc_preprocess = preprocess
-        self.tokenizer = open_clip.get_tokenizer(arch)
         self.max_tokens = int(getattr(self.tokenizer, "context_length", 77))
-        self.id = f"open_clip:{arch}:{ckpt}"
 
     # ------------------------------------------------------------------------------------------ text
 
