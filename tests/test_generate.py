@@ -136,6 +136,24 @@ def test_resume_after_sigkill(tiny_run: Path, three_prompts: Path, tmp_path: Pat
     assert not partial.exists() and not list(out.rglob("*.tmp"))
 
 
+def test_worker_whose_forkserver_initialized_cuda_is_rerun_in_a_fresh_interpreter(
+        tiny_run: Path, three_prompts: Path, tmp_path: Path) -> None:
+    """On the H100, a library imported by the forkserver initialized CUDA and every forked worker failed with
+    'Cannot re-initialize CUDA in forked subprocess'. A worker that finds itself in such a fork exits with a
+    distinct status and the stage reruns it, and every later backend, as a subprocess. Simulated here (no GPU)."""
+    out = tmp_path / "poisoned"
+    r = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
+                    "--backends", "bf16,fp8-layerwise", "--out", str(out),
+                    env={"EVALKIT_SIMULATE_POISONED_FORK": "1", "EVALKIT_WORKER_MODE": "forkserver"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    for b in ("bf16", "fp8-layerwise"):
+        assert read_json(out / "generation" / f"{b}.json")["status"] == "ok", b
+    # The first backend was tried forked, then rerun; the second went straight to a subprocess.
+    assert "reruns it as a subprocess" in (out / "logs" / "bf16.log").read_text()
+    assert "reruns it as a subprocess" not in (out / "logs" / "fp8-layerwise.log").read_text()
+    assert _hashes(out, "bf16") == _hashes(tiny_run, "bf16")
+
+
 def test_failed_backend_is_recorded_and_the_run_goes_on(three_prompts: Path, tmp_path: Path, tiny_model_path: Path) -> None:
     # A GGUF file that is not a GGUF file: that backend fails with its reason; the others still generate.
     bad = tmp_path / "bad.gguf"

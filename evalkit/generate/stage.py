@@ -316,12 +316,13 @@ def _forkserver() -> Any:
             import multiprocessing as mp
 
             from evalkit.generate.backends import package_available
-            from evalkit.generate.worker import PRELOAD
+            from evalkit.generate.worker import PRELOAD, PRELOAD_NO_GPU
 
             # huggingface_hub reads HF_HUB_OFFLINE when imported, i.e. in the forkserver: set it before that.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             ctx = mp.get_context("forkserver")
-            ctx.set_forkserver_preload([m for m in PRELOAD if package_available(m.split(".")[0])])
+            mods = PRELOAD + (() if nvidia_gpu_present() else PRELOAD_NO_GPU)
+            ctx.set_forkserver_preload([m for m in mods if package_available(m.split(".")[0])])
             _FORKSERVER = ctx
         return _FORKSERVER
 
@@ -336,9 +337,20 @@ def _start_forkserver() -> None:
         pass
 
 
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, judged from the driver's device nodes (no CUDA call, no torch)."""
+    return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+# Set once a forked worker reports that its forkserver had initialized CUDA: the rest of the run uses subprocesses.
+_FORK_POISONED = False
+
+
 def worker_mode() -> str:
     """'forkserver' (default on Linux) or 'subprocess' (EVALKIT_WORKER_MODE=subprocess: a fresh interpreter per
     backend, slower to start but sharing nothing at all with the parent)."""
+    if _FORK_POISONED:
+        return "subprocess"
     mode = os.environ.get("EVALKIT_WORKER_MODE", "forkserver" if sys.platform.startswith("linux") else "subprocess")
     if mode not in ("forkserver", "subprocess"):
         raise EvalkitError(f"EVALKIT_WORKER_MODE={mode!r}: expected forkserver or subprocess")
@@ -346,6 +358,7 @@ def worker_mode() -> str:
 
 
 def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> int:
+    global _FORK_POISONED
     log_path = rd.log(spec.name)
     if worker_mode() == "subprocess":
         with open(log_path, "ab") as log:
@@ -379,7 +392,13 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) ->
                     break
             break
     proc.join()
-    return proc.exitcode if proc.exitcode is not None else -1
+    rc = proc.exitcode if proc.exitcode is not None else -1
+    from evalkit.generate.worker import EXIT_POISONED_FORK
+
+    if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA: from now on, a fresh interpreter per backend
+        _FORK_POISONED = True
+        return _spawn(rd, spec, env, on_event)
+    return rc
 
 
 def _run_worker(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> None:

@@ -26,9 +26,26 @@ ALL_BLACK_MAX = 3
 _event_conn: Any = None
 
 # Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
+# None of these initializes CUDA at import: a forked child of a process that did cannot use CUDA at all.
 PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "diffusers.pipelines.flux.pipeline_flux", "transformers",
            "transformers.models.clip.modeling_clip", "transformers.models.t5.modeling_t5", "safetensors.torch",
-           "evalkit.generate.loading", "evalkit.generate.measure", "torchao", "optimum.quanto", "bitsandbytes", "gguf")
+           "evalkit.generate.loading", "evalkit.generate.measure")
+# Preloaded only where no NVIDIA GPU is present: optimum-quanto's import queries every GPU's compute capability
+# (initializing CUDA), and bitsandbytes' probes CUDA too; on a GPU machine each backend's process imports them.
+PRELOAD_NO_GPU = ("torchao", "optimum.quanto", "bitsandbytes", "gguf")
+
+# Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
+# reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
+EXIT_POISONED_FORK = 75
+
+
+def fork_is_poisoned() -> bool:
+    """True when this forked process inherited an initialized CUDA context (torch would refuse every CUDA call).
+    EVALKIT_SIMULATE_POISONED_FORK=1 makes it true, so the fallback can be tested on machines without a GPU."""
+    if os.environ.get("EVALKIT_SIMULATE_POISONED_FORK") == "1":
+        return True
+    torch = sys.modules.get("torch")
+    return bool(torch is not None and getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
 
 
 def emit(event: str, **data: Any) -> None:
@@ -55,6 +72,11 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
     os.dup2(fd, 2)
     os.close(fd)
     _event_conn = conn
+    if fork_is_poisoned():
+        print("forked worker cannot use CUDA (its forkserver initialized CUDA); the stage reruns it as a subprocess",
+              flush=True)
+        conn.close()
+        sys.exit(EXIT_POISONED_FORK)
     code = run_worker(run_dir, backend)
     conn.close()
     sys.stdout.flush()
