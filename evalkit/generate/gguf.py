@@ -47,7 +47,7 @@ if TYPE_CHECKING:  # torch/diffusers/numpy are imported lazily: the CLI must sta
     import torch
 
 # Bump when the bytes written for the same input would change (quantizer, tensor-type policy, metadata).
-CONVERTER_VERSION = "evalkit-gguf-v1"
+CONVERTER_VERSION = "evalkit-gguf-v2"  # v2: true division on CUDA (v1 bytes could differ from gguf in the last bit)
 
 # Types made by evalkit's own torch code (bit-exact to gguf.quants where gguf has a quantizer).
 TORCH_QTYPES = ("Q8_0", "Q4_0", "Q4_1", "Q2_K")
@@ -138,6 +138,15 @@ def _fp16_bytes(x: "torch.Tensor") -> "torch.Tensor":
     return x.to(torch.float16).contiguous().view(torch.uint8).reshape(x.shape[0], 2)
 
 
+def _div(x: "torch.Tensor", c: float) -> "torch.Tensor":
+    """x / c, correctly rounded on every device. On CUDA, torch divides by a Python (CPU) scalar as x * (1/c),
+    which can differ from numpy's x / c in the last bit (seen on an H100: Q8_0 and Q4_1 bytes differed from gguf's,
+    while Q4_0's / -8 matched, 1/8 being exact). A 0-dim tensor on x's device takes the true-division kernel."""
+    import torch
+
+    return x / torch.full((), c, dtype=x.dtype, device=x.device)
+
+
 def _safe_inv(d: "torch.Tensor") -> "torch.Tensor":
     import torch
 
@@ -154,7 +163,7 @@ def _pack_nibbles(q: "torch.Tensor") -> "torch.Tensor":
 def quantize_q8_0(blocks: "torch.Tensor") -> "torch.Tensor":
     import torch
 
-    d = blocks.abs().amax(dim=1, keepdim=True) / 127
+    d = _div(blocks.abs().amax(dim=1, keepdim=True), 127)
     qs = _np_roundf(blocks * _safe_inv(d)).to(torch.int8).view(torch.uint8)
     return torch.cat([_fp16_bytes(d), qs], dim=1)
 
@@ -165,7 +174,7 @@ def quantize_q4_0(blocks: "torch.Tensor") -> "torch.Tensor":
     # The signed value of largest magnitude (first one on ties, like numpy's argmax) maps to -8.
     imax = blocks.abs().argmax(dim=1, keepdim=True)
     mx = torch.gather(blocks, 1, imax)
-    d = mx / -8
+    d = _div(mx, -8)
     q = torch.trunc(blocks * _safe_inv(d) + 8.5).clamp(0, 15).to(torch.uint8)
     return torch.cat([_fp16_bytes(d), _pack_nibbles(q)], dim=1)
 
@@ -175,7 +184,7 @@ def quantize_q4_1(blocks: "torch.Tensor") -> "torch.Tensor":
 
     mx = blocks.amax(dim=1, keepdim=True)
     mn = blocks.amin(dim=1, keepdim=True)
-    d = (mx - mn) / 15
+    d = _div(mx - mn, 15)
     q = torch.trunc((blocks - mn) * _safe_inv(d) + 0.5).clamp(0, 15).to(torch.uint8)
     return torch.cat([_fp16_bytes(d), _fp16_bytes(mn), _pack_nibbles(q)], dim=1)
 
@@ -187,7 +196,7 @@ def _q2k_fit(sub: "torch.Tensor", iters: int) -> tuple["torch.Tensor", "torch.Te
     import torch
 
     lo = sub.amin(dim=2).clamp(max=0)  # the format subtracts a non-negative min, so offsets are <= 0
-    s = (sub.amax(dim=2) - lo) / 3
+    s = _div(sub.amax(dim=2) - lo, 3)
     b = lo
     for _ in range(iters):
         q = torch.round((sub - b.unsqueeze(2)) * _safe_inv(s).unsqueeze(2)).clamp(0, 3)
@@ -216,8 +225,8 @@ def quantize_q2_k(blocks: "torch.Tensor", iters: int = 2) -> "torch.Tensor":
     sub = blocks.reshape(n, 16, 16)
     step, off = _q2k_fit(sub, iters)  # [n, 16] each, >= 0
     # Super-scales, rounded to fp16 first so the 4-bit sub-scales are computed against what the decoder will use.
-    d = (step.amax(dim=1, keepdim=True) / 15).to(torch.float16)
-    dmin = (off.amax(dim=1, keepdim=True) / 15).to(torch.float16)
+    d = _div(step.amax(dim=1, keepdim=True), 15).to(torch.float16)
+    dmin = _div(off.amax(dim=1, keepdim=True), 15).to(torch.float16)
     d32, dmin32 = d.float(), dmin.float()
     sc = torch.round(step * _safe_inv(d32)).clamp(0, 15)
     mn = torch.round(off * _safe_inv(dmin32)).clamp(0, 15)
