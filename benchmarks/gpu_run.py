@@ -44,11 +44,13 @@ def main() -> int:
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--budget-s", type=float, default=480,
                     help="stop generating after this long and still write what finished (device calls are capped)")
+    ap.add_argument("--name", help="name of the output files and run directory (default: the phase)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[])
     a = ap.parse_args()
     out = Path(os.environ.get("OUT", "gpu-out"))
     out.mkdir(parents=True, exist_ok=True)
-    run_dir = Path(os.environ.get("EVALKIT_RUNS", "/tmp/evalkit-runs")) / a.phase
+    name = a.name or a.phase
+    run_dir = Path(os.environ.get("EVALKIT_RUNS", "/tmp/evalkit-runs")) / name
     model = "tiny" if a.phase == "tiny" else "random:flux-dev"
     backends = a.backends or (TINY_ALL if a.phase == "tiny" else "bf16")
     cmd = [sys.executable, "-m", "evalkit", "generate", a.prompts, "--model", model, "--device", "cuda",
@@ -90,6 +92,7 @@ def main() -> int:
             "components_quantized": q.get("components_quantized"), "quantized_linear_count": q.get("quantized_linear_count"),
             "layer_types": q.get("layer_types"), "footprint_gib": fp.get("total_gib"),
             "load_time_s": rec.get("load_time_s"), "compile_time_s": rec.get("compile_time_s"),
+            "prepare_s": (rec.get("prepare") or {}).get("seconds"),
             "after_load_allocated_gib": mem.get("after_load_allocated_gib"),
             "after_load_reserved_gib": mem.get("after_load_reserved_gib"),
             "load_peak_reserved_gib": mem.get("load_peak_reserved_gib"),
@@ -103,7 +106,7 @@ def main() -> int:
     result = {"phase": a.phase, "command": cmd, "rc": rc, "wall_s": wall, "device": manifest["device"],
               "versions": manifest["versions"], "generation": manifest["generation"], "model": manifest["model"],
               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
-    (out / f"{a.phase}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
 
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
@@ -112,25 +115,25 @@ def main() -> int:
              f"({manifest['generation']['height']}², {manifest['generation']['num_inference_steps']} steps), "
              f"{result['date_utc']}", "",
              "| backend | status | quantized linears | footprint GiB | load s | after-load alloc / reserved GiB | "
-             "load peak reserved GiB | peak alloc / reserved GiB | latency median s | compile s | note |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "load peak reserved GiB | peak alloc / reserved GiB | latency median s | compile s | prepare s | note |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         ql = ", ".join(f"{k}:{v}" for k, v in (r["quantized_linear_count"] or {}).items() if v)
         lines.append(f"| {r['backend']} | {r['status']} | {ql or '-'} | {f(r['footprint_gib'])} | {f(r['load_time_s'], 1)} | "
                      f"{f(r['after_load_allocated_gib'])} / {f(r['after_load_reserved_gib'])} | {f(r['load_peak_reserved_gib'])} | "
                      f"{f(r['peak_allocated_gib'])} / {f(r['peak_reserved_gib'])} | {f(r['latency_median_s'], 3)} | "
-                     f"{f(r['compile_time_s'], 1)} | {(r['reason'] or '')[:160]} |")
-    (out / f"{a.phase}.md").write_text("\n".join(lines) + "\n")
+                     f"{f(r['compile_time_s'], 1)} | {f(r['prepare_s'], 1)} | {(r['reason'] or '')[:160]} |")
+    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    with tarfile.open(out / f"{a.phase}-run.tar.gz", "w:gz") as tar:
+    with tarfile.open(out / f"{name}-run.tar.gz", "w:gz") as tar:
         for sub in ("manifest.json", "summary.json", "generation", "logs"):
             p = run_dir / sub
             if p.exists():
-                tar.add(p, arcname=f"{a.phase}/{sub}")
+                tar.add(p, arcname=f"{name}/{sub}")
         # A few images of the reference and one quantized backend, as proof they exist.
         for img in sorted((run_dir / "images").glob("*/*.png"))[:12]:
             if img.stat().st_size < 3_000_000:
-                tar.add(img, arcname=f"{a.phase}/{img.relative_to(run_dir)}")
+                tar.add(img, arcname=f"{name}/{img.relative_to(run_dir)}")
     return rc
 
 

@@ -1,0 +1,80 @@
+#!/usr/bin/env bash
+# One device-tool call, as steps (see benchmarks/README.md). Carry .whl (and .gl for `metrics`):
+#
+#   bash benchmarks/device_session.sh gen SECONDS   full-size backends on random:flux-dev while optimum-quanto's
+#                                                   CUDA kernels build in the background, then quanto-int4 on the
+#                                                   tiny model; SECONDS is this step's whole budget
+#   bash benchmarks/device_session.sh metrics       benchmarks/gpu_metrics.py (LPIPS parity vs lpips.LPIPS, SSIM vs
+#                                                   skimage, pairs/s at 1024² vs a naive loop)
+#   bash benchmarks/device_session.sh profile       benchmarks/gpu_profile_metrics.py (where the metric time goes)
+#   bash benchmarks/device_session.sh tests         the tests that need CUDA or torchvision (open_clip, gguf on CUDA)
+#
+# Steps combine: `bash benchmarks/device_session.sh metrics tests`. Everything lands in $OUT (at most 8 files come
+# back from a call, so logs go into one session.log).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/gpu-out}
+mkdir -p "$OUT"
+LOG=$OUT/session.log
+T0=$(date +%s)
+say() { echo "[$(( $(date +%s) - T0 ))s] $*" | tee -a "$LOG"; }
+
+# Install the carried wheels once per machine (a warm machine keeps /tmp/site, and with it quanto's kernel build).
+if [ ! -e /tmp/site/.evalkit-wheels ]; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    >>"$LOG" 2>&1 || { say "wheel install failed"; exit 3; }
+  touch /tmp/site/.evalkit-wheels
+  say "wheels installed"
+fi
+export PYTHONPATH=/tmp/site:$PWD EVALKIT_CACHE=/tmp/ekc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$LOG" 2>&1
+
+step_gen() {
+  local budget=$1 start now
+  start=$(date +%s)
+  # optimum-quanto JIT-builds its CUDA kernels on first use (once per install). Start that now, in parallel with
+  # the full-size runs; evalkit's quanto-int4 worker then finds it built (or waits on torch's build lock).
+  ( s=$(date +%s)
+    python3 -c "from optimum.quanto.library.extensions import get_extension as g; g('quanto_cuda').lib"
+    echo "quanto_cuda build rc=$? seconds=$(( $(date +%s) - s ))" ) >/tmp/quanto_build.log 2>&1 &
+  local build=$!
+  say "quanto kernel build started (pid $build)"
+  python3 benchmarks/gpu_run.py full --prompts benchmarks/prompts-2.txt --budget-s $(( budget - 50 )) \
+    --backends bf16,fp8-layerwise,torchao-int4wo,quanto-int8,gguf-q8_0,quanto-int4 >>"$LOG" 2>&1
+  say "full-size step done"
+  now=$(date +%s)
+  while kill -0 $build 2>/dev/null && [ $(( now - start )) -lt $(( budget - 30 )) ]; do sleep 5; now=$(date +%s); done
+  say "$(tail -n 1 /tmp/quanto_build.log)"
+  now=$(date +%s)
+  python3 benchmarks/gpu_run.py tiny --name tiny-quanto --budget-s $(( budget - (now - start) - 15 )) \
+    --backends bf16,quanto-int4 >>"$LOG" 2>&1
+  say "tiny quanto-int4 step done"
+  { echo "--- quanto build log (tail)"; tail -n 40 /tmp/quanto_build.log; } >>"$LOG"
+}
+
+step_metrics() {
+  timeout 300 python3 benchmarks/gpu_metrics.py --weights-dir .gl >>"$LOG" 2>&1
+  say "metrics benchmark rc=$?"
+}
+
+step_profile() {
+  timeout 240 python3 benchmarks/gpu_profile_metrics.py --weights-dir .gl >>"$LOG" 2>&1
+  say "metrics profile rc=$?"
+}
+
+step_tests() {
+  timeout 400 python3 -m pytest -q -rs -p no:cacheprovider tests/test_metrics_open_clip.py \
+    "tests/test_gguf.py::test_torch_quantizer_is_bit_exact_with_gguf" >>"$LOG" 2>&1
+  say "tests rc=$?"
+}
+
+while [ $# -gt 0 ]; do
+  case $1 in
+    gen) step_gen "${2:?gen needs its budget in seconds}"; shift 2 ;;
+    metrics) step_metrics; shift ;;
+    profile) step_profile; shift ;;
+    tests) step_tests; shift ;;
+    *) say "unknown step $1"; exit 2 ;;
+  esac
+done
+say "session done"
