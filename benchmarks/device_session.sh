@@ -7,6 +7,8 @@
 #   bash benchmarks/device_session.sh metrics       benchmarks/gpu_metrics.py (LPIPS parity vs lpips.LPIPS, SSIM vs
 #                                                   skimage, pairs/s at 1024² vs a naive loop)
 #   bash benchmarks/device_session.sh profile       benchmarks/gpu_profile_metrics.py (where the metric time goes)
+#   bash benchmarks/device_session.sh probe         which preloaded module initializes CUDA (forkserver safety)
+#   bash benchmarks/device_session.sh quanto SECONDS  optimum-quanto's kernel build, then quanto-int4 on the tiny model
 #   bash benchmarks/device_session.sh tests         the tests that need CUDA or torchvision (open_clip, gguf on CUDA)
 #
 # Steps combine: `bash benchmarks/device_session.sh metrics tests`. Everything lands in $OUT (at most 8 files come
@@ -62,6 +64,41 @@ step_profile() {
   say "metrics profile rc=$?"
 }
 
+step_probe() {
+  # Which module, imported the way the generate stage's forkserver imports them, initializes CUDA?
+  python3 - >>"$LOG" 2>&1 <<'PY'
+import importlib, time
+import torch
+from evalkit.generate.worker import PRELOAD, PRELOAD_NO_GPU
+for m in PRELOAD + PRELOAD_NO_GPU:
+    t = time.perf_counter()
+    try:
+        importlib.import_module(m)
+    except Exception as e:
+        print(f"probe {m}: import failed: {type(e).__name__}: {e}")
+        continue
+    print(f"probe {m}: {time.perf_counter() - t:.2f}s cuda_initialized={torch.cuda.is_initialized()}")
+PY
+  say "probe done"
+}
+
+step_quanto() {
+  local budget=$1 start now
+  start=$(date +%s)
+  ( s=$(date +%s)
+    python3 -c "from optimum.quanto.library.extensions import get_extension as g; g('quanto_cuda').lib"
+    echo "quanto_cuda build rc=$? seconds=$(( $(date +%s) - s ))" ) >/tmp/quanto_build.log 2>&1 &
+  local build=$!
+  say "quanto kernel build started (pid $build)"
+  python3 -c "from evalkit.generate.models import ensure_tiny_pipeline as e; e()" >>"$LOG" 2>&1
+  wait $build
+  say "$(tail -n 1 /tmp/quanto_build.log)"
+  now=$(date +%s)
+  python3 benchmarks/gpu_run.py tiny --name tiny-quanto --budget-s $(( budget - (now - start) )) \
+    --backends bf16,quanto-int4 >>"$LOG" 2>&1
+  say "tiny quanto-int4 step done"
+}
+
 step_tests() {
   timeout 400 python3 -m pytest -q -rs -p no:cacheprovider tests/test_metrics_open_clip.py \
     "tests/test_gguf.py::test_torch_quantizer_is_bit_exact_with_gguf" >>"$LOG" 2>&1
@@ -73,6 +110,8 @@ while [ $# -gt 0 ]; do
     gen) step_gen "${2:?gen needs its budget in seconds}"; shift 2 ;;
     metrics) step_metrics; shift ;;
     profile) step_profile; shift ;;
+    probe) step_probe; shift ;;
+    quanto) step_quanto "${2:?quanto needs its budget in seconds}"; shift 2 ;;
     tests) step_tests; shift ;;
     *) say "unknown step $1"; exit 2 ;;
   esac

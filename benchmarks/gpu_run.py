@@ -49,8 +49,8 @@ def main() -> int:
     a = ap.parse_args()
     out = Path(os.environ.get("OUT", "gpu-out"))
     out.mkdir(parents=True, exist_ok=True)
-    name = a.name or a.phase
-    run_dir = Path(os.environ.get("EVALKIT_RUNS", "/tmp/evalkit-runs")) / name
+    out_name = a.name or a.phase
+    run_dir = Path(os.environ.get("EVALKIT_RUNS", "/tmp/evalkit-runs")) / out_name
     model = "tiny" if a.phase == "tiny" else "random:flux-dev"
     backends = a.backends or (TINY_ALL if a.phase == "tiny" else "bf16")
     cmd = [sys.executable, "-m", "evalkit", "generate", a.prompts, "--model", model, "--device", "cuda",
@@ -106,7 +106,7 @@ def main() -> int:
     result = {"phase": a.phase, "command": cmd, "rc": rc, "wall_s": wall, "device": manifest["device"],
               "versions": manifest["versions"], "generation": manifest["generation"], "model": manifest["model"],
               "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "rows": rows}
-    (out / f"{name}.json").write_text(json.dumps(result, indent=1))
+    (out / f"{out_name}.json").write_text(json.dumps(result, indent=1))
 
     def f(v, d=2):
         return "-" if v is None else f"{v:.{d}f}"
@@ -123,17 +123,17 @@ def main() -> int:
                      f"{f(r['after_load_allocated_gib'])} / {f(r['after_load_reserved_gib'])} | {f(r['load_peak_reserved_gib'])} | "
                      f"{f(r['peak_allocated_gib'])} / {f(r['peak_reserved_gib'])} | {f(r['latency_median_s'], 3)} | "
                      f"{f(r['compile_time_s'], 1)} | {f(r['prepare_s'], 1)} | {(r['reason'] or '')[:160]} |")
-    (out / f"{name}.md").write_text("\n".join(lines) + "\n")
+    (out / f"{out_name}.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
-    with tarfile.open(out / f"{name}-run.tar.gz", "w:gz") as tar:
+    with tarfile.open(out / f"{out_name}-run.tar.gz", "w:gz") as tar:
         for sub in ("manifest.json", "summary.json", "generation", "logs"):
             p = run_dir / sub
             if p.exists():
-                tar.add(p, arcname=f"{name}/{sub}")
+                tar.add(p, arcname=f"{out_name}/{sub}")
         # A few images of the reference and one quantized backend, as proof they exist.
         for img in sorted((run_dir / "images").glob("*/*.png"))[:12]:
             if img.stat().st_size < 3_000_000:
-                tar.add(img, arcname=f"{name}/{img.relative_to(run_dir)}")
+                tar.add(img, arcname=f"{out_name}/{img.relative_to(run_dir)}")
     return rc
 
 

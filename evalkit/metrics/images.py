@@ -55,7 +55,7 @@ def decode_file(path: str | os.PathLike[str]) -> Decoded:
 
 
 def default_workers() -> int:
-    return max(1, min(8, (os.cpu_count() or 1)))
+    return max(1, min(32, (os.cpu_count() or 1)))
 
 
 class Decoder:
