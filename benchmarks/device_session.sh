@@ -7,6 +7,8 @@
 #   bash benchmarks/device_session.sh metrics       benchmarks/gpu_metrics.py (LPIPS parity vs lpips.LPIPS, SSIM vs
 #                                                   skimage, pairs/s at 1024² vs a naive loop)
 #   bash benchmarks/device_session.sh profile       benchmarks/gpu_profile_metrics.py (where the metric time goes)
+#   bash benchmarks/device_session.sh metrics-fast  the same, throughput only, after timing SSIM's filter methods
+#   bash benchmarks/device_session.sh forkcheck     generate on CUDA through the forkserver, count fallbacks
 #   bash benchmarks/device_session.sh probe         which preloaded module initializes CUDA (forkserver safety)
 #   bash benchmarks/device_session.sh quanto SECONDS  optimum-quanto's kernel build, then quanto-int4 on the tiny model
 #   bash benchmarks/device_session.sh tests         the tests that need CUDA or torchvision (open_clip, gguf on CUDA)
@@ -99,6 +101,20 @@ step_quanto() {
   say "tiny quanto-int4 step done"
 }
 
+step_metrics_fast() {
+  timeout 240 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --ssim-variants >>"$LOG" 2>&1
+  say "metrics (throughput only, SSIM filter variants) rc=$?"
+}
+
+step_forkcheck() {
+  # The generate stage's forkserver on a GPU machine: workers must run forked, with no fallback to subprocesses.
+  local d=/tmp/evalkit-runs/forkcheck
+  python3 -m evalkit generate prompts/styles.txt --model tiny --device cuda --backends bf16,torchao-int8wo \
+    --warmup 0 --out $d >>"$LOG" 2>&1
+  say "forkcheck rc=$? fallbacks=$(cat $d/logs/*.log | grep -c 'reruns it as a subprocess') statuses=$(python3 -c \
+    "import json,glob; print({p.split('/')[-1]: json.load(open(p))['status'] for p in sorted(glob.glob('$d/generation/*.json'))})")"
+}
+
 step_tests() {
   timeout 400 python3 -m pytest -q -rs -p no:cacheprovider tests/test_metrics_open_clip.py \
     "tests/test_gguf.py::test_torch_quantizer_is_bit_exact_with_gguf" >>"$LOG" 2>&1
@@ -111,6 +127,8 @@ while [ $# -gt 0 ]; do
     metrics) step_metrics; shift ;;
     profile) step_profile; shift ;;
     probe) step_probe; shift ;;
+    metrics-fast) step_metrics_fast; shift ;;
+    forkcheck) step_forkcheck; shift ;;
     quanto) step_quanto "${2:?quanto needs its budget in seconds}"; shift 2 ;;
     tests) step_tests; shift ;;
     *) say "unknown step $1"; exit 2 ;;

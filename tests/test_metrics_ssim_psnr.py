@@ -114,3 +114,16 @@ def test_bootstrap_ci_seeded_and_covers_mean():
     assert one["ci_low"] is None and one["ci_reason"] and one["n"] == 1
     with pytest.raises(ValueError):
         summarize([1.0, float("inf")])
+
+
+def test_every_gaussian_filter_method_computes_the_same_function() -> None:
+    """SSIM's Gaussian can be applied several ways (CPU shifted adds; CUDA picks one by measurement): all agree."""
+    import torch
+
+    from evalkit.metrics import ssim
+
+    x = torch.rand(7, 40, 53, generator=torch.Generator().manual_seed(0))
+    ref = ssim.gaussian_filter_valid(x, "shifted_adds")
+    assert ref.shape == (7, 30, 43)
+    for name in ssim.FILTERS:
+        torch.testing.assert_close(ssim.gaussian_filter_valid(x, name), ref, atol=2e-6, rtol=0)

@@ -350,3 +350,26 @@ def test_score_a_generated_tiny_run(tiny_run, tmp_path):
             assert summ["backends"][b]["metrics"]["psnr"]["status"] == "ok"
         if summ["backends"][b]["status"] != "ok":
             assert all(v["status"] == "skipped" for v in mets.values())
+
+
+def test_reference_images_are_decoded_once_per_run_not_per_backend(run, monkeypatch) -> None:
+    """Scoring N backends used to decode the bf16 reference N times. It is now kept, decoded, across backends (up
+    to EVALKIT_REF_CACHE_GIB), with the same numbers as decoding it every time."""
+    calls: list[str] = []
+    real = images_mod.decode_file
+
+    def counting(path):
+        calls.append(Path(path).name)
+        return real(path)
+
+    monkeypatch.setattr(images_mod, "decode_file", counting)
+    shared = score_run(run, FAST, workers=1, progress=False, use_cache=False)
+    n_shared = len(calls)
+    calls.clear()
+    monkeypatch.setenv("EVALKIT_REF_CACHE_GIB", "0")
+    every = score_run(run, FAST, workers=1, progress=False, use_cache=False)
+    # 4 prompts, 2 scored backends: 4 + 4 candidates, and the 4 references once (shared) or twice (budget 0).
+    assert (n_shared, len(calls)) == (12, 16)
+    for b in ("mild", "harsh"):
+        for m in ("lpips_alex", "ssim", "psnr"):
+            assert shared[b][m]["per_prompt"] == every[b][m]["per_prompt"], (b, m)

@@ -26,13 +26,14 @@ ALL_BLACK_MAX = 3
 _event_conn: Any = None
 
 # Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
-# None of these initializes CUDA at import: a forked child of a process that did cannot use CUDA at all.
-PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "diffusers.pipelines.flux.pipeline_flux", "transformers",
-           "transformers.models.clip.modeling_clip", "transformers.models.t5.modeling_t5", "safetensors.torch",
-           "evalkit.generate.loading", "evalkit.generate.measure")
-# Preloaded only where no NVIDIA GPU is present: optimum-quanto's import queries every GPU's compute capability
-# (initializing CUDA), and bitsandbytes' probes CUDA too; on a GPU machine each backend's process imports them.
-PRELOAD_NO_GPU = ("torchao", "optimum.quanto", "bitsandbytes", "gguf")
+# A forked child of a process that initialized CUDA cannot use CUDA at all, so on a machine with an NVIDIA GPU the
+# forkserver imports only modules that leave CUDA alone. Probed on an H100 (benchmarks/results/gpu-2026-11-21.md):
+# torch, numpy, PIL and diffusers' top level do; importing diffusers' Flux pipeline module initializes CUDA, and so
+# does optimum-quanto (it asks every GPU for its compute capability).
+PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.loading",
+           "evalkit.generate.measure")
+PRELOAD_NO_GPU = ("diffusers.pipelines.flux.pipeline_flux", "transformers", "transformers.models.clip.modeling_clip",
+                  "transformers.models.t5.modeling_t5", "torchao", "optimum.quanto", "bitsandbytes", "gguf")
 
 # Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
 # reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).

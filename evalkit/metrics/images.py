@@ -74,10 +74,15 @@ class Decoder:
             self._pool = None
 
     def decode(self, paths: Sequence[str | os.PathLike[str]]) -> list[Decoded]:
+        return self.submit(paths).result()
+
+    def submit(self, paths: Sequence[str | os.PathLike[str]]) -> "PendingDecode":
+        """Start decoding `paths` in the workers and return at once; `.result()` waits. The caller can compute
+        on the previous batch (on the GPU) while this one decodes."""
         paths = [str(p) for p in paths]
         # A pool costs ~0.1 s to start; for a handful of files the main process is faster.
         if self.workers == 1 or len(paths) < 4:
-            return [decode_file(p) for p in paths]
+            return PendingDecode(self, paths, None)
         if self._pool is None:
             import multiprocessing as mp
 
@@ -86,17 +91,42 @@ class Decoder:
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))
         chunk = max(1, len(paths) // (self.workers * 2))
         try:
-            return list(self._pool.map(decode_file, paths, chunksize=chunk))
+            # Executor.map submits every task now; iterating the result waits for them in order.
+            return PendingDecode(self, paths, self._pool.map(decode_file, paths, chunksize=chunk))
         except BrokenProcessPool:
-            # e.g. a caller's script without an `if __name__ == "__main__":` guard (spawn re-runs it): slower
-            # but correct, decode in this process from now on.
-            import warnings
+            self._give_up_pool()
+            return PendingDecode(self, paths, None)
 
-            warnings.warn("image-decoding worker processes failed to start; decoding in the main process",
-                          RuntimeWarning, stacklevel=2)
+    def _give_up_pool(self) -> None:
+        # e.g. a caller's script without an `if __name__ == "__main__":` guard (spawn re-runs it): slower
+        # but correct, decode in this process from now on.
+        import warnings
+
+        warnings.warn("image-decoding worker processes failed to start; decoding in the main process",
+                      RuntimeWarning, stacklevel=3)
+        if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
-            self._pool, self.workers = None, 1
-            return [decode_file(p) for p in paths]
+        self._pool, self.workers = None, 1
+
+
+class PendingDecode:
+    """Files being decoded by a Decoder; `result()` returns them in the order given."""
+
+    def __init__(self, decoder: Decoder, paths: list[str], it: Iterable[Decoded] | None) -> None:
+        self._decoder, self._paths, self._it = decoder, paths, it
+        self._done: list[Decoded] | None = None
+
+    def result(self) -> list[Decoded]:
+        if self._done is None:
+            if self._it is None:
+                self._done = [decode_file(p) for p in self._paths]
+            else:
+                try:
+                    self._done = list(self._it)
+                except BrokenProcessPool:
+                    self._decoder._give_up_pool()
+                    self._done = [decode_file(p) for p in self._paths]
+        return self._done
 
 
 def resize_bicubic(arr: np.ndarray, height: int, width: int) -> np.ndarray:

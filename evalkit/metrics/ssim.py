@@ -36,18 +36,7 @@ def gaussian_kernel_1d(sigma: float = SIGMA, truncate: float = 3.5, dtype: torch
     return (k / k.sum()).to(dtype)
 
 
-def gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
-    """Gaussian 11x11 (sigma 1.5) filter of (M, H, W) maps, 'valid' region only -> (M, H-10, W-10).
-
-    CPU: separable, as 2 x 11 in-place shifted adds (4x faster than oneDNN's single-channel 11x11 conv and
-    5x faster than conv1d on the 2-core CI machine). CUDA: separable too, a 1x11 then an 11x1 cuDNN conv (fp32,
-    TF32 off); the single 11x11 conv took 2.2 ms a 1024² pair on an H100, the most of any part after LPIPS."""
-    g = gaussian_kernel_1d(dtype=torch.float64)
-    if x.device.type == "cuda":
-        k = g.to(device=x.device, dtype=torch.float32)
-        with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
-            y = F.conv2d(x[:, None], k.view(1, 1, 1, WIN))
-            return F.conv2d(y, k.view(1, 1, WIN, 1))[:, 0]
+def _shifted_adds(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     taps = [float(v) for v in g]
     w = x.shape[-1] - WIN + 1
     y = x[..., 0:w] * taps[0]
@@ -58,6 +47,41 @@ def gaussian_filter_valid(x: torch.Tensor) -> torch.Tensor:
     for k in range(1, WIN):
         z.add_(y[..., k:k + h, :], alpha=taps[k])
     return z
+
+
+def _conv11x11(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    k = g.to(device=x.device, dtype=torch.float32)
+    return F.conv2d(x[:, None], (k[:, None] * k[None, :]).view(1, 1, WIN, WIN))[:, 0]
+
+
+def _separable_conv(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    k = g.to(device=x.device, dtype=torch.float32)
+    return F.conv2d(F.conv2d(x[:, None], k.view(1, 1, 1, WIN)), k.view(1, 1, WIN, 1))[:, 0]
+
+
+def _depthwise_separable(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    # The maps as channels of one image, filtered by a grouped (depthwise) 1x11 then 11x1 conv.
+    k = g.to(device=x.device, dtype=torch.float32)
+    m, h, w = x.shape
+    y = F.conv2d(x[None], k.view(1, 1, 1, WIN).expand(m, 1, 1, WIN).contiguous(), groups=m)
+    return F.conv2d(y, k.view(1, 1, WIN, 1).expand(m, 1, WIN, 1).contiguous(), groups=m)[0]
+
+
+# Ways to apply the separable Gaussian to (M, H, W) maps; all compute the same function (tests check they agree
+# to float32 rounding). CPU uses shifted adds (4x faster than oneDNN's single-channel 11x11 conv on the 2-core CI
+# machine). CUDA uses CUDA_FILTER: benchmarks/gpu_metrics.py --ssim-variants times them all on the GPU.
+FILTERS = {"shifted_adds": _shifted_adds, "conv11x11": _conv11x11, "separable_conv": _separable_conv,
+           "depthwise_separable": _depthwise_separable}
+CUDA_FILTER = "conv11x11"
+
+
+def gaussian_filter_valid(x: torch.Tensor, method: str | None = None) -> torch.Tensor:
+    """Gaussian 11x11 (sigma 1.5) filter of (M, H, W) maps, 'valid' region only -> (M, H-10, W-10), fp32
+    (TF32 off on CUDA). `method` is a key of FILTERS; by default shifted adds on CPU, CUDA_FILTER on CUDA."""
+    g = gaussian_kernel_1d(dtype=torch.float64)
+    method = method or (CUDA_FILTER if x.device.type == "cuda" else "shifted_adds")
+    with torch.backends.cudnn.flags(enabled=True, allow_tf32=False):
+        return FILTERS[method](x, g)
 
 
 def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:

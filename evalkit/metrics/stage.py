@@ -438,6 +438,18 @@ class _State:
     corrupt: dict[str, str] = field(default_factory=dict)  # path -> reason (this run)
     real_feats: Any = None  # (features, n, n_corrupt) | MetricUnavailable | None
     dist_n: dict[str, int] = field(default_factory=dict)
+    # Decoded reference images, shared by every backend's pairs (a reference is decoded once per run, not once
+    # per backend) up to EVALKIT_REF_CACHE_GIB (default 2 GiB: ~680 images at 1024²).
+    ref_images: dict[Path, Any] = field(default_factory=dict)
+    ref_bytes: int = 0
+    decoded_files: int = 0  # files sent to the decoder (what the reference cache saves shows here)
+
+
+def _ref_cache_budget() -> int:
+    try:
+        return int(float(os.environ.get("EVALKIT_REF_CACHE_GIB", "2")) * 2**30)
+    except ValueError:
+        raise EvalkitError(f"EVALKIT_REF_CACHE_GIB={os.environ['EVALKIT_REF_CACHE_GIB']!r}: expected a number of GiB")
 
 
 def _collect_items(rd: RunDir, gens: dict[str, Any], ok: list[str], ref: str,
@@ -537,13 +549,36 @@ def _compute_backend(state: _State, b: str) -> None:
     task = state.bar.add_task(b, total=len(todo)) if state.bar is not None else None
     need_pair = {i for idx in paired.values() for i in idx}
     corrupt_t = cache.table("corrupt")
-    for s in range(0, len(todo), chunk):
-        part = todo[s:s + chunk]
-        files = [items[i].path for i in part] + [items[i].ref_path for i in part if i in need_pair]
-        decoded = {Path(d.path): d for d in state.decoder.decode(files)}
-        for d in decoded.values():
+    parts = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
+
+    def submit(part: list[int]) -> Any:
+        files = [items[i].path for i in part]
+        files += [items[i].ref_path for i in part if i in need_pair and Path(items[i].ref_path) not in state.ref_images]
+        state.decoded_files += len(files)
+        return state.decoder.submit(files)
+
+    # Chunk k+1 decodes in the worker processes while chunk k is scored (on the GPU, when there is one).
+    pending = submit(parts[0])
+    for k, part in enumerate(parts):
+        got = pending.result()
+        if k + 1 < len(parts):
+            pending = submit(parts[k + 1])
+        decoded = {Path(d.path): d for d in got}
+        for d in got:
             if d.array is None and d.sha256:
                 cache.put("corrupt", d.sha256, d.error)
+        budget = _ref_cache_budget()
+        for i in part:
+            # The reference backend's own images (decoded for its CLIP/FID) are the later backends' references.
+            rp = Path(items[i].path) if b == state.ref else Path(items[i].ref_path) if items[i].ref_path else None
+            if rp is None:
+                continue
+            if rp in state.ref_images:
+                decoded[rp] = state.ref_images[rp]
+            elif rp in decoded and decoded[rp].array is not None \
+                    and state.ref_bytes + decoded[rp].array.nbytes <= budget:
+                state.ref_images[rp] = decoded[rp]
+                state.ref_bytes += decoded[rp].array.nbytes
         good = [i for i in part if decoded[items[i].path].array is not None]
         # paired metrics: group by candidate size so each group is one batch on the device
         pair_ok = [i for i in good if i in need_pair and decoded[items[i].ref_path].array is not None]
