@@ -226,12 +226,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode", action="store_true", help="also time PNG decode + scoring end to end")
     p.add_argument("--workers", type=int, default=None)
     a = p.parse_args(argv)
-    res = run(a.device, a.pairs, a.size, a.batch, a.repeat, a.decode, a.workers)
+    emit(run(a.device, a.pairs, a.size, a.batch, a.repeat, a.decode, a.workers), "bench_metrics.json")
+    return 0
+
+
+def emit(res: dict, filename: str) -> None:
+    """Print the result as JSON, and write it to $OUT/filename when $OUT is set (the device tool's output folder)."""
     text = json.dumps(res, indent=2)
     print(text)
     if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "bench_metrics.json").write_text(text)
-    return 0
+        Path(os.environ["OUT"], filename).write_text(text)
 
 
 if __name__ == "__main__":

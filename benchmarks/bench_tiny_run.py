@@ -44,7 +44,7 @@ def main() -> None:
         for i in range(a.repeats):
             wall, last = one_run(cache, Path(tmp) / f"run-warm-{i}")
             rows.append((f"warm cache, repeat {i + 1}", wall))
-    print(f"# `evalkit run prompts/styles.txt --model tiny` wall time\n")
+    print("# `evalkit run prompts/styles.txt --model tiny` wall time\n")
     print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
           f"load average before: {os.getloadavg()[0]:.2f}\n")
     print("| case | wall s | target |\n|---|---|---|")

@@ -33,16 +33,22 @@ fi
 export PYTHONPATH=/tmp/site:$PWD EVALKIT_CACHE=/tmp/ekc HF_HUB_OFFLINE=1 PYTHONUNBUFFERED=1
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader >>"$LOG" 2>&1
 
-step_gen() {
-  local budget=$1 start now
-  start=$(date +%s)
-  # optimum-quanto JIT-builds its CUDA kernels on first use (once per install). Start that now, in parallel with
-  # the full-size runs; evalkit's quanto-int4 worker then finds it built (or waits on torch's build lock).
+# optimum-quanto JIT-builds its CUDA kernels on first use (once per install, minutes): start that in the background.
+start_quanto_build() {
   ( s=$(date +%s)
     python3 -c "from optimum.quanto.library.extensions import get_extension as g; g('quanto_cuda').lib"
     echo "quanto_cuda build rc=$? seconds=$(( $(date +%s) - s ))" ) >/tmp/quanto_build.log 2>&1 &
-  local build=$!
-  say "quanto kernel build started (pid $build)"
+  BUILD_PID=$!
+  say "quanto kernel build started (pid $BUILD_PID)"
+}
+
+step_gen() {
+  local budget=$1 start now
+  start=$(date +%s)
+  # In parallel with the full-size runs; evalkit's quanto-int4 worker then finds the kernels built (or waits on
+  # torch's build lock).
+  start_quanto_build
+  local build=$BUILD_PID
   python3 benchmarks/gpu_run.py full --prompts benchmarks/prompts-2.txt --budget-s $(( budget - 50 )) \
     --backends bf16,fp8-layerwise,torchao-int4wo,quanto-int8,gguf-q8_0,quanto-int4 >>"$LOG" 2>&1
   say "full-size step done"
@@ -87,11 +93,8 @@ PY
 step_quanto() {
   local budget=$1 start now
   start=$(date +%s)
-  ( s=$(date +%s)
-    python3 -c "from optimum.quanto.library.extensions import get_extension as g; g('quanto_cuda').lib"
-    echo "quanto_cuda build rc=$? seconds=$(( $(date +%s) - s ))" ) >/tmp/quanto_build.log 2>&1 &
-  local build=$!
-  say "quanto kernel build started (pid $build)"
+  start_quanto_build
+  local build=$BUILD_PID
   python3 -c "from evalkit.generate.models import ensure_tiny_pipeline as e; e()" >>"$LOG" 2>&1
   wait $build
   say "$(tail -n 1 /tmp/quanto_build.log)"

@@ -209,10 +209,9 @@ def main(argv: list[str] | None = None) -> int:
     res["best_pairs_per_s"] = best[1]
     res["end_to_end_from_png"] = end_to_end(refs, dists, best[0], naive, dev, a.workers, min(a.naive_pairs, 8))
     res["parity_ok"] = bool(ok)
-    text = json.dumps(res, indent=2)
-    print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_metrics.json").write_text(text)
+    from bench_metrics import emit
+
+    emit(res, "gpu_metrics.json")
     return 0 if ok else 1
 
 

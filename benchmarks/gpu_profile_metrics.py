@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import sys
 import tempfile
@@ -139,10 +138,9 @@ def main() -> int:
                 t = time.perf_counter()
                 dec.decode(paths)
                 res[f"decoder_{w}_workers_images_per_s"] = round(len(paths) / (time.perf_counter() - t), 1)
-    text = json.dumps(res, indent=1)
-    print(text)
-    if os.environ.get("OUT"):
-        Path(os.environ["OUT"], "gpu_profile.json").write_text(text)
+    from bench_metrics import emit
+
+    emit(res, "gpu_profile.json")
     return 0
 
 

@@ -3,7 +3,6 @@ evalkit's quantizers match gguf's bytes; the cache converts once; bad files give
 
 from __future__ import annotations
 
-import os
 import socket
 import time
 from pathlib import Path

@@ -32,7 +32,6 @@ from evalkit.metrics.fid import (
 from evalkit.metrics.inception import (
     INCEPTION_ID,
     InceptionFeatureExtractor,
-    default_inception_path,
     load_default_inception,
 )
 

@@ -179,7 +179,7 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
     for top in data:
         if top not in TOP_LEVEL:
             hint = suggest(top, TOP_LEVEL) or (
-                f" Bounds go under [default] or [backends.\"<name>\"]." if top in valid_keys else "")
+                " Bounds go under [default] or [backends.\"<name>\"]." if top in valid_keys else "")
             raise EvalkitError(f"{where.at_top(top)}: unknown table or key {top!r}; expected [default] "
                                f"and [backends.\"<name>\"].{hint}")
     default_raw = data.get("default", {})

@@ -21,7 +21,7 @@ from typing import Any
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BackendSpec, availability, parse_backend_list, resolve_components
+from evalkit.generate.backends import BackendSpec, availability, parse_backend_list
 from evalkit.generate.measure import MEMORY_CONVENTION
 from evalkit.generate.models import ModelInfo, resolve_model
 from evalkit.io import atomic_write_json, read_json, sha256_file
@@ -483,7 +483,7 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
             progress.update(tid, phase="starting")
             _run_worker(rd, spec, _worker_env(opts, slot, device), on_event)
             rec = read_json(rd.generation_record(spec.name)) if rd.generation_record(spec.name).exists() else {}
-            progress.update(tid, phase=f"[green]ok[/]" if rec.get("status") == "ok" else f"[red]{rec.get('status', 'failed')}[/]")
+            progress.update(tid, phase="[green]ok[/]" if rec.get("status") == "ok" else f"[red]{rec.get('status', 'failed')}[/]")
 
         # The reference first and alone: later stages need it, and it is the one run nobody can do without.
         queue = list(todo)

@@ -27,14 +27,14 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Iterable, Sequence
 
 import numpy as np
 
 from evalkit.errors import EvalkitError, MissingWeightsError
 from evalkit.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from evalkit.metrics import registry as reg
-from evalkit.metrics.images import RESIZE_POLICY, Decoder, decode_file, list_images, match_reference
+from evalkit.metrics.images import RESIZE_POLICY, Decoder, list_images, match_reference
 from evalkit.metrics.stats import DEFAULT_RESAMPLES, summarize
 from evalkit.rundir import SCHEMA_VERSION, RunDir, ensure_writable_dir, load_generation_records, open_run, write_summary
 
@@ -548,7 +548,6 @@ def _compute_backend(state: _State, b: str) -> None:
     chunk = max(4, state.opts.batch_size * 2)
     task = state.bar.add_task(b, total=len(todo)) if state.bar is not None else None
     need_pair = {i for idx in paired.values() for i in idx}
-    corrupt_t = cache.table("corrupt")
     parts = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
 
     def submit(part: list[int]) -> Any:
