@@ -119,6 +119,8 @@ def write_summary(run_dir: str | os.PathLike[str]) -> dict[str, Any]:
             "latency": gen.get("latency") if gen else None,
             "load_time_s": gen.get("load_time_s") if gen else None,
             "compile_time_s": gen.get("compile_time_s") if gen else None,
+            # one-time library step before loading (optimum-quanto's CUDA kernel build), seconds or None
+            "prepare_time_s": (gen.get("prepare") or {}).get("seconds") if gen else None,
             "footprint_gib": (gen.get("footprint") or {}).get("total_gib") if gen else None,
             "components_quantized": ((gen.get("quantization") or {}).get("components_quantized") or []) if gen else [],
             "image_flags": _flag_counts(gen),

@@ -167,3 +167,5 @@ def test_every_named_hook_of_a_recipe_exists(all_backends_run: Path) -> None:
     # quanto-int4 builds optimum-quanto's CUDA kernels before the load clock on CUDA; on CPU there is nothing to do.
     rec = read_json(all_backends_run / "generation" / "quanto-int4.json")
     assert rec["status"] == "ok" and "prepare" in rec and rec["prepare"] is None
+    summary = read_json(all_backends_run / "summary.json")["backends"]["quanto-int4"]
+    assert "prepare_time_s" in summary and summary["prepare_time_s"] is None
