@@ -107,6 +107,10 @@ step_quanto() {
 step_metrics_fast() {
   timeout 240 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --ssim-variants >>"$LOG" 2>&1
   say "metrics (throughput only, SSIM filter variants) rc=$?"
+  cp "$OUT/gpu_metrics.json" "$OUT/gpu_metrics_stage_settings.json" 2>/dev/null
+  timeout 120 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --cudnn-benchmark --batches 32 \
+    >>"$LOG" 2>&1
+  say "metrics with cuDNN's algorithm search rc=$?"
 }
 
 step_forkcheck() {

@@ -142,6 +142,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batches", default="8,16,32")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--rounds", type=int, default=5)
+    p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (the stage does not)")
     p.add_argument("--skip-parity", action="store_true", help="throughput only (parity was checked in an earlier call)")
     p.add_argument("--ssim-variants", action="store_true", help="also time the ways to Gaussian-filter SSIM's maps")
     p.add_argument("--device", default="cuda", help=argparse.SUPPRESS)  # cpu: a dry run of the script itself
@@ -156,9 +157,11 @@ def main(argv: list[str] | None = None) -> int:
     if dev == "cuda" and not torch.cuda.is_available():
         print(json.dumps({"error": "CUDA is not available"}))
         return 2
-    torch.backends.cudnn.benchmark = True
+    # The score stage leaves cuDNN's algorithm search off; --cudnn-benchmark measures what turning it on would buy.
+    torch.backends.cudnn.benchmark = a.cudnn_benchmark
     res: dict = {"device": torch.cuda.get_device_name(0) if dev == "cuda" else dev, "torch": torch.__version__,
-                 "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu_count": os.cpu_count()}
+                 "date_utc": time.strftime("%Y-%m-%d %H:%M", time.gmtime()), "cpu_count": os.cpu_count(),
+                 "cudnn_benchmark": a.cudnn_benchmark}
     ok = True
     for net in () if a.skip_parity else ("alex", "vgg"):
         try:

@@ -54,7 +54,6 @@ def main() -> int:
     if a.weights_dir:
         os.environ["EVALKIT_WEIGHTS_DIR"] = str(Path(a.weights_dir).resolve())
     os.environ.setdefault("EVALKIT_CACHE", tempfile.mkdtemp())
-    torch.backends.cudnn.benchmark = True
     from bench_metrics import make_pairs
 
     from evalkit.metrics.images import Decoder, decode_file, to_device_uint8
