@@ -105,6 +105,8 @@ def ssim_parity(size: int, device: str = "cuda") -> dict:
 def ssim_variants(device: str, size: int) -> dict:
     """ms per pair (15 maps: 5 moments x 3 channels) for each of evalkit.metrics.ssim.FILTERS, and the largest
     |difference| to conv11x11 (the same function; float32 rounding only)."""
+    from bench_metrics import _sync
+
     from evalkit.metrics import ssim
 
     n = 8
@@ -117,20 +119,15 @@ def ssim_variants(device: str, size: int) -> dict:
                 diff = float((ssim.gaussian_filter_valid(x, name) - ref).abs().max())
                 ts = []
                 for _ in range(5):
-                    _sync_dev(device)
+                    _sync(device)
                     t = time.perf_counter()
                     ssim.gaussian_filter_valid(x, name)
-                    _sync_dev(device)
+                    _sync(device)
                     ts.append(time.perf_counter() - t)
                 out[name] = {"ms_per_pair": float(np.median(ts)) / n * 1000, "max_abs_diff": diff}
             except Exception as e:  # noqa: BLE001
                 out[name] = f"{type(e).__name__}: {e}"[:200]
     return out
-
-
-def _sync_dev(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,7 @@ def _add_metric_options(p: argparse.ArgumentParser | Any, for_run: bool) -> None
                         "(default openai/clip-vit-large-patch14), open_clip:ARCH:/path/to/ckpt, or open_clip:/path/to/folder")
     p.add_argument("--real-dir", default=None, help="a folder of real images: adds fid_real / kid_real")
     p.add_argument("--bootstrap-samples", type=int, default=2000, help="bootstrap resamples for 95%% CIs (default 2000)")
-    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 8)")
+    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 32)")
     p.add_argument("--metrics-batch-size", type=int, default=8, help="image pairs per device batch (default 8)")
     p.add_argument("--fid-sqrt", choices=["auto", "eigh", "sqrtm"], default="auto",
                    help="trace-sqrt method for FID: auto (exact low-rank path for sets under 2048 images, else eigh), "

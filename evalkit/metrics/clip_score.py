@@ -41,8 +41,8 @@ Definitions and choices:
   * ``open_clip:ARCH:/path/to/ckpt`` (a config shipped with open_clip plus a weights file) or
     ``open_clip:/path/to/folder`` (open_clip_config.json plus weights, the layout of laion's Hugging Face repos; a
     folder without weights is refused rather than scored with random weights) uses open_clip's own model,
-    tokenizer (which keeps EOT when truncating) and preprocessing; open_clip imports torchvision, so it only works where torchvision does (not on the CPU machines
-    here): the import is lazy and failure is a clear EvalkitError.
+    tokenizer (which keeps EOT when truncating) and preprocessing; open_clip imports torchvision, so it only works
+    where torchvision does (not on the CPU machines here): the import is lazy and failure is a clear EvalkitError.
 """
 
 from __future__ import annotations
@@ -67,7 +67,8 @@ _HOW_TO_SUPPLY = (
     "(HF_HOME, default ~/.cache/huggingface) here; "
     "(2) pass a local directory holding a transformers CLIP (config.json + model weights, e.g. from "
     "CLIPModel.save_pretrained) as --clip-model /path/to/dir; "
-    "(3) pass an open_clip checkpoint as --clip-model open_clip:ARCH:/path/to/ckpt, or an open_clip folder (open_clip_config.json + weights) as open_clip:/path/to/folder (both need torchvision)."
+    "(3) pass an open_clip checkpoint as --clip-model open_clip:ARCH:/path/to/ckpt, or an open_clip folder "
+    "(open_clip_config.json + weights) as open_clip:/path/to/folder (both need torchvision)."
 )
 
 

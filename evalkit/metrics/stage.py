@@ -442,7 +442,6 @@ class _State:
     # per backend) up to EVALKIT_REF_CACHE_GIB (default 2 GiB: ~680 images at 1024²).
     ref_images: dict[Path, Any] = field(default_factory=dict)
     ref_bytes: int = 0
-    decoded_files: int = 0  # files sent to the decoder (what the reference cache saves shows here)
 
 
 def _ref_cache_budget() -> int:
@@ -549,11 +548,11 @@ def _compute_backend(state: _State, b: str) -> None:
     task = state.bar.add_task(b, total=len(todo)) if state.bar is not None else None
     need_pair = {i for idx in paired.values() for i in idx}
     parts = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
+    budget = _ref_cache_budget()
 
     def submit(part: list[int]) -> Any:
         files = [items[i].path for i in part]
         files += [items[i].ref_path for i in part if i in need_pair and Path(items[i].ref_path) not in state.ref_images]
-        state.decoded_files += len(files)
         return state.decoder.submit(files)
 
     # Chunk k+1 decodes in the worker processes while chunk k is scored (on the GPU, when there is one).
@@ -566,7 +565,6 @@ def _compute_backend(state: _State, b: str) -> None:
         for d in got:
             if d.array is None and d.sha256:
                 cache.put("corrupt", d.sha256, d.error)
-        budget = _ref_cache_budget()
         for i in part:
             # The reference backend's own images (decoded for its CLIP/FID) are the later backends' references.
             rp = Path(items[i].path) if b == state.ref else Path(items[i].ref_path) if items[i].ref_path else None
