@@ -321,7 +321,13 @@ def _forkserver() -> Any:
             # huggingface_hub reads HF_HUB_OFFLINE when imported, i.e. in the forkserver: set it before that.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
             ctx = mp.get_context("forkserver")
-            mods = PRELOAD + (() if nvidia_gpu_present() else PRELOAD_NO_GPU)
+            gpu = nvidia_gpu_present()
+            if gpu:
+                # torch.cuda.is_available() (which diffusers calls on import) runs cuInit and marks every later fork
+                # unable to use CUDA, unless it asks NVML instead. Forked workers then found CUDA poisoned on the
+                # H100 (benchmarks/results/gpu-2026-11-21.md), even with the narrowed preload.
+                os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+            mods = PRELOAD + (() if gpu else PRELOAD_NO_GPU)
             ctx.set_forkserver_preload([m for m in mods if package_available(m.split(".")[0])])
             _FORKSERVER = ctx
         return _FORKSERVER
