@@ -8,9 +8,11 @@
 #                                                   skimage, pairs/s at 1024² vs a naive loop)
 #   bash benchmarks/device_session.sh profile       benchmarks/gpu_profile_metrics.py (where the metric time goes)
 #   bash benchmarks/device_session.sh metrics-fast  the same, throughput only, after timing SSIM's filter methods
+#                                                   and LPIPS' memory formats
 #   bash benchmarks/device_session.sh forkcheck     generate on CUDA through the forkserver, count fallbacks
 #   bash benchmarks/device_session.sh probe         which preloaded module initializes CUDA (forkserver safety)
 #   bash benchmarks/device_session.sh quanto SECONDS  optimum-quanto's kernel build, then quanto-int4 on the tiny model
+#   bash benchmarks/device_session.sh env           whether the fast PNG decoder (pyspng) imports there
 #   bash benchmarks/device_session.sh tests         the tests that need CUDA or torchvision (open_clip, gguf on CUDA)
 #
 # Steps combine: `bash benchmarks/device_session.sh metrics tests`. Everything lands in $OUT (at most 8 files come
@@ -49,9 +51,12 @@ step_gen() {
   # torch's build lock).
   start_quanto_build
   local build=$BUILD_PID
+  # GEN_BACKENDS overrides the list (bf16 first: every ratio is against it, measured in the same run);
+  # GEN_TINY_QUANTO=0 skips the tiny quanto-int4 run at the end.
   python3 benchmarks/gpu_run.py full --prompts benchmarks/prompts-2.txt --budget-s $(( budget - 50 )) \
-    --backends bf16,fp8-layerwise,torchao-int4wo,quanto-int8,gguf-q8_0,quanto-int4 >>"$LOG" 2>&1
+    --backends "${GEN_BACKENDS:-bf16,fp8-layerwise,torchao-int4wo,quanto-int8,gguf-q8_0,quanto-int4}" >>"$LOG" 2>&1
   say "full-size step done"
+  if [ "${GEN_TINY_QUANTO:-1}" = 0 ]; then { echo "--- quanto build log (tail)"; tail -n 20 /tmp/quanto_build.log; } >>"$LOG"; return; fi
   now=$(date +%s)
   while kill -0 $build 2>/dev/null && [ $(( now - start )) -lt $(( budget - 30 )) ]; do sleep 5; now=$(date +%s); done
   say "$(tail -n 1 /tmp/quanto_build.log)"
@@ -73,11 +78,23 @@ step_profile() {
 }
 
 step_probe() {
-  # Which module, imported the way the generate stage's forkserver imports them, initializes CUDA?
-  python3 - >>"$LOG" 2>&1 <<'PY'
-import importlib, time
+  # Which module, imported the way the generate stage's forkserver imports them, leaves a forked child unable to use
+  # CUDA? torch.cuda.is_initialized() is not enough: cuInit through torch.cuda.is_available() poisons forks too. So
+  # after each import a child is forked and asked. Run once as the stage runs it (PYTORCH_NVML_BASED_CUDA_CHECK=1)
+  # and once without.
+  for nvml in 1 0; do
+  PYTORCH_NVML_BASED_CUDA_CHECK=$nvml python3 - >>"$LOG" 2>&1 <<'PY'
+import importlib, os, time
 import torch
 from evalkit.generate.worker import PRELOAD, PRELOAD_NO_GPU
+
+def child_poisoned() -> bool:
+    pid = os.fork()
+    if pid == 0:
+        os._exit(1 if torch.cuda._is_in_bad_fork() else 0)
+    return os.waitpid(pid, 0)[1] != 0
+
+print("probe PYTORCH_NVML_BASED_CUDA_CHECK =", os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
 for m in PRELOAD + PRELOAD_NO_GPU:
     t = time.perf_counter()
     try:
@@ -85,8 +102,10 @@ for m in PRELOAD + PRELOAD_NO_GPU:
     except Exception as e:
         print(f"probe {m}: import failed: {type(e).__name__}: {e}")
         continue
-    print(f"probe {m}: {time.perf_counter() - t:.2f}s cuda_initialized={torch.cuda.is_initialized()}")
+    print(f"probe {m}: {time.perf_counter() - t:.2f}s cuda_initialized={torch.cuda.is_initialized()} "
+          f"fork_poisoned={child_poisoned()}")
 PY
+  done
   say "probe done"
 }
 
@@ -105,12 +124,11 @@ step_quanto() {
 }
 
 step_metrics_fast() {
-  timeout 240 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --ssim-variants >>"$LOG" 2>&1
-  say "metrics (throughput only, SSIM filter variants) rc=$?"
-  cp "$OUT/gpu_metrics.json" "$OUT/gpu_metrics_stage_settings.json" 2>/dev/null
-  timeout 120 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --cudnn-benchmark --batches 32 \
-    >>"$LOG" 2>&1
-  say "metrics with cuDNN's algorithm search rc=$?"
+  # Throughput only (parity ran in an earlier call), after timing SSIM's filter methods (the fastest is used) and
+  # LPIPS in NCHW/NHWC with cuDNN's algorithm search off/on.
+  timeout 300 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --ssim-variants --lpips-variants \
+    --e2e-workers 8,12,15,16 >>"$LOG" 2>&1
+  say "metrics (throughput only, SSIM filter and LPIPS variants) rc=$?"
 }
 
 step_forkcheck() {
@@ -120,6 +138,13 @@ step_forkcheck() {
     --warmup 0 --out $d >>"$LOG" 2>&1
   say "forkcheck rc=$? fallbacks=$(cat $d/logs/*.log | grep -c 'reruns it as a subprocess') statuses=$(python3 -c \
     "import json,glob; print({p.split('/')[-1]: json.load(open(p))['status'] for p in sorted(glob.glob('$d/generation/*.json'))})")"
+}
+
+step_env() {
+  # What the metrics' decoding gets on this machine: libspng (pyspng) or PIL.
+  python3 -c "import numpy, pyspng, PIL; print('numpy', numpy.__version__, 'pyspng', pyspng.__version__, 'PIL', PIL.__version__)" \
+    >>"$LOG" 2>&1
+  say "env: pyspng import rc=$?"
 }
 
 step_tests() {
@@ -138,6 +163,7 @@ while [ $# -gt 0 ]; do
     forkcheck) step_forkcheck; shift ;;
     quanto) step_quanto "${2:?quanto needs its budget in seconds}"; shift 2 ;;
     tests) step_tests; shift ;;
+    env) step_env; shift ;;
     *) say "unknown step $1"; exit 2 ;;
   esac
 done
