@@ -72,7 +72,7 @@ def _depthwise_separable(x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
 # machine). CUDA uses CUDA_FILTER: benchmarks/gpu_metrics.py --ssim-variants times them all on the GPU.
 FILTERS = {"shifted_adds": _shifted_adds, "conv11x11": _conv11x11, "separable_conv": _separable_conv,
            "depthwise_separable": _depthwise_separable}
-CUDA_FILTER = "conv11x11"
+CUDA_FILTER = "depthwise_separable"
 
 
 def gaussian_filter_valid(x: torch.Tensor, method: str | None = None) -> torch.Tensor:
