@@ -79,3 +79,28 @@ def test_decoder_pool_and_prefetch_return_files_in_order(tmp_path: Path) -> None
     assert [int(d.array[0, 0, 0]) // 20 for d in got[:4]] == [5, 6, 7, 8]
     assert got[4].error == "missing"
     assert [int(d.array[0, 0, 0]) // 20 for d in got[5:]] == [0, 1, 2, 3, 4]
+
+
+def test_pool_hands_big_arrays_back_through_shared_memory_and_frees_it(tmp_path: Path) -> None:
+    # 200x300x3 = 180 KB, above SHM_MIN_BYTES: these come back as shared-memory blocks, not pickles.
+    photo = _photo()
+    assert photo.nbytes >= im.SHM_MIN_BYTES
+    paths = []
+    for i in range(6):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.roll(photo, 17 * i, axis=1)).save(p)
+        paths.append(p)
+    (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot a png")
+    shm = Path("/dev/shm")
+    before = set(shm.iterdir()) if shm.is_dir() else set()
+    with im.Decoder(2) as dec:
+        got = dec.decode(paths + [tmp_path / "bad.png"])
+    for p, d in zip(paths, got):
+        assert d.shm is None and d.array.flags.writeable
+        np.testing.assert_array_equal(d.array, _pil(p))
+    assert got[-1].array is None and got[-1].error.startswith("corrupt image")
+    raw = im._decode_for_pool(str(paths[1]))  # what a worker sends: a block's name, no pixels
+    assert raw.array is None and raw.shm is not None and raw.shm[1] == photo.shape
+    np.testing.assert_array_equal(im._from_shm(raw).array, _pil(paths[1]))
+    if shm.is_dir():  # every block was unlinked once copied out
+        assert {p for p in set(shm.iterdir()) - before if p.name.startswith("psm_")} == set()
