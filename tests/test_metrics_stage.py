@@ -263,6 +263,41 @@ def test_compare_images_json(tmp_path, capsys):
     assert out["metrics"]["kid"]["subset_size"] == 4
 
 
+def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
+    # batch_size 2 -> chunks of 4: 11 pairs are 3 chunks, so decoding, uploading and scoring overlap. Each pair's
+    # values must be those of scoring that pair alone: means equal the per-pair loop's, a corrupt file and a
+    # resized reference are counted once.
+    from evalkit.metrics.psnr import psnr_uint8
+    from evalkit.metrics.ssim import SSIMMetric
+    from evalkit.metrics.stage import compare_folders
+    from metrics_fixtures import PHOTOS, photo
+
+    refs, cands = {}, {}
+    for i in range(12):
+        r = photo(PHOTOS[i % len(PHOTOS)], 48 + 8 * (i % 3))
+        refs[f"p{i:02d}.png"] = r
+        cands[f"p{i:02d}.png"] = noise(r, 3 + 4 * i, seed=i)
+    refs["p05.png"] = photo("camera", 40)  # a different size: resized to its candidate's
+    a = _folder(tmp_path / "a", refs)
+    b = _folder(tmp_path / "b", cands)
+    (b / "p07.png").write_bytes(b"\x89PNG\r\n\x1a\ncorrupt")
+    out = compare_folders(a, b, "ssim,psnr", batch_size=2, workers=2)
+    from evalkit.metrics.images import match_reference
+
+    expect = {"ssim": [], "psnr": []}
+    for name in sorted(refs):
+        if name == "p07.png":
+            continue
+        r, _ = match_reference(refs[name], cands[name])
+        expect["ssim"].append(float(SSIMMetric().compute(r[None], cands[name][None])[0]))
+        expect["psnr"].append(float(psnr_uint8(r[None], cands[name][None])[0]))
+    for m in ("ssim", "psnr"):
+        assert out["metrics"][m]["n"] == 11
+        assert out["metrics"][m]["mean"] == pytest.approx(np.mean(expect[m]), abs=1e-6)
+    assert out["n_corrupt"] == 1 and out["corrupt"][0].endswith("p07.png")
+    assert out["n_resized"] == 1
+
+
 def test_compare_images_errors(tmp_path):
     from evalkit.metrics.stage import compare_folders
     from metrics_fixtures import photo
@@ -373,3 +408,23 @@ def test_reference_images_are_decoded_once_per_run_not_per_backend(run, monkeypa
     for b in ("mild", "harsh"):
         for m in ("lpips_alex", "ssim", "psnr"):
             assert shared[b][m]["per_prompt"] == every[b][m]["per_prompt"], (b, m)
+
+
+def test_pipelined_chunks_score_each_pair_against_its_own_reference(tmp_path) -> None:
+    """batch_size 1 -> chunks of 4: 10 prompts are 3 chunks in flight at once (decoding, uploading, scoring).
+    Every per-prompt value must equal scoring that prompt's pair alone, with both decode paths (pool and in-process)."""
+    from evalkit.metrics.psnr import psnr_uint8
+    from evalkit.metrics.ssim import SSIMMetric
+
+    run = make_run(tmp_path / "run", {"bf16": None, "noisy": lambda a, i: noise(a, 2 + 5 * i, seed=i)},
+                   n_prompts=10, size=48)
+    for workers in (1, 2):
+        res = score_run(run, "ssim,psnr", workers=workers, batch_size=1, progress=False, use_cache=False)
+        gens = {r["prompt_id"]: r for r in read_json(run / "generation" / "noisy.json")["images"]}
+        refs = {r["prompt_id"]: r for r in read_json(run / "generation" / "bf16.json")["images"]}
+        assert len(gens) == 10
+        for pid, g in gens.items():
+            a, c = _load(run / refs[pid]["path"])[None], _load(run / g["path"])[None]
+            assert res["noisy"]["ssim"]["per_prompt"][pid] == pytest.approx(float(SSIMMetric().compute(a, c)[0]),
+                                                                           abs=1e-7)
+            assert res["noisy"]["psnr"]["per_prompt"][pid] == pytest.approx(float(psnr_uint8(a, c)[0]), abs=1e-9)

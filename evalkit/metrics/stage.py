@@ -4,8 +4,10 @@
 Flow, per backend with generation status ok:
   1. hash every PNG (content keys for the cache; the record's sha256 is compared, not trusted);
   2. look up every (metric, reference sha, image sha) value in metrics/cache/; only misses are decoded;
-  3. decode the misses in worker processes, chunk by chunk; paired metrics share one upload to the device;
-     Inception features and CLIP scores are computed from the same decoded chunk;
+  3. decode the misses in worker processes, chunk by chunk, three chunks in flight: k+2 decoding (pixels come
+     back through shared memory), k+1 paired with its references and uploaded by a thread (page-locked memory,
+     a side CUDA stream), k scored; paired metrics share that one upload; Inception features and CLIP scores
+     are computed from the same decoded chunk;
   4. summarise per backend: mean, percentile-bootstrap 95% CI, n, per-prompt means; FID/KID from features.
 A rerun on an unchanged run therefore decodes nothing and runs no network (tests/test_metrics_stage.py).
 
@@ -23,6 +25,7 @@ import csv
 import hashlib
 import io
 import os
+import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, field
@@ -34,7 +37,7 @@ import numpy as np
 from evalkit.errors import EvalkitError, MissingWeightsError
 from evalkit.io import atomic_write_json, atomic_write_text, read_json, sha256_file
 from evalkit.metrics import registry as reg
-from evalkit.metrics.images import RESIZE_POLICY, Decoder, list_images, match_reference
+from evalkit.metrics.images import RESIZE_POLICY, Decoder, Uploads, list_images, match_reference
 from evalkit.metrics.stats import DEFAULT_RESAMPLES, summarize
 from evalkit.rundir import SCHEMA_VERSION, RunDir, ensure_writable_dir, load_generation_records, open_run, write_summary
 
@@ -555,16 +558,10 @@ def _compute_backend(state: _State, b: str) -> None:
         files += [items[i].ref_path for i in part if i in need_pair and Path(items[i].ref_path) not in state.ref_images]
         return state.decoder.submit(files)
 
-    # Chunk k+1 decodes in the worker processes while chunk k is scored (on the GPU, when there is one).
-    pending = submit(parts[0])
-    for k, part in enumerate(parts):
+    def prepare(part: list[int], pending: Any, up: Uploads) -> dict[str, Any]:
+        # In the upload thread: wait for the chunk's pixels, find each pair's reference, start the uploads.
         got = pending.result()
-        if k + 1 < len(parts):
-            pending = submit(parts[k + 1])
         decoded = {Path(d.path): d for d in got}
-        for d in got:
-            if d.array is None and d.sha256:
-                cache.put("corrupt", d.sha256, d.error)
         for i in part:
             # The reference backend's own images (decoded for its CLIP/FID) are the later backends' references.
             rp = Path(items[i].path) if b == state.ref else Path(items[i].ref_path) if items[i].ref_path else None
@@ -577,63 +574,87 @@ def _compute_backend(state: _State, b: str) -> None:
                 state.ref_images[rp] = decoded[rp]
                 state.ref_bytes += decoded[rp].array.nbytes
         good = [i for i in part if decoded[items[i].path].array is not None]
-        # paired metrics: group by candidate size so each group is one batch on the device
         pair_ok = [i for i in good if i in need_pair and decoded[items[i].ref_path].array is not None]
-        if pair_ok:
-            _paired_chunk(state, b, paired, pair_ok, decoded)
-        f_idx = [i for i in good if i in set(feats)]
-        if f_idx:
-            inc = _get_metric(state.opts, "fid", state.device)
-            fs = inc.features([decoded[items[i].path].array for i in f_idx])
-            for i, f in zip(f_idx, fs):
-                cache.put_features(inc.feature_key, items[i].sha, f)
-        c_idx = [i for i in good if i in set(clip)]
-        if c_idx:
-            cm = _get_metric(state.opts, "clip_score", state.device)
-            scores, trunc = cm.score([decoded[items[i].path].array for i in c_idx], [items[i].prompt for i in c_idx])
-            for i, v, t in zip(c_idx, scores, trunc):
-                cache.put(f"clip-{cm.key}", f"{items[i].sha}:{_text_sha(items[i].prompt)}", {"v": float(v), "t": bool(t)})
-        if task is not None:
-            state.bar.advance(task, len(part))
+        return {"part": part, "got": got, "decoded": decoded, "good": good,
+                "groups": _upload_pairs(items, pair_ok, decoded, up) if pair_ok else []}
+
+    # Three chunks in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by a thread, k is
+    # scored here (on the GPU, when there is one).
+    feats_set, clip_set = set(feats), set(clip)
+    with Uploads(state.device) as up:
+        pending = {k: submit(parts[k]) for k in range(min(2, len(parts)))}
+        fut = up.submit(prepare, parts[0], pending.pop(0), up)
+        for k in range(len(parts)):
+            cur = fut.result()
+            if k + 2 < len(parts):
+                pending[k + 2] = submit(parts[k + 2])
+            if k + 1 < len(parts):
+                fut = up.submit(prepare, parts[k + 1], pending.pop(k + 1), up)
+            part, decoded, good = cur["part"], cur["decoded"], cur["good"]
+            for d in cur["got"]:
+                if d.array is None and d.sha256:
+                    cache.put("corrupt", d.sha256, d.error)
+            for group in cur["groups"]:
+                _paired_group(state, b, paired, group, up)
+            f_idx = [i for i in good if i in feats_set]
+            if f_idx:
+                inc = _get_metric(state.opts, "fid", state.device)
+                fs = inc.features([decoded[items[i].path].array for i in f_idx])
+                for i, f in zip(f_idx, fs):
+                    cache.put_features(inc.feature_key, items[i].sha, f)
+            c_idx = [i for i in good if i in clip_set]
+            if c_idx:
+                cm = _get_metric(state.opts, "clip_score", state.device)
+                scores, trunc = cm.score([decoded[items[i].path].array for i in c_idx],
+                                         [items[i].prompt for i in c_idx])
+                for i, v, t in zip(c_idx, scores, trunc):
+                    cache.put(f"clip-{cm.key}", f"{items[i].sha}:{_text_sha(items[i].prompt)}",
+                              {"v": float(v), "t": bool(t)})
+            if task is not None:
+                state.bar.advance(task, len(part))
     cache.save()  # per backend: a crash later keeps this backend's work
 
 
-def _paired_chunk(state: _State, b: str, paired: dict[str, list[int]], idx: list[int],
-                  decoded: dict[Path, Any]) -> None:
-    from evalkit.metrics.images import to_device_uint8
-
-    items, cache = state.items[b], state.cache
+def _upload_pairs(items: list[Item], idx: list[int], decoded: dict[Path, Any], up: Uploads) -> list[dict[str, Any]]:
+    """Group pairs by candidate size (each group is one batch on the device), resize references where needed, and
+    start each group's two uploads."""
     groups: dict[tuple[int, int], list[int]] = {}
     resized: dict[int, bool] = {}
     refs: dict[int, np.ndarray] = {}
     for i in idx:
         img = decoded[items[i].path].array
-        r, was = match_reference(decoded[items[i].ref_path].array, img)
-        refs[i], resized[i] = r, was
+        refs[i], resized[i] = match_reference(decoded[items[i].ref_path].array, img)
         groups.setdefault(img.shape[:2], []).append(i)
-    for (h, w), g in groups.items():
-        ref_t = to_device_uint8([refs[i] for i in g], state.device)
-        img_t = to_device_uint8([decoded[items[i].path].array for i in g], state.device)
-        for m, need in paired.items():
-            sel = [k for k, i in enumerate(g) if i in set(need)]
-            if not sel:
-                continue
-            metric = _get_metric(state.opts, m, state.device)
-            table = f"pair-{m}-{reg.cache_key(m)}"
-            why = metric.min_size_reason(h, w)
-            if why:
-                for k in sel:
-                    cache.put(table, items[g[k]].pair_key, {"v": None, "skip": why, "r": resized[g[k]]})
-                continue
-            sel_t = None if len(sel) == len(g) else __import__("torch").tensor(sel, device=ref_t.device)
-            a = ref_t if sel_t is None else ref_t.index_select(0, sel_t)
-            c = img_t if sel_t is None else img_t.index_select(0, sel_t)
-            vals = metric.compute(a, c)
-            for k, v in zip(sel, vals):
-                v = float(v)
-                cache.put(table, items[g[k]].pair_key,
-                          {"v": v if np.isfinite(v) else None, "skip": None if np.isfinite(v) else "non-finite value",
-                           "r": resized[g[k]]})
+    return [{"size": hw, "idx": g, "resized": [resized[i] for i in g],
+             "ref": up.upload([refs[i] for i in g]), "img": up.upload([decoded[items[i].path].array for i in g])}
+            for hw, g in groups.items()]
+
+
+def _paired_group(state: _State, b: str, paired: dict[str, list[int]], group: dict[str, Any], up: Uploads) -> None:
+    items, cache = state.items[b], state.cache
+    (h, w), g, resized = group["size"], group["idx"], group["resized"]
+    ref_t, img_t = up.ready(group["ref"]), up.ready(group["img"])
+    for m, need in paired.items():
+        need_set = set(need)
+        sel = [k for k, i in enumerate(g) if i in need_set]
+        if not sel:
+            continue
+        metric = _get_metric(state.opts, m, state.device)
+        table = f"pair-{m}-{reg.cache_key(m)}"
+        why = metric.min_size_reason(h, w)
+        if why:
+            for k in sel:
+                cache.put(table, items[g[k]].pair_key, {"v": None, "skip": why, "r": resized[k]})
+            continue
+        sel_t = None if len(sel) == len(g) else __import__("torch").tensor(sel, device=ref_t.device)
+        a = ref_t if sel_t is None else ref_t.index_select(0, sel_t)
+        c = img_t if sel_t is None else img_t.index_select(0, sel_t)
+        vals = metric.compute(a, c)
+        for k, v in zip(sel, vals):
+            v = float(v)
+            cache.put(table, items[g[k]].pair_key,
+                      {"v": v if np.isfinite(v) else None, "skip": None if np.isfinite(v) else "non-finite value",
+                       "r": resized[k]})
 
 
 def _real_features(state: _State, folder: Path) -> Any:
@@ -970,40 +991,71 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     feats_b: list[np.ndarray] = []
     want_dist = [n for n in names if reg.get_spec(n).kind == "distribution"]
     inc = _get_metric(opts, "fid", dev) if want_dist else None
+    t_start, waited = time.perf_counter(), 0.0
     with Decoder(workers) as dec, _progress(progress) as bar:
+        n_workers = dec.workers
         task = bar.add_task("compare-images", total=len(common) if paired_names else len(fa) + len(fb)) if bar else None
         if paired_names:
             step = max(4, batch_size * 2)
-            for s in range(0, len(common), step):
-                names_chunk = common[s:s + step]
-                da = dec.decode([fa[n] for n in names_chunk])
-                db = dec.decode([fb[n] for n in names_chunk])
+            chunks = [common[s:s + step] for s in range(0, len(common), step)]
+
+            def submit(k: int) -> Any:  # both folders' files of chunk k, in one request to the decoding workers
+                return dec.submit([fa[n] for n in chunks[k]] + [fb[n] for n in chunks[k]])
+
+            def prepare(k: int, pending: Any) -> dict[str, Any]:
+                # In the upload thread: wait for chunk k's pixels, pair them, start their upload.
+                ds = pending.result()
+                da, db = ds[:len(chunks[k])], ds[len(chunks[k]):]
+                out: dict[str, Any] = {"corrupt": [], "resized": 0, "groups": [], "a": [], "b": []}
                 pairs = []
                 for x, y in zip(da, db):
                     if x.array is None or y.array is None:
-                        corrupt += [d.path for d in (x, y) if d.array is None]
+                        out["corrupt"] += [d.path for d in (x, y) if d.array is None]
                         continue
                     r, was = match_reference(x.array, y.array)
-                    n_resized += was
+                    out["resized"] += was
                     pairs.append((r, y.array))
-                if inc is not None and not isinstance(inc, reg.MetricUnavailable):
-                    feats_a.append(inc.features([d.array for d in da if d.array is not None]))
-                    feats_b.append(inc.features([d.array for d in db if d.array is not None]))
+                out["a"] = [d.array for d in da if d.array is not None]
+                out["b"] = [d.array for d in db if d.array is not None]
                 groups: dict[tuple[int, ...], list[int]] = {}
-                for k, (_r, y) in enumerate(pairs):
-                    groups.setdefault(y.shape, []).append(k)
-                for g in groups.values():
-                    ra = np.stack([pairs[k][0] for k in g])
-                    yb = np.stack([pairs[k][1] for k in g])
-                    for m in paired_names:
-                        metric = _get_metric(opts, m, dev)
-                        if isinstance(metric, reg.MetricUnavailable):
-                            continue
-                        if metric.min_size_reason(*yb.shape[1:3]):
-                            continue
-                        paired_vals[m] += [float(v) for v in metric.compute(ra, yb)]
-                if task is not None:
-                    bar.advance(task, len(names_chunk))
+                for k2, (_r, y) in enumerate(pairs):
+                    groups.setdefault(y.shape, []).append(k2)
+                for shape, g in groups.items():
+                    out["groups"].append((shape, up.upload([pairs[i][0] for i in g]),
+                                          up.upload([pairs[i][1] for i in g])))
+                return out
+
+            # Three stages in flight: chunk k+2 decodes in the worker processes, chunk k+1 is paired and uploaded
+            # in a thread, chunk k is scored here (on the GPU, when there is one).
+            with Uploads(dev) as up:
+                pending = {k: submit(k) for k in range(min(2, len(chunks)))}
+                fut = up.submit(prepare, 0, pending.pop(0))
+                for k, names_chunk in enumerate(chunks):
+                    t_wait = time.perf_counter()
+                    cur = fut.result()
+                    waited += time.perf_counter() - t_wait
+                    if k + 2 < len(chunks):
+                        pending[k + 2] = submit(k + 2)
+                    if k + 1 < len(chunks):
+                        fut = up.submit(prepare, k + 1, pending.pop(k + 1))
+                    corrupt += cur["corrupt"]
+                    n_resized += cur["resized"]
+                    if inc is not None and not isinstance(inc, reg.MetricUnavailable):
+                        if cur["a"]:
+                            feats_a.append(inc.features(cur["a"]))
+                        if cur["b"]:
+                            feats_b.append(inc.features(cur["b"]))
+                    for shape, ha, hb in cur["groups"]:
+                        ra, yb = up.ready(ha), up.ready(hb)
+                        for m in paired_names:
+                            metric = _get_metric(opts, m, dev)
+                            if isinstance(metric, reg.MetricUnavailable):
+                                continue
+                            if metric.min_size_reason(*shape[:2]):
+                                continue
+                            paired_vals[m] += [float(v) for v in metric.compute(ra, yb)]
+                    if task is not None:
+                        bar.advance(task, len(names_chunk))
         elif inc is not None and not isinstance(inc, reg.MetricUnavailable):
             for files, acc in ((list(fa.values()), feats_a), (list(fb.values()), feats_b)):
                 for s in range(0, len(files), 32):
@@ -1044,6 +1096,10 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                 result["metrics"][m] = {**_skipped(e.reason), **base}
     result["n_resized"] = n_resized
     result["resize_policy"] = RESIZE_POLICY if n_resized else None
+    # Where the time went: `waiting_for_images_s` is the scoring loop idle, waiting for decoded and uploaded
+    # pixels; when it is most of `wall_s`, more decoding workers (--workers) help and a faster GPU does not.
+    result["timing"] = {"wall_s": time.perf_counter() - t_start, "waiting_for_images_s": waited,
+                        "decode_workers": n_workers}
     result["n_corrupt"] = len(corrupt)
     result["corrupt"] = corrupt[:MAX_LISTED]
     result["device"] = dev
