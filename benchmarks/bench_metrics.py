@@ -221,6 +221,35 @@ def end_to_end(refs: np.ndarray, dists: np.ndarray, ours: Evalkit, naive: Naive,
                 "decode_only_pairs_per_s": decode_only}
 
 
+def stage_end_to_end(device: str, size: int, prompts: int, backends: int, batch: int,
+                     workers: "int | None") -> dict:
+    """The score stage itself (`evalkit score RUN --metrics lpips_alex,ssim,psnr`) on a run directory of real
+    photographs at size x size: bf16 plus `backends` distorted backends, `prompts` images each, no cache. Timed
+    whole: hashing, decoding (each reference once per run), uploading, scoring, writing the records."""
+    sys.path.insert(0, str(REPO / "tests"))
+    from metrics_fixtures import jpeg, make_run, noise
+
+    from evalkit.metrics.stage import score_run
+
+    kinds = [lambda a, i: jpeg(a, 40 + 10 * (i % 5)), lambda a, i: noise(a, 4 + i % 7, seed=i),
+             lambda a, i: jpeg(noise(a, 3, seed=i), 85)]
+    with tempfile.TemporaryDirectory() as d:
+        t = time.perf_counter()
+        run_dir = make_run(Path(d, "run"), {"bf16": None, **{f"q{k}": kinds[k % 3] for k in range(backends)}},
+                           n_prompts=prompts, size=size)
+        made = time.perf_counter() - t
+        t = time.perf_counter()
+        res = score_run(run_dir, "lpips_alex,ssim,psnr", device=device, workers=workers, batch_size=batch,
+                        use_cache=False, progress=False)
+        _sync(device)
+        wall = time.perf_counter() - t
+        n = sum(res[f"q{k}"]["lpips_alex"]["n"] for k in range(backends))
+        assert n == prompts * backends, res
+        return {"pairs": n, "backends_scored": backends, "size": size, "batch": batch, "workers": workers,
+                "wall_s": wall, "pairs_per_s": n / wall, "run_dir_build_s": made,
+                "how": "score_run on a fresh run directory, use_cache=False, one call"}
+
+
 def run(device: str, pairs: int, size: int, batch: int, repeat: int, decode: bool, workers: int | None) -> dict:
     refs, dists = make_pairs(pairs, size)
     ours, naive = Evalkit(device, batch), Naive(device)

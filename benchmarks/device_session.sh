@@ -126,8 +126,8 @@ step_quanto() {
 step_metrics_fast() {
   # Throughput only (parity ran in an earlier call), after timing SSIM's filter methods (the fastest is used) and
   # LPIPS in NCHW/NHWC with cuDNN's algorithm search off/on.
-  timeout 300 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --ssim-variants --lpips-variants \
-    --e2e-workers 8,12,15,16 >>"$LOG" 2>&1
+  timeout 450 python3 benchmarks/gpu_metrics.py --weights-dir .gl --skip-parity --ssim-variants --lpips-variants \
+    --e2e-workers 8,12,16 --stage-prompts 96 >>"$LOG" 2>&1
   say "metrics (throughput only, SSIM filter and LPIPS variants) rc=$?"
 }
 

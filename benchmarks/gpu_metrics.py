@@ -176,6 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--e2e-workers", help="from-files run: decode-worker counts to try, e.g. 8,12,16")
+    p.add_argument("--stage-prompts", type=int, default=0,
+                   help="also time the score stage on a run directory: bf16 + 3 backends, this many images each")
     p.add_argument("--e2e-copies", type=int, default=8, help="from-files run: each pair written this many times")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (the stage does not)")
     p.add_argument("--skip-parity", action="store_true", help="throughput only (parity was checked in an earlier call)")
@@ -260,6 +262,13 @@ def main(argv: list[str] | None = None) -> int:
     e2e_workers = [int(w) for w in a.e2e_workers.split(",")] if a.e2e_workers else a.workers
     res["end_to_end_from_png"] = end_to_end(distinct_refs, distinct_dists, best[0], naive, dev, e2e_workers, a.naive_pairs,
                                             copies=a.e2e_copies)
+    if a.stage_prompts:
+        from bench_metrics import stage_end_to_end
+
+        res["score_stage_from_png"] = stage_end_to_end(dev, a.size, a.stage_prompts, 3, best[0].batch,
+                                                       res["end_to_end_from_png"]["workers"])
+        res["score_stage_from_png"]["speedup_vs_naive_from_png"] = (
+            res["score_stage_from_png"]["pairs_per_s"] / res["end_to_end_from_png"]["naive_pairs_per_s"])
     res["parity_ok"] = bool(ok)
     from bench_metrics import emit
 
