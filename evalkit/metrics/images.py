@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -231,7 +232,15 @@ def to_device_uint8(batch: "np.ndarray | Iterable[np.ndarray] | object", device:
         if a.shape != shape:
             raise ValueError(f"images in one batch must share a shape: #0 is {shape}, #{i} is {a.shape}")
     host = torch.empty((len(arrays), *shape), dtype=torch.uint8, pin_memory=cuda)
-    np.stack(arrays, out=host.numpy())
+    # torch's copy_ uses all intra-op threads (numpy's copy is single-threaded: 170 instead of 200 pairs/s on the
+    # H100 at batch 32). The arrays are only read; torch warns about read-only ones (PIL's) all the same.
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+        if isinstance(batch, np.ndarray) and batch.ndim == 4:
+            host.copy_(torch.from_numpy(np.ascontiguousarray(batch)))
+        else:
+            for i, a in enumerate(arrays):
+                host[i].copy_(torch.from_numpy(np.ascontiguousarray(a)))
     return host.to(device, non_blocking=True) if cuda else host
 
 
