@@ -298,6 +298,17 @@ def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
     assert out["n_resized"] == 1
 
 
+def test_compare_images_says_how_long_and_on_what(tmp_path, capsys):
+    from evalkit.cli import main
+    from metrics_fixtures import photo
+
+    a = _folder(tmp_path / "a", {f"x{i}.png": photo("coffee", 32) for i in range(3)})
+    b = _folder(tmp_path / "b", {f"x{i}.png": noise(photo("coffee", 32), 5, seed=i) for i in range(3)})
+    assert main(["compare-images", str(a), str(b), "--metrics", "psnr", "--workers", "1", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "3 pairs:" in out and " s on cpu, 1 decoding worker(s): " in out and "pairs/s" in out
+
+
 def test_compare_images_errors(tmp_path):
     from evalkit.metrics.stage import compare_folders
     from metrics_fixtures import photo

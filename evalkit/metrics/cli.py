@@ -127,6 +127,13 @@ def compare_images_main(args: argparse.Namespace) -> int:
         print(f"  {res['n_resized']} reference image(s) resized: {res['resize_policy']}")
     if res["n_corrupt"]:
         print(f"  {res['n_corrupt']} corrupt image(s) skipped: {', '.join(res['corrupt'][:3])}")
+    t = res["timing"]
+    line = f"  {t['wall_s']:.1f} s on {res['device']}, {t['decode_workers']} decoding worker(s)"
+    if res["n_pairs"] and t["wall_s"] > 0:
+        line += f": {res['n_pairs'] / t['wall_s']:.1f} pairs/s"
+    if t["wall_s"] > 5 and t["waiting_for_images_s"] > 0.5 * t["wall_s"]:  # not for short runs: pool start
+        line += f"; {t['waiting_for_images_s']:.1f} s of it waiting for decoded images (more --workers may help)"
+    print(line)
     return 0
 
 
