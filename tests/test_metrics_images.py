@@ -104,3 +104,59 @@ def test_pool_hands_big_arrays_back_through_shared_memory_and_frees_it(tmp_path:
     np.testing.assert_array_equal(im._from_shm(raw).array, _pil(paths[1]))
     if shm.is_dir():  # every block was unlinked once copied out
         assert {p for p in set(shm.iterdir()) - before if p.name.startswith("psm_")} == set()
+
+
+def test_full_shared_memory_falls_back_to_the_pipe(tmp_path: Path, monkeypatch) -> None:
+    # A full /dev/shm (64 MiB in a default container) must not kill the worker with SIGBUS: reserving the block's
+    # pages fails first, the block is removed, and the pixels go back through the pipe.
+    if not hasattr(im.os, "posix_fallocate"):
+        pytest.skip("no posix_fallocate on this platform")
+    p = tmp_path / "a.png"
+    Image.fromarray(_photo()).save(p)
+
+    def full(fd: int, offset: int, length: int) -> None:
+        raise OSError(28, "No space left on device")
+
+    shm = Path("/dev/shm")
+    before = set(shm.iterdir()) if shm.is_dir() else set()
+    monkeypatch.setattr(im.os, "posix_fallocate", full)
+    d = im._decode_for_pool(str(p))
+    assert d.shm is None and d.array is not None
+    np.testing.assert_array_equal(d.array, _pil(p))
+    if shm.is_dir():
+        assert {q for q in set(shm.iterdir()) - before if q.name.startswith("psm_")} == set()
+
+
+def test_decoded_ahead_but_never_read_is_freed_when_the_decoder_closes(tmp_path: Path) -> None:
+    # The scoring loops decode two chunks ahead; an exception in the loop leaves them unread. Closing the Decoder
+    # (the `with` block unwinding) must unlink their shared-memory blocks, not leave them until the process exits.
+    paths = []
+    for i in range(8):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.roll(_photo(), 9 * i, axis=0)).save(p)
+        paths.append(p)
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    before = set(shm.iterdir())
+    with pytest.raises(RuntimeError, match="scoring failed"):
+        with im.Decoder(2) as dec:
+            dec.submit(paths[:4])
+            dec.submit(paths[4:])
+            raise RuntimeError("scoring failed")
+    assert {q for q in set(shm.iterdir()) - before if q.name.startswith("psm_")} == set()
+    assert dec._outstanding == []
+
+
+def test_upload_refuses_what_is_not_a_uint8_batch() -> None:
+    with pytest.raises(ValueError, match="float32, expected uint8"):
+        im.to_device_uint8(np.zeros((2, 4, 4, 3), np.float32))
+    with pytest.raises(ValueError, match=r"shape \(N, H, W, C\)"):
+        im.to_device_uint8(np.zeros((4, 4, 3), np.uint8))
+    with pytest.raises(ValueError, match="share a shape"):
+        im.to_device_uint8([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)])
+    ro = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
+    ro.flags.writeable = False  # PIL's arrays are read-only
+    np.testing.assert_array_equal(im.to_device_uint8(list(ro)).numpy(), ro)
+    np.testing.assert_array_equal(im.to_device_uint8(ro).numpy(), ro)
+    assert tuple(im.to_device_uint8(np.zeros((0, 4, 4, 3), np.uint8)).shape) == (0, 4, 4, 3)

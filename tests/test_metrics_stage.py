@@ -266,7 +266,7 @@ def test_compare_images_json(tmp_path, capsys):
 def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
     # batch_size 2 -> chunks of 4: 11 pairs are 3 chunks, so decoding, uploading and scoring overlap. Each pair's
     # values must be those of scoring that pair alone: means equal the per-pair loop's, a corrupt file and a
-    # resized reference are counted once.
+    # resized reference are counted once. Images of 150+ px (> SHM_MIN_BYTES) come back through shared memory.
     from evalkit.metrics.psnr import psnr_uint8
     from evalkit.metrics.ssim import SSIMMetric
     from evalkit.metrics.stage import compare_folders
@@ -274,10 +274,10 @@ def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
 
     refs, cands = {}, {}
     for i in range(12):
-        r = photo(PHOTOS[i % len(PHOTOS)], 48 + 8 * (i % 3))
+        r = photo(PHOTOS[i % len(PHOTOS)], 150 + 8 * (i % 3))
         refs[f"p{i:02d}.png"] = r
         cands[f"p{i:02d}.png"] = noise(r, 3 + 4 * i, seed=i)
-    refs["p05.png"] = photo("camera", 40)  # a different size: resized to its candidate's
+    refs["p05.png"] = photo("camera", 140)  # a different size: resized to its candidate's
     a = _folder(tmp_path / "a", refs)
     b = _folder(tmp_path / "b", cands)
     (b / "p07.png").write_bytes(b"\x89PNG\r\n\x1a\ncorrupt")

@@ -325,7 +325,9 @@ def _forkserver() -> Any:
             if gpu:
                 # torch.cuda.is_available() (which diffusers calls on import) runs cuInit and marks every later fork
                 # unable to use CUDA, unless it asks NVML instead. Forked workers then found CUDA poisoned on the
-                # H100 (benchmarks/results/gpu-2026-11-21.md), even with the narrowed preload.
+                # H100 (benchmarks/results/gpu-2026-11-21.md), even with the narrowed preload. This sets it for the
+                # whole process (the forkserver inherits it when it starts, whoever starts it): is_available() then
+                # trusts NVML's device count, torch's recommended check for code that forks.
                 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
             mods = PRELOAD + (() if gpu else PRELOAD_NO_GPU)
             ctx.set_forkserver_preload([m for m in mods if package_available(m.split(".")[0])])

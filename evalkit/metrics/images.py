@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import warnings
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -91,21 +90,29 @@ SHM_MIN_BYTES = 1 << 16
 
 def _decode_for_pool(path: str) -> Decoded:
     """decode_file in a worker: a big array is copied into a new shared-memory block, and only its name and shape
-    go back (`Decoded.shm`); the main process copies it out and unlinks the block (PendingDecode.result)."""
+    go back (`Decoded.shm`); the main process copies it out and unlinks the block (PendingDecode.result).
+    Where shared memory is missing, not POSIX, or full, the array goes back through the pipe instead."""
     d = decode_file(path)
-    if d.array is None or d.array.nbytes < SHM_MIN_BYTES:
+    if d.array is None or d.array.nbytes < SHM_MIN_BYTES or os.name != "posix":
         return d
     from multiprocessing import shared_memory
 
     try:
         block = shared_memory.SharedMemory(create=True, size=d.array.nbytes)
-    except OSError:  # no /dev/shm, or it is full: the pipe still works
+    except OSError:  # no /dev/shm
         return d
     try:
+        # Creating a block only sets its size: a full /dev/shm (64 MiB in a default container) would kill this
+        # worker with SIGBUS on the write below. Reserving the pages first fails cleanly with ENOSPC instead.
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(block._fd, 0, d.array.nbytes)  # type: ignore[attr-defined]
         np.ndarray(d.array.shape, np.uint8, buffer=block.buf)[...] = d.array
-        return Decoded(d.path, d.sha256, None, None, shm=(block.name, tuple(d.array.shape)))
-    finally:
+    except OSError:
         block.close()
+        block.unlink()
+        return d
+    block.close()
+    return Decoded(d.path, d.sha256, None, None, shm=(block.name, tuple(d.array.shape)))
 
 
 def _from_shm(d: Decoded) -> Decoded:
@@ -121,6 +128,18 @@ def _from_shm(d: Decoded) -> Decoded:
     return Decoded(d.path, d.sha256, arr, d.error)
 
 
+def _unlink_shm(d: Decoded) -> None:
+    """Free a block that will not be read (an error or an early exit left it behind)."""
+    from multiprocessing import shared_memory
+
+    try:
+        block = shared_memory.SharedMemory(name=d.shm[0])  # type: ignore[index]
+    except OSError:
+        return
+    block.close()
+    block.unlink()
+
+
 def default_workers() -> int:
     return max(1, min(32, (os.cpu_count() or 1)))
 
@@ -131,6 +150,7 @@ class Decoder:
     def __init__(self, workers: int | None = None) -> None:
         self.workers = default_workers() if workers is None else max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
+        self._outstanding: list[PendingDecode] = []  # submitted, result() not yet taken
 
     def __enter__(self) -> "Decoder":
         return self
@@ -138,7 +158,12 @@ class Decoder:
     def __exit__(self, *exc: object) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        # An exception in the caller's loop leaves chunks decoded ahead: free their shared-memory blocks now, not
+        # when the process exits.
+        for pending in self._outstanding:
+            pending.discard()
+        self._outstanding.clear()
+        self._pool = None
 
     def decode(self, paths: Sequence[str | os.PathLike[str]]) -> list[Decoded]:
         return self.submit(paths).result()
@@ -169,8 +194,8 @@ class Decoder:
         # but correct, decode in this process from now on.
         import warnings
 
-        warnings.warn("image-decoding worker processes failed to start; decoding in the main process",
-                      RuntimeWarning, stacklevel=3)
+        warnings.warn("image-decoding worker processes failed (could not start, or one died); decoding in the "
+                      "main process from now on", RuntimeWarning, stacklevel=3)
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         self._pool, self.workers = None, 1
@@ -182,6 +207,13 @@ class PendingDecode:
     def __init__(self, decoder: Decoder, paths: list[str], it: Iterable[Decoded] | None) -> None:
         self._decoder, self._paths, self._it = decoder, paths, it
         self._done: list[Decoded] | None = None
+        if it is not None:
+            decoder._outstanding.append(self)
+
+    def _settled(self) -> None:
+        self._it = None
+        if self in self._decoder._outstanding:
+            self._decoder._outstanding.remove(self)
 
     def result(self) -> list[Decoded]:
         if self._done is None:
@@ -193,7 +225,20 @@ class PendingDecode:
                 except BrokenProcessPool:
                     self._decoder._give_up_pool()
                     self._done = [decode_file(p) for p in self._paths]
+                finally:
+                    self._settled()
         return self._done
+
+    def discard(self) -> None:
+        """Give up on these files: wait for what the workers finished and free its shared memory."""
+        if self._done is None and self._it is not None:
+            try:
+                for d in self._it:
+                    if d.shm:
+                        _unlink_shm(d)
+            except Exception:  # noqa: BLE001 - cancelled or broken: nothing more will arrive
+                pass
+        self._settled()
 
 
 def resize_bicubic(arr: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -217,14 +262,18 @@ def to_device_uint8(batch: "np.ndarray | Iterable[np.ndarray] | object", device:
 
     if isinstance(batch, torch.Tensor):
         return batch.to(device)
-    cuda = torch.device(device).type == "cuda"
-    if not cuda and isinstance(batch, np.ndarray) and batch.ndim == 4 and batch.flags.c_contiguous \
-            and batch.flags.writeable:
-        return torch.from_numpy(batch).to(device)  # no copy on the CPU
-    if isinstance(batch, np.ndarray):
-        arrays: Sequence[np.ndarray] = batch if batch.ndim == 4 else [batch]
-    else:
-        arrays = list(batch)
+    dev = torch.device(device)
+    cuda = dev.type == "cuda"
+    if isinstance(batch, np.ndarray) and batch.ndim != 4:
+        raise ValueError(f"expected a batch of images, shape (N, H, W, C), got shape {batch.shape}")
+    arrays: Sequence[np.ndarray] = batch if isinstance(batch, np.ndarray) else list(batch)
+    for i, a in enumerate(arrays):
+        if a.dtype != np.uint8:
+            raise ValueError(f"image #{i} is {a.dtype}, expected uint8")
+    if isinstance(batch, np.ndarray) and (len(batch) == 0 or not cuda):
+        if not cuda and batch.flags.c_contiguous and batch.flags.writeable:
+            return torch.from_numpy(batch).to(dev)  # no copy on the CPU
+        return torch.from_numpy(batch.copy()).to(dev)
     if len(arrays) == 0:
         raise ValueError("no images to upload")
     shape = arrays[0].shape
@@ -233,15 +282,16 @@ def to_device_uint8(batch: "np.ndarray | Iterable[np.ndarray] | object", device:
             raise ValueError(f"images in one batch must share a shape: #0 is {shape}, #{i} is {a.shape}")
     host = torch.empty((len(arrays), *shape), dtype=torch.uint8, pin_memory=cuda)
     # torch's copy_ uses all intra-op threads (numpy's copy is single-threaded: 170 instead of 200 pairs/s on the
-    # H100 at batch 32). The arrays are only read; torch warns about read-only ones (PIL's) all the same.
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
-        if isinstance(batch, np.ndarray) and batch.ndim == 4:
-            host.copy_(torch.from_numpy(np.ascontiguousarray(batch)))
-        else:
-            for i, a in enumerate(arrays):
+    # H100 at batch 32). torch.from_numpy refuses nothing but warns on read-only arrays (PIL's): numpy copies those.
+    if isinstance(batch, np.ndarray) and batch.flags.writeable:
+        host.copy_(torch.from_numpy(np.ascontiguousarray(batch)))
+    else:
+        for i, a in enumerate(arrays):
+            if a.flags.writeable:
                 host[i].copy_(torch.from_numpy(np.ascontiguousarray(a)))
-    return host.to(device, non_blocking=True) if cuda else host
+            else:
+                host[i].numpy()[...] = a
+    return host.to(dev, non_blocking=True)
 
 
 class Uploads:

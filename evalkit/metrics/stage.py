@@ -993,7 +993,6 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     inc = _get_metric(opts, "fid", dev) if want_dist else None
     t_start, waited = time.perf_counter(), 0.0
     with Decoder(workers) as dec, _progress(progress) as bar:
-        n_workers = dec.workers
         task = bar.add_task("compare-images", total=len(common) if paired_names else len(fa) + len(fb)) if bar else None
         if paired_names:
             step = max(4, batch_size * 2)
@@ -1066,6 +1065,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                         acc.append(inc.features(good))
                     if task is not None:
                         bar.advance(task, len(ds))
+    n_workers = dec.workers  # after the loop: a failed pool falls back to 1
     for m in names:
         spec = reg.get_spec(m)
         metric = _get_metric(opts, m, dev)
@@ -1099,7 +1099,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     # Where the time went: `waiting_for_images_s` is the scoring loop idle, waiting for decoded and uploaded
     # pixels; when it is most of `wall_s`, more decoding workers (--workers) help and a faster GPU does not.
     result["timing"] = {"wall_s": time.perf_counter() - t_start, "waiting_for_images_s": waited,
-                        "decode_workers": n_workers}
+                        "decode_workers": n_workers}  # 1 if the pool failed and decoding fell back in-process
     result["n_corrupt"] = len(corrupt)
     result["corrupt"] = corrupt[:MAX_LISTED]
     result["device"] = dev
