@@ -398,9 +398,14 @@ def test_score_a_generated_tiny_run(tiny_run, tmp_path):
             assert all(v["status"] == "skipped" for v in mets.values())
 
 
-def test_reference_images_are_decoded_once_per_run_not_per_backend(run, monkeypatch) -> None:
+def test_reference_images_are_decoded_once_per_run_not_per_backend(tmp_path, monkeypatch) -> None:
     """Scoring N backends used to decode the bf16 reference N times. It is now kept, decoded, across backends (up
-    to EVALKIT_REF_CACHE_GIB), with the same numbers as decoding it every time."""
+    to EVALKIT_REF_CACHE_GIB), with the same numbers as decoding it every time. The pipeline runs across backends, so
+    the next backend's first chunk is submitted before the previous one's references are kept; it borrows them from
+    the request still in flight instead of decoding them again."""
+    run = make_run(tmp_path / "run", {"bf16": None, "q1": lambda a, i: jpeg(a, 30 + 10 * i),
+                                      "q2": lambda a, i: noise(a, 3 + i, seed=i), "q3": lambda a, i: blur(a, 1 + i)},
+                   n_prompts=4, size=40)
     calls: list[str] = []
     real = images_mod.decode_file
 
@@ -409,15 +414,18 @@ def test_reference_images_are_decoded_once_per_run_not_per_backend(run, monkeypa
         return real(path)
 
     monkeypatch.setattr(images_mod, "decode_file", counting)
-    shared = score_run(run, FAST, workers=1, progress=False, use_cache=False)
+    # One chunk per backend: q1's is decoded with the 4 references; q2's, submitted alongside, borrows them; q3's,
+    # submitted once q1's is paired, finds them kept (16 decodes) or, with no budget to keep them, decodes them
+    # again (20).
+    shared = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
     n_shared = len(calls)
     calls.clear()
     monkeypatch.setenv("EVALKIT_REF_CACHE_GIB", "0")
-    every = score_run(run, FAST, workers=1, progress=False, use_cache=False)
-    # 4 prompts, 2 scored backends: 4 + 4 candidates, and the 4 references once (shared) or twice (budget 0).
-    assert (n_shared, len(calls)) == (12, 16)
-    for b in ("mild", "harsh"):
-        for m in ("lpips_alex", "ssim", "psnr"):
+    every = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
+    assert (n_shared, len(calls)) == (16, 20)
+    for b in ("q1", "q2", "q3"):
+        for m in ("ssim", "psnr"):
+            assert shared[b][m]["n"] == 4
             assert shared[b][m]["per_prompt"] == every[b][m]["per_prompt"], (b, m)
 
 
@@ -439,3 +447,29 @@ def test_pipelined_chunks_score_each_pair_against_its_own_reference(tmp_path) ->
             assert res["noisy"]["ssim"]["per_prompt"][pid] == pytest.approx(float(SSIMMetric().compute(a, c)[0]),
                                                                            abs=1e-7)
             assert res["noisy"]["psnr"]["per_prompt"][pid] == pytest.approx(float(psnr_uint8(a, c)[0]), abs=1e-9)
+
+
+def test_a_crash_keeps_the_backends_already_scored(run, monkeypatch) -> None:
+    """Backends are scored as one stream of chunks, but the cache is saved as each backend finishes: a run that dies
+    in the second backend rescores only that one (and decodes only its images and their references)."""
+    import evalkit.metrics.stage as stage_mod
+
+    real_score = stage_mod._score_chunk
+
+    def dying(state, plan, cur, up):
+        if plan.b == "harsh":
+            raise RuntimeError("killed")
+        return real_score(state, plan, cur, up)
+
+    monkeypatch.setattr(stage_mod, "_score_chunk", dying)
+    with pytest.raises(RuntimeError, match="killed"):
+        score_run(run, "ssim,psnr", workers=1, progress=False)
+    monkeypatch.setattr(stage_mod, "_score_chunk", real_score)
+    calls: list[str] = []
+    real = images_mod.decode_file
+    monkeypatch.setattr(images_mod, "decode_file", lambda p: (calls.append(Path(p).parent.name), real(p))[1])
+    res = score_run(run, "ssim,psnr", workers=1, progress=False)
+    assert sorted(set(calls)) == ["bf16", "harsh"] and len(calls) == 8, calls  # harsh's 4 images and their 4 references
+    fresh = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
+    for b in ("mild", "harsh"):
+        assert res[b]["ssim"]["per_prompt"] == fresh[b]["ssim"]["per_prompt"]

@@ -25,6 +25,7 @@ import csv
 import hashlib
 import io
 import os
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -415,8 +416,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
     state = _State(cache=cache, opts=opts, device=dev, ref=ref, items=items)
     with Decoder(workers) as decoder, _progress(progress) as bar:
         state.decoder, state.bar = decoder, bar
-        for b in ok:
-            _compute_backend(state, b)
+        _compute_backends(state, ok)
         if opts.real_dir and any(n.endswith("_real") for n in names):
             state.real_feats = _real_features(state, Path(opts.real_dir))
     cache.save()
@@ -445,6 +445,10 @@ class _State:
     # per backend) up to EVALKIT_REF_CACHE_GIB (default 2 GiB: ~680 images at 1024²).
     ref_images: dict[Path, Any] = field(default_factory=dict)
     ref_bytes: int = 0
+    # References on their way from the decoding workers, by the request bringing them; guarded by ref_lock with
+    # ref_images (submitted from the main thread, settled in the upload thread).
+    ref_inflight: dict[Path, Any] = field(default_factory=dict)
+    ref_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 def _ref_cache_budget() -> int:
@@ -534,7 +538,20 @@ def _text_sha(text: str) -> str:
     return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
 
 
-def _compute_backend(state: _State, b: str) -> None:
+@dataclass
+class _Plan:
+    """One backend's uncached work: paired metric -> item indices, items needing Inception features or CLIP, and
+    the chunks they are decoded and scored in."""
+    b: str
+    paired: dict[str, list[int]]
+    feats: set[int]
+    clip: set[int]
+    need_pair: set[int]
+    parts: list[list[int]]
+    task: Any = None
+
+
+def _plan_backend(state: _State, b: str) -> _Plan | None:
     paired, feats, clip = _needs(state, b)
     # Metrics are created here, on first real work; one that cannot be created is reported skipped.
     paired = {m: idx for m, idx in paired.items()
@@ -545,26 +562,77 @@ def _compute_backend(state: _State, b: str) -> None:
         clip = []
     todo = sorted(set().union(*paired.values(), feats, clip)) if (paired or feats or clip) else []
     if not todo:
-        return
-    items, cache = state.items[b], state.cache
+        return None
     chunk = max(4, state.opts.batch_size * 2)
     task = state.bar.add_task(b, total=len(todo)) if state.bar is not None else None
-    need_pair = {i for idx in paired.values() for i in idx}
-    parts = [todo[s:s + chunk] for s in range(0, len(todo), chunk)]
+    return _Plan(b=b, paired=paired, feats=set(feats), clip=set(clip),
+                 need_pair={i for idx in paired.values() for i in idx},
+                 parts=[todo[s:s + chunk] for s in range(0, len(todo), chunk)], task=task)
+
+
+def _compute_backends(state: _State, backends: Sequence[str]) -> None:
+    """Decode and score every backend's uncached work as one stream of chunks, so that the pipeline does not drain
+    between backends. Three chunks are in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by
+    a thread, k is scored here (on the GPU, when there is one). The cache is saved as each backend finishes: a crash
+    later keeps that backend's work."""
+    plans = [p for p in (_plan_backend(state, b) for b in backends) if p is not None]
+    work = [(plan, part) for plan in plans for part in plan.parts]
+    if not work:
+        return
     budget = _ref_cache_budget()
+    with Uploads(state.device) as up:
+        pending = {k: _submit_chunk(state, *work[k]) for k in range(min(2, len(work)))}
+        fut = up.submit(_prepare_chunk, state, *work[0], pending.pop(0), up, budget)
+        for k, (plan, _) in enumerate(work):
+            cur = fut.result()
+            if k + 2 < len(work):
+                pending[k + 2] = _submit_chunk(state, *work[k + 2])
+            if k + 1 < len(work):
+                fut = up.submit(_prepare_chunk, state, *work[k + 1], pending.pop(k + 1), up, budget)
+            _score_chunk(state, plan, cur, up)
+            if k + 1 == len(work) or work[k + 1][0] is not plan:
+                state.cache.save()
 
-    def submit(part: list[int]) -> Any:
-        files = [items[i].path for i in part]
-        files += [items[i].ref_path for i in part if i in need_pair and Path(items[i].ref_path) not in state.ref_images]
-        return state.decoder.submit(files)
 
-    def prepare(part: list[int], pending: Any, up: Uploads) -> dict[str, Any]:
-        # In the upload thread: wait for the chunk's pixels, find each pair's reference, start the uploads.
-        got = pending.result()
-        decoded = {Path(d.path): d for d in got}
+def _submit_chunk(state: _State, plan: _Plan, part: list[int]) -> tuple[Any, dict[Path, Any]]:
+    """Send a chunk's images to the decoding workers, with those of its references that are neither decoded already
+    nor on their way for an earlier chunk still in flight (the first chunks of the next backend are submitted
+    before the previous backend's last chunk has been paired). Returns the request and the earlier requests that
+    bring the rest of its references."""
+    items = state.items[plan.b]
+    files = [items[i].path for i in part]
+    borrowed: dict[Path, Any] = {}
+    refs: list[Path] = []
+    with state.ref_lock:
+        for i in part:
+            if i not in plan.need_pair:
+                continue
+            rp = Path(items[i].ref_path)
+            if rp in state.ref_images or rp in borrowed or rp in refs:
+                continue
+            if rp in state.ref_inflight:
+                borrowed[rp] = state.ref_inflight[rp]
+            else:
+                refs.append(rp)
+        pending = state.decoder.submit(files + refs)
+        for rp in refs:
+            state.ref_inflight[rp] = pending
+    return pending, borrowed
+
+
+def _prepare_chunk(state: _State, plan: _Plan, part: list[int], submitted: tuple[Any, dict[Path, Any]],
+                   up: Uploads, budget: int) -> dict[str, Any]:
+    """In the upload thread: wait for the chunk's pixels, find each pair's reference, start the uploads."""
+    items = state.items[plan.b]
+    pending, borrowed = submitted
+    got = pending.result()
+    decoded = {Path(d.path): d for d in got}
+    for rp, earlier in borrowed.items():  # settled already: chunks are prepared in order
+        decoded[rp] = next(d for d in earlier.result() if Path(d.path) == rp)
+    with state.ref_lock:
         for i in part:
             # The reference backend's own images (decoded for its CLIP/FID) are the later backends' references.
-            rp = Path(items[i].path) if b == state.ref else Path(items[i].ref_path) if items[i].ref_path else None
+            rp = Path(items[i].path) if plan.b == state.ref else Path(items[i].ref_path) if items[i].ref_path else None
             if rp is None:
                 continue
             if rp in state.ref_images:
@@ -573,46 +641,36 @@ def _compute_backend(state: _State, b: str) -> None:
                     and state.ref_bytes + decoded[rp].array.nbytes <= budget:
                 state.ref_images[rp] = decoded[rp]
                 state.ref_bytes += decoded[rp].array.nbytes
-        good = [i for i in part if decoded[items[i].path].array is not None]
-        pair_ok = [i for i in good if i in need_pair and decoded[items[i].ref_path].array is not None]
-        return {"part": part, "got": got, "decoded": decoded, "good": good,
-                "groups": _upload_pairs(items, pair_ok, decoded, up) if pair_ok else []}
+        for rp in [rp for rp, pend in state.ref_inflight.items() if pend is pending]:
+            del state.ref_inflight[rp]  # kept above, or over budget (later chunks decode it again)
+    good = [i for i in part if decoded[items[i].path].array is not None]
+    pair_ok = [i for i in good if i in plan.need_pair and decoded[items[i].ref_path].array is not None]
+    return {"part": part, "got": got, "decoded": decoded, "good": good,
+            "groups": _upload_pairs(items, pair_ok, decoded, up) if pair_ok else []}
 
-    # Three chunks in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by a thread, k is
-    # scored here (on the GPU, when there is one).
-    feats_set, clip_set = set(feats), set(clip)
-    with Uploads(state.device) as up:
-        pending = {k: submit(parts[k]) for k in range(min(2, len(parts)))}
-        fut = up.submit(prepare, parts[0], pending.pop(0), up)
-        for k in range(len(parts)):
-            cur = fut.result()
-            if k + 2 < len(parts):
-                pending[k + 2] = submit(parts[k + 2])
-            if k + 1 < len(parts):
-                fut = up.submit(prepare, parts[k + 1], pending.pop(k + 1), up)
-            part, decoded, good = cur["part"], cur["decoded"], cur["good"]
-            for d in cur["got"]:
-                if d.array is None and d.sha256:
-                    cache.put("corrupt", d.sha256, d.error)
-            for group in cur["groups"]:
-                _paired_group(state, b, paired, group, up)
-            f_idx = [i for i in good if i in feats_set]
-            if f_idx:
-                inc = _get_metric(state.opts, "fid", state.device)
-                fs = inc.features([decoded[items[i].path].array for i in f_idx])
-                for i, f in zip(f_idx, fs):
-                    cache.put_features(inc.feature_key, items[i].sha, f)
-            c_idx = [i for i in good if i in clip_set]
-            if c_idx:
-                cm = _get_metric(state.opts, "clip_score", state.device)
-                scores, trunc = cm.score([decoded[items[i].path].array for i in c_idx],
-                                         [items[i].prompt for i in c_idx])
-                for i, v, t in zip(c_idx, scores, trunc):
-                    cache.put(f"clip-{cm.key}", f"{items[i].sha}:{_text_sha(items[i].prompt)}",
-                              {"v": float(v), "t": bool(t)})
-            if task is not None:
-                state.bar.advance(task, len(part))
-    cache.save()  # per backend: a crash later keeps this backend's work
+
+def _score_chunk(state: _State, plan: _Plan, cur: dict[str, Any], up: Uploads) -> None:
+    items, cache = state.items[plan.b], state.cache
+    part, decoded, good = cur["part"], cur["decoded"], cur["good"]
+    for d in cur["got"]:
+        if d.array is None and d.sha256:
+            cache.put("corrupt", d.sha256, d.error)
+    for group in cur["groups"]:
+        _paired_group(state, plan.b, plan.paired, group, up)
+    f_idx = [i for i in good if i in plan.feats]
+    if f_idx:
+        inc = _get_metric(state.opts, "fid", state.device)
+        fs = inc.features([decoded[items[i].path].array for i in f_idx])
+        for i, f in zip(f_idx, fs):
+            cache.put_features(inc.feature_key, items[i].sha, f)
+    c_idx = [i for i in good if i in plan.clip]
+    if c_idx:
+        cm = _get_metric(state.opts, "clip_score", state.device)
+        scores, trunc = cm.score([decoded[items[i].path].array for i in c_idx], [items[i].prompt for i in c_idx])
+        for i, v, t in zip(c_idx, scores, trunc):
+            cache.put(f"clip-{cm.key}", f"{items[i].sha}:{_text_sha(items[i].prompt)}", {"v": float(v), "t": bool(t)})
+    if plan.task is not None:
+        state.bar.advance(plan.task, len(part))
 
 
 def _upload_pairs(items: list[Item], idx: list[int], decoded: dict[Path, Any], up: Uploads) -> list[dict[str, Any]]:
