@@ -9,6 +9,8 @@
 #   bash benchmarks/device_session.sh profile       benchmarks/gpu_profile_metrics.py (where the metric time goes)
 #   bash benchmarks/device_session.sh metrics-fast  the same, throughput only, after timing SSIM's filter methods
 #                                                   and LPIPS' memory formats
+#   bash benchmarks/device_session.sh verify        parity, throughput in memory and from PNG, and the score stage
+#                                                   streamed across backends vs restarted per backend (3 rounds)
 #   bash benchmarks/device_session.sh forkcheck     generate on CUDA through the forkserver, count fallbacks
 #   bash benchmarks/device_session.sh probe         which preloaded module initializes CUDA (forkserver safety)
 #   bash benchmarks/device_session.sh quanto SECONDS  optimum-quanto's kernel build, then quanto-int4 on the tiny model
@@ -131,6 +133,14 @@ step_metrics_fast() {
   say "metrics (throughput only, SSIM filter and LPIPS variants) rc=$?"
 }
 
+step_verify() {
+  # The final code, measured whole: LPIPS/SSIM parity, throughput in memory and from PNG (12 workers), and the score
+  # stage with its stream restarted per backend against one stream across backends, alternating 3 times.
+  timeout 480 python3 benchmarks/gpu_metrics.py --weights-dir .gl --e2e-workers 12 --stage-prompts 96 \
+    --stage-rounds 3 >>"$LOG" 2>&1
+  say "verify (parity, throughput, score stage per backend vs across backends) rc=$?"
+}
+
 step_forkcheck() {
   # The generate stage's forkserver on a GPU machine: workers must run forked, with no fallback to subprocesses.
   local d=/tmp/evalkit-runs/forkcheck
@@ -160,6 +170,7 @@ while [ $# -gt 0 ]; do
     profile) step_profile; shift ;;
     probe) step_probe; shift ;;
     metrics-fast) step_metrics_fast; shift ;;
+    verify) step_verify; shift ;;
     forkcheck) step_forkcheck; shift ;;
     quanto) step_quanto "${2:?quanto needs its budget in seconds}"; shift 2 ;;
     tests) step_tests; shift ;;

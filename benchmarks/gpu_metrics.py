@@ -178,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--e2e-workers", help="from-files run: decode-worker counts to try, e.g. 8,12,16")
     p.add_argument("--stage-prompts", type=int, default=0,
                    help="also time the score stage on a run directory: bf16 + 3 backends, this many images each")
+    p.add_argument("--stage-rounds", type=int, default=1,
+                   help="score-stage run: rounds of (stream restarted per backend, one stream across backends)")
     p.add_argument("--e2e-copies", type=int, default=8, help="from-files run: each pair written this many times")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (the stage does not)")
     p.add_argument("--skip-parity", action="store_true", help="throughput only (parity was checked in an earlier call)")
@@ -266,7 +268,7 @@ def main(argv: list[str] | None = None) -> int:
         from bench_metrics import stage_end_to_end
 
         res["score_stage_from_png"] = stage_end_to_end(dev, a.size, a.stage_prompts, 3, best[0].batch,
-                                                       res["end_to_end_from_png"]["workers"])
+                                                       res["end_to_end_from_png"]["workers"], a.stage_rounds)
         res["score_stage_from_png"]["speedup_vs_naive_from_png"] = (
             res["score_stage_from_png"]["pairs_per_s"] / res["end_to_end_from_png"]["naive_pairs_per_s"])
     res["parity_ok"] = bool(ok)
