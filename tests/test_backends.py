@@ -9,7 +9,7 @@ import pytest
 
 from conftest import run_evalkit
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BACKENDS, availability, parse_backend, parse_backend_list
+from evalkit.generate.backends import BACKENDS, availability, package_available, parse_backend, parse_backend_list
 from evalkit.io import read_json
 
 # What must generate on CPU (environment.md), and which components each must have quantized there.
@@ -169,3 +169,29 @@ def test_every_named_hook_of_a_recipe_exists(all_backends_run: Path) -> None:
     assert rec["status"] == "ok" and "prepare" in rec and rec["prepare"] is None
     summary = read_json(all_backends_run / "summary.json")["backends"]["quanto-int4"]
     assert "prepare_time_s" in summary and summary["prepare_time_s"] is None
+
+
+@pytest.mark.parametrize("name,on_gpu", [("bf16", False), ("torchao-int8wo", True), ("quanto-int8", True),
+                                         ("quanto-int4", True), ("quanto-int8+offload", False)])
+def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch, name, on_gpu) -> None:
+    """torchao and optimum-quanto quantize each layer where it is loaded. On CUDA, without offloading, evalkit loads
+    with device_map="cuda" so that happens on the GPU (quanto on the CPU took 158 s for int8 and did not finish int4
+    in 7 minutes at full size: benchmarks/results/gpu-2026-11-21.md). On the CPU, and with offloading, never."""
+    import diffusers
+
+    from evalkit.generate import loading
+    from evalkit.generate.backends import BuildContext, parse_backend
+
+    spec = parse_backend(name)
+    for mod in spec.backend.requires:
+        if not package_available(mod):
+            pytest.skip(f"{mod} is not installed here")
+    seen: list[dict] = []
+    monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", classmethod(lambda cls, path, **kw: seen.append(kw)))
+    for device in ("cuda", "cpu"):
+        ctx = BuildContext(device=device, capability=(9, 0) if device == "cuda" else None, model_path="/nonexistent",
+                           options={}, cache_dir="/nonexistent")
+        _, info = loading.load_pipeline(spec, ctx, None)
+        expect = on_gpu and device == "cuda"
+        assert (seen[-1].get("device_map") == "cuda") is expect, (name, device, seen[-1])
+        assert (info.get("device_map") == "cuda") is expect

@@ -36,6 +36,10 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
+# Libraries whose quantize-on-load runs on the GPU when the pipeline is loaded with device_map="cuda".
+QUANTIZE_ON_GPU = ("torchao", "optimum-quanto")
+
+
 def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tuple[str, ...] | None,
                   gguf_file: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Load the pipeline for `spec` (not yet moved to the device). Returns (pipe, quantization info)."""
@@ -55,9 +59,11 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
     if b.transformer_loader:
         kwargs["transformer"] = TRANSFORMER_LOADERS[b.transformer_loader](ctx, gguf_file, info)
 
-    if ctx.device == "cuda" and b.library == "torchao" and not spec.modifiers_offload:
-        # torchao packs int4 weights with CUDA-only ops, so quantize-on-load must happen on the GPU, not on the CPU
-        # before a .to("cuda").
+    if ctx.device == "cuda" and b.library in QUANTIZE_ON_GPU and not spec.modifiers_offload:
+        # Quantize each layer on the GPU as it loads, not on the CPU before a .to("cuda"). torchao packs int4
+        # weights with CUDA-only ops. optimum-quanto's freeze() on the CPU took 158 s for int8, and had not finished
+        # int4 after 7 minutes, at full size on the H100 host (benchmarks/results/gpu-2026-11-21.md). The price is
+        # headroom for one layer's bf16 and quantized weights at once while loading ("load peak reserved").
         kwargs["device_map"] = "cuda"
         info["device_map"] = "cuda"
     pipe = FluxPipeline.from_pretrained(ctx.model_path, **kwargs)
