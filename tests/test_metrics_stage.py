@@ -398,7 +398,29 @@ def test_score_a_generated_tiny_run(tiny_run, tmp_path):
             assert all(v["status"] == "skipped" for v in mets.values())
 
 
-def test_reference_images_are_decoded_once_per_run_not_per_backend(tmp_path, monkeypatch) -> None:
+def _count_decodes(monkeypatch) -> list[str]:
+    calls: list[str] = []
+    real = images_mod.decode_file
+
+    def counting(path):
+        calls.append(f"{Path(path).parent.name}/{Path(path).name}")
+        return real(path)
+
+    monkeypatch.setattr(images_mod, "decode_file", counting)
+    return calls
+
+
+@pytest.mark.parametrize("metrics,counts", [
+    # bf16 has no work of its own. One chunk per backend: q1's is decoded with the 4 references; q2's, submitted
+    # alongside, borrows them; q3's, submitted once q1's is paired, finds them kept (16 decodes) or, with no budget to
+    # keep them, decodes them again (20).
+    ("ssim,psnr", (16, 20)),
+    # bf16's own chunk (for CLIP) decodes the references; q1's, submitted alongside, borrows them; q2's and q3's find
+    # them kept (16). With no budget, q2's decodes them again and q3's, submitted alongside, borrows those (20).
+    ("ssim,psnr,clip", (16, 20)),
+])
+def test_reference_images_are_decoded_once_per_run_not_per_backend(tmp_path, monkeypatch, fake_clip, metrics,
+                                                                   counts) -> None:
     """Scoring N backends used to decode the bf16 reference N times. It is now kept, decoded, across backends (up
     to EVALKIT_REF_CACHE_GIB), with the same numbers as decoding it every time. The pipeline runs across backends, so
     the next backend's first chunk is submitted before the previous one's references are kept; it borrows them from
@@ -406,27 +428,32 @@ def test_reference_images_are_decoded_once_per_run_not_per_backend(tmp_path, mon
     run = make_run(tmp_path / "run", {"bf16": None, "q1": lambda a, i: jpeg(a, 30 + 10 * i),
                                       "q2": lambda a, i: noise(a, 3 + i, seed=i), "q3": lambda a, i: blur(a, 1 + i)},
                    n_prompts=4, size=40)
-    calls: list[str] = []
-    real = images_mod.decode_file
-
-    def counting(path):
-        calls.append(Path(path).name)
-        return real(path)
-
-    monkeypatch.setattr(images_mod, "decode_file", counting)
-    # One chunk per backend: q1's is decoded with the 4 references; q2's, submitted alongside, borrows them; q3's,
-    # submitted once q1's is paired, finds them kept (16 decodes) or, with no budget to keep them, decodes them
-    # again (20).
-    shared = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
+    calls = _count_decodes(monkeypatch)
+    shared = score_run(run, metrics, workers=1, progress=False, use_cache=False)
     n_shared = len(calls)
     calls.clear()
     monkeypatch.setenv("EVALKIT_REF_CACHE_GIB", "0")
-    every = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
-    assert (n_shared, len(calls)) == (16, 20)
+    every = score_run(run, metrics, workers=1, progress=False, use_cache=False)
+    assert (n_shared, len(calls)) == counts
     for b in ("q1", "q2", "q3"):
         for m in ("ssim", "psnr"):
             assert shared[b][m]["n"] == 4
             assert shared[b][m]["per_prompt"] == every[b][m]["per_prompt"], (b, m)
+
+
+def test_backends_with_identical_images_are_scored_once(tmp_path, monkeypatch, fake_clip) -> None:
+    """Results are keyed by image content and every backend is planned before any is scored: a backend whose images
+    equal an earlier backend's (`X` and `X+offload`, say) takes no decoding and no model time, and gets the same
+    values."""
+    run = make_run(tmp_path / "run", {"bf16": None, "q1": lambda a, i: jpeg(a, 30 + 10 * i),
+                                      "q1_copy": lambda a, i: jpeg(a, 30 + 10 * i)}, n_prompts=4, size=40)
+    calls = _count_decodes(monkeypatch)
+    res = score_run(run, "ssim,psnr,clip", workers=1, progress=False, use_cache=False)
+    assert sorted({c.split("/")[0] for c in calls}) == ["bf16", "q1"] and len(calls) == 8, calls
+    assert fake_clip["n"] == 8  # bf16's 4 images and q1's 4
+    for m in ("ssim", "psnr", "clip_score"):
+        assert res["q1_copy"][m]["n"] == 4
+        assert res["q1_copy"][m]["per_prompt"] == res["q1"][m]["per_prompt"]
 
 
 def test_pipelined_chunks_score_each_pair_against_its_own_reference(tmp_path) -> None:

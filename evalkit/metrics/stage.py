@@ -449,6 +449,7 @@ class _State:
     # ref_images (submitted from the main thread, settled in the upload thread).
     ref_inflight: dict[Path, Any] = field(default_factory=dict)
     ref_lock: threading.Lock = field(default_factory=threading.Lock)
+    claimed: set[tuple[str, ...]] = field(default_factory=set)  # work planned this run, by content key
 
 
 def _ref_cache_budget() -> int:
@@ -553,6 +554,13 @@ class _Plan:
 
 def _plan_backend(state: _State, b: str) -> _Plan | None:
     paired, feats, clip = _needs(state, b)
+    # Results are keyed by content, and every backend is planned before any is scored: work an earlier backend (or
+    # an earlier item) already plans is not planned again. Identical images, e.g. `X` and `X+offload`, cost nothing.
+    items, claimed = state.items[b], state.claimed
+    paired = {m: [i for i in idx if _claim(claimed, ("pair", m, items[i].pair_key))] for m, idx in paired.items()}
+    paired = {m: idx for m, idx in paired.items() if idx}
+    feats = [i for i in feats if _claim(claimed, ("feat", items[i].sha))]
+    clip = [i for i in clip if _claim(claimed, ("clip", items[i].sha, _text_sha(items[i].prompt)))]
     # Metrics are created here, on first real work; one that cannot be created is reported skipped.
     paired = {m: idx for m, idx in paired.items()
               if not isinstance(_get_metric(state.opts, m, state.device), reg.MetricUnavailable)}
@@ -568,6 +576,13 @@ def _plan_backend(state: _State, b: str) -> _Plan | None:
     return _Plan(b=b, paired=paired, feats=set(feats), clip=set(clip),
                  need_pair={i for idx in paired.values() for i in idx},
                  parts=[todo[s:s + chunk] for s in range(0, len(todo), chunk)], task=task)
+
+
+def _claim(claimed: set[tuple[str, ...]], key: tuple[str, ...]) -> bool:
+    if key in claimed:
+        return False
+    claimed.add(key)
+    return True
 
 
 def _compute_backends(state: _State, backends: Sequence[str]) -> None:
@@ -615,7 +630,8 @@ def _submit_chunk(state: _State, plan: _Plan, part: list[int]) -> tuple[Any, dic
             else:
                 refs.append(rp)
         pending = state.decoder.submit(files + refs)
-        for rp in refs:
+        # The reference backend's own images (decoded for its CLIP/FID) are the next backends' references too.
+        for rp in refs + ([Path(f) for f in files] if plan.b == state.ref else []):
             state.ref_inflight[rp] = pending
     return pending, borrowed
 
