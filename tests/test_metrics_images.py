@@ -81,6 +81,11 @@ def test_decoder_pool_and_prefetch_return_files_in_order(tmp_path: Path) -> None
     assert [int(d.array[0, 0, 0]) // 20 for d in got[5:]] == [0, 1, 2, 3, 4]
 
 
+def _new_blocks(before: set[Path]) -> set[Path]:
+    """Shared-memory blocks created since `before`: named by a Decoder ("ek…"), or by Python ("psm_…")."""
+    return {q for q in set(Path("/dev/shm").iterdir()) - before if q.name.startswith(("psm_", "ek"))}
+
+
 def test_pool_hands_big_arrays_back_through_shared_memory_and_frees_it(tmp_path: Path) -> None:
     # 200x300x3 = 180 KB, above SHM_MIN_BYTES: these come back as shared-memory blocks, not pickles.
     photo = _photo()
@@ -103,7 +108,7 @@ def test_pool_hands_big_arrays_back_through_shared_memory_and_frees_it(tmp_path:
     assert raw.array is None and raw.shm is not None and raw.shm[1] == photo.shape
     np.testing.assert_array_equal(im._from_shm(raw).array, _pil(paths[1]))
     if shm.is_dir():  # every block was unlinked once copied out
-        assert {p for p in set(shm.iterdir()) - before if p.name.startswith("psm_")} == set()
+        assert _new_blocks(before) == set()
 
 
 def test_full_shared_memory_falls_back_to_the_pipe(tmp_path: Path, monkeypatch) -> None:
@@ -124,7 +129,7 @@ def test_full_shared_memory_falls_back_to_the_pipe(tmp_path: Path, monkeypatch) 
     assert d.shm is None and d.array is not None
     np.testing.assert_array_equal(d.array, _pil(p))
     if shm.is_dir():
-        assert {q for q in set(shm.iterdir()) - before if q.name.startswith("psm_")} == set()
+        assert _new_blocks(before) == set()
 
 
 def test_decoded_ahead_but_never_read_is_freed_when_the_decoder_closes(tmp_path: Path) -> None:
@@ -144,7 +149,7 @@ def test_decoded_ahead_but_never_read_is_freed_when_the_decoder_closes(tmp_path:
             dec.submit(paths[:4])
             dec.submit(paths[4:])
             raise RuntimeError("scoring failed")
-    assert {q for q in set(shm.iterdir()) - before if q.name.startswith("psm_")} == set()
+    assert _new_blocks(before) == set()
     assert dec._outstanding == []
 
 
@@ -160,3 +165,36 @@ def test_upload_refuses_what_is_not_a_uint8_batch() -> None:
     np.testing.assert_array_equal(im.to_device_uint8(list(ro)).numpy(), ro)
     np.testing.assert_array_equal(im.to_device_uint8(ro).numpy(), ro)
     assert tuple(im.to_device_uint8(np.zeros((0, 4, 4, 3), np.uint8)).shape) == (0, 4, 4, 3)
+
+
+def test_a_worker_killed_mid_request_leaves_no_blocks_and_correct_pixels(tmp_path: Path) -> None:
+    """A worker dies while a request is being decoded (the OOM killer, say). The files are decoded again in this
+    process, and the blocks the other worker had already written for later files, which will never be read, are
+    freed: the Decoder named every block before handing the work out."""
+    import os
+    import signal
+    import time
+    import warnings
+
+    shm = Path("/dev/shm")
+    if not shm.is_dir():
+        pytest.skip("no /dev/shm")
+    paths = []
+    for i in range(24):
+        p = tmp_path / f"{i}.png"
+        Image.fromarray(np.roll(_photo(), 11 * i, axis=1)).save(p)
+        paths.append(p)
+    before = set(shm.iterdir())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        with im.Decoder(2) as dec:
+            pending = dec.submit(paths)
+            deadline = time.monotonic() + 30
+            while not any(q.name.startswith(dec._shm_prefix) for q in shm.iterdir()) and time.monotonic() < deadline:
+                time.sleep(0.005)
+            os.kill(next(iter(dec._pool._processes)), signal.SIGKILL)
+            got = pending.result()
+            assert _new_blocks(before) == set()
+    assert any("worker processes failed" in str(w.message) for w in caught)
+    for p, d in zip(paths, got):
+        np.testing.assert_array_equal(d.array, _pil(p))

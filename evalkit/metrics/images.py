@@ -9,7 +9,9 @@ backend's own pixels are what gets scored.
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
+import secrets
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
@@ -88,18 +90,19 @@ def _fast_png(data: bytes) -> np.ndarray | None:
 SHM_MIN_BYTES = 1 << 16
 
 
-def _decode_for_pool(path: str) -> Decoded:
+def _decode_for_pool(path: str, name: str | None = None) -> Decoded:
     """decode_file in a worker: a big array is copied into a new shared-memory block, and only its name and shape
     go back (`Decoded.shm`); the main process copies it out and unlinks the block (PendingDecode.result).
-    Where shared memory is missing, not POSIX, or full, the array goes back through the pipe instead."""
+    The main process chose the block's `name`, so it can free the block even when this worker dies or its result
+    never arrives. Where shared memory is missing, not POSIX, or full, the array goes back through the pipe."""
     d = decode_file(path)
     if d.array is None or d.array.nbytes < SHM_MIN_BYTES or os.name != "posix":
         return d
     from multiprocessing import shared_memory
 
     try:
-        block = shared_memory.SharedMemory(create=True, size=d.array.nbytes)
-    except OSError:  # no /dev/shm
+        block = shared_memory.SharedMemory(create=True, size=d.array.nbytes, name=name)
+    except OSError:  # no /dev/shm, or a stale block of that name
         return d
     try:
         # Creating a block only sets its size: a full /dev/shm (64 MiB in a default container) would kill this
@@ -128,16 +131,17 @@ def _from_shm(d: Decoded) -> Decoded:
     return Decoded(d.path, d.sha256, arr, d.error)
 
 
-def _unlink_shm(d: Decoded) -> None:
-    """Free a block that will not be read (an error or an early exit left it behind)."""
+def _unlink_shm_names(names: Iterable[str]) -> None:
+    """Free the blocks of these names that exist (an error, a dead worker or an early exit left them behind)."""
     from multiprocessing import shared_memory
 
-    try:
-        block = shared_memory.SharedMemory(name=d.shm[0])  # type: ignore[index]
-    except OSError:
-        return
-    block.close()
-    block.unlink()
+    for name in names:
+        try:
+            block = shared_memory.SharedMemory(name=name)
+        except OSError:  # never created, or already read and unlinked
+            continue
+        block.close()
+        block.unlink()
 
 
 def default_workers() -> int:
@@ -151,6 +155,8 @@ class Decoder:
         self.workers = default_workers() if workers is None else max(1, workers)
         self._pool: ProcessPoolExecutor | None = None
         self._outstanding: list[PendingDecode] = []  # submitted, result() not yet taken
+        # Shared-memory block names handed to the workers: unique to this decoder, short enough for macOS (31).
+        self._shm_prefix, self._shm_count = f"ek{secrets.token_hex(4)}_", itertools.count()
 
     def __enter__(self) -> "Decoder":
         return self
@@ -184,7 +190,8 @@ class Decoder:
         chunk = max(1, len(paths) // (self.workers * 2))
         try:
             # Executor.map submits every task now; iterating the result waits for them in order.
-            return PendingDecode(self, paths, self._pool.map(_decode_for_pool, paths, chunksize=chunk))
+            names = [f"{self._shm_prefix}{next(self._shm_count)}" for _ in paths]
+            return PendingDecode(self, paths, self._pool.map(_decode_for_pool, paths, names, chunksize=chunk), names)
         except BrokenProcessPool:
             self._give_up_pool()
             return PendingDecode(self, paths, None)
@@ -204,8 +211,9 @@ class Decoder:
 class PendingDecode:
     """Files being decoded by a Decoder; `result()` returns them in the order given."""
 
-    def __init__(self, decoder: Decoder, paths: list[str], it: Iterable[Decoded] | None) -> None:
-        self._decoder, self._paths, self._it = decoder, paths, it
+    def __init__(self, decoder: Decoder, paths: list[str], it: Iterable[Decoded] | None,
+                 shm_names: Sequence[str] = ()) -> None:
+        self._decoder, self._paths, self._it, self._shm_names = decoder, paths, it, tuple(shm_names)
         self._done: list[Decoded] | None = None
         if it is not None:
             decoder._outstanding.append(self)
@@ -223,21 +231,31 @@ class PendingDecode:
                 try:
                     self._done = [_from_shm(d) if d.shm else d for d in self._it]
                 except BrokenProcessPool:
+                    # The workers are gone; blocks they wrote for files after the one that broke would never be read.
+                    _unlink_shm_names(self._shm_names)
+                    self._settled()
                     self._decoder._give_up_pool()
                     self._done = [decode_file(p) for p in self._paths]
-                finally:
+                except BaseException:
+                    # Workers may still be writing this request's blocks: it stays outstanding, and the Decoder's
+                    # exit frees them once its pool has stopped (discard). Asked again, it decodes in-process.
+                    self._it = None
+                    raise
+                else:
                     self._settled()
         return self._done
 
     def discard(self) -> None:
-        """Give up on these files: wait for what the workers finished and free its shared memory."""
-        if self._done is None and self._it is not None:
+        """Give up on these files: wait until no worker can still write one of their blocks, then free them all."""
+        it, self._it = self._it, None
+        if it is not None and self._done is None:
             try:
-                for d in self._it:
-                    if d.shm:
-                        _unlink_shm(d)
+                for _ in it:
+                    pass
             except Exception:  # noqa: BLE001 - cancelled or broken: nothing more will arrive
                 pass
+        if self._done is None:
+            _unlink_shm_names(self._shm_names)
         self._settled()
 
 
