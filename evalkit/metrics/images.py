@@ -12,11 +12,12 @@ import hashlib
 import itertools
 import os
 import secrets
+import time
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence, TypeVar
 
 import numpy as np
 
@@ -312,14 +313,16 @@ def to_device_uint8(batch: "np.ndarray | Iterable[np.ndarray] | object", device:
     return host.to(dev, non_blocking=True)
 
 
+_T = TypeVar("_T")
+
+
 class Uploads:
     """A background thread that prepares and uploads the next batch while the caller scores this one. On CUDA the
     host's copy into page-locked memory and the transfer (on a side stream) overlap the GPU's work.
 
         with Uploads("cuda") as up:
-            fut = up.submit(prepare, k)   # prepare runs in the thread and calls up.upload(arrays)
-            handle = ...fut.result()...
-            t = up.ready(handle)          # the device tensor, safe to use on the current stream
+            for k, prepared, _ in up.pipeline(n, submit, prepare):  # prepare runs in the thread, calls up.upload
+                t = up.ready(prepared["handle"])  # the device tensor, safe to use on the current stream
     """
 
     def __init__(self, device: "str | object") -> None:
@@ -333,6 +336,26 @@ class Uploads:
 
     def submit(self, fn: "object", *args: object) -> "object":
         return self._pool.submit(fn, *args)  # type: ignore[arg-type]
+
+    def pipeline(self, n: int, submit: Callable[[int], Any],
+                 prepare: Callable[[int, Any], _T]) -> Iterator[tuple[int, _T, float]]:
+        """Chunks 0..n-1 with three in flight: `submit(k)` starts chunk k decoding (in the Decoder's workers),
+        `prepare(k, submitted)` runs in this object's thread (wait for the pixels, pair them, `upload` them), and
+        chunk k is yielded to be scored while k+1 is prepared and k+2 decodes. Yields (k, prepared, seconds the
+        caller waited for it)."""
+        if n <= 0:
+            return
+        pending = {k: submit(k) for k in range(min(2, n))}
+        fut = self._pool.submit(prepare, 0, pending.pop(0))
+        for k in range(n):
+            t = time.perf_counter()
+            cur = fut.result()
+            waited = time.perf_counter() - t
+            if k + 2 < n:
+                pending[k + 2] = submit(k + 2)
+            if k + 1 < n:
+                fut = self._pool.submit(prepare, k + 1, pending.pop(k + 1))
+            yield k, cur, waited
 
     def upload(self, arrays: Sequence[np.ndarray]) -> tuple[object, object]:
         """Start the upload of one uint8 batch; returns a handle for `ready`."""

@@ -596,14 +596,9 @@ def _compute_backends(state: _State, backends: Sequence[str]) -> None:
         return
     budget = _ref_cache_budget()
     with Uploads(state.device) as up:
-        pending = {k: _submit_chunk(state, *work[k]) for k in range(min(2, len(work)))}
-        fut = up.submit(_prepare_chunk, state, *work[0], pending.pop(0), up, budget)
-        for k, (plan, _) in enumerate(work):
-            cur = fut.result()
-            if k + 2 < len(work):
-                pending[k + 2] = _submit_chunk(state, *work[k + 2])
-            if k + 1 < len(work):
-                fut = up.submit(_prepare_chunk, state, *work[k + 1], pending.pop(k + 1), up, budget)
+        for k, cur, _ in up.pipeline(len(work), lambda k: _submit_chunk(state, *work[k]),
+                                     lambda k, sub: _prepare_chunk(state, *work[k], sub, up, budget)):
+            plan = work[k][0]
             _score_chunk(state, plan, cur, up)
             if k + 1 == len(work) or work[k + 1][0] is not plan:
                 state.cache.save()
@@ -1098,19 +1093,11 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                                           up.upload([pairs[i][1] for i in g])))
                 return out
 
-            # Three stages in flight: chunk k+2 decodes in the worker processes, chunk k+1 is paired and uploaded
-            # in a thread, chunk k is scored here (on the GPU, when there is one).
+            # Three chunks in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded in a thread,
+            # k is scored here (on the GPU, when there is one).
             with Uploads(dev) as up:
-                pending = {k: submit(k) for k in range(min(2, len(chunks)))}
-                fut = up.submit(prepare, 0, pending.pop(0))
-                for k, names_chunk in enumerate(chunks):
-                    t_wait = time.perf_counter()
-                    cur = fut.result()
-                    waited += time.perf_counter() - t_wait
-                    if k + 2 < len(chunks):
-                        pending[k + 2] = submit(k + 2)
-                    if k + 1 < len(chunks):
-                        fut = up.submit(prepare, k + 1, pending.pop(k + 1))
+                for k, cur, wait in up.pipeline(len(chunks), submit, prepare):
+                    waited += wait
                     corrupt += cur["corrupt"]
                     n_resized += cur["resized"]
                     if inc is not None and not isinstance(inc, reg.MetricUnavailable):
@@ -1128,7 +1115,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                                 continue
                             paired_vals[m] += [float(v) for v in metric.compute(ra, yb)]
                     if task is not None:
-                        bar.advance(task, len(names_chunk))
+                        bar.advance(task, len(chunks[k]))
         elif inc is not None and not isinstance(inc, reg.MetricUnavailable):
             for files, acc in ((list(fa.values()), feats_a), (list(fb.values()), feats_b)):
                 for s in range(0, len(files), 32):
