@@ -7,7 +7,7 @@ implementation (tests/test_metrics_<name>.py). The score stage and `compare-imag
 Kinds:
   paired        candidate image vs the reference backend's image of the same prompt and seed
   prompt        image vs its prompt text (computed for every backend, the reference included)
-  distribution  a backend's image set vs the reference set (or a folder of real images)
+  set           a backend's image set vs the reference set (or a folder of real images), from shared features
 
 Importing this module is cheap (no torch, no numpy): the CLI lists metrics without loading any network.
 """
@@ -21,7 +21,8 @@ from typing import Any, Literal, Mapping
 
 from evalkit.errors import EvalkitError, MissingWeightsError, suggest
 
-Kind = Literal["paired", "prompt", "distribution"]
+Kind = Literal["paired", "prompt", "set"]
+KINDS: tuple[str, ...] = ("paired", "prompt", "set")
 
 # Bump when a metric's numbers change for the same images and options: it is part of every cache key.
 METRICS_VERSION = "1"
@@ -43,14 +44,43 @@ class MetricSpec:
     reference: Literal["bf16", "real", "text"] = "bf16"  # what it compares against
     derived_from: str | None = None  # computed from another metric's per-image values (no factory call)
     modules: tuple[str, ...] = ()  # modules that must exist (a metric whose code is not there is skipped)
+    # How reports, tables and the gate show it. The direction above is the only statement of direction.
+    label: str = ""  # e.g. "LPIPS (AlexNet)"; defaults to the name
+    unit: str = ""  # e.g. "dB"
+    digits: int = 4  # decimals shown
+    # Features this metric shares with others of its kind (FID and KID share "inception"): computed once per run.
+    extractor: str | None = None
+
+    @property
+    def display(self) -> str:
+        return self.label or self.name
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
+    """Add `spec` to the registry after checking it; a bad entry fails here, at import, not mid-run."""
+    import re
+
+    if not isinstance(spec, MetricSpec):
+        raise TypeError(f"register_metric takes a MetricSpec, got {type(spec).__name__}")
+    if not re.fullmatch(r"[a-z][a-z0-9_]*", spec.name or ""):
+        raise ValueError(f"metric name {spec.name!r} must be lower_snake_case (it is a thresholds key and a file name)")
     if spec.name in _REGISTRY:
         raise ValueError(f"metric {spec.name!r} is already registered")
+    if spec.kind not in KINDS:
+        raise ValueError(f"metric {spec.name!r}: kind {spec.kind!r} is not one of {', '.join(KINDS)}")
+    if not isinstance(spec.higher_is_better, bool):
+        raise ValueError(f"metric {spec.name!r}: higher_is_better must be True or False")
+    if not spec.derived_from and ":" not in spec.factory:
+        raise ValueError(f"metric {spec.name!r}: factory must be 'module:attribute', got {spec.factory!r}")
+    if spec.derived_from and spec.derived_from not in _REGISTRY:
+        raise ValueError(f"metric {spec.name!r} is derived from {spec.derived_from!r}, which is not registered (yet)")
+    if not isinstance(spec.digits, int) or not 0 <= spec.digits <= 8:
+        raise ValueError(f"metric {spec.name!r}: digits must be an int in 0..8")
+    if spec.kind == "set" and not spec.extractor:
+        raise ValueError(f"metric {spec.name!r}: a set metric names the feature extractor it uses")
     _REGISTRY[spec.name] = spec
     return spec
 
@@ -117,34 +147,34 @@ def cache_key(name: str, options: Mapping[str, Any] | None = None) -> str:
 for _spec in [
     MetricSpec("lpips_alex", "paired", False, "evalkit.metrics.lpips:LPIPSMetric",
                weights=("lpips_alex", "lpips_lin_alex"), options={"net": "alex"},
-               description="LPIPS v0.1, AlexNet features (the default LPIPS), vs the reference image; 0 = identical"),
+               description="LPIPS v0.1, AlexNet features (the default LPIPS), vs the reference image; 0 = identical", label="LPIPS (AlexNet)", digits=4),
     MetricSpec("lpips_vgg", "paired", False, "evalkit.metrics.lpips:LPIPSMetric",
                weights=("lpips_vgg", "lpips_lin_vgg"), options={"net": "vgg"},
-               description="LPIPS v0.1, VGG16 features, vs the reference image; 0 = identical"),
+               description="LPIPS v0.1, VGG16 features, vs the reference image; 0 = identical", label="LPIPS (VGG16)", digits=4),
     MetricSpec("ssim", "paired", True, "evalkit.metrics.ssim:SSIMMetric",
-               description="SSIM, Gaussian 11/1.5, data range 1, vs the reference image; 1 = identical"),
+               description="SSIM, Gaussian 11/1.5, data range 1, vs the reference image; 1 = identical", label="SSIM", digits=4),
     MetricSpec("ms_ssim", "paired", True, "evalkit.metrics.ssim:MSSSIMMetric",
-               description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical"),
+               description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical", label="MS-SSIM", digits=4),
     MetricSpec("psnr", "paired", True, "evalkit.metrics.psnr:PSNRMetric",
-               description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image"),
+               description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image", label="PSNR", unit="dB", digits=2),
     MetricSpec("clip_score", "prompt", True, "evalkit.metrics.stage:ClipPromptMetric", weights=("clip",),
                reference="text", modules=("evalkit.metrics.clip_score",),
-               description="CLIP score 100*max(cos(image, prompt), 0); prompts truncated to 77 tokens keeping EOS"),
+               description="CLIP score 100*max(cos(image, prompt), 0); prompts truncated to 77 tokens keeping EOS", label="CLIP score", digits=2),
     MetricSpec("clip_score_drop", "prompt", False, "evalkit.metrics.stage:ClipPromptMetric", weights=("clip",),
                reference="bf16", derived_from="clip_score", modules=("evalkit.metrics.clip_score",),
-               description="reference's CLIP score minus this backend's, per image pair; > 0 = worse alignment"),
-    MetricSpec("fid", "distribution", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+               description="reference's CLIP score minus this backend's, per image pair; > 0 = worse alignment", label="CLIP score drop", digits=3),
+    MetricSpec("fid", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
-               description="FID of the backend's set vs the reference set (clean-fid 'clean' resize, TF Inception, float64)"),
-    MetricSpec("kid", "distribution", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+               description="FID of the backend's set vs the reference set (clean-fid 'clean' resize, TF Inception, float64)", label="FID", digits=2, extractor="inception"),
+    MetricSpec("kid", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
-               description="KID (unbiased MMD, cubic kernel) of the backend's set vs the reference set"),
-    MetricSpec("fid_real", "distribution", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+               description="KID (unbiased MMD, cubic kernel) of the backend's set vs the reference set", label="KID", digits=4, extractor="inception"),
+    MetricSpec("fid_real", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
-               description="FID of the backend's set vs --real-dir"),
-    MetricSpec("kid_real", "distribution", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+               description="FID of the backend's set vs --real-dir", label="FID vs real images", digits=2, extractor="inception"),
+    MetricSpec("kid_real", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
-               description="KID of the backend's set vs --real-dir"),
+               description="KID of the backend's set vs --real-dir", label="KID vs real images", digits=4, extractor="inception"),
 ]:
     register_metric(_spec)
 

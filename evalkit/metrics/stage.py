@@ -517,7 +517,7 @@ def _needs(state: _State, b: str) -> tuple[dict[str, list[int]], list[int], list
             if idx:
                 paired[m] = idx
     feats: list[int] = []
-    dist = [m for m in opts.metrics if reg.get_spec(m).kind == "distribution"]
+    dist = [m for m in opts.metrics if reg.get_spec(m).kind == "set"]
     if dist and not _unavailable(opts, "fid"):
         key = inception_feature_key()
         feats = [i for i, it in enumerate(items)
@@ -889,7 +889,7 @@ def _summarise_backend(state: _State, b: str, ref_ok: bool) -> tuple[dict[str, A
                 vals[i] = er["v"] - e["v"]
                 row(it, m, vals[i], "ok")
             out[m] = _summary_record(state, m, items, vals, skipped, {"model": cspec, "definition": "reference minus backend"})
-        elif spec.kind == "distribution":
+        elif spec.kind == "set":
             out[m] = _distribution(state, b, m, ref_ok)
     return out, rows
 
@@ -1004,7 +1004,7 @@ def _write_outputs(rd: RunDir, manifest: dict[str, Any], results: dict[str, dict
     w.writeheader()
     w.writerows(rows)
     atomic_write_text(rd.metrics_dir / "per_image.csv", buf.getvalue())
-    if state is not None and any(reg.get_spec(n).kind == "distribution" for n in names):
+    if state is not None and any(reg.get_spec(n).kind == "set" for n in names):
         if not _unavailable(state.opts, "fid"):
             fresh = read_json(rd.manifest)  # read-modify-write: keep whatever else is there now
             mode = fid_mode(state.opts.fid_method)
@@ -1058,7 +1058,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     n_resized, corrupt = 0, []
     feats_a: list[np.ndarray] = []
     feats_b: list[np.ndarray] = []
-    want_dist = [n for n in names if reg.get_spec(n).kind == "distribution"]
+    want_dist = [n for n in names if reg.get_spec(n).kind == "set"]
     inc = _get_metric(opts, "fid", dev) if want_dist else None
     t_start, waited = time.perf_counter(), 0.0
     with Decoder(workers) as dec, _progress(progress) as bar:
