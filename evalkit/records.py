@@ -3,7 +3,7 @@
 The four records (docs/run-directory.md): the manifest, a backend's generation record, a backend's metric record,
 and the summary. Each is plain JSON on disk; the TypedDicts below are its schema, stated once. The same
 annotations drive `validate()`, so a record read from disk with the wrong shape is one line naming the file and
-the field ("generation/bf16.json: not a valid generation record: images[3].sha256 should be str, got int"),
+the field ("generation/bf16.json: record.images[3].sha256 must be a string, found int 7"),
 never a KeyError three stages later.
 
 Additive change is not a version bump: readers accept records without fields added later (`size_bytes`,
@@ -165,7 +165,9 @@ class ShapeError(ValueError):
 
 
 def validate(obj: Any, schema: Any, where: str = "") -> None:
-    """Raise ShapeError if `obj` does not fit `schema` (a TypedDict or a type annotation). Unknown keys pass."""
+    """Raise ShapeError if `obj` does not fit `schema` (a TypedDict or a type annotation). Unknown keys pass.
+
+    `where` names `obj` in the message ("manifest", "manifest.prompts[2].seed", ...)."""
     hint = _resolve(schema)
     origin = typing.get_origin(hint)
     name = where or "the record"
@@ -173,7 +175,7 @@ def validate(obj: Any, schema: Any, where: str = "") -> None:
         return
     if _is_typeddict(hint):
         if not isinstance(obj, dict):
-            raise ShapeError(f"{name} should be an object, got {_kind(obj)}")
+            raise ShapeError(f"{name} must be a JSON object, found {_kind(obj)}")
         hints = _hints(hint)
         for key in sorted(hint.__required_keys__):
             if key not in obj:
@@ -195,28 +197,28 @@ def validate(obj: Any, schema: Any, where: str = "") -> None:
         inside = [e for o, e in zip(options, errors) if _container(o) is not None and isinstance(obj, _container(o))]
         if len(inside) == 1:
             raise inside[0]
-        raise ShapeError(f"{name} should be {' or '.join(_name(o) for o in options)}, got {_kind(obj)}")
+        raise ShapeError(f"{name} must be {' or '.join(_name(o) for o in options)}, found {_kind(obj)}")
     if origin is Literal:
         if obj not in typing.get_args(hint):
-            raise ShapeError(f"{name} should be one of {', '.join(map(repr, typing.get_args(hint)))}, got {obj!r}")
+            raise ShapeError(f"{name} must be one of {', '.join(map(repr, typing.get_args(hint)))}, found {obj!r}")
         return
     if origin is list:
         if not isinstance(obj, list):
-            raise ShapeError(f"{name} should be a list, got {_kind(obj)}")
+            raise ShapeError(f"{name} must be a JSON list, found {_kind(obj)}")
         (item,) = typing.get_args(hint) or (Any,)
         for i, v in enumerate(obj):
             validate(v, item, f"{where}[{i}]")
         return
     if origin is dict:
         if not isinstance(obj, dict):
-            raise ShapeError(f"{name} should be an object, got {_kind(obj)}")
+            raise ShapeError(f"{name} must be a JSON object, found {_kind(obj)}")
         _k, val = typing.get_args(hint) or (str, Any)
         for k, v in obj.items():
             validate(v, val, _join(where, str(k)))
         return
     if hint is type(None):
         if obj is not None:
-            raise ShapeError(f"{name} should be null, got {_kind(obj)}")
+            raise ShapeError(f"{name} must be null, found {_kind(obj)}")
         return
     if hint is float:
         ok = isinstance(obj, (int, float)) and not isinstance(obj, bool)
@@ -225,7 +227,7 @@ def validate(obj: Any, schema: Any, where: str = "") -> None:
     else:
         ok = isinstance(obj, hint)
     if not ok:
-        raise ShapeError(f"{name} should be {_name(hint)}, got {_kind(obj)}")
+        raise ShapeError(f"{name} must be {_name(hint)}, found {_kind(obj)}")
 
 
 def _resolve(schema: Any) -> Any:
@@ -259,21 +261,19 @@ def _join(where: str, key: str) -> str:
 def _name(hint: Any) -> str:
     if hint is type(None):
         return "null"
-    if _is_typeddict(hint) or typing.get_origin(hint) is dict or hint is dict:
-        return "an object"
-    if typing.get_origin(hint) is list:
-        return "a list"
-    return getattr(hint, "__name__", str(hint))
+    if _container(hint) is dict:
+        return "a JSON object"
+    if _container(hint) is list:
+        return "a JSON list"
+    return {str: "a string", int: "an integer", float: "a number", bool: "true or false"}.get(hint, str(hint))
 
 
 def _kind(obj: Any) -> str:
-    if obj is None:
-        return "null"
-    if isinstance(obj, dict):
-        return "an object"
-    if isinstance(obj, list):
-        return "a list"
-    return f"{type(obj).__name__} {obj!r}"[:60]
+    """What was found, in Python's words (str, dict, list, ...), with the value when it is short."""
+    name = "null" if obj is None else type(obj).__name__
+    if isinstance(obj, (dict, list)) or obj is None:
+        return name
+    return f"{name} {obj!r}"[:60]
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -291,15 +291,14 @@ def read_record(path: str | os.PathLike[str], schema: Any) -> Any:
 
 
 def check_record(data: Any, schema: Any, path: str | os.PathLike[str]) -> Any:
-    label = _LABELS.get(schema, "record")
     version = data.get("schema_version") if isinstance(data, dict) else None
     if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
         raise EvalkitError(f"{path}: schema_version {version} is newer than this evalkit understands "
                            f"({SCHEMA_VERSION}); upgrade evalkit")
     try:
-        validate(data, schema)
+        validate(data, schema, _ROOTS.get(schema, "record"))
     except ShapeError as e:
-        raise EvalkitError(f"{path}: not a valid {label}: {e}") from None
+        raise EvalkitError(f"{path}: {e}") from None
     return data
 
 
@@ -321,6 +320,9 @@ def read_summary(path: str | os.PathLike[str]) -> Summary:
 
 _LABELS.update({Manifest: "manifest", GenerationRecord: "generation record", MetricRecord: "metric record",
                 Summary: "summary"})
+# How a message names the top of each record: "manifest.backends must be a JSON list, found str".
+_ROOTS: dict[Any, str] = {Manifest: "manifest", GenerationRecord: "record", MetricRecord: "record",
+                          Summary: "summary"}
 
 
 # --------------------------------------------------------------------------------------------- builders
@@ -328,7 +330,7 @@ _LABELS.update({Manifest: "manifest", GenerationRecord: "generation record", Met
 def _built(record: Any, schema: Any) -> Any:
     """Builders check what they build: a bug in a writer fails where it is made, not in the next stage."""
     try:
-        validate(record, schema)
+        validate(record, schema, _ROOTS.get(schema, "record"))
     except ShapeError as e:
         raise ValueError(f"building a {_LABELS.get(schema, 'record')}: {e}") from None
     return record
