@@ -37,11 +37,13 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
              max_sequence_length: int | None = None, batch_size: int = 1, seed: int = 0, warmup: int = 1,
              components: str | Sequence[str] | None = None, config: PathLike | None = None,
              gguf_file: PathLike | None = None, attempt_known_failures: bool = False, jobs: int = 1,
-             gpus: str | Sequence[str] | None = None, quiet: bool = False) -> Path:
+             gpus: str | Sequence[str] | None = None, prompt_column: str | None = None,
+             quiet: bool = False) -> Path:
     """Generate images for each backend and measure memory and latency (`evalkit generate`); returns the run dir.
 
     `prompts` is a prompts file or a list of prompt texts (written to evalkit's cache as a prompts file, so the
-    run records where its prompts came from). Rerunning with the same arguments resumes the same run directory.
+    run records where its prompts came from); a .csv/.tsv/.jsonl/.json prompt set reads `prompt_column`
+    (default: prompt, prompts, text or caption). Rerunning with the same arguments resumes the same run directory.
     `quiet=True` hides the progress display. Raises EvalkitError on bad input.
 
     >>> import tempfile, evalkit
@@ -52,15 +54,24 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
     >>> evalkit.api.read_summary(run)["backends"]["bf16"]["status"]
     'ok'
     """
+    import dataclasses
+
     from evalkit.generate.stage import GenerateOptions, run_generate
 
+    extra: dict[str, Any] = {}
+    if prompt_column is not None:
+        if "prompt_column" not in {f.name for f in dataclasses.fields(GenerateOptions)}:
+            from evalkit.errors import EvalkitError
+
+            raise EvalkitError("prompt_column: this evalkit's generate stage does not take a prompt column yet")
+        extra["prompt_column"] = prompt_column
     opts = GenerateOptions(
         prompts_file=str(_prompts_file(prompts)), model=model, backends=_csv(backends), out=_str(out),
         reports_dir=str(reports_dir), device=device, height=height, width=width, steps=steps, guidance=guidance,
         max_sequence_length=max_sequence_length, batch_size=batch_size, seed=seed, warmup=warmup,
         components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
         gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
-        command=["evalkit.generate(...)"],
+        command=["evalkit.generate(...)"], **extra,
     )
     console = None
     if quiet:
