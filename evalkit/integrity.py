@@ -91,25 +91,29 @@ def verify_images(rd: Any, backend: str, record: dict[str, Any] | None, *, full:
         manifest = read_json(rd.manifest)
     size = expected_size(manifest)
     report = IntegrityReport(root=rd.root)
-    listed: set[Path] = set()
+    folder = os.path.normpath(rd.images_dir(backend))
+    listed: set[str] = set()
     for entry in (record or {}).get("images") or []:
         rel = entry.get("path") if isinstance(entry, dict) else None
         pid = entry.get("prompt_id") if isinstance(entry, dict) else None
         if not isinstance(rel, str) or not rel:
             report.problems.append(_problem(backend, pid, str(rel), f"{BAD_ENTRY}: no image path"))
             continue
-        path = (rd.root / rel).resolve()
-        if not _inside(path, rd.images_dir(backend)):
+        # normpath, not resolve(): no syscall per path component, which is most of the cost at 17k images.
+        # A symlink pointing elsewhere is still caught: its content is not the recorded sha256.
+        norm = os.path.normpath(os.path.join(rd.root, rel))
+        path = Path(norm)
+        if os.path.dirname(norm) != folder:
             report.problems.append(_problem(backend, pid, rel, f"{BAD_ENTRY}: path is outside images/{backend}/"))
             continue
-        listed.add(path)
+        listed.add(norm)
         reason = _check_one(path, entry, size, full, report)
         if reason is None:
             report.ok.append(entry)
         else:
             report.problems.append(_problem(backend, pid, rel, reason))
     if check_extra:
-        for name in _extra_files(rd.images_dir(backend), listed):
+        for name in _extra_files(folder, listed):
             report.problems.append(_problem(backend, None, rd.relative(rd.images_dir(backend) / name),
                                             f"{EXTRA}: not in generation/{backend}.json"))
     return report
@@ -179,21 +183,13 @@ def _decode(path: Path) -> tuple[int, int] | str:
         return f"{type(e).__name__}: {msg}" if type(e).__name__ not in msg else msg
 
 
-def _extra_files(folder: Path, listed: set[Path]) -> list[str]:
+def _extra_files(folder: str, listed: set[str]) -> list[str]:
     """Files in `folder` not named by the record. Dot files are io's temp files of a write in progress."""
-    if not folder.is_dir():
+    if not os.path.isdir(folder):
         return []
     return sorted(e.name for e in os.scandir(folder)
                   if not e.name.startswith(".") and (e.is_file() or e.is_symlink())
-                  and (folder / e.name).resolve() not in listed)
-
-
-def _inside(path: Path, folder: Path) -> bool:
-    try:
-        path.relative_to(folder.resolve())
-        return True
-    except ValueError:
-        return False
+                  and os.path.join(folder, e.name) not in listed)
 
 
 def _problem(backend: str, prompt_id: Any, path: str, reason: str) -> dict[str, Any]:
