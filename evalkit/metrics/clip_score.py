@@ -249,7 +249,7 @@ class ClipScorer:
 
         if (path / "vocab.json").is_file() or (path / "tokenizer.json").is_file():
             return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
-        from evalkit.generate.models import build_clip_tokenizer
+        from evalkit.clip_tokenizer import build_clip_tokenizer
 
         return build_clip_tokenizer()  # CLIP's original BPE vocab, as shipped with open-clip-torch
 
