@@ -33,9 +33,7 @@ def fake_clip(monkeypatch):
     """A stand-in evalkit.metrics.clip_score (the real one is tested in test_metrics_clip.py): the score is a
     deterministic function of the image, and prompts longer than 60 characters count as truncated."""
     calls = {"n": 0}
-    mod = types.ModuleType("evalkit.metrics.clip_score")
-    mod.__spec__ = importlib.machinery.ModuleSpec("evalkit.metrics.clip_score", None)
-    mod.CLIP_DEFAULT_SPEC = "fake/clip"
+    from evalkit.metrics import clip_score as cs
 
     class ClipScorer:
         def __init__(self, spec, device="cpu", **kw):
@@ -45,12 +43,9 @@ def fake_clip(monkeypatch):
             calls["n"] += len(images)
             return (np.array([30.0 - float(np.std(i)) / 10 for i in images]), [len(p) > 60 for p in prompts])
 
-    mod.ClipScorer = ClipScorer
-    import evalkit.metrics
-
-    monkeypatch.setitem(sys.modules, "evalkit.metrics.clip_score", mod)
-    # `from evalkit.metrics import clip_score` reads the package attribute once the real module was imported
-    monkeypatch.setattr(evalkit.metrics, "clip_score", mod, raising=False)
+    monkeypatch.setattr(cs, "ClipScorer", ClipScorer)
+    monkeypatch.setattr(cs, "CLIP_DEFAULT_SPEC", "fake/clip")
+    monkeypatch.setattr(cs, "resolve_clip_spec", lambda spec: ("hf", spec))
     return calls
 
 
@@ -148,22 +143,27 @@ def test_fid_kid_with_sample_sizes_and_fid_mode(tmp_path):
     res = score_run(run, "fid,kid,psnr", workers=1, progress=False)
     fid, kid = res["q"]["fid"], res["q"]["kid"]
     assert fid["status"] == "ok" and fid["n"] == 3 and fid["n_reference"] == 3 and fid["value"] > 0
-    assert kid["status"] == "ok" and kid["subset_size"] == 3 and kid["n"] == 3  # adapts to the small set
+    # #13.6: 3 images are below KID's stated minimum: skipped with the reason, never "± 4e-16"
+    assert kid["status"] == "skipped" and "at least 10" in kid["reason"] and kid["n"] == 3
+    assert fid["indicative"] is True and "indicative only" in fid["indicative_reason"]  # FID below 2048 images
     assert res["bf16"]["fid"]["status"] == "skipped"
     assert abs(res["same"]["fid"]["value"]) < 1e-6
-    # unbiased KID of a set against itself is <= 0 (the diagonal counts only across sets), and below a real change
-    assert res["same"]["kid"]["value"] <= 0 < res["q"]["kid"]["value"] - res["same"]["kid"]["value"]
     assert res["same"]["psnr"]["mean"] == 100.0 and res["same"]["psnr"]["n_capped"] == 3
     mode = read_json(run / "manifest.json")["fid_mode"]
     assert mode["dtype"] == "float64" and mode["feature_dim"] == 2048 and mode["n"] == {"q": 3, "same": 3}
     assert "clean" in mode["resize"] and mode["weights_sha256"]
     assert read_json(run / "summary.json")["fid_mode"] == mode
     assert read_json(run / "manifest.json")["prompts"]  # read-modify-write kept the rest
+    assert mode["kid"]["min_n"] == 10 and mode["fid_indicative_below_n"] == 2048
+    # #13.8: --no-cache computes everything, to the same numbers (it used to skip FID: "got 0" features)
+    nc = score_run(run, "fid,kid,psnr", workers=1, progress=False, use_cache=False)
+    assert nc["q"]["fid"]["status"] == "ok" and nc["q"]["fid"]["value"] == fid["value"]
+    assert nc["q"]["kid"]["reason"] == kid["reason"] and nc["same"]["fid"]["value"] == res["same"]["fid"]["value"]
 
 
 def test_low_rank_fid_equals_full_fid():
     from evalkit.metrics.fid import fid_from_features
-    from evalkit.metrics.stage import fid_low_rank
+    from evalkit.metrics.fid import fid_low_rank
 
     rng = np.random.default_rng(0)
     for n1, n2, d in ((5, 7, 64), (30, 12, 96), (3, 3, 128)):
@@ -177,7 +177,7 @@ def test_set_of_one_image_skips_fid_kid_with_reason(tmp_path):
     run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: noise(a, 5)}, n_prompts=1, size=64)
     res = score_run(run, "fid,kid,ssim", workers=1, progress=False)
     for m in ("fid", "kid"):
-        assert res["q"][m]["status"] == "skipped" and "at least 2" in res["q"][m]["reason"]
+        assert res["q"][m]["status"] == "skipped" and "at least" in res["q"][m]["reason"]
         assert res["q"][m]["n"] == 1
     assert res["q"]["ssim"]["status"] == "ok" and res["q"]["ssim"]["ci_low"] is None
 
@@ -260,7 +260,8 @@ def test_compare_images_json(tmp_path, capsys):
         r = out["metrics"][m]
         assert r["status"] == "ok" and r["n"] == 4 and r["ci_low"] <= r["mean"] <= r["ci_high"]
     assert out["metrics"]["fid"]["n"] == 4 and out["metrics"]["fid"]["value"] > 0
-    assert out["metrics"]["kid"]["subset_size"] == 4
+    assert out["metrics"]["fid"]["indicative"] is True and out["metrics"]["fid"]["reference"] == str(a)
+    assert out["metrics"]["kid"]["status"] == "skipped" and "at least 10" in out["metrics"]["kid"]["reason"]
 
 
 def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
