@@ -31,7 +31,7 @@ def files_by_stem(folder: Path) -> dict[str, Path]:
 
 
 def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str],
-                    metrics: Iterable[str] | str = ("lpips_alex", "ssim", "psnr"), *, device: str = "auto",
+                    metrics: Iterable[str] | str | None = None, *, device: str = "auto",
                     workers: int | None = None, weights_dir: str | None = None, batch_size: int = 8,
                     bootstrap_samples: int = DEFAULT_RESAMPLES, fid_method: str = "auto",
                     progress: bool = False) -> dict[str, Any]:
@@ -47,7 +47,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     for d, f in ((a, fa), (b, fb)):
         if not f:
             raise EvalkitError(f"{d}: no images (.png, .jpg, .webp, ...) found")
-    names = expand_metric_names(metrics)
+    names = expand_metric_names(reg.COMPARE_DEFAULT_METRICS if metrics is None else metrics)
     bad = [n for n in names if reg.get_spec(n).kind == "prompt" or reg.get_spec(n).reference == "real"]
     if bad:
         raise EvalkitError(f"compare-images cannot compute {', '.join(bad)} (no prompts / no real set here)")

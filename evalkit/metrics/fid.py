@@ -55,12 +55,7 @@ CLEAN_RESIZE_ID = "clean-fid-clean:PIL-F-bicubic-299-clip0-255"
 FID_INPUT_SIZE = 299
 
 
-class NotComputable(EvalkitError):
-    """A metric cannot be computed on these inputs (e.g. fewer than 2 images); ``reason`` is one line for the report."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
+from evalkit.metrics.kinds import NotComputable  # noqa: E402  (the set kind's "cannot compute" signal)
 
 
 # --------------------------------------------------------------------------------------------------- resize

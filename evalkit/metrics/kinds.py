@@ -21,6 +21,16 @@ from __future__ import annotations
 
 from typing import Any, Protocol, Sequence, runtime_checkable
 
+from evalkit.errors import EvalkitError
+
+
+class NotComputable(EvalkitError):
+    """A metric cannot be computed on these inputs (e.g. fewer than 2 images); ``reason`` is one line for the report."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
 
 @runtime_checkable
 class PairedMetric(Protocol):
@@ -45,7 +55,7 @@ class PromptMetric(Protocol):
 @runtime_checkable
 class SetMetric(Protocol):
     """A statistic of a feature set against a reference feature set -> {"value": float, ...extra fields};
-    raises evalkit.metrics.fid.NotComputable (with .reason) when the sets cannot support it."""
+    raises NotComputable (with .reason) when the sets cannot support it; the record is then skipped with it."""
 
     def statistic(self, features: Any, reference: Any) -> dict[str, Any]: ...
 

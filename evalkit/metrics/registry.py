@@ -325,5 +325,7 @@ for _spec in [
 ]:
     register_metric(_spec)
 
+# What `evalkit compare-images` computes when --metrics is not given.
+COMPARE_DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "psnr")
 # What `evalkit score` computes when --metrics is not given (lpips_vgg is opt-in: ~20x the FLOPs of alex).
 DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop", "fid", "kid")

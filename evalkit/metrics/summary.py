@@ -166,7 +166,7 @@ def _set_features(state: "State", items: list[Item], ext: str) -> np.ndarray:
 
 def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
     """A set metric's record: the statistic of b's features against the reference set's (or --real-dir's)."""
-    from evalkit.metrics.fid import NotComputable
+    from evalkit.metrics.kinds import NotComputable
 
     spec = reg.get_spec(m)
     ext = str(spec.extractor)
