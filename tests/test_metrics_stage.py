@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.machinery
 import json
+import os
+import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from PIL import Image
 
 from metrics_fixtures import blur, jpeg, make_run, noise
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json
+from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.metrics import images as images_mod
 from evalkit.metrics.lpips import LPIPSMetric
 from evalkit.metrics.stage import RANDOM_WEIGHTS_REASON, score_run
@@ -131,6 +131,11 @@ def test_rerun_recomputes_nothing(run, fake_clip, monkeypatch):
     p = run / gen["images"][0]["path"]
     Image.fromarray(blur(_load(p), 3)).save(p)
     monkeypatch.undo()
+    # #13.1: a file that is not the one its record describes is refused, naming it, before anything is scored
+    with pytest.raises(EvalkitError, match=rf"{re.escape(p.name)}: replaced: sha256"):
+        score_run(run, "psnr", workers=1, progress=False)
+    gen["images"][0]["sha256"] = sha256_file(p)  # as `evalkit generate` would record a regenerated image
+    atomic_write_json(run / "generation" / "mild.json", gen)
     res = score_run(run, "psnr", workers=1, progress=False)
     pid = gen["images"][0]["prompt_id"]
     assert res["mild"]["psnr"]["per_prompt"][pid] != json.loads(before["mild.json"])["metrics"]["psnr"]["per_prompt"][pid]
@@ -200,22 +205,53 @@ def test_missing_reference_image_is_an_error_naming_it(run):
         score_run(run, "psnr", workers=1, progress=False)
 
 
-def test_corrupt_png_is_flagged_skipped_and_counted(run):
+def test_corrupt_png_is_refused_naming_it(run):
+    """#13.1: a truncated PNG is never scored as if it were the backend's output (it used to lower n silently)."""
     gen = read_json(run / "generation" / "harsh.json")
     bad = run / gen["images"][1]["path"]
     bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
-    res = score_run(run, "ssim,psnr", workers=1, progress=False)
-    r = res["harsh"]["ssim"]
+    with pytest.raises(EvalkitError, match=rf"{re.escape(bad.name)}: undecodable"):
+        score_run(run, "ssim,psnr", workers=1, progress=False)
+    assert not (run / "metrics" / "harsh.json").exists()
+
+
+def test_verify_hashes_files_whose_stat_fingerprint_still_matches(run):
+    gen = read_json(run / "generation" / "mild.json")
+    for e in gen["images"]:
+        st = (run / e["path"]).stat()
+        e["size_bytes"], e["mtime_ns"] = st.st_size, st.st_mtime_ns
+    atomic_write_json(run / "generation" / "mild.json", gen)
+    p = run / gen["images"][0]["path"]
+    data = bytearray(p.read_bytes())
+    data[-20] ^= 0xFF  # same size; the mtime is put back: only a hash can tell
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(gen["images"][0]["mtime_ns"], gen["images"][0]["mtime_ns"]))
+    score_run(run, "psnr", workers=1, progress=False)  # trusted on its fingerprint
+    with pytest.raises(EvalkitError, match=re.escape(p.name)):
+        score_run(run, "psnr", workers=1, progress=False, verify=True)
+
+
+def test_corrupt_image_in_compare_images_is_flagged_skipped_and_counted(tmp_path):
+    from evalkit.metrics.compare import compare_folders
+    from metrics_fixtures import PHOTOS, photo
+
+    refs = {f"{n}.png": photo(n, 64) for n in PHOTOS[:4]}
+    a = _folder(tmp_path / "a", refs)
+    b = _folder(tmp_path / "b", {k: noise(v, 12) for k, v in refs.items()})
+    bad = b / sorted(refs)[1]
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = compare_folders(a, b, "ssim,psnr", device="cpu", workers=1)
+    r = out["metrics"]["ssim"]
     assert r["status"] == "ok" and r["n"] == 3 and r["n_skipped"] == 1 and r["n_corrupt"] == 1
-    assert "corrupt" in r["skipped"][0]["reason"] and r["skipped"][0]["prompt_id"] == gen["images"][1]["prompt_id"]
-    assert res["mild"]["ssim"]["n"] == 4  # other backends unaffected
-    rows = [x for x in csv.DictReader(open(run / "metrics" / "per_image.csv")) if x["status"] == "skipped"]
-    assert len(rows) == 2 and all(x["backend"] == "harsh" and "corrupt" in x["note"] for x in rows)
+    assert "corrupt" in r["skipped"][0]["reason"] and out["n_corrupt"] == 1 and out["corrupt"] == [str(bad)]
 
 
 def test_size_mismatch_resizes_reference_and_says_so(tmp_path):
     big = lambda a, i: np.asarray(Image.fromarray(jpeg(a, 80)).resize((112, 112), Image.BICUBIC))
     run = make_run(tmp_path / "run", {"bf16": None, "big": big}, n_prompts=2, size=96)
+    manifest = read_json(run / "manifest.json")
+    del manifest["generation"]  # no stated size: integrity cannot refuse the odd one (a run made by other tools)
+    atomic_write_json(run / "manifest.json", manifest)
     res = score_run(run, "ssim,lpips_alex", workers=1, progress=False)
     for m in ("ssim", "lpips_alex"):
         assert res["big"][m]["n_resized"] == 2 and "bicubic" in res["big"][m]["resize_policy"]
@@ -501,3 +537,14 @@ def test_a_crash_keeps_the_backends_already_scored(run, monkeypatch) -> None:
     fresh = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
     for b in ("mild", "harsh"):
         assert res[b]["ssim"]["per_prompt"] == fresh[b]["ssim"]["per_prompt"]
+
+
+def test_cli_score_verify_refuses_a_replaced_image(run, capsys):
+    from evalkit.cli import main
+
+    gen = read_json(run / "generation" / "mild.json")
+    p = run / gen["images"][2]["path"]
+    Image.fromarray(noise(_load(p), 3)).save(p)
+    assert main(["score", str(run), "--metrics", "psnr", "--quiet", "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert p.name in err and "replaced" in err and len(err.strip().splitlines()) == 1

@@ -114,15 +114,12 @@ def _resolve(device: str) -> str:
 
 
 def _verify_images(rd: RunDir, gens: dict[str, Any], ok: list[str], verify: bool) -> None:
-    """Check each image against its generation record before it is scored (evalkit.integrity, when present):
-    a file that is missing, replaced, truncated or of the wrong size is a one-line error naming it."""
-    try:
-        from evalkit import integrity
-    except ImportError:
-        return
-    check = getattr(integrity, "verify_run_images", None)
-    if check is not None:
-        check(rd, {b: gens[b] for b in ok}, full=verify)
+    """Refuse, before anything is scored, an image that is not the file its generation record describes: missing,
+    truncated or undecodable, replaced (sha256), of the wrong size, or an extra file in images/<backend>/
+    (evalkit.integrity). Files whose stat fingerprint matches the record are not re-hashed unless `verify`."""
+    from evalkit.integrity import verify_run
+
+    verify_run(rd, {b: gens[b] for b in ok}, full=verify).raise_if_problems()
 
 
 def compare_folders(*args: Any, **kwargs: Any) -> dict[str, Any]:
