@@ -90,3 +90,21 @@ def test_stage_code_names_no_metric():
     for mod in ("stage.py", "summary.py", "common.py", "compare.py", "cache.py"):
         code = (root / mod).read_text()
         assert not pat.findall(code), f"{mod} names {pat.findall(code)}"
+
+
+def test_a_set_metric_against_real_images_through_its_registry_twin(tmp_path):
+    run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: noise(a, 20, seed=i)}, n_prompts=3, size=32)
+    real = tmp_path / "real"
+    real.mkdir()
+    rng = np.random.default_rng(5)
+    reals = [rng.integers(0, 256, (20, 24, 3), dtype=np.uint8) for _ in range(4)]
+    for i, r in enumerate(reals):
+        Image.fromarray(r).save(real / f"r{i}.png")
+    res = score_run(run, "toy_meandist", real_dir=real, workers=1, progress=False, use_cache=False)
+    q = _images(run, "q")
+    fq = np.stack([im.astype(float).mean(axis=(0, 1)) for im, _t in q.values()])
+    fr = np.stack([r.astype(float).mean(axis=(0, 1)) for r in reals])
+    rec = res["q"]["toy_meandist_real"]
+    assert rec["status"] == "ok" and rec["n"] == 3 and rec["n_reference"] == 4 and str(real) in rec["reference"]
+    assert rec["value"] == pytest.approx(float(np.linalg.norm(fq.mean(0) - fr.mean(0))), rel=1e-12)
+    assert res["bf16"]["toy_meandist_real"]["status"] == "ok"  # the reference backend too, against real images

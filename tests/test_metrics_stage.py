@@ -306,7 +306,7 @@ def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
     # resized reference are counted once. Images of 150+ px (> SHM_MIN_BYTES) come back through shared memory.
     from evalkit.metrics.psnr import psnr_uint8
     from evalkit.metrics.ssim import SSIMMetric
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.metrics.compare import compare_folders
     from metrics_fixtures import PHOTOS, photo
 
     refs, cands = {}, {}
@@ -347,7 +347,7 @@ def test_compare_images_says_how_long_and_on_what(tmp_path, capsys):
 
 
 def test_compare_images_errors(tmp_path):
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.metrics.compare import compare_folders
     from metrics_fixtures import photo
 
     a = _folder(tmp_path / "a", {f"x{i}.png": photo("coffee", 32) for i in range(5)})

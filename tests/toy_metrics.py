@@ -97,6 +97,8 @@ if "toy_absdiff" not in {s.name for s in reg.list_metrics()}:
                        derived_from="toy_prompt_len", label="Toy prompt-length drop", digits=3),
         reg.MetricSpec("toy_meandist", "set", False, "toy_metrics:ToyMeanDistance", extractor="toy_mean_rgb",
                        label="Toy mean distance", digits=3),
+        reg.MetricSpec("toy_meandist_real", "set", False, "toy_metrics:ToyMeanDistance", extractor="toy_mean_rgb",
+                       reference="real", label="Toy mean distance vs real images", digits=3),
         reg.MetricSpec("toy_broken", "paired", True, "toy_metrics:NotAPairedMetric"),
     ]:
         reg.register_metric(_spec)

@@ -113,7 +113,7 @@ def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_images_main(args: argparse.Namespace) -> int:
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.metrics.compare import compare_folders
 
     res = compare_folders(args.dir_a, args.dir_b, args.metrics, device=args.device, workers=args.workers,
                           weights_dir=args.weights_dir, batch_size=args.batch_size,

@@ -44,7 +44,7 @@ from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records,
 
 RANDOM_WEIGHTS_REASON = "random weights: images carry no quality information"
 
-__all__ = ["RANDOM_WEIGHTS_REASON", "expand_metric_names", "score_run", "compare_folders"]
+__all__ = ["RANDOM_WEIGHTS_REASON", "expand_metric_names", "score_run"]
 
 
 def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None = None, *,
@@ -120,13 +120,6 @@ def _verify_images(rd: RunDir, gens: dict[str, Any], ok: list[str], verify: bool
     from evalkit.integrity import verify_run
 
     verify_run(rd, {b: gens[b] for b in ok}, full=verify).raise_if_problems()
-
-
-def compare_folders(*args: Any, **kwargs: Any) -> dict[str, Any]:
-    """compare-images; see evalkit.metrics.compare.compare_folders (kept here for existing imports)."""
-    from evalkit.metrics.compare import compare_folders as run
-
-    return run(*args, **kwargs)
 
 
 @dataclass
