@@ -7,11 +7,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import toy_metrics  # noqa: F401  (registers the toy metrics)
+import toy_metrics
 from evalkit.io import read_json
 from evalkit.metrics import registry as reg
 from evalkit.metrics.stage import score_run
 from metrics_fixtures import make_run, noise
+
+
+@pytest.fixture(autouse=True)
+def toy_registered():
+    with toy_metrics.registered():
+        yield
+    assert not [s.name for s in reg.list_metrics() if s.name.startswith("toy_")]  # nothing leaks to other tests
 
 
 def _images(run, backend):

@@ -1,9 +1,15 @@
 """Test-only metrics, one of each kind, registered from outside evalkit: the proof that adding a metric is one
-module (the class) plus its MetricSpec, with no change to the stage (issue #12.1). Importing this registers them."""
+module (the class) plus its MetricSpec, with no change to the stage (issue #12.1).
+
+    with toy_metrics.registered():   # or the `toy_registered` fixture of tests/test_met_kinds.py
+        score_run(run, ",".join(toy_metrics.TOY_METRICS))
+
+They are removed again on exit, so no other test sees them in `list_metrics()` or `--metrics all`."""
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from contextlib import contextmanager
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -87,20 +93,32 @@ class NotAPairedMetric:
         pass
 
 
-if "toy_absdiff" not in {s.name for s in reg.list_metrics()}:
+SPECS = [
+    reg.MetricSpec("toy_absdiff", "paired", False, "toy_metrics:ToyAbsDiff", label="Toy |diff|", digits=2),
+    reg.MetricSpec("toy_prompt_len", "prompt", True, "toy_metrics:ToyPromptLength", reference="text",
+                   label="Toy prompt length", digits=3),
+    reg.MetricSpec("toy_prompt_drop", "prompt", False, "toy_metrics:ToyPromptLength",
+                   derived_from="toy_prompt_len", label="Toy prompt-length drop", digits=3),
+    reg.MetricSpec("toy_meandist", "set", False, "toy_metrics:ToyMeanDistance", extractor="toy_mean_rgb",
+                   label="Toy mean distance", digits=3),
+    reg.MetricSpec("toy_meandist_real", "set", False, "toy_metrics:ToyMeanDistance", extractor="toy_mean_rgb",
+                   reference="real", label="Toy mean distance vs real images", digits=3),
+    reg.MetricSpec("toy_broken", "paired", True, "toy_metrics:NotAPairedMetric"),
+]
+
+
+@contextmanager
+def registered() -> Iterator[None]:
+    """Register the toy extractor and metrics for the duration of the block."""
     reg.register_extractor(reg.ExtractorSpec("toy_mean_rgb", "toy_metrics:ToyMeanRGB"))
-    for _spec in [
-        reg.MetricSpec("toy_absdiff", "paired", False, "toy_metrics:ToyAbsDiff", label="Toy |diff|", digits=2),
-        reg.MetricSpec("toy_prompt_len", "prompt", True, "toy_metrics:ToyPromptLength", reference="text",
-                       label="Toy prompt length", digits=3),
-        reg.MetricSpec("toy_prompt_drop", "prompt", False, "toy_metrics:ToyPromptLength",
-                       derived_from="toy_prompt_len", label="Toy prompt-length drop", digits=3),
-        reg.MetricSpec("toy_meandist", "set", False, "toy_metrics:ToyMeanDistance", extractor="toy_mean_rgb",
-                       label="Toy mean distance", digits=3),
-        reg.MetricSpec("toy_meandist_real", "set", False, "toy_metrics:ToyMeanDistance", extractor="toy_mean_rgb",
-                       reference="real", label="Toy mean distance vs real images", digits=3),
-        reg.MetricSpec("toy_broken", "paired", True, "toy_metrics:NotAPairedMetric"),
-    ]:
-        reg.register_metric(_spec)
+    try:
+        for spec in SPECS:
+            reg.register_metric(spec)
+        yield
+    finally:
+        for spec in reversed(SPECS):
+            reg.unregister_metric(spec.name)
+        reg.unregister_extractor("toy_mean_rgb")
+
 
 TOY_METRICS = ("toy_absdiff", "toy_prompt_len", "toy_prompt_drop", "toy_meandist")

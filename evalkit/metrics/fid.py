@@ -49,13 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.errors import EvalkitError
+from evalkit.metrics.kinds import NotComputable  # the set kind's "cannot compute" signal; re-exported here
 
 CLEAN_RESIZE_ID = "clean-fid-clean:PIL-F-bicubic-299-clip0-255"
 FID_INPUT_SIZE = 299
 
 
-from evalkit.metrics.kinds import NotComputable  # noqa: E402  (the set kind's "cannot compute" signal)
 
 
 # --------------------------------------------------------------------------------------------------- resize

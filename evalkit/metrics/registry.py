@@ -178,6 +178,20 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
     return spec
 
 
+def unregister_metric(name: str) -> None:
+    """Remove a metric (for tests and plugins that register temporarily); its derived metrics go with it."""
+    for n in [n for n, s in _REGISTRY.items() if s.derived_from == name]:
+        _REGISTRY.pop(n, None)
+    _REGISTRY.pop(name, None)
+
+
+def unregister_extractor(name: str) -> None:
+    """Remove a shared feature extractor and the set metrics that name it (for tests and plugins)."""
+    for n in [n for n, s in _REGISTRY.items() if s.extractor == name]:
+        unregister_metric(n)
+    _EXTRACTORS.pop(name, None)
+
+
 def list_metrics(kind: Kind | None = None) -> list[MetricSpec]:
     """Every registered metric (in registration order), optionally of one kind."""
     return [s for s in _REGISTRY.values() if kind is None or s.kind == kind]

@@ -37,7 +37,8 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
 from evalkit.metrics.cache import ScoreCache
 from evalkit.metrics.common import (Item, Options, expand_metric_names, feature_key, get_extractor, get_metric,
-                                    hash_files, progress_bar, ref_cache_budget, set_extractors, skipped, unavailable)
+                                    hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors, skipped,
+                                    unavailable)
 from evalkit.metrics.images import Decoder, Uploads, list_images, match_reference
 from evalkit.metrics.stats import DEFAULT_RESAMPLES
 from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records, open_run
@@ -87,7 +88,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
     _verify_images(rd, gens, ok, verify)
     ref_ok = ref in ok
     items = _collect_items(rd, gens, ok, ref, prompts)
-    dev = _resolve(device) if ok else "cpu"
+    dev = resolve_device(device) if ok else "cpu"
     cache = ScoreCache(rd.metrics_dir / "cache", enabled=use_cache)
 
     state = State(cache=cache, opts=opts, device=dev, ref=ref, items=items)
@@ -105,12 +106,6 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
     write_outputs(rd, results, rows, ref, names, state)
     cache.save()
     return results
-
-
-def _resolve(device: str) -> str:
-    from evalkit.metrics.common import resolve_device
-
-    return resolve_device(device)
 
 
 def _verify_images(rd: RunDir, gens: dict[str, Any], ok: list[str], verify: bool) -> None:
