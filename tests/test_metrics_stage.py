@@ -548,3 +548,12 @@ def test_cli_score_verify_refuses_a_replaced_image(run, capsys):
     assert main(["score", str(run), "--metrics", "psnr", "--quiet", "--verify"]) == 2
     err = capsys.readouterr().err
     assert p.name in err and "replaced" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_table_marks_indicative_fid(capsys):
+    from evalkit.metrics.cli import _print_score_table
+
+    _print_score_table({"q": {"fid": {"status": "ok", "value": 1.5, "n": 5, "indicative": True},
+                              "kid": {"status": "skipped", "reason": "KID needs at least 10 images per set, got 5"}}})
+    out = capsys.readouterr().out
+    assert "indicative only" in out and "KID needs at least 10" in out

@@ -67,7 +67,8 @@ def _fmt(rec: dict[str, Any]) -> str:
     if "mean" in rec:
         half = (rec["ci_high"] - rec["ci_low"]) / 2 if rec.get("ci_low") is not None else None
         return f"{rec['mean']:.4g}" + (f" ±{half:.2g}" if half is not None else "")
-    return f"{rec['value']:.4g} (n={rec['n']})"
+    # A value the sample size cannot support is never shown as a plain number (docs/metrics.md, sample sizes).
+    return f"{rec['value']:.4g} (n={rec['n']}" + (", indicative only)" if rec.get("indicative") else ")")
 
 
 def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
