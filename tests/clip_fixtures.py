@@ -15,7 +15,7 @@ def build_tiny_clip(out_dir: Path, eos_token_id: int = 2, seed: int = 0) -> Path
     import torch
     from transformers import CLIPConfig, CLIPImageProcessorPil, CLIPModel, CLIPProcessor
 
-    from evalkit.generate.models import build_clip_tokenizer
+    from evalkit.clip_tokenizer import build_clip_tokenizer
 
     tok = build_clip_tokenizer()
     cfg = CLIPConfig(

@@ -256,7 +256,7 @@ def test_kid_matches_torchmetrics_full_set(extractor: InceptionFeatureExtractor,
         tm.update(_nchw(sets["resized"]["A"]), real=True)
         tm.update(_nchw(sets["resized"][other]), real=False)
         mean, _ = tm.compute()
-        ours = kid_from_features(sets["feats"]["A"], sets["feats"][other], n_subsets=1)
+        ours = kid_from_features(sets["feats"]["A"], sets["feats"][other], n_subsets=1, subset_size=N_SET)
         assert ours.subset_size == N_SET
         assert ours.mean == pytest.approx(float(mean), rel=1e-6)  # torchmetrics recomputes the features
 
@@ -279,7 +279,7 @@ def test_kid_subsets_are_torchmetrics_mmd_on_seeded_subsets(sets: dict) -> None:
 
 def test_kid_subset_size_adapts_to_small_sets(sets: dict) -> None:
     r = kid_from_features(sets["feats"]["A"][:5], sets["feats"]["B"], n_subsets=3)
-    assert r.subset_size == 5 and r.n1 == 5
+    assert r.subset_size == 4 and r.n1 == 5  # strictly below n: subsets of all n images would all be equal (#13.6)
     with pytest.raises(NotComputable, match="subset size"):
         kid_from_features(sets["feats"]["A"], sets["feats"]["B"], subset_size=N_SET + 1)
 

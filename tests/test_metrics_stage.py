@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import csv
-import importlib.machinery
 import json
+import os
+import re
 import subprocess
 import sys
-import types
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +16,7 @@ from PIL import Image
 
 from metrics_fixtures import blur, jpeg, make_run, noise
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json
+from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.metrics import images as images_mod
 from evalkit.metrics.lpips import LPIPSMetric
 from evalkit.metrics.stage import RANDOM_WEIGHTS_REASON, score_run
@@ -33,9 +33,7 @@ def fake_clip(monkeypatch):
     """A stand-in evalkit.metrics.clip_score (the real one is tested in test_metrics_clip.py): the score is a
     deterministic function of the image, and prompts longer than 60 characters count as truncated."""
     calls = {"n": 0}
-    mod = types.ModuleType("evalkit.metrics.clip_score")
-    mod.__spec__ = importlib.machinery.ModuleSpec("evalkit.metrics.clip_score", None)
-    mod.CLIP_DEFAULT_SPEC = "fake/clip"
+    from evalkit.metrics import clip_score as cs
 
     class ClipScorer:
         def __init__(self, spec, device="cpu", **kw):
@@ -45,12 +43,9 @@ def fake_clip(monkeypatch):
             calls["n"] += len(images)
             return (np.array([30.0 - float(np.std(i)) / 10 for i in images]), [len(p) > 60 for p in prompts])
 
-    mod.ClipScorer = ClipScorer
-    import evalkit.metrics
-
-    monkeypatch.setitem(sys.modules, "evalkit.metrics.clip_score", mod)
-    # `from evalkit.metrics import clip_score` reads the package attribute once the real module was imported
-    monkeypatch.setattr(evalkit.metrics, "clip_score", mod, raising=False)
+    monkeypatch.setattr(cs, "ClipScorer", ClipScorer)
+    monkeypatch.setattr(cs, "CLIP_DEFAULT_SPEC", "fake/clip")
+    monkeypatch.setattr(cs, "resolve_clip_spec", lambda spec: ("hf", spec))
     return calls
 
 
@@ -136,6 +131,11 @@ def test_rerun_recomputes_nothing(run, fake_clip, monkeypatch):
     p = run / gen["images"][0]["path"]
     Image.fromarray(blur(_load(p), 3)).save(p)
     monkeypatch.undo()
+    # #13.1: a file that is not the one its record describes is refused, naming it, before anything is scored
+    with pytest.raises(EvalkitError, match=rf"{re.escape(p.name)}: replaced: sha256"):
+        score_run(run, "psnr", workers=1, progress=False)
+    gen["images"][0]["sha256"] = sha256_file(p)  # as `evalkit generate` would record a regenerated image
+    atomic_write_json(run / "generation" / "mild.json", gen)
     res = score_run(run, "psnr", workers=1, progress=False)
     pid = gen["images"][0]["prompt_id"]
     assert res["mild"]["psnr"]["per_prompt"][pid] != json.loads(before["mild.json"])["metrics"]["psnr"]["per_prompt"][pid]
@@ -148,22 +148,27 @@ def test_fid_kid_with_sample_sizes_and_fid_mode(tmp_path):
     res = score_run(run, "fid,kid,psnr", workers=1, progress=False)
     fid, kid = res["q"]["fid"], res["q"]["kid"]
     assert fid["status"] == "ok" and fid["n"] == 3 and fid["n_reference"] == 3 and fid["value"] > 0
-    assert kid["status"] == "ok" and kid["subset_size"] == 3 and kid["n"] == 3  # adapts to the small set
+    # #13.6: 3 images are below KID's stated minimum: skipped with the reason, never "± 4e-16"
+    assert kid["status"] == "skipped" and "at least 10" in kid["reason"] and kid["n"] == 3
+    assert fid["indicative"] is True and "indicative only" in fid["indicative_reason"]  # FID below 2048 images
     assert res["bf16"]["fid"]["status"] == "skipped"
     assert abs(res["same"]["fid"]["value"]) < 1e-6
-    # unbiased KID of a set against itself is <= 0 (the diagonal counts only across sets), and below a real change
-    assert res["same"]["kid"]["value"] <= 0 < res["q"]["kid"]["value"] - res["same"]["kid"]["value"]
     assert res["same"]["psnr"]["mean"] == 100.0 and res["same"]["psnr"]["n_capped"] == 3
     mode = read_json(run / "manifest.json")["fid_mode"]
     assert mode["dtype"] == "float64" and mode["feature_dim"] == 2048 and mode["n"] == {"q": 3, "same": 3}
     assert "clean" in mode["resize"] and mode["weights_sha256"]
     assert read_json(run / "summary.json")["fid_mode"] == mode
     assert read_json(run / "manifest.json")["prompts"]  # read-modify-write kept the rest
+    assert mode["kid"]["min_n"] == 10 and mode["fid_indicative_below_n"] == 2048
+    # #13.8: --no-cache computes everything, to the same numbers (it used to skip FID: "got 0" features)
+    nc = score_run(run, "fid,kid,psnr", workers=1, progress=False, use_cache=False)
+    assert nc["q"]["fid"]["status"] == "ok" and nc["q"]["fid"]["value"] == fid["value"]
+    assert nc["q"]["kid"]["reason"] == kid["reason"] and nc["same"]["fid"]["value"] == res["same"]["fid"]["value"]
 
 
 def test_low_rank_fid_equals_full_fid():
     from evalkit.metrics.fid import fid_from_features
-    from evalkit.metrics.stage import fid_low_rank
+    from evalkit.metrics.fid import fid_low_rank
 
     rng = np.random.default_rng(0)
     for n1, n2, d in ((5, 7, 64), (30, 12, 96), (3, 3, 128)):
@@ -177,7 +182,7 @@ def test_set_of_one_image_skips_fid_kid_with_reason(tmp_path):
     run = make_run(tmp_path / "run", {"bf16": None, "q": lambda a, i: noise(a, 5)}, n_prompts=1, size=64)
     res = score_run(run, "fid,kid,ssim", workers=1, progress=False)
     for m in ("fid", "kid"):
-        assert res["q"][m]["status"] == "skipped" and "at least 2" in res["q"][m]["reason"]
+        assert res["q"][m]["status"] == "skipped" and "at least" in res["q"][m]["reason"]
         assert res["q"][m]["n"] == 1
     assert res["q"]["ssim"]["status"] == "ok" and res["q"]["ssim"]["ci_low"] is None
 
@@ -200,22 +205,53 @@ def test_missing_reference_image_is_an_error_naming_it(run):
         score_run(run, "psnr", workers=1, progress=False)
 
 
-def test_corrupt_png_is_flagged_skipped_and_counted(run):
+def test_corrupt_png_is_refused_naming_it(run):
+    """#13.1: a truncated PNG is never scored as if it were the backend's output (it used to lower n silently)."""
     gen = read_json(run / "generation" / "harsh.json")
     bad = run / gen["images"][1]["path"]
     bad.write_bytes(bad.read_bytes()[:200])  # truncated PNG
-    res = score_run(run, "ssim,psnr", workers=1, progress=False)
-    r = res["harsh"]["ssim"]
+    with pytest.raises(EvalkitError, match=rf"{re.escape(bad.name)}: undecodable"):
+        score_run(run, "ssim,psnr", workers=1, progress=False)
+    assert not (run / "metrics" / "harsh.json").exists()
+
+
+def test_verify_hashes_files_whose_stat_fingerprint_still_matches(run):
+    gen = read_json(run / "generation" / "mild.json")
+    for e in gen["images"]:
+        st = (run / e["path"]).stat()
+        e["size_bytes"], e["mtime_ns"] = st.st_size, st.st_mtime_ns
+    atomic_write_json(run / "generation" / "mild.json", gen)
+    p = run / gen["images"][0]["path"]
+    data = bytearray(p.read_bytes())
+    data[-20] ^= 0xFF  # same size; the mtime is put back: only a hash can tell
+    p.write_bytes(bytes(data))
+    os.utime(p, ns=(gen["images"][0]["mtime_ns"], gen["images"][0]["mtime_ns"]))
+    score_run(run, "psnr", workers=1, progress=False)  # trusted on its fingerprint
+    with pytest.raises(EvalkitError, match=re.escape(p.name)):
+        score_run(run, "psnr", workers=1, progress=False, verify=True)
+
+
+def test_corrupt_image_in_compare_images_is_flagged_skipped_and_counted(tmp_path):
+    from evalkit.metrics.compare import compare_folders
+    from metrics_fixtures import PHOTOS, photo
+
+    refs = {f"{n}.png": photo(n, 64) for n in PHOTOS[:4]}
+    a = _folder(tmp_path / "a", refs)
+    b = _folder(tmp_path / "b", {k: noise(v, 12) for k, v in refs.items()})
+    bad = b / sorted(refs)[1]
+    bad.write_bytes(bad.read_bytes()[:200])
+    out = compare_folders(a, b, "ssim,psnr", device="cpu", workers=1)
+    r = out["metrics"]["ssim"]
     assert r["status"] == "ok" and r["n"] == 3 and r["n_skipped"] == 1 and r["n_corrupt"] == 1
-    assert "corrupt" in r["skipped"][0]["reason"] and r["skipped"][0]["prompt_id"] == gen["images"][1]["prompt_id"]
-    assert res["mild"]["ssim"]["n"] == 4  # other backends unaffected
-    rows = [x for x in csv.DictReader(open(run / "metrics" / "per_image.csv")) if x["status"] == "skipped"]
-    assert len(rows) == 2 and all(x["backend"] == "harsh" and "corrupt" in x["note"] for x in rows)
+    assert "corrupt" in r["skipped"][0]["reason"] and out["n_corrupt"] == 1 and out["corrupt"] == [str(bad)]
 
 
 def test_size_mismatch_resizes_reference_and_says_so(tmp_path):
     big = lambda a, i: np.asarray(Image.fromarray(jpeg(a, 80)).resize((112, 112), Image.BICUBIC))
     run = make_run(tmp_path / "run", {"bf16": None, "big": big}, n_prompts=2, size=96)
+    manifest = read_json(run / "manifest.json")
+    del manifest["generation"]  # no stated size: integrity cannot refuse the odd one (a run made by other tools)
+    atomic_write_json(run / "manifest.json", manifest)
     res = score_run(run, "ssim,lpips_alex", workers=1, progress=False)
     for m in ("ssim", "lpips_alex"):
         assert res["big"][m]["n_resized"] == 2 and "bicubic" in res["big"][m]["resize_policy"]
@@ -260,7 +296,8 @@ def test_compare_images_json(tmp_path, capsys):
         r = out["metrics"][m]
         assert r["status"] == "ok" and r["n"] == 4 and r["ci_low"] <= r["mean"] <= r["ci_high"]
     assert out["metrics"]["fid"]["n"] == 4 and out["metrics"]["fid"]["value"] > 0
-    assert out["metrics"]["kid"]["subset_size"] == 4
+    assert out["metrics"]["fid"]["indicative"] is True and out["metrics"]["fid"]["reference"] == str(a)
+    assert out["metrics"]["kid"]["status"] == "skipped" and "at least 10" in out["metrics"]["kid"]["reason"]
 
 
 def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
@@ -269,7 +306,7 @@ def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
     # resized reference are counted once. Images of 150+ px (> SHM_MIN_BYTES) come back through shared memory.
     from evalkit.metrics.psnr import psnr_uint8
     from evalkit.metrics.ssim import SSIMMetric
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.metrics.compare import compare_folders
     from metrics_fixtures import PHOTOS, photo
 
     refs, cands = {}, {}
@@ -310,7 +347,7 @@ def test_compare_images_says_how_long_and_on_what(tmp_path, capsys):
 
 
 def test_compare_images_errors(tmp_path):
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.metrics.compare import compare_folders
     from metrics_fixtures import photo
 
     a = _folder(tmp_path / "a", {f"x{i}.png": photo("coffee", 32) for i in range(5)})
@@ -500,3 +537,23 @@ def test_a_crash_keeps_the_backends_already_scored(run, monkeypatch) -> None:
     fresh = score_run(run, "ssim,psnr", workers=1, progress=False, use_cache=False)
     for b in ("mild", "harsh"):
         assert res[b]["ssim"]["per_prompt"] == fresh[b]["ssim"]["per_prompt"]
+
+
+def test_cli_score_verify_refuses_a_replaced_image(run, capsys):
+    from evalkit.cli import main
+
+    gen = read_json(run / "generation" / "mild.json")
+    p = run / gen["images"][2]["path"]
+    Image.fromarray(noise(_load(p), 3)).save(p)
+    assert main(["score", str(run), "--metrics", "psnr", "--quiet", "--verify"]) == 2
+    err = capsys.readouterr().err
+    assert p.name in err and "replaced" in err and len(err.strip().splitlines()) == 1
+
+
+def test_cli_table_marks_indicative_fid(capsys):
+    from evalkit.metrics.cli import _print_score_table
+
+    _print_score_table({"q": {"fid": {"status": "ok", "value": 1.5, "n": 5, "indicative": True},
+                              "kid": {"status": "skipped", "reason": "KID needs at least 10 images per set, got 5"}}})
+    out = capsys.readouterr().out
+    assert "indicative only" in out and "KID needs at least 10" in out

@@ -37,6 +37,9 @@ def add_score_arguments(parser: argparse.ArgumentParser, for_run: bool = False) 
     _add_metric_options(group, for_run)
     if not for_run:
         parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
+        parser.add_argument("--verify", action="store_true",
+                            help="re-hash every image against its generation record (default: files whose size and "
+                                 "mtime match the record are trusted)")
 
 
 def score_main(args: argparse.Namespace) -> int:
@@ -48,7 +51,7 @@ def score_main(args: argparse.Namespace) -> int:
         lpips_net=args.lpips_net, clip_model=args.clip_model, real_dir=args.real_dir,
         bootstrap_samples=args.bootstrap_samples, workers=args.workers, use_cache=not args.no_cache,
         weights_dir=args.weights_dir, batch_size=args.metrics_batch_size, fid_method=args.fid_sqrt,
-        progress=not quiet and sys.stderr.isatty(),
+        progress=not quiet and sys.stderr.isatty(), verify=bool(getattr(args, "verify", False)),
     )
     if not quiet:
         _print_score_table(results)
@@ -64,7 +67,8 @@ def _fmt(rec: dict[str, Any]) -> str:
     if "mean" in rec:
         half = (rec["ci_high"] - rec["ci_low"]) / 2 if rec.get("ci_low") is not None else None
         return f"{rec['mean']:.4g}" + (f" ±{half:.2g}" if half is not None else "")
-    return f"{rec['value']:.4g} (n={rec['n']})"
+    # A value the sample size cannot support is never shown as a plain number (docs/metrics.md, sample sizes).
+    return f"{rec['value']:.4g} (n={rec['n']}" + (", indicative only)" if rec.get("indicative") else ")")
 
 
 def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
@@ -98,7 +102,7 @@ def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
 
 def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("dir_a", help="reference images (e.g. bf16)")
-    parser.add_argument("dir_b", help="candidate images, paired with DIR_A by file name")
+    parser.add_argument("dir_b", help="candidate images, paired with DIR_A by file stem (x.png with x.jpg)")
     parser.add_argument("--metrics", default="lpips,ssim,psnr",
                         help="comma list: lpips (=lpips_alex), lpips_vgg, ssim, ms_ssim, psnr, fid, kid (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: each metric's mean, CI and n")
@@ -110,7 +114,7 @@ def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_images_main(args: argparse.Namespace) -> int:
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.metrics.compare import compare_folders
 
     res = compare_folders(args.dir_a, args.dir_b, args.metrics, device=args.device, workers=args.workers,
                           weights_dir=args.weights_dir, batch_size=args.batch_size,

@@ -37,7 +37,7 @@ Definitions and choices:
   * Weights are never downloaded: a Hugging Face id is looked up in the local HF cache only
     (``snapshot_download(local_files_only=True)``, no network call), else MissingWeightsError says how to supply
     them. A local directory is a transformers CLIP (``save_pretrained``); if it has no tokenizer files, CLIP's BPE
-    vocab shipped with open-clip-torch is used (evalkit.generate.models.build_clip_tokenizer).
+    vocab shipped with open-clip-torch is used (evalkit.clip_tokenizer.build_clip_tokenizer).
   * ``open_clip:ARCH:/path/to/ckpt`` (a config shipped with open_clip plus a weights file) or
     ``open_clip:/path/to/folder`` (open_clip_config.json plus weights, the layout of laion's Hugging Face repos; a
     folder without weights is refused rather than scored with random weights) uses open_clip's own model,
@@ -249,7 +249,7 @@ class ClipScorer:
 
         if (path / "vocab.json").is_file() or (path / "tokenizer.json").is_file():
             return CLIPTokenizer.from_pretrained(str(path), local_files_only=True)
-        from evalkit.generate.models import build_clip_tokenizer
+        from evalkit.clip_tokenizer import build_clip_tokenizer
 
         return build_clip_tokenizer()  # CLIP's original BPE vocab, as shipped with open-clip-torch
 
@@ -381,8 +381,84 @@ class ClipScorer:
         )
 
 
+# ---------------------------------------------------------------- the registry's "prompt" metric
+
+_CLIP_KEYS: dict[str, str] = {}
+
+
+def clip_model_spec(clip_model: str | None) -> str:
+    """--clip-model, or the default CLIP."""
+    return clip_model or CLIP_DEFAULT_SPEC
+
+
+def clip_key(spec: str) -> str:
+    """Cache key of CLIP scores: the spec, where it resolves (an HF snapshot hash names the exact weights), and
+    for a local folder or checkpoint its files' sizes and mtimes, so retrained weights in the same place are not
+    served stale scores. Resolving loads no model; MissingWeightsError propagates (the metric is then skipped)."""
+    if spec not in _CLIP_KEYS:
+        import hashlib
+
+        from evalkit.metrics.registry import METRICS_VERSION
+
+        kind, where = resolve_clip_spec(spec)
+        target = Path(where.split(":", 1)[1] if kind == "open_clip" else where)
+        files = [target] if target.is_file() else sorted(p for p in target.rglob("*") if p.is_file())
+        stamp = [(str(p.relative_to(target)) if p != target else p.name, p.stat().st_size, p.stat().st_mtime_ns)
+                 for p in files] if kind != "hf" else []
+        blob = json.dumps([spec, where, stamp, METRICS_VERSION], sort_keys=True).encode()
+        _CLIP_KEYS[spec] = hashlib.sha256(blob).hexdigest()[:16]
+    return _CLIP_KEYS[spec]
+
+
+class ClipPromptMetric:
+    """The registry's CLIP score ("prompt" kind): 100 * max(cos, 0), prompts cut to 77 tokens keeping EOS.
+    Per image it returns the score and whether the prompt was truncated."""
+
+    FLAG_NOTE = "prompt truncated to 77 tokens"
+    FLAG_COUNT = "n_truncated_prompts"
+
+    def __init__(self, device: str = "cpu", clip_model: str | None = None, batch_size: int = 16) -> None:
+        self.spec = clip_model_spec(clip_model)
+        self.scorer = ClipScorer(self.spec, device=device, batch_size=batch_size)
+        self.batch_size = batch_size
+        self.key = clip_key(self.spec)
+
+    @classmethod
+    def result_key(cls, clip_model: str | None = None) -> str:
+        return clip_key(clip_model_spec(clip_model))
+
+    @classmethod
+    def describe(cls, clip_model: str | None = None) -> dict[str, Any]:
+        return {"model": clip_model_spec(clip_model),
+                "truncation": "prompts over 77 CLIP tokens are cut keeping the end-of-text token"}
+
+    def score(self, images: Sequence[np.ndarray], prompts: Sequence[str]) -> tuple[np.ndarray, list[bool]]:
+        """Per-image scores and, per image, whether its prompt had to be truncated."""
+        out = self.scorer.score(list(images), list(prompts))
+        scores, truncated = _unpack_clip(out, len(images))
+        return np.asarray(scores, dtype=np.float64), truncated
+
+
+def _unpack_clip(out: Any, n: int) -> tuple[Any, list[bool]]:
+    # ClipScoreResult (scores, tokens[i].truncated, n_truncated), or a plain (scores, flags) pair.
+    if isinstance(out, tuple) and len(out) == 2:
+        scores, trunc = out
+    else:
+        scores = getattr(out, "scores", out)
+        tokens = getattr(out, "tokens", None)
+        trunc = [bool(t.truncated) for t in tokens] if tokens else getattr(out, "n_truncated", 0)
+    if hasattr(scores, "detach"):
+        scores = scores.detach().cpu().numpy()
+    if isinstance(trunc, (int, np.integer)):
+        flags = [False] * n  # only a count: per-image attribution is unknown, the prompt table has it
+    else:
+        flags = [bool(t) for t in trunc]
+    return scores, flags
+
+
 __all__ = [
     "CLIP_DEFAULT_SPEC",
+    "ClipPromptMetric",
     "CLIP_MEAN",
     "CLIP_STD",
     "ClipScoreResult",

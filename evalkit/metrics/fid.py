@@ -32,9 +32,10 @@ Conventions (deliberately those of clean-fid, see ../shared/notes/anchors.md):
         tr sqrt(S1 S2) = sum sqrt(eig(S1^1/2 S2 S1^1/2)) (S1 S2 is similar to that PSD matrix), about 2 s.
         Agrees with "sqrtm" to ~1e-6 relative (tests/test_metrics_fid.py checks it).
   * KID: unbiased MMD^2 with the polynomial kernel k(x,y) = (gamma x.y + coef0)^degree, gamma = 1/D, degree 3,
-    coef0 1, averaged over ``n_subsets`` random subsets of ``subset_size = min(n1, n2, 1000)`` drawn without
-    replacement from a seeded numpy Generator. std is the population std over subsets (ddof=0, as torchmetrics).
-    With subset_size == n1 == n2 every subset is the full set, so std is 0.
+    coef0 1, averaged over ``n_subsets`` random subsets of ``subset_size = min(n1 - 1, n2 - 1, 1000)`` (strictly
+    below n, so subsets differ) drawn without replacement from a seeded numpy Generator. std is the population std
+    over subsets (ddof=0, as torchmetrics). KIDMetric (the stage's) skips KID below KID_MIN_N = 10 images.
+  * FIDMetric marks FID "indicative" below FID_MIN_N = 2048 images (the feature dimension: a singular covariance).
   * At least 2 images per set for either metric (covariance / unbiased MMD need it): NotComputable otherwise.
 """
 
@@ -48,18 +49,12 @@ from typing import Any
 
 import numpy as np
 
-from evalkit.errors import EvalkitError
+from evalkit.metrics.kinds import NotComputable  # the set kind's "cannot compute" signal; re-exported here
 
 CLEAN_RESIZE_ID = "clean-fid-clean:PIL-F-bicubic-299-clip0-255"
 FID_INPUT_SIZE = 299
 
 
-class NotComputable(EvalkitError):
-    """A metric cannot be computed on these inputs (e.g. fewer than 2 images); ``reason`` is one line for the report."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 # --------------------------------------------------------------------------------------------------- resize
@@ -202,18 +197,41 @@ def fid_from_stats(a: FeatureStats, b: FeatureStats, method: str = "sqrtm") -> f
     return frechet_distance(a.mu, a.sigma, b.mu, b.sigma, method=method)
 
 
-def _fid_gram(f1: np.ndarray, f2: np.ndarray) -> float:
-    # With centred features A1 [n1,D], A2 [n2,D]: S1 S2 = A1' (A1 A2' A2) / c has the non-zero eigenvalues of
-    # M M' with M = A1 A2' / sqrt(c), c = (n1-1)(n2-1); so tr sqrt(S1 S2) = sum of singular values of M (n1 x n2).
-    a1 = f1 - f1.mean(axis=0)
-    a2 = f2 - f2.mean(axis=0)
-    n1, n2 = len(f1), len(f2)
-    m = (a1 @ a2.T) / np.sqrt((n1 - 1) * (n2 - 1))
-    tr_covmean = float(np.linalg.svd(m, compute_uv=False).sum())
-    diff = f1.mean(axis=0) - f2.mean(axis=0)
-    tr1 = float((a1 * a1).sum() / (n1 - 1))
-    tr2 = float((a2 * a2).sum() / (n2 - 1))
-    return float(diff.dot(diff) + tr1 + tr2 - 2.0 * tr_covmean)
+def fid_low_rank(f1: np.ndarray, f2: np.ndarray) -> float:
+    """FID, exact, from the features, in O(n^2 D) instead of O(D^3): the one low-rank implementation.
+
+    With A = centred f1 / sqrt(n1 - 1) and B likewise, S1 = A^T A and S2 = B^T B. The non-zero eigenvalues of
+    S1 S2 = A^T (A B^T B) equal those of (A B^T B) A^T = M M^T with M = A B^T (n1 x n2), so
+    tr sqrt(S1 S2) = sum of the singular values of M. Same value as the eigh/sqrtm paths (tests check it) at a
+    fraction of the cost for a few hundred images, and exact where they add round-off from the ~D - n zero
+    eigenvalues of rank-deficient covariances."""
+    x = np.asarray(f1, dtype=np.float64)
+    y = np.asarray(f2, dtype=np.float64)
+    n1, n2 = len(x), len(y)
+    _require_two(min(n1, n2), "FID")
+    if x.shape[1] != y.shape[1]:
+        raise ValueError(f"FID: feature dimensions differ: {x.shape[1]} vs {y.shape[1]}")
+    mu1, mu2 = x.mean(0), y.mean(0)
+    a = (x - mu1) / np.sqrt(n1 - 1)
+    b = (y - mu2) / np.sqrt(n2 - 1)
+    tr1 = float(np.einsum("ij,ij->", a, a))
+    tr2 = float(np.einsum("ij,ij->", b, b))
+    nuc = float(np.linalg.svd(a @ b.T, compute_uv=False).sum())
+    diff = mu1 - mu2
+    return float(diff @ diff + tr1 + tr2 - 2.0 * nuc)
+
+
+LOW_RANK_METHOD = "low-rank (singular values of A B^T)"
+
+
+def fid_auto(f1: np.ndarray, f2: np.ndarray, method: str = "auto") -> tuple[float, str]:
+    """FID and the trace-sqrt method used. "auto": the exact low-rank path when both sets are smaller than the
+    feature dimension, else "eigh"; "eigh"/"sqrtm"/"gram" as fid_from_features."""
+    if method == "auto":
+        if max(len(f1), len(f2)) < np.shape(f1)[1]:
+            return fid_low_rank(f1, f2), LOW_RANK_METHOD
+        method = "eigh"
+    return fid_from_features(f1, f2, method=method), method
 
 
 def fid_from_features(f1: np.ndarray, f2: np.ndarray, method: str = "sqrtm") -> float:
@@ -226,9 +244,7 @@ def fid_from_features(f1: np.ndarray, f2: np.ndarray, method: str = "sqrtm") -> 
     f2 = np.asarray(f2, dtype=np.float64)
     _require_two(min(len(f1), len(f2)), "FID")
     if method == "gram":
-        if f1.shape[1] != f2.shape[1]:
-            raise ValueError(f"FID: feature dimensions differ: {f1.shape[1]} vs {f2.shape[1]}")
-        return _fid_gram(f1, f2)
+        return fid_low_rank(f1, f2)
     return fid_from_stats(feature_stats(f1), feature_stats(f2), method=method)
 
 
@@ -243,6 +259,12 @@ class KIDResult:
     n_subsets: int
     n1: int
     n2: int
+
+
+KID_MAX_SUBSET = 1000  # torchmetrics' and clean-fid's default subset size
+KID_SUBSETS = 100
+KID_MIN_N = 10  # below this (images in the smaller set) the stage skips KID: too few distinct subsets to mean much
+FID_MIN_N = 2048  # below this FID is "indicative only": the covariance of n < D=2048 features is singular
 
 
 def _poly_mmd2_unbiased(x: np.ndarray, y: np.ndarray, degree: int, gamma: float, coef0: float) -> float:
@@ -271,7 +293,9 @@ def kid_from_features(
     y_all = np.asarray(f2, dtype=np.float64)
     n1, n2 = x_all.shape[0], y_all.shape[0]
     _require_two(min(n1, n2), "KID")
-    m = min(n1, n2, 1000) if subset_size is None else int(subset_size)
+    # Default subset size strictly below the smaller set: with m == n every subset is the whole set, all subsets
+    # agree, and the std (~1e-16) looks like certainty it is not (#13.6). An explicit size may equal n (parity).
+    m = min(n1 - 1, n2 - 1, KID_MAX_SUBSET) if subset_size is None else int(subset_size)
     if m < 2 or m > min(n1, n2):
         raise NotComputable(f"KID subset size {m} must be between 2 and the smaller set size {min(n1, n2)}")
     g = 1.0 / x_all.shape[1] if gamma is None else float(gamma)
@@ -282,6 +306,52 @@ def kid_from_features(
         y = y_all[rng.choice(n2, m, replace=False)]
         vals[i] = _poly_mmd2_unbiased(x, y, degree, g, coef0)
     return KIDResult(mean=float(vals.mean()), std=float(vals.std()), subset_size=m, n_subsets=n_subsets, n1=n1, n2=n2)
+
+
+# --------------------------------------------------------------------------------------------------- set metrics
+# The "set" kind (evalkit.metrics.kinds.SetMetric): a statistic of two feature sets. The features come from the
+# extractor the registry names (MetricSpec.extractor), shared by every set metric that names it; these objects load
+# nothing. Direction is MetricSpec.higher_is_better's to state, not theirs.
+
+
+class FIDMetric:
+    """FID of a feature set against the reference set, with the sample size rule of docs/metrics.md."""
+
+    OPTIONS = {"covariance_ddof": 1, "dtype": "float64", "indicative_below_n": FID_MIN_N}
+
+    def __init__(self, fid_method: str = "auto") -> None:
+        self.fid_method = fid_method
+
+    def statistic(self, features: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+        value, how = fid_auto(features, reference, self.fid_method)
+        n = len(features)
+        rec: dict[str, Any] = {"value": float(value), "sqrt_method": how,
+                               "note": f"FID is biased at small n; compare values only at equal n (here n={n})"}
+        n_min = min(len(features), len(reference))
+        if n_min < FID_MIN_N:
+            rec["indicative"] = True
+            rec["indicative_reason"] = (f"n={n_min} < {FID_MIN_N} images: the feature covariance is singular and "
+                                        f"FID strongly biased; indicative only")
+        return rec
+
+
+class KIDMetric:
+    """KID of a feature set against the reference set; skipped (NotComputable) below KID_MIN_N images."""
+
+    OPTIONS = {"kernel": "polynomial degree 3, gamma 1/D, coef0 1", "n_subsets": KID_SUBSETS,
+               "subset_size": f"min({KID_MAX_SUBSET}, n - 1)", "min_n": KID_MIN_N, "seed": 0}
+
+    def __init__(self, n_subsets: int = KID_SUBSETS, seed: int = 0) -> None:
+        self.n_subsets = n_subsets
+        self.seed = seed
+
+    def statistic(self, features: np.ndarray, reference: np.ndarray) -> dict[str, Any]:
+        n_min = min(len(features), len(reference))
+        if n_min < KID_MIN_N:
+            raise NotComputable(f"KID needs at least {KID_MIN_N} images per set, got {n_min} "
+                                f"(subsets of n - 1 images would barely differ)")
+        r = kid_from_features(features, reference, n_subsets=self.n_subsets, subset_size=None, seed=self.seed)
+        return {"value": r.mean, "std": r.std, "subset_size": r.subset_size, "n_subsets": r.n_subsets}
 
 
 # --------------------------------------------------------------------------------------------------- cache
@@ -322,6 +392,8 @@ def stats_from_npz(path: str | Path, expect_extractor_id: str | None = None) -> 
 
 __all__ = [
     "CLEAN_RESIZE_ID",
+    "FIDMetric",
+    "KIDMetric",
     "FeatureStats",
     "KIDResult",
     "NotComputable",
@@ -330,7 +402,9 @@ __all__ = [
     "extract_features",
     "feature_stats",
     "fid_from_features",
+    "fid_auto",
     "fid_from_stats",
+    "fid_low_rank",
     "frechet_distance",
     "kid_from_features",
     "stats_from_npz",

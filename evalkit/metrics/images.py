@@ -51,13 +51,13 @@ def decode_file(path: str | os.PathLike[str]) -> Decoded:
     arr = _fast_png(data)
     if arr is not None:
         return Decoded(path, sha, arr)
-    try:
-        import io
+    from evalkit.metrics.decode import Refused, decode_bytes
 
-        with Image.open(io.BytesIO(data)) as im:
-            im.load()  # force a full decode now: a truncated PNG must fail here, not later
-            arr = np.asarray(im.convert("RGB"), dtype=np.uint8)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+    try:
+        arr = decode_bytes(data)  # evalkit.metrics.decode states the rules: bit depth, alpha, EXIF, CMYK, size
+    except Refused as e:
+        return Decoded(path, sha, None, f"refused: {e}")
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as e:
         return Decoded(path, sha, None, f"corrupt image ({type(e).__name__}: {str(e)[:80]})")
     return Decoded(path, sha, arr)
 
@@ -72,6 +72,11 @@ def _fast_png(data: bytes) -> np.ndarray | None:
     # IHDR is the first chunk: width, height, bit depth (byte 24), colour type (byte 25: 2 RGB, 6 RGBA).
     if len(data) < 33 or not data.startswith(_PNG_SIGNATURE) or data[24] != 8 or data[25] not in (2, 6):
         return None
+    from evalkit.metrics.decode import composite_alpha, png_has_exif, png_header, too_big_reason
+
+    head = png_header(data)
+    if head is None or too_big_reason(head[0], head[1]) or png_has_exif(data):
+        return None  # the PIL path refuses it with the reason, or applies the EXIF rotation
     try:
         import pyspng
     except ImportError:
@@ -82,7 +87,7 @@ def _fast_png(data: bytes) -> np.ndarray | None:
         return None
     if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] not in (3, 4):
         return None
-    return np.ascontiguousarray(arr[..., :3]) if arr.shape[2] == 4 else arr
+    return composite_alpha(arr) if arr.shape[2] == 4 else arr  # the alpha rule of evalkit.metrics.decode
 
 
 # Decoded arrays at least this big come back from a worker through shared memory, not through the pool's pipe.

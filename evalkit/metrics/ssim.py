@@ -124,7 +124,6 @@ def ms_ssim_too_small_reason(h: int, w: int) -> str:
 class SSIMMetric:
     """Paired metric: per-pair SSIM between uint8 HWC batches."""
 
-    higher_is_better = True
     OPTIONS = {"window": "gaussian 11x11", "sigma": SIGMA, "k1": K1, "k2": K2, "data_range": 1.0,
                "covariance": "population", "border": "valid (= skimage's crop of 5 px)"}
 

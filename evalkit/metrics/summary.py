@@ -1,0 +1,242 @@
+"""Summaries of the score stage: per backend and metric, the record of docs/run-directory.md (mean, bootstrap
+CI, n, per-prompt means, skips with reasons; set statistics with their sample sizes), the per-image CSV, the
+manifest's extractor entry (fid_mode) and summary.json. Reads values from the score cache; computes no image.
+Every fact about a metric comes from the registry (kind, direction, derivation, extractor, class hooks)."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from evalkit.io import atomic_write_json, atomic_write_text, read_json
+from evalkit.metrics import registry as reg
+from evalkit.metrics.cache import json_key
+from evalkit.metrics.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, set_extractors,
+                                    skipped, unavailable)
+from evalkit.metrics.images import RESIZE_POLICY
+from evalkit.metrics.stats import summarize
+from evalkit.rundir import SCHEMA_VERSION, RunDir, write_summary
+
+if TYPE_CHECKING:
+    from evalkit.metrics.stage import State
+
+CSV_COLUMNS = ["backend", "prompt_id", "seed", "metric", "value", "status", "note"]
+
+
+def _per_prompt(items: list[Item], values: dict[int, float]) -> dict[str, float]:
+    acc: dict[str, list[float]] = {}
+    for i, v in values.items():
+        acc.setdefault(items[i].prompt_id, []).append(v)
+    return {k: float(np.mean(v)) for k, v in sorted(acc.items())}
+
+
+def summary_record(state: "State", name: str, items: list[Item], values: dict[int, float],
+                   skips: list[tuple[int, str]], extra: dict[str, Any]) -> dict[str, Any]:
+    spec = reg.get_spec(name)
+    if not values:
+        reasons = sorted({r for _i, r in skips})
+        rec = skipped(reasons[0] if len(reasons) == 1 else f"no pair could be scored ({'; '.join(reasons[:3])})"
+                      if reasons else "no images to score")
+        rec["n_skipped"] = len(skips)
+        return rec
+    order = sorted(values)
+    return {"status": "ok", **summarize([values[i] for i in order], state.opts.bootstrap_samples),
+            "higher_is_better": spec.higher_is_better, "per_prompt": _per_prompt(items, values),
+            "n_skipped": len(skips),
+            "skipped": [{"prompt_id": items[i].prompt_id, "seed": items[i].seed, "reason": r}
+                        for i, r in skips[:MAX_LISTED]],
+            "description": spec.description, **extra}
+
+
+def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Every metric's record for backend `b`, and its rows of per_image.csv."""
+    from evalkit.metrics.stage import prompt_table, text_sha
+
+    opts, cache, items = state.opts, state.cache, state.items[b]
+    corrupt_t = cache.table("corrupt")
+    out: dict[str, Any] = {}
+    rows: list[dict[str, Any]] = []
+    n_corrupt = sum(1 for it in items if it.sha in corrupt_t)
+
+    def corrupt_reason(it: Item, with_ref: bool) -> str | None:
+        if it.sha in corrupt_t:
+            return f"corrupt image {it.path.name}: {corrupt_t[it.sha]}"
+        if with_ref and it.ref_sha in corrupt_t:
+            return f"corrupt reference image {it.ref_path.name if it.ref_path else '?'}: {corrupt_t[it.ref_sha]}"
+        return None
+
+    def row(it: Item, metric: str, value: float | None, status: str, note: str = "") -> None:
+        rows.append({"backend": b, "prompt_id": it.prompt_id, "seed": it.seed, "metric": metric,
+                     "value": "" if value is None else repr(float(value)), "status": status, "note": note})
+
+    def no_reference(m: str) -> dict[str, Any] | None:
+        if b == state.ref:
+            return skipped(f"{b} is the reference backend (compared against itself)")
+        if not ref_ok or state.ref not in state.items:
+            return skipped(f"reference backend {state.ref} has no usable images")
+        return None
+
+    for m in opts.metrics:
+        spec = reg.get_spec(m)
+        why_not = unavailable(opts, m)
+        if why_not:
+            out[m] = skipped(why_not)
+            continue
+        if spec.kind == "set":
+            out[m] = _set_record(state, b, m, ref_ok)
+            continue
+        if spec.kind == "paired" or spec.derived_from:
+            nr = no_reference(m)
+            if nr:
+                out[m] = nr
+                continue
+        values: dict[int, float] = {}
+        skips: list[tuple[int, str]] = []
+        if spec.kind == "paired":
+            table = cache.table(f"pair-{m}-{reg.cache_key(m)}")
+            n_resized = 0
+            for i, it in enumerate(items):
+                cr = corrupt_reason(it, True)
+                e = table.get(it.pair_key)
+                if cr or e is None or e.get("v") is None:
+                    why = cr or (e or {}).get("skip") or "not computed"
+                    skips.append((i, why))
+                    row(it, m, None, "skipped", why)
+                    continue
+                values[i] = e["v"]
+                n_resized += bool(e.get("r"))
+                row(it, m, e["v"], "ok", "reference resized" if e.get("r") else "")
+            extra = {"n_resized": n_resized, "resize_policy": RESIZE_POLICY if n_resized else None,
+                     "n_corrupt": n_corrupt, "options": metric_options(m)}
+            hook = getattr(reg.factory_class(m), "summary_extra", None)
+            if hook is not None:
+                extra.update(hook([values[i] for i in sorted(values)]))
+            out[m] = summary_record(state, m, items, values, skips, extra)
+            continue
+        # prompt kind: values per image from the base metric's table; a derived metric is reference minus backend
+        base = spec.derived_from or m
+        cls = reg.factory_class(base)
+        fopts = opts.factory_options("prompt")
+        described = dict(reg.call_with(cls.describe, fopts)) if hasattr(cls, "describe") else {}
+        table = cache.table(prompt_table(opts, base))
+        if spec.derived_from:
+            ref_by_key = {(it.prompt_id, it.seed): it for it in state.items[state.ref]}
+            for i, it in enumerate(items):
+                r = ref_by_key.get((it.prompt_id, it.seed))
+                e = table.get(f"{it.sha}:{text_sha(it.prompt)}")
+                er = table.get(f"{r.sha}:{text_sha(r.prompt)}") if r else None
+                if e is None or er is None or r is None or r.sha in corrupt_t:
+                    why = corrupt_reason(it, False) or f"no {base} for this image or its reference"
+                    skips.append((i, why))
+                    row(it, m, None, "skipped", why)
+                    continue
+                values[i] = er["v"] - e["v"]
+                row(it, m, values[i], "ok")
+            extra = {k: v for k, v in described.items() if k == "model"}
+            out[m] = summary_record(state, m, items, values, skips, {**extra, "definition": "reference minus backend"})
+            continue
+        n_flag = 0
+        for i, it in enumerate(items):
+            e = table.get(f"{it.sha}:{text_sha(it.prompt)}")
+            cr = corrupt_reason(it, False)
+            if cr or e is None:
+                why = cr or "not computed"
+                skips.append((i, why))
+                row(it, m, None, "skipped", why)
+                continue
+            values[i] = e["v"]
+            n_flag += bool(e.get("t"))
+            row(it, m, e["v"], "ok", getattr(cls, "FLAG_NOTE", "flagged") if e.get("t") else "")
+        flags = {getattr(cls, "FLAG_COUNT", "n_flagged"): n_flag}
+        out[m] = summary_record(state, m, items, values, skips, {**described, **flags, "n_corrupt": n_corrupt})
+    return out, rows
+
+
+def _set_features(state: "State", items: list[Item], ext: str) -> np.ndarray:
+    key = feature_key(ext)
+    corrupt_t = state.cache.table("corrupt")
+    fs = [state.cache.get_features(key, it.sha) for it in items if it.sha not in corrupt_t]
+    fs = [f for f in fs if f is not None]
+    return np.stack(fs) if fs else np.zeros((0, 0))
+
+
+def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
+    """A set metric's record: the statistic of b's features against the reference set's (or --real-dir's)."""
+    from evalkit.metrics.kinds import NotComputable
+
+    spec = reg.get_spec(m)
+    ext = str(spec.extractor)
+    against_real = spec.reference == "real"
+    if not against_real and b == state.ref:
+        return skipped(f"{b} is the reference set")
+    if not against_real and not ref_ok:
+        return skipped(f"reference backend {state.ref} has no usable images")
+    fb = _set_features(state, state.items[b], ext)
+    if against_real:
+        real = state.real_feats.get(ext)
+        if isinstance(real, reg.MetricUnavailable) or real is None:
+            return skipped(str(real or "no --real-dir"))
+        fr, n_ref, _nc = real
+        ref_name = f"real images ({state.opts.real_dir})"
+        ref_shas = ["real"] + sorted(hashlib.sha256(f.tobytes()).hexdigest()[:16] for f in fr)
+    else:
+        fr = _set_features(state, state.items[state.ref], ext)
+        n_ref = fr.shape[0]
+        ref_name = state.ref
+        ref_shas = sorted(it.sha for it in state.items[state.ref])
+    n = fb.shape[0]
+    state.dist_n.setdefault(ext, {})[b] = n
+    base = {"n": n, "n_reference": int(n_ref), "reference": ref_name}
+    key = hashlib.sha256(json_key([m, reg.cache_key(m), state.opts.result_options(), feature_key(ext), ref_shas,
+                                   sorted(it.sha for it in state.items[b])])).hexdigest()
+    table = state.cache.table("distribution")
+    if key in table:
+        return table[key]
+    metric = get_metric(state.opts, m, state.device)
+    if isinstance(metric, reg.MetricUnavailable):
+        return skipped(str(metric))
+    try:
+        rec = {"status": "ok", **metric.statistic(fb, fr), **base, "higher_is_better": spec.higher_is_better}
+        rec["value"] = float(rec["value"])
+    except NotComputable as e:
+        rec = {**skipped(e.reason), **base}
+    state.cache.put("distribution", key, rec)
+    return rec
+
+
+def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], ref: str,
+                  names: list[str], state: "State | None") -> None:
+    """metrics/<backend>.json, metrics/per_image.csv, each extractor's manifest entry, then summary.json."""
+    from evalkit.metrics.common import extractor_unavailable
+
+    for b, mets in results.items():
+        rec = {"schema_version": SCHEMA_VERSION, "backend": b, "reference_backend": ref,
+               "metrics_version": reg.METRICS_VERSION, "metrics": mets,
+               "device": state.device if state else None}
+        atomic_write_json(rd.metrics_record(b), rec)
+    buf = io.StringIO()
+    w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
+    w.writeheader()
+    w.writerows(rows)
+    atomic_write_text(rd.metrics_dir / "per_image.csv", buf.getvalue())
+    if state is not None:
+        for ext in set_extractors(names):
+            espec = reg.get_extractor_spec(ext)
+            cls = reg.extractor_class(ext)
+            if not espec.manifest_key or extractor_unavailable(state.opts, ext) or not hasattr(cls, "describe"):
+                continue
+            fresh = read_json(rd.manifest)  # read-modify-write: keep whatever else is there now
+            mode = dict(reg.call_with(cls.describe, state.opts.factory_options("extractor")))
+            mode["n"] = dict(sorted(state.dist_n.get(ext, {}).items()))
+            mode["n_reference"] = len(state.items.get(ref, []))
+            mode["reference_backend"] = ref
+            if state.opts.real_dir:
+                mode["real_dir"] = state.opts.real_dir
+            if fresh.get(espec.manifest_key) != mode:
+                fresh[espec.manifest_key] = mode
+                atomic_write_json(rd.manifest, fresh)
+    write_summary(rd.root)
