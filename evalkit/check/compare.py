@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.check.gate import _dig, _fmt, _num, load_run_for_check
+from evalkit.check.gate import _dig, _fmt, _num, _shape, load_run_for_check
 from evalkit.check.results import CaseResult, Report
 from evalkit.check.thresholds import KNOWN_METRICS
 from evalkit.errors import EvalkitError
@@ -229,7 +229,12 @@ def _per_prompt(rd: RunDir, backend: str) -> dict[str, Any]:
     path = rd.metrics_record(backend)
     if not path.exists():
         return {}
-    return (read_json(path).get("metrics") or {})
+    rec = read_json(path)
+    _shape(path, "metrics record", rec, {"metrics": dict})
+    metrics = rec.get("metrics") or {}
+    for name, m in metrics.items():
+        _shape(path, f"metrics.{name}", m, {"per_prompt": dict})
+    return metrics
 
 
 def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha: float, n_bootstrap: int,
