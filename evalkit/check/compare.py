@@ -21,7 +21,7 @@ from typing import Any
 
 from evalkit.check.gate import _dig, _fmt, _num, _shape, load_run_for_check
 from evalkit.check.results import CaseResult, Report
-from evalkit.check.thresholds import KNOWN_METRICS
+from evalkit.check.thresholds import _known_metrics
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
 from evalkit.rundir import REFERENCE_BACKEND, RunDir
@@ -274,7 +274,7 @@ def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha
                             if m.get("status", "ok") != "ok")
             out.append(CaseResult(b, name, "skipped", ("—", "—", "", "", "", "not compared"), f"{name} {why}"))
             continue
-        hib = cm.get("higher_is_better", bm.get("higher_is_better", KNOWN_METRICS.get(name)))
+        hib = cm.get("higher_is_better", bm.get("higher_is_better", _known_metrics().get(name)))
         bpp = (bfull.get(name) or {}).get("per_prompt") or {}
         cpp = (cfull.get(name) or {}).get("per_prompt") or {}
         common = [i for i in cpp if i in bpp and _num(bpp[i]) is not None and _num(cpp[i]) is not None]

@@ -178,8 +178,9 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
     except tomllib.TOMLDecodeError as e:
         raise EvalkitError(_toml_error(path, e)) from None
 
-    metrics = set(KNOWN_METRICS) | set(run_metrics)
-    direction = dict(KNOWN_METRICS)
+    known = _known_metrics()  # at load time: a metric registered after this module was imported counts too
+    metrics = set(known) | set(run_metrics)
+    direction = dict(known)
     direction.update(higher_is_better or {})
     valid_keys = known_bound_keys(metrics)
     where = _Locator(path, text)
