@@ -210,8 +210,8 @@ def _highlights(data: ReportData) -> list[dict[str, str]]:
     if mem:
         v, b = min(mem, key=lambda t: t[0])
         refv = ref.memory_value(field) if ref and ref.ok else None
-        out.append({"title": "Least memory", "backend": b.name, "value": f"{v:.2f} GiB",
-                    "detail": label.split("\n")[0] + (f"; {data.reference}: {refv:.2f} GiB" if refv and b.name != data.reference else "")})
+        out.append({"title": "Least memory", "backend": b.name, "value": f"{fmt_num(v, 2)} GiB",
+                    "detail": label.split("\n")[0] + (f"; {data.reference}: {fmt_num(refv, 2)} GiB" if refv and b.name != data.reference else "")})
     lat = [(b.latency.get("median_s"), b) for b in ok if isinstance(b.latency.get("median_s"), (int, float))]
     if lat:
         v, b = min(lat, key=lambda t: t[0])
