@@ -21,13 +21,20 @@ PROMPTS = [
     "Impressionist style, a sunlit garden with blooming flowers",
     "Cubist style, a bustling market of fragmented geometric stalls",
     "Art Deco style, a grand hotel lobby with geometric brass",
+    "Ukiyo-e style, a fishing village under a great wave",
+    "Pop Art style, a diner with neon signs and chrome stools",
+    "Gothic style, a cathedral nave lit by stained glass",
+    "Surrealist style, melting clocks on a desert shore",
+    "Minimalist style, a white room with a single red chair",
+    "Romantic style, a stormy sea with a lone lighthouse",
 ]
+# At least evalkit.check.compare.MIN_PROMPTS_FOR_SIGNIFICANCE, so the compare tests can find significant changes.
 
 # Per-prompt quality of each backend against bf16: small, plausible, and different per prompt so the
 # bootstrap has spread to work with.
-BASE_LPIPS = [0.10, 0.14, 0.12, 0.09, 0.15, 0.11]
-BASE_SSIM = [0.91, 0.88, 0.90, 0.93, 0.86, 0.89]
-BASE_PSNR = [28.0, 26.5, 27.2, 29.1, 25.8, 27.0]
+BASE_LPIPS = [0.10, 0.14, 0.12, 0.09, 0.15, 0.11, 0.13, 0.08, 0.16, 0.12, 0.10, 0.12]
+BASE_SSIM = [0.91, 0.88, 0.90, 0.93, 0.86, 0.89, 0.87, 0.92, 0.85, 0.90, 0.91, 0.92]
+BASE_PSNR = [28.0, 26.5, 27.2, 29.1, 25.8, 27.0, 26.2, 28.7, 25.1, 27.5, 28.3, 27.8]
 
 
 def manifest(prompts: list[str] = PROMPTS, backends: tuple[str, ...] = ("bf16", "bnb-nf4", "torchao-int8wo"),

@@ -32,12 +32,12 @@ def test_bootstrap_identical_runs_is_no_change() -> None:
 
 
 def test_bootstrap_consistent_shift_is_significant_and_noise_is_not() -> None:
-    base = [0.10, 0.14, 0.12, 0.09, 0.15, 0.11, 0.13, 0.10]
+    base = [0.10, 0.14, 0.12, 0.09, 0.15, 0.11, 0.13, 0.10, 0.12, 0.16]
     shifted = paired_bootstrap(base, [v + 0.01 for v in base], 4000)
     assert shifted.significant and shifted.ci_low > 0 and shifted.p_value < 0.01
     assert shifted.delta == pytest.approx(0.01)
     # Per-prompt changes of both signs around zero: not significant.
-    noise = [0.02, -0.03, 0.01, -0.01, 0.03, -0.02, 0.00, -0.005]
+    noise = [0.02, -0.03, 0.01, -0.01, 0.03, -0.02, 0.00, -0.005, 0.01, -0.01]
     r = paired_bootstrap(base, [b + d for b, d in zip(base, noise)], 4000)
     assert not r.significant and r.ci_low < 0 < r.ci_high and r.p_value > 0.2
 
@@ -67,9 +67,9 @@ def _other(tmp_path: Path, **kw) -> Path:
 
 
 @pytest.mark.parametrize("kw, fragment", [
-    ({"prompts": PROMPTS[:5]}, "prompts differ (6 vs 5): 1 only in base (p05-art-deco-style-a-grand"),
+    ({"prompts": PROMPTS[:5]}, "prompts differ (12 vs 5): 7 only in base (p05-art-deco-style-a-grand"),
     ({"prompts": PROMPTS[:5] + ["Pop art style, a diner"]}, "1 only in candidate (p05-pop-art-style-a-diner"),
-    ({"base_seed": 1}, "seeds differ for 6 prompt(s)"),
+    ({"base_seed": 1}, "seeds differ for 12 prompt(s)"),
     ({"height": 256, "width": 256}, "resolution differs (128x128 vs 256x256)"),
     ({"num_inference_steps": 8}, "generation.num_inference_steps differs (4 vs 8)"),
     ({"guidance_scale": 5.0}, "generation.guidance_scale differs (3.5 vs 5.0)"),
@@ -207,7 +207,7 @@ def test_bad_arguments_exit_2(base: Path, tmp_path: Path, capsys) -> None:
 
 
 def test_per_prompt_read_from_metrics_files(base: Path, tmp_path: Path) -> None:
-    # One prompt got much worse, the rest are identical: the mean moves, but the bootstrap (n=6) must
+    # One prompt got much worse, the rest are identical: the mean moves, but the bootstrap (n=12) must
     # not call one outlier a certain regression of every prompt.
     cand = make_run(tmp_path / "cand")
     rec_path = cand / "metrics" / "bnb-nf4.json"
@@ -219,7 +219,7 @@ def test_per_prompt_read_from_metrics_files(base: Path, tmp_path: Path) -> None:
     assert compare(base, cand, "--fail-on-regression") == 0
     row = next(line for line in (cand / "check" / "compare-summary.md").read_text().splitlines()
                if line.startswith("| bnb-nf4 | `lpips_alex`"))
-    assert "+0.05" in row and "n.s." in row
+    assert "+0.025" in row and "n.s." in row
 
 
 def test_compare_does_not_clobber_check_outputs(base: Path, tmp_path: Path) -> None:

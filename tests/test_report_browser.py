@@ -13,7 +13,7 @@ import pytest
 
 from evalkit.report import build_report
 from evalkit.report.browser import LOAD_ALL_IMAGES_JS, find_chromium
-from report_fixtures import ARTIFACTS, XSS_PROMPTS, synthetic_run
+from report_fixtures import ARTIFACTS, FIFTEEN_BACKENDS, XSS_PROMPTS, synthetic_run
 
 pytestmark = [
     pytest.mark.skipif(find_chromium() is None, reason="chromium not installed (apt-get install -y chromium; .ci/run does)"),
@@ -98,3 +98,50 @@ def test_hostile_prompts_do_not_execute(tmp_path: Path) -> None:
         text = b.eval("document.getElementById('images').innerText")
         assert "<script>alert(1)</script>" in text and '"><img src=x onerror=alert(1)>' in text
         assert b.eval("document.querySelectorAll('img[src=\"x\"]').length") == 0
+
+
+def _wide_run(tmp_path: Path) -> Path:
+    """15 backends and every default metric with its CI: the widest tables a real run gives."""
+    import json
+
+    from evalkit.rundir import write_summary
+
+    root = synthetic_run(tmp_path, backends=[b[0] for b in FIFTEEN_BACKENDS], skipped_metrics={})
+    for path in (root / "metrics").glob("*.json"):
+        rec = json.loads(path.read_text())
+        ms = rec["metrics"]
+        if "ssim" in ms:
+            ms["ms_ssim"] = dict(ms["ssim"])
+            ms["lpips_vgg"] = dict(ms["lpips_alex"])
+            ms["clip_score_drop"] = {**ms["lpips_alex"], "higher_is_better": False}
+            ms["kid"] = {"status": "ok", "value": 0.0123, "std": 0.0021, "n": 3, "n_reference": 3, "higher_is_better": False}
+        ms["clip_score"] = {"status": "ok", "mean": 31.25, "ci_low": 30.5, "ci_high": 32.0, "n": 3, "higher_is_better": True}
+        path.write_text(json.dumps(rec))
+    write_summary(root)
+    return root
+
+
+OVERFLOW_JS = """
+Array.from(document.querySelectorAll('.table-wrap')).filter(w => w.offsetParent !== null).map(w => ({
+  id: (w.querySelector('table') || {}).id || '', over: w.scrollWidth - w.clientWidth,
+  right: Math.round(w.getBoundingClientRect().right), vw: document.documentElement.clientWidth}))
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1600, 1920, 2560])
+def test_no_table_cut_off_at_common_widths(tmp_path: Path, width: int) -> None:
+    """Issue #16.7: the summary tables fit the window (no horizontal scrolling inside them) from 1280 to 2560 px."""
+    from evalkit.report.browser import Browser
+
+    root = _wide_run(tmp_path)
+    index = build_report(root, quiet=True, figures=False)
+    with Browser(width=width, height=1000) as b:
+        b.goto(index.as_uri())
+        wraps = b.eval(OVERFLOW_JS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        b.screenshot(ARTIFACTS / f"report-width-{width}.png")
+    shown = {w["id"] for w in wraps}
+    assert {"perf-table", "quality-table"} <= shown, wraps
+    for w in wraps:
+        if w["id"] in ("perf-table", "quality-table"):
+            assert w["over"] <= 1 and w["right"] <= w["vw"], (width, w)

@@ -19,14 +19,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.check.gate import _dig, _fmt, _num, load_run_for_check
+from evalkit.check.gate import _dig, _fmt, _num, _shape, load_run_for_check
 from evalkit.check.results import CaseResult, Report
-from evalkit.check.thresholds import KNOWN_METRICS
+from evalkit.check.thresholds import _known_metrics
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
 from evalkit.rundir import REFERENCE_BACKEND, RunDir
 
 COMPARE_COLUMNS = ("base", "candidate", "delta", "CI", "p", "verdict")
+
+# Below this many shared prompts no change is called significant: a bootstrap over 5 prompts has 126 distinct
+# resamples and a CI that excludes 0 whenever all deltas share a sign, which seed noise does often.
+MIN_PROMPTS_FOR_SIGNIFICANCE = 10
 
 # (name, path in the summary's backend entry, is-memory). Memory is deterministic enough for a tolerance;
 # latency is noisy, hence its larger default tolerance.
@@ -53,12 +57,21 @@ class BootstrapResult:
     delta: float
     ci_low: float
     ci_high: float
-    p_value: float  # two-sided bootstrap p: 2 * min(P(mean* <= 0), P(mean* >= 0)), capped at 1
+    p_value: float  # two-sided bootstrap p: 2 * min(P(mean* <= 0), P(mean* >= 0)), within [1/B, 1]
     n_bootstrap: int
 
     @property
+    def p_at_resolution(self) -> bool:
+        """p is at the bootstrap's floor 1/B: the true p is at most this, not this."""
+        return self.p_value <= 1.0 / self.n_bootstrap
+
+    @property
+    def enough_prompts(self) -> bool:
+        return self.n >= MIN_PROMPTS_FOR_SIGNIFICANCE
+
+    @property
     def significant(self) -> bool:
-        return self.ci_low > 0 or self.ci_high < 0
+        return self.enough_prompts and (self.ci_low > 0 or self.ci_high < 0)
 
 
 def paired_bootstrap(base: list[float], cand: list[float], n_bootstrap: int = 10000, alpha: float = 0.05,
@@ -86,6 +99,8 @@ def paired_bootstrap(base: list[float], cand: list[float], n_bootstrap: int = 10
     lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
     # An all-zero difference (identical runs) is exactly "no change": p = 1, CI [0, 0].
     p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
+    # B resamples cannot resolve a p below 1/B: report that floor ("p < 1/B"), never 0 or a smaller number.
+    p = max(p, 1.0 / n_bootstrap)
     return BootstrapResult(n, float(b.mean()), float(c.mean()), float(d.mean()), float(lo), float(hi), p, n_bootstrap)
 
 
@@ -163,7 +178,8 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
         ("model", f"{(cman.get('model') or {}).get('spec')}"),
         ("device", _device_label(cman) if same_device else f"{_device_label(bman)} vs {_device_label(cman)}"),
         ("test", f"paired bootstrap over prompts, {n_bootstrap} resamples, {100 * (1 - alpha):g}% CI; "
-                 f"significant when the CI excludes 0"),
+                 f"significant when the CI excludes 0 and at least {MIN_PROMPTS_FOR_SIGNIFICANCE} prompts are shared; "
+                 f"p is never shown below 1/{n_bootstrap}"),
         ("tolerances", f"memory +{100 * memory_tolerance:g}%, latency +{100 * latency_tolerance:g}%"),
         ("gate", "--fail-on-regression: a significant regression fails" if fail_on_regression
                  else "report only (pass --fail-on-regression to fail on a regression)"),
@@ -208,6 +224,10 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
         cases += _compare_resources(b, be, ce, same_device, memory_tolerance, latency_tolerance, flag, unmeasured)
         regressions += sum("regression" in c.cells[-1] for c in cases)
         report.cases.extend(cases)
+    few = sorted({c.cells[-1] for c in report.cases if c.cells[-1].startswith("too few prompts")})
+    if few:
+        report.notes.append(f"quality deltas over fewer than {MIN_PROMPTS_FOR_SIGNIFICANCE} shared prompts are shown "
+                            f"but never called significant (a bootstrap over so few prompts overclaims)")
     if unmeasured:
         report.notes.append(f"not measured in either run, so not compared: {', '.join(sorted(unmeasured))}")
     report.notes.append("Quality deltas compare each backend's distance from its own run's reference; if the "
@@ -229,7 +249,12 @@ def _per_prompt(rd: RunDir, backend: str) -> dict[str, Any]:
     path = rd.metrics_record(backend)
     if not path.exists():
         return {}
-    return (read_json(path).get("metrics") or {})
+    rec = read_json(path)
+    _shape(path, "metrics record", rec, {"metrics": dict})
+    metrics = rec.get("metrics") or {}
+    for name, m in metrics.items():
+        _shape(path, f"metrics.{name}", m, {"per_prompt": dict})
+    return metrics
 
 
 def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha: float, n_bootstrap: int,
@@ -249,13 +274,15 @@ def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha
                             if m.get("status", "ok") != "ok")
             out.append(CaseResult(b, name, "skipped", ("—", "—", "", "", "", "not compared"), f"{name} {why}"))
             continue
-        hib = cm.get("higher_is_better", bm.get("higher_is_better", KNOWN_METRICS.get(name)))
+        hib = cm.get("higher_is_better", bm.get("higher_is_better", _known_metrics().get(name)))
         bpp = (bfull.get(name) or {}).get("per_prompt") or {}
         cpp = (cfull.get(name) or {}).get("per_prompt") or {}
         common = [i for i in cpp if i in bpp and _num(bpp[i]) is not None and _num(cpp[i]) is not None]
         if len(common) >= 2:
             r = paired_bootstrap([bpp[i] for i in common], [cpp[i] for i in common], n_bootstrap, alpha)
             verdict, worse = _verdict(r.delta, r.significant, hib)
+            if not r.enough_prompts:
+                verdict = f"too few prompts (n={r.n} < {MIN_PROMPTS_FOR_SIGNIFICANCE})"
             cells = (_fmt(r.base_mean), _fmt(r.cand_mean), _signed(r.delta), f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}]",
                      _p(r.p_value, n_bootstrap), verdict)
             msg = (f"{name} {'rose' if r.delta > 0 else 'fell'} by {_fmt(abs(r.delta))} "
@@ -325,5 +352,5 @@ def _signed(x: float) -> str:
 
 
 def _p(p: float, n_bootstrap: int) -> str:
-    # A bootstrap cannot resolve p below 1/N; say so rather than print 0.
-    return f"<{1 / n_bootstrap:.0e}" if p == 0 else f"{p:.3g}"
+    # A bootstrap cannot resolve p below 1/B; say so ("< 1/B") rather than print 0 or the floor as if measured.
+    return f"< 1/{n_bootstrap}" if p <= 1.0 / n_bootstrap else f"{p:.3g}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from evalkit.check.results import Report
+from evalkit.check.results import Report, group_reasons
 
 
 def print_report(report: Report, width: int | None = None) -> None:
@@ -30,10 +30,13 @@ def print_report(report: Report, width: int | None = None) -> None:
         st = "bold yellow" if c.outcome == "pass" and "regression" in cells[-1] else style[c.outcome]
         table.add_row(escape(c.backend), escape(c.name), *map(escape, cells[:-1]), f"[{st}]{escape(cells[-1])}[/]")
     console.print(table)
-    for c in report.cases:
-        if c.outcome == "fail" or (c.outcome == "pass" and "regression" in c.cells[-1]):
-            label = "[red]FAIL[/]" if c.outcome == "fail" else "[yellow]REGRESSION[/]"
-            console.print(f"{label} {escape(c.backend)} {escape(c.name)}: {escape(c.message or c.detail)}", markup=True)
+    shown = [c for c in report.cases if c.outcome == "fail" or (c.outcome == "pass" and "regression" in c.cells[-1])]
+    # One line per (check, reason): "15 backends: CLIP weights not found" instead of the same line 15 times.
+    for g in group_reasons(shown, use_detail=False):
+        label = "[red]FAIL[/]" if g.outcome == "fail" else "[yellow]REGRESSION[/]"
+        console.print(f"{label} {escape(g.name)} ({escape(g.who())}): {escape(g.message)}", markup=True)
+    for g in group_reasons([c for c in report.cases if c.outcome == "skipped" and c.message]):
+        console.print(f"[yellow]SKIPPED[/] {escape(g.name)} ({escape(g.who())}): {escape(g.message)}", markup=True)
     for n in report.notes:
         console.print(n, markup=False)
     colour = "red" if report.n_failed else "green"

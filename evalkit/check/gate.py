@@ -35,14 +35,38 @@ class Measured:
 
 def load_run_for_check(run_dir: str | Path) -> tuple[RunDir, dict[str, Any], dict[str, Any]]:
     """Open a run and its summary.json; exit 2 (EvalkitError) when the files a check needs are missing."""
-    rd, manifest = open_run(run_dir)
+    try:
+        rd, manifest = open_run(run_dir)
+    except AttributeError:  # open_run reads fields off a manifest that is not an object
+        raise EvalkitError(f"{Path(run_dir) / 'manifest.json'}: manifest must be a JSON object") from None
+    _shape(rd.manifest, "manifest", manifest, {"backends": list, "prompts": list, "model": dict, "device": dict,
+                                                "generation": dict, "versions": dict})
     if not rd.summary.exists():
         raise EvalkitError(f"{rd.summary}: not found; the run has no summary yet (run `evalkit score {rd.root}` "
                            f"or rebuild it with evalkit.rundir.write_summary)")
     summary = read_json(rd.summary)
+    if not isinstance(summary, dict):
+        raise EvalkitError(f"{rd.summary}: must be a JSON object, found {type(summary).__name__}; "
+                           f"rebuild it with evalkit.rundir.write_summary")
     if not isinstance(summary.get("backends"), dict):
         raise EvalkitError(f"{rd.summary}: no 'backends' table; rebuild it with evalkit.rundir.write_summary")
+    for name, entry in summary["backends"].items():
+        where = f"backends.{name}"
+        _shape(rd.summary, where, entry, {"metrics": dict, "memory": dict, "latency": dict, "image_flags": dict,
+                                          "status": str})
+        for metric, m in (entry.get("metrics") or {}).items():
+            _shape(rd.summary, f"{where}.metrics.{metric}", m, {})
     return rd, manifest, summary
+
+
+def _shape(path: Path, where: str, obj: Any, fields: dict[str, type]) -> None:
+    """A one-line error naming the file and the field when a record has the wrong shape (never a traceback)."""
+    if not isinstance(obj, dict):
+        raise EvalkitError(f"{path}: {where} must be a JSON object, found {type(obj).__name__}")
+    for key, typ in fields.items():
+        if obj.get(key) is not None and not isinstance(obj[key], typ):
+            raise EvalkitError(f"{path}: {where}.{key} must be a JSON {'object' if typ is dict else typ.__name__}, "
+                               f"found {type(obj[key]).__name__}")
 
 
 def run_metric_names(summary: dict[str, Any]) -> tuple[set[str], dict[str, bool]]:

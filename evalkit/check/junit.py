@@ -13,7 +13,9 @@ import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-from evalkit.check.results import Report
+from evalkit.check.results import Report, group_reasons
+
+SHORT_REASON = 120  # characters of a shared reason repeated in every testcase
 from evalkit.io import atomic_write_bytes
 
 
@@ -26,6 +28,12 @@ def render_junit(report: Report, elapsed_s: float = 0.0) -> bytes:
         "errors": "0",
         "time": f"{elapsed_s:.3f}",
     })
+    # A reason shared by several backends (CLIP weights missing for 15) is written in full once, in the first
+    # backend's testcase; the others carry its first line and point there, so the file does not repeat 600 chars 15 times.
+    first_of: dict[tuple[str, str, str], str] = {}
+    for g in group_reasons([c for c in report.cases if c.outcome != "pass"]):
+        if len(g.backends) > 1 and len(g.message) > SHORT_REASON:
+            first_of[(g.name, g.outcome, g.message)] = g.backends[0]
     stamp = _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
     host = socket.gethostname()
     for backend in report.backends():
@@ -51,12 +59,18 @@ def render_junit(report: Report, elapsed_s: float = 0.0) -> bytes:
                 "name": c.name,
                 "time": "0.000",
             })
+            message, body = c.message, c.detail or c.message
+            first = first_of.get((c.name, c.outcome, c.message or c.detail))
+            if first is not None and first != backend:
+                n = sum(1 for x in report.cases if (x.name, x.outcome, x.message or x.detail) == (c.name, c.outcome, c.message or c.detail))
+                message = f"{c.message[:SHORT_REASON]}… (same reason for {n} backends; full text under evalkit.{report.kind}.{first})"
+                body = message
             if c.outcome == "fail":
-                el = ET.SubElement(tc, "failure", {"message": c.message, "type": "BoundViolated" if report.kind == "check" else "Regression"})
-                el.text = c.detail or c.message
+                el = ET.SubElement(tc, "failure", {"message": message, "type": "BoundViolated" if report.kind == "check" else "Regression"})
+                el.text = body
             elif c.outcome == "skipped":
-                el = ET.SubElement(tc, "skipped", {"message": c.message})
-                el.text = c.detail or None
+                el = ET.SubElement(tc, "skipped", {"message": message})
+                el.text = (body if body != message else None) if first is None or first == backend else None
             out = "  ".join(f"{h}: {v}" for h, v in zip(report.columns, c.cells))
             ET.SubElement(tc, "system-out").text = out + (f"\n{c.detail}" if c.detail and c.outcome == "pass" else "")
         if report.warnings:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from evalkit.check.results import CaseResult, Report
+from evalkit.check.results import CaseResult, Report, group_reasons
 from evalkit.io import atomic_write_text
 
 
@@ -38,20 +38,21 @@ def render_markdown(report: Report) -> str:
     out.append("")
     out += [f"- **{k}:** {_cell(v)}" for k, v in report.context]
     out.append("")
+    # Identical reasons are grouped: one line names every backend it applies to.
     failed = [c for c in report.cases if c.outcome == "fail"]
     if failed:
         out += ["### Failures" if report.kind == "check" else "### Regressions", ""]
-        out += [f"- **{_cell(c.backend)}** `{c.name}`: {_cell(c.message)}" for c in failed]
+        out += [f"- `{g.name}` **{_cell(g.who())}**: {_cell(g.message)}" for g in group_reasons(failed)]
         out.append("")
     flagged = [c for c in report.cases if c.outcome == "pass" and "regression" in c.cells[-1]]
     if flagged:
         out += ["### Regressions (not failing: --fail-on-regression not set)", ""]
-        out += [f"- **{_cell(c.backend)}** `{c.name}`: {_cell(c.detail)}" for c in flagged]
+        out += [f"- `{g.name}` **{_cell(g.who())}**: {_cell(g.message)}" for g in group_reasons(flagged, use_detail=True)]
         out.append("")
     skipped = [c for c in report.cases if c.outcome == "skipped" and c.message]
     if skipped:
         out += ["### Skipped", ""]
-        out += [f"- **{_cell(c.backend)}** `{c.name}`: {_cell(c.message)}" for c in skipped]
+        out += [f"- `{g.name}` **{_cell(g.who())}**: {_cell(g.message)}" for g in group_reasons(skipped)]
         out.append("")
     table = _table(report, report.cases)
     if len(report.cases) > 12:

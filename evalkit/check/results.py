@@ -27,6 +27,33 @@ class CaseResult:
     detail: str = ""  # longer text for the JUnit body
 
 
+@dataclass(frozen=True)
+class ReasonGroup:
+    """Cases that say the same thing about the same check for several backends (e.g. CLIP weights missing for 15):
+    shown once with the backends listed, not 15 times."""
+
+    name: str
+    outcome: Outcome
+    message: str
+    backends: tuple[str, ...]
+
+    def who(self, shown: int = 4) -> str:
+        """'bnb-nf4' or '15 backends: a, b, c, d, +11 more'."""
+        if len(self.backends) == 1:
+            return self.backends[0]
+        few = ", ".join(self.backends[:shown]) + (f", +{len(self.backends) - shown} more" if len(self.backends) > shown else "")
+        return f"{len(self.backends)} backends: {few}"
+
+
+def group_reasons(cases: list[CaseResult], use_detail: bool = False) -> list[ReasonGroup]:
+    """Group `cases` by (check name, outcome, message), in first-seen order."""
+    groups: dict[tuple[str, str, str], list[str]] = {}
+    for c in cases:
+        text = (c.detail if use_detail else c.message) or c.message or c.detail
+        groups.setdefault((c.name, c.outcome, text), []).append(c.backend)
+    return [ReasonGroup(n, o, m, tuple(b)) for (n, o, m), b in groups.items()]  # type: ignore[arg-type]
+
+
 @dataclass
 class Report:
     """Everything one `check` or `compare` invocation found, in display order."""
@@ -60,7 +87,10 @@ class Report:
 
     @property
     def verdict(self) -> str:
-        return "FAIL" if self.n_failed else "PASS"
+        # A report-only compare that found regressions exits 0, but its last line must not read like a clean PASS.
+        if self.n_failed:
+            return "FAIL"
+        return "PASS WITH REGRESSIONS" if self.flagged else "PASS"
 
     @property
     def headline(self) -> str:

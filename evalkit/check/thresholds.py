@@ -16,7 +16,9 @@ closest names suggested, never a bound that silently checks nothing.
 
 from __future__ import annotations
 
+import math
 import re
+import sys
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -132,8 +134,14 @@ class Thresholds:
         [default] applies to every backend except the reference (comparing bf16 with itself says nothing);
         the reference is checked only where it has its own section (e.g. its memory).
         """
-        sections = ([self.default] if backend != reference else []) + (
-            [self.backends[backend]] if backend in self.backends else [])
+        own = [self.backends[backend]] if backend in self.backends else []
+        if backend != reference:
+            sections = [self.default] + own
+        else:
+            # [default]'s bounds skip the reference, but its options (allow_unmeasured on a CPU smoke run,
+            # require_status_ok) are run-wide: they apply to the reference's own section too.
+            inherited = Section(options={k: v for k, v in self.default.options.items() if k != "ignore"})
+            sections = [inherited] + own if own else []
         bounds: dict[str, Bound] = {}
         options: dict[str, bool] = {}
         for s in sections:
@@ -170,8 +178,9 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
     except tomllib.TOMLDecodeError as e:
         raise EvalkitError(_toml_error(path, e)) from None
 
-    metrics = set(KNOWN_METRICS) | set(run_metrics)
-    direction = dict(KNOWN_METRICS)
+    known = _known_metrics()  # at load time: a metric registered after this module was imported counts too
+    metrics = set(known) | set(run_metrics)
+    direction = dict(known)
     direction.update(higher_is_better or {})
     valid_keys = known_bound_keys(metrics)
     where = _Locator(path, text)
@@ -230,11 +239,59 @@ def _section(raw: dict[str, Any], table: str, valid_keys: list[str], where: "_Lo
         # bool is an int in Python; `lpips_alex_max = true` is a slip, not a bound of 1.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EvalkitError(f"{loc}: {key} must be a number, not {value!r}")
-        if value != value:  # NaN never compares true: the bound would fail every time
-            raise EvalkitError(f"{loc}: {key} is nan")
         quantity, kind = key.rsplit("_", 1)
-        sec.bounds[key] = Bound(key, quantity, kind, float(value), table, where.line(table, key))  # type: ignore[arg-type]
+        sec.bounds[key] = Bound(key, quantity, kind, _judgeable(value, key, quantity, loc), table,
+                                where.line(table, key))  # type: ignore[arg-type]
     return sec
+
+
+def value_range(quantity: str) -> tuple[float | None, float | None]:
+    """The values `quantity` can take: (low, high), None for unbounded. A bound outside it can never be judged.
+
+    Resources are all amounts (GiB, seconds, ratios, counts), so never negative. A metric's range is the
+    registry's (MetricSpec.value_range, when the registry declares it); otherwise what its declared facts imply."""
+    if quantity in RESOURCES:
+        return (0.0, None)
+    try:
+        from evalkit.metrics.registry import get_spec
+
+        spec = get_spec(quantity)
+    except EvalkitError:
+        return (None, None)  # a metric only the run knows: nothing to say about its range
+    declared = getattr(spec, "value_range", None)
+    if isinstance(declared, tuple) and len(declared) == 2:
+        return declared
+    return _INTERIM_RANGES.get(quantity, (None, None))
+
+
+# INTERIM, until MetricSpec carries `value_range` (asked of the registry's owner): the built-in metrics' ranges,
+# from their definitions (docs/metrics.md). Delete this table when the registry declares them; value_range()
+# already prefers the registry's. KID is unbiased, so it can be slightly negative: no range.
+_INTERIM_RANGES: dict[str, tuple[float | None, float | None]] = {
+    "lpips_alex": (0.0, None), "lpips_vgg": (0.0, None), "ssim": (-1.0, 1.0), "ms_ssim": (-1.0, 1.0),
+    "psnr": (0.0, 100.0), "clip_score": (0.0, 100.0), "clip_score_drop": (-100.0, 100.0),
+    "fid": (0.0, None), "fid_real": (0.0, None),
+}
+
+
+def _judgeable(value: int | float, key: str, quantity: str, loc: str) -> float:
+    """`value` as a float bound, or a config error (exit 2) naming file:line: a bound no number can be compared
+    with must never look like a failed release (exit 1)."""
+    try:
+        limit = float(value)
+    except OverflowError:  # a TOML integer beyond float range: 1 followed by 400 zeros
+        raise EvalkitError(f"{loc}: {key} = {value} is outside the range of a float (max {sys.float_info.max:.3g})") from None
+    if math.isnan(limit):  # NaN never compares true: the bound would fail every time
+        raise EvalkitError(f"{loc}: {key} is nan; a bound must be a finite number")
+    if math.isinf(limit):
+        raise EvalkitError(f"{loc}: {key} is {'-' if limit < 0 else ''}inf; a bound must be a finite number "
+                           f"(to not bound {quantity}, remove the line)")
+    lo, hi = value_range(quantity)
+    if (lo is not None and limit < lo) or (hi is not None and limit > hi):
+        span = f"[{'-inf' if lo is None else f'{lo:g}'}, {'inf' if hi is None else f'{hi:g}'}]"
+        raise EvalkitError(f"{loc}: {key} = {value:g} is impossible: {quantity} only takes values in {span}, "
+                           f"so this bound could never be judged")
+    return limit
 
 
 def _family_hint(key: str, valid_keys: list[str]) -> str:

@@ -13,7 +13,8 @@ from typing import Any
 def build_report(run_dir: str | Path, **kwargs: Any) -> Path:
     """Write index.html (+ figures/, tables/, thumbs/) into `run_dir`; return the path of index.html.
 
-    Keyword arguments: thumb_size (px, default 256), figures (bool), memory_axis (see `evalkit report --help`), quiet.
+    Keyword arguments: thumb_size (px, default 256), figures (bool), memory_axis (see `evalkit report --help`),
+    include_partial (bool), quiet.
     """
     from evalkit.report.build import build_report as _build
 

@@ -19,7 +19,7 @@ from typing import Any
 from evalkit import __version__
 from evalkit.io import atomic_write_text
 from evalkit.report.data import (
-    MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, ReportData, fmt_num, fmt_seconds, load_report_data,
+    MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, MetricInfo, ReportData, fmt_num, fmt_seconds, load_report_data,
     metric_value,
 )
 
@@ -30,12 +30,13 @@ def build_report(
     thumb_size: int = 256,
     figures: bool = True,
     memory_axis: str | None = None,
+    include_partial: bool = False,
     quiet: bool = False,
 ) -> Path:
     """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html."""
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: print(f"report: {msg}", file=sys.stderr))
-    data = load_report_data(run_dir, memory_axis)
+    data = load_report_data(run_dir, memory_axis, include_partial)
     from evalkit.report.images import build_images, inferno_css_gradient
     from evalkit.report.tables import write_tables
 
@@ -51,6 +52,12 @@ def build_report(
         figs = write_figures(data)
         log(f"{len(figs)} figures (svg, pdf, png) in {time.perf_counter() - t:.1f} s")
     tables = write_tables(data)
+    from evalkit.report.outputs import remove_stale_outputs
+
+    removed = remove_stale_outputs(data.root, [p for f in figs for p in f.files.values()] + list(tables))
+    if removed:
+        log(f"removed {len(removed)} file(s) an earlier report wrote that this run no longer has: "
+            + ", ".join(data.rd.relative(p) for p in removed[:6]) + ("…" if len(removed) > 6 else ""))
 
     ctx = _context(data, images, figs, tables, show_images)
     ctx["diff_clip"] = diff_scale
@@ -130,18 +137,44 @@ def _perf_rows(data: ReportData) -> list[dict[str, Any]]:
             "lat_warmup": lat.get("warmup_runs"),
             "lat_ratio": _ratio(med, ref_lat) if b.name != data.reference else "",
             "load": rec.get("load_time_s"), "compile": rec.get("compile_time_s"),
-            "flags": b.flags,
+            "flags": b.flags, "partial": b.partial_reason, "lat_noisy": b.latency_noisy,
         })
     return rows
 
 
+def _interval(rec: dict[str, Any] | None) -> tuple[float, float] | None:
+    lo, hi = (rec or {}).get("ci_low"), (rec or {}).get("ci_high")
+    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi))
+    return (float(lo), float(hi)) if ok else None
+
+
+def best_backend(data: ReportData, m: MetricInfo) -> str | None:
+    """The backend to bold for `m`, or None when the data cannot back the claim: the best value's CI must be
+    disjoint from every other competitor's CI (no CI, an indicative value, or an overlap: nothing is bolded)."""
+    if m.higher_is_better is None:
+        return None
+    cands = []
+    for b in data.backends:
+        if b.name == data.reference or not data.competes(b):
+            continue
+        rec = b.metrics.get(m.key)
+        v = metric_value(rec)
+        if v is not None:
+            cands.append((v, b.name, _interval(rec), bool((rec or {}).get("indicative"))))
+    if len(cands) < 2:
+        return None
+    cands.sort(key=lambda t: -t[0] if m.higher_is_better else t[0])
+    v, name, ci, indicative = cands[0]
+    if ci is None or indicative:
+        return None
+    for _, _, other, _ in cands[1:]:
+        if other is None or not (other[1] < ci[0] or other[0] > ci[1]):
+            return None
+    return name
+
+
 def _quality_rows(data: ReportData) -> list[dict[str, Any]]:
-    best: dict[str, float] = {}
-    for m in data.metrics:
-        vals = [metric_value(b.metrics.get(m.key)) for b in data.backends if b.ok and b.name != data.reference]
-        vals = [v for v in vals if v is not None]
-        if vals and m.higher_is_better is not None:
-            best[m.key] = max(vals) if m.higher_is_better else min(vals)
+    best = {m.key: best_backend(data, m) for m in data.metrics}
     rows = []
     for b in data.backends:
         if not b.ok:
@@ -151,22 +184,25 @@ def _quality_rows(data: ReportData) -> list[dict[str, Any]]:
             rec = b.metrics.get(m.key)
             v = metric_value(rec)
             if v is None:
-                why = (rec or {}).get("reason") or ("reference" if b.name == data.reference and m.compares == "reference" else "not scored")
+                why = (rec or {}).get("reason") or ("reference" if b.name == data.reference and m.vs_reference else "not scored")
                 cells.append({"value": None, "why": why})
                 continue
             lo, hi, sd = rec.get("ci_low"), rec.get("ci_high"), rec.get("std")
             # Per-image metrics carry a bootstrap CI; set-level ones (FID, KID) at most a std over subsets.
             spread = (f"[{fmt_num(lo, m.digits)}, {fmt_num(hi, m.digits)}]" if lo is not None and hi is not None
-                      else f"± {fmt_num(sd, m.digits)} std" if isinstance(sd, (int, float)) and m.compares != "reference" else "no CI")
+                      else f"± {fmt_num(sd, m.digits)} std" if isinstance(sd, (int, float)) and not m.vs_reference else "no CI")
+            indicative = bool(rec.get("indicative"))
             cells.append({"value": fmt_num(v, m.digits), "raw": v, "ci": spread, "note": rec.get("note") or rec.get("description") or "",
-                          "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": best.get(m.key) == v})
-        rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference})
+                          "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": best.get(m.key) == b.name,
+                          "indicative": indicative})
+        rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference, "partial": b.partial_reason})
     return rows
 
 
 def _highlights(data: ReportData) -> list[dict[str, str]]:
     """At-a-glance cards: least memory, fastest, and closest to the reference by the first paired metric."""
-    ok = [b for b in data.backends if b.ok]
+    # A partially quantized backend cannot be "least memory" or "closest to bf16" for the wrong reason.
+    ok = [b for b in data.backends if data.competes(b)]
     out = []
     field, label = MEMORY_AXES[data.memory_axis]
     mem = [(b.memory_value(field), b) for b in ok if b.memory_value(field) is not None]
@@ -174,8 +210,8 @@ def _highlights(data: ReportData) -> list[dict[str, str]]:
     if mem:
         v, b = min(mem, key=lambda t: t[0])
         refv = ref.memory_value(field) if ref and ref.ok else None
-        out.append({"title": "Least memory", "backend": b.name, "value": f"{v:.2f} GiB",
-                    "detail": label.split("\n")[0] + (f"; {data.reference}: {refv:.2f} GiB" if refv and b.name != data.reference else "")})
+        out.append({"title": "Least memory", "backend": b.name, "value": f"{fmt_num(v, 2)} GiB",
+                    "detail": label.split("\n")[0] + (f"; {data.reference}: {fmt_num(refv, 2)} GiB" if refv and b.name != data.reference else "")})
     lat = [(b.latency.get("median_s"), b) for b in ok if isinstance(b.latency.get("median_s"), (int, float))]
     if lat:
         v, b = min(lat, key=lambda t: t[0])
@@ -184,7 +220,7 @@ def _highlights(data: ReportData) -> list[dict[str, str]]:
                     "detail": "median latency per image" + (f"; {data.reference}: {fmt_seconds(refv)}" if refv and b.name != data.reference else "")})
     if not data.random_weights:
         for m in data.metrics:
-            if m.compares != "reference" or m.higher_is_better is None:
+            if m.kind != "paired" or m.higher_is_better is None:
                 continue
             vals = [(metric_value(b.metrics.get(m.key)), b) for b in ok if b.name != data.reference]
             vals = [t for t in vals if t[0] is not None]
@@ -193,6 +229,13 @@ def _highlights(data: ReportData) -> list[dict[str, str]]:
                 out.append({"title": f"Closest to {data.reference}", "backend": b.name, "value": f"{m.label} {fmt_num(v, m.digits)}",
                             "detail": "by " + m.label + (" (higher is better)" if m.higher_is_better else " (lower is better)")})
                 break
+    partial = [b for b in data.backends if b.ok and b.partial]
+    if partial:
+        out.append({"title": "Partly quantized", "backend": f"{len(partial)} backend{'s' if len(partial) != 1 else ''} †",
+                    "value": ", ".join(b.name for b in partial[:3]) + ("…" if len(partial) > 3 else ""),
+                    "detail": ("quantized less than the name says on this device; "
+                               + ("included in the cards above (--include-partial)" if data.include_partial
+                                  else "left out of the cards above and the Pareto fronts"))})
     failed = [b for b in data.backends if not b.ok]
     if failed:
         out.append({"title": "Did not run", "backend": f"{len(failed)} backend{'s' if len(failed) != 1 else ''}",
@@ -200,9 +243,17 @@ def _highlights(data: ReportData) -> list[dict[str, str]]:
     return out
 
 
+def _short_labels(data: ReportData) -> dict[str, str]:
+    """Card labels without the parenthesis ("LPIPS (AlexNet)" -> "LPIPS"), unless that would make two metrics alike."""
+    stems = {m.key: m.label.split(" (")[0] for m in data.metrics}
+    return {k: (v if list(stems.values()).count(v) == 1 else next(m.label for m in data.metrics if m.key == k))
+            for k, v in stems.items()}
+
+
 def _prompt_sections(data: ReportData, images: dict) -> list[dict[str, Any]]:
     sections = []
     ref_name = data.reference
+    short = _short_labels(data)
     for p in data.prompts:
         pid = str(p["id"])
         cards = []
@@ -215,7 +266,7 @@ def _prompt_sections(data: ReportData, images: dict) -> list[dict[str, Any]]:
             for m in data.metrics:
                 v = ((b.metrics.get(m.key) or {}).get("per_prompt") or {}).get(pid)
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
-                    vals.append({"label": m.label.split(" (")[0] if m.key != "lpips_vgg" else "LPIPS-vgg", "value": fmt_num(v, min(m.digits, 3)), "unit": m.unit})
+                    vals.append({"label": short.get(m.key, m.label), "value": fmt_num(v, min(m.digits, 3)), "unit": m.unit})
             cards.append({
                 "backend": b.name, "is_ref": b.name == ref_name, "entry": e, "metrics": vals,
                 "mad": fmt_num(e.mean_abs_diff, 2) if e and e.mean_abs_diff is not None else None,
@@ -276,9 +327,12 @@ def _problems(data: ReportData, images: dict) -> dict[str, Any]:
         grouped.setdefault((key, why), []).append(bname)
     metrics = [{"metric": k, "reason": why, "backends": names} for (k, why), names in grouped.items()]
     expected = sorted({f"{k} ({b})" for b, k, _ in data.skipped_metrics(expected=True) if b == data.reference})
+    left_out = [(str(x.get("backend") or "?"), str(x.get("path") or "?"), str(x.get("reason") or "no reason recorded"))
+                 for x in data.images_left_out]
+    partial = [(b.name, b.partial_reason) for b in data.backends if b.ok and b.partial]
     return {"backends": backends, "metrics": metrics, "missing_images": missing, "flags": flags, "expected": expected,
-            "not_scored": not_scored, "notes": data.notes,
-            "count": len(backends) + len(metrics) + len(missing) + len(flags) + len(data.notes)}
+            "not_scored": not_scored, "notes": data.notes, "left_out": left_out, "partial": partial,
+            "count": len(backends) + len(metrics) + len(missing) + len(flags) + len(data.notes) + len(left_out) + len(partial)}
 
 
 def _blind_rounds(data: ReportData, images: dict) -> list[dict[str, Any]]:
@@ -329,7 +383,9 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "fid_mode": manifest.get("fid_mode") or {}, "reference": data.reference, "fid_n": _fid_n(manifest.get("fid_mode") or {}),
         "reference_ok": bool(ref and ref.ok),
         "random_weights": data.random_weights, "scored": data.scored, "cuda": data.has_cuda_memory,
-        "device_type": data.device_type, "metrics": data.metrics,
+        "device_type": data.device_type, "metrics": data.metrics, "include_partial": data.include_partial,
+        "paired_labels": [m.label for m in data.metrics if m.kind == "paired"],
+        "set_labels": [m.label for m in data.metrics if m.kind == "set"],
         "memory_axis_label": MEMORY_AXES[data.memory_axis][1].replace("\n", " — "),
         "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "highlights": _highlights(data),
         "prompt_sections": _prompt_sections(data, images) if show_images else [],

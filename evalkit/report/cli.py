@@ -23,7 +23,11 @@ def add_report_arguments(parser: argparse.ArgumentParser, for_run: bool = False)
     axis = ["--report-memory-axis"] if for_run else ["--memory-axis", "--report-memory-axis"]
     group.add_argument(*axis, dest="report_memory_axis", choices=MEMORY_AXIS_CHOICES, default="auto",
                        help="memory number on the x-axis of quality-vs-memory plots (default: peak_reserved on CUDA, "
-                            "cpu_peak_rss on a CPU run)")
+                            "the weight footprint on a CPU run)")
+    partial = ["--report-include-partial"] if for_run else ["--include-partial", "--report-include-partial"]
+    group.add_argument(*partial, dest="report_include_partial", action="store_true",
+                       help="let backends that quantized less than their name says on this device (marked †) "
+                            "win the summary cards and sit on Pareto fronts (default: shown, but left out of both)")
     if for_run:
         group.add_argument("--no-report", dest="report_skip", action="store_true", help="do not write the HTML report")
 
@@ -45,6 +49,7 @@ def report_main(args: argparse.Namespace) -> int:
         thumb_size=size,
         figures=not getattr(args, "report_no_figures", False),
         memory_axis=None if axis in (None, "auto") else axis,
+        include_partial=bool(getattr(args, "report_include_partial", False)),
     )
     from evalkit.rundir import display_path
 

@@ -12,39 +12,69 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalkit.errors import EvalkitError
 from evalkit.io import read_json
+from evalkit.libraries import LIBRARIES, Library, library_order
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run, write_summary
 
 
 @dataclass(frozen=True)
 class MetricInfo:
-    """How to show one metric. `higher_is_better` from the metric record wins over this table."""
+    """How to show one metric: read from the metric registry (evalkit/metrics/registry.py), never restated here.
+
+    `kind` is the registry's "paired" | "prompt" | "set", or "unknown" for a metric an older run recorded that
+    this evalkit no longer registers (it still shows, under its own name, with the direction its record states).
+    """
 
     key: str
     label: str
     unit: str = ""
     higher_is_better: bool | None = None
     digits: int = 4
-    compares: str = "reference"  # what it compares against: "reference" (bf16's image), "text", "distribution"
+    kind: str = "unknown"
+    reference: str = "bf16"  # what it compares against: "bf16" (the reference backend), "text", "real"
+
+    @property
+    def vs_reference(self) -> bool:
+        """Measured per image against the reference backend's image: the reference itself has no value by design."""
+        return self.kind == "paired" or (self.kind == "prompt" and self.reference == "bf16")
+
+    @property
+    def compares(self) -> str:
+        """What a reader should know it is measured against: "reference", "text", "distribution" or "real"."""
+        if self.kind == "paired":
+            return "reference"
+        if self.kind == "prompt":
+            return "text" if self.reference == "text" else "reference-text"
+        if self.kind == "set":
+            return "real" if self.reference == "real" else "distribution"
+        return "unknown"
 
 
-# Known metrics (score's names). An unknown metric still shows, under its own name.
-KNOWN_METRICS: dict[str, MetricInfo] = {m.key: m for m in [
-    MetricInfo("lpips_alex", "LPIPS (AlexNet)", "", False, 4),
-    MetricInfo("lpips_vgg", "LPIPS (VGG16)", "", False, 4),
-    MetricInfo("psnr", "PSNR", "dB", True, 2),
-    MetricInfo("ssim", "SSIM", "", True, 4),
-    MetricInfo("ms_ssim", "MS-SSIM", "", True, 4),
-    MetricInfo("fid", "FID", "", False, 2, "distribution"),
-    MetricInfo("kid", "KID", "", False, 4, "distribution"),
-    MetricInfo("fid_real", "FID vs real images", "", False, 2, "real"),
-    MetricInfo("kid_real", "KID vs real images", "", False, 4, "real"),
-    MetricInfo("clip_score", "CLIP score", "", True, 2, "text"),
-    MetricInfo("clip_score_drop", "CLIP score drop", "", False, 3, "text"),
-    MetricInfo("clip_iqa", "CLIP-IQA", "", True, 4, "image"),
-    MetricInfo("image_reward", "ImageReward", "", True, 3, "text"),
-]}
-METRIC_ORDER = list(KNOWN_METRICS)
+def _registry() -> list[Any]:
+    from evalkit.metrics.registry import list_metrics
+
+    return list_metrics()
+
+
+def metric_info(key: str, record: dict[str, Any] | None = None) -> MetricInfo:
+    """The registry's facts for `key`; the record's own higher_is_better wins (it is what the run computed)."""
+    spec = next((s for s in _registry() if s.name == key), None)
+    if spec is not None:
+        base = MetricInfo(key, spec.display, spec.unit, spec.higher_is_better, spec.digits, spec.kind, spec.reference)
+    else:
+        base = MetricInfo(key, key.replace("_", " "))
+    hib = (record or {}).get("higher_is_better")
+    if isinstance(hib, bool) and hib != base.higher_is_better:
+        base = MetricInfo(base.key, base.label, base.unit, hib, base.digits, base.kind, base.reference)
+    return base
+
+
+def metric_order(keys: list[str]) -> list[str]:
+    """Registry order (the order metrics were registered), then unknown metrics by name."""
+    order = [s.name for s in _registry()]
+    return sorted(keys, key=lambda k: (order.index(k) if k in order else len(order), k))
+
 
 # Memory fields of a generation record, in the order the table shows them.
 MEMORY_PHASES = [("after_load", "After load"), ("load_peak", "Load peak"), ("peak", "Peak (generation)")]
@@ -60,14 +90,6 @@ MEMORY_AXES: dict[str, tuple[str, str]] = {
     "footprint": ("footprint_gib", "Weight footprint (GiB)\nbytes of all parameters and buffers"),
     "cpu_peak_rss": ("cpu_peak_rss_gib", "CPU peak RSS of the worker process (GiB)\nru_maxrss; NOT GPU memory"),
 }
-
-
-def metric_info(key: str, record: dict[str, Any] | None = None) -> MetricInfo:
-    base = KNOWN_METRICS.get(key) or MetricInfo(key, key.replace("_", " "))
-    hib = (record or {}).get("higher_is_better")
-    if isinstance(hib, bool) and hib != base.higher_is_better:
-        base = MetricInfo(base.key, base.label, base.unit, hib, base.digits, base.compares)
-    return base
 
 
 def expected_gap(b: "BackendView", key: str, m: dict[str, Any], reference: str) -> bool:
@@ -104,6 +126,39 @@ class BackendView:
     reason: str | None
     record: dict[str, Any] | None
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    summary_entry: dict[str, Any] = field(default_factory=dict)  # summary.json backends[name]
+
+    @property
+    def partial_reason(self) -> str | None:
+        """Why this backend quantized less than its name says on this device (e.g. bnb on CPU: only the T5), or None.
+
+        summary.json's `partial_reason` first; older runs: the generation record's quantization.partial_reason,
+        else its quantization.note when that says a component was left in bf16."""
+        v = self.summary_entry.get("partial_reason")
+        if isinstance(v, str) and v:
+            return v
+        q = (self.record or {}).get("quantization")
+        q = q if isinstance(q, dict) else {}
+        v = q.get("partial_reason")
+        if isinstance(v, str) and v:
+            return v
+        note = q.get("note")
+        if isinstance(note, str) and "left in bf16" in note:
+            return note
+        return None
+
+    @property
+    def partial(self) -> bool:
+        return self.partial_reason is not None
+
+    @property
+    def latency_noisy(self) -> bool:
+        """p90 - p10 above the median: the spread is larger than the number, so a ranking by it is noise."""
+        lat = self.latency
+        med, lo, hi = (lat.get(k) for k in ("median_s", "p10_s", "p90_s"))
+        if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in (med, lo, hi)):
+            return False
+        return (hi - lo) > med
 
     @property
     def ok(self) -> bool:
@@ -124,6 +179,15 @@ class BackendView:
     @property
     def library(self) -> str:
         return str(self.recipe.get("library") or self.name.split("-")[0].split("+")[0])
+
+    @property
+    def library_record(self) -> Library | None:
+        return LIBRARIES.get(self.library)
+
+    @property
+    def library_display(self) -> str:
+        lib = self.library_record
+        return lib.display if lib else self.library
 
     @property
     def footprint_gib(self) -> float | None:
@@ -161,6 +225,18 @@ class ReportData:
     metrics: list[MetricInfo]  # metrics with at least one ok value, in display order
     memory_axis: str
     notes: list[str] = field(default_factory=list)  # problems reading the run, shown on the page
+    include_partial: bool = False  # let partially quantized backends win "best" cards and sit on Pareto fronts
+
+    def competes(self, b: BackendView) -> bool:
+        """May `b` be named best / sit on a Pareto front? A backend that quantized less than its name says would
+        win on quality for the wrong reason, so it competes only when the user asked (--include-partial)."""
+        return b.ok and (self.include_partial or not b.partial)
+
+    @property
+    def images_left_out(self) -> list[dict[str, Any]]:
+        """summary.json `images_left_out`: [{backend, path, reason}] (images the stages refused to use)."""
+        raw = self.summary.get("images_left_out") if isinstance(self.summary, dict) else None
+        return [x for x in raw if isinstance(x, dict)] if isinstance(raw, list) else []
 
     @property
     def reference(self) -> str:
@@ -198,61 +274,110 @@ class ReportData:
         return out
 
 
-def load_report_data(run_dir: str | Path, memory_axis: str | None = None) -> ReportData:
-    """Open a run directory, rebuild summary.json (the contract says every stage does), and gather what the report shows."""
-    rd, manifest = open_run(run_dir)
-    summary = write_summary(rd.root)
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object from `path`, or a one-line EvalkitError naming the file: a mangled record is a clear error."""
+    obj = read_json(path)
+    if not isinstance(obj, dict):
+        raise EvalkitError(f"{path}: {what} must be a JSON object, found {type(obj).__name__}")
+    return obj
+
+
+def _check_shape(path: Path, obj: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
+    for key, types in fields.items():
+        if key in obj and obj[key] is not None and not isinstance(obj[key], types):
+            want = " or ".join(t.__name__ for t in types)
+            raise EvalkitError(f"{path}: field {key!r} must be {want}, found {type(obj[key]).__name__}")
+
+
+def _open_run(run_dir: str | Path) -> tuple[RunDir, dict[str, Any]]:
+    try:
+        rd, manifest = open_run(run_dir)
+    except AttributeError:  # open_run reads fields off a manifest that is not an object
+        raise EvalkitError(f"{Path(run_dir) / 'manifest.json'}: manifest must be a JSON object") from None
+    _check_shape(rd.manifest, manifest, {"backends": (list,), "prompts": (list,), "model": (dict,), "device": (dict,),
+                                         "generation": (dict,), "fid_mode": (dict,)})
+    for i, name in enumerate(manifest.get("backends") or []):
+        if not isinstance(name, str):
+            raise EvalkitError(f"{rd.manifest}: backends[{i}] must be a backend name, found {name!r}")
+    for i, p in enumerate(manifest.get("prompts") or []):
+        if not isinstance(p, dict) or "id" not in p:
+            raise EvalkitError(f"{rd.manifest}: prompts[{i}] must be an object with an 'id'")
+    return rd, manifest
+
+
+def load_report_data(run_dir: str | Path, memory_axis: str | None = None, include_partial: bool = False) -> ReportData:
+    """Open a run directory, rebuild summary.json (the contract says every stage does), and gather what the report shows.
+
+    Raises EvalkitError (one line, naming the file) for a manifest or record with the wrong shape."""
+    rd, manifest = _open_run(run_dir)
     names = list(manifest.get("backends") or [])
     reference = str(manifest.get("reference_backend") or REFERENCE_BACKEND)
     if reference in names:  # the reference goes first everywhere
         names.remove(reference)
         names.insert(0, reference)
     notes: list[str] = []
-    views = []
+    records: dict[str, tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]] = {}
+    # Every record is read and shape-checked before write_summary touches it, so a mangled one is named here.
     for name in names:
         gen_path, met_path = rd.generation_record(name), rd.metrics_record(name)
-        rec = None
-        if gen_path.exists():
-            try:
-                rec = read_json(gen_path)
-            except Exception as e:  # one broken record must not take the whole report down
-                notes.append(str(e))
-        status = str(rec.get("status") or "failed") if rec else "pending"
-        reason = (rec or {}).get("reason") or (None if rec else "not generated yet (no generation record)")
+        rec = _read_object(gen_path, "a generation record") if gen_path.exists() else None
+        if rec is not None:
+            _check_shape(gen_path, rec, {"status": (str,), "images": (list,), "memory": (dict,), "latency": (dict,),
+                                         "recipe": (dict,), "quantization": (dict,), "footprint": (dict,)})
+            for i, img in enumerate(rec.get("images") or []):
+                if not isinstance(img, dict):
+                    raise EvalkitError(f"{gen_path}: images[{i}] must be an object, found {type(img).__name__}")
         metrics: dict[str, dict[str, Any]] = {}
         if met_path.exists():
-            try:
-                metrics = dict((read_json(met_path) or {}).get("metrics") or {})
-            except Exception as e:
-                notes.append(str(e))
-        views.append(BackendView(name, status, reason, rec, metrics))
+            met = _read_object(met_path, "a metrics record")
+            _check_shape(met_path, met, {"metrics": (dict,)})
+            for key, m in (met.get("metrics") or {}).items():
+                if not isinstance(m, dict):
+                    raise EvalkitError(f"{met_path}: metrics.{key} must be an object, found {type(m).__name__}")
+                _check_shape(met_path, m, {"per_prompt": (dict,)})
+                metrics[key] = m
+        records[name] = (rec, metrics)
+    summary = write_summary(rd.root)
+    entries = summary.get("backends") if isinstance(summary, dict) else None
+    entries = entries if isinstance(entries, dict) else {}
+    views = []
+    for name in names:
+        rec, metrics = records[name]
+        status = str(rec.get("status") or "failed") if rec else "pending"
+        reason = (rec or {}).get("reason") or (None if rec else "not generated yet (no generation record)")
+        entry = entries.get(name)
+        views.append(BackendView(name, status, reason, rec, metrics, entry if isinstance(entry, dict) else {}))
 
+    # Reference first, then libraries in their registered order (evalkit/libraries.py), run order within one.
+    views.sort(key=lambda b: (b.name != reference, library_order(b.library)))
     keys: list[str] = []
     for b in views:
         for k, m in b.metrics.items():
             if metric_value(m) is not None and k not in keys:
                 keys.append(k)
-    keys.sort(key=lambda k: (METRIC_ORDER.index(k) if k in METRIC_ORDER else len(METRIC_ORDER), k))
-    metrics = [metric_info(k, next((b.metrics[k] for b in views if k in b.metrics), None)) for k in keys]
+    keys = metric_order(keys)
+    metrics_info = [metric_info(k, next((b.metrics[k] for b in views if k in b.metrics), None)) for k in keys]
 
-    data = ReportData(rd.root, rd, manifest, summary, views, list(manifest.get("prompts") or []), metrics, "", notes)
+    data = ReportData(rd.root, rd, manifest, summary, views, list(manifest.get("prompts") or []), metrics_info, "", notes,
+                      include_partial)
     data.memory_axis = choose_memory_axis(data, memory_axis)
     return data
 
 
 def choose_memory_axis(data: ReportData, requested: str | None) -> str:
-    """Peak reserved on CUDA (what decides whether a run fits a card); the CPU RSS only when no CUDA number exists."""
+    """Peak reserved on CUDA (what decides whether a run fits a card). On CPU the weight footprint: a real, stable
+    number, where process RSS differences (0.02 GiB between backends) are allocator noise."""
     if requested:
         if requested not in MEMORY_AXES:
-            from evalkit.errors import EvalkitError, suggest
+            from evalkit.errors import suggest
 
             raise EvalkitError(f"unknown memory axis {requested!r}; choose from {', '.join(MEMORY_AXES)}.{suggest(requested, list(MEMORY_AXES))}")
         return requested
     if data.has_cuda_memory:
         return "peak_reserved"
-    if any(b.memory_value("cpu_peak_rss_gib") is not None for b in data.backends):
-        return "cpu_peak_rss"
-    return "footprint"
+    if any(b.footprint_gib is not None for b in data.backends):
+        return "footprint"
+    return "cpu_peak_rss"
 
 
 def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool) -> list[str]:

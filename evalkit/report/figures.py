@@ -11,12 +11,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from evalkit.libraries import REFERENCE_COLOUR, library_order
 from evalkit.report.data import MEMORY_AXES, MetricInfo, ReportData, metric_value, pareto_front, safe_name
 
+# Okabe–Ito, for the bars of memory phases and for a library that has no record (an older run's); a registered
+# library's colour and order come from its record in evalkit/libraries.py.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
-LIBRARY_ORDER = ["none", "bitsandbytes", "torchao", "quanto", "gguf", "diffusers"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
-REFERENCE_COLOUR = "#000000"
+UNKNOWN_LIBRARY_COLOUR = "#777777"
+PARTIAL_MARK = " †"  # after a backend that quantized less than its name says (see the caption)
 MEMORY_AXIS_SHORT = {
     "peak_reserved": "peak GPU memory (reserved)", "peak_allocated": "peak GPU memory (allocated)",
     "after_load_reserved": "GPU memory after load (reserved)", "after_load_allocated": "GPU memory after load (allocated)",
@@ -44,29 +47,25 @@ class Figure:
 
 
 def _styles(data: ReportData) -> dict[str, dict[str, Any]]:
-    """backend -> {color, marker}: colour by library, marker by position within it; stable for a given run."""
-    libs: list[str] = []
-    for b in data.backends:
-        if b.library not in libs:
-            libs.append(b.library)
-    libs.sort(key=lambda l: LIBRARY_ORDER.index(l) if l in LIBRARY_ORDER else len(LIBRARY_ORDER))
-    palette = [c for c in OKABE_ITO if c != REFERENCE_COLOUR]
-    colour = {lib: palette[i % len(palette)] for i, lib in enumerate(l for l in libs if l != "none")}
+    """backend -> {color, marker, partial}: colour from the library's record, marker by position within the
+    library (libraries in their registered order), hollow for a partially quantized backend; stable for a run."""
     seen: dict[str, int] = {}
     out = {}
-    for b in data.backends:
+    for b in sorted(data.backends, key=lambda b: library_order(b.library)):
         i = seen.get(b.library, 0)
         seen[b.library] = i + 1
         ref = b.name == data.reference
-        out[b.name] = {"color": REFERENCE_COLOUR if ref else colour.get(b.library, "#777777"),
-                       "marker": "*" if ref else MARKERS[i % len(MARKERS)], "size": 90 if ref else 36}
+        lib = b.library_record
+        colour = REFERENCE_COLOUR if ref else lib.colour if lib else UNKNOWN_LIBRARY_COLOUR
+        out[b.name] = {"color": colour, "marker": "*" if ref else MARKERS[i % len(MARKERS)], "size": 90 if ref else 36,
+                       "partial": b.partial}
     return out
 
 
 def _metric_label(m: MetricInfo, data: ReportData) -> str:
     unit = f" ({m.unit})" if m.unit else ""
     arrow = " ↑ better" if m.higher_is_better else " ↓ better" if m.higher_is_better is False else ""
-    against = f" vs {data.reference}" if m.compares == "reference" else ""
+    against = f" vs {data.reference}" if m.vs_reference else ""
     return f"{m.label}{against}{unit}{arrow}"
 
 
@@ -136,7 +135,9 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
         ax.axvline(refx, color=REFERENCE_COLOUR, lw=0.9, ls=(0, (4, 3)), zorder=1)
         ax.annotate(f"{data.reference} (reference)", (refx, 1), xycoords=("data", "axes fraction"), xytext=(3, -3),
                     textcoords="offset points", ha="left", va="top", fontsize=6.5, rotation=90)
-    front = pareto_front([(n, x, y) for n, x, y, _ in pts], bool(m.higher_is_better)) if m.higher_is_better is not None else []
+    competing = {b.name for b in data.backends if data.competes(b)}
+    front = (pareto_front([(n, x, y) for n, x, y, _ in pts if n in competing], bool(m.higher_is_better))
+             if m.higher_is_better is not None else [])
     if len(front) >= 1:
         fx = [x for n, x, y, _ in sorted(pts, key=lambda p: p[1]) if n in front]
         fy = [y for n, x, y, _ in sorted(pts, key=lambda p: p[1]) if n in front]
@@ -152,7 +153,10 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
             lo_x, hi_x = b.latency.get(xerr_fields[0]), b.latency.get(xerr_fields[1])
             if isinstance(lo_x, (int, float)) and isinstance(hi_x, (int, float)):
                 ax.errorbar(x, y, xerr=[[max(x - lo_x, 0)], [max(hi_x - x, 0)]], fmt="none", ecolor=st["color"], elinewidth=0.9, capsize=2, zorder=3)
-        ax.scatter([x], [y], s=st["size"], marker=st["marker"], color=st["color"], edgecolors="white", linewidths=0.5, zorder=4)
+        if st["partial"]:  # hollow: this point is not what the backend's name promises
+            ax.scatter([x], [y], s=st["size"], marker=st["marker"], facecolors="white", edgecolors=st["color"], linewidths=1.2, zorder=4)
+        else:
+            ax.scatter([x], [y], s=st["size"], marker=st["marker"], color=st["color"], edgecolors="white", linewidths=0.5, zorder=4)
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_metric_label(m, data))
     ax.set_title(title, loc="left")
@@ -160,7 +164,8 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     if front:
         ax.legend(loc="best", frameon=False)
     fig.canvas.draw()
-    _place_labels(ax, fig, [(x, y, n + (" ★" if n in front else ""), styles[n]["color"]) for n, x, y, _ in pts])
+    _place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
+                             styles[n]["color"]) for n, x, y, _ in pts])
     return fig, [n for n, *_ in pts], front
 
 
@@ -203,16 +208,17 @@ def memory_bars(data: ReportData):
                             textcoords="offset points", ha="right", va="top", fontsize=6.5, rotation=90, color="#555555")
         fig.suptitle("GPU memory per backend (GiB = 2³⁰ B)", x=0.01, ha="left", fontsize=10)
     else:
+        # The weight footprint, not process RSS: RSS differences between backends on CPU are allocator noise
+        # (0.02 GiB), while the footprint is what the quantization changed. RSS stays in the table.
         fig, ax = plt.subplots(figsize=(6.0, h))
         y = np.arange(len(names))
-        rss = [next(b for b in ok if b.name == n).memory_value("cpu_peak_rss_gib") for n in names]
+        styles = _styles(data)
         fp = [next(b for b in ok if b.name == n).footprint_gib for n in names]
-        ax.barh(y - 0.2, [v or 0 for v in fp], height=0.38, color=OKABE_ITO[5], label="Weight footprint")
-        ax.barh(y + 0.2, [v or 0 for v in rss], height=0.38, color=OKABE_ITO[1], label="CPU peak RSS (process, ru_maxrss)")
-        ax.set_yticks(y, names)
-        ax.set_xlabel("GiB (2³⁰ B) — CPU run: no GPU memory measured")
+        ax.barh(y, [v or 0 for v in fp], height=0.6, color=[styles[n]["color"] for n in names],
+                hatch=[("//" if styles[n]["partial"] else "") for n in names], edgecolor="white")
+        ax.set_yticks(y, [n + (PARTIAL_MARK if styles[n]["partial"] else "") for n in names])
+        ax.set_xlabel("Weight footprint, GiB (2³⁰ B): bytes of all parameters and buffers — CPU run, no GPU memory")
         ax.grid(axis="y", visible=False)
-        fig.legend(loc="outside lower center", ncol=2, frameon=False)
         ax.set_title("Memory per backend (CPU run)", loc="left")
     return fig
 
@@ -236,7 +242,8 @@ def latency_bars(data: ReportData):
     ref = data.reference_view
     if ref and ref in ok:
         ax.axvline(ref.latency["median_s"], color="#333333", lw=0.8, ls=(0, (4, 3)))
-    ax.set_yticks(y, names)
+    noisy = {b.name for b in ok if b.latency_noisy}
+    ax.set_yticks(y, [n + (" (noisy)" if n in noisy else "") + (PARTIAL_MARK if styles[n]["partial"] else "") for n in names])
     ax.set_xlabel("Latency per image (s): median, whiskers p10–p90; compile time excluded")
     ax.grid(axis="y", visible=False)
     ax.set_title("Latency per backend", loc="left")
@@ -271,10 +278,12 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
         if kind == "memory":
             fig, key, title = memory_bars(data), "memory", "Memory per backend"
             caption = ("After load, peak while loading, and peak while generating." if data.has_cuda_memory else
-                       "CPU run: weight footprint and the worker process's peak RSS; no GPU memory was measured.")
+                       "CPU run: weight footprint (parameter and buffer bytes); no GPU memory was measured, and process "
+                       "RSS differences on CPU are too small to compare (they are in the table).")
         elif kind == "latency":
             fig, key, title = latency_bars(data), "latency", "Latency per backend"
-            caption = "Median seconds per image; whiskers p10–p90."
+            caption = ("Median seconds per image; whiskers p10–p90. (noisy): p90 − p10 exceeds the median, so the "
+                       "ranking by this number is not reliable.")
         else:
             m = data.metrics[i]
             if kind == "quality_vs_memory":
@@ -286,6 +295,9 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
                 caption = f"x: median latency per image. Pareto front: {', '.join(front) or '—'}."
                 title = f"{m.label} vs latency"
             key = f"{kind}_{safe_name(m.key)}"
+            if any(b.partial for b in data.backends if b.ok):
+                caption += (f" † quantized less than its name says on this device (hollow marker)"
+                            f"{'' if data.include_partial else '; not on the Pareto front (--include-partial)'}.")
             if not shown:
                 plt.close(fig)
                 return None

@@ -23,15 +23,15 @@ DEFAULT_PROMPTS = [
 
 # (name, library, relative error level, weight bytes relative to bf16, latency factor)
 FIFTEEN_BACKENDS: list[tuple[str, str, float, float, float]] = [
-    ("bf16", "none", 0.0, 1.00, 1.00),
+    ("bf16", "torch", 0.0, 1.00, 1.00),
     ("bnb-nf4", "bitsandbytes", 0.55, 0.36, 1.35),
     ("bnb-8bit", "bitsandbytes", 0.25, 0.55, 1.90),
     ("torchao-int8wo", "torchao", 0.20, 0.55, 1.05),
     ("torchao-int4wo", "torchao", 0.60, 0.36, 1.10),
     ("torchao-fp8wo", "torchao", 0.22, 0.55, 1.02),
-    ("quanto-int8", "quanto", 0.21, 0.56, 1.60),
-    ("quanto-int4", "quanto", 0.62, 0.38, 1.70),
-    ("quanto-fp8", "quanto", 0.24, 0.56, 1.55),
+    ("quanto-int8", "optimum-quanto", 0.21, 0.56, 1.60),
+    ("quanto-int4", "optimum-quanto", 0.62, 0.38, 1.70),
+    ("quanto-fp8", "optimum-quanto", 0.24, 0.56, 1.55),
     ("gguf-q8_0", "gguf", 0.18, 0.57, 1.25),
     ("gguf-q4_1", "gguf", 0.50, 0.38, 1.30),
     ("gguf-q2_k", "gguf", 1.00, 0.25, 1.40),
@@ -94,8 +94,12 @@ def make_synthetic_run(
     skipped: dict[str, str] | None = None,
     skipped_metrics: dict[str, str] | None = None,
     base_seed: int = 0,
+    partial: dict[str, str] | None = None,
+    latency_spread: dict[str, float] | None = None,
 ) -> Path:
-    """Write a complete run directory at `root` (created) and return it. `failed`/`skipped` map backend -> reason."""
+    """Write a complete run directory at `root` (created) and return it. `failed`/`skipped` map backend -> reason;
+    `partial` maps backend -> why it quantized less than its name says (written as the generation record's
+    quantization.partial_reason); `latency_spread` maps backend -> relative per-image latency jitter (default 0.03)."""
     import numpy as np
     from PIL import Image
 
@@ -186,7 +190,10 @@ def make_synthetic_run(
                       "peak_allocated_gib": None, "peak_reserved_gib": None,
                       "cuda_reason": "device is cpu", "cpu_peak_rss_gib": round(0.6 + 0.4 * mem_factor + rng.uniform(0, 0.05), 3)}
             base_lat = 0.04
-        lats = sorted(float(base_lat * lat_factor * (1 + 0.03 * v)) for v in rng.normal(0, 1, 5))
+        jitter = (latency_spread or {}).get(name, 0.03)
+        lats = sorted(max(1e-4, float(base_lat * lat_factor * (1 + jitter * v))) for v in rng.normal(0, 1, 5))
+        if name in (partial or {}):
+            record["quantization"]["partial_reason"] = partial[name]
         images = []
         for p in plist:
             arr = _perturb(ref_imgs[p["id"]], level, (name, p["id"]))

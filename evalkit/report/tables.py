@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,7 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         row: dict[str, Any] = {
             "backend": b.name, "status": b.status, "reason": b.reason or "", "library": b.library,
             "memory_device": mem.get("device", ""), "footprint_gib": b.footprint_gib,
+            "partial_reason": b.partial_reason or "",
         }
         for phase, _ in MEMORY_PHASES:
             for kind, _ in MEMORY_KINDS:
@@ -57,6 +59,7 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
         row["cpu_peak_rss_gib"] = mem.get("cpu_peak_rss_gib")
         for k in ("n", "median_s", "mean_s", "std_s", "p10_s", "p90_s", "min_s", "max_s"):
             row[f"latency_{k}"] = lat.get(k)
+        row["latency_noisy"] = b.latency_noisy if b.ok else ""
         row["load_time_s"] = (b.record or {}).get("load_time_s")
         row["compile_time_s"] = (b.record or {}).get("compile_time_s")
         for m in data.metrics:
@@ -65,6 +68,7 @@ def summary_rows(data: ReportData) -> list[dict[str, Any]]:
             row[f"{m.key}_ci_low"] = rec.get("ci_low")
             row[f"{m.key}_ci_high"] = rec.get("ci_high")
             row[f"{m.key}_n"] = rec.get("n")
+            row[f"{m.key}_indicative"] = bool(rec.get("indicative")) if rec else ""
         rows.append(row)
     return rows
 
@@ -79,6 +83,20 @@ def per_prompt_rows(data: ReportData) -> list[dict[str, Any]]:
     return rows
 
 
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+_PLAIN_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
+def csv_cell(v: Any) -> Any:
+    """A cell a spreadsheet opens as text, never as a formula: a text cell starting with = + - @ (or tab/CR)
+    gets a leading apostrophe (OWASP's CSV-injection advice). Numbers stay numbers: a negative value is data."""
+    if v is None:
+        return ""
+    if isinstance(v, str) and v.startswith(_FORMULA_START) and not _PLAIN_NUMBER.fullmatch(v):
+        return "'" + v
+    return v
+
+
 def to_csv(rows: list[dict[str, Any]]) -> str:
     if not rows:
         return ""
@@ -89,7 +107,7 @@ def to_csv(rows: list[dict[str, Any]]) -> str:
     w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     w.writeheader()
     for r in rows:
-        w.writerow({k: ("" if v is None else v) for k, v in r.items()})
+        w.writerow({k: csv_cell(v) for k, v in r.items()})
     return buf.getvalue()
 
 
@@ -107,6 +125,15 @@ def _tabular(caption: str, label: str, header: list[str], rows: list[list[str]],
         lines.append(f"\\par\\smallskip{{\\footnotesize {notes}}}")
     lines.append("\\end{table}")
     return "\n".join(lines) + "\n"
+
+
+def _footnotes(data: ReportData, latency: bool = True) -> str:
+    out = ""
+    if any(b.ok and b.partial for b in data.backends):
+        out += " $^\\dagger$Quantized less than its name says on this device (see the report's Problems section)."
+    if latency and any(b.ok and b.latency_noisy for b in data.backends):
+        out += " $^\\ast$Noisy: p90$-$p10 exceeds the median."
+    return out
 
 
 def performance_tex(data: ReportData) -> str:
@@ -127,11 +154,13 @@ def performance_tex(data: ReportData) -> str:
             continue
         lat = b.latency.get("median_s")
         load = (b.record or {}).get("load_time_s")
+        name = latex_escape(b.name) + ("$^\\dagger$" if b.partial else "")
         if cuda:
             vals = [b.memory_value("load_peak_reserved_gib"), b.memory_value("peak_allocated_gib"), b.memory_value("peak_reserved_gib")]
         else:
             vals = [b.footprint_gib, b.memory_value("cpu_peak_rss_gib")]
-        rows.append([latex_escape(b.name)] + [_num(v, 2) for v in vals] + [_num(lat, 3), _num(load, 1)])
+        rows.append([name] + [_num(v, 2) for v in vals] + [_num(lat, 3) + ("$^\\ast$" if b.latency_noisy else ""), _num(load, 1)])
+    notes += _footnotes(data)
     return _tabular("Memory and latency per backend.", "tab:evalkit-performance", header, rows, "l" + "r" * (len(header) - 1), notes)
 
 
@@ -141,18 +170,21 @@ def quality_tex(data: ReportData) -> str:
     for b in data.backends:
         if not b.ok or not b.metrics:
             continue
-        cells = [latex_escape(b.name)]
+        cells = [latex_escape(b.name) + ("$^\\dagger$" if b.partial else "")]
         for m in data.metrics:
             rec = b.metrics.get(m.key) or {}
             v = metric_value(rec)
             lo, hi = rec.get("ci_low"), rec.get("ci_high")
-            cell = _num(v, m.digits)
+            cell = _num(v, m.digits) + ("$^\\S$" if v is not None and rec.get("indicative") else "")
             if v is not None and isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
                 cell += f" {{\\scriptsize [{_num(lo, m.digits)}, {_num(hi, m.digits)}]}}"
             cells.append(cell)
         rows.append(cells)
     ns = sorted({str((b.metrics.get(m.key) or {}).get("n")) for b in data.backends for m in data.metrics if (b.metrics.get(m.key) or {}).get("n") is not None})
     notes = f"Against the {latex_escape(data.reference)} reference. Mean over prompts with 95\\% bootstrap CI; n = {latex_escape(', '.join(ns) or '--')} images."
+    if any(rec.get("indicative") for b in data.backends for rec in b.metrics.values()):
+        notes += " $^\\S$Indicative only: too few images for this statistic."
+    notes += _footnotes(data, latency=False)
     return _tabular("Image quality per backend.", "tab:evalkit-quality", header, rows, "l" + "r" * len(data.metrics), notes)
 
 
