@@ -26,7 +26,7 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main",
      "score every backend's images against the bf16 reference (stage 2)"),
     ("compare-images", "evalkit.metrics.cli", "add_compare_images_arguments", "compare_images_main",
-     "score two folders of images paired by file name"),
+     "score two folders of images paired by file stem (x.png with x.jpg)"),
     ("weights", "evalkit.metrics.cli", "add_weights_arguments", "weights_main",
      "show, prepare and verify the metric weights (for air-gapped machines)"),
     ("report", "evalkit.report.cli", "add_report_arguments", "report_main",

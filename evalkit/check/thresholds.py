@@ -249,7 +249,7 @@ def value_range(quantity: str) -> tuple[float | None, float | None]:
     """The values `quantity` can take: (low, high), None for unbounded. A bound outside it can never be judged.
 
     Resources are all amounts (GiB, seconds, ratios, counts), so never negative. A metric's range is the
-    registry's (MetricSpec.value_range, when the registry declares it); otherwise what its declared facts imply."""
+    registry's (MetricSpec.value_range). KID is unbiased, so it can be slightly negative: no range."""
     if quantity in RESOURCES:
         return (0.0, None)
     try:
@@ -258,20 +258,7 @@ def value_range(quantity: str) -> tuple[float | None, float | None]:
         spec = get_spec(quantity)
     except EvalkitError:
         return (None, None)  # a metric only the run knows: nothing to say about its range
-    declared = getattr(spec, "value_range", None)
-    if isinstance(declared, tuple) and len(declared) == 2:
-        return declared
-    return _INTERIM_RANGES.get(quantity, (None, None))
-
-
-# INTERIM, until MetricSpec carries `value_range` (asked of the registry's owner): the built-in metrics' ranges,
-# from their definitions (docs/metrics.md). Delete this table when the registry declares them; value_range()
-# already prefers the registry's. KID is unbiased, so it can be slightly negative: no range.
-_INTERIM_RANGES: dict[str, tuple[float | None, float | None]] = {
-    "lpips_alex": (0.0, None), "lpips_vgg": (0.0, None), "ssim": (-1.0, 1.0), "ms_ssim": (-1.0, 1.0),
-    "psnr": (0.0, 100.0), "clip_score": (0.0, 100.0), "clip_score_drop": (-100.0, 100.0),
-    "fid": (0.0, None), "fid_real": (0.0, None),
-}
+    return spec.value_range
 
 
 def _judgeable(value: int | float, key: str, quantity: str, loc: str) -> float:

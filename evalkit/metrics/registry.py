@@ -52,6 +52,8 @@ class MetricSpec:
     digits: int = 4  # decimals shown
     # Features this metric shares with others of its kind (FID and KID share "inception"): computed once per run.
     extractor: str | None = None
+    # The values it can take, (low, high), None = unbounded: a gate bound outside it can never be judged (exit 2).
+    value_range: tuple[float | None, float | None] = (None, None)
 
     @property
     def display(self) -> str:
@@ -161,6 +163,9 @@ def register_metric(spec: MetricSpec) -> MetricSpec:
         raise ValueError(f"metric {spec.name!r} is derived from {spec.derived_from!r}, which is not registered (yet)")
     if not isinstance(spec.digits, int) or not 0 <= spec.digits <= 8:
         raise ValueError(f"metric {spec.name!r}: digits must be an int in 0..8")
+    lo, hi = spec.value_range
+    if lo is not None and hi is not None and not lo < hi:
+        raise ValueError(f"metric {spec.name!r}: value_range {spec.value_range} is empty")
     if spec.kind == "set" and not spec.extractor:
         raise ValueError(f"metric {spec.name!r}: a set metric names the feature extractor it uses")
     if spec.extractor and spec.extractor not in _EXTRACTORS:
@@ -308,31 +313,31 @@ register_extractor(ExtractorSpec("inception", "evalkit.metrics.inception:Incepti
 for _spec in [
     MetricSpec("lpips_alex", "paired", False, "evalkit.metrics.lpips:LPIPSMetric",
                weights=("lpips_alex", "lpips_lin_alex"), options={"net": "alex"},
-               description="LPIPS v0.1, AlexNet features (the default LPIPS), vs the reference image; 0 = identical", label="LPIPS (AlexNet)", digits=4),
+               description="LPIPS v0.1, AlexNet features (the default LPIPS), vs the reference image; 0 = identical", label="LPIPS (AlexNet)", digits=4, value_range=(0.0, None)),
     MetricSpec("lpips_vgg", "paired", False, "evalkit.metrics.lpips:LPIPSMetric",
                weights=("lpips_vgg", "lpips_lin_vgg"), options={"net": "vgg"},
-               description="LPIPS v0.1, VGG16 features, vs the reference image; 0 = identical", label="LPIPS (VGG16)", digits=4),
+               description="LPIPS v0.1, VGG16 features, vs the reference image; 0 = identical", label="LPIPS (VGG16)", digits=4, value_range=(0.0, None)),
     MetricSpec("ssim", "paired", True, "evalkit.metrics.ssim:SSIMMetric",
-               description="SSIM, Gaussian 11/1.5, data range 1, vs the reference image; 1 = identical", label="SSIM", digits=4),
+               description="SSIM, Gaussian 11/1.5, data range 1, vs the reference image; 1 = identical", label="SSIM", digits=4, value_range=(-1.0, 1.0)),
     MetricSpec("ms_ssim", "paired", True, "evalkit.metrics.ssim:MSSSIMMetric",
-               description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical", label="MS-SSIM", digits=4),
+               description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical", label="MS-SSIM", digits=4, value_range=(-1.0, 1.0)),
     MetricSpec("psnr", "paired", True, "evalkit.metrics.psnr:PSNRMetric",
-               description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image", label="PSNR", unit="dB", digits=2),
+               description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image", label="PSNR", unit="dB", digits=2, value_range=(0.0, 100.0)),
     MetricSpec("clip_score", "prompt", True, "evalkit.metrics.clip_score:ClipPromptMetric", weights=("clip",),
                reference="text", modules=("evalkit.metrics.clip_score",),
-               description="CLIP score 100*max(cos(image, prompt), 0); prompts truncated to 77 tokens keeping EOS", label="CLIP score", digits=2),
+               description="CLIP score 100*max(cos(image, prompt), 0); prompts truncated to 77 tokens keeping EOS", label="CLIP score", digits=2, value_range=(0.0, 100.0)),
     MetricSpec("clip_score_drop", "prompt", False, "evalkit.metrics.clip_score:ClipPromptMetric", weights=("clip",),
                reference="bf16", derived_from="clip_score", modules=("evalkit.metrics.clip_score",),
-               description="reference's CLIP score minus this backend's, per image pair; > 0 = worse alignment", label="CLIP score drop", digits=3),
+               description="reference's CLIP score minus this backend's, per image pair; > 0 = worse alignment", label="CLIP score drop", digits=3, value_range=(-100.0, 100.0)),
     MetricSpec("fid", "set", False, "evalkit.metrics.fid:FIDMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
-               description="FID of the backend's set vs the reference set (clean-fid 'clean' resize, TF Inception, float64)", label="FID", digits=2, extractor="inception"),
+               description="FID of the backend's set vs the reference set (clean-fid 'clean' resize, TF Inception, float64)", label="FID", digits=2, extractor="inception", value_range=(0.0, None)),
     MetricSpec("kid", "set", False, "evalkit.metrics.fid:KIDMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="KID (unbiased MMD, cubic kernel) of the backend's set vs the reference set", label="KID", digits=4, extractor="inception"),
     MetricSpec("fid_real", "set", False, "evalkit.metrics.fid:FIDMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
-               description="FID of the backend's set vs --real-dir", label="FID vs real images", digits=2, extractor="inception"),
+               description="FID of the backend's set vs --real-dir", label="FID vs real images", digits=2, extractor="inception", value_range=(0.0, None)),
     MetricSpec("kid_real", "set", False, "evalkit.metrics.fid:KIDMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="KID of the backend's set vs --real-dir", label="KID vs real images", digits=4, extractor="inception"),
