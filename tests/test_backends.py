@@ -195,3 +195,31 @@ def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch,
         expect = on_gpu and device == "cuda"
         assert (seen[-1].get("device_map") == "cuda") is expect, (name, device, seen[-1])
         assert (info.get("device_map") == "cuda") is expect
+
+
+def test_torchao_recipes_state_config_version_2_and_the_record_shows_it(all_backends_run: Path) -> None:
+    from importlib import metadata
+
+    for name in ("torchao-int8wo", "torchao-fp8wo", "torchao-int8dq", "torchao-int4wo"):
+        q = read_json(all_backends_run / "generation" / f"{name}.json")["quantization"]
+        assert q["library_version"] == metadata.version("torchao"), name
+        for comp in CPU_EXPECTED[name]:
+            assert q["resolved_config"][comp]["config_version"] == 2, (name, comp)
+
+
+def test_torchao_version_is_passed_only_where_the_installed_signature_takes_it() -> None:
+    from dataclasses import dataclass
+
+    from evalkit.generate.backends import TORCHAO_CONFIG_VERSION, torchao_config
+
+    @dataclass
+    class Old:  # a torchao config from before versions
+        group_size: int = 0
+
+    @dataclass
+    class New:
+        group_size: int = 0
+        version: int = 1
+
+    assert torchao_config(Old, group_size=3) == Old(3)
+    assert torchao_config(New, group_size=3) == New(3, TORCHAO_CONFIG_VERSION) and TORCHAO_CONFIG_VERSION == 2

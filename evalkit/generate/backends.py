@@ -114,6 +114,20 @@ def _bnb(kind: str) -> ConfigBuilder:
     return build
 
 
+# torchao's config versions pick the tensor path: version 2 is the current one (torchao 0.18 has removed 1, while 0.17
+# still defaults Int8WeightOnlyConfig to the deprecated version 1). Stating it makes every machine take one path.
+TORCHAO_CONFIG_VERSION = 2
+
+
+def torchao_config(cls: Any, **kwargs: Any) -> Any:
+    """`cls(**kwargs)` with `version=TORCHAO_CONFIG_VERSION` when the installed torchao's signature takes one."""
+    import inspect
+
+    if "version" in inspect.signature(cls).parameters:
+        kwargs["version"] = TORCHAO_CONFIG_VERSION
+    return cls(**kwargs)
+
+
 def _torchao(kind: str) -> ConfigBuilder:
     def build(component: str, ctx: BuildContext) -> Any:
         import torch
@@ -124,18 +138,18 @@ def _torchao(kind: str) -> ConfigBuilder:
             if ctx.device == "cuda":
                 # The default int4 packing needs the CUDA-only `mslk` package; the tinygemm layout runs on
                 # core torch's _weight_int4pack_mm on Ampere/Hopper.
-                quant = q.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+                quant = torchao_config(q.Int4WeightOnlyConfig, group_size=group, int4_packing_format="tile_packed_to_4d")
             else:
                 # Int4WeightOnlyConfig has no CPU kernel; the intx path stores int4 values with per-group scales.
-                quant = q.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=q.PerGroup(group))
+                quant = torchao_config(q.IntxWeightOnlyConfig, weight_dtype=torch.int4, granularity=q.PerGroup(group))
         elif kind == "int8wo":
-            quant = q.Int8WeightOnlyConfig()
+            quant = torchao_config(q.Int8WeightOnlyConfig)
         elif kind == "fp8wo":
-            quant = q.Float8WeightOnlyConfig()
+            quant = torchao_config(q.Float8WeightOnlyConfig)
         elif kind == "int8dq":
-            quant = q.Int8DynamicActivationInt8WeightConfig()
+            quant = torchao_config(q.Int8DynamicActivationInt8WeightConfig)
         elif kind == "fp8dq":
-            quant = q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerRow())
+            quant = torchao_config(q.Float8DynamicActivationFloat8WeightConfig, granularity=q.PerRow())
         else:  # pragma: no cover - registry typo
             raise ValueError(kind)
         skip = None

@@ -124,8 +124,17 @@ def token_counts(model_path: str, prompts: list[Prompt], max_sequence_length: in
 
 def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
     """`--config FILE.toml`: per-backend options, e.g. `[backends.bnb-8bit] llm_int8_threshold = 5.0`."""
+    return load_config(path)[0]
+
+
+def load_config(path: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """`--config FILE.toml`: (per-backend quantizer options, compile settings). `[backends.<name>]` holds a
+    backend's options and may hold a `compile` sub-table; `[compile]` holds every `+compile`'s defaults
+    (evalkit/generate/compile_options.py)."""
+    from evalkit.generate.compile_options import validate_compile_config
+
     if not path:
-        return {}
+        return {}, validate_compile_config(None, {}, "")
     import tomllib
 
     from evalkit.errors import suggest
@@ -138,14 +147,20 @@ def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
         raise EvalkitError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise EvalkitError(f"{p}: invalid TOML: {e}") from None
-    unknown_top = set(data) - {"backends"}
+    unknown_top = set(data) - {"backends", "compile"}
     if unknown_top:
-        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>]")
-    opts = data.get("backends", {})
-    for name in opts:
+        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>] or [compile]")
+    opts: dict[str, dict[str, Any]] = {}
+    per_backend_compile: dict[str, Any] = {}
+    for name, table in data.get("backends", {}).items():
         if name not in BACKENDS:
             raise EvalkitError(f"{p}: [backends.{name}]: unknown backend.{suggest(name, list(BACKENDS))}")
-    return opts
+        table = dict(table)
+        # Compile settings are not quantizer options: they stay out of the recipe options (and the run identity).
+        if "compile" in table:
+            per_backend_compile[name] = table.pop("compile")
+        opts[name] = table
+    return opts, validate_compile_config(data.get("compile"), per_backend_compile, str(p))
 
 
 def _slug(text: str) -> str:
@@ -167,7 +182,7 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
     """Validate everything, resolve the model, and create (or reopen) the run directory with its manifest."""
     prompts = load_prompts(opts.prompts_file, base_seed=opts.seed)
     prompts_sha = sha256_file(opts.prompts_file)
-    backend_options = load_backend_options(opts.config_file)
+    backend_options, compile_config = load_config(opts.config_file)
     if opts.components:
         from evalkit.generate.backends import COMPONENTS
 
@@ -240,6 +255,7 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
         "reference_backend": REFERENCE_BACKEND, "device": device_info, "versions": package_versions(),
         "memory_convention": MEMORY_CONVENTION,
         "config": {"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
+                   "compile": compile_config,
                    "gguf_file": identity["gguf_file"], "cache_dir": str(cache_dir()), "jobs": opts.jobs,
                    "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
                    "options": {k: v for k, v in asdict(opts).items() if k != "command"}},

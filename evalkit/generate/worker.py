@@ -198,7 +198,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     t0 = time.perf_counter()
     pipe, qinfo = loading.load_pipeline(spec, ctx, requested, gguf_file=cfg.get("gguf_file"))
     placement = loading.place_pipeline(pipe, spec, device)
-    compile_info = loading.apply_compile(pipe, spec)
+    compile_info = loading.apply_compile(pipe, spec, cfg.get("compile"), cfg["cache_dir"])
     if on_cuda:
         torch.cuda.synchronize()
     record["load_time_s"] = time.perf_counter() - t0
