@@ -76,7 +76,7 @@ def backends_main(args: argparse.Namespace) -> int:
     for b in BACKEND_LIST:
         status, reason = availability(parse_backend(b.name), device, capability)
         comps, note = resolve_components(b, None, device)
-        rows.append({"name": b.name, "kind": "backend", "library": b.library, "runs_here": status == "ok",
+        rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
                      "reason": reason or note, "quantizes": list(comps), "description": b.description})
     for m in MODIFIERS.values():
         ok = device in m.devices

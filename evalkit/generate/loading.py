@@ -45,10 +45,6 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-# Libraries whose quantize-on-load runs on the GPU when the pipeline is loaded with device_map="cuda".
-QUANTIZE_ON_GPU = ("torchao", "optimum-quanto")
-
-
 def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tuple[str, ...] | None,
                   gguf_file: str | None = None) -> tuple[Any, dict[str, Any]]:
     """Load the pipeline for `spec` (not yet moved to the device). Returns (pipe, quantization info)."""
@@ -57,7 +53,7 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
     b = spec.backend
     components, note = resolve_components(b, requested_components, ctx.device)
     info: dict[str, Any] = {"components_quantized": list(components), "resolved_config": {}, "note": note,
-                            "library": b.library, "library_version": _distribution_version(b.library)}
+                            "library": b.library.key, "library_version": _distribution_version(b.library.pip_name)}
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
 
     if b.make_config is not None and components:
@@ -71,7 +67,7 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
     if b.transformer_loader:
         kwargs["transformer"] = TRANSFORMER_LOADERS[b.transformer_loader](ctx, gguf_file, info)
 
-    if ctx.device == "cuda" and b.library in QUANTIZE_ON_GPU and not spec.modifiers_offload:
+    if ctx.device == "cuda" and b.library.quantize_on_gpu and not spec.modifiers_offload:
         # Quantize each layer on the GPU as it loads, not on the CPU before a .to("cuda"). torchao packs int4
         # weights with CUDA-only ops. optimum-quanto's freeze() on the CPU took 158 s for int8, and had not finished
         # int4 after 7 minutes, at full size on the H100 host (benchmarks/results/gpu-2026-11-21.md). The price is
@@ -107,7 +103,7 @@ def _gguf_transformer(ctx: BuildContext, gguf_file: str | None, info: dict[str, 
 
 # Loaders that build the transformer themselves instead of a quantization config (Backend.transformer_loader).
 TRANSFORMER_LOADERS: dict[str, Callable[[BuildContext, str | None, dict[str, Any]], Any]] = {
-    "gguf": _gguf_transformer,
+    "gguf_file": _gguf_transformer,
 }
 
 

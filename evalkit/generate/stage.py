@@ -29,8 +29,15 @@ from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
 from evalkit.rundir import REFERENCE_BACKEND, SCHEMA_VERSION, RunDir, ensure_writable_dir, write_summary
 
-VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "tokenizers", "bitsandbytes",
-                      "torchao", "optimum-quanto", "gguf", "torchmetrics", "numpy", "pillow", "scikit-image", "huggingface-hub")
+# Distributions every run depends on; each backend library adds its own (Library.versioned).
+CORE_VERSIONED_PACKAGES = ("transformers", "accelerate", "safetensors", "tokenizers", "torchmetrics", "numpy", "pillow",
+                           "scikit-image", "huggingface-hub")
+
+
+def versioned_packages() -> tuple[str, ...]:
+    from evalkit.libraries import LIBRARY_LIST
+
+    return tuple(dict.fromkeys([v for lib in LIBRARY_LIST for v in lib.versioned] + list(CORE_VERSIONED_PACKAGES)))
 
 # Settings that decide what the images are. A run directory holds one value of each; backends can be added.
 IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
@@ -67,7 +74,7 @@ def package_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for name in VERSIONED_PACKAGES:
+    for name in versioned_packages():
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -300,7 +307,7 @@ def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bo
 def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
     atomic_write_json(rd.generation_record(spec.name), {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
-        "recipe": {"name": spec.backend.name, "library": spec.backend.library, "description": spec.backend.description,
+        "recipe": {"name": spec.backend.name, "library": spec.backend.library.key, "description": spec.backend.description,
                    "modifiers": list(spec.modifiers), "options": dict(spec.backend.options)},
         "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -332,7 +339,7 @@ def _forkserver() -> Any:
             import multiprocessing as mp
 
             from evalkit.generate.backends import package_available
-            from evalkit.generate.worker import PRELOAD, PRELOAD_NO_GPU
+            from evalkit.generate.worker import preload_modules
 
             # huggingface_hub reads HF_HUB_OFFLINE when imported, i.e. in the forkserver: set it before that.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -345,8 +352,7 @@ def _forkserver() -> Any:
                 # whole process (the forkserver inherits it when it starts, whoever starts it): is_available() then
                 # trusts NVML's device count, torch's recommended check for code that forks.
                 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-            mods = PRELOAD + (() if gpu else PRELOAD_NO_GPU)
-            ctx.set_forkserver_preload([m for m in mods if package_available(m.split(".")[0])])
+            ctx.set_forkserver_preload([m for m in preload_modules(gpu) if package_available(m.split(".")[0])])
             _FORKSERVER = ctx
         return _FORKSERVER
 

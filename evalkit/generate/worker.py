@@ -33,7 +33,16 @@ _event_conn: Any = None
 PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.loading",
            "evalkit.generate.measure")
 PRELOAD_NO_GPU = ("diffusers.pipelines.flux.pipeline_flux", "transformers", "transformers.models.clip.modeling_clip",
-                  "transformers.models.t5.modeling_t5", "torchao", "optimum.quanto", "bitsandbytes", "gguf")
+                  "transformers.models.t5.modeling_t5")
+
+
+def preload_modules(gpu: bool) -> tuple[str, ...]:
+    """What the forkserver imports: the core modules, then each backend library's own (its Library record says
+    which, and whether they are safe to import before forking on a GPU machine)."""
+    from evalkit.libraries import LIBRARY_LIST
+
+    libs = tuple(m for lib in LIBRARY_LIST if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
+    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + libs))
 
 # Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
 # reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
@@ -135,7 +144,7 @@ def run_worker(run_dir: str, backend_name: str) -> int:
     started = utcnow()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
-        "recipe": {"name": spec.backend.name, "library": spec.backend.library, "description": spec.backend.description,
+        "recipe": {"name": spec.backend.name, "library": spec.backend.library.key, "description": spec.backend.description,
                    "modifiers": list(spec.modifiers),
                    "options": {**dict(spec.backend.options), **(cfg.get("backend_options", {}).get(spec.backend.name) or {})}},
         "started_utc": started, "pid": os.getpid(), "images": [],
@@ -184,8 +193,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     import diffusers  # noqa: F401
     from diffusers import FluxPipeline  # noqa: F401
 
-    for mod in spec.backend.requires:
-        importlib.import_module(mod)
+    importlib.import_module(spec.backend.library.import_name)
     if on_cuda:
         torch.zeros(1, device="cuda")
     # One-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either.
