@@ -7,8 +7,10 @@ and the stage stops the forkserver when it ends, even when it ends by an error.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -82,15 +84,20 @@ def start_forkserver() -> None:
         pass
 
 
-def stop_forkserver() -> None:
+def stop_forkserver(kill: bool = False) -> None:
     """Stop the forkserver this process started, if any. It would exit by itself once this process does (it watches
-    a pipe from us), but `evalkit run` goes on to other stages, and tests run many stages in one process."""
+    a pipe from us), but only after its preloading, and `evalkit run` goes on to other stages in this process.
+    `kill`: do not wait for it to finish importing (after an error, when no worker is running)."""
     global _FORKSERVER
     with _FORKSERVER_LOCK:
         if _FORKSERVER is None:
             return
         from multiprocessing import forkserver
 
+        pid = forkserver_pid()
+        if kill and pid:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         try:
             forkserver._forkserver._stop()
         except Exception:  # noqa: BLE001 - an already dead server leaves nothing to stop
@@ -182,8 +189,6 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
         if rec is None or rec.get("status") != "failed":
             # The worker died without writing its record (killed, segfault, OOM killer).
             if rc < 0:
-                import signal
-
                 reason = f"worker killed by signal {signal.Signals(-rc).name}"
                 if -rc == signal.SIGKILL:
                     reason += " (out of host memory?)"

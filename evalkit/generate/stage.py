@@ -18,7 +18,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
@@ -193,10 +193,12 @@ def run_identity(opts: GenerateOptions, model: ModelInfo, prompts_sha: str, gen:
     }
 
 
-def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None
-                ) -> tuple[RunDir, dict[str, Any], list[BackendSpec]]:
+def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
+                on_validated: Callable[[], None] | None = None) -> tuple[RunDir, dict[str, Any], list[BackendSpec]]:
     """Validate everything, resolve the model, and create (or reopen) the run directory with its manifest. With
-    `lock`, the run directory's lock is taken (and held until `lock` closes) before the manifest is read."""
+    `lock`, the run directory's lock is taken (and held until `lock` closes) before the manifest is read.
+    `on_validated` is called once the cheap checks of the command line have passed (the stage starts its
+    forkserver then: a typo costs no process start)."""
     prompts = load_prompts(opts.prompts_file, base_seed=opts.seed)
     prompts_sha = sha256_file(opts.prompts_file)
     backend_options, compile_config = load_config(opts.config_file)
@@ -217,6 +219,8 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None
         raise EvalkitError(f"--warmup must be 0 or more (got {opts.warmup})")
     device, device_info = detect_device(opts.device)
     specs = parse_backend_list(opts.backends, device)
+    if on_validated is not None:
+        on_validated()
 
     # Check the output location before the (possibly long) model build.
     out_root = Path(opts.out) if opts.out else Path(opts.reports_dir)
@@ -325,25 +329,31 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
 
     # Logs and CI capture stderr: give tables room instead of rich's 80-column default off a terminal.
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
-    starter = None
-    if worker_mode() == "forkserver":
-        # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
-        starter = threading.Thread(target=start_forkserver, daemon=True)
-        starter.start()
+    starters: list[threading.Thread] = []
+
+    def start_early() -> None:
+        if worker_mode() == "forkserver":
+            # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
+            starters.append(threading.Thread(target=start_forkserver, daemon=True))
+            starters[0].start()
+
+    finished = False
     try:
         with contextlib.ExitStack() as lock:
-            rd, manifest, specs = prepare_run(opts, lock)
+            rd, manifest, specs = prepare_run(opts, lock, on_validated=start_early)
             _generate(opts, rd, manifest, specs, console)
             try:
                 summary = write_summary(rd.root)
             except OSError as e:
                 raise _write_error(e) from None
             _print_summary(console, summary)
+            finished = True
             return rd.root
     finally:
-        if starter is not None:
-            starter.join()
-            stop_forkserver()
+        for t in starters:
+            t.join()
+        # After an error the forkserver may still be importing libraries it will never use: kill it, don't wait.
+        stop_forkserver(kill=not finished)
 
 
 def _write_error(e: OSError) -> EvalkitError:
