@@ -251,3 +251,42 @@ def test_estimate_prefers_the_runs_own_latency(tiny_run: Path) -> None:
     medians = [read_json(tiny_run / "generation" / f"{b}.json")["latency"]["median_s"]
                for b in ("bf16", "torchao-int8wo", "fp8-layerwise")]
     assert per_image == pytest.approx(sum(medians) / 3) and "3 backend(s) already run here" in basis
+
+
+# --- resume checks what it resumes -----------------------------------------------------------------------------------
+
+def _hashes(run: Path, backend: str) -> dict[str, str]:
+    return {i["prompt_id"]: i["sha256"] for i in read_json(run / "generation" / f"{backend}.json")["images"]}
+
+
+def test_rerun_regenerates_only_missing_truncated_or_replaced_images(tiny_run: Path, three_prompts: Path,
+                                                                     tmp_path: Path) -> None:
+    import shutil
+
+    out = tmp_path / "damaged"
+    shutil.copytree(tiny_run, out)  # copy2 keeps sizes and mtimes: the untouched images are not re-hashed
+    bf16 = read_json(out / "generation" / "bf16.json")["images"]
+    fp8 = read_json(out / "generation" / "fp8-layerwise.json")["images"]
+    (out / bf16[0]["path"]).unlink()
+    data = (out / bf16[1]["path"]).read_bytes()
+    (out / bf16[1]["path"]).write_bytes(data[: len(data) // 2])
+    data = bytearray((out / fp8[2]["path"]).read_bytes())
+    data[len(data) // 2] ^= 0xFF  # same size, new content
+    (out / fp8[2]["path"]).write_bytes(bytes(data))
+
+    r = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
+                    "--backends", "bf16,torchao-int8wo,fp8-layerwise,torchao-fp8dq", "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "bf16: regenerating 2 image(s)" in r.stderr and "fp8-layerwise: regenerating 1 image(s)" in r.stderr
+    log = (out / "logs" / "bf16.log").read_text()
+    assert f"regenerating {bf16[0]['prompt_id']}: {bf16[0]['path']} is missing" in log
+    assert f"regenerating {bf16[1]['prompt_id']}: {bf16[1]['path']} has " in log and "truncated or replaced" in log
+    assert "differs from its recorded sha256 (replaced)" in (out / "logs" / "fp8-layerwise.log").read_text()
+    assert read_json(out / "generation" / "bf16.json")["resumed_images"] == 1
+    assert read_json(out / "generation" / "fp8-layerwise.json")["resumed_images"] == 2
+    # The int8 backend was intact: not rerun. Every image is the same bytes as before the damage.
+    assert "torchao-int8wo: regenerating" not in r.stderr
+    for b in ("bf16", "fp8-layerwise", "torchao-int8wo"):
+        assert _hashes(out, b) == _hashes(tiny_run, b), b
+        for img in read_json(out / "generation" / f"{b}.json")["images"]:
+            assert (out / img["path"]).stat().st_size == img["size_bytes"]

@@ -6,12 +6,13 @@ larger one outright, before anything is written.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.generate.backends import BackendSpec, availability
-from evalkit.io import read_json, read_jsonl, sha256_file
+from evalkit.io import atomic_write_text, read_json, read_jsonl, sha256_file
 from evalkit.rundir import RunDir
 
 LARGE_STUDY_IMAGES = 2000
@@ -33,29 +34,55 @@ class WorkPlan:
     todo: list[BackendSpec] = field(default_factory=list)
     unrun: list[tuple[BackendSpec, str, str]] = field(default_factory=list)  # (spec, skipped|failed, reason)
     images: int = 0  # images still to generate
+    # Finished backends with images that can no longer be trusted: name -> (record, prompt id -> why)
+    repairs: dict[str, tuple[dict[str, Any], dict[str, str]]] = field(default_factory=dict)
     prompts: int = 0
 
 
-def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
-    """A finished backend: status ok, every prompt's image present with the recorded content hash."""
+def image_problems(rd: RunDir, rec: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
+    """Prompt id -> why its image in a finished record cannot be trusted: not recorded, another seed, missing,
+    truncated or replaced. A file whose size and mtime are the recorded ones is not re-hashed (records made before
+    size_bytes/mtime_ns existed are hashed)."""
+    by_id = {i.get("prompt_id"): i for i in rec.get("images", [])}
+    problems: dict[str, str] = {}
+    for p in manifest["prompts"]:
+        img = by_id.get(p["id"])
+        if img is None:
+            problems[p["id"]] = "not in the record"
+            continue
+        if img.get("seed") != p["seed"]:
+            problems[p["id"]] = f"recorded with seed {img.get('seed')}, the prompt now has {p['seed']}"
+            continue
+        f = rd.root / img["path"]
+        try:
+            st = f.stat()
+        except OSError:
+            problems[p["id"]] = f"{img['path']} is missing"
+            continue
+        if img.get("size_bytes") is not None and st.st_size != img["size_bytes"]:
+            problems[p["id"]] = f"{img['path']} has {st.st_size} bytes, {img['size_bytes']} recorded (truncated or replaced)"
+        elif img.get("mtime_ns") is not None and st.st_mtime_ns == img["mtime_ns"]:
+            continue
+        elif sha256_file(f) != img.get("sha256"):
+            problems[p["id"]] = f"{img['path']} differs from its recorded sha256 (replaced)"
+    return problems
+
+
+def finished_record(rd: RunDir, backend: str) -> dict[str, Any] | None:
     path = rd.generation_record(backend)
     if not path.exists():
-        return False
+        return None
     try:
         rec = read_json(path)
     except EvalkitError:
-        return False
-    if rec.get("status") != "ok":
-        return False
-    by_id = {i["prompt_id"]: i for i in rec.get("images", [])}
-    for p in manifest["prompts"]:
-        img = by_id.get(p["id"])
-        if img is None or img.get("seed") != p["seed"]:
-            return False
-        f = rd.root / img["path"]
-        if not f.exists() or sha256_file(f) != img["sha256"]:
-            return False
-    return True
+        return None
+    return rec if rec.get("status") == "ok" else None
+
+
+def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
+    """A finished backend: status ok, every prompt's image present, unchanged since it was recorded."""
+    rec = finished_record(rd, backend)
+    return rec is not None and not image_problems(rd, rec, manifest)
 
 
 def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], requested: tuple[str, ...] | None,
@@ -65,8 +92,12 @@ def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], re
     device = manifest["config"]["device"]
     plan = WorkPlan(prompts=len(manifest["prompts"]))
     for spec in specs:
-        if record_is_complete(rd, spec.name, manifest):
-            continue
+        rec = finished_record(rd, spec.name)
+        if rec is not None:
+            problems = image_problems(rd, rec, manifest)
+            if not problems:
+                continue
+            plan.repairs[spec.name] = (rec, problems)
         status, reason = availability(spec, device, tuple(capability) if capability else None, requested,
                                       attempt_known_failures)
         if status != "ok":
@@ -74,6 +105,9 @@ def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], re
             continue
         plan.todo.append(spec)
         # Images an interrupted attempt already wrote are resumed, not redone (their hashes are checked later).
+        if spec.name in plan.repairs:
+            plan.images += len(plan.repairs[spec.name][1])
+            continue
         written = {e.get("prompt_id") for e in read_jsonl(rd.generation_partial(spec.name))
                    if (rd.root / e.get("path", "")).is_file()}
         plan.images += sum(1 for p in manifest["prompts"] if p["id"] not in written)
@@ -122,3 +156,15 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"~{seconds / 60:.0f} min"
     return f"~{seconds / 3600:.1f} h"
+
+
+def seed_resume(rd: RunDir, backend: str, rec: dict[str, Any], problems: dict[str, str]) -> None:
+    """Turn a finished record whose images partly changed into a resumable attempt: its intact images go to the
+    partial list (the worker re-checks their hashes and keeps them), the others are generated again."""
+    path = rd.generation_partial(backend)
+    kept = [img for img in rec.get("images", []) if img.get("prompt_id") not in problems]
+    atomic_write_text(path, "".join(json.dumps(img, sort_keys=True) + "\n" for img in kept))
+    rd.log(backend).parent.mkdir(parents=True, exist_ok=True)
+    with open(rd.log(backend), "a", encoding="utf-8") as log:
+        for pid, why in problems.items():
+            log.write(f"regenerating {pid}: {why}\n")

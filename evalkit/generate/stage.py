@@ -28,7 +28,7 @@ from evalkit.generate.models import ModelInfo, resolve_model
 from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
-from evalkit.generate.plan import LARGE_STUDY_IMAGES, check_max_images, describe_plan, plan_work
+from evalkit.generate.plan import LARGE_STUDY_IMAGES, check_max_images, describe_plan, plan_work, seed_resume
 from evalkit.generate.spawn import (run_worker_process, start_forkserver, stop_forkserver, worker_mode,
                                     write_unrun_record)
 from evalkit.runlock import acquire, check_ownership
@@ -377,6 +377,14 @@ def _generate(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], specs
     for spec, status, reason in work_plan.unrun:
         try:
             write_unrun_record(rd, spec, status, reason)
+        except OSError as e:
+            raise _write_error(e) from None
+    for name, (rec, problems) in work_plan.repairs.items():
+        first = next(iter(problems.values()))
+        console.print(f"{name}: regenerating {len(problems)} image(s) that changed since they were recorded "
+                      f"(first: {first}; all in logs/{name}.log)")
+        try:
+            seed_resume(rd, name, rec, problems)
         except OSError as e:
             raise _write_error(e) from None
     todo = work_plan.todo

@@ -312,6 +312,9 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
         p = rd.root / line["path"]
         if p.exists() and sha256_file(p) == line["sha256"]:
             done[line["prompt_id"]] = line
+        else:
+            print(f"regenerating {line['prompt_id']}: {line['path']} is {'changed' if p.exists() else 'missing'}",
+                  file=sys.stderr, flush=True)
     todo = [p for p in prompts if p["id"] not in done]
     record["resumed_images"] = len(done)
     emit("progress", done=len(done), total=len(prompts))
