@@ -11,24 +11,41 @@ import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
+from evalkit.errors import EvalkitError, WriteError
+
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
-    """Write `data` to `path` so that readers see the old file or the whole new one, never a torn one."""
+    """Write `data` to `path` so that readers see the old file or the whole new one, never a torn one.
+
+    A full disk or an unwritable path raises WriteError (an EvalkitError and an OSError) naming `path` in one line,
+    and leaves neither a temp file nor a torn `path` behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    tmp: str | None = None
     try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # pid in the name says whose it is; mkstemp's random part and O_EXCL make it unique across processes and
+        # threads, even on a shared file system where two hosts may have the same pid.
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.{os.getpid()}.", suffix=".tmp", dir=path.parent)
         try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+            view = memoryview(data)
+            while view:  # os.write may write less than asked (signals, some file systems)
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+        tmp = None
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(path, e) from None
+    finally:
+        if tmp is not None:  # failed or interrupted before the rename: the target is untouched
+            try:
+                os.unlink(tmp)
+            except OSError:
+                pass
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -57,8 +74,6 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any, sort_keys: bool = 
 
 def read_json(path: str | os.PathLike[str]) -> Any:
     """Read JSON, naming the file (and line) when it is not valid."""
-    from evalkit.errors import EvalkitError
-
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -73,14 +88,27 @@ def read_json(path: str | os.PathLike[str]) -> Any:
 
 
 def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
-    """Append one JSON line and fsync it. A torn last line (killed mid-write) is skipped by read_jsonl."""
+    """Append one JSON line and fsync it. A torn last line (killed mid-write, disk full) is skipped by read_jsonl.
+
+    A torn line has no newline, so the next append starts a new line first; otherwise the torn line would swallow
+    the good one after it. Write failures raise WriteError naming the file.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     line = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n"
-    with open(path, "a", encoding="utf-8") as f:
-        f.write(line)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "a+b") as f:
+            if f.tell() > 0:
+                f.seek(-1, os.SEEK_END)
+                if f.read(1) != b"\n":
+                    line = "\n" + line
+            f.write(line.encode("utf-8"))
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:
+        if isinstance(e, WriteError):
+            raise
+        raise WriteError(path, e) from None
 
 
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:

@@ -60,3 +60,12 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory, three_prompts: Path, tiny
                     "--backends", "bf16,torchao-int8wo,fp8-layerwise,torchao-fp8dq", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     return out
+
+
+@pytest.fixture()
+def fake_run_dir(tmp_path: Path) -> Path:
+    """A run directory with no model: 3 prompts, bf16 + torchao-int8wo, 32x32 PNGs, records and summary built
+    through evalkit's own builders (tests/fake_run.py; call make_run directly for other shapes)."""
+    from fake_run import make_run
+
+    return make_run(tmp_path / "fake-run")

@@ -25,6 +25,7 @@ def test_evalkit_run_end_to_end_with_relative_default_output(tmp_path: Path, thr
     run = work / Path(m.group(1)).parent
     assert (run / "index.html").stat().st_size > 10_000
     summary = read_json(run / "summary.json")
+    assert summary["images_left_out"] == [] and summary["backends"]["torchao-int8wo"]["partial_reason"] is None
     scored = summary["backends"]["torchao-int8wo"]["metrics"]
     assert scored["lpips_alex"]["status"] == "ok" and 0 < scored["lpips_alex"]["mean"] < 0.5
     assert scored["ssim"]["ci_low"] <= scored["ssim"]["mean"] <= scored["ssim"]["ci_high"]

@@ -1,0 +1,287 @@
+"""evalkit from Python: the CLI's stages as functions, with the CLI flags' names as keyword arguments.
+
+    import evalkit
+    run = evalkit.generate("prompts/styles.txt", backends="bf16,torchao-int8wo", model="tiny")
+    evalkit.score(run)
+    evalkit.report(run)
+    result = evalkit.check(run, "thresholds.toml")
+
+    evalkit.compare_images("out/bf16", "out/int8", metrics="lpips,ssim,psnr")
+    evalkit.compute_fid("out/bf16", "out/int8")
+
+`import evalkit` stays light: every function here imports its stage when it is called, never at import.
+Errors are evalkit.errors.EvalkitError (one line naming the file, flag or backend at fault), as on the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+if TYPE_CHECKING:
+    from evalkit.check.results import Report
+    from evalkit.metrics.registry import MetricSpec
+
+PathLike = str | os.PathLike[str]
+
+__all__ = ["generate", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
+           "compute_fid", "compute_kid"]
+
+
+def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = "default", *,
+             model: str = "black-forest-labs/FLUX.1-dev", out: PathLike | None = None,
+             reports_dir: PathLike = "reports", device: str = "auto", height: int | None = None,
+             width: int | None = None, steps: int | None = None, guidance: float | None = None,
+             max_sequence_length: int | None = None, batch_size: int = 1, seed: int = 0, warmup: int = 1,
+             components: str | Sequence[str] | None = None, config: PathLike | None = None,
+             gguf_file: PathLike | None = None, attempt_known_failures: bool = False, jobs: int = 1,
+             gpus: str | Sequence[str] | None = None, prompt_column: str | None = None,
+             quiet: bool = False) -> Path:
+    """Generate images for each backend and measure memory and latency (`evalkit generate`); returns the run dir.
+
+    `prompts` is a prompts file or a list of prompt texts (written to evalkit's cache as a prompts file, so the
+    run records where its prompts came from); a .csv/.tsv/.jsonl/.json prompt set reads `prompt_column`
+    (default: prompt, prompts, text or caption). Rerunning with the same arguments resumes the same run directory.
+    `quiet=True` hides the progress display. Raises EvalkitError on bad input.
+
+    >>> import tempfile, evalkit
+    >>> run = evalkit.generate(["A red cube on a blue table"], backends="bf16", model="tiny",
+    ...                        height=32, width=32, steps=2, out=tempfile.mkdtemp(), quiet=True)
+    >>> [p.suffix for p in (run / "images" / "bf16").iterdir()]
+    ['.png']
+    >>> evalkit.api.read_summary(run)["backends"]["bf16"]["status"]
+    'ok'
+    """
+    import dataclasses
+
+    from evalkit.generate.stage import GenerateOptions, run_generate
+
+    extra: dict[str, Any] = {}
+    if prompt_column is not None:
+        if "prompt_column" not in {f.name for f in dataclasses.fields(GenerateOptions)}:
+            from evalkit.errors import EvalkitError
+
+            raise EvalkitError("prompt_column: this evalkit's generate stage does not take a prompt column yet")
+        extra["prompt_column"] = prompt_column
+    opts = GenerateOptions(
+        prompts_file=str(_prompts_file(prompts)), model=model, backends=_csv(backends), out=_str(out),
+        reports_dir=str(reports_dir), device=device, height=height, width=width, steps=steps, guidance=guidance,
+        max_sequence_length=max_sequence_length, batch_size=batch_size, seed=seed, warmup=warmup,
+        components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
+        gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
+        command=["evalkit.generate(...)"], **extra,
+    )
+    console = None
+    if quiet:
+        import io
+
+        from rich.console import Console
+
+        console = Console(file=io.StringIO())
+    return Path(run_generate(opts, console=console))
+
+
+def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
+    """Score every backend of a run against the reference backend (`evalkit score`); returns {backend: metrics}.
+
+    Options are `evalkit score`'s flags: metrics=, lpips_net=, clip_model=, real_dir=, bootstrap_samples=,
+    workers=, metrics_batch_size=, fid_sqrt=, no_cache=, weights_dir=, device=. See evalkit.metrics.api.score.
+
+    >>> import tempfile, evalkit
+    >>> from evalkit.report.synthetic import make_synthetic_run
+    >>> run = make_synthetic_run(tempfile.mkdtemp() + "/run", backends=["bf16", "torchao-int8wo"], with_metrics=False)
+    >>> results = evalkit.score(run, metrics="ssim,psnr")  # doctest: +SKIP
+    >>> sorted(results["torchao-int8wo"])  # doctest: +SKIP
+    ['psnr', 'ssim']
+    """
+    from evalkit.metrics import api as metrics_api
+
+    return metrics_api.score(run_dir, **options)
+
+
+def report(run_dir: PathLike, *, thumb_size: int = 256, no_figures: bool = False, memory_axis: str = "auto",
+           quiet: bool = True) -> Path:
+    """Write the self-contained HTML report (`evalkit report`); returns the path of index.html.
+
+    >>> import tempfile, evalkit
+    >>> from evalkit.report.synthetic import make_synthetic_run
+    >>> run = make_synthetic_run(tempfile.mkdtemp() + "/run", backends=["bf16", "torchao-int8wo"])
+    >>> evalkit.report(run, no_figures=True).name
+    'index.html'
+    """
+    from evalkit.report.build import build_report
+
+    if not 32 <= int(thumb_size) <= 2048:
+        from evalkit.errors import EvalkitError
+
+        raise EvalkitError(f"thumb_size {thumb_size}: choose between 32 and 2048 pixels")
+    return Path(build_report(run_dir, thumb_size=int(thumb_size), figures=not no_figures,
+                             memory_axis=None if memory_axis in (None, "auto") else memory_axis, quiet=quiet))
+
+
+def check(run_dir: PathLike, thresholds: PathLike, *, use_ci: bool = False) -> Report:
+    """Gate a run against a thresholds TOML (`evalkit check`); returns the result (`.exit_code`: 0 pass, 1 fail).
+
+    A thresholds file that cannot be judged raises EvalkitError (the CLI's exit 2), never a failed result.
+
+    >>> import tempfile, evalkit
+    >>> from pathlib import Path
+    >>> from evalkit.report.synthetic import make_synthetic_run
+    >>> tmp = Path(tempfile.mkdtemp())
+    >>> run = make_synthetic_run(tmp / "run", backends=["bf16", "torchao-int8wo"])
+    >>> _ = (tmp / "gate.toml").write_text("[default]\\nlpips_alex_max = 0.5\\n")
+    >>> result = evalkit.check(run, tmp / "gate.toml")
+    >>> result.exit_code, result.verdict
+    (0, 'PASS')
+    """
+    from evalkit.check.gate import check_run
+
+    return check_run(run_dir, thresholds, use_ci=use_ci)
+
+
+def list_backends(device: str = "auto") -> list[dict[str, Any]]:
+    """Every backend and modifier, and whether it can run on `device` here (`evalkit backends --json`).
+
+    >>> import evalkit
+    >>> rows = {r["name"]: r for r in evalkit.list_backends(device="cpu")}
+    >>> rows["bf16"]["runs_here"], rows["torchao-int8wo"]["library"]
+    (True, 'torchao')
+    """
+    from evalkit.generate.backends import BACKEND_LIST, MODIFIERS, availability, parse_backend, resolve_components
+
+    dev, capability = _probe_device(device)
+    rows: list[dict[str, Any]] = []
+    for b in BACKEND_LIST:
+        status, reason = availability(parse_backend(b.name), dev, capability)
+        comps, note = resolve_components(b, None, dev)
+        rows.append({"name": b.name, "kind": "backend", "library": b.library, "runs_here": status == "ok",
+                     "reason": reason or note, "quantizes": list(comps), "description": b.description})
+    for m in MODIFIERS.values():
+        ok = dev in m.devices
+        rows.append({"name": "+" + m.name, "kind": "modifier", "library": "diffusers/torch", "runs_here": ok,
+                     "reason": None if ok else m.cpu_unsupported_reason, "quantizes": [],
+                     "description": m.description})
+    return rows
+
+
+def list_metrics(kind: str | None = None) -> list[MetricSpec]:
+    """The registered metrics (evalkit.metrics.registry.MetricSpec: name, kind, higher_is_better, label, ...).
+
+    >>> import evalkit
+    >>> specs = {m.name: m for m in evalkit.list_metrics()}
+    >>> specs["lpips_alex"].kind, specs["lpips_alex"].higher_is_better, specs["fid"].kind
+    ('paired', False, 'set')
+    """
+    from evalkit.metrics.registry import list_metrics as registry_list
+
+    return registry_list(kind)  # type: ignore[arg-type]
+
+
+def compare_images(reference: Any, candidate: Any, metrics: Any = None, device: str | None = None,
+                   **options: Any) -> dict[str, Any]:
+    """Score `candidate` images against `reference` (`evalkit compare-images`): two folders paired by file name,
+    or two lists of HxWx3 uint8 arrays / PIL images. See evalkit.metrics.api.compare_images.
+
+    >>> import numpy as np, evalkit
+    >>> ref = [np.full((32, 32, 3), 100, np.uint8)]
+    >>> evalkit.compare_images(ref, ref, metrics="psnr")["psnr"]["n"]  # doctest: +SKIP
+    1
+    """
+    from evalkit.metrics import api as metrics_api
+
+    return metrics_api.compare_images(reference, candidate, metrics=metrics, device=device, **options)
+
+
+def compute_fid(reference: Any, candidate: Any, **options: Any) -> dict[str, Any]:
+    """FID of `candidate` against `reference` (folders or image lists), with its sample sizes (`n`,
+    `n_reference`). See evalkit.metrics.api.compute_fid.
+
+    >>> import evalkit
+    >>> evalkit.compute_fid("out/bf16", "out/int8")["n"]  # doctest: +SKIP
+    50
+    """
+    from evalkit.metrics import api as metrics_api
+
+    return metrics_api.compute_fid(reference, candidate, **options)
+
+
+def compute_kid(reference: Any, candidate: Any, **options: Any) -> dict[str, Any]:
+    """KID of `candidate` against `reference` (folders or image lists), with its sample sizes and subset size.
+    See evalkit.metrics.api.compute_kid.
+
+    >>> import evalkit
+    >>> sorted(evalkit.compute_kid("out/bf16", "out/int8"))[:2]  # doctest: +SKIP
+    ['n', 'n_reference']
+    """
+    from evalkit.metrics import api as metrics_api
+
+    return metrics_api.compute_kid(reference, candidate, **options)
+
+
+def read_summary(run_dir: PathLike) -> dict[str, Any]:
+    """summary.json of a run, shape-checked (evalkit.records.Summary)."""
+    from evalkit.records import read_summary as read
+    from evalkit.rundir import RunDir
+
+    return dict(read(RunDir(Path(run_dir)).summary))
+
+
+# ------------------------------------------------------------------------------------------- helpers
+
+def _prompts_file(prompts: PathLike | Sequence[str]) -> Path:
+    """A prompts file for `prompts`: itself if it is a path, else the texts written once to evalkit's cache
+    (named by their content, so the same list resumes the same auto-named run)."""
+    if isinstance(prompts, (str, os.PathLike)):
+        return Path(prompts)
+    texts = list(prompts)
+    from evalkit.errors import EvalkitError
+
+    if not texts or not all(isinstance(t, str) for t in texts):
+        raise EvalkitError("prompts: give a prompts file or a non-empty list of prompt strings")
+    bad = next((i for i, t in enumerate(texts) if "\n" in t or "\r" in t or not t.strip()), None)
+    if bad is not None:
+        raise EvalkitError(f"prompts[{bad}]: a prompt must be one non-empty line of text")
+    body = "".join(t.strip() + "\n" for t in texts)
+    from evalkit.io import atomic_write_text
+    from evalkit.paths import cache_dir
+
+    path = cache_dir() / "prompts" / f"prompts-{hashlib.sha256(body.encode('utf-8')).hexdigest()[:12]}.txt"
+    if not path.exists():
+        atomic_write_text(path, body)
+    return path
+
+
+def _csv(value: str | Sequence[str] | None) -> str | None:
+    if value is None or isinstance(value, str):
+        return value
+    return ",".join(value)
+
+
+def _list(value: str | Sequence[str] | None) -> list[str] | None:
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else list(value)
+    return [s.strip() for s in items if s.strip()] or None
+
+
+def _str(value: PathLike | None) -> str | None:
+    return None if value is None else os.fspath(value)
+
+
+def _probe_device(requested: str) -> tuple[str, tuple[int, int] | None]:
+    from evalkit.errors import EvalkitError
+
+    if requested not in ("auto", "cpu", "cuda"):
+        raise EvalkitError(f"device {requested!r}: choose auto, cpu or cuda")
+    if requested == "cpu":
+        return "cpu", None  # no torch import needed to list what runs on a CPU
+    import torch
+
+    if not torch.cuda.is_available():
+        if requested == "cuda":
+            raise EvalkitError("device cuda: no CUDA device is available to torch")
+        return "cpu", None
+    return "cuda", tuple(torch.cuda.get_device_capability())
+

@@ -1,0 +1,408 @@
+"""Typed records of the run directory: one TypedDict, one builder and one validating reader per record.
+
+The four records (docs/run-directory.md): the manifest, a backend's generation record, a backend's metric record,
+and the summary. Each is plain JSON on disk; the TypedDicts below are its schema, stated once. The same
+annotations drive `validate()`, so a record read from disk with the wrong shape is one line naming the file and
+the field ("generation/bf16.json: record.images[3].sha256 must be a string, found int 7"),
+never a KeyError three stages later.
+
+Additive change is not a version bump: readers accept records without fields added later (`size_bytes`,
+`partial_reason`, `left_out`, `category`, ...), and keys they do not know. A change that removes or re-types a
+field bumps SCHEMA_VERSION, and the reader keeps reading the old version.
+"""
+
+# No `from __future__ import annotations` here: TypedDict reads Required[...] from real annotations, and the
+# stringified ones would make every key optional (Python 3.11).
+import os
+from pathlib import Path
+from typing import Any, Literal, Mapping, Required, TypedDict
+
+from evalkit.errors import EvalkitError
+from evalkit.shapes import ShapeError, validate
+
+__all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "ImageEntry", "GenerationRecord",
+           "MetricResult", "LeftOut", "MetricRecord", "SummaryBackend", "Summary", "ShapeError", "validate",
+           "read_record", "check_record", "read_manifest", "read_generation_record", "read_metric_record",
+           "read_summary", "prompt_entry", "build_manifest", "image_entry", "image_entry_for_file",
+           "build_generation_record", "build_metric_record", "build_summary", "partial_reason"]
+
+SCHEMA_VERSION = 1
+REFERENCE_BACKEND = "bf16"
+# Words in an older record's quantization.note that mean "this backend quantized less than its name says".
+_PARTIAL_NOTE_MARKER = "left in bf16"
+
+
+# --------------------------------------------------------------------------------------------- the schemas
+
+class PromptEntry(TypedDict, total=False):
+    index: Required[int]
+    id: Required[str]  # evalkit.prompts.prompt_id
+    text: Required[str]
+    seed: Required[int]  # evalkit.prompts.prompt_seed
+    line: int  # 1-based line (or record) in the prompts file
+    category: str | None  # from a prompt set's category column (PartiPrompts, DrawBench)
+    tokens: dict[str, Any]
+
+
+class Manifest(TypedDict, total=False):
+    schema_version: Required[int]
+    prompts: Required[list[PromptEntry]]
+    backends: Required[list[str]]
+    run_id: str | None
+    created_utc: str | None
+    updated_utc: str | None
+    evalkit_version: str | None
+    command: list[str] | None
+    prompts_file: str | None
+    prompts_sha256: str | None
+    tokenization_note: str | None
+    model: dict[str, Any] | None
+    generation: dict[str, Any] | None  # height, width, num_inference_steps, guidance_scale, base_seed, ...
+    reference_backend: str
+    device: dict[str, Any] | None
+    versions: dict[str, Any] | None
+    memory_convention: dict[str, Any] | None
+    fid_mode: dict[str, Any] | None  # written by score
+    config: dict[str, Any] | None
+
+
+class ImageEntry(TypedDict, total=False):
+    prompt_id: Required[str]
+    seed: Required[int]
+    path: Required[str]  # relative to the run directory: images/<backend>/<prompt_id>_s<seed>.png
+    sha256: Required[str]
+    size_bytes: int  # stat fingerprint taken after the atomic write (evalkit.integrity)
+    mtime_ns: int
+    latency_s: float | None
+    flags: list[str]  # "nan", "all_black"
+    batch_size: int
+    pid: int | None
+
+
+class GenerationRecord(TypedDict, total=False):
+    schema_version: Required[int]
+    backend: Required[str]
+    status: Required[Literal["ok", "failed", "skipped"]]
+    reason: str | None  # one line; set whenever status is not ok
+    error: dict[str, Any] | None
+    recipe: dict[str, Any] | None
+    quantization: dict[str, Any] | None  # components_quantized, layer_types, note, partial_reason, ...
+    footprint: dict[str, Any] | None
+    placement: dict[str, Any] | None
+    prepare: dict[str, Any] | None
+    compile: dict[str, Any] | None
+    load_time_s: float | None
+    compile_time_s: float | None
+    memory: dict[str, Any] | None
+    latency: dict[str, Any] | None
+    warmup_times_s: list[float] | None
+    resumed_images: int | None
+    images: list[ImageEntry]
+    started_utc: str | None
+    finished_utc: str | None
+    pid: int | None
+
+
+class MetricResult(TypedDict, total=False):
+    status: Required[str]  # "ok", "skipped", ...
+    reason: str | None
+    mean: float | None
+    value: float | None
+    n: int | None
+    higher_is_better: bool | None
+    per_prompt: dict[str, float | None]
+    skipped: list[dict[str, Any]]  # pairs this metric could not score: {prompt_id, seed, reason}
+
+
+class LeftOut(TypedDict, total=False):
+    backend: Required[str]
+    prompt_id: Required[str | None]
+    path: Required[str | None]
+    reason: Required[str]
+    metrics: list[str]  # which metrics left it out, when not all
+
+
+class MetricRecord(TypedDict, total=False):
+    schema_version: Required[int]
+    backend: Required[str]
+    metrics: Required[dict[str, MetricResult]]
+    reference_backend: str
+    metrics_version: Any
+    device: Any
+    left_out: list[dict[str, Any]]  # images the score stage left out: {prompt_id, path, reason}
+
+
+class SummaryBackend(TypedDict):
+    status: str  # a generation status, or "pending" before the backend ran
+    reason: str | None
+    partial_reason: str | None  # quantized less than its name says on this device (bnb on CPU), else None
+    memory: dict[str, Any] | None
+    latency: dict[str, Any] | None
+    load_time_s: float | None
+    compile_time_s: float | None
+    prepare_time_s: float | None
+    footprint_gib: float | None
+    components_quantized: list[str]
+    image_flags: dict[str, int]
+    n_images: int
+    metrics: dict[str, dict[str, Any]]
+
+
+class Summary(TypedDict):
+    schema_version: int
+    run_id: str | None
+    model: dict[str, Any] | None
+    device: dict[str, Any] | None
+    generation: dict[str, Any] | None
+    reference_backend: str
+    n_prompts: int
+    memory_convention: dict[str, Any] | None
+    fid_mode: dict[str, Any] | None
+    backends: dict[str, SummaryBackend]
+    images_left_out: list[LeftOut]
+
+
+# --------------------------------------------------------------------------------------------- reading
+
+_LABELS: dict[Any, str] = {}
+
+
+def read_record(path: str | os.PathLike[str], schema: Any) -> Any:
+    """Read a JSON record and check its shape and schema_version; one-line EvalkitError naming the file if not."""
+    from evalkit.io import read_json
+
+    path = Path(path)
+    data = read_json(path)
+    return check_record(data, schema, path)
+
+
+def check_record(data: Any, schema: Any, path: str | os.PathLike[str]) -> Any:
+    version = data.get("schema_version") if isinstance(data, dict) else None
+    if isinstance(version, int) and not isinstance(version, bool) and version > SCHEMA_VERSION:
+        raise EvalkitError(f"{path}: schema_version {version} is newer than this evalkit understands "
+                           f"({SCHEMA_VERSION}); upgrade evalkit")
+    try:
+        validate(data, schema, _ROOTS.get(schema, "record"))
+    except ShapeError as e:
+        raise EvalkitError(f"{path}: {e}") from None
+    return data
+
+
+def read_manifest(path: str | os.PathLike[str]) -> Manifest:
+    return read_record(path, Manifest)
+
+
+def read_generation_record(path: str | os.PathLike[str]) -> GenerationRecord:
+    return read_record(path, GenerationRecord)
+
+
+def read_metric_record(path: str | os.PathLike[str]) -> MetricRecord:
+    return read_record(path, MetricRecord)
+
+
+def read_summary(path: str | os.PathLike[str]) -> Summary:
+    return read_record(path, Summary)
+
+
+_LABELS.update({Manifest: "manifest", GenerationRecord: "generation record", MetricRecord: "metric record",
+                Summary: "summary"})
+# How a message names the top of each record: "manifest.backends must be a JSON list, found str".
+_ROOTS: dict[Any, str] = {Manifest: "manifest", GenerationRecord: "record", MetricRecord: "record",
+                          Summary: "summary"}
+
+
+# --------------------------------------------------------------------------------------------- builders
+
+def _built(record: Any, schema: Any) -> Any:
+    """Builders check what they build: a bug in a writer fails where it is made, not in the next stage."""
+    try:
+        validate(record, schema, _ROOTS.get(schema, "record"))
+    except ShapeError as e:
+        raise ValueError(f"building a {_LABELS.get(schema, 'record')}: {e}") from None
+    return record
+
+
+def prompt_entry(prompt: Any, tokens: dict[str, Any] | None = None) -> PromptEntry:
+    """A manifest prompt from an evalkit.prompts.Prompt (its id and seed come from evalkit.prompts, never re-derived)."""
+    entry: PromptEntry = {"index": prompt.index, "id": prompt.id, "text": prompt.text, "seed": prompt.seed,
+                          "line": prompt.line}
+    if getattr(prompt, "category", None) is not None:
+        entry["category"] = prompt.category
+    if tokens is not None:
+        entry["tokens"] = tokens
+    return _built(entry, PromptEntry)
+
+
+def build_manifest(*, prompts: list[PromptEntry], backends: list[str], run_id: str | None,
+                   generation: dict[str, Any], model: dict[str, Any] | None = None,
+                   device: dict[str, Any] | None = None, versions: dict[str, Any] | None = None,
+                   created_utc: str | None = None, updated_utc: str | None = None,
+                   evalkit_version: str | None = None, command: list[str] | None = None,
+                   prompts_file: str | None = None, prompts_sha256: str | None = None,
+                   tokenization_note: str | None = None, reference_backend: str = REFERENCE_BACKEND,
+                   memory_convention: dict[str, Any] | None = None, fid_mode: dict[str, Any] | None = None,
+                   config: dict[str, Any] | None = None) -> Manifest:
+    """The manifest, as generate writes it. `backends` keeps its order (the report's order)."""
+    if evalkit_version is None:
+        from evalkit import __version__ as evalkit_version
+    manifest: Manifest = {
+        "schema_version": SCHEMA_VERSION, "run_id": run_id, "created_utc": created_utc, "updated_utc": updated_utc,
+        "evalkit_version": evalkit_version, "command": command, "prompts_file": prompts_file,
+        "prompts_sha256": prompts_sha256, "prompts": list(prompts), "tokenization_note": tokenization_note,
+        "model": model, "generation": generation, "backends": list(backends), "reference_backend": reference_backend,
+        "device": device, "versions": versions, "memory_convention": memory_convention, "config": config,
+    }
+    if fid_mode is not None:
+        manifest["fid_mode"] = fid_mode
+    return _built(manifest, Manifest)
+
+
+def image_entry(*, prompt_id: str, seed: int, path: str, sha256: str, size_bytes: int | None = None,
+                mtime_ns: int | None = None, latency_s: float | None = None, flags: list[str] | None = None,
+                batch_size: int = 1, pid: int | None = None) -> ImageEntry:
+    """One image of a generation record. Give size_bytes/mtime_ns (os.stat after the write) for the cheap check."""
+    entry: ImageEntry = {"prompt_id": prompt_id, "seed": seed, "path": path, "sha256": sha256,
+                         "latency_s": latency_s, "flags": list(flags or []), "batch_size": batch_size, "pid": pid}
+    if size_bytes is not None and mtime_ns is not None:
+        entry["size_bytes"], entry["mtime_ns"] = size_bytes, mtime_ns
+    return _built(entry, ImageEntry)
+
+
+def image_entry_for_file(root: str | os.PathLike[str], rel_path: str, *, prompt_id: str, seed: int,
+                         **fields: Any) -> ImageEntry:
+    """`image_entry` for a file already written under run directory `root`: hash and stat it."""
+    from evalkit.io import sha256_file
+
+    f = Path(root) / rel_path
+    st = f.stat()
+    return image_entry(prompt_id=prompt_id, seed=seed, path=rel_path, sha256=sha256_file(f), size_bytes=st.st_size,
+                       mtime_ns=st.st_mtime_ns, **fields)
+
+
+def build_generation_record(*, backend: str, status: Literal["ok", "failed", "skipped"], reason: str | None = None,
+                            images: list[ImageEntry] | None = None, recipe: dict[str, Any] | None = None,
+                            quantization: dict[str, Any] | None = None, footprint: dict[str, Any] | None = None,
+                            memory: dict[str, Any] | None = None, latency: dict[str, Any] | None = None,
+                            load_time_s: float | None = None, compile_time_s: float | None = None,
+                            prepare: dict[str, Any] | None = None, compile: dict[str, Any] | None = None,
+                            placement: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                            warmup_times_s: list[float] | None = None, resumed_images: int | None = None,
+                            started_utc: str | None = None, finished_utc: str | None = None,
+                            pid: int | None = None) -> GenerationRecord:
+    """One backend's generation record. A backend that did not finish says why (`reason`)."""
+    if status != "ok" and not reason:
+        raise ValueError(f"building a generation record for {backend}: status {status!r} needs a reason")
+    record: GenerationRecord = {
+        "schema_version": SCHEMA_VERSION, "backend": backend, "status": status, "reason": reason, "error": error,
+        "recipe": recipe, "quantization": quantization, "footprint": footprint, "placement": placement,
+        "prepare": prepare, "compile": compile, "load_time_s": load_time_s, "compile_time_s": compile_time_s,
+        "memory": memory, "latency": latency, "warmup_times_s": warmup_times_s, "resumed_images": resumed_images,
+        "images": list(images or []), "started_utc": started_utc, "finished_utc": finished_utc, "pid": pid,
+    }
+    return _built(record, GenerationRecord)
+
+
+def build_metric_record(*, backend: str, metrics: dict[str, MetricResult],
+                        reference_backend: str = REFERENCE_BACKEND, metrics_version: Any = None, device: Any = None,
+                        left_out: list[dict[str, Any]] | None = None) -> MetricRecord:
+    """One backend's metric record, as score writes it. `left_out`: images score could not use, with reasons."""
+    record: MetricRecord = {"schema_version": SCHEMA_VERSION, "backend": backend,
+                            "reference_backend": reference_backend, "metrics_version": metrics_version,
+                            "metrics": dict(metrics), "device": device}
+    if left_out is not None:
+        record["left_out"] = list(left_out)
+    return _built(record, MetricRecord)
+
+
+def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[str, Any] | None],
+                  metrics: Mapping[str, Mapping[str, Any] | None]) -> Summary:
+    """summary.json from the manifest and each backend's records (None where a record is not written yet)."""
+    backends: dict[str, SummaryBackend] = {}
+    left_out: list[LeftOut] = []
+    for name in manifest.get("backends") or []:
+        gen, met = generation.get(name), metrics.get(name)
+        backends[name] = _summary_backend(gen, met)
+        left_out.extend(_left_out(name, gen, met))
+    summary: Summary = {
+        "schema_version": SCHEMA_VERSION,
+        "run_id": manifest.get("run_id"),
+        "model": manifest.get("model"),
+        "device": manifest.get("device"),
+        "generation": manifest.get("generation"),
+        "reference_backend": manifest.get("reference_backend") or REFERENCE_BACKEND,
+        "n_prompts": len(manifest.get("prompts") or []),
+        "memory_convention": manifest.get("memory_convention"),
+        "fid_mode": manifest.get("fid_mode"),
+        "backends": backends,
+        "images_left_out": left_out,
+    }
+    return _built(summary, Summary)
+
+
+def partial_reason(gen: Mapping[str, Any] | None) -> str | None:
+    """Why a backend quantized less than its name says on this device, or None.
+
+    Records from before `quantization.partial_reason` existed said it only in `quantization.note`
+    ("transformer left in bf16 on CPU: ..."), so that is read when the field is absent.
+    """
+    quant = (gen or {}).get("quantization") or {}
+    if "partial_reason" in quant:
+        return quant["partial_reason"] or None
+    note = quant.get("note")
+    return note if isinstance(note, str) and _PARTIAL_NOTE_MARKER in note else None
+
+
+def _summary_backend(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> SummaryBackend:
+    gen_d: Mapping[str, Any] = gen or {}
+    return {
+        "status": gen_d.get("status", "pending"),
+        "reason": gen_d.get("reason") if gen else "not generated yet",
+        "partial_reason": partial_reason(gen),
+        "memory": gen_d.get("memory"),
+        "latency": gen_d.get("latency"),
+        "load_time_s": gen_d.get("load_time_s"),
+        "compile_time_s": gen_d.get("compile_time_s"),
+        # one-time library step before loading (optimum-quanto's CUDA kernel build), seconds or None
+        "prepare_time_s": (gen_d.get("prepare") or {}).get("seconds"),
+        "footprint_gib": (gen_d.get("footprint") or {}).get("total_gib"),
+        "components_quantized": list((gen_d.get("quantization") or {}).get("components_quantized") or []),
+        "image_flags": _flag_counts(gen_d),
+        "n_images": len(gen_d.get("images") or []),
+        "metrics": {metric: {k: v for k, v in value.items() if k not in ("per_prompt", "per_image")}
+                    for metric, value in ((met or {}).get("metrics") or {}).items()},
+    }
+
+
+def _flag_counts(gen: Mapping[str, Any]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for img in gen.get("images") or []:
+        for flag in img.get("flags") or []:
+            counts[flag] = counts.get(flag, 0) + 1
+    return counts
+
+
+def _left_out(backend: str, gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> list[LeftOut]:
+    """Images the score stage did not use, one entry per (image, reason), naming the metrics when not all did.
+
+    Read from the metric record's `left_out` list and from each metric's `skipped` pairs (records written before
+    `left_out` existed list a truncated PNG only there).
+    """
+    if not met:
+        return []
+    paths = {img.get("prompt_id"): img.get("path") for img in (gen or {}).get("images") or []}
+    found: dict[tuple[Any, Any, str], LeftOut] = {}
+    for item in met.get("left_out") or []:
+        pid = item.get("prompt_id")
+        path = item.get("path") or paths.get(pid)
+        found.setdefault((pid, path, str(item.get("reason"))),
+                         {"backend": item.get("backend") or backend, "prompt_id": pid, "path": path,
+                          "reason": str(item.get("reason"))})
+    for metric, result in sorted((met.get("metrics") or {}).items()):
+        for item in result.get("skipped") or []:
+            pid = item.get("prompt_id")
+            key = (pid, item.get("path") or paths.get(pid), str(item.get("reason")))
+            entry = found.setdefault(key, {"backend": backend, "prompt_id": key[0], "path": key[1],
+                                           "reason": key[2], "metrics": []})
+            if "metrics" in entry:
+                entry["metrics"].append(metric)
+    return list(found.values())
