@@ -270,18 +270,18 @@ def test_rerun_regenerates_only_missing_truncated_or_replaced_images(tiny_run: P
     (out / bf16[0]["path"]).unlink()
     data = (out / bf16[1]["path"]).read_bytes()
     (out / bf16[1]["path"]).write_bytes(data[: len(data) // 2])
-    data = bytearray((out / fp8[2]["path"]).read_bytes())
-    data[len(data) // 2] ^= 0xFF  # same size, new content
-    (out / fp8[2]["path"]).write_bytes(bytes(data))
+    # A valid image, but not the one generated: the reference's for the same prompt.
+    (out / fp8[2]["path"]).write_bytes((out / bf16[2]["path"]).read_bytes())
 
     r = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
                     "--backends", "bf16,torchao-int8wo,fp8-layerwise,torchao-fp8dq", "--out", str(out))
     assert r.returncode == 0, r.stderr[-3000:]
     assert "bf16: regenerating 2 image(s)" in r.stderr and "fp8-layerwise: regenerating 1 image(s)" in r.stderr
     log = (out / "logs" / "bf16.log").read_text()
-    assert f"regenerating {bf16[0]['prompt_id']}: {bf16[0]['path']} is missing" in log
-    assert f"regenerating {bf16[1]['prompt_id']}: {bf16[1]['path']} has " in log and "truncated or replaced" in log
-    assert "differs from its recorded sha256 (replaced)" in (out / "logs" / "fp8-layerwise.log").read_text()
+    assert f"regenerating {bf16[0]['prompt_id']}: {bf16[0]['path']}: missing" in log
+    assert f"regenerating {bf16[1]['prompt_id']}: {bf16[1]['path']}: undecodable: truncated or corrupt" in log
+    assert f"regenerating {fp8[2]['prompt_id']}: {fp8[2]['path']}: replaced: sha256" in (
+        out / "logs" / "fp8-layerwise.log").read_text()
     assert read_json(out / "generation" / "bf16.json")["resumed_images"] == 1
     assert read_json(out / "generation" / "fp8-layerwise.json")["resumed_images"] == 2
     # The int8 backend was intact: not rerun. Every image is the same bytes as before the damage.

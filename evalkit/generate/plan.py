@@ -12,7 +12,7 @@ from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.generate.backends import BackendSpec, availability
-from evalkit.io import atomic_write_text, read_json, read_jsonl, sha256_file
+from evalkit.io import atomic_write_text, read_json, read_jsonl
 from evalkit.rundir import RunDir
 
 LARGE_STUDY_IMAGES = 2000
@@ -39,32 +39,25 @@ class WorkPlan:
     prompts: int = 0
 
 
-def image_problems(rd: RunDir, rec: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
-    """Prompt id -> why its image in a finished record cannot be trusted: not recorded, another seed, missing,
-    truncated or replaced. A file whose size and mtime are the recorded ones is not re-hashed (records made before
-    size_bytes/mtime_ns existed are hashed)."""
-    by_id = {i.get("prompt_id"): i for i in rec.get("images", [])}
+def image_problems(rd: RunDir, backend: str, rec: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
+    """Prompt id -> why its image in a finished record cannot be trusted: not recorded, another seed, or what
+    evalkit.integrity finds (missing, truncated or undecodable, replaced, wrong size). Files whose size and mtime
+    are the recorded ones are not re-hashed."""
+    from evalkit.integrity import verify_images
+
+    by_id = {i.get("prompt_id"): i for i in rec.get("images", []) if isinstance(i, dict)}
     problems: dict[str, str] = {}
     for p in manifest["prompts"]:
         img = by_id.get(p["id"])
         if img is None:
-            problems[p["id"]] = "not in the record"
-            continue
-        if img.get("seed") != p["seed"]:
-            problems[p["id"]] = f"recorded with seed {img.get('seed')}, the prompt now has {p['seed']}"
-            continue
-        f = rd.root / img["path"]
-        try:
-            st = f.stat()
-        except OSError:
-            problems[p["id"]] = f"{img['path']} is missing"
-            continue
-        if img.get("size_bytes") is not None and st.st_size != img["size_bytes"]:
-            problems[p["id"]] = f"{img['path']} has {st.st_size} bytes, {img['size_bytes']} recorded (truncated or replaced)"
-        elif img.get("mtime_ns") is not None and st.st_mtime_ns == img["mtime_ns"]:
-            continue
-        elif sha256_file(f) != img.get("sha256"):
-            problems[p["id"]] = f"{img['path']} differs from its recorded sha256 (replaced)"
+            problems[p["id"]] = "not in the generation record"
+        elif img.get("seed") != p["seed"]:
+            problems[p["id"]] = f"recorded with seed {img.get('seed')}, the prompt's seed is now {p['seed']}"
+    # Extra files in the folder are not this backend's images to regenerate; the scoring stages refuse them.
+    report = verify_images(rd, backend, rec, manifest=manifest, check_extra=False)
+    for bad in report.problems:
+        if bad.get("prompt_id") and bad["prompt_id"] not in problems:
+            problems[bad["prompt_id"]] = f"{bad['path']}: {bad['reason']}"
     return problems
 
 
@@ -82,7 +75,7 @@ def finished_record(rd: RunDir, backend: str) -> dict[str, Any] | None:
 def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
     """A finished backend: status ok, every prompt's image present, unchanged since it was recorded."""
     rec = finished_record(rd, backend)
-    return rec is not None and not image_problems(rd, rec, manifest)
+    return rec is not None and not image_problems(rd, backend, rec, manifest)
 
 
 def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], requested: tuple[str, ...] | None,
@@ -94,7 +87,7 @@ def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], re
     for spec in specs:
         rec = finished_record(rd, spec.name)
         if rec is not None:
-            problems = image_problems(rd, rec, manifest)
+            problems = image_problems(rd, spec.name, rec, manifest)
             if not problems:
                 continue
             plan.repairs[spec.name] = (rec, problems)

@@ -15,7 +15,7 @@ import traceback
 from typing import Any
 
 from evalkit.generate.backends import BuildContext, parse_backend
-from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes, sha256_file
+from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 
 # All-black means every channel of every pixel is at most this (out of 255): a VAE decoding zeros/NaNs.
@@ -308,13 +308,17 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     # --- generate what is missing ---------------------------------------------------------------------------------
     done: dict[str, dict[str, Any]] = {}
-    for line in read_jsonl(rd.generation_partial(spec.name)):
-        p = rd.root / line["path"]
-        if p.exists() and sha256_file(p) == line["sha256"]:
-            done[line["prompt_id"]] = line
-        else:
-            print(f"regenerating {line['prompt_id']}: {line['path']} is {'changed' if p.exists() else 'missing'}",
-                  file=sys.stderr, flush=True)
+    # What an earlier attempt wrote is kept only if it is still the file that attempt wrote (evalkit.integrity).
+    from evalkit.integrity import verify_images
+
+    seeds = {p["id"]: p["seed"] for p in prompts}
+    partial = [e for e in read_jsonl(rd.generation_partial(spec.name))
+               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
+    check = verify_images(rd, spec.name, {"images": partial}, manifest=manifest, check_extra=False)
+    for line in check.ok:
+        done[line["prompt_id"]] = line
+    for bad in check.problems:
+        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
     todo = [p for p in prompts if p["id"] not in done]
     record["resumed_images"] = len(done)
     emit("progress", done=len(done), total=len(prompts))
