@@ -32,7 +32,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     q = p.add_argument_group("quantization")
     q.add_argument("--components", help="what quantizing backends quantize: transformer, text_encoder_2, or both "
                                         "(comma-separated); default per backend, as in the seed study")
-    q.add_argument("--config", dest="config_file", help="TOML with per-backend options, e.g. [backends.bnb-8bit] llm_int8_threshold = 5.0")
+    q.add_argument("--config", dest="config_file", help="TOML with per-backend options, e.g. [backends.bnb-8bit] llm_int8_threshold = 5.0, and +compile "
+                        "settings: [compile] preset = \"regional\"|\"whole\"|\"seed\", mode, fullgraph, dynamic, "
+                        "component, regional (per backend: [backends.NAME.compile])")
     q.add_argument("--gguf-file", help="a pre-quantized GGUF transformer for the gguf-* backends (else evalkit makes one)")
     q.add_argument("--attempt-known-failures", action="store_true",
                    help="try backend/modifier pairs known to fail instead of recording them as failed")
