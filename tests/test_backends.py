@@ -9,7 +9,8 @@ import pytest
 
 from conftest import run_evalkit
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BACKENDS, availability, package_available, parse_backend, parse_backend_list
+from evalkit.generate.backends import BACKENDS, availability, parse_backend, parse_backend_list
+from evalkit.libraries import Library
 from evalkit.io import read_json
 
 # What must generate on CPU (environment.md), and which components each must have quantized there.
@@ -31,10 +32,6 @@ CPU_EXPECTED = {
     "bnb-nf4-dq": ("text_encoder_2",),
     "bnb-8bit": ("text_encoder_2",),
 }
-# The marker of real quantization in layer_types, per library.
-LAYER_MARKER = {"quanto": "QLinear", "torchao": "Tensor", "gguf": "GGUF", "fp8": "float8_e4m3fn", "bnb": "Linear"}
-
-
 @pytest.fixture(scope="module")
 def all_backends_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
     d = tmp_path_factory.mktemp("allbackends")
@@ -63,7 +60,8 @@ def test_cpu_backend_generates_with_quantized_layers(all_backends_run: Path, nam
             # Most Linears of the component are quantized. Not all: GGUF keeps odd-width layers in bf16, and
             # diffusers' layerwise casting skips norm and proj_out layers by design.
             assert n > 0 and n >= 0.75 * total, (name, comp, q["layer_types"][comp])
-            marker = LAYER_MARKER[name.split("-")[0]]
+            marker = BACKENDS[name].library.layer_marker  # the marker of real quantization, per library
+            assert marker, name
             assert any(marker in k for k in q["layer_types"][comp]), (name, q["layer_types"][comp])
         else:
             assert n == 0, (name, comp, q["layer_types"][comp])
@@ -147,11 +145,11 @@ def test_capability_gate() -> None:
 
 
 def test_missing_package_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) -> None:
-    import evalkit.generate.backends as b
-
-    monkeypatch.setattr(b, "package_available", lambda name: name != "optimum.quanto")
+    quanto = BACKENDS["quanto-int8"].library
+    monkeypatch.setattr(Library, "available", lambda self: self is not quanto)
     status, reason = availability(parse_backend("quanto-int8"), "cpu", None)
-    assert status == "skipped" and "pip install optimum-quanto" in reason
+    assert status == "skipped" and f"pip install {quanto.pip_name}" in reason
+    assert availability(parse_backend("torchao-int8wo"), "cpu", None)[0] == "ok"
 
 
 def test_every_named_hook_of_a_recipe_exists(all_backends_run: Path) -> None:
@@ -183,9 +181,8 @@ def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch,
     from evalkit.generate.backends import BuildContext, parse_backend
 
     spec = parse_backend(name)
-    for mod in spec.backend.requires:
-        if not package_available(mod):
-            pytest.skip(f"{mod} is not installed here")
+    if not spec.backend.library.available():
+        pytest.skip(f"{spec.backend.library.pip_name} is not installed here")
     seen: list[dict] = []
     monkeypatch.setattr(diffusers.FluxPipeline, "from_pretrained", classmethod(lambda cls, path, **kw: seen.append(kw)))
     for device in ("cuda", "cpu"):
@@ -195,3 +192,31 @@ def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch,
         expect = on_gpu and device == "cuda"
         assert (seen[-1].get("device_map") == "cuda") is expect, (name, device, seen[-1])
         assert (info.get("device_map") == "cuda") is expect
+
+
+def test_torchao_recipes_state_config_version_2_and_the_record_shows_it(all_backends_run: Path) -> None:
+    from importlib import metadata
+
+    for name in ("torchao-int8wo", "torchao-fp8wo", "torchao-int8dq", "torchao-int4wo"):
+        q = read_json(all_backends_run / "generation" / f"{name}.json")["quantization"]
+        assert q["library_version"] == metadata.version("torchao"), name
+        for comp in CPU_EXPECTED[name]:
+            assert q["resolved_config"][comp]["config_version"] == 2, (name, comp)
+
+
+def test_torchao_version_is_passed_only_where_the_installed_signature_takes_it() -> None:
+    from dataclasses import dataclass
+
+    from evalkit.generate.backends import TORCHAO_CONFIG_VERSION, torchao_config
+
+    @dataclass
+    class Old:  # a torchao config from before versions
+        group_size: int = 0
+
+    @dataclass
+    class New:
+        group_size: int = 0
+        version: int = 1
+
+    assert torchao_config(Old, group_size=3) == Old(3)
+    assert torchao_config(New, group_size=3) == New(3, TORCHAO_CONFIG_VERSION) and TORCHAO_CONFIG_VERSION == 2

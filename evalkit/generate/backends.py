@@ -20,6 +20,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from evalkit.errors import EvalkitError, suggest
+from evalkit.libraries import LIBRARIES, Library
 
 COMPONENTS = ("transformer", "text_encoder_2")
 
@@ -43,9 +44,8 @@ ConfigBuilder = Callable[[str, BuildContext], Any]
 @dataclass(frozen=True)
 class Backend:
     name: str
-    library: str  # the distribution whose version the record states
+    library: Library  # its library's record: install name, import name, report order and colour, ...
     description: str
-    requires: tuple[str, ...] = ()  # import names that must be installed
     devices: tuple[str, ...] = ("cpu", "cuda")
     components: tuple[str, ...] = COMPONENTS  # quantized by default
     supported_components: tuple[str, ...] = COMPONENTS
@@ -61,6 +61,11 @@ class Backend:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     in_seed_study: bool = True
     reference: bool = False
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.library, Library):
+            raise TypeError(f"backend {self.name!r}: library must be a Library record (evalkit/libraries.py), "
+                            f"got {self.library!r}")
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,20 @@ def _bnb(kind: str) -> ConfigBuilder:
     return build
 
 
+# torchao's config versions pick the tensor path: version 2 is the current one (torchao 0.18 has removed 1, while 0.17
+# still defaults Int8WeightOnlyConfig to the deprecated version 1). Stating it makes every machine take one path.
+TORCHAO_CONFIG_VERSION = 2
+
+
+def torchao_config(cls: Any, **kwargs: Any) -> Any:
+    """`cls(**kwargs)` with `version=TORCHAO_CONFIG_VERSION` when the installed torchao's signature takes one."""
+    import inspect
+
+    if "version" in inspect.signature(cls).parameters:
+        kwargs["version"] = TORCHAO_CONFIG_VERSION
+    return cls(**kwargs)
+
+
 def _torchao(kind: str) -> ConfigBuilder:
     def build(component: str, ctx: BuildContext) -> Any:
         import torch
@@ -124,18 +143,18 @@ def _torchao(kind: str) -> ConfigBuilder:
             if ctx.device == "cuda":
                 # The default int4 packing needs the CUDA-only `mslk` package; the tinygemm layout runs on
                 # core torch's _weight_int4pack_mm on Ampere/Hopper.
-                quant = q.Int4WeightOnlyConfig(group_size=group, int4_packing_format="tile_packed_to_4d")
+                quant = torchao_config(q.Int4WeightOnlyConfig, group_size=group, int4_packing_format="tile_packed_to_4d")
             else:
                 # Int4WeightOnlyConfig has no CPU kernel; the intx path stores int4 values with per-group scales.
-                quant = q.IntxWeightOnlyConfig(weight_dtype=torch.int4, granularity=q.PerGroup(group))
+                quant = torchao_config(q.IntxWeightOnlyConfig, weight_dtype=torch.int4, granularity=q.PerGroup(group))
         elif kind == "int8wo":
-            quant = q.Int8WeightOnlyConfig()
+            quant = torchao_config(q.Int8WeightOnlyConfig)
         elif kind == "fp8wo":
-            quant = q.Float8WeightOnlyConfig()
+            quant = torchao_config(q.Float8WeightOnlyConfig)
         elif kind == "int8dq":
-            quant = q.Int8DynamicActivationInt8WeightConfig()
+            quant = torchao_config(q.Int8DynamicActivationInt8WeightConfig)
         elif kind == "fp8dq":
-            quant = q.Float8DynamicActivationFloat8WeightConfig(granularity=q.PerRow())
+            quant = torchao_config(q.Float8DynamicActivationFloat8WeightConfig, granularity=q.PerRow())
         else:  # pragma: no cover - registry typo
             raise ValueError(kind)
         skip = None
@@ -186,14 +205,14 @@ def _quanto(weights: str) -> ConfigBuilder:
 # ---------------------------------------------------------------------------------------------------------------
 # The registry. Names are a contract: tests, thresholds files and reports use them.
 
-_BNB = dict(library="bitsandbytes", requires=("bitsandbytes",), cpu_components=("text_encoder_2",))
-_AO = dict(library="torchao", requires=("torchao",))
-_QUANTO = dict(library="optimum-quanto", requires=("optimum.quanto",))
-_GGUF = dict(library="gguf", requires=("gguf",), components=("transformer",), supported_components=("transformer",),
-             transformer_loader="gguf")
+_BNB = dict(library=LIBRARIES["bitsandbytes"], cpu_components=("text_encoder_2",))
+_AO = dict(library=LIBRARIES["torchao"])
+_QUANTO = dict(library=LIBRARIES["optimum-quanto"])
+_GGUF = dict(library=LIBRARIES["gguf"], components=("transformer",), supported_components=("transformer",),
+             transformer_loader="gguf_file")
 
 BACKEND_LIST: tuple[Backend, ...] = (
-    Backend("bf16", "torch", "bf16 weights, no quantization: the reference every other backend is scored against",
+    Backend("bf16", LIBRARIES["torch"], "bf16 weights, no quantization: the reference every other backend is scored against",
             components=(), supported_components=(), reference=True),
     Backend("bnb-4bit", description="bitsandbytes 4-bit FP4 weights, bf16 compute", make_config=_bnb("fp4"), **_BNB),
     Backend("bnb-nf4", description="bitsandbytes 4-bit NF4 weights, bf16 compute", make_config=_bnb("nf4"), **_BNB),
@@ -217,7 +236,7 @@ BACKEND_LIST: tuple[Backend, ...] = (
     Backend("gguf-q2_k", description="GGUF Q2_K transformer (T5 stays bf16)", options=MappingProxyType({"qtype": "Q2_K"}), **_GGUF),
     Backend("gguf-q4_1", description="GGUF Q4_1 transformer (T5 stays bf16)", options=MappingProxyType({"qtype": "Q4_1"}), **_GGUF),
     Backend("gguf-q8_0", description="GGUF Q8_0 transformer (T5 stays bf16)", options=MappingProxyType({"qtype": "Q8_0"}), **_GGUF),
-    Backend("fp8-layerwise", "diffusers", "layerwise casting: transformer weights stored float8_e4m3fn, computed in bf16 "
+    Backend("fp8-layerwise", LIBRARIES["diffusers"], "layerwise casting: transformer weights stored float8_e4m3fn, computed in bf16 "
             "(T5 stays bf16)", components=("transformer",), supported_components=("transformer",),
             post_load="layerwise_fp8"),
 )
@@ -299,9 +318,6 @@ def package_available(import_name: str) -> bool:
         return False
 
 
-_PIP_NAMES = {"optimum.quanto": "optimum-quanto", "bitsandbytes": "bitsandbytes", "torchao": "torchao", "gguf": "gguf"}
-
-
 def resolve_components(backend: Backend, requested: tuple[str, ...] | None, device: str) -> tuple[tuple[str, ...], str | None]:
     """Which components this backend quantizes here, and a note when the default was narrowed for the device."""
     if backend.reference:
@@ -314,7 +330,7 @@ def resolve_components(backend: Backend, requested: tuple[str, ...] | None, devi
         narrowed = tuple(c for c in comps if c in backend.cpu_components)
         if narrowed != comps:
             left = ", ".join(c for c in comps if c not in narrowed)
-            return narrowed, f"{left} left in bf16 on CPU: diffusers' {backend.library} quantizer needs a GPU"
+            return narrowed, f"{left} left in bf16 on CPU: diffusers' {backend.library.display} quantizer needs a GPU"
     return comps, None
 
 
@@ -324,9 +340,8 @@ def availability(spec: BackendSpec, device: str, capability: tuple[int, int] | N
     """('ok', None), ('skipped', reason) when it cannot run on this machine, or ('failed', reason) for a known
     incompatible combination."""
     b = spec.backend
-    for mod in b.requires:
-        if not package_available(mod):
-            return "skipped", f"needs the {_PIP_NAMES.get(mod, mod)} package (pip install {_PIP_NAMES.get(mod, mod)})"
+    if not b.library.available():
+        return "skipped", b.library.install_hint
     if device not in b.devices:
         return "skipped", b.cpu_unsupported_reason
     if b.min_capability and device == "cuda" and capability is not None and tuple(capability) < b.min_capability:
@@ -343,7 +358,7 @@ def availability(spec: BackendSpec, device: str, capability: tuple[int, int] | N
         if device == "cpu" and b.cpu_components is not None:
             bad = [c for c in requested_components if c in b.supported_components and c not in b.cpu_components]
             if bad:
-                return "skipped", f"quantizing {', '.join(bad)} with {b.library} through diffusers needs a GPU"
+                return "skipped", f"quantizing {', '.join(bad)} with {b.library.display} through diffusers needs a GPU"
     comps, _ = resolve_components(b, requested_components, device)
     if not b.reference and not comps and b.make_config is not None:
         return "skipped", "no component left to quantize on this device"

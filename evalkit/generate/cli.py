@@ -39,6 +39,12 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     x = p.add_argument_group("execution")
     x.add_argument("--jobs", type=int, default=1, help="CPU only: backends generated concurrently (latency then shares cores)")
     x.add_argument("--gpus", help="comma-separated GPU indices; backends run concurrently, one process per GPU")
+    x.add_argument("--max-images", type=int, help="refuse (exit 2) a command that would generate more images than "
+                                                  "this; studies over 2000 images print their size and an estimate")
+    x.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another evalkit process writing the same run directory (default: refuse)")
+    x.add_argument("--break-lock", action="store_true",
+                   help="remove a run directory's lock left by a process that is gone (e.g. on another host)")
 
 
 def generate_main(args: argparse.Namespace) -> int:
@@ -52,6 +58,7 @@ def generate_main(args: argparse.Namespace) -> int:
         config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs,
         gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
         attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
+        max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
     )
     run_dir = run_generate(opts)
     args.run_dir = str(run_dir)  # later stages of `evalkit run` read it
@@ -76,7 +83,7 @@ def backends_main(args: argparse.Namespace) -> int:
     for b in BACKEND_LIST:
         status, reason = availability(parse_backend(b.name), device, capability)
         comps, note = resolve_components(b, None, device)
-        rows.append({"name": b.name, "kind": "backend", "library": b.library, "runs_here": status == "ok",
+        rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
                      "reason": reason or note, "quantizes": list(comps), "description": b.description})
     for m in MODIFIERS.values():
         ok = device in m.devices

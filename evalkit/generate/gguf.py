@@ -353,7 +353,9 @@ def _gguf_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return version("gguf")
+        from evalkit.libraries import LIBRARIES
+
+        return version(LIBRARIES["gguf"].pip_name)
     except PackageNotFoundError:  # pragma: no cover - imported but not installed as a distribution
         return "unknown"
 

@@ -36,8 +36,13 @@ def _jsonable(x: Any) -> Any:
     return repr(x)
 
 
-# Libraries whose quantize-on-load runs on the GPU when the pipeline is loaded with device_map="cuda".
-QUANTIZE_ON_GPU = ("torchao", "optimum-quanto")
+def _distribution_version(name: str) -> str | None:
+    from importlib import metadata
+
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
 
 
 def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tuple[str, ...] | None,
@@ -47,19 +52,22 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
 
     b = spec.backend
     components, note = resolve_components(b, requested_components, ctx.device)
-    info: dict[str, Any] = {"components_quantized": list(components), "resolved_config": {}, "note": note}
+    info: dict[str, Any] = {"components_quantized": list(components), "resolved_config": {}, "note": note,
+                            "library": b.library.key, "library_version": _distribution_version(b.library.pip_name)}
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
 
     if b.make_config is not None and components:
         mapping = {c: b.make_config(c, ctx) for c in components}
-        info["resolved_config"] = {c: {"class": f"{type(cfg).__module__}.{type(cfg).__name__}", "config": _describe_config(cfg)}
+        info["resolved_config"] = {c: {"class": f"{type(cfg).__module__}.{type(cfg).__name__}", "config": _describe_config(cfg),
+                                       # torchao's config version picks its tensor path; serialised configs hide it
+                                       "config_version": getattr(getattr(cfg, "quant_type", None), "version", None)}
                                    for c, cfg in mapping.items()}
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
 
     if b.transformer_loader:
         kwargs["transformer"] = TRANSFORMER_LOADERS[b.transformer_loader](ctx, gguf_file, info)
 
-    if ctx.device == "cuda" and b.library in QUANTIZE_ON_GPU and not spec.modifiers_offload:
+    if ctx.device == "cuda" and b.library.quantize_on_gpu and not spec.modifiers_offload:
         # Quantize each layer on the GPU as it loads, not on the CPU before a .to("cuda"). torchao packs int4
         # weights with CUDA-only ops. optimum-quanto's freeze() on the CPU took 158 s for int8, and had not finished
         # int4 after 7 minutes, at full size on the H100 host (benchmarks/results/gpu-2026-11-21.md). The price is
@@ -95,7 +103,7 @@ def _gguf_transformer(ctx: BuildContext, gguf_file: str | None, info: dict[str, 
 
 # Loaders that build the transformer themselves instead of a quantization config (Backend.transformer_loader).
 TRANSFORMER_LOADERS: dict[str, Callable[[BuildContext, str | None, dict[str, Any]], Any]] = {
-    "gguf": _gguf_transformer,
+    "gguf_file": _gguf_transformer,
 }
 
 
@@ -149,12 +157,18 @@ def place_pipeline(pipe: Any, spec: BackendSpec, device: str) -> dict[str, Any]:
     return {"placement": device}
 
 
-def apply_compile(pipe: Any, spec: BackendSpec) -> dict[str, Any] | None:
+def apply_compile(pipe: Any, spec: BackendSpec, compile_config: dict[str, Any] | None,
+                  cache_root: str) -> dict[str, Any] | None:
+    """`+compile`: compile as the run's `[compile]` settings say, with the compile caches under evalkit's cache dir
+    (set before anything compiles: compilation itself happens lazily, in the warm-up)."""
     if "compile" not in spec.modifiers:
         return None
-    # fullgraph=False: quantized tensor subclasses (bnb, quanto) graph-break; compile what can be compiled.
-    pipe.transformer.compile()
-    return {"target": "transformer", "fullgraph": False, "mode": "default"}
+    from evalkit.generate.compile_options import apply_compile as compile_component
+    from evalkit.generate.compile_options import prepare_compile_cache, resolve_compile
+
+    settings = resolve_compile(compile_config, spec.backend.name)
+    cache = prepare_compile_cache(cache_root)
+    return {**compile_component(pipe, settings), "cache": cache, "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------------------------------------------------

@@ -6,6 +6,7 @@ same directory; finished backends are skipped and unfinished ones continue from 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -21,16 +22,27 @@ from typing import Any
 
 from evalkit import __version__
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BackendSpec, availability, parse_backend_list
+from evalkit.generate.backends import BackendSpec, parse_backend_list
 from evalkit.generate.measure import MEMORY_CONVENTION
 from evalkit.generate.models import ModelInfo, resolve_model
 from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
+from evalkit.generate.plan import LARGE_STUDY_IMAGES, check_max_images, describe_plan, plan_work
+from evalkit.generate.spawn import (run_worker_process, start_forkserver, stop_forkserver, worker_mode,
+                                    write_unrun_record)
+from evalkit.runlock import acquire, check_ownership
 from evalkit.rundir import REFERENCE_BACKEND, SCHEMA_VERSION, RunDir, ensure_writable_dir, write_summary
 
-VERSIONED_PACKAGES = ("torch", "diffusers", "transformers", "accelerate", "safetensors", "tokenizers", "bitsandbytes",
-                      "torchao", "optimum-quanto", "gguf", "torchmetrics", "numpy", "pillow", "scikit-image", "huggingface-hub")
+# Distributions every run depends on; each backend library adds its own (Library.versioned).
+CORE_VERSIONED_PACKAGES = ("transformers", "accelerate", "safetensors", "tokenizers", "torchmetrics", "numpy", "pillow",
+                           "scikit-image", "huggingface-hub")
+
+
+def versioned_packages() -> tuple[str, ...]:
+    from evalkit.libraries import LIBRARY_LIST
+
+    return tuple(dict.fromkeys([v for lib in LIBRARY_LIST for v in lib.versioned] + list(CORE_VERSIONED_PACKAGES)))
 
 # Settings that decide what the images are. A run directory holds one value of each; backends can be added.
 IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
@@ -60,6 +72,9 @@ class GenerateOptions:
     gpus: list[str] = field(default_factory=list)
     attempt_known_failures: bool = False
     retry_failed: bool = True
+    break_lock: bool = False  # remove another process's lock on the run directory (the user knows it is gone)
+    lock_timeout: float = 0.0  # seconds to wait for another process's lock
+    max_images: int | None = None  # refuse a command that would generate more images than this
     command: list[str] = field(default_factory=list)
 
 
@@ -67,7 +82,7 @@ def package_versions() -> dict[str, str | None]:
     from importlib import metadata
 
     out: dict[str, str | None] = {}
-    for name in VERSIONED_PACKAGES:
+    for name in versioned_packages():
         try:
             out[name] = metadata.version(name)
         except metadata.PackageNotFoundError:
@@ -124,8 +139,17 @@ def token_counts(model_path: str, prompts: list[Prompt], max_sequence_length: in
 
 def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
     """`--config FILE.toml`: per-backend options, e.g. `[backends.bnb-8bit] llm_int8_threshold = 5.0`."""
+    return load_config(path)[0]
+
+
+def load_config(path: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
+    """`--config FILE.toml`: (per-backend quantizer options, compile settings). `[backends.<name>]` holds a
+    backend's options and may hold a `compile` sub-table; `[compile]` holds every `+compile`'s defaults
+    (evalkit/generate/compile_options.py)."""
+    from evalkit.generate.compile_options import validate_compile_config
+
     if not path:
-        return {}
+        return {}, validate_compile_config(None, {}, "")
     import tomllib
 
     from evalkit.errors import suggest
@@ -138,14 +162,20 @@ def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
         raise EvalkitError(f"{p}: config file not found") from None
     except tomllib.TOMLDecodeError as e:
         raise EvalkitError(f"{p}: invalid TOML: {e}") from None
-    unknown_top = set(data) - {"backends"}
+    unknown_top = set(data) - {"backends", "compile"}
     if unknown_top:
-        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>]")
-    opts = data.get("backends", {})
-    for name in opts:
+        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>] or [compile]")
+    opts: dict[str, dict[str, Any]] = {}
+    per_backend_compile: dict[str, Any] = {}
+    for name, table in data.get("backends", {}).items():
         if name not in BACKENDS:
             raise EvalkitError(f"{p}: [backends.{name}]: unknown backend.{suggest(name, list(BACKENDS))}")
-    return opts
+        table = dict(table)
+        # Compile settings are not quantizer options: they stay out of the recipe options (and the run identity).
+        if "compile" in table:
+            per_backend_compile[name] = table.pop("compile")
+        opts[name] = table
+    return opts, validate_compile_config(data.get("compile"), per_backend_compile, str(p))
 
 
 def _slug(text: str) -> str:
@@ -163,11 +193,13 @@ def run_identity(opts: GenerateOptions, model: ModelInfo, prompts_sha: str, gen:
     }
 
 
-def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[BackendSpec]]:
-    """Validate everything, resolve the model, and create (or reopen) the run directory with its manifest."""
+def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None
+                ) -> tuple[RunDir, dict[str, Any], list[BackendSpec]]:
+    """Validate everything, resolve the model, and create (or reopen) the run directory with its manifest. With
+    `lock`, the run directory's lock is taken (and held until `lock` closes) before the manifest is read."""
     prompts = load_prompts(opts.prompts_file, base_seed=opts.seed)
     prompts_sha = sha256_file(opts.prompts_file)
-    backend_options = load_backend_options(opts.config_file)
+    backend_options, compile_config = load_config(opts.config_file)
     if opts.components:
         from evalkit.generate.backends import COMPONENTS
 
@@ -179,6 +211,8 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
     for name, value in (("--batch-size", opts.batch_size), ("--jobs", opts.jobs)):
         if value < 1:
             raise EvalkitError(f"{name} must be at least 1 (got {value})")
+    if opts.max_images is not None and opts.max_images < 0:
+        raise EvalkitError(f"--max-images must be 0 or more (got {opts.max_images})")
     if opts.warmup < 0:
         raise EvalkitError(f"--warmup must be 0 or more (got {opts.warmup})")
     device, device_info = detect_device(opts.device)
@@ -186,6 +220,8 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
 
     # Check the output location before the (possibly long) model build.
     out_root = Path(opts.out) if opts.out else Path(opts.reports_dir)
+    if opts.out:
+        check_ownership(out_root)
     ensure_writable_dir(out_root if not opts.out else out_root.parent if not out_root.exists() else out_root)
     model = resolve_model(opts.model, device=device)
     d = model.defaults
@@ -205,8 +241,13 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
     ident_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     run_id = f"{_slug(model.spec)}-{_slug(Path(opts.prompts_file).stem)}-{ident_hash}"
     root = Path(opts.out) if opts.out else Path(opts.reports_dir) / run_id
+    check_ownership(root)
     ensure_writable_dir(root)
     rd = RunDir(root)
+    if lock is not None:
+        # Held from before the manifest is read until the stage ends: two commands on one directory cannot both
+        # read the backend list and each write back its own.
+        lock.enter_context(acquire(root, stage="generate", break_lock=opts.break_lock, timeout_s=opts.lock_timeout))
 
     if rd.manifest.exists():
         old = read_json(rd.manifest)
@@ -240,6 +281,7 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
         "reference_backend": REFERENCE_BACKEND, "device": device_info, "versions": package_versions(),
         "memory_convention": MEMORY_CONVENTION,
         "config": {"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
+                   "compile": compile_config,
                    "gguf_file": identity["gguf_file"], "cache_dir": str(cache_dir()), "jobs": opts.jobs,
                    "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
                    "options": {k: v for k, v in asdict(opts).items() if k != "command"}},
@@ -249,8 +291,12 @@ def prepare_run(opts: GenerateOptions) -> tuple[RunDir, dict[str, Any], list[Bac
         for k in ("fid_mode",):  # written by later stages; keep
             if k in old:
                 manifest[k] = old[k]
+    all_specs = _all_specs(backends)
+    if opts.max_images is not None:  # refused before the manifest grows by backends that will not run
+        check_max_images(plan_work(rd, manifest, all_specs, tuple(opts.components) if opts.components else None,
+                                   opts.attempt_known_failures), opts.max_images)
     atomic_write_json(rd.manifest, manifest)
-    return rd, manifest, [s for s in _all_specs(backends)]
+    return rd, manifest, all_specs
 
 
 def _all_specs(names: list[str]) -> list[BackendSpec]:
@@ -259,42 +305,11 @@ def _all_specs(names: list[str]) -> list[BackendSpec]:
     return [parse_backend(n) for n in names]
 
 
-def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
-    """A finished backend: status ok, every prompt's image present with the recorded content hash."""
-    path = rd.generation_record(backend)
-    if not path.exists():
-        return False
-    try:
-        rec = read_json(path)
-    except EvalkitError:
-        return False
-    if rec.get("status") != "ok":
-        return False
-    by_id = {i["prompt_id"]: i for i in rec.get("images", [])}
-    for p in manifest["prompts"]:
-        img = by_id.get(p["id"])
-        if img is None or img.get("seed") != p["seed"]:
-            return False
-        f = rd.root / img["path"]
-        if not f.exists() or sha256_file(f) != img["sha256"]:
-            return False
-    return True
-
-
-def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
-    atomic_write_json(rd.generation_record(spec.name), {
-        "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
-        "recipe": {"name": spec.backend.name, "library": spec.backend.library, "description": spec.backend.description,
-                   "modifiers": list(spec.modifiers), "options": dict(spec.backend.options)},
-        "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-    })
-
-
 def _worker_env(opts: GenerateOptions, gpu: str | None, device: str) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for the hub
     env["PYTHONUNBUFFERED"] = "1"
+    env["EVALKIT_PARENT_PID"] = str(os.getpid())  # a subprocess worker checks it still has this parent
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
     if device == "cpu" and opts.jobs > 1:
@@ -303,176 +318,64 @@ def _worker_env(opts: GenerateOptions, gpu: str | None, device: str) -> dict[str
     return env
 
 
-_FORKSERVER: Any = None
-_FORKSERVER_LOCK = threading.Lock()
-
-
-def _forkserver() -> Any:
-    """A multiprocessing forkserver that has imported torch, diffusers and the quantization libraries once.
-    Each backend still gets its own process (clean CUDA peaks, crash isolation), without paying ~4 s of imports."""
-    global _FORKSERVER
-    with _FORKSERVER_LOCK:
-        if _FORKSERVER is None:
-            import multiprocessing as mp
-
-            from evalkit.generate.backends import package_available
-            from evalkit.generate.worker import PRELOAD, PRELOAD_NO_GPU
-
-            # huggingface_hub reads HF_HUB_OFFLINE when imported, i.e. in the forkserver: set it before that.
-            os.environ.setdefault("HF_HUB_OFFLINE", "1")
-            ctx = mp.get_context("forkserver")
-            gpu = nvidia_gpu_present()
-            if gpu:
-                # torch.cuda.is_available() (which diffusers calls on import) runs cuInit and marks every later fork
-                # unable to use CUDA, unless it asks NVML instead. Forked workers then found CUDA poisoned on the
-                # H100 (benchmarks/results/gpu-2026-11-21.md), even with the narrowed preload. This sets it for the
-                # whole process (the forkserver inherits it when it starts, whoever starts it): is_available() then
-                # trusts NVML's device count, torch's recommended check for code that forks.
-                os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-            mods = PRELOAD + (() if gpu else PRELOAD_NO_GPU)
-            ctx.set_forkserver_preload([m for m in mods if package_available(m.split(".")[0])])
-            _FORKSERVER = ctx
-        return _FORKSERVER
-
-
-def _start_forkserver() -> None:
-    from multiprocessing import forkserver
-
-    _forkserver()
-    try:
-        forkserver.ensure_running()
-    except Exception:  # noqa: BLE001 - the first backend's start will report it properly
-        pass
-
-
-def nvidia_gpu_present() -> bool:
-    """Whether this machine has an NVIDIA GPU, judged from the driver's device nodes (no CUDA call, no torch)."""
-    return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
-# Set once a forked worker reports that its forkserver had initialized CUDA: the rest of the run uses subprocesses.
-_FORK_POISONED = False
-
-
-def worker_mode() -> str:
-    """'forkserver' (default on Linux) or 'subprocess' (EVALKIT_WORKER_MODE=subprocess: a fresh interpreter per
-    backend, slower to start but sharing nothing at all with the parent)."""
-    if _FORK_POISONED:
-        return "subprocess"
-    mode = os.environ.get("EVALKIT_WORKER_MODE", "forkserver" if sys.platform.startswith("linux") else "subprocess")
-    if mode not in ("forkserver", "subprocess"):
-        raise EvalkitError(f"EVALKIT_WORKER_MODE={mode!r}: expected forkserver or subprocess")
-    return mode
-
-
-def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> int:
-    global _FORK_POISONED
-    log_path = rd.log(spec.name)
-    if worker_mode() == "subprocess":
-        with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name],
-                                    stdout=subprocess.PIPE, stderr=log, env=env, text=True)
-            assert proc.stdout is not None
-            for line in proc.stdout:
-                try:
-                    on_event(json.loads(line))
-                except json.JSONDecodeError:
-                    pass  # a library printing to stdout; not ours
-            return proc.wait()
-    from evalkit.generate.worker import forked_main
-
-    ctx = _forkserver()
-    recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=forked_main, args=(str(rd.root), spec.name, str(log_path), env, send), daemon=False)
-    proc.start()
-    send.close()
-    while True:
-        if recv.poll(0.2):
-            try:
-                on_event(recv.recv())
-            except EOFError:
-                break
-        elif not proc.is_alive():
-            while recv.poll(0):
-                try:
-                    on_event(recv.recv())
-                except EOFError:
-                    break
-            break
-    proc.join()
-    rc = proc.exitcode if proc.exitcode is not None else -1
-    from evalkit.generate.worker import EXIT_POISONED_FORK
-
-    if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA: from now on, a fresh interpreter per backend
-        _FORK_POISONED = True
-        return _spawn(rd, spec, env, on_event)
-    return rc
-
-
-def _run_worker(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> None:
-    rd.log(spec.name).parent.mkdir(parents=True, exist_ok=True)
-    # A stale record from an earlier attempt must not stand in for this attempt's outcome.
-    rd.generation_record(spec.name).unlink(missing_ok=True)
-    with open(rd.log(spec.name), "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker for {spec.name} ===\n".encode())
-    rc = _spawn(rd, spec, env, on_event)
-    if rc != 0:
-        rec_path = rd.generation_record(spec.name)
-        rec = read_json(rec_path) if rec_path.exists() else None
-        if rec is None or rec.get("status") != "failed":
-            # The worker died without writing its record (killed, segfault, OOM killer).
-            if rc < 0:
-                import signal
-
-                reason = f"worker killed by signal {signal.Signals(-rc).name}"
-                if -rc == signal.SIGKILL:
-                    reason += " (out of host memory?)"
-            else:
-                reason = f"worker exited with code {rc}"
-            tail = _log_tail(rd.log(spec.name))
-            write_unrun_record(rd, spec, "failed", f"{reason}; last log line: {tail}" if tail else reason)
-
-
-def _log_tail(path: Path) -> str:
-    try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
-    except OSError:
-        return ""
-    return lines[-1][:300] if lines else ""
-
-
 def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
-    """Run the generate stage; returns the run directory."""
+    """Run the generate stage; returns the run directory. The run directory's lock is held throughout, and the
+    forkserver is stopped at the end however the stage ends (a failed validation leaves no process behind)."""
     from rich.console import Console
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
     # Logs and CI capture stderr: give tables room instead of rich's 80-column default off a terminal.
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    starter = None
     if worker_mode() == "forkserver":
         # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
-        threading.Thread(target=_start_forkserver, daemon=True).start()
-    rd, manifest, specs = prepare_run(opts)
+        starter = threading.Thread(target=start_forkserver, daemon=True)
+        starter.start()
+    try:
+        with contextlib.ExitStack() as lock:
+            rd, manifest, specs = prepare_run(opts, lock)
+            _generate(opts, rd, manifest, specs, console)
+            try:
+                summary = write_summary(rd.root)
+            except OSError as e:
+                raise _write_error(e) from None
+            _print_summary(console, summary)
+            return rd.root
+    finally:
+        if starter is not None:
+            starter.join()
+            stop_forkserver()
+
+
+def _write_error(e: OSError) -> EvalkitError:
+    """A full disk or an unwritable path, as one line naming the path; what was written stays, and a rerun resumes."""
+    where = e.filename or "the run directory"
+    return EvalkitError(f"{where}: cannot write ({e.strerror or e}); free space or fix permissions, then rerun the "
+                        "same command to resume")
+
+
+def _generate(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], console: Any) -> None:
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
     device = manifest["config"]["device"]
-    capability = manifest["device"].get("capability")
     requested = tuple(opts.components) if opts.components else None
     console.print(f"[bold]evalkit generate[/] model={manifest['model']['spec']} device={device} "
                   f"{manifest['generation']['height']}x{manifest['generation']['width']} "
                   f"steps={manifest['generation']['num_inference_steps']} prompts={len(manifest['prompts'])} "
                   f"backends={len(specs)} -> {rd.root}")
 
-    todo: list[BackendSpec] = []
-    for spec in specs:
-        if record_is_complete(rd, spec.name, manifest):
-            continue
-        status, reason = availability(spec, device, tuple(capability) if capability else None, requested,
-                                      opts.attempt_known_failures)
-        if status != "ok":
-            write_unrun_record(rd, spec, status, reason or "")
-            continue
-        todo.append(spec)
+    work_plan = plan_work(rd, manifest, specs, requested, opts.attempt_known_failures)
+    for spec, status, reason in work_plan.unrun:
+        try:
+            write_unrun_record(rd, spec, status, reason)
+        except OSError as e:
+            raise _write_error(e) from None
+    todo = work_plan.todo
+    if work_plan.images > LARGE_STUDY_IMAGES:
+        console.print(describe_plan(work_plan, rd, manifest))
 
     n_prompts = len(manifest["prompts"])
     slots: list[str | None] = list(opts.gpus) if (device == "cuda" and opts.gpus) else [None] * (opts.jobs if device == "cpu" else 1)
+    write_errors: list[OSError] = []
     with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
                   TimeElapsedColumn(), console=console, transient=False) as progress:
         tasks = {s.name: progress.add_task(s.name, total=n_prompts, phase="queued") for s in todo}
@@ -489,8 +392,12 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
                     progress.update(tid, phase=ev.get("status", ""))
 
             progress.update(tid, phase="starting")
-            _run_worker(rd, spec, _worker_env(opts, slot, device), on_event)
-            rec = read_json(rd.generation_record(spec.name)) if rd.generation_record(spec.name).exists() else {}
+            try:
+                run_worker_process(rd, spec, _worker_env(opts, slot, device), on_event)
+                rec = read_json(rd.generation_record(spec.name)) if rd.generation_record(spec.name).exists() else {}
+            except OSError as e:  # the stage could not even write the failed record: the disk is full or read-only
+                write_errors.append(e)
+                rec = {"status": "failed"}
             progress.update(tid, phase="[green]ok[/]" if rec.get("status") == "ok" else f"[red]{rec.get('status', 'failed')}[/]")
 
         # The reference first and alone: later stages need it, and it is the one run nobody can do without.
@@ -502,7 +409,7 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
         def runner(slot: str | None) -> None:
             while True:
                 with lock:
-                    if not queue:
+                    if not queue or write_errors:
                         return
                     spec = queue.pop(0)
                 work(spec, slot)
@@ -512,10 +419,8 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
             t.start()
         for t in threads:
             t.join()
-
-    summary = write_summary(rd.root)
-    _print_summary(console, summary)
-    return rd.root
+    if write_errors:
+        raise _write_error(write_errors[0])
 
 
 def _print_summary(console: Any, summary: dict[str, Any]) -> None:

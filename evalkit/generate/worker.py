@@ -33,7 +33,16 @@ _event_conn: Any = None
 PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.loading",
            "evalkit.generate.measure")
 PRELOAD_NO_GPU = ("diffusers.pipelines.flux.pipeline_flux", "transformers", "transformers.models.clip.modeling_clip",
-                  "transformers.models.t5.modeling_t5", "torchao", "optimum.quanto", "bitsandbytes", "gguf")
+                  "transformers.models.t5.modeling_t5")
+
+
+def preload_modules(gpu: bool) -> tuple[str, ...]:
+    """What the forkserver imports: the core modules, then each backend library's own (its Library record says
+    which, and whether they are safe to import before forking on a GPU machine)."""
+    from evalkit.libraries import LIBRARY_LIST
+
+    libs = tuple(m for lib in LIBRARY_LIST if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
+    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + libs))
 
 # Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
 # reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
@@ -60,9 +69,33 @@ def emit(event: str, **data: Any) -> None:
     print(json.dumps(msg), flush=True)
 
 
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def die_with_parent(expected_parent: int | None = None, sig: int = 15) -> bool:
+    """Ask Linux to send this process `sig` (SIGTERM) when its parent dies, so a killed stage (or its forkserver)
+    leaves no worker running on, holding a GPU. Returns whether it was set (False off Linux). With
+    `expected_parent`, a parent that died before the request (this process was re-parented) ends this one now."""
+    if not sys.platform.startswith("linux"):
+        return False
+    import ctypes
+
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
+            return False
+    except (OSError, AttributeError):
+        return False
+    if expected_parent is not None and os.getppid() != expected_parent:  # too late: the signal will never come
+        os.kill(os.getpid(), sig)
+    return True
+
+
 def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any) -> None:
     """Entry point of a backend's process forked from the preloaded forkserver."""
     global _event_conn
+    # Its parent is the forkserver, which exits when the stage's process does (it watches a pipe from it).
+    die_with_parent()
     # The forkserver's environment is the one it started with; this backend's (GPU pinning, thread count) wins.
     os.environ.clear()
     os.environ.update(env)
@@ -118,12 +151,42 @@ def encode_png(u8: Any) -> bytes:
     return buf.getvalue()
 
 
+class WriteError(OSError):
+    """A file of the run could not be written; the message names it."""
+
+
+def write_or_explain(write: Any, path: Any, data: Any) -> None:
+    """`write(path, data)`, turning an OSError (ENOSPC, EROFS, EACCES) into one naming the path and the cause."""
+    try:
+        write(path, data)
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+
+
 def _error_reason(e: BaseException) -> str:
+    if isinstance(e, WriteError):
+        return e.strerror
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
     name = type(e).__name__
     if name == "OutOfMemoryError":
         return f"CUDA out of memory: {msg[:300]}"
     return f"{name}: {msg[:400]}" if msg else name
+
+
+def partial_reason(backend: Any, quantization: dict[str, Any]) -> str | None:
+    """Why this backend quantized less than its name says here (None when it did what it says): a component its
+    recipe quantizes by default left in bf16 on this device (bnb's transformer on CPU), or a component it was to
+    quantize in which no layer ended up quantized."""
+    if backend.reference:
+        return None
+    reasons = []
+    if quantization.get("note"):
+        reasons.append(quantization["note"])
+    counts = quantization.get("quantized_linear_count") or {}
+    for comp in quantization.get("components_quantized") or []:
+        if counts.get(comp) == 0:
+            reasons.append(f"{comp}: no layer was quantized")
+    return "; ".join(reasons) or None
 
 
 def run_worker(run_dir: str, backend_name: str) -> int:
@@ -135,7 +198,7 @@ def run_worker(run_dir: str, backend_name: str) -> int:
     started = utcnow()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
-        "recipe": {"name": spec.backend.name, "library": spec.backend.library, "description": spec.backend.description,
+        "recipe": {"name": spec.backend.name, "library": spec.backend.library.key, "description": spec.backend.description,
                    "modifiers": list(spec.modifiers),
                    "options": {**dict(spec.backend.options), **(cfg.get("backend_options", {}).get(spec.backend.name) or {})}},
         "started_utc": started, "pid": os.getpid(), "images": [],
@@ -152,7 +215,15 @@ def run_worker(run_dir: str, backend_name: str) -> int:
         traceback.print_exc()
         code = 1
     record["finished_utc"] = utcnow()
-    atomic_write_json(rd.generation_record(spec.name), record)
+    try:
+        atomic_write_json(rd.generation_record(spec.name), record)
+    except OSError as e:
+        # No record can be written (full disk): the stage learns why from the event and the exit code; the images
+        # and the partial list already written stay, so a rerun resumes.
+        reason = f"cannot write {rd.generation_record(spec.name)}: {e.strerror or e}"
+        print(reason, file=sys.stderr, flush=True)
+        emit("done", status="failed", reason=reason)
+        return 1
     if code == 0:
         try:
             rd.generation_partial(spec.name).unlink()
@@ -184,8 +255,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     import diffusers  # noqa: F401
     from diffusers import FluxPipeline  # noqa: F401
 
-    for mod in spec.backend.requires:
-        importlib.import_module(mod)
+    importlib.import_module(spec.backend.library.import_name)
     if on_cuda:
         torch.zeros(1, device="cuda")
     # One-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either.
@@ -198,7 +268,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     t0 = time.perf_counter()
     pipe, qinfo = loading.load_pipeline(spec, ctx, requested, gguf_file=cfg.get("gguf_file"))
     placement = loading.place_pipeline(pipe, spec, device)
-    compile_info = loading.apply_compile(pipe, spec)
+    compile_info = loading.apply_compile(pipe, spec, cfg.get("compile"), cfg["cache_dir"])
     if on_cuda:
         torch.cuda.synchronize()
     record["load_time_s"] = time.perf_counter() - t0
@@ -216,6 +286,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
                       cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
                       cpu_rss_after_load_gib=measure.current_rss_gib())
     record["quantization"] = {**qinfo, **loading.inspect_quantization(pipe)}
+    record["quantization"]["partial_reason"] = partial_reason(spec.backend, record["quantization"])
     record["placement"] = placement
     record["compile"] = compile_info
     record["footprint"] = loading.pipeline_footprint(pipe)
@@ -252,10 +323,13 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
         for p, arr in zip(batch, out.images):
             png = encode_png(to_uint8(arr))
             path = rd.image_path(spec.name, p["id"], p["seed"])
-            atomic_write_bytes(path, png)
+            write_or_explain(atomic_write_bytes, path, png)
+            st = path.stat()
+            # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
             entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
+                     "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
                      "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
-            append_jsonl(rd.generation_partial(spec.name), entry)
+            write_or_explain(append_jsonl, rd.generation_partial(spec.name), entry)
             done[p["id"]] = entry
         emit("progress", done=len(done), total=len(prompts))
 
@@ -279,6 +353,8 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 2:
         print("usage: python -m evalkit.generate.worker RUN_DIR BACKEND", file=sys.stderr)
         return 2
+    parent = os.environ.get("EVALKIT_PARENT_PID")
+    die_with_parent(int(parent) if parent and parent.isdigit() else None)  # subprocess mode: the parent is the stage
     return run_worker(argv[0], argv[1])
 
 

@@ -1,0 +1,153 @@
+"""Settings of the `+compile` modifier: read from `--config`, validated, applied in the worker, recorded.
+
+The options file takes a `[compile]` table and, per backend, a `[backends.<name>.compile]` table that overrides it:
+
+    [compile]
+    preset = "seed"            # or "regional" (the default); explicit keys below override the preset's
+    mode = "max-autotune"      # torch.compile mode
+    fullgraph = true
+    dynamic = false            # omit to let torch decide
+    component = "transformer"  # which pipeline component is compiled
+    regional = false           # true: only the repeated blocks (diffusers' compile_repeated_blocks)
+
+    [backends.bnb-nf4.compile]
+    fullgraph = false          # bnb's tensor subclasses graph-break
+
+This module imports no torch at import time; `apply_compile` and `prepare_compile_cache` run in the worker.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any, Mapping
+
+from evalkit.errors import EvalkitError, suggest
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+COMPILABLE_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
+
+
+@dataclass(frozen=True)
+class CompileSettings:
+    """How `+compile` compiles: the arguments of torch.compile and what it is applied to."""
+
+    preset: str
+    mode: str = "default"
+    fullgraph: bool = False
+    dynamic: bool | None = None  # None: torch decides (recompiles once shapes vary)
+    component: str = "transformer"
+    regional: bool = True  # compile only the repeated blocks (diffusers 0.42 `compile_repeated_blocks`)
+
+    def torch_kwargs(self) -> dict[str, Any]:
+        return {"mode": self.mode, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
+
+    def to_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# Named starting points. "seed" is the seed study's torchao setting (whole transformer, max-autotune, one graph).
+# Regional compilation compiles each repeated block once and reuses it, so cold compiles take a fraction of the
+# whole-model time (a whole-model torchao compile at full size ran past 14 minutes on an H200, 2026-11-28).
+PRESETS: Mapping[str, CompileSettings] = {
+    "regional": CompileSettings(preset="regional", mode="default", fullgraph=False, regional=True),
+    "whole": CompileSettings(preset="whole", mode="default", fullgraph=False, regional=False),
+    "seed": CompileSettings(preset="seed", mode="max-autotune", fullgraph=True, regional=False),
+}
+# The one place the default is chosen (the GPU measurements of regional vs whole decide it).
+DEFAULT_PRESET = "regional"
+
+_KEYS = ("preset", "mode", "fullgraph", "dynamic", "component", "regional")
+
+
+def _check_table(table: Any, where: str) -> dict[str, Any]:
+    """One validated `[compile]`-style table; `where` names the file and table for errors."""
+    if not isinstance(table, dict):
+        raise EvalkitError(f"{where}: expected a table of compile settings, got {type(table).__name__}")
+    for key, value in table.items():
+        if key not in _KEYS:
+            raise EvalkitError(f"{where}.{key}: unknown compile setting.{suggest(key, list(_KEYS))} "
+                               f"Settings: {', '.join(_KEYS)}")
+        if key == "preset" and value not in PRESETS:
+            raise EvalkitError(f"{where}.preset = {value!r}: unknown preset; choose from {', '.join(PRESETS)}")
+        if key == "mode" and value not in MODES:
+            raise EvalkitError(f"{where}.mode = {value!r}: expected one of {', '.join(MODES)}")
+        if key in ("fullgraph", "regional") and not isinstance(value, bool):
+            raise EvalkitError(f"{where}.{key} = {value!r}: expected true or false")
+        if key == "dynamic" and not isinstance(value, bool):
+            raise EvalkitError(f"{where}.dynamic = {value!r}: expected true or false (omit it to let torch decide)")
+        if key == "component" and value not in COMPILABLE_COMPONENTS:
+            raise EvalkitError(f"{where}.component = {value!r}: expected one of {', '.join(COMPILABLE_COMPONENTS)}")
+    return dict(table)
+
+
+def validate_compile_config(global_table: Any, per_backend: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """Check the `[compile]` table and each `[backends.<name>.compile]` table of `source`; returns the JSON-able
+    description the manifest stores (`{"file", "global", "backends"}`), from which `resolve_compile` works."""
+    out: dict[str, Any] = {"file": source, "global": {}, "backends": {}}
+    if global_table is not None:
+        out["global"] = _check_table(global_table, f"{source}: [compile]")
+    for name, table in per_backend.items():
+        out["backends"][name] = _check_table(table, f"{source}: [backends.{name}.compile]")
+    return out
+
+
+def resolve_compile(config: Mapping[str, Any] | None, backend: str) -> CompileSettings:
+    """The settings for `backend` (its base name): preset, then `[compile]`, then the backend's own table."""
+    config = config or {}
+    merged: dict[str, Any] = dict(config.get("global") or {})
+    own = (config.get("backends") or {}).get(backend) or {}
+    if "preset" in own:
+        # A backend naming its own preset starts from it; the global keys are not mixed into another preset.
+        merged = {}
+    merged.update(own)
+    base = PRESETS[merged.pop("preset", DEFAULT_PRESET)]
+    return replace(base, **merged)
+
+
+def prepare_compile_cache(cache_root: str | os.PathLike[str]) -> dict[str, Any]:
+    """Point inductor's and triton's caches under evalkit's cache dir (unless the user chose them), so compiled
+    kernels survive between runs; report whether each cache already held something (a warm start)."""
+    root = Path(cache_root) / "compile"
+    out: dict[str, Any] = {}
+    for var, sub in (("TORCHINDUCTOR_CACHE_DIR", "inductor"), ("TRITON_CACHE_DIR", "triton")):
+        chosen_by = "user" if os.environ.get(var) and os.environ[var] != _torch_default(var) else "evalkit"
+        if chosen_by == "evalkit":
+            os.environ[var] = str(root / sub)
+        path = Path(os.environ[var])
+        warm = path.is_dir() and any(path.iterdir())
+        path.mkdir(parents=True, exist_ok=True)
+        out[sub] = {"dir": str(path), "env": var, "set_by": chosen_by, "warm": warm}
+    out["warm"] = all(v["warm"] for v in out.values() if isinstance(v, dict))
+    return out
+
+
+def _torch_default(var: str) -> str | None:
+    """The value torch itself puts in `var`: importing diffusers' pipelines writes inductor's default cache dir into
+    os.environ (cache_dir_utils.cache_dir()), which must not pass for the user's choice."""
+    if var != "TORCHINDUCTOR_CACHE_DIR":
+        return None
+    try:
+        from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+    except ImportError:  # a torch without it: trust the variable
+        return None
+    return default_cache_dir()
+
+
+def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
+    """Compile one component of `pipe` as `settings` say (lazily: the first call compiles). Returns the record."""
+    module = getattr(pipe, settings.component, None)
+    if module is None:
+        raise EvalkitError(f"compile: the pipeline has no component {settings.component!r}")
+    if settings.regional:
+        if not getattr(module, "_repeated_blocks", None):
+            raise EvalkitError(f"compile: regional = true, but {type(module).__name__} declares no repeated blocks; "
+                               f"set regional = false in the [compile] table")
+        module.compile_repeated_blocks(**settings.torch_kwargs())
+        blocks = sorted({type(m).__name__ for m in module.modules() if type(m).__name__ in module._repeated_blocks})
+        compiled = sum(1 for m in module.modules() if type(m).__name__ in module._repeated_blocks)
+        return {**settings.to_record(), "target": settings.component, "repeated_blocks": blocks,
+                "compiled_regions": compiled}
+    module.compile(**settings.torch_kwargs())
+    return {**settings.to_record(), "target": settings.component, "repeated_blocks": None, "compiled_regions": 1}

@@ -1,0 +1,124 @@
+"""What a generate command is about to do: which backends run, how many images that is, and roughly how long.
+
+A study over LARGE_STUDY_IMAGES images says so (count and estimate) before it starts; `--max-images N` refuses a
+larger one outright, before anything is written.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from evalkit.errors import EvalkitError
+from evalkit.generate.backends import BackendSpec, availability
+from evalkit.io import read_json, read_jsonl, sha256_file
+from evalkit.rundir import RunDir
+
+LARGE_STUDY_IMAGES = 2000
+
+# Rough seconds per image for the bf16 reference at each model kind's reference settings, used only when the run has
+# timed nothing yet. Scaled by steps and pixels; quantized backends are often slower than bf16, so it is a floor.
+# tiny: 0.034 s at 64x64, 4 steps on a 2-core CPU (docs: environment.md, 2026-11-21). Full size: an assumption
+# (about 12 s for FLUX.1-dev at 1024x1024, 50 steps, on an H100-class GPU), stated as such wherever it is printed.
+ROUGH_SECONDS: dict[tuple[str, str], tuple[float, int, int, str]] = {
+    ("tiny", "cpu"): (0.034, 4, 64 * 64, "tiny Flux, 64x64, 4 steps on a 2-core CPU, measured"),
+    ("tiny", "cuda"): (0.034, 4, 64 * 64, "tiny Flux, 64x64, 4 steps on a 2-core CPU, measured"),
+    ("full", "cuda"): (12.0, 50, 1024 * 1024, "assumed ~12 s for FLUX.1-dev bf16 at 1024x1024, 50 steps, H100-class"),
+    ("full", "cpu"): (1800.0, 50, 1024 * 1024, "assumed ~30 min for FLUX.1-dev bf16 at 1024x1024, 50 steps on a CPU"),
+}
+
+
+@dataclass
+class WorkPlan:
+    todo: list[BackendSpec] = field(default_factory=list)
+    unrun: list[tuple[BackendSpec, str, str]] = field(default_factory=list)  # (spec, skipped|failed, reason)
+    images: int = 0  # images still to generate
+    prompts: int = 0
+
+
+def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
+    """A finished backend: status ok, every prompt's image present with the recorded content hash."""
+    path = rd.generation_record(backend)
+    if not path.exists():
+        return False
+    try:
+        rec = read_json(path)
+    except EvalkitError:
+        return False
+    if rec.get("status") != "ok":
+        return False
+    by_id = {i["prompt_id"]: i for i in rec.get("images", [])}
+    for p in manifest["prompts"]:
+        img = by_id.get(p["id"])
+        if img is None or img.get("seed") != p["seed"]:
+            return False
+        f = rd.root / img["path"]
+        if not f.exists() or sha256_file(f) != img["sha256"]:
+            return False
+    return True
+
+
+def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], requested: tuple[str, ...] | None,
+              attempt_known_failures: bool) -> WorkPlan:
+    """Backends left to run (and those that cannot), and how many images they will make."""
+    capability = manifest["device"].get("capability")
+    device = manifest["config"]["device"]
+    plan = WorkPlan(prompts=len(manifest["prompts"]))
+    for spec in specs:
+        if record_is_complete(rd, spec.name, manifest):
+            continue
+        status, reason = availability(spec, device, tuple(capability) if capability else None, requested,
+                                      attempt_known_failures)
+        if status != "ok":
+            plan.unrun.append((spec, status, reason or ""))
+            continue
+        plan.todo.append(spec)
+        # Images an interrupted attempt already wrote are resumed, not redone (their hashes are checked later).
+        written = {e.get("prompt_id") for e in read_jsonl(rd.generation_partial(spec.name))
+                   if (rd.root / e.get("path", "")).is_file()}
+        plan.images += sum(1 for p in manifest["prompts"] if p["id"] not in written)
+    return plan
+
+
+def check_max_images(plan: WorkPlan, max_images: int | None) -> None:
+    if max_images is not None and plan.images > max_images:
+        raise EvalkitError(f"--max-images {max_images}: this command would generate {plan.images} images "
+                           f"({len(plan.todo)} backends x up to {plan.prompts} prompts); narrow --backends or the "
+                           "prompts file, or raise --max-images")
+
+
+def seconds_per_image(rd: RunDir, manifest: dict[str, Any]) -> tuple[float, str]:
+    """This run's own median latency where it has one, else a rough figure scaled to the run's settings."""
+    medians = []
+    for name in manifest.get("backends", []):
+        path = rd.generation_record(name)
+        if path.exists():
+            try:
+                median = ((read_json(path).get("latency") or {}).get("median_s"))
+            except EvalkitError:
+                continue
+            if median:
+                medians.append(float(median))
+    if medians:
+        return sum(medians) / len(medians), f"mean median latency of {len(medians)} backend(s) already run here"
+    gen = manifest["generation"]
+    kind = "tiny" if (manifest.get("model") or {}).get("kind") == "tiny" else "full"
+    base_s, base_steps, base_pixels, basis = ROUGH_SECONDS[(kind, manifest["config"]["device"])]
+    scale = gen["num_inference_steps"] / base_steps * gen["height"] * gen["width"] / base_pixels
+    return base_s * scale, f"rough: {basis}, scaled to {gen['height']}x{gen['width']}, {gen['num_inference_steps']} steps"
+
+
+def describe_plan(plan: WorkPlan, rd: RunDir, manifest: dict[str, Any]) -> str:
+    per_image, basis = seconds_per_image(rd, manifest)
+    total = per_image * plan.images
+    return (f"[bold]large study:[/] {plan.images} images to generate ({len(plan.todo)} backends x up to "
+            f"{plan.prompts} prompts), estimated {_duration(total)} of generation (~{per_image:.3g} s an image; "
+            f"{basis}; loading and warm-up not included)")
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"~{seconds:.0f} s"
+    if seconds < 7200:
+        return f"~{seconds / 60:.0f} min"
+    return f"~{seconds / 3600:.1f} h"

@@ -1,0 +1,201 @@
+"""Backend worker processes: a preloaded forkserver (or a fresh interpreter per backend), their events, and the
+record a worker that died without writing its own gets.
+
+Used by the generate stage only. Worker processes die with their parent (evalkit.generate.worker.die_with_parent),
+and the stage stops the forkserver when it ends, even when it ends by an error.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from evalkit.errors import EvalkitError
+from evalkit.generate.backends import BackendSpec
+from evalkit.io import atomic_write_json, read_json
+from evalkit.rundir import SCHEMA_VERSION, RunDir
+
+
+def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
+    path = rd.generation_record(spec.name)
+    try:
+        _write_unrun(path, rd, spec, status, reason)
+    except OSError as e:  # name the file: the stage turns this into its one-line error
+        raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def _write_unrun(path: Path, rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
+    atomic_write_json(path, {
+        "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
+        "recipe": {"name": spec.backend.name, "library": spec.backend.library.key, "description": spec.backend.description,
+                   "modifiers": list(spec.modifiers), "options": dict(spec.backend.options)},
+        "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
+        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    })
+
+
+
+_FORKSERVER: Any = None
+_FORKSERVER_LOCK = threading.Lock()
+
+
+def _forkserver() -> Any:
+    """A multiprocessing forkserver that has imported torch, diffusers and the quantization libraries once.
+    Each backend still gets its own process (clean CUDA peaks, crash isolation), without paying ~4 s of imports."""
+    global _FORKSERVER
+    with _FORKSERVER_LOCK:
+        if _FORKSERVER is None:
+            import multiprocessing as mp
+
+            from evalkit.generate.backends import package_available
+            from evalkit.generate.worker import preload_modules
+
+            # huggingface_hub reads HF_HUB_OFFLINE when imported, i.e. in the forkserver: set it before that.
+            os.environ.setdefault("HF_HUB_OFFLINE", "1")
+            ctx = mp.get_context("forkserver")
+            gpu = nvidia_gpu_present()
+            if gpu:
+                # torch.cuda.is_available() (which diffusers calls on import) runs cuInit and marks every later fork
+                # unable to use CUDA, unless it asks NVML instead. Forked workers then found CUDA poisoned on the
+                # H100 (benchmarks/results/gpu-2026-11-21.md), even with the narrowed preload. This sets it for the
+                # whole process (the forkserver inherits it when it starts, whoever starts it): is_available() then
+                # trusts NVML's device count, torch's recommended check for code that forks.
+                os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+            ctx.set_forkserver_preload([m for m in preload_modules(gpu) if package_available(m.split(".")[0])])
+            _FORKSERVER = ctx
+        return _FORKSERVER
+
+
+def start_forkserver() -> None:
+    from multiprocessing import forkserver
+
+    _forkserver()
+    try:
+        forkserver.ensure_running()
+    except Exception:  # noqa: BLE001 - the first backend's start will report it properly
+        pass
+
+
+def stop_forkserver() -> None:
+    """Stop the forkserver this process started, if any. It would exit by itself once this process does (it watches
+    a pipe from us), but `evalkit run` goes on to other stages, and tests run many stages in one process."""
+    global _FORKSERVER
+    with _FORKSERVER_LOCK:
+        if _FORKSERVER is None:
+            return
+        from multiprocessing import forkserver
+
+        try:
+            forkserver._forkserver._stop()
+        except Exception:  # noqa: BLE001 - an already dead server leaves nothing to stop
+            pass
+        _FORKSERVER = None
+
+
+def forkserver_pid() -> int | None:
+    """The running forkserver's pid (tests check that none is left behind)."""
+    from multiprocessing import forkserver
+
+    return getattr(forkserver._forkserver, "_forkserver_pid", None)
+
+
+def nvidia_gpu_present() -> bool:
+    """Whether this machine has an NVIDIA GPU, judged from the driver's device nodes (no CUDA call, no torch)."""
+    return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+# Set once a forked worker reports that its forkserver had initialized CUDA: the rest of the run uses subprocesses.
+_FORK_POISONED = False
+
+
+def worker_mode() -> str:
+    """'forkserver' (default on Linux) or 'subprocess' (EVALKIT_WORKER_MODE=subprocess: a fresh interpreter per
+    backend, slower to start but sharing nothing at all with the parent)."""
+    if _FORK_POISONED:
+        return "subprocess"
+    mode = os.environ.get("EVALKIT_WORKER_MODE", "forkserver" if sys.platform.startswith("linux") else "subprocess")
+    if mode not in ("forkserver", "subprocess"):
+        raise EvalkitError(f"EVALKIT_WORKER_MODE={mode!r}: expected forkserver or subprocess")
+    return mode
+
+
+def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> int:
+    global _FORK_POISONED
+    log_path = rd.log(spec.name)
+    if worker_mode() == "subprocess":
+        with open(log_path, "ab") as log:
+            proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name],
+                                    stdout=subprocess.PIPE, stderr=log, env=env, text=True)
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                try:
+                    on_event(json.loads(line))
+                except json.JSONDecodeError:
+                    pass  # a library printing to stdout; not ours
+            return proc.wait()
+    from evalkit.generate.worker import forked_main
+
+    ctx = _forkserver()
+    recv, send = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=forked_main, args=(str(rd.root), spec.name, str(log_path), env, send), daemon=False)
+    proc.start()
+    send.close()
+    while True:
+        if recv.poll(0.2):
+            try:
+                on_event(recv.recv())
+            except EOFError:
+                break
+        elif not proc.is_alive():
+            while recv.poll(0):
+                try:
+                    on_event(recv.recv())
+                except EOFError:
+                    break
+            break
+    proc.join()
+    rc = proc.exitcode if proc.exitcode is not None else -1
+    from evalkit.generate.worker import EXIT_POISONED_FORK
+
+    if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA: from now on, a fresh interpreter per backend
+        _FORK_POISONED = True
+        return _spawn(rd, spec, env, on_event)
+    return rc
+
+
+def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> None:
+    rd.log(spec.name).parent.mkdir(parents=True, exist_ok=True)
+    # A stale record from an earlier attempt must not stand in for this attempt's outcome.
+    rd.generation_record(spec.name).unlink(missing_ok=True)
+    with open(rd.log(spec.name), "ab") as log:
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker for {spec.name} ===\n".encode())
+    rc = _spawn(rd, spec, env, on_event)
+    if rc != 0:
+        rec_path = rd.generation_record(spec.name)
+        rec = read_json(rec_path) if rec_path.exists() else None
+        if rec is None or rec.get("status") != "failed":
+            # The worker died without writing its record (killed, segfault, OOM killer).
+            if rc < 0:
+                import signal
+
+                reason = f"worker killed by signal {signal.Signals(-rc).name}"
+                if -rc == signal.SIGKILL:
+                    reason += " (out of host memory?)"
+            else:
+                reason = f"worker exited with code {rc}"
+            tail = _log_tail(rd.log(spec.name))
+            write_unrun_record(rd, spec, "failed", f"{reason}; last log line: {tail}" if tail else reason)
+
+
+def _log_tail(path: Path) -> str:
+    try:
+        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+    except OSError:
+        return ""
+    return lines[-1][:300] if lines else ""

@@ -1,0 +1,126 @@
+"""`+compile` settings: read from `--config`, validated with one-line errors, applied (regional or whole), recorded."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from evalkit.errors import EvalkitError
+from evalkit.generate.compile_options import (DEFAULT_PRESET, PRESETS, apply_compile, prepare_compile_cache,
+                                              resolve_compile)
+from evalkit.generate.stage import load_config
+from conftest import run_evalkit
+
+
+def _toml(tmp_path: Path, text: str) -> str:
+    p = tmp_path / "options.toml"
+    p.write_text(text, encoding="utf-8")
+    return str(p)
+
+
+def test_compile_table_and_per_backend_override_resolve(tmp_path: Path) -> None:
+    path = _toml(tmp_path, '[compile]\nmode = "max-autotune"\ndynamic = false\n\n'
+                           '[backends.bnb-nf4]\ndouble_quant = true\n[backends.bnb-nf4.compile]\nfullgraph = false\n'
+                           'regional = false\n\n[backends.torchao-int8wo.compile]\npreset = "seed"\n')
+    backend_options, compile_config = load_config(path)
+    # The compile sub-table is not a quantizer option (and so not part of the run's identity).
+    assert backend_options == {"bnb-nf4": {"double_quant": True}, "torchao-int8wo": {}}
+    assert compile_config["file"] == path
+    plain = resolve_compile(compile_config, "bf16")
+    assert (plain.preset, plain.mode, plain.dynamic, plain.regional) == (DEFAULT_PRESET, "max-autotune", False, True)
+    bnb = resolve_compile(compile_config, "bnb-nf4")
+    assert (bnb.mode, bnb.fullgraph, bnb.regional, bnb.dynamic) == ("max-autotune", False, False, False)
+    seed = resolve_compile(compile_config, "torchao-int8wo")
+    assert seed == PRESETS["seed"]
+    # The seed study's torchao setting: the whole transformer, max-autotune, one graph.
+    assert (seed.regional, seed.mode, seed.fullgraph, seed.component) == (False, "max-autotune", True, "transformer")
+
+
+def test_default_is_regional_with_mode_default() -> None:
+    s = resolve_compile(load_config(None)[1], "bf16")
+    assert s == PRESETS[DEFAULT_PRESET] and s.regional and s.mode == "default"
+
+
+@pytest.mark.parametrize("text, key", [
+    ('[compile]\nmode = "fast"\n', "[compile].mode"),
+    ('[compile]\nfullgraph = "yes"\n', "[compile].fullgraph"),
+    ('[compile]\ndynamic = 1\n', "[compile].dynamic"),
+    ('[compile]\ncomponent = "unet"\n', "[compile].component"),
+    ('[compile]\npreset = "fastest"\n', "[compile].preset"),
+    ('[compile]\nregonal = true\n', "[compile].regonal"),
+    ('[backends.bnb-nf4.compile]\nmode = 3\n', "[backends.bnb-nf4.compile].mode"),
+    ('[backends.bnb-nf4]\ncompile = true\n', "[backends.bnb-nf4.compile]"),
+])
+def test_bad_compile_values_name_file_and_key(tmp_path: Path, text: str, key: str) -> None:
+    path = _toml(tmp_path, text)
+    with pytest.raises(EvalkitError) as e:
+        load_config(path)
+    msg = str(e.value)
+    assert path in msg and key in msg and "\n" not in msg
+
+
+def test_bad_compile_value_from_the_cli_is_one_line_exit_2(tmp_path: Path, three_prompts: Path) -> None:
+    path = _toml(tmp_path, '[compile]\nmode = "turbo"\n')
+    r = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--backends", "bf16+compile",
+                    "--config", path, "--out", str(tmp_path / "run"))
+    assert r.returncode == 2
+    assert f"{path}: [compile].mode = 'turbo'" in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_compile_cache_goes_under_evalkit_cache_and_reports_warmth(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from torch._inductor.runtime.cache_dir_utils import default_cache_dir
+
+    monkeypatch.delenv("TRITON_CACHE_DIR", raising=False)
+    # What importing diffusers' pipelines does to the environment: it must not pass for the user's choice.
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", default_cache_dir())
+    cold = prepare_compile_cache(tmp_path)
+    assert cold["inductor"]["dir"] == str(tmp_path / "compile" / "inductor") == os.environ["TORCHINDUCTOR_CACHE_DIR"]
+    assert cold["triton"]["dir"] == str(tmp_path / "compile" / "triton") == os.environ["TRITON_CACHE_DIR"]
+    assert cold["warm"] is False and cold["inductor"]["set_by"] == "evalkit"
+    (tmp_path / "compile" / "inductor" / "fxgraph").mkdir()
+    (tmp_path / "compile" / "triton" / "k").write_text("x")
+    assert prepare_compile_cache(tmp_path)["warm"] is True
+    mine = tmp_path / "mine"
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(mine))
+    again = prepare_compile_cache(tmp_path)
+    assert again["inductor"] == {"dir": str(mine), "env": "TORCHINDUCTOR_CACHE_DIR", "set_by": "user", "warm": False}
+
+
+def test_regional_compile_wraps_only_the_repeated_blocks(tiny_model_path: Path) -> None:
+    from diffusers import FluxTransformer2DModel
+
+    class Pipe:
+        transformer = FluxTransformer2DModel.from_pretrained(tiny_model_path, subfolder="transformer")
+
+    info = apply_compile(Pipe, resolve_compile({"global": {"dynamic": False}}, "bf16"))
+    blocks = [m for m in Pipe.transformer.modules() if type(m).__name__ in Pipe.transformer._repeated_blocks]
+    assert info["compiled_regions"] == len(blocks) == 2 and info["regional"] is True
+    assert all(b._compiled_call_impl is not None for b in blocks)
+    assert Pipe.transformer._compiled_call_impl is None  # the model itself stays eager around the blocks
+    whole = apply_compile(Pipe, resolve_compile({"global": {"preset": "whole"}}, "bf16"))
+    assert whole["regional"] is False and Pipe.transformer._compiled_call_impl is not None
+
+
+@pytest.mark.slow
+def test_compile_run_records_its_settings_and_generates(tmp_path: Path, tiny_model_path: Path) -> None:
+    """+compile on the tiny model, regional, end to end (about 2 minutes of inductor on 2 CPU cores)."""
+    prompts = tmp_path / "one.txt"
+    prompts.write_text("A red cube on a blue table\n", encoding="utf-8")
+    path = _toml(tmp_path, '[compile]\nregional = true\ndynamic = false\n')
+    out = tmp_path / "run"
+    r = run_evalkit("generate", str(prompts), "--model", "tiny", "--height", "64", "--width", "64", "--steps", "2",
+                    "--backends", "bf16+compile", "--config", path, "--out", str(out))
+    assert r.returncode == 0, r.stderr[-3000:]
+    rec = json.loads((out / "generation" / "bf16+compile.json").read_text())
+    assert rec["status"] == "ok" and len(rec["images"]) == 1
+    c = rec["compile"]
+    assert (c["regional"], c["mode"], c["dynamic"], c["compiled_regions"]) == (True, "default", False, 2)
+    cache = Path(os.environ["EVALKIT_CACHE"]) / "compile"
+    assert c["cache"]["inductor"]["dir"] == str(cache / "inductor") and any((cache / "inductor").iterdir())
+    assert rec["compile_time_s"] is not None
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["config"]["compile"]["global"] == {"regional": True, "dynamic": False}
