@@ -285,12 +285,38 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
     return "\n".join(lines) + "\n"
 
 
+def collect(table: list[dict[str, Any]], out_dir: Path) -> None:
+    """One run directory holding the record of every finished table row (for `evalkit report`): the manifest of the
+    run whose bf16 is the table's, with every row's record copied beside it. Rows of other runs are compared with
+    that bf16: the anchors of the runs agree (see the table's anchor list), which is what makes this fair."""
+    import shutil
+
+    ref = next(r for r in table if r["backend"] == REFERENCE and r["status"] == "ok")
+    manifest = _json(Path(ref["source"]) / "manifest.json")
+    order = {name: i for i, name in enumerate(required_rows())}
+    chosen = sorted((r for r in table if r["status"] in ("ok", "failed") and Path(r["source"]).is_dir()),
+                    key=lambda r: order.get(r["backend"], len(order)))
+    names = [r["backend"] for r in chosen]
+    if len(set(names)) != len(names):  # two presets of one backend: keep the first, in the order runs were given
+        seen: set[str] = set()
+        chosen = [r for r in chosen if not (r["backend"] in seen or seen.add(r["backend"]))]
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    (out_dir / "generation").mkdir(parents=True)
+    for r in chosen:
+        shutil.copy(Path(r["source"]) / "generation" / f"{r['backend']}.json", out_dir / "generation")
+    manifest["backends"] = [r["backend"] for r in chosen]
+    manifest["collected_from"] = {r["backend"]: r["run"] for r in chosen}
+    (out_dir / "manifest.json").write_text(json.dumps(manifest, indent=1))
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("run_dirs", nargs="+", type=Path)
     ap.add_argument("--out", type=Path, required=True, help="writes OUT.csv and OUT.md")
     ap.add_argument("--earlier", type=Path, action="append", default=[])
     ap.add_argument("--notes", type=Path)
+    ap.add_argument("--collect", type=Path, help="also write one run directory of every finished row (for evalkit report)")
     a = ap.parse_args(argv)
     rows = [r for d in a.run_dirs for r in rows_of_run(d)]
     have_ok = {r["backend"] for r in rows if r["status"] in ("ok", "failed")}
@@ -305,6 +331,8 @@ def main(argv: list[str] | None = None) -> int:
     atomic_write_text(a.out.with_suffix(".csv"), buf.getvalue())
     notes = a.notes.read_text() if a.notes else ""
     atomic_write_text(a.out.with_suffix(".md"), markdown(table, rows, notes))
+    if a.collect:
+        collect(table, a.collect)
     print(f"{len(rows)} records, {len(table)} table rows -> {a.out.with_suffix('.csv')}, {a.out.with_suffix('.md')}")
     return 0
 
