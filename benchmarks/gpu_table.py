@@ -125,8 +125,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
                                   f"in {where}")
             if lats:  # finished images still say how fast it runs; marked as partial by the status
                 s = sorted(lats)
-                row.update(images=len(s), latency_median_s=s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2,
-                           latency_p10_s=s[0], latency_p90_s=s[-1])
+                row.update(images=len(s), latency_median_s=s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2)
             else:
                 row["images"] = 0
             out.append(row)
@@ -260,10 +259,17 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
              "| gen peak alloc / res | load s | compile s | quantized linears (transformer / T5) | run | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
-        spread = (f"{_f(r.get('latency_median_s'))} ({_f(r.get('latency_p10_s'))}–{_f(r.get('latency_p90_s'))})"
-                  if r.get("latency_p10_s") is not None else _f(r.get("latency_median_s")))
+        partial = r["status"] in ("not finished", "not started")
+        if partial and r.get("latency_median_s") is not None:
+            # Images a cut backend finished: real, but not a finished row's figure; say so in the cell itself.
+            spread = f"partial: {_f(r['latency_median_s'])} ({r['images']} image{'s' if r['images'] != 1 else ''})"
+        elif r.get("latency_p10_s") is not None:
+            spread = f"{_f(r.get('latency_median_s'))} ({_f(r.get('latency_p10_s'))}–{_f(r.get('latency_p90_s'))})"
+        else:
+            spread = _f(r.get("latency_median_s"))
+        ratio = f"~{_f(r.get('latency_x_bf16'))}" if partial and r.get("latency_x_bf16") else _f(r.get("latency_x_bf16"))
         lines.append(
-            f"| {r['row']} | {r['status']} | {_f(r.get('images'))} | {spread} | {_f(r.get('latency_x_bf16'))} | "
+            f"| {r['row']} | {r['status']} | {_f(r.get('images'))} | {spread} | {ratio} | "
             f"{_f(r.get('after_load_allocated_gib'))} / {_f(r.get('after_load_reserved_gib'))} | "
             f"{_f(r.get('load_peak_allocated_gib'))} / {_f(r.get('load_peak_reserved_gib'))} | "
             f"{_f(r.get('peak_allocated_gib'))} / {_f(r.get('peak_reserved_gib'))} | {_f(r.get('load_s'), 1)} | "
