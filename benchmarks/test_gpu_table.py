@@ -1,0 +1,82 @@
+"""benchmarks/gpu_table.py on hand-made run directories (no GPU): which record becomes the table row, how a cut
+backend reads, which anomalies are listed. Run: `python -m pytest -q benchmarks/test_gpu_table.py` (outside the
+default test paths: the table is a benchmark tool)."""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location("gpu_table", Path(__file__).with_name("gpu_table.py"))
+gpu_table = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(gpu_table)
+
+
+def _record(backend: str, latency: float, alloc: float, reserved: float, **extra) -> dict:
+    return {"backend": backend, "status": "ok", "reason": None, "load_time_s": 5.0, "compile_time_s": None,
+            "latency": {"n": 3, "median_s": latency, "p10_s": latency - 0.1, "p90_s": latency + 0.1},
+            "memory": {"after_load_allocated_gib": alloc, "after_load_reserved_gib": reserved,
+                       "load_peak_allocated_gib": alloc, "load_peak_reserved_gib": reserved,
+                       "peak_allocated_gib": alloc + 2, "peak_reserved_gib": reserved + 2},
+            "quantization": {"quantized_linear_count": {"transformer": 504, "text_encoder_2": 144},
+                             "layer_types": {"transformer": {"Linear4bit[Params4bit:uint8]": 504}}},
+            "placement": {"placement": "cuda"}, "footprint": {"total_gib": alloc}, **extra}
+
+
+def _run(tmp: Path, name: str, records: list[dict], backends: list[str], cuts: dict | None = None,
+         preset: str | None = None) -> Path:
+    d = tmp / name
+    (d / "generation").mkdir(parents=True)
+    manifest = {"backends": backends, "prompts": [{"id": "p0"}, {"id": "p1"}, {"id": "p2"}],
+                "prompts_file": "prompts-3.txt", "created_utc": "2026-11-28T21:00:00Z",
+                "model": {"spec": "random:flux-dev"},
+                "generation": {"height": 1024, "width": 1024, "num_inference_steps": 50, "warmup_runs": 1},
+                "device": {"name": "NVIDIA H200", "device_count": 4}, "versions": {"torch": "2.11.0"},
+                "config": {"compile": {"global": {"preset": preset}} if preset else {}}}
+    (d / "manifest.json").write_text(json.dumps(manifest))
+    for r in records:
+        (d / "generation" / f"{r['backend']}.json").write_text(json.dumps(r))
+    (d / "cut.json").write_text(json.dumps({"cuts": cuts or {}}))
+    return d
+
+
+def test_table_prefers_finished_record_and_lists_anomalies(tmp_path: Path) -> None:
+    # Run a: bnb-nf4 cut after one image; run b: bnb-nf4 finished. The table must take b's record.
+    a = _run(tmp_path, "a", [_record("bf16", 9.0, 31.4, 31.5)], ["bf16", "bnb-nf4", "torchao-int8wo+compile"],
+             cuts={"bnb-nf4": {"worker_started": True, "seconds_run": 40.0, "images_done": 1,
+                               "image_latencies_s": [9.9]},
+                   "torchao-int8wo+compile": {"worker_started": True, "seconds_run": 368.6, "images_done": 0,
+                                              "image_latencies_s": []}},
+             preset="regional")
+    b = _run(tmp_path, "b", [_record("bf16", 9.0, 31.4, 31.5), _record("bnb-nf4", 9.5, 10.7, 10.7),
+                             _record("quanto-fp8", 14.6, 17.0, 28.5)], ["bf16", "bnb-nf4", "quanto-fp8"])
+    out = tmp_path / "table"
+    assert gpu_table.main([str(a), str(b), "--out", str(out)]) == 0
+
+    lines = list(csv.DictReader(out.with_suffix(".csv").open()))
+    assert len(lines) == 6  # one CSV line per record, anchors and cut backends included
+    nf4 = [r for r in lines if r["backend"] == "bnb-nf4"]
+    assert [(r["run"], r["status"], r["in_table"]) for r in nf4] == [("a", "not finished", "False"),
+                                                                      ("b", "ok", "True")]
+    cut = next(r for r in lines if r["backend"] == "torchao-int8wo+compile")
+    assert cut["row"] == "torchao-int8wo+compile [regional]" and "368.6 s" in cut["reason"]
+
+    md = out.with_suffix(".md").read_text()
+    anomalies = md.split("## Anomalies found in the numbers")[1]
+    assert "`quanto-fp8`: reserved 28.50 GiB after load against 17.00 GiB allocated" in anomalies
+    assert "`quanto-fp8`: 1.62× bf16's latency" in anomalies
+    assert "`bnb-nf4`: 1.06× bf16's latency" in anomalies
+    assert "`bnb-nf4`: reserved" not in anomalies  # 10.7 / 10.7: nothing to report
+    assert "Required rows with no run and no earlier result:" in md and "`gguf-q8_0`" in md
+
+
+def test_collect_writes_one_run_directory_of_finished_rows(tmp_path: Path) -> None:
+    b = _run(tmp_path, "b", [_record("bf16", 9.0, 31.4, 31.5), _record("bnb-nf4", 9.5, 10.7, 10.7)],
+             ["bf16", "bnb-nf4", "quanto-fp8"], cuts={"quanto-fp8": {"worker_started": False}})
+    coll = tmp_path / "coll"
+    assert gpu_table.main([str(b), "--out", str(tmp_path / "t"), "--collect", str(coll)]) == 0
+    manifest = json.loads((coll / "manifest.json").read_text())
+    assert manifest["backends"] == ["bf16", "bnb-nf4"]  # the unfinished backend has no record to show
+    assert sorted(p.name for p in (coll / "generation").iterdir()) == ["bf16.json", "bnb-nf4.json"]
