@@ -14,6 +14,17 @@ from typing import Any, Iterator
 from evalkit.errors import EvalkitError, WriteError
 
 
+def _read_umask() -> int:
+    # The only portable read of the umask is to set it and set it back: done once, at import, before any stage starts
+    # threads (setting it later could give another thread's new file mode 0666).
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _read_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
     """Write `data` to `path` so that readers see the old file or the whole new one, never a torn one.
 
@@ -31,6 +42,8 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             view = memoryview(data)
             while view:  # os.write may write less than asked (signals, some file systems)
                 view = view[os.write(fd, view):]
+            # mkstemp creates 0600; a report, summary or table is the user's file and gets the umask's mode.
+            os.fchmod(fd, 0o666 & ~_UMASK)
             os.fsync(fd)
         finally:
             os.close(fd)

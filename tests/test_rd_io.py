@@ -146,3 +146,14 @@ def test_append_on_a_full_disk_names_the_file(tmp_path: Path, monkeypatch: pytes
 def test_written_json_round_trips(tmp_path: Path) -> None:
     io.atomic_write_json(tmp_path / "a.json", {"b": 1, "a": [1.5, "é"]})
     assert json.loads((tmp_path / "a.json").read_text(encoding="utf-8")) == {"a": [1.5, "é"], "b": 1}
+
+
+def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> None:
+    """A report or summary is the user's file: readable by whoever the umask allows, like any file they write."""
+    import stat
+
+    from evalkit.io import _UMASK, atomic_write_text
+
+    target = tmp_path / "summary.json"
+    atomic_write_text(target, "{}")
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_UMASK

@@ -17,6 +17,7 @@ from typing import Any
 from evalkit.errors import EvalkitError, MissingWeightsError
 from evalkit.io import file_lock
 from evalkit.paths import cache_dir
+from evalkit.clip_tokenizer import build_clip_tokenizer, clip_bpe_path  # noqa: F401 (re-exported)
 
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 TINY_VERSION = "tiny-flux-v1"
@@ -168,37 +169,6 @@ def _build_cached(target: Path, builder: Any) -> Path:
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target
-
-
-def clip_bpe_path() -> Path:
-    """The real CLIP BPE merges file, shipped in the open-clip-torch wheel (found without importing open_clip,
-    which needs torchvision)."""
-    import importlib.util
-
-    spec = importlib.util.find_spec("open_clip")
-    if spec is None or not spec.submodule_search_locations:
-        raise EvalkitError("open-clip-torch is not installed; it ships the CLIP BPE vocabulary (pip install --no-deps open-clip-torch)")
-    path = Path(list(spec.submodule_search_locations)[0]) / "bpe_simple_vocab_16e6.txt.gz"
-    if not path.exists():
-        raise EvalkitError(f"{path}: CLIP BPE vocabulary missing from the open-clip-torch install")
-    return path
-
-
-def build_clip_tokenizer() -> Any:
-    """CLIP's real byte-level BPE tokenizer (49408 tokens), rebuilt from open_clip's merges file."""
-    import gzip
-
-    from transformers import CLIPTokenizer
-
-    from evalkit._bpe import bytes_to_unicode
-
-    lines = gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")
-    merges = [tuple(m.split()) for m in lines[1 : 49152 - 256 - 2 + 1]]
-    vocab = list(bytes_to_unicode().values())
-    vocab = vocab + [v + "</w>" for v in vocab]
-    vocab.extend("".join(m) for m in merges)
-    vocab.extend(["<|startoftext|>", "<|endoftext|>"])
-    return CLIPTokenizer(vocab={t: i for i, t in enumerate(vocab)}, merges=merges, model_max_length=77)
 
 
 def build_t5_tokenizer() -> Any:
