@@ -54,24 +54,16 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
     >>> evalkit.api.read_summary(run)["backends"]["bf16"]["status"]
     'ok'
     """
-    import dataclasses
-
     from evalkit.generate.stage import GenerateOptions, run_generate
 
-    extra: dict[str, Any] = {}
-    if prompt_column is not None:
-        if "prompt_column" not in {f.name for f in dataclasses.fields(GenerateOptions)}:
-            from evalkit.errors import EvalkitError
-
-            raise EvalkitError("prompt_column: this evalkit's generate stage does not take a prompt column yet")
-        extra["prompt_column"] = prompt_column
     opts = GenerateOptions(
         prompts_file=str(_prompts_file(prompts)), model=model, backends=_csv(backends), out=_str(out),
         reports_dir=str(reports_dir), device=device, height=height, width=width, steps=steps, guidance=guidance,
-        max_sequence_length=max_sequence_length, batch_size=batch_size, seed=seed, warmup=warmup,
+        max_sequence_length=max_sequence_length, batch_size=batch_size, seed=seed, prompt_column=prompt_column,
+        warmup=warmup,
         components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
         gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
-        command=["evalkit.generate(...)"], **extra,
+        command=["evalkit.generate(...)"],
     )
     console = None
     if quiet:

@@ -180,3 +180,26 @@ def test_two_commands_with_different_backends_keep_both_lists(tmp_path: Path, th
     assert [s.name for s in specs] == manifest["backends"]
     on_disk = json.loads((Path(out) / "manifest.json").read_text())
     assert on_disk["backends"] == manifest["backends"]
+
+
+@pytest.mark.parametrize("stage", ["score", "report"])
+def test_score_and_report_refuse_a_run_directory_another_stage_holds(fake_run_dir: Path, stage: str) -> None:
+    """Score and report write into the run directory too: they take the same lock as generate."""
+    from evalkit.metrics.stage import score_run
+    from evalkit.report.build import build_report
+
+    with acquire(fake_run_dir, "generate"):
+        with pytest.raises(RunLockError) as e:
+            if stage == "score":
+                score_run(fake_run_dir, "psnr", progress=False)
+            else:
+                build_report(fake_run_dir, figures=False, quiet=True)
+    msg = str(e.value)
+    assert str(os.getpid()) in msg and socket.gethostname() in msg and "\n" not in msg
+    assert not (fake_run_dir / LOCK_NAME).exists()
+    # once released, the same call works and leaves no lock behind
+    if stage == "score":
+        score_run(fake_run_dir, "psnr", progress=False)
+    else:
+        build_report(fake_run_dir, figures=False, quiet=True)
+    assert not (fake_run_dir / LOCK_NAME).exists()

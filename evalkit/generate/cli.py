@@ -28,6 +28,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--max-sequence-length", type=int, help="T5 tokens (Flux default 512)")
     g.add_argument("--batch-size", type=int, default=1)
     g.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed derives from it and the prompt text")
+    g.add_argument("--prompt-column", metavar="NAME",
+                   help="column/field holding the prompt in a .csv/.tsv/.jsonl/.json prompt set "
+                        "(default: the first of prompt, prompts, text, caption; a 'category' column is kept)")
     g.add_argument("--warmup", type=int, default=1, help="warm-up generations excluded from latency (default 1)")
     q = p.add_argument_group("quantization")
     q.add_argument("--components", help="what quantizing backends quantize: transformer, text_encoder_2, or both "
@@ -55,7 +58,7 @@ def generate_main(args: argparse.Namespace) -> int:
     opts = GenerateOptions(
         prompts_file=args.prompts, model=args.model, backends=args.backends, out=args.out, reports_dir=args.reports_dir,
         device=args.device, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
-        max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, warmup=args.warmup,
+        max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, prompt_column=args.prompt_column, warmup=args.warmup,
         components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
         config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs,
         gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],

@@ -28,6 +28,7 @@ from evalkit.generate.models import ModelInfo, resolve_model
 from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
+from evalkit.records import build_manifest, prompt_entry
 from evalkit.generate.plan import LARGE_STUDY_IMAGES, check_max_images, describe_plan, plan_work, seed_resume
 from evalkit.generate.spawn import (run_worker_process, start_forkserver, stop_forkserver, worker_mode,
                                     write_unrun_record)
@@ -64,6 +65,7 @@ class GenerateOptions:
     max_sequence_length: int | None = None
     batch_size: int = 1
     seed: int = 0
+    prompt_column: str | None = None  # column/field of a .csv/.tsv/.jsonl/.json prompt set
     warmup: int = 1
     components: list[str] | None = None
     config_file: str | None = None
@@ -199,7 +201,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     `lock`, the run directory's lock is taken (and held until `lock` closes) before the manifest is read.
     `on_validated` is called once the cheap checks of the command line have passed (the stage starts its
     forkserver then: a typo costs no process start)."""
-    prompts = load_prompts(opts.prompts_file, base_seed=opts.seed)
+    prompts = load_prompts(opts.prompts_file, base_seed=opts.seed, column=opts.prompt_column)
     prompts_sha = sha256_file(opts.prompts_file)
     backend_options, compile_config = load_config(opts.config_file)
     if opts.components:
@@ -272,24 +274,24 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
     tokens = token_counts(model.path, prompts, gen["max_sequence_length"])
-    manifest = {
-        "schema_version": SCHEMA_VERSION, "run_id": run_id, "created_utc": created,
-        "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "evalkit_version": __version__, "command": opts.command or None,
-        "prompts_file": str(opts.prompts_file), "prompts_sha256": prompts_sha,
-        "prompts": [{"index": p.index, "id": p.id, "text": p.text, "seed": p.seed, "line": p.line, "tokens": t}
-                    for p, t in zip(prompts, tokens)],
-        "tokenization_note": ("Prompts longer than an encoder's limit are truncated by the pipeline's tokenizers: "
-                              "CLIP to 77 tokens, T5 to max_sequence_length. 'tokens' counts them before truncation."),
-        "model": model.to_manifest(), "generation": gen, "backends": backends,
-        "reference_backend": REFERENCE_BACKEND, "device": device_info, "versions": package_versions(),
-        "memory_convention": MEMORY_CONVENTION,
-        "config": {"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
-                   "compile": compile_config,
-                   "gguf_file": identity["gguf_file"], "cache_dir": str(cache_dir()), "jobs": opts.jobs,
-                   "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
-                   "options": {k: v for k, v in asdict(opts).items() if k != "command"}},
-    }
+    manifest = build_manifest(
+        run_id=run_id, created_utc=created, updated_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        evalkit_version=__version__, command=opts.command or None,
+        prompts_file=str(opts.prompts_file), prompts_sha256=prompts_sha,
+        # ids, seeds and categories come from evalkit.prompts, never re-derived here
+        prompts=[prompt_entry(p, t) for p, t in zip(prompts, tokens)],
+        tokenization_note=("Prompts longer than an encoder's limit are truncated by the pipeline's tokenizers: "
+                           "CLIP to 77 tokens, T5 to max_sequence_length. 'tokens' counts them before truncation."),
+        model=model.to_manifest(), generation=gen, backends=backends,
+        reference_backend=REFERENCE_BACKEND, device=device_info, versions=package_versions(),
+        memory_convention=MEMORY_CONVENTION,
+        config={"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
+                "compile": compile_config,
+                "gguf_file": identity["gguf_file"], "cache_dir": str(cache_dir()), "jobs": opts.jobs,
+                "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
+                "options": {k: v for k, v in asdict(opts).items() if k != "command"}},
+    )
+    manifest = dict(manifest)  # later stages' keys are merged in below
     if rd.manifest.exists():
         old = read_json(rd.manifest)
         for k in ("fid_mode",):  # written by later stages; keep

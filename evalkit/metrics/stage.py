@@ -54,7 +54,23 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
               workers: int | None = None, use_cache: bool = True, weights_dir: str | None = None,
               batch_size: int = 8, fid_method: str = "auto", progress: bool = True,
               verify: bool = False) -> dict[str, Any]:
-    """Score a run directory in place; returns {backend: metrics record}. See the module docstring."""
+    """Score a run directory in place; returns {backend: metrics record}. See the module docstring.
+
+    Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused."""
+    from evalkit.runlock import acquire
+
+    rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
+    with acquire(rd.root, "score"):
+        return _score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
+                          real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
+                          use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
+                          fid_method=fid_method, progress=progress, verify=verify)
+
+
+def _score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None, *, device: str,
+               lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
+               bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
+               batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
     from evalkit.metrics.summary import summarise_backend, write_outputs
 
     rd, manifest = open_run(run_dir)

@@ -33,7 +33,20 @@ def build_report(
     include_partial: bool = False,
     quiet: bool = False,
 ) -> Path:
-    """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html."""
+    """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html.
+
+    Holds the run directory's lock (evalkit.runlock) while it writes."""
+    from evalkit.rundir import open_run
+    from evalkit.runlock import acquire
+
+    rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
+    with acquire(rd.root, "report"):
+        return _build_report(run_dir, thumb_size=thumb_size, figures=figures, memory_axis=memory_axis,
+                             include_partial=include_partial, quiet=quiet)
+
+
+def _build_report(run_dir: str | Path, *, thumb_size: int, figures: bool, memory_axis: str | None,
+                  include_partial: bool, quiet: bool) -> Path:
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     data = load_report_data(run_dir, memory_axis, include_partial)

@@ -244,7 +244,7 @@ def latency_bars(data: ReportData):
         ax.axvline(ref.latency["median_s"], color="#333333", lw=0.8, ls=(0, (4, 3)))
     noisy = {b.name for b in ok if b.latency_noisy}
     ax.set_yticks(y, [n + (" (noisy)" if n in noisy else "") + (PARTIAL_MARK if styles[n]["partial"] else "") for n in names])
-    ax.set_xlabel("Latency per image (s): median, whiskers p10–p90; compile time excluded")
+    ax.set_xlabel("Latency per image (s): median, whiskers p10–p90\ncompile time excluded")
     ax.grid(axis="y", visible=False)
     ax.set_title("Latency per backend", loc="left")
     return fig
