@@ -149,7 +149,7 @@ def list_backends(device: str = "auto") -> list[dict[str, Any]]:
     for b in BACKEND_LIST:
         status, reason = availability(parse_backend(b.name), dev, capability)
         comps, note = resolve_components(b, None, dev)
-        rows.append({"name": b.name, "kind": "backend", "library": b.library, "runs_here": status == "ok",
+        rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
                      "reason": reason or note, "quantizes": list(comps), "description": b.description})
     for m in MODIFIERS.values():
         ok = dev in m.devices

@@ -3,7 +3,6 @@ laid out per docs/run-directory.md (manifest + images + generation records)."""
 
 from __future__ import annotations
 
-import hashlib
 import io
 from pathlib import Path
 from typing import Callable
@@ -11,6 +10,7 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
+from evalkit.prompts import prompt_id, prompt_seed
 from evalkit.io import atomic_write_json, sha256_file
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera")
@@ -70,9 +70,7 @@ def make_run(root: Path, backends: dict[str, Callable[[np.ndarray, int], np.ndar
     prompts = []
     for i in range(n_prompts):
         text = f"a photograph number {i} of {PHOTOS[i % len(PHOTOS)]}, highly detailed, 35mm"
-        sha8 = hashlib.sha256(text.encode()).hexdigest()[:8]
-        pid = f"p{i:02d}-a-photograph-number-{i}-{sha8}"
-        seed = int(hashlib.sha256(f"0:{text}".encode()).hexdigest()[:8], 16) & 0x7FFFFFFF
+        pid, seed = prompt_id(i, text), prompt_seed(text, 0)  # evalkit's own formulas, never re-derived here
         prompts.append({"index": i, "id": pid, "text": text, "seed": seed,
                         "tokens": {"clip": 20, "clip_limit": 77, "clip_truncated": False}})
     refs = [photo(PHOTOS[i % len(PHOTOS)], size) for i in range(n_prompts)]

@@ -27,17 +27,8 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("generate/gguf.py", "gguf"): (1, "cache sub-folder holding GGUF files"),
     ("generate/gguf.py", "diffusers"): (2, "the tensor key-naming scheme written into GGUF files"),
     ("metrics/stage.py", "torch"): (1, "lazy __import__ of torch, not a backend library fact"),
-    # PENDING (other owners): the report helper replaces LIBRARY_ORDER with libraries.library_order/colour, and the
-    # synthetic report fixture names record keys; the lead drops these entries when those merges land.
-    ("report/figures.py", "bitsandbytes"): (1, "PENDING report helper"),
-    ("report/figures.py", "torchao"): (1, "PENDING report helper"),
-    ("report/figures.py", "gguf"): (1, "PENDING report helper"),
-    ("report/figures.py", "diffusers"): (1, "PENDING report helper"),
-    ("report/synthetic.py", "bitsandbytes"): (3, "PENDING report helper: synthetic records"),
-    ("report/synthetic.py", "torchao"): (4, "PENDING report helper: synthetic records"),
-    ("report/synthetic.py", "gguf"): (3, "PENDING report helper: synthetic records"),
-    ("report/synthetic.py", "diffusers"): (2, "PENDING report helper: synthetic records"),
-    ("report/synthetic.py", "torch"): (1, "PENDING report helper: synthetic versions"),
+    ("report/synthetic.py", "torch"): (1, "the demo manifest's package-version table, not a backend library fact"),
+    ("report/synthetic.py", "diffusers"): (1, "the demo manifest's package-version table, not a backend library fact"),
 }
 
 
