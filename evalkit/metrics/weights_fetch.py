@@ -149,16 +149,25 @@ def extract_weight(spec: w.WeightSpec, archive: Path, dest: Path) -> tuple[str, 
 
 
 def _store(staged: Path, dest: Path) -> None:
-    """Copy into the cache's folder first, then rename: readers see the old file or the whole new one."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.", suffix=".tmp", dir=dest.parent)
-    os.close(fd)
+    """Copy into the cache's folder first, then rename: readers see the old file or the whole new one.
+    A full disk or an unwritable cache is one line naming the file (WriteError), with no temp file left."""
+    from evalkit.errors import WriteError
+    from evalkit.io import _UMASK
+
+    tmp: str | None = None
     try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
+        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a shared cache from other users
+        os.close(fd)
         shutil.copyfile(staged, tmp)
         os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        tmp = None
+    except OSError as e:
+        raise WriteError(dest, e) from None
+    finally:
+        if tmp is not None:
+            Path(tmp).unlink(missing_ok=True)
 
 
 def fetch(pip_options: Sequence[str] = ()) -> list[dict[str, Any]]:
