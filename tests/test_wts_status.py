@@ -55,6 +55,7 @@ def test_status_json_full_pins_and_who_needs_them(isolated, capsys):
     assert rows["fid_inception"]["needed_by"] == ["fid", "kid"]
     assert rows["lpips_vgg"]["needed_by"] == []
     assert rows["clip"]["needed_by"] == [] and rows["clip"]["sha256"] is None
+    assert rows["clip"]["status"] == "not fetchable" and "--clip-model" in rows["clip"]["fix"]
 
 
 def test_status_ok_when_only_opt_in_weights_are_missing(isolated, tmp_path, capsys):

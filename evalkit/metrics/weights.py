@@ -388,7 +388,7 @@ def status(weights_dir: str | os.PathLike[str] | None = None) -> list[dict[str, 
             rows.append({**common, "status": "corrupt" if present else "missing",
                          "path": str(present[0]) if present else None, "source": None,
                          "sha256_ok": False if present else None, "fix": str(e)})
-    rows.append({"id": CLIP_WEIGHT_ID, "status": "user", "path": None, "source": None, "sha256_ok": None,
+    rows.append({"id": CLIP_WEIGHT_ID, "status": "not fetchable", "path": None, "source": None, "sha256_ok": None,
                  "sha256": None, "package": None, "needed_by": [],
                  "description": "CLIP: a local checkpoint or the Hugging Face cache (--clip-model); no registry ships one",
                  "fix": CLIP_HOW})
