@@ -28,7 +28,7 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("compare-images", "evalkit.metrics.cli", "add_compare_images_arguments", "compare_images_main",
      "score two folders of images paired by file stem (x.png with x.jpg)"),
     ("weights", "evalkit.metrics.cli", "add_weights_arguments", "weights_main",
-     "show, prepare and verify the metric weights (for air-gapped machines)"),
+     "show, fetch, prepare and verify the metric weights (prepare --from DIR for air-gapped machines)"),
     ("report", "evalkit.report.cli", "add_report_arguments", "report_main",
      "write the self-contained HTML report and paper figures (stage 3)"),
     ("check", "evalkit.check.cli", "add_check_arguments", "check_main",

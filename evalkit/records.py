@@ -130,6 +130,7 @@ class MetricRecord(TypedDict, total=False):
     metrics_version: Any
     device: Any
     left_out: list[dict[str, Any]]  # images the score stage left out: {prompt_id, path, reason}
+    missing_headline_metrics: list[str]  # default metrics score skipped for lack of their pinned weights
 
 
 class SummaryBackend(TypedDict):
@@ -160,6 +161,8 @@ class Summary(TypedDict):
     fid_mode: dict[str, Any] | None
     backends: dict[str, SummaryBackend]
     images_left_out: list[LeftOut]
+    status: str  # "ok", or "missing headline metrics" (then missing_headline_metrics names them)
+    missing_headline_metrics: list[str]
 
 
 # --------------------------------------------------------------------------------------------- reading
@@ -335,7 +338,12 @@ def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[
         "fid_mode": manifest.get("fid_mode"),
         "backends": backends,
         "images_left_out": left_out,
+        "status": "ok",
+        "missing_headline_metrics": list(dict.fromkeys(
+            m for met in metrics.values() if met for m in met.get("missing_headline_metrics") or [])),
     }
+    if summary["missing_headline_metrics"]:
+        summary["status"] = "missing headline metrics"
     return _built(summary, Summary)
 
 

@@ -212,11 +212,15 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
                   names: list[str], state: "State | None") -> None:
     """metrics/<backend>.json, metrics/per_image.csv, each extractor's manifest entry, then summary.json."""
     from evalkit.metrics.common import extractor_unavailable
+    from evalkit.metrics.weights import headline_missing
+
+    # Default metrics that were asked for and lack their pinned weights: summary.json's status says so.
+    missing_headline = list(headline_missing(names, state.opts.weights_dir)) if state else []
 
     for b, mets in results.items():
         rec = {"schema_version": SCHEMA_VERSION, "backend": b, "reference_backend": ref,
                "metrics_version": reg.METRICS_VERSION, "metrics": mets,
-               "device": state.device if state else None}
+               "device": state.device if state else None, "missing_headline_metrics": missing_headline}
         atomic_write_json(rd.metrics_record(b), rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
