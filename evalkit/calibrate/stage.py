@@ -130,7 +130,9 @@ def _generate_options(manifest: dict[str, Any], sub: Path, backend: str, p: Pert
     opts = GenerateOptions(**{k: v for k, v in saved.items() if k in names})
     prompts = Path(opts.prompts_file)
     if not prompts.is_file():
-        raise EvalkitError(f"{prompts}: the run's prompts file is gone; calibration regenerates the same prompts")
+        raise EvalkitError(f"{prompts}: the run's prompts file is not found (a relative path is read from the current "
+                           f"directory: run calibrate from where the run was generated); calibration regenerates the "
+                           f"same prompts")
     if manifest.get("prompts_sha256") and sha256_file(prompts) != manifest["prompts_sha256"]:
         raise EvalkitError(f"{prompts}: changed since the run was generated (sha256 differs from manifest.json)")
     opts.out, opts.backends, opts.reports_dir = str(sub), backend, str(sub.parent)
