@@ -92,6 +92,8 @@ def run_calibration(run_dir: str | os.PathLike[str], *, config_file: str | None 
         "floor_definition": ("per metric, the worst 95% bootstrap CI end on the metric's bad side over the "
                              "perturbations: the largest ci_high (lower is better) or the smallest ci_low (higher "
                              "is better); 'identical' when every perturbation reproduced the reference exactly"),
+        # What the reference itself ran under (null for a run generated before the worker recorded it).
+        "reference_in_force": read_json(rd.generation_record(reference)).get("numerics"),
         "perturbations": pert_out, "metrics": out_metrics,
     }
     with acquire(rd.root, stage="calibrate"):
