@@ -112,7 +112,7 @@ def _metric(values: list[float], ids: list[str], higher_is_better: bool) -> dict
     mean = sum(values) / n
     sd = (sum((v - mean) ** 2 for v in values) / max(n - 1, 1)) ** 0.5
     half = 2.0 * sd / n ** 0.5
-    return {"status": "ok", "mean": mean, "ci_low": mean - half, "ci_high": mean + half, "n": n,
+    return {"status": "ok", "mean": mean, "std": sd, "ci_low": mean - half, "ci_high": mean + half, "n": n,
             "higher_is_better": higher_is_better, "per_prompt": dict(zip(ids, values))}
 
 
@@ -161,4 +161,26 @@ def make_run(root: Path, m: dict[str, Any] | None = None, *, shift: float = 0.0,
 
 def write(path: Path, text: str) -> Path:
     path.write_text(text, encoding="utf-8")
+    return path
+
+
+def write_calibration(root: Path, values: dict[str, list[float]], perturbation: str = "batch2",
+                      m: dict[str, Any] | None = None) -> Path:
+    """RUN/calibration.json as `evalkit calibrate` writes it (evalkit.calibrate.floor), from one perturbation's
+    per-prompt values per metric. Constant values give a floor of exactly that value (its CI collapses)."""
+    from evalkit.calibrate.floor import SCHEMA, metric_facts, metric_floor, perturbation_entry
+    from evalkit.metrics.stats import summarize
+
+    m = m or manifest()
+    metrics = {}
+    for name, vals in values.items():
+        facts = metric_facts(name)
+        ids = [f"p{i}" for i in range(len(vals))]
+        rec = {"status": "ok", **summarize(vals), "per_prompt": dict(zip(ids, vals))}
+        entry = perturbation_entry(rec, facts)
+        metrics[name] = {**{k: facts[k] for k in ("label", "unit", "higher_is_better", "identity", "scale")},
+                         "floor": metric_floor({perturbation: entry}, facts), "perturbations": {perturbation: entry}}
+    path = Path(root) / "calibration.json"
+    atomic_write_json(path, {"schema": SCHEMA, "model": m["model"]["spec"], "generation": m["generation"],
+                             "perturbations": {perturbation: {"settings": {"batch_size": 2}}}, "metrics": metrics})
     return path

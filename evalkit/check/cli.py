@@ -30,6 +30,9 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--use-ci", action="store_true",
                         help="judge the confidence bound instead of the mean: ci_high against a _max bound, "
                              "ci_low against a _min bound (stricter; metrics without a CI use their value)")
+    parser.add_argument("--calibration", metavar="FILE", default=None,
+                        help="the noise floor (calibration.json) for `{ noise = k }` bounds and the floor/margin "
+                             "columns (default: RUN_DIR/calibration.json when it exists; `evalkit calibrate`)")
     _add_outputs(parser, "RUN_DIR", CHECK_OUTPUTS)
     parser.epilog = "Exit status: 0 every bound holds, 1 a bound is violated, 2 the check cannot run."
 
@@ -106,7 +109,7 @@ def check_main(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     junit, md = _outputs(args, Path(args.run_dir), CHECK_OUTPUTS)
     _clear_stale([junit, md])
-    report = check_run(args.run_dir, args.thresholds, use_ci=args.use_ci)
+    report = check_run(args.run_dir, args.thresholds, use_ci=args.use_ci, calibration=args.calibration)
     return _emit(report, junit, md, args.quiet, time.perf_counter() - t0)
 
 

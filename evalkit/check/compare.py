@@ -15,10 +15,12 @@ their deltas would measure the setup, not the change. `--force` compares anyway 
 from __future__ import annotations
 
 import math
+import statistics
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evalkit.check import power
 from evalkit.check.gate import _dig, _fmt, _num, _shape, load_run_for_check
 from evalkit.check.results import CaseResult, Report
 from evalkit.check.thresholds import _known_metrics
@@ -205,6 +207,7 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
     flag = "fail" if fail_on_regression else "pass"
     regressions = 0
     unmeasured: set[str] = set()
+    unresolved: dict[str, list[tuple[str, Any]]] = {}  # metric -> [(backend, power.Guidance)]
     for b in order:
         be, ce = bb[b], cb[b]
         bst, cst = be.get("status"), ce.get("status")
@@ -220,7 +223,7 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
             report.cases.append(CaseResult(b, "status", "pass" if cst == "ok" else "skipped",
                                            (str(bst), str(cst), "", "", "", verdict), why))
             continue
-        cases = _compare_metrics(b, brd, crd, be, ce, alpha, n_bootstrap, flag)
+        cases = _compare_metrics(b, brd, crd, be, ce, alpha, n_bootstrap, flag, unresolved, report.properties)
         cases += _compare_resources(b, be, ce, same_device, memory_tolerance, latency_tolerance, flag, unmeasured)
         regressions += sum("regression" in c.cells[-1] for c in cases)
         report.cases.extend(cases)
@@ -228,6 +231,14 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
     if few:
         report.notes.append(f"quality deltas over fewer than {MIN_PROMPTS_FOR_SIGNIFICANCE} shared prompts are shown "
                             f"but never called significant (a bootstrap over so few prompts overclaims)")
+    for name, items in unresolved.items():
+        worst = max((g.needed or 0) for _b, g in items)
+        who = ", ".join(f"{b} (n={g.n}, detectable {_fmt(g.detectable)}, gap {_fmt(g.gap)})" for b, g in items[:4])
+        more = f", +{len(items) - 4} more" if len(items) > 4 else ""
+        report.notes.append(f"sample size: the shared prompts CANNOT resolve the observed {name} difference for "
+                            f"{who}{more}; up to {worst or 'infinitely many'} prompts needed ({power.STATED})")
+    if unresolved:
+        report.properties["sample_size.assumptions"] = power.STATED
     if unmeasured:
         report.notes.append(f"not measured in either run, so not compared: {', '.join(sorted(unmeasured))}")
     report.notes.append("Quality deltas compare each backend's distance from its own run's reference; if the "
@@ -258,7 +269,8 @@ def _per_prompt(rd: RunDir, backend: str) -> dict[str, Any]:
 
 
 def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha: float, n_bootstrap: int,
-                     flag: str) -> list[CaseResult]:
+                     flag: str, unresolved: dict[str, list[tuple[str, Any]]] | None = None,
+                     properties: dict[str, str] | None = None) -> list[CaseResult]:
     out: list[CaseResult] = []
     bmet, cmet = be.get("metrics") or {}, ce.get("metrics") or {}
     bfull, cfull = _per_prompt(brd, b), _per_prompt(crd, b)
@@ -289,6 +301,18 @@ def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha
                    f"({_fmt(r.base_mean)} → {_fmt(r.cand_mean)}; {100 * (1 - alpha):g}% CI of the delta "
                    f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}], p {_p(r.p_value, n_bootstrap)}, n={r.n} prompts; "
                    f"{'higher' if hib else 'lower'} is better)")
+            # Sample size: the spread of the per-prompt differences says what these prompts can detect.
+            g = power.guidance(statistics.stdev(cpp[i] - bpp[i] for i in common), len(common), r.delta)
+            if g is not None:
+                msg += "; " + g.text("this difference")
+                if properties is not None:
+                    prefix = f"sample_size.{b}.{name}"
+                    properties.update({f"{prefix}.n": str(g.n), f"{prefix}.detectable_difference": f"{g.detectable:.6g}",
+                                       f"{prefix}.prompts_needed": "never (difference 0)" if g.needed is None
+                                       else str(g.needed), f"{prefix}.resolvable": str(g.resolvable).lower()})
+                # A zero difference has nothing to resolve; its detectable difference is still in the properties.
+                if g.gap > 0 and not g.resolvable and unresolved is not None:
+                    unresolved.setdefault(name, []).append((b, g))
             out.append(CaseResult(b, name, flag if worse else "pass", cells, msg if worse else "", msg))
             continue
         # Set-level metrics (FID, KID) or runs with no shared prompt: the delta is real but untested.

@@ -8,11 +8,14 @@ on a CPU run), which then shows as skipped with the run's reason.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from evalkit.check import power
+from evalkit.check.noise import Floor, calibration_path, check_calibration_matches, floor_cells, load_floors, resolve_bound
 from evalkit.check.results import CaseResult, Report
 from evalkit.check.thresholds import KNOWN_METRICS, RESOURCES, Bound, Rules, Thresholds, load_thresholds
 from evalkit.errors import EvalkitError
@@ -20,6 +23,8 @@ from evalkit.io import read_json
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run
 
 CHECK_COLUMNS = ("value", "bound", "result")
+# With a calibration: the noise floor and the margin to the bound in floor units (docs/release-gate.md).
+CHECK_COLUMNS_NOISE = ("value", "bound", "floor", "margin", "result")
 
 
 @dataclass(frozen=True)
@@ -31,6 +36,8 @@ class Measured:
     why_missing: str = ""
     unmeasured: bool = False  # excusable by allow_unmeasured
     note: str = ""
+    sd: float | None = None  # per-prompt standard deviation (ddof=1), for sample-size guidance
+    n: int | None = None
 
 
 def load_run_for_check(run_dir: str | Path) -> tuple[RunDir, dict[str, Any], dict[str, Any]]:
@@ -81,8 +88,12 @@ def run_metric_names(summary: dict[str, Any]) -> tuple[set[str], dict[str, bool]
     return names, direction
 
 
-def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = False) -> Report:
-    """Judge `run_dir` against `thresholds_path`. Raises EvalkitError when the check cannot run."""
+def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = False,
+              calibration: str | Path | None = None) -> Report:
+    """Judge `run_dir` against `thresholds_path`. Raises EvalkitError when the check cannot run.
+
+    `calibration`: a calibration.json (default RUN_DIR/calibration.json when it exists); needed by
+    `{ noise = k }` bounds, and adds the floor and margin columns when present."""
     rd, manifest, summary = load_run_for_check(run_dir)
     backends = list(manifest.get("backends") or summary["backends"].keys())
     reference = summary.get("reference_backend") or manifest.get("reference_backend") or REFERENCE_BACKEND
@@ -90,6 +101,11 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     th = load_thresholds(thresholds_path, backends, metric_names, direction)
 
     rules = [r for b in backends if (r := th.rules_for(b, reference)) is not None]
+    cal = calibration_path(rd.root, calibration)
+    if calibration is not None and not cal.is_file():
+        raise EvalkitError(f"--calibration {cal}: file not found (write one with `evalkit calibrate RUN_DIR`)")
+    floors = load_floors(cal) if cal.is_file() else None
+    rules = [dataclasses.replace(r, bounds=tuple(resolve_bound(b, floors, cal) for b in r.bounds)) for r in rules]
     if not rules:
         raise EvalkitError(f"{th.path}: no bound applies to any backend of this run (backends: {', '.join(backends)}; "
                            f"[default] skips the reference {reference!r})")
@@ -98,9 +114,14 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
         raise EvalkitError(f"{rd.root}: the run has not been scored (no metrics/), but {th.path} bounds quality "
                            f"metrics; run `evalkit score {rd.root}` first")
 
-    report = Report("check", f"evalkit check: {manifest.get('run_id') or rd.root.name}", CHECK_COLUMNS)
+    report = Report("check", f"evalkit check: {manifest.get('run_id') or rd.root.name}",
+                    CHECK_COLUMNS_NOISE if floors is not None else CHECK_COLUMNS)
     _context(report, rd, manifest, summary, th, use_ci)
     report.warnings.extend(th.warnings)
+    if floors is not None:
+        report.context.append(("noise floor", f"{cal} ({_floor_summary(floors)})"))
+        report.properties["calibration"] = str(cal)
+        report.warnings.extend(check_calibration_matches(cal, manifest))
     model = manifest.get("model") or {}
     if model.get("random_weights") or model.get("quality_meaningful") is False:
         report.warnings.append(f"model {model.get('spec')!r} has random weights: its images carry no quality "
@@ -108,8 +129,28 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
 
     for r in rules:
         entry = summary["backends"].get(r.backend)
-        report.cases.extend(_judge_backend(r, entry, summary, reference, rd, use_ci))
+        report.cases.extend(_judge_backend(r, entry, summary, reference, rd, use_ci, floors, report))
     return report
+
+
+def _floor_summary(floors: dict[str, Floor | str]) -> str:
+    return ", ".join(f"{m} {f.display}" for m, f in floors.items() if isinstance(f, Floor))
+
+
+def _sample_size(report: Report, backend: str, bound: Bound, m: Measured) -> None:
+    """Sample-size guidance for one judged metric bound: a JUnit property always, a warning when n cannot
+    resolve the bound (the gate's verdict is then a coin the prompts flipped)."""
+    g = power.guidance(m.sd, m.n, m.value - bound.limit) if m.value is not None else None
+    if g is None:
+        return
+    prefix = f"sample_size.{backend}.{bound.key}"
+    report.properties.update({f"{prefix}.n": str(g.n), f"{prefix}.detectable_difference": f"{g.detectable:.6g}",
+                              f"{prefix}.prompts_needed": "never (gap 0)" if g.needed is None else str(g.needed),
+                              f"{prefix}.resolvable": str(g.resolvable).lower()})
+    report.properties.setdefault("sample_size.assumptions", power.STATED)
+    if not g.resolvable:
+        report.warnings.append(f"{backend} {bound.key}: " + g.text(f"its bound {_fmt(bound.limit)} from the observed "
+                                                                      f"{_fmt(m.value)}"))
 
 
 def _context(report: Report, rd: RunDir, manifest: dict, summary: dict, th: Thresholds, use_ci: bool) -> None:
@@ -130,12 +171,16 @@ def _context(report: Report, rd: RunDir, manifest: dict, summary: dict, th: Thre
 
 
 def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str, Any], reference: str,
-                   rd: RunDir, use_ci: bool) -> list[CaseResult]:
+                   rd: RunDir, use_ci: bool, floors: dict[str, Floor | str] | None = None,
+                   report: Report | None = None) -> list[CaseResult]:
     b = rules.backend
     out: list[CaseResult] = []
+    if floors is not None:
+        out = _NoiseCells(floors)  # type: ignore[assignment]
     if rules.ignored_in:
         msg = f"not gated: ignore = true in [{rules.ignored_in}]"
-        return [CaseResult(b, "ignore", "skipped", ("—", "—", "skipped"), msg)]
+        out.append(CaseResult(b, "ignore", "skipped", ("—", "—", "skipped"), msg))
+        return out
     status = (entry or {}).get("status", "missing")
     reason = (entry or {}).get("reason") or ("not in summary.json" if entry is None else "no reason recorded")
     ok = status == "ok"
@@ -146,7 +191,9 @@ def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str
             msg = f"generation status is {status!r}: {reason}"
             out.append(CaseResult(b, "require_status_ok", "fail", (status, "ok", "FAIL"), msg, _log_hint(rd, b)))
     for bound in rules.bounds:
-        bound_text = f"{bound.symbol()} {_fmt(bound.limit)}"
+        bound_text = f"{bound.symbol()} {_fmt(bound.limit)}" + (f" ({bound.noise:g}× floor)" if bound.is_relative else "")
+        if isinstance(out, _NoiseCells):
+            out.bound = bound
         if not ok:
             # Every bound of a failed backend fails too: its numbers do not exist, and the gate must not pass.
             msg = f"cannot judge {bound.quantity}: backend {status}: {reason}"
@@ -162,6 +209,10 @@ def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str
                 msg = f"{m.why_missing}{hint}"
                 out.append(CaseResult(b, bound.key, "fail", ("—", bound_text, "FAIL"), msg))
             continue
+        if isinstance(out, _NoiseCells):
+            out.value = m.value
+        if report is not None and bound.is_metric:
+            _sample_size(report, b, bound, m)
         passed = _within(m.value, bound)
         value_text = _fmt(m.value) + (f" ({m.label})" if m.label else "")
         if passed:
@@ -173,6 +224,20 @@ def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str
             detail = "\n".join(x for x in [msg, m.note] if x)
             out.append(CaseResult(b, bound.key, "fail", (value_text, bound_text, "FAIL"), msg, detail))
     return out
+
+
+class _NoiseCells(list):
+    """The cases of one backend, with the floor and margin cells put in before the result as each is added."""
+
+    def __init__(self, floors: dict[str, Floor | str]) -> None:
+        super().__init__()
+        self.floors, self.bound, self.value = floors, None, None
+
+    def append(self, case: CaseResult) -> None:  # type: ignore[override]
+        cells, note = (("—", "—"), "") if self.bound is None else floor_cells(self.bound, self.value, self.floors)
+        detail = "\n".join(x for x in (case.detail, note) if x)
+        super().append(dataclasses.replace(case, cells=case.cells[:2] + cells + case.cells[2:], detail=detail))
+        self.bound, self.value = None, None
 
 
 def _within(value: float, bound: Bound) -> bool:
@@ -199,12 +264,14 @@ def _measure_metric(bound: Bound, backend: str, entry: dict[str, Any], rd: RunDi
         return Measured(None, why_missing=f"{name} has no value in the run ({point_key} is {point!r})")
     n = m.get("n")
     note = f"n={n}" if n is not None else ""
+    sd = _num(m.get("std"))
+    n_int = n if isinstance(n, int) and not isinstance(n, bool) else None
     if not use_ci:
-        return Measured(float(point), point_key, note=note)
+        return Measured(float(point), point_key, note=note, sd=sd, n=n_int)
     ci_key = "ci_high" if bound.kind == "max" else "ci_low"
     ci = m.get(ci_key)
     if isinstance(ci, (int, float)) and not isinstance(ci, bool):
-        return Measured(float(ci), ci_key, note=f"{note}, {point_key}={_fmt(point)}".lstrip(", "))
+        return Measured(float(ci), ci_key, note=f"{note}, {point_key}={_fmt(point)}".lstrip(", "), sd=sd, n=n_int)
     # FID/KID are one number over the whole set; there is no CI to judge, so say the point value is used.
     return Measured(float(point), f"{point_key}; no CI", note=f"{name} has no {ci_key}; judged on its {point_key}")
 

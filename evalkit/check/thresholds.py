@@ -10,7 +10,8 @@ Format (TOML, see thresholds.example.toml and docs/release-gate.md):
     latency_ratio_to_bf16_max = 4.0
 
 A bound is `<quantity>_max` or `<quantity>_min`. Quality metrics take both; resources (memory, time)
-only `_max`. Every name is checked before anything is judged, so a typo is an error (exit 2) with the
+only `_max`. A quality bound may instead be relative to the run's noise floor, `lpips_alex_max = { noise = 3 }`;
+evalkit.check.noise resolves it against calibration.json. Every name is checked before anything is judged, so a typo is an error (exit 2) with the
 closest names suggested, never a bound that silently checks nothing.
 """
 
@@ -92,9 +93,15 @@ class Bound:
     key: str
     quantity: str
     kind: Literal["max", "min"]
-    limit: float
+    limit: float  # NaN for a relative bound until evalkit.check.noise resolves it against a calibration
     section: str  # the table: "default" or "backends.bnb-nf4"
     line: int | None
+    noise: float | None = None  # `{ noise = k }`: k times the run's noise floor (docs/release-gate.md)
+    where: str = ""  # file:line, for messages about this bound
+
+    @property
+    def is_relative(self) -> bool:
+        return self.noise is not None
 
     @property
     def is_metric(self) -> bool:
@@ -212,6 +219,10 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
     for sec in [th.default, *th.backends.values()]:
         for b in sec.bounds.values():
             hib = direction.get(b.quantity)
+            if b.is_relative and hib is not None and (b.kind == "max") == hib:
+                raise EvalkitError(f"{where.at(b.section, b.key)}: {b.key} = {{ noise = ... }} bounds {b.quantity} on "
+                                   f"its good side; a noise-relative bound caps degradation: use "
+                                   f"{b.quantity}_{'min' if hib else 'max'}")
             if b.is_metric and hib is not None and (b.kind == "max") == hib:
                 better = "higher" if hib else "lower"
                 other = f"{b.quantity}_{'min' if b.kind == 'max' else 'max'}"
@@ -236,13 +247,32 @@ def _section(raw: dict[str, Any], table: str, valid_keys: list[str], where: "_Lo
                 raise EvalkitError(f"{loc}: {key} must be true or false, not {value!r}")
             sec.options[key] = value
             continue
+        if isinstance(value, dict):
+            quantity, kind = key.rsplit("_", 1)
+            if quantity in RESOURCES:
+                raise EvalkitError(f"{loc}: {key}: only quality metrics take a bound relative to the noise floor")
+            sec.bounds[key] = Bound(key, quantity, kind, math.nan, table, where.line(table, key),  # type: ignore[arg-type]
+                                    noise=_noise_multiple(value, key, loc), where=loc)
+            continue
         # bool is an int in Python; `lpips_alex_max = true` is a slip, not a bound of 1.
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise EvalkitError(f"{loc}: {key} must be a number, not {value!r}")
         quantity, kind = key.rsplit("_", 1)
         sec.bounds[key] = Bound(key, quantity, kind, _judgeable(value, key, quantity, loc), table,
-                                where.line(table, key))  # type: ignore[arg-type]
+                                where.line(table, key), where=loc)  # type: ignore[arg-type]
     return sec
+
+
+def _noise_multiple(value: dict[str, Any], key: str, loc: str) -> float:
+    """k of `key = { noise = k }`: a finite number above 0 (0 would demand identical images; say so instead)."""
+    if set(value) != {"noise"}:
+        raise EvalkitError(f"{loc}: {key} = {{ ... }} takes exactly one key, noise (e.g. {key} = {{ noise = 3 }}), "
+                           f"not {sorted(value)}")
+    k = value["noise"]
+    if isinstance(k, bool) or not isinstance(k, (int, float)) or not math.isfinite(k) or k <= 0:
+        raise EvalkitError(f"{loc}: {key}: noise must be a finite number above 0 (a multiple of the noise floor), "
+                           f"not {k!r}")
+    return float(k)
 
 
 def value_range(quantity: str) -> tuple[float | None, float | None]:

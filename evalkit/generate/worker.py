@@ -238,8 +238,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     from evalkit.generate import loading, measure
 
-    if threads := os.environ.get("EVALKIT_THREADS"):
-        torch.set_num_threads(int(threads))
+    numerics = apply_numerics(torch)
     device = cfg["device"]
     capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
@@ -290,8 +289,20 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     record["placement"] = placement
     record["compile"] = compile_info
     record["footprint"] = loading.pipeline_footprint(pipe)
+    record["numerics"] = {**numerics, "batch_size": max(1, int(gen.get("batch_size", 1)))}
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
+    with sdpa_context(torch, numerics.get("sdpa_backend")):
+        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory)
+
+
+def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
+                     compile_info: Any, memory: dict[str, Any]) -> None:
+    import torch
+
+    from evalkit.generate import loading, measure
+
+    on_cuda = device == "cuda"
     # --- warm-up (excluded from latency; includes compilation for +compile) -------------------------------------
     if on_cuda:
         measure.cuda_reset_peak()
@@ -353,6 +364,47 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
         record["compile_time_s"] = max(0.0, warm_times[0] - record["latency"]["median_s"])
     else:
         record["compile_time_s"] = None
+
+
+# Numerics knobs: settings a release should tolerate, applied by the worker so that `evalkit calibrate` can
+# regenerate the reference under them. They come from the environment (the stage passes its environment to every
+# worker) and the record states what was in force (record["numerics"]), not what was asked for.
+SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
+
+
+def apply_numerics(torch: Any) -> dict[str, Any]:
+    """Apply EVALKIT_THREADS (intra-op threads), EVALKIT_TF32 (1/0: TF32 matmul and cuDNN conv) and
+    EVALKIT_SDPA_BACKEND (one of SDPA_BACKENDS; entered around generation by sdpa_context). Returns the settings
+    in force. A value that is not understood is an error: a calibration must never run under settings it
+    did not ask for."""
+    if threads := os.environ.get("EVALKIT_THREADS"):
+        if not threads.isdigit() or int(threads) < 1:
+            raise ValueError(f"EVALKIT_THREADS={threads!r}: expected a positive integer")
+        torch.set_num_threads(int(threads))
+    tf32 = os.environ.get("EVALKIT_TF32")
+    if tf32 is not None:
+        if tf32 not in ("0", "1"):
+            raise ValueError(f"EVALKIT_TF32={tf32!r}: expected 0 or 1")
+        torch.backends.cuda.matmul.allow_tf32 = tf32 == "1"
+        torch.backends.cudnn.allow_tf32 = tf32 == "1"
+    sdpa = os.environ.get("EVALKIT_SDPA_BACKEND") or None
+    if sdpa is not None and sdpa not in SDPA_BACKENDS:
+        raise ValueError(f"EVALKIT_SDPA_BACKEND={sdpa!r}: expected one of {', '.join(SDPA_BACKENDS)}")
+    return {"intra_op_threads": torch.get_num_threads(), "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "sdpa_backend": sdpa}
+
+
+def sdpa_context(torch: Any, backend: str | None) -> Any:
+    """A context that restricts scaled_dot_product_attention to `backend` (None: torch's own choice)."""
+    import contextlib
+
+    if backend is None:
+        return contextlib.nullcontext()
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    member = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION",
+              "cudnn": "CUDNN_ATTENTION"}[backend]
+    return sdpa_kernel(getattr(SDPBackend, member))
 
 
 def main(argv: list[str] | None = None) -> int:

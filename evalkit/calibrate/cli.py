@@ -1,0 +1,59 @@
+"""CLI of `evalkit calibrate`. Imports nothing heavy: the work happens in evalkit.calibrate.stage."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def add_calibrate_arguments(parser: argparse.ArgumentParser, for_run: bool = False) -> None:
+    """Arguments of `evalkit calibrate` (and, with for_run, the ones `evalkit run --calibrate` adds)."""
+    if for_run:
+        parser.add_argument("--calibrate", action="store_true",
+                            help="after scoring, regenerate the reference under tolerated perturbations and write "
+                                 "RUN_DIR/calibration.json (the noise floor; docs/release-gate.md)")
+        parser.add_argument("--perturbations", default=None,
+                            help="comma list of calibration perturbations (default: the device's; see "
+                                 "evalkit calibrate --help)")
+        return
+    parser.add_argument("run_dir", metavar="RUN_DIR", help="run directory whose reference to calibrate")
+    parser.add_argument("--config", dest="calibrate_config", metavar="FILE.toml", default=None,
+                        help="[calibrate] perturbations = [...] and [calibrate.define.<name>] knobs")
+    parser.add_argument("--perturbations", default=None,
+                        help="comma list, overriding the config: batch2, threads, rerun (CPU); batch2, sdpa-math, "
+                             "sdpa-efficient, tf32, compile, rerun (CUDA)")
+    parser.add_argument("--metrics-device", dest="calibrate_device", default="auto",
+                        help="device for scoring (auto, cpu, cuda)")
+    parser.add_argument("--workers", type=int, default=None, help="image decoding workers for scoring")
+    parser.epilog = ("Writes RUN_DIR/calibration.json and regenerates into RUN_DIR/calibration/<perturbation>/ "
+                     "(resumable; rerun the same command after an interruption).")
+
+
+def calibrate_main(args: argparse.Namespace) -> int:
+    """`evalkit calibrate RUN_DIR` (and the last step of `evalkit run --calibrate`)."""
+    if hasattr(args, "calibrate") and not args.calibrate:
+        return 0  # `evalkit run` without --calibrate
+    from evalkit.calibrate.stage import run_calibration
+
+    names = [n.strip() for n in args.perturbations.split(",") if n.strip()] if args.perturbations else None
+    result = run_calibration(args.run_dir, config_file=getattr(args, "calibrate_config", None), perturbations=names,
+                             device=getattr(args, "calibrate_device", "auto"), workers=getattr(args, "workers", None))
+    print(format_floor(result))
+    return 0
+
+
+def format_floor(result: dict) -> str:
+    """The floor per metric as a few plain lines (what the terminal shows)."""
+    lines = [f"noise floor of {result.get('reference_backend')} over {', '.join(result['perturbations'])} "
+             f"(n={result.get('n_prompts')} prompts):"]
+    for name, m in result["metrics"].items():
+        f = m["floor"]
+        if f.get("status") != "ok":
+            lines.append(f"  {m['label']:<16} skipped: {f.get('reason')}")
+            continue
+        unit = f" {m['unit']}" if m.get("unit") and f["display"] != "identical" else ""
+        lines.append(f"  {m['label']:<16} {f['display']}{unit}  (from {f['from']}"
+                     f"{'; every image identical' if f['identical'] else ''})")
+    for name, p in result["perturbations"].items():
+        lines.append(f"  {name}: {p['n_byte_identical_images']}/{p['n_images']} images byte-identical to the "
+                     f"reference; in force: {p['in_force']}")
+    return "\n".join(lines)

@@ -1,0 +1,204 @@
+"""`evalkit calibrate RUN_DIR`: the run's own noise floor, written to RUN_DIR/calibration.json.
+
+For each perturbation (evalkit/calibrate/perturbations.py) the reference backend is regenerated into
+RUN_DIR/calibration/<perturbation>/ by the generate stage's entry point (run_generate) with the run's prompts,
+seeds and settings, so each is a run directory of its own that resumes and caches like any run. Each is then
+scored against the run's reference images, paired by prompt id, by the metric stage's public entry
+(evalkit.metrics.api.compare_images) with every paired metric. evalkit/calibrate/floor.py turns those records
+into the floor. Scores are reused while the images they were computed from are unchanged (sha256).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import tempfile
+import time
+from dataclasses import fields
+from pathlib import Path
+from typing import Any
+
+from evalkit.calibrate.floor import SCHEMA, metric_facts, metric_floor, perturbation_entry
+from evalkit.calibrate.perturbations import Perturbation, select_perturbations
+from evalkit.errors import EvalkitError
+from evalkit.io import atomic_write_json, read_json, sha256_file
+from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run
+
+CALIBRATION_FILE = "calibration.json"
+CALIBRATION_DIR = "calibration"
+
+
+def paired_metric_names() -> list[str]:
+    """Every registered paired metric against the reference backend (prompt and set metrics have no pairs)."""
+    from evalkit.metrics.registry import list_metrics
+
+    return [m.name for m in list_metrics("paired") if getattr(m, "reference", "backend") != "real"]
+
+
+def run_calibration(run_dir: str | os.PathLike[str], *, config_file: str | None = None,
+                    perturbations: list[str] | None = None, device: str = "auto",
+                    workers: int | None = None, console: Any = None) -> dict[str, Any]:
+    """Calibrate `run_dir`; returns what it writes to RUN_DIR/calibration.json."""
+    from evalkit.runlock import acquire
+
+    rd, manifest = open_run(run_dir)
+    manifest = dict(manifest)
+    reference = manifest.get("reference_backend") or REFERENCE_BACKEND
+    run_device = (manifest.get("config") or {}).get("device") or (manifest.get("device") or {}).get("type") or "cpu"
+    chosen = select_perturbations(run_device, config_file, perturbations)
+    ref_images = _ok_images(rd, reference, "the run's reference")
+    old = _previous(rd)
+    metrics = paired_metric_names()
+
+    pert_out: dict[str, Any] = {}
+    per_metric: dict[str, dict[str, Any]] = {m: {} for m in metrics}
+    for p in chosen:
+        sub = rd.root / CALIBRATION_DIR / p.name
+        backend = f"{reference}+compile" if p.compile else reference
+        _regenerate(manifest, sub, backend, p)
+        cand_rd = RunDir(sub)
+        rec = read_json(cand_rd.generation_record(backend))
+        cand_images = _ok_images(cand_rd, backend, f"perturbation {p.name!r}")
+        _check_in_force(p, rec, cand_rd.generation_record(backend))
+        key = _images_key(ref_images, cand_images, metrics)
+        cached = (old.get("perturbations") or {}).get(p.name) or {}
+        if cached.get("images_key") == key and all(p.name in (old["metrics"].get(m) or {}).get("perturbations", {})
+                                                    for m in metrics):
+            records = {m: old["metrics"][m]["perturbations"][p.name] for m in metrics}
+        else:
+            scored = _score(rd, ref_images, cand_rd, cand_images, metrics, device, workers)
+            records = {m: perturbation_entry(scored.get(m) or {"status": "skipped", "reason": "not scored"},
+                                             metric_facts(m)) for m in metrics}
+        for m in metrics:
+            per_metric[m][p.name] = records[m]
+        same = sum(ref_images[pid]["sha256"] == cand_images[pid]["sha256"] for pid in ref_images)
+        pert_out[p.name] = {
+            "description": p.description, "settings": p.settings(), "backend": backend,
+            "in_force": rec.get("numerics"), "run_dir": f"{CALIBRATION_DIR}/{p.name}", "images_key": key,
+            "n_images": len(cand_images), "n_byte_identical_images": same,
+        }
+
+    out_metrics: dict[str, Any] = {}
+    for m in metrics:
+        facts = metric_facts(m)
+        out_metrics[m] = {**{k: facts[k] for k in ("label", "unit", "higher_is_better", "identity", "scale")},
+                          "floor": metric_floor(per_metric[m], facts), "perturbations": per_metric[m]}
+    result = {
+        "schema": SCHEMA, "run_id": manifest.get("run_id"), "reference_backend": reference, "device": run_device,
+        "model": (manifest.get("model") or {}).get("spec"), "generation": manifest.get("generation"),
+        "n_prompts": len(ref_images), "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "floor_definition": ("per metric, the worst 95% bootstrap CI end on the metric's bad side over the "
+                             "perturbations: the largest ci_high (lower is better) or the smallest ci_low (higher "
+                             "is better); 'identical' when every perturbation reproduced the reference exactly"),
+        # What the reference itself ran under (null for a run generated before the worker recorded it).
+        "reference_in_force": read_json(rd.generation_record(reference)).get("numerics"),
+        "perturbations": pert_out, "metrics": out_metrics,
+    }
+    with acquire(rd.root, stage="calibrate"):
+        atomic_write_json(rd.root / CALIBRATION_FILE, result)
+    return result
+
+
+def _previous(rd: RunDir) -> dict[str, Any]:
+    path = rd.root / CALIBRATION_FILE
+    try:
+        old = read_json(path) if path.exists() else {}
+    except (EvalkitError, ValueError):
+        return {}  # an unreadable cache is recomputed, never trusted
+    return old if isinstance(old, dict) and old.get("schema") == SCHEMA and isinstance(old.get("metrics"), dict) else {}
+
+
+def _ok_images(rd: RunDir, backend: str, what: str) -> dict[str, dict[str, Any]]:
+    path = rd.generation_record(backend)
+    if not path.exists():
+        raise EvalkitError(f"{path}: not found; {what} ({backend}) has not been generated")
+    rec = read_json(path)
+    if rec.get("status") != "ok":
+        raise EvalkitError(f"{path}: {what} ({backend}) has status {rec.get('status')!r}: {rec.get('reason')}; "
+                           f"see {rd.log(backend)}")
+    return {e["prompt_id"]: e for e in rec.get("images") or []}
+
+
+def _generate_options(manifest: dict[str, Any], sub: Path, backend: str, p: Perturbation) -> Any:
+    """The run's own generate options (manifest config.options), pointed at `sub` with `p`'s batch size."""
+    from evalkit.generate.stage import GenerateOptions
+
+    saved = dict((manifest.get("config") or {}).get("options") or {})
+    if not saved.get("prompts_file"):
+        raise EvalkitError("manifest.json: config.options has no prompts_file; this run cannot be regenerated")
+    names = {f.name for f in fields(GenerateOptions)}
+    opts = GenerateOptions(**{k: v for k, v in saved.items() if k in names})
+    prompts = Path(opts.prompts_file)
+    if not prompts.is_file():
+        raise EvalkitError(f"{prompts}: the run's prompts file is not found (a relative path is read from the current "
+                           f"directory: run calibrate from where the run was generated); calibration regenerates the "
+                           f"same prompts")
+    if manifest.get("prompts_sha256") and sha256_file(prompts) != manifest["prompts_sha256"]:
+        raise EvalkitError(f"{prompts}: changed since the run was generated (sha256 differs from manifest.json)")
+    opts.out, opts.backends, opts.reports_dir = str(sub), backend, str(sub.parent)
+    opts.device = (manifest.get("config") or {}).get("device") or opts.device
+    opts.batch_size = p.batch_size or opts.batch_size
+    opts.jobs, opts.gpus, opts.max_images = 1, [], None
+    opts.command = ["evalkit", "calibrate", f"--perturbation={p.name}"]
+    return opts
+
+
+@contextlib.contextmanager
+def _environment(env: dict[str, str]):
+    """Set the worker knobs for one generate call (the stage hands its environment to each worker)."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _regenerate(manifest: dict[str, Any], sub: Path, backend: str, p: Perturbation) -> None:
+    from evalkit.generate.stage import run_generate
+
+    sub.parent.mkdir(parents=True, exist_ok=True)
+    with _environment(p.environment()):
+        run_generate(_generate_options(manifest, sub, backend, p))
+
+
+def _check_in_force(p: Perturbation, rec: dict[str, Any], path: Path) -> None:
+    """The record must state the settings this perturbation asked for: a calibration never measures other ones."""
+    got = rec.get("numerics") or {}
+    want = {"batch_size": p.batch_size, "intra_op_threads": p.intra_op_threads, "sdpa_backend": p.sdpa_backend,
+            "tf32_matmul": p.tf32_matmul}
+    bad = {k: (v, got.get(k)) for k, v in want.items() if v is not None and got.get(k) != v}
+    if bad:
+        k, (v, g) = next(iter(bad.items()))
+        raise EvalkitError(f"{path}: perturbation {p.name!r} asked for {k}={v!r} but the record states {g!r}; "
+                           f"delete {path.parent.parent} and rerun to regenerate it")
+
+
+def _images_key(ref: dict[str, Any], cand: dict[str, Any], metrics: list[str]) -> str:
+    missing = sorted(set(ref) ^ set(cand))
+    if missing:
+        raise EvalkitError(f"calibration images and the reference differ in prompts (first: {missing[0]})")
+    blob = json.dumps([metrics, [(pid, ref[pid]["sha256"], cand[pid]["sha256"]) for pid in sorted(ref)]])
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _score(rd: RunDir, ref: dict[str, Any], cand_rd: RunDir, cand: dict[str, Any], metrics: list[str],
+           device: str, workers: int | None) -> dict[str, Any]:
+    """compare_images on the two image sets, paired by prompt id (links named <prompt_id>.png)."""
+    from evalkit.metrics.api import compare_images
+
+    with tempfile.TemporaryDirectory(prefix="evalkit-calibrate-") as tmp:
+        dirs = []
+        for side, root, images in (("reference", rd.root, ref), ("candidate", cand_rd.root, cand)):
+            d = Path(tmp) / side
+            d.mkdir()
+            for pid, e in images.items():
+                (d / f"{pid}.png").symlink_to(root / e["path"])
+            dirs.append(d)
+        return compare_images(dirs[0], dirs[1], metrics=metrics, device=device, workers=workers)
