@@ -4,6 +4,7 @@ Each stage owns a light `cli` module with `add_*_arguments(parser)` and `*_main(
   generate, backends            -> evalkit/generate/cli.py
   score, compare-images, weights -> evalkit/metrics/cli.py
   report                        -> evalkit/report/cli.py
+  calibrate                     -> evalkit/calibrate/cli.py
   check, compare                -> evalkit/check/cli.py
 """
 
@@ -31,6 +32,8 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
      "show, fetch, prepare and verify the metric weights (prepare --from DIR for air-gapped machines)"),
     ("report", "evalkit.report.cli", "add_report_arguments", "report_main",
      "write the self-contained HTML report and paper figures (stage 3)"),
+    ("calibrate", "evalkit.calibrate.cli", "add_calibrate_arguments", "calibrate_main",
+     "measure the reference's own noise floor under tolerated perturbations (calibration.json)"),
     ("check", "evalkit.check.cli", "add_check_arguments", "check_main",
      "gate a release: check a run against thresholds (exit 0 pass, 1 fail, 2 error)"),
     ("compare", "evalkit.check.cli", "add_compare_arguments", "compare_main",
@@ -41,6 +44,8 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
 RUN_STAGES: list[tuple[str, str, str, str]] = [
     ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main"),
     ("report", "evalkit.report.cli", "add_report_arguments", "report_main"),
+    # does nothing without --calibrate
+    ("calibrate", "evalkit.calibrate.cli", "add_calibrate_arguments", "calibrate_main"),
 ]
 
 

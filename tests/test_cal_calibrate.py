@@ -4,12 +4,10 @@ the same in a fresh process."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -30,10 +28,6 @@ def doc_block(marker: str) -> str:
 
 
 def evalkit_cmd(args: list[str], cwd: Path) -> subprocess.CompletedProcess[str]:
-    # `evalkit calibrate` is python -m evalkit.calibrate (the same entry) until the top-level CLI registers it.
-    if args[0] == "calibrate":
-        return subprocess.run([sys.executable, "-m", "evalkit.calibrate", *args[1:]], cwd=cwd, text=True,
-                              capture_output=True, timeout=900, env={**os.environ, "PYTHONPATH": str(REPO)})
     return run_evalkit(*args, cwd=cwd, env={"PYTHONPATH": str(REPO)}, timeout=900)
 
 
