@@ -340,9 +340,14 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
             starters[0].start()
 
     finished = False
+    root: Path | None = None
     try:
         with contextlib.ExitStack() as lock:
             rd, manifest, specs = prepare_run(opts, lock, on_validated=start_early)
+            root = rd.root
+            from evalkit.logs import attach_run_log
+
+            attach_run_log(root, "generate")
             _generate(opts, rd, manifest, specs, console)
             try:
                 summary = write_summary(rd.root)
@@ -356,6 +361,25 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
             t.join()
         # After an error the forkserver may still be importing libraries it will never use: kill it, don't wait.
         stop_forkserver(kill=not finished)
+        _keep_forkserver_log(root)
+
+
+def _keep_forkserver_log(root: Path | None) -> None:
+    """What the forkserver's imports printed goes into logs/generate.log (deleted when no run directory exists)."""
+    from evalkit.generate.spawn import forkserver_log
+    from evalkit.logs import PENDING_LOG_ENV, move_pending_log
+
+    pending = forkserver_log()
+    if pending is None:
+        return
+    os.environ.pop(PENDING_LOG_ENV, None)
+    if root is None:
+        pending.unlink(missing_ok=True)
+        return
+    try:
+        move_pending_log(pending, root / "logs" / "generate.log", "third-party output of the worker forkserver's imports")
+    except OSError:
+        pass  # a log that cannot be written must not fail a finished stage
 
 
 def _write_error(e: OSError) -> EvalkitError:
