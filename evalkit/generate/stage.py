@@ -382,6 +382,16 @@ def _keep_forkserver_log(root: Path | None) -> None:
         pass  # a log that cannot be written must not fail a finished stage
 
 
+def print_unchanged(root: Path, console: Any = None) -> None:
+    """What an unchanged rerun shows: one line, then the generation table read back from summary.json."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    console.print(f"[bold]evalkit generate[/]: nothing to do in {root}: every backend's images are in place and "
+                  "unchanged since they were recorded")
+    _print_summary(console, read_json(root / "summary.json"))
+
+
 def _write_error(e: OSError) -> EvalkitError:
     """A full disk or an unwritable path, as one line naming the path; what was written stays, and a rerun resumes."""
     where = e.filename or "the run directory"
