@@ -19,6 +19,7 @@ from typing import Any
 from evalkit import __version__
 from evalkit.inputs_key import content_key, json_file_content, store_key, stored_key_matches, tree_fingerprint
 from evalkit.io import atomic_write_text
+from evalkit.report.categories import category_tables
 from evalkit.report.data import (
     MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, MetricInfo, ReportData, fmt_num, fmt_seconds, load_report_data,
     metric_value,
@@ -437,6 +438,7 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "highlights": _highlights(data),
         "prompt_sections": _prompt_sections(data, images) if show_images else [],
         "per_prompt_tables": _per_prompt_tables(data) if not data.random_weights else [],
+        "category_tables": category_tables(data) if not data.random_weights else [],
         "problems": problems, "figures": _figure_views(data, figs),
         "tables": [p.name for p in tables], "show_images": show_images,
         "blind_json": json_for_script({"rounds": blind, "reference": data.reference}),
