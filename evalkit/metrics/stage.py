@@ -66,7 +66,8 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
                    "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
                    "batch_size": batch_size, "fid_method": fid_method}
         key = score_inputs_key(rd, options)
-        unchanged = unchanged_results(rd, key, verify)
+        # --no-cache asks for every number to be computed again: no shortcut then either.
+        unchanged = unchanged_results(rd, key, verify) if use_cache else None
         if unchanged is not None:
             import sys
 
