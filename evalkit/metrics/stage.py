@@ -93,7 +93,7 @@ def score_inputs_key(rd: RunDir, options: dict[str, Any]) -> str:
     image hashes, the prompts, the options, METRICS_VERSION, evalkit's and the scoring packages' versions, and a
     stat fingerprint of the places weights come from. Progress and worker count change no number: left out."""
     from evalkit import __version__
-    from evalkit.inputs_key import SCORE_PACKAGES, content_key, hf_hub_cache, package_versions, tree_fingerprint
+    from evalkit.inputs_key import content_key, hf_hub_cache, package_versions, score_packages, tree_fingerprint
     from evalkit.metrics.weights import user_weights_dir, weights_cache_dir
     from evalkit.io import read_json
 
@@ -109,7 +109,7 @@ def score_inputs_key(rd: RunDir, options: dict[str, Any]) -> str:
     return content_key({
         "evalkit": __version__, "metrics_version": reg.METRICS_VERSION, "options": options,
         "prompts": manifest.get("prompts"), "reference": manifest.get("reference_backend"),
-        "model": manifest.get("model"), "generation": generation, "packages": package_versions(SCORE_PACKAGES),
+        "model": manifest.get("model"), "generation": generation, "packages": package_versions(score_packages()),
         "weights": [tree_fingerprint(weights_cache_dir()), tree_fingerprint(user_weights_dir(options.get("weights_dir"))),
                     sorted((p.name, p.stat().st_mtime_ns) for p in hub.iterdir()) if hub.is_dir() else [],
                     tree_fingerprint(Path(clip).expanduser()) if clip and Path(clip).expanduser().is_dir() else clip],
