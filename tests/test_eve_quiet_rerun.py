@@ -26,7 +26,9 @@ def _imported(stderr: str) -> set[str]:
 
 def test_quiet_run_then_noop_rerun_then_changes(tmp_path: Path, three_prompts: Path, tiny_model_path: Path) -> None:
     out = tmp_path / "run"
-    cmd = ["run", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text(three_prompts.read_text())
+    cmd = ["run", str(prompts), "--model", "tiny", "--height", "64", "--width", "64",
            "--backends", "bf16,torchao-int8wo", "--metrics", "ssim,psnr", "--out", str(out)]
     r = run_evalkit(*cmd)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -45,6 +47,19 @@ def test_quiet_run_then_noop_rerun_then_changes(tmp_path: Path, three_prompts: P
     assert not {"torch", "transformers", "diffusers", "matplotlib"} & mods, sorted(mods & {"torch", "matplotlib"})
     assert index.stat().st_mtime_ns == before
     assert "nothing to do" in again.stderr and "Report:" in again.stdout
+
+    # What the fast path must not skip: a prompts file with another prompt, a backend not generated yet.
+    from evalkit.generate.stage import GenerateOptions
+    from evalkit.generate.uptodate import unchanged_run
+
+    same = dict(prompts_file=str(prompts), model="tiny", height=64, width=64, backends="bf16,torchao-int8wo",
+                out=str(out))
+    assert unchanged_run(GenerateOptions(**same)) == out
+    assert unchanged_run(GenerateOptions(**{**same, "backends": "bf16,quanto-int8"})) is None
+    prompts.write_text(three_prompts.read_text() + "a fourth prompt about a lighthouse\n")  # same path, new content
+    assert unchanged_run(GenerateOptions(**same)) is None
+    prompts.write_text(three_prompts.read_text())
+    assert unchanged_run(GenerateOptions(**same)) == out
 
     # A report option changes the page: it is drawn again; the scores are not recomputed.
     r = run_evalkit(*cmd, "--report-thumb-size", "128")
