@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Iterable
 
-from evalkit.io import atomic_write_json, read_json
+from evalkit.io import atomic_write_json
 
 # Packages whose version changes a score: a new release of one of them invalidates every stored score key. torch
 # itself is read from its Library record (evalkit/libraries.py), which holds library names once.
@@ -92,5 +92,5 @@ def store_key(path: Path, key: str, what: str) -> None:
     atomic_write_json(path, {"key": key, "covers": what})
 
 
-__all__ = ["METRIC_PACKAGES", "content_key", "score_packages", "hf_hub_cache", "json_file_content", "package_versions", "read_json", "store_key",
+__all__ = ["METRIC_PACKAGES", "content_key", "score_packages", "hf_hub_cache", "json_file_content", "package_versions", "store_key",
            "stored_key_matches", "tree_fingerprint"]
