@@ -67,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Start with: evalkit run prompts/styles.txt --model tiny   (docs: README.md)",
     )
     parser.add_argument("--version", action="version", version=f"evalkit {__version__}")
+    _add_verbose(parser, False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     run = sub.add_parser("run", help="generate, score and report in one go: evalkit run prompts/styles.txt",
@@ -74,6 +75,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen_add = _load("evalkit.generate.cli", "add_generate_arguments")
     assert gen_add is not None
     gen_add(run)
+    _add_verbose(run, argparse.SUPPRESS)
     for _name, module, add, _main in RUN_STAGES:
         add_fn = _load(module, add)
         if add_fn is not None:
@@ -86,8 +88,17 @@ def build_parser() -> argparse.ArgumentParser:
             continue
         p = sub.add_parser(name, help=help_text, description=help_text[0].upper() + help_text[1:] + ".")
         add_fn(p)
+        _add_verbose(p, argparse.SUPPRESS)
         p.set_defaults(_main=(module, main))
     return parser
+
+
+def _add_verbose(p: argparse.ArgumentParser, default: object) -> None:
+    # Global, but also accepted after the command (`evalkit run ... -v`); SUPPRESS keeps the subparser from
+    # resetting a -v given before the command.
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="also show third-party libraries' warnings and notices (by default they go to the run's "
+                        "logs/ folder)")
 
 
 def _call(target: tuple[str, str] | Callable, args: argparse.Namespace) -> int:
@@ -105,10 +116,13 @@ def _run_main(args: argparse.Namespace) -> int:
     if rc not in (0, None):
         return rc
     # Later stages read what generate wrote; they take the run directory it chose.
-    for _name, module, _add, main in RUN_STAGES:
+    from evalkit.logs import attach_run_log
+
+    for name, module, _add, main in RUN_STAGES:
         fn = _load(module, main)
         if fn is None:
             continue
+        attach_run_log(args.run_dir, name)
         rc = int(fn(args) or 0)
         if rc != 0:
             return rc
@@ -122,7 +136,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     from evalkit.errors import EvalkitError
+    from evalkit.logs import capture_third_party_warnings, set_verbose
 
+    set_verbose(bool(getattr(args, "verbose", False)))
+    capture_third_party_warnings()
+    if getattr(args, "run_dir", None) and os.path.isdir(os.path.join(args.run_dir, "logs")):
+        from evalkit.logs import attach_run_log
+
+        attach_run_log(args.run_dir, args.command)
     try:
         return _call(args._main, args)
     except EvalkitError as e:

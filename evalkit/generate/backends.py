@@ -230,7 +230,7 @@ BACKEND_LIST: tuple[Backend, ...] = (
             make_config=_torchao("fp8dq"), in_seed_study=False, devices=("cuda",), min_capability=(8, 9),
             cpu_unsupported_reason="float8 dynamic activation needs CUDA compute capability >= 8.9", **_AO),
     Backend("quanto-int4", description="optimum-quanto int4 weights (group size 128)", make_config=_quanto("int4"),
-            prepare="quanto_cuda_kernels", **_QUANTO),
+            prepare="quanto_kernels", **_QUANTO),
     Backend("quanto-int8", description="optimum-quanto int8 weights", make_config=_quanto("int8"), **_QUANTO),
     Backend("quanto-fp8", description="optimum-quanto float8 (e4m3) weights", make_config=_quanto("float8"), **_QUANTO),
     Backend("gguf-q2_k", description="GGUF Q2_K transformer (T5 stays bf16)", options=MappingProxyType({"qtype": "Q2_K"}), **_GGUF),

@@ -65,7 +65,16 @@ def generate_main(args: argparse.Namespace) -> int:
         attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
         max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
     )
-    run_dir = run_generate(opts)
+    from evalkit.generate.uptodate import unchanged_run
+
+    done = unchanged_run(opts)  # an unchanged rerun: no torch import, no manifest rewrite
+    if done is not None:
+        from evalkit.generate.stage import print_unchanged
+
+        print_unchanged(done)
+        run_dir = done
+    else:
+        run_dir = run_generate(opts)
     args.run_dir = str(run_dir)  # later stages of `evalkit run` read it
     from evalkit.rundir import display_path
 

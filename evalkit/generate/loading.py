@@ -119,26 +119,26 @@ POST_LOAD: dict[str, Callable[[Any, tuple[str, ...], BuildContext], dict[str, An
 }
 
 
-def _quanto_cuda_kernels(ctx: BuildContext) -> dict[str, Any] | None:
-    """optimum-quanto builds its CUDA kernels (unpack, AWQ, Marlin) with torch.utils.cpp_extension the first time
-    one is used, into its own package folder; int4 weights use them while being quantized. That build takes
-    minutes once per installation and is no part of loading a model: do it here, off the load clock."""
-    if ctx.device != "cuda":
-        return None
+def _quanto_kernels(ctx: BuildContext) -> dict[str, Any] | None:
+    """optimum-quanto builds its kernels with torch.utils.cpp_extension the first time one is used, into its own
+    package folder: `quanto_cuda` (unpack, AWQ, Marlin) on a GPU, `quanto_cpp` (unpack) on a CPU. int4 weights use
+    them while being quantized. That build takes minutes once per installation (on the 2-core CPU machine too) and is
+    no part of loading a model: do it here, off the load clock, and record it as `prepare`."""
     from optimum.quanto.library.extensions import get_extension, is_extension_available
 
-    if not is_extension_available("quanto_cuda"):
+    name = "quanto_cuda" if ctx.device == "cuda" else "quanto_cpp"
+    if not is_extension_available(name):
         return None
-    ext = get_extension("quanto_cuda")
+    ext = get_extension(name)
     t0 = time.perf_counter()
     ext.lib  # noqa: B018 - builds (or loads the cached build of) the extension
-    return {"what": "optimum-quanto CUDA kernels (torch.utils.cpp_extension JIT build, cached after the first use)",
-            "build_directory": ext.build_directory, "seconds": time.perf_counter() - t0}
+    return {"what": f"optimum-quanto {name} kernels (torch.utils.cpp_extension JIT build, cached after the first use)",
+            "extension": name, "build_directory": ext.build_directory, "seconds": time.perf_counter() - t0}
 
 
 # One-time steps a backend needs before its model loads, run before the load clock starts (Backend.prepare).
 PREPARE: dict[str, Callable[[BuildContext], dict[str, Any] | None]] = {
-    "quanto_cuda_kernels": _quanto_cuda_kernels,
+    "quanto_kernels": _quanto_kernels,
 }
 
 

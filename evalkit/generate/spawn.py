@@ -69,7 +69,12 @@ def _forkserver() -> Any:
                 # whole process (the forkserver inherits it when it starts, whoever starts it): is_available() then
                 # trusts NVML's device count, torch's recommended check for code that forks.
                 os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-            ctx.set_forkserver_preload([m for m in preload_modules(gpu) if package_available(m.split(".")[0])])
+            # The preloaded libraries' import-time notices go to a pending log, not the console (evalkit.logs).
+            from evalkit.logs import PENDING_LOG_ENV, new_pending_log
+
+            os.environ[PENDING_LOG_ENV] = str(new_pending_log("forkserver"))
+            ctx.set_forkserver_preload(["evalkit.generate.quiet_preload"]
+                                       + [m for m in preload_modules(gpu) if package_available(m.split(".")[0])])
             _FORKSERVER = ctx
         return _FORKSERVER
 
@@ -103,6 +108,14 @@ def stop_forkserver(kill: bool = False) -> None:
         except Exception:  # noqa: BLE001 - an already dead server leaves nothing to stop
             pass
         _FORKSERVER = None
+
+
+def forkserver_log() -> Path | None:
+    """The pending file the forkserver's imports printed to (evalkit.logs), if one was started."""
+    from evalkit.logs import PENDING_LOG_ENV
+
+    name = os.environ.get(PENDING_LOG_ENV)
+    return Path(name) if name else None
 
 
 def forkserver_pid() -> int | None:

@@ -340,9 +340,14 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
             starters[0].start()
 
     finished = False
+    root: Path | None = None
     try:
         with contextlib.ExitStack() as lock:
             rd, manifest, specs = prepare_run(opts, lock, on_validated=start_early)
+            root = rd.root
+            from evalkit.logs import attach_run_log
+
+            attach_run_log(root, "generate")
             _generate(opts, rd, manifest, specs, console)
             try:
                 summary = write_summary(rd.root)
@@ -356,6 +361,35 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
             t.join()
         # After an error the forkserver may still be importing libraries it will never use: kill it, don't wait.
         stop_forkserver(kill=not finished)
+        _keep_forkserver_log(root)
+
+
+def _keep_forkserver_log(root: Path | None) -> None:
+    """What the forkserver's imports printed goes into logs/generate.log (deleted when no run directory exists)."""
+    from evalkit.generate.spawn import forkserver_log
+    from evalkit.logs import PENDING_LOG_ENV, move_pending_log
+
+    pending = forkserver_log()
+    if pending is None:
+        return
+    os.environ.pop(PENDING_LOG_ENV, None)
+    if root is None:
+        pending.unlink(missing_ok=True)
+        return
+    try:
+        move_pending_log(pending, root / "logs" / "generate.log", "third-party output of the worker forkserver's imports")
+    except OSError:
+        pass  # a log that cannot be written must not fail a finished stage
+
+
+def print_unchanged(root: Path, console: Any = None) -> None:
+    """What an unchanged rerun shows: one line, then the generation table read back from summary.json."""
+    from rich.console import Console
+
+    console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    console.print(f"[bold]evalkit generate[/]: nothing to do in {root}: every backend's images are in place and "
+                  "unchanged since they were recorded")
+    _print_summary(console, read_json(root / "summary.json"))
 
 
 def _write_error(e: OSError) -> EvalkitError:

@@ -61,10 +61,30 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
     rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
     with acquire(rd.root, "score"):
-        return _score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
-                          real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
-                          use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
-                          fid_method=fid_method, progress=progress, verify=verify)
+        options = {"metrics": expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None),
+                   "device": device, "clip_model": clip_model, "real_dir": str(real_dir) if real_dir else None,
+                   "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
+                   "batch_size": batch_size, "fid_method": fid_method}
+        from evalkit.metrics.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
+
+        key = score_inputs_key(rd, options)
+        # --no-cache asks for every number to be computed again: no shortcut then either.
+        unchanged = unchanged_results(rd, key, verify) if use_cache else None
+        if unchanged is not None:
+            import sys
+
+            print(f"score: nothing to do: the images, prompts and options are those of the last score "
+                  f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
+            return unchanged
+        results = _score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
+                             real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
+                             use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
+                             fid_method=fid_method, progress=progress, verify=verify)
+        from evalkit.inputs_key import store_key
+
+        store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, prompts, score options, "
+                  "METRICS_VERSION, evalkit and scoring-package versions, weight caches (evalkit.metrics.stage)")
+        return results
 
 
 def _score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None, *, device: str,

@@ -17,7 +17,9 @@ from pathlib import Path
 from typing import Any
 
 from evalkit import __version__
+from evalkit.inputs_key import content_key, json_file_content, store_key, stored_key_matches, tree_fingerprint
 from evalkit.io import atomic_write_text
+from evalkit.report.categories import category_tables
 from evalkit.report.data import (
     MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, MetricInfo, ReportData, fmt_num, fmt_seconds, load_report_data,
     metric_value,
@@ -41,8 +43,41 @@ def build_report(
 
     rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
     with acquire(rd.root, "report"):
-        return _build_report(run_dir, thumb_size=thumb_size, figures=figures, memory_axis=memory_axis,
-                             include_partial=include_partial, quiet=quiet)
+        options = {"thumb_size": thumb_size, "figures": figures, "memory_axis": memory_axis,
+                   "include_partial": include_partial}
+        key = report_inputs_key(rd.root, options)
+        out = rd.root / "index.html"
+        if stored_key_matches(rd.root / REPORT_INPUTS_FILE, key, [out]):
+            if not quiet:
+                print(f"report: nothing to do: its inputs are those of the last report ({REPORT_INPUTS_FILE}); "
+                      "index.html kept", file=sys.stderr)
+            return out
+        out = _build_report(run_dir, thumb_size=thumb_size, figures=figures, memory_axis=memory_axis,
+                            include_partial=include_partial, quiet=quiet)
+        store_key(rd.root / REPORT_INPUTS_FILE, key, "manifest, generation and metric records, summary, "
+                  "per_image.csv, report options, evalkit version and report templates (evalkit.report.build)")
+        return out
+
+
+# Stored in the run directory next to index.html: the content key of what the page was drawn from.
+REPORT_INPUTS_FILE = "report-inputs.json"
+# Rewritten by every generate/score without a change of meaning.
+_VOLATILE = ("updated_utc", "command")
+
+
+def report_inputs_key(root: Path, options: dict[str, Any]) -> str:
+    """Content key of everything the page and its figures and tables are drawn from (evalkit.inputs_key). The
+    images enter through their sha256 in the generation records; evalkit's own templates and code by stat."""
+    files: dict[str, Any] = {"manifest.json": json_file_content(root / "manifest.json", _VOLATILE),
+                             "summary.json": json_file_content(root / "summary.json", _VOLATILE)}
+    for folder in ("generation", "metrics"):
+        for p in sorted((root / folder).glob("*.json")):
+            if p.name != "inputs.json":
+                files[f"{folder}/{p.name}"] = json_file_content(p, _VOLATILE)
+    csv_path = root / "metrics" / "per_image.csv"
+    files["per_image.csv"] = hashlib.sha256(csv_path.read_bytes()).hexdigest() if csv_path.is_file() else None
+    return content_key({"evalkit": __version__, "options": options, "files": files,
+                        "report_code": tree_fingerprint(Path(__file__).parent)})
 
 
 def _build_report(run_dir: str | Path, *, thumb_size: int, figures: bool, memory_axis: str | None,
@@ -403,6 +438,7 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "highlights": _highlights(data),
         "prompt_sections": _prompt_sections(data, images) if show_images else [],
         "per_prompt_tables": _per_prompt_tables(data) if not data.random_weights else [],
+        "category_tables": category_tables(data) if not data.random_weights else [],
         "problems": problems, "figures": _figure_views(data, figs),
         "tables": [p.name for p in tables], "show_images": show_images,
         "blind_json": json_for_script({"rounds": blind, "reference": data.reference}),

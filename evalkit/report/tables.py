@@ -202,6 +202,12 @@ def write_tables(data: ReportData) -> list[Path]:
     if data.metrics and not data.random_weights:
         put("quality.tex", quality_tex(data))
         put("per_prompt.csv", to_csv(per_prompt_rows(data)))
+        from evalkit.report.categories import categories_tex, category_means
+
+        by_category = category_means(data)
+        if by_category:  # only when the prompts carry categories (PartiPrompts, DrawBench)
+            put("per_category.csv", to_csv(by_category))
+            put("per_category.tex", categories_tex(data))
     return written
 
 

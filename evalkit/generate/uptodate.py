@@ -1,0 +1,100 @@
+"""Is there anything for this generate command to do? Answered without importing torch (issue #16.4).
+
+An unchanged rerun of `evalkit run ...` should take about a second: it re-reads the manifest and the generation
+records and checks, by stat fingerprint (evalkit.integrity), that no image changed. Anything this module cannot
+decide cheaply (a CUDA device asked for, a model directory that moved, a backend to retry) answers "not sure",
+and the stage then runs as before: the fast path can only skip work that the full path would also skip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from evalkit import __version__
+from evalkit.errors import EvalkitError
+from evalkit.io import read_json, sha256_file
+
+if TYPE_CHECKING:
+    from evalkit.generate.stage import GenerateOptions
+
+
+def _normal(obj: Any) -> Any:
+    """What `obj` reads back as from a JSON file (tuples become lists), so it compares with a stored value."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
+
+
+def _device_without_torch(requested: str) -> str | None:
+    """The device `detect_device` would choose, where that is certain without importing torch; None otherwise."""
+    from evalkit.generate.spawn import nvidia_gpu_present
+
+    if requested == "cpu" or (requested == "auto" and not nvidia_gpu_present()):
+        return "cpu"
+    return None  # CUDA: whether torch can use it takes torch to say
+
+
+def _candidates(opts: GenerateOptions) -> list[Path]:
+    from evalkit.generate.stage import _slug
+
+    if opts.out:
+        return [Path(opts.out)]
+    prefix = f"{_slug(opts.model)}-{_slug(Path(opts.prompts_file).stem)}-"
+    parent = Path(opts.reports_dir)
+    return sorted(p for p in parent.glob(prefix + "*") if p.is_dir()) if parent.is_dir() else []
+
+
+def unchanged_run(opts: GenerateOptions) -> Path | None:
+    """The run directory this command would reopen, when every backend it asks for is already generated (or
+    recorded as skipped for the same reason) and no image changed since; None when there is work, or doubt."""
+    try:
+        device = _device_without_torch(opts.device)
+        if device is None:
+            return None
+        prompts_sha = sha256_file(opts.prompts_file)
+        options = _normal({k: v for k, v in asdict(opts).items() if k != "command"})
+        for root in _candidates(opts):
+            if _is_done(root, opts, options, prompts_sha, device):
+                return root
+    except (EvalkitError, OSError, KeyError, TypeError, ValueError):
+        return None  # whatever is odd, the full stage looks at it and says so properly
+    return None
+
+
+def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, device: str) -> bool:
+    from evalkit.generate.backends import parse_backend_list
+    from evalkit.generate.plan import finished_record, plan_work
+    from evalkit.generate.stage import _all_specs, load_config, package_versions
+    from evalkit.rundir import RunDir
+
+    rd = RunDir(root)
+    if not rd.manifest.is_file() or not (root / "summary.json").is_file():
+        return False
+    manifest = read_json(rd.manifest)
+    config = manifest.get("config") or {}
+    if (manifest.get("evalkit_version") != __version__ or manifest.get("prompts_sha256") != prompts_sha
+            or config.get("device") != device or _normal(config.get("options")) != options):
+        return False
+    backend_options, compile_config = load_config(opts.config_file)
+    if _normal(backend_options) != _normal(config.get("backend_options")) or \
+            _normal(compile_config) != _normal(config.get("compile")):
+        return False
+    model_path = (manifest.get("model") or {}).get("path")
+    if not model_path or not Path(model_path).exists():
+        return False
+    if _normal(manifest.get("versions")) != _normal(package_versions()):
+        return False  # a library upgrade changes what a backend produces: the stage decides what to redo
+    names = list(manifest.get("backends", []))
+    if any(s.name not in names for s in parse_backend_list(opts.backends, device)):
+        return False
+    requested = tuple(opts.components) if opts.components else None
+    plan = plan_work(rd, manifest, _all_specs(names), requested, opts.attempt_known_failures)
+    if plan.todo or plan.repairs:
+        return False
+    for spec, status, reason in plan.unrun:  # skipped backends: the same record, or the stage rewrites it
+        path = rd.generation_record(spec.name)
+        rec = read_json(path) if path.is_file() else {}
+        if rec.get("status") != status or rec.get("reason") != reason:
+            return False
+    return all(finished_record(rd, n) is not None or rd.generation_record(n).is_file() for n in names)
