@@ -23,7 +23,7 @@ from typing import Any
 from evalkit.calibrate.floor import SCHEMA, metric_facts, metric_floor, perturbation_entry
 from evalkit.calibrate.perturbations import Perturbation, select_perturbations
 from evalkit.errors import EvalkitError
-from evalkit.io import atomic_write_json, read_json, sha256_file
+from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run
 
 CALIBRATION_FILE = "calibration.json"
@@ -130,19 +130,35 @@ def _generate_options(manifest: dict[str, Any], sub: Path, backend: str, p: Pert
         raise EvalkitError("manifest.json: config.options has no prompts_file; this run cannot be regenerated")
     names = {f.name for f in fields(GenerateOptions)}
     opts = GenerateOptions(**{k: v for k, v in saved.items() if k in names})
-    prompts = Path(opts.prompts_file)
-    if not prompts.is_file():
-        raise EvalkitError(f"{prompts}: the run's prompts file is not found (a relative path is read from the current "
-                           f"directory: run calibrate from where the run was generated); calibration regenerates the "
-                           f"same prompts")
-    if manifest.get("prompts_sha256") and sha256_file(prompts) != manifest["prompts_sha256"]:
-        raise EvalkitError(f"{prompts}: changed since the run was generated (sha256 differs from manifest.json)")
+    # The prompts come from the manifest itself, not from the file the run was made from: that path may be relative
+    # to another directory, or the file gone. Same texts in the same order and the same base seed give the same ids
+    # and seeds (checked below), hence the same images to compare with.
+    opts.prompts_file = str(_manifest_prompts_file(manifest, sub.parent, opts.seed))
+    opts.prompt_column = None
     opts.out, opts.backends, opts.reports_dir = str(sub), backend, str(sub.parent)
     opts.device = (manifest.get("config") or {}).get("device") or opts.device
     opts.batch_size = p.batch_size or opts.batch_size
     opts.jobs, opts.gpus, opts.max_images = 1, [], None
     opts.command = ["evalkit", "calibrate", f"--perturbation={p.name}"]
     return opts
+
+
+def _manifest_prompts_file(manifest: dict[str, Any], folder: Path, base_seed: int) -> Path:
+    """Write the run's prompts (manifest order) as JSON lines under `folder`; refuse if evalkit would derive other
+    prompt ids or seeds from them than the manifest holds."""
+    import json
+
+    from evalkit.io import atomic_write_text
+    from evalkit.prompts import load_prompts
+
+    entries = sorted(manifest.get("prompts") or [], key=lambda e: e["index"])
+    path = folder / "prompts.jsonl"
+    atomic_write_text(path, "".join(json.dumps({"prompt": e["text"]}, ensure_ascii=False) + "\n" for e in entries))
+    derived = [(p.id, p.seed) for p in load_prompts(path, base_seed=base_seed)]
+    if derived != [(e["id"], e["seed"]) for e in entries]:
+        raise EvalkitError("manifest.json: its prompts' ids or seeds are not what this evalkit derives from their texts "
+                           "(made by another evalkit version?); calibration would not regenerate the same images")
+    return path
 
 
 @contextlib.contextmanager

@@ -80,7 +80,7 @@ def score_main(args: argparse.Namespace) -> int:
         _print_score_table(results)
         from evalkit.rundir import display_path
 
-        print(f"Metrics: {display_path(args.run_dir)}/metrics/ (per_image.csv, <backend>.json); summary.json updated")
+        print(f"Metrics: {display_path(args.run_dir)}/metrics/ (per_image.csv, <backend>.json)")
     headline = [m for m in missing if m in _default_metrics()]
     if headline:
         # Repeated at the end on purpose: the start-of-run warning has scrolled away by now.
