@@ -142,21 +142,10 @@ def list_backends(device: str = "auto") -> list[dict[str, Any]]:
     >>> rows["bf16"]["runs_here"], rows["torchao-int8wo"]["library"]
     (True, 'torchao')
     """
-    from evalkit.generate.backends import BACKEND_LIST, MODIFIERS, availability, parse_backend, resolve_components
+    from evalkit.generate.backends import backend_rows
 
     dev, capability = _probe_device(device)
-    rows: list[dict[str, Any]] = []
-    for b in BACKEND_LIST:
-        status, reason = availability(parse_backend(b.name), dev, capability)
-        comps, note = resolve_components(b, None, dev)
-        rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
-                     "reason": reason or note, "quantizes": list(comps), "description": b.description})
-    for m in MODIFIERS.values():
-        ok = dev in m.devices
-        rows.append({"name": "+" + m.name, "kind": "modifier", "library": "diffusers/torch", "runs_here": ok,
-                     "reason": None if ok else m.cpu_unsupported_reason, "quantizes": [],
-                     "description": m.description})
-    return rows
+    return backend_rows(dev, capability)
 
 
 def list_metrics(kind: str | None = None) -> list[MetricSpec]:

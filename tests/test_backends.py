@@ -3,6 +3,7 @@ Backends that cannot run here are recorded as skipped with a reason; nothing cra
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -223,3 +224,21 @@ def test_torchao_version_is_passed_only_where_the_installed_signature_takes_it()
 
     assert torchao_config(Old, group_size=3) == Old(3)
     assert torchao_config(New, group_size=3) == New(3, TORCHAO_CONFIG_VERSION) and TORCHAO_CONFIG_VERSION == 2
+
+
+def test_one_recipe_builder_merges_the_users_options(tmp_path: Path) -> None:
+    """The worker's record and the record of a backend that never ran state the same recipe, user options included
+    (they used to disagree: only the worker merged --config options in)."""
+    from evalkit.generate.backends import parse_backend
+    from evalkit.generate.spawn import write_unrun_record
+    from evalkit.rundir import RunDir
+
+    spec = parse_backend("bnb-8bit+offload")
+    recipe = spec.recipe({"llm_int8_threshold": 5.0})
+    assert recipe["options"]["llm_int8_threshold"] == 5.0 and recipe["modifiers"] == ["offload"]
+    assert recipe["library"] == spec.backend.library.key
+    rd = RunDir(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps(
+        {"config": {"backend_options": {"bnb-8bit": {"llm_int8_threshold": 5.0}}}}))
+    write_unrun_record(rd, spec, "failed", "known incompatible")
+    assert read_json(rd.generation_record(spec.name))["recipe"] == recipe

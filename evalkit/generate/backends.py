@@ -264,6 +264,12 @@ class BackendSpec:
     def modifiers_offload(self) -> bool:
         return "offload" in self.modifiers or "group-offload" in self.modifiers
 
+    def recipe(self, user_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+        """The generation record's `recipe`, built here only: what ran (or would have), with the user's `--config`
+        options for this backend merged over its own."""
+        return {"name": self.backend.name, "library": self.backend.library.key, "description": self.backend.description,
+                "modifiers": list(self.modifiers), "options": {**dict(self.backend.options), **dict(user_options or {})}}
+
 
 def parse_backend(name: str) -> BackendSpec:
     """Parse `base+mod+mod`, with errors that suggest the closest names."""
@@ -368,3 +374,19 @@ def availability(spec: BackendSpec, device: str, capability: tuple[int, int] | N
             if base in (b.name, "*") and need <= mods:
                 return "failed", f"known incompatible: {reason} (use --attempt-known-failures to try anyway)"
     return "ok", None
+
+
+def backend_rows(device: str, capability: tuple[int, int] | None) -> list[dict[str, Any]]:
+    """One row per backend and modifier: whether it runs on `device` here and why not (`evalkit backends`,
+    `evalkit.list_backends()`)."""
+    rows: list[dict[str, Any]] = []
+    for b in BACKEND_LIST:
+        status, reason = availability(parse_backend(b.name), device, capability)
+        comps, note = resolve_components(b, None, device)
+        rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
+                     "reason": reason or note, "quantizes": list(comps), "description": b.description})
+    for m in MODIFIERS.values():
+        ok = device in m.devices
+        rows.append({"name": "+" + m.name, "kind": "modifier", "library": "diffusers/torch", "runs_here": ok,
+                     "reason": None if ok else m.cpu_unsupported_reason, "quantizes": [], "description": m.description})
+    return rows

@@ -90,19 +90,10 @@ def add_backends_arguments(p: argparse.ArgumentParser) -> None:
 def backends_main(args: argparse.Namespace) -> int:
     import json
 
-    from evalkit.generate.backends import BACKEND_LIST, MODIFIERS, availability, parse_backend, resolve_components
+    from evalkit.generate.backends import backend_rows
 
     device, capability = _probe_device(args.device)
-    rows = []
-    for b in BACKEND_LIST:
-        status, reason = availability(parse_backend(b.name), device, capability)
-        comps, note = resolve_components(b, None, device)
-        rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
-                     "reason": reason or note, "quantizes": list(comps), "description": b.description})
-    for m in MODIFIERS.values():
-        ok = device in m.devices
-        rows.append({"name": "+" + m.name, "kind": "modifier", "library": "diffusers/torch", "runs_here": ok,
-                     "reason": None if ok else m.cpu_unsupported_reason, "quantizes": [], "description": m.description})
+    rows = backend_rows(device, capability)
     if args.json:
         print(json.dumps({"device": device, "capability": capability, "backends": rows}, indent=2))
         return 0

@@ -32,11 +32,18 @@ def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str) 
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
+def _user_options(rd: RunDir, spec: BackendSpec) -> dict[str, Any]:
+    """This backend's `--config` options as the manifest holds them (the worker's record states the same)."""
+    try:
+        return dict(((read_json(rd.manifest).get("config") or {}).get("backend_options") or {}).get(spec.backend.name) or {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+
+
 def _write_unrun(path: Path, rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
     atomic_write_json(path, {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
-        "recipe": {"name": spec.backend.name, "library": spec.backend.library.key, "description": spec.backend.description,
-                   "modifiers": list(spec.modifiers), "options": dict(spec.backend.options)},
+        "recipe": spec.recipe(_user_options(rd, spec)),
         "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
     })

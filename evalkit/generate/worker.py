@@ -198,9 +198,7 @@ def run_worker(run_dir: str, backend_name: str) -> int:
     started = utcnow()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
-        "recipe": {"name": spec.backend.name, "library": spec.backend.library.key, "description": spec.backend.description,
-                   "modifiers": list(spec.modifiers),
-                   "options": {**dict(spec.backend.options), **(cfg.get("backend_options", {}).get(spec.backend.name) or {})}},
+        "recipe": spec.recipe(cfg.get("backend_options", {}).get(spec.backend.name)),
         "started_utc": started, "pid": os.getpid(), "images": [],
     }
     try:
