@@ -282,6 +282,12 @@ def image_entry_for_file(root: str | os.PathLike[str], rel_path: str, *, prompt_
                        mtime_ns=st.st_mtime_ns, **fields)
 
 
+def checked_generation_record(record: Mapping[str, Any]) -> GenerationRecord:
+    """The worker builds its record step by step while it runs; this checks the finished one against the schema
+    before it is written, as build_generation_record checks what it builds."""
+    return _built(dict(record), GenerationRecord)
+
+
 def build_generation_record(*, backend: str, status: Literal["ok", "failed", "skipped"], reason: str | None = None,
                             images: list[ImageEntry] | None = None, recipe: dict[str, Any] | None = None,
                             quantization: dict[str, Any] | None = None, footprint: dict[str, Any] | None = None,
@@ -307,11 +313,15 @@ def build_generation_record(*, backend: str, status: Literal["ok", "failed", "sk
 
 def build_metric_record(*, backend: str, metrics: dict[str, MetricResult],
                         reference_backend: str = REFERENCE_BACKEND, metrics_version: Any = None, device: Any = None,
-                        left_out: list[dict[str, Any]] | None = None) -> MetricRecord:
-    """One backend's metric record, as score writes it. `left_out`: images score could not use, with reasons."""
+                        left_out: list[dict[str, Any]] | None = None,
+                        missing_headline_metrics: list[str] | None = None) -> MetricRecord:
+    """One backend's metric record, as score writes it. `left_out`: images score could not use, with reasons;
+    `missing_headline_metrics`: default metrics skipped for lack of their pinned weights."""
     record: MetricRecord = {"schema_version": SCHEMA_VERSION, "backend": backend,
                             "reference_backend": reference_backend, "metrics_version": metrics_version,
                             "metrics": dict(metrics), "device": device}
+    if missing_headline_metrics is not None:
+        record["missing_headline_metrics"] = list(missing_headline_metrics)
     if left_out is not None:
         record["left_out"] = list(left_out)
     return _built(record, MetricRecord)

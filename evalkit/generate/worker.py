@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 from evalkit.generate.backends import BuildContext, parse_backend
+from evalkit.records import checked_generation_record
 from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 
@@ -214,7 +215,7 @@ def run_worker(run_dir: str, backend_name: str) -> int:
         code = 1
     record["finished_utc"] = utcnow()
     try:
-        atomic_write_json(rd.generation_record(spec.name), record)
+        atomic_write_json(rd.generation_record(spec.name), checked_generation_record(record))
     except OSError as e:
         # No record can be written (full disk): the stage learns why from the event and the exit code; the images
         # and the partial list already written stay, so a rerun resumes.

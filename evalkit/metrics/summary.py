@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from evalkit.records import build_metric_record
 from evalkit.io import atomic_write_json, atomic_write_text, read_json
 from evalkit.metrics import registry as reg
 from evalkit.metrics.cache import json_key
@@ -19,7 +20,7 @@ from evalkit.metrics.common import (MAX_LISTED, Item, feature_key, get_metric, m
                                     skipped, unavailable)
 from evalkit.metrics.images import RESIZE_POLICY
 from evalkit.metrics.stats import summarize
-from evalkit.rundir import SCHEMA_VERSION, RunDir, write_summary
+from evalkit.rundir import RunDir, write_summary
 
 if TYPE_CHECKING:
     from evalkit.metrics.stage import State
@@ -218,9 +219,8 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
     missing_headline = list(headline_missing(names, state.opts.weights_dir)) if state else []
 
     for b, mets in results.items():
-        rec = {"schema_version": SCHEMA_VERSION, "backend": b, "reference_backend": ref,
-               "metrics_version": reg.METRICS_VERSION, "metrics": mets,
-               "device": state.device if state else None, "missing_headline_metrics": missing_headline}
+        rec = build_metric_record(backend=b, metrics=mets, reference_backend=ref, metrics_version=reg.METRICS_VERSION,
+                                  device=state.device if state else None, missing_headline_metrics=missing_headline)
         atomic_write_json(rd.metrics_record(b), rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
