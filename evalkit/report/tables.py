@@ -176,7 +176,9 @@ def _floor_tex_row(data: ReportData) -> list[str] | None:
     cells = ["\\textit{noise floor}"]
     for m in data.metrics:
         f = data.floors.get(m.key)
-        cells.append("--" if f is None else latex_escape(f.display) if f.ok else "n/a")
+        # calibrate's display string, with a 1.2e-05 typeset as the table's other numbers are
+        sci = f is not None and f.ok and _PLAIN_NUMBER.fullmatch(f.display) and "e" in f.display.lower()
+        cells.append("--" if f is None else _num(f.display) if sci else latex_escape(f.display) if f.ok else "n/a")
     return cells
 
 
