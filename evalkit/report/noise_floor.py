@@ -56,6 +56,8 @@ class NoiseFloor:
             return f"No {label} noise floor: {self.reason or self.status}."
         if self.identical:
             return f"{label} noise floor: {IDENTICAL_NOTE} (no band)."
+        if not self.draws_band:
+            return f"{label} noise floor {self.display or '—'}: no finite value to shade."
         return (f"Shaded: {BAND_LABEL}, {label} {self.display}"
                 f"{f' (set by {self.source})' if self.source else ''}: a difference inside it is noise.")
 
