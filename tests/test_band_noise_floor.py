@@ -210,3 +210,10 @@ def test_a_calibration_of_another_schema_is_a_one_line_error(plain_run: Path, tm
     root = _calibrated(plain_run, tmp_path, {**CALIBRATION, "schema": "evalkit.calibration/99"})
     with pytest.raises(EvalkitError, match=r"calibration\.json: not a calibration of schema"):
         load_report_data(root)
+
+
+def test_a_calibration_of_another_reference_is_not_shown_and_the_page_says_so(plain_run: Path, tmp_path: Path) -> None:
+    root = _calibrated(plain_run, tmp_path, {**CALIBRATION, "reference_backend": "fp32"})
+    data = load_report_data(root)
+    assert data.floors == {}
+    assert any("calibrated reference 'fp32'" in n for n in data.notes)

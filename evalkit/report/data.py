@@ -364,7 +364,9 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
                       include_partial)
     from evalkit.report.noise_floor import load_noise_floors
 
-    data.floors = load_noise_floors(rd.root)
+    data.floors, floor_note = load_noise_floors(rd.root, reference)
+    if floor_note:
+        notes.append(floor_note)
     data.memory_axis = choose_memory_axis(data, memory_axis)
     return data
 

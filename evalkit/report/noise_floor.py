@@ -86,17 +86,23 @@ def metric_identity(key: str) -> tuple[bool | None, float | None]:
     return spec.higher_is_better, (hi if spec.higher_is_better else lo)
 
 
-def load_noise_floors(root: Path) -> dict[str, NoiseFloor]:
-    """metric key -> NoiseFloor from root/calibration.json; {} when the run has no calibration (the report is then
-    exactly what it was before calibrations existed). A file of another shape is a one-line EvalkitError."""
+def load_noise_floors(root: Path, reference: str) -> tuple[dict[str, NoiseFloor], str | None]:
+    """(metric key -> NoiseFloor from root/calibration.json, a note for the page or None); ({}, None) when the run
+    has no calibration (the report is then exactly what it was before calibrations existed). A calibration of
+    another reference backend is not this run's floor: it is left out, and the note says so. A file of another
+    shape is a one-line EvalkitError."""
     path = root / CALIBRATION_FILE
     if not path.exists():
-        return {}
+        return {}, None
     cal = read_json(path)
     if not isinstance(cal, dict) or cal.get("schema") != CALIBRATION_SCHEMA:
         found = cal.get("schema") if isinstance(cal, dict) else type(cal).__name__
         raise EvalkitError(f"{path}: not a calibration of schema {CALIBRATION_SCHEMA!r} (found {found!r}); "
                            "rerun `evalkit calibrate` or remove the file")
+    cal_ref = cal.get("reference_backend")
+    if cal_ref is not None and cal_ref != reference:
+        return {}, (f"{path}: calibrated reference {cal_ref!r}, but this run's reference is {reference!r}; "
+                    "its noise floor is not shown (rerun `evalkit calibrate`)")
     metrics = cal.get("metrics")
     if not isinstance(metrics, dict):
         raise EvalkitError(f"{path}: field 'metrics' must be an object")
@@ -113,4 +119,4 @@ def load_noise_floors(root: Path) -> dict[str, NoiseFloor]:
             metric=str(key), status=status, reason=str(floor.get("reason") or ""),
             value=None if value is None else float(value), identical=floor.get("identical") is True,
             display=str(floor.get("display") or ""), source=str(floor.get("from") or ""))
-    return out
+    return out, None
