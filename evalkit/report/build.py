@@ -24,6 +24,7 @@ from evalkit.report.data import (
     MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, MetricInfo, ReportData, fmt_num, fmt_seconds, load_report_data,
     metric_value,
 )
+from evalkit.report.noise_floor import CALIBRATION_FILE
 
 
 def build_report(
@@ -55,7 +56,7 @@ def build_report(
         out = _build_report(run_dir, thumb_size=thumb_size, figures=figures, memory_axis=memory_axis,
                             include_partial=include_partial, quiet=quiet)
         store_key(rd.root / REPORT_INPUTS_FILE, key, "manifest, generation and metric records, summary, "
-                  "per_image.csv, report options, evalkit version and report templates (evalkit.report.build)")
+                  "per_image.csv, calibration.json, report options, evalkit version and report templates (evalkit.report.build)")
         return out
 
 
@@ -63,6 +64,7 @@ def build_report(
 REPORT_INPUTS_FILE = "report-inputs.json"
 # Rewritten by every generate/score without a change of meaning.
 _VOLATILE = ("updated_utc", "command")
+_CALIBRATION_VOLATILE = ("created_utc",)
 
 
 def report_inputs_key(root: Path, options: dict[str, Any]) -> str:
@@ -76,6 +78,8 @@ def report_inputs_key(root: Path, options: dict[str, Any]) -> str:
                 files[f"{folder}/{p.name}"] = json_file_content(p, _VOLATILE)
     csv_path = root / "metrics" / "per_image.csv"
     files["per_image.csv"] = hashlib.sha256(csv_path.read_bytes()).hexdigest() if csv_path.is_file() else None
+    # The noise floor is drawn on the quality plots and printed in the quality table: a new calibration redraws.
+    files[CALIBRATION_FILE] = json_file_content(root / CALIBRATION_FILE, _CALIBRATION_VOLATILE)
     return content_key({"evalkit": __version__, "options": options, "files": files,
                         "report_code": tree_fingerprint(Path(__file__).parent)})
 
@@ -245,6 +249,24 @@ def _quality_rows(data: ReportData) -> list[dict[str, Any]]:
                           "indicative": indicative})
         rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference, "partial": b.partial_reason})
     return rows
+
+
+def noise_floor_cells(data: ReportData) -> list[dict[str, Any]] | None:
+    """The quality table's noise-floor row, one cell per shown metric; None when the run has no calibration.json
+    (the table is then exactly what it was before calibrations existed)."""
+    if not data.floors:
+        return None
+    cells = []
+    for m in data.metrics:
+        f = data.floors.get(m.key)
+        if f is None:
+            cells.append({"text": "—", "note": "not a paired metric: calibration does not measure it", "ok": False})
+        elif not f.ok:
+            cells.append({"text": "not measured", "note": f.reason or f.status, "ok": False})
+        else:
+            note = "byte-identical under every perturbation" if f.identical else f"set by {f.source}" if f.source else ""
+            cells.append({"text": f.display, "note": note, "ok": True})
+    return cells
 
 
 def _highlights(data: ReportData) -> list[dict[str, str]]:
@@ -435,7 +457,7 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "paired_labels": [m.label for m in data.metrics if m.kind == "paired"],
         "set_labels": [m.label for m in data.metrics if m.kind == "set"],
         "memory_axis_label": MEMORY_AXES[data.memory_axis][1].replace("\n", " — "),
-        "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "highlights": _highlights(data),
+        "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "floor_cells": noise_floor_cells(data), "highlights": _highlights(data),
         "prompt_sections": _prompt_sections(data, images) if show_images else [],
         "per_prompt_tables": _per_prompt_tables(data) if not data.random_weights else [],
         "category_tables": category_tables(data) if not data.random_weights else [],

@@ -226,6 +226,8 @@ class ReportData:
     memory_axis: str
     notes: list[str] = field(default_factory=list)  # problems reading the run, shown on the page
     include_partial: bool = False  # let partially quantized backends win "best" cards and sit on Pareto fronts
+    # metric key -> the reference's noise floor from calibration.json (evalkit/report/noise_floor.py); {} without one
+    floors: dict[str, Any] = field(default_factory=dict)
 
     def competes(self, b: BackendView) -> bool:
         """May `b` be named best / sit on a Pareto front? A backend that quantized less than its name says would
@@ -360,6 +362,11 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
 
     data = ReportData(rd.root, rd, manifest, summary, views, list(manifest.get("prompts") or []), metrics_info, "", notes,
                       include_partial)
+    from evalkit.report.noise_floor import load_noise_floors
+
+    data.floors, floor_note = load_noise_floors(rd.root, reference)
+    if floor_note:
+        notes.append(floor_note)
     data.memory_axis = choose_memory_axis(data, memory_axis)
     return data
 

@@ -13,12 +13,14 @@ from typing import Any
 
 from evalkit.libraries import REFERENCE_COLOUR, library_order
 from evalkit.report.data import MEMORY_AXES, MetricInfo, ReportData, metric_value, pareto_front, safe_name
+from evalkit.report.noise_floor import BAND_LABEL, IDENTICAL_NOTE, NoiseFloor, band_limits, metric_identity
 
 # Okabe–Ito, for the bars of memory phases and for a library that has no record (an older run's); a registered
 # library's colour and order come from its record in evalkit/libraries.py.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 UNKNOWN_LIBRARY_COLOUR = "#777777"
+NOISE_FLOOR_COLOUR = "#8a8a8a"  # neutral grey: the band is context, not a backend
 PARTIAL_MARK = " †"  # after a backend that quantized less than its name says (see the caption)
 MEMORY_AXIS_SHORT = {
     "peak_reserved": "peak GPU memory (reserved)", "peak_allocated": "peak GPU memory (allocated)",
@@ -161,12 +163,40 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     ax.set_ylabel(_metric_label(m, data))
     ax.set_title(title, loc="left")
     ax.margins(x=0.12, y=0.12)
-    if front:
+    floor_in_legend = draw_noise_floor(ax, m, data.floors.get(m.key))
+    if front or floor_in_legend:
         ax.legend(loc="best", frameon=False)
     fig.canvas.draw()
     _place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
                              styles[n]["color"]) for n, x, y, _ in pts])
     return fig, [n for n, *_ in pts], front
+
+
+def draw_noise_floor(ax, m: MetricInfo, floor: NoiseFloor | None) -> bool:
+    """Shade the reference's noise floor on a quality axis (y = metric `m`); True when it added a legend entry.
+    No calibration or a floor that was not measured: nothing (the caption says why). Byte-identical: no band, a
+    legend line saying so."""
+    if floor is None or not floor.ok or m.higher_is_better is None:
+        return False
+    if floor.identical:
+        ax.plot([], [], ls="none", label=IDENTICAL_NOTE)
+        return True
+    _, identity = metric_identity(m.key)
+    ax.autoscale_view()
+    lo, hi = ax.get_ylim()
+    # The floor (and, lower-is-better, its identity end) must be on the axis, or the band would be invisible.
+    ends = [float(floor.value)] + ([identity] if not m.higher_is_better and identity is not None else [])  # type: ignore[arg-type]
+    pad = 0.05 * ((max(hi, *ends) - min(lo, *ends)) or 1.0)
+    lo = min(ends) - pad if min(ends) < lo else lo
+    hi = max(ends) + pad if max(ends) > hi else hi
+    ax.set_ylim(lo, hi)
+    span = band_limits(floor, m.higher_is_better, identity, (lo, hi))
+    if span is None:
+        return False
+    ax.axhspan(span[0], span[1], color=NOISE_FLOOR_COLOUR, alpha=0.22, lw=0, zorder=0, label=BAND_LABEL)
+    ax.axhline(float(floor.value), color=NOISE_FLOOR_COLOUR, lw=0.8, ls=":", zorder=1)  # type: ignore[arg-type]
+    ax.set_ylim(lo, hi)
+    return True
 
 
 def quality_vs_memory(data: ReportData, m: MetricInfo):
@@ -295,6 +325,9 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
                 caption = f"x: median latency per image. Pareto front: {', '.join(front) or '—'}."
                 title = f"{m.label} vs latency"
             key = f"{kind}_{safe_name(m.key)}"
+            floor = data.floors.get(m.key)
+            if floor is not None:
+                caption += " " + floor.caption(m.label)
             if any(b.partial for b in data.backends if b.ok):
                 caption += (f" † quantized less than its name says on this device (hollow marker)"
                             f"{'' if data.include_partial else '; not on the Pareto front (--include-partial)'}.")

@@ -164,6 +164,24 @@ def performance_tex(data: ReportData) -> str:
     return _tabular("Memory and latency per backend.", "tab:evalkit-performance", header, rows, "l" + "r" * (len(header) - 1), notes)
 
 
+def noise_floor_rows(data: ReportData) -> list[dict[str, Any]]:
+    """One CSV row per metric the calibration measured: the floor as calibration.json states it."""
+    return [{"metric": key, "status": f.status, "value": f.value, "identical": f.identical, "display": f.display,
+             "set_by": f.source, "reason": f.reason} for key, f in data.floors.items()]
+
+
+def _floor_tex_row(data: ReportData) -> list[str] | None:
+    if not data.floors:
+        return None
+    cells = ["\\textit{noise floor}"]
+    for m in data.metrics:
+        f = data.floors.get(m.key)
+        # calibrate's display string, with a 1.2e-05 typeset as the table's other numbers are
+        sci = f is not None and f.ok and _PLAIN_NUMBER.fullmatch(f.display) and "e" in f.display.lower()
+        cells.append("--" if f is None else _num(f.display) if sci else latex_escape(f.display) if f.ok else "n/a")
+    return cells
+
+
 def quality_tex(data: ReportData) -> str:
     header = ["Backend"] + [latex_escape(m.label + (f" ({m.unit})" if m.unit else "")) + (" $\\uparrow$" if m.higher_is_better else " $\\downarrow$" if m.higher_is_better is False else "") for m in data.metrics]
     rows = []
@@ -180,10 +198,16 @@ def quality_tex(data: ReportData) -> str:
                 cell += f" {{\\scriptsize [{_num(lo, m.digits)}, {_num(hi, m.digits)}]}}"
             cells.append(cell)
         rows.append(cells)
+    floor_row = _floor_tex_row(data)
+    if floor_row:
+        rows.append(["\\midrule " + floor_row[0]] + floor_row[1:])
     ns = sorted({str((b.metrics.get(m.key) or {}).get("n")) for b in data.backends for m in data.metrics if (b.metrics.get(m.key) or {}).get("n") is not None})
     notes = f"Against the {latex_escape(data.reference)} reference. Mean over prompts with 95\\% bootstrap CI; n = {latex_escape(', '.join(ns) or '--')} images."
     if any(rec.get("indicative") for b in data.backends for rec in b.metrics.values()):
         notes += " $^\\S$Indicative only: too few images for this statistic."
+    if floor_row:
+        notes += (f" Noise floor: the worst 95\\% CI end of {latex_escape(data.reference)} against itself under "
+                  "perturbations a release should tolerate (evalkit calibrate); a difference inside it is noise.")
     notes += _footnotes(data, latency=False)
     return _tabular("Image quality per backend.", "tab:evalkit-quality", header, rows, "l" + "r" * len(data.metrics), notes)
 
@@ -202,6 +226,8 @@ def write_tables(data: ReportData) -> list[Path]:
     if data.metrics and not data.random_weights:
         put("quality.tex", quality_tex(data))
         put("per_prompt.csv", to_csv(per_prompt_rows(data)))
+        if data.floors:
+            put("noise_floor.csv", to_csv(noise_floor_rows(data)))
         from evalkit.report.categories import categories_tex, category_means
 
         by_category = category_means(data)
