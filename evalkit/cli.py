@@ -43,9 +43,9 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
 # Stages that `evalkit run` chains, in order, after generate.
 RUN_STAGES: list[tuple[str, str, str, str]] = [
     ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main"),
-    ("report", "evalkit.report.cli", "add_report_arguments", "report_main"),
-    # does nothing without --calibrate
+    # does nothing without --calibrate; before report, so the report draws the noise floor
     ("calibrate", "evalkit.calibrate.cli", "add_calibrate_arguments", "calibrate_main"),
+    ("report", "evalkit.report.cli", "add_report_arguments", "report_main"),
 ]
 
 

@@ -24,13 +24,16 @@ class ToyMetric:  # the factory the specs name; the report and the gate never ca
 
 
 def register() -> None:
+    # A set metric names the feature extractor it shares; registration refuses one that is not registered.
+    registry.register_extractor(registry.ExtractorSpec("toy_features", "rep_toy_metrics:ToyMetric"))
     for spec in TOY_SPECS:
         registry.register_metric(spec)
 
 
 def unregister() -> None:
     for spec in TOY_SPECS:
-        registry._REGISTRY.pop(spec.name, None)
+        registry.unregister_metric(spec.name)
+    registry.unregister_extractor("toy_features")
 
 
 def toy_records(ids: list[str], level: float) -> dict[str, dict[str, Any]]:
