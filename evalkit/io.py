@@ -124,6 +124,21 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
         raise WriteError(path, e) from None
 
 
+def read_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file, naming the file (and line) when it is missing or not valid."""
+    import tomllib
+
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise EvalkitError(f"{path}: config file not found") from None
+    except UnicodeDecodeError as e:
+        raise EvalkitError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise EvalkitError(f"{path}: invalid TOML: {e}") from None
+
+
 def read_jsonl(path: str | os.PathLike[str]) -> list[Any]:
     path = Path(path)
     if not path.exists():

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from check_fixtures import make_run
 from evalkit.calibrate.__main__ import main
 
@@ -30,3 +32,37 @@ def test_perturbation_for_another_device(tmp_path: Path, capsys) -> None:
     run = make_run(tmp_path / "run")
     assert main([str(run), "--perturbations", "tf32"]) == 2
     assert "perturbation 'tf32' needs cuda, but the run is on cpu" in capsys.readouterr().err
+
+
+
+def test_one_options_file_serves_run_and_calibrate(tmp_path, monkeypatch) -> None:
+    """`evalkit run --config F --calibrate`: generate accepts F's [calibrate] table (it is calibrate's), and calibrate
+    reads its perturbations from F when F has one."""
+    import argparse
+
+    import evalkit.calibrate.stage as stage
+    from evalkit.calibrate import cli as cal_cli
+    from evalkit.generate.stage import load_config
+
+    cfg = tmp_path / "options.toml"
+    cfg.write_text('[backends.bnb-8bit]\nllm_int8_threshold = 5.0\n[calibrate]\nperturbations = ["rerun"]\n')
+    backend_options, _ = load_config(str(cfg))
+    assert backend_options["bnb-8bit"]["llm_int8_threshold"] == 5.0
+
+    seen: list = []
+
+    class Stop(Exception):
+        pass
+
+    def fake_run_calibration(run_dir, config_file=None, **kw):
+        seen.append(config_file)
+        raise Stop
+
+    monkeypatch.setattr(stage, "run_calibration", fake_run_calibration)
+    args = argparse.Namespace(calibrate=True, perturbations=None, config=str(cfg), run_dir=str(tmp_path))
+    with pytest.raises(Stop):
+        cal_cli.calibrate_main(args)
+    cfg.write_text('[backends.bnb-8bit]\nllm_int8_threshold = 5.0\n')
+    with pytest.raises(Stop):
+        cal_cli.calibrate_main(args)
+    assert seen == [str(cfg), None]  # without a [calibrate] table: the device's default perturbations

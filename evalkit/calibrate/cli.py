@@ -35,7 +35,13 @@ def calibrate_main(args: argparse.Namespace) -> int:
     from evalkit.calibrate.stage import run_calibration
 
     names = [n.strip() for n in args.perturbations.split(",") if n.strip()] if args.perturbations else None
-    result = run_calibration(args.run_dir, config_file=getattr(args, "calibrate_config", None), perturbations=names,
+    config = getattr(args, "calibrate_config", None)
+    if config is None and getattr(args, "config", None):
+        # `evalkit run --config F --calibrate`: F's [calibrate] table, when it has one, picks the perturbations
+        from evalkit.io import read_toml
+
+        config = args.config if "calibrate" in read_toml(args.config) else None
+    result = run_calibration(args.run_dir, config_file=config, perturbations=names,
                              device=getattr(args, "calibrate_device", "auto"), workers=getattr(args, "workers", None))
     print(format_floor(result))
     return 0

@@ -17,11 +17,11 @@ Selected by name in `evalkit calibrate --config FILE.toml`:
 from __future__ import annotations
 
 import os
-import tomllib
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from evalkit.io import read_toml
 from evalkit.errors import EvalkitError, suggest
 
 SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")  # worker.SDPA_BACKENDS; validated again by the worker
@@ -123,12 +123,7 @@ def select_perturbations(device: str, config_file: str | None = None,
 
 def _read_config(config_file: str) -> tuple[dict[str, Any], Path]:
     path = Path(config_file)
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalkitError(f"{path}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise EvalkitError(f"{path}: invalid TOML: {e}") from None
+    data = read_toml(path)
     cfg = data.get("calibrate")
     if not isinstance(cfg, dict):
         raise EvalkitError(f"{path}: no [calibrate] table (expected: [calibrate] perturbations = [\"batch2\", ...])")

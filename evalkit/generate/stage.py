@@ -33,7 +33,7 @@ from evalkit.generate.plan import LARGE_STUDY_IMAGES, check_max_images, describe
 from evalkit.generate.spawn import (run_worker_process, start_forkserver, stop_forkserver, worker_mode,
                                     write_unrun_record)
 from evalkit.runlock import acquire, check_ownership
-from evalkit.rundir import REFERENCE_BACKEND, SCHEMA_VERSION, RunDir, ensure_writable_dir, write_summary
+from evalkit.rundir import REFERENCE_BACKEND, RunDir, ensure_writable_dir, write_summary
 
 # Distributions every run depends on; each backend library adds its own (Library.versioned).
 CORE_VERSIONED_PACKAGES = ("transformers", "accelerate", "safetensors", "tokenizers", "torchmetrics", "numpy", "pillow",
@@ -152,21 +152,17 @@ def load_config(path: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, 
 
     if not path:
         return {}, validate_compile_config(None, {}, "")
-    import tomllib
-
     from evalkit.errors import suggest
     from evalkit.generate.backends import BACKENDS
+    from evalkit.io import read_toml
 
     p = Path(path)
-    try:
-        data = tomllib.loads(p.read_text(encoding="utf-8"))
-    except FileNotFoundError:
-        raise EvalkitError(f"{p}: config file not found") from None
-    except tomllib.TOMLDecodeError as e:
-        raise EvalkitError(f"{p}: invalid TOML: {e}") from None
-    unknown_top = set(data) - {"backends", "compile"}
+    data = read_toml(p)
+    # [calibrate] belongs to `evalkit calibrate` (one options file serves `evalkit run --calibrate`)
+    unknown_top = set(data) - {"backends", "compile", "calibrate"}
     if unknown_top:
-        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>] or [compile]")
+        raise EvalkitError(f"{p}: unknown section(s) {sorted(unknown_top)}; expected [backends.<name>], [compile] "
+                           "or [calibrate]")
     opts: dict[str, dict[str, Any]] = {}
     per_backend_compile: dict[str, Any] = {}
     for name, table in data.get("backends", {}).items():
