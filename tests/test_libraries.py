@@ -23,7 +23,7 @@ EVALKIT = Path(__file__).resolve().parents[1] / "evalkit"
 ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
     ("generate/worker.py", "torch"): (2, "core modules every forkserver preloads; sys.modules lookup of torch"),
     ("generate/worker.py", "diffusers"): (1, "core module every forkserver preloads"),
-    ("generate/gguf.py", "torch"): (2, "name of the torch quantizing engine (vs gguf's numpy one)"),
+    ("generate/gguf_quant.py", "torch"): (2, "name of the torch quantizing engine (vs gguf's numpy one)"),
     ("generate/gguf.py", "gguf"): (1, "cache sub-folder holding GGUF files"),
     ("generate/gguf.py", "diffusers"): (2, "the tensor key-naming scheme written into GGUF files"),
     ("metrics/stage.py", "torch"): (1, "lazy __import__ of torch, not a backend library fact"),
