@@ -3,7 +3,7 @@ and the noise floor.
 
     python3 benchmarks/gpu_table_run.py --deadline-s 540 \
         --run main:0,1:1:bf16,bnb-nf4,... --run int4:2,3:0:bf16,torchao-int4wo,quanto-int4 [--config NAME=path.toml] \
-        [--calibrate NAME:batch2,sdpa-math,tf32,compile[:rerun]]
+        [--calibrate NAME:batch2,sdpa-math,tf32,compile[:rerun]] [--then NAME:BACKENDS]
 
 A `--run NAME:GPUS:WARMUP:BACKENDS` is one run directory (/tmp/evalkit-runs/NAME) generated with
 `--gpus GPUS --warmup WARMUP`; its bf16 anchor runs first on its first GPU, as the stage does. Each run's processes
@@ -17,6 +17,9 @@ runs do not race to build it.
 already scored (each result is kept as RUN/calibration.P.json); then plain `evalkit calibrate RUN` (the device's
 default perturbations, every score cached by then: RUN/calibration.default.json); then each Q alone (extras such as
 the `rerun` control). RUN/calibration.json is left as the defaults' result when that step finished.
+`--no-default-calibrate` leaves the plain call out when time is short (the per-perturbation results hold the same
+scores). `--then NAME:BACKENDS` generates more backends into run NAME after its calibration, one GPU doing both in
+turn: the run's bf16 is up to date, so it is not generated again and stays those rows' anchor.
 
 At the deadline (seconds since this script started) every step still going is killed, and for each backend without a
 record the cut is written down: seconds its worker had run, and the images it had finished (with their latencies,
@@ -166,6 +169,9 @@ def main() -> int:
     ap.add_argument("--config", action="append", default=[], help="NAME=path: --config for run NAME")
     ap.add_argument("--calibrate", action="append", type=parse_calibrate, default=[],
                     help="NAME:P1,P2,...[:EXTRA,...]: after run NAME's generate, its noise floor (see above)")
+    ap.add_argument("--no-default-calibrate", action="store_true",
+                    help="after the per-perturbation calls, skip the plain `evalkit calibrate RUN`")
+    ap.add_argument("--then", action="append", default=[], help="NAME:BACKENDS: generated into run NAME at the end")
     ap.add_argument("--prompts", default=str(REPO / "benchmarks" / "prompts-3.txt"))
     ap.add_argument("--model", default="random:flux-dev")
     ap.add_argument("--device", default="cuda", help="cpu only for a dry run of this script with --model tiny")
@@ -178,9 +184,10 @@ def main() -> int:
     runs_root = Path(os.environ.get("EVALKIT_RUNS", "/tmp/evalkit-runs"))
     configs = dict(c.split("=", 1) for c in a.config)
     calibrations = {name: (perts, extras) for name, perts, extras in a.calibrate}
-    unknown = set(calibrations) - {r["name"] for r in a.run}
+    then = dict(t.split(":", 1) for t in a.then)
+    unknown = (set(calibrations) | set(then)) - {r["name"] for r in a.run}
     if unknown:
-        raise SystemExit(f"--calibrate names no --run: {sorted(unknown)}")
+        raise SystemExit(f"--calibrate or --then names no --run: {sorted(unknown)}")
     meta: dict = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "argv": sys.argv[1:],
                   "deadline_s": a.deadline_s}
 
@@ -212,9 +219,12 @@ def main() -> int:
         steps = [("generate", cmd)]
         perts, extras = calibrations.get(r["name"], ([], []))
         steps += [(f"calibrate:{p}", [*evalkit, "calibrate", str(run_dir), "--perturbations", p]) for p in perts]
-        if perts:
+        if perts and not a.no_default_calibrate:
             steps.append(("calibrate:default", [*evalkit, "calibrate", str(run_dir)]))
         steps += [(f"calibrate:{p}", [*evalkit, "calibrate", str(run_dir), "--perturbations", p]) for p in extras]
+        if r["name"] in then:
+            i = cmd.index("--backends") + 1
+            steps.append(("generate:then", [*cmd[:i], then[r["name"]], *cmd[i + 1:]]))
         r["steps"] = [{"step": label, "command": c} for label, c in steps]
         env = dict(os.environ)
         if a.device == "cuda":
