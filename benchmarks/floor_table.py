@@ -87,6 +87,7 @@ def page(run_dir: Path, default_perturbations: list[str] | None, notes: str) -> 
     facts = {m: metric_facts(m) for m in metrics}
     in_floor = [p for p in default_perturbations if p in per]
     extras = [p for p in per if p not in default_perturbations]
+    missing = [p for p in default_perturbations if p not in per]
     g, dev, ver = manifest.get("generation") or {}, manifest.get("device") or {}, manifest.get("versions") or {}
     ref = _json(run_dir / "generation" / f"{REFERENCE}.json")
     lines = [f"# Noise floor of the {REFERENCE} reference on an {dev.get('name')}: {manifest.get('model', {}).get('spec')}",
@@ -103,7 +104,8 @@ def page(run_dir: Path, default_perturbations: list[str] | None, notes: str) -> 
              "precision), and those are real.", "",
              "## The floor", "",
              f"Per metric, the worst 95% bootstrap CI end on the metric's bad side (upper end for LPIPS, lower end for "
-             f"SSIM, MS-SSIM and PSNR) over the default perturbations that finished: {', '.join(in_floor) or 'none'}.",
+             f"SSIM, MS-SSIM and PSNR) over the default perturbations that finished: {', '.join(in_floor) or 'none'}."
+             + (f" **Not in it, because they did not finish: {', '.join(missing)}.**" if missing else ""),
              "", "| metric | floor | from | perturbations judged |", "|---|---|---|---|"]
     for m in metrics:
         f = metric_floor({p: per[p]["metrics"].get(m) or {"status": "skipped", "reason": "not scored"}
@@ -147,8 +149,8 @@ def page(run_dir: Path, default_perturbations: list[str] | None, notes: str) -> 
                      f"{_num((rec.get('latency') or {}).get('median_s'), 2)} | {_num(wall, 1)} |")
     unfinished = [s for s in steps.values() if s.get("rc") != 0]
     lines += ["", "## Commands", "", "Each a process of its own on one GPU (CUDA_VISIBLE_DEVICES set to the run's GPU), "
-              "in this order, through `benchmarks/gpu_table_run.py` (its exact invocation is in "
-              "`benchmarks/README.md`):", "", "```"]
+              "in this order, through `benchmarks/gpu_table_run.py` (its invocation: `benchmarks/README.md` and the notes "
+              "below, where there are notes):", "", "```"]
     lines += [" ".join(["evalkit", *s["command"][3:]]) + f"    # rc {s.get('rc')}, {s.get('started_s')}–{s.get('ended_s')} s"
               for s in steps.values()]
     lines += ["```"]

@@ -80,5 +80,6 @@ def test_a_cut_calibration_takes_the_floor_over_what_finished(tmp_path: Path) ->
     batch2 = {"lpips_alex": _entry("lpips_alex", (0.010, 0.020, 0.030), (0.012, 0.028))}
     d = _run_dir(tmp_path, {"batch2": _calibration({"batch2": batch2})})
     page = floor_table.page(d, None, "")  # None: evalkit's defaults for the run's device (cuda)
-    assert "over the default perturbations that finished: batch2." in page
+    assert ("over the default perturbations that finished: batch2. **Not in it, because they did not finish: "
+            "sdpa-math, tf32, compile.**") in page
     assert "| 0.0280 | batch2 | batch2 |" in _floor_line(page, "LPIPS (AlexNet)")
