@@ -1,17 +1,31 @@
-"""Several `evalkit generate` runs at once on one multi-GPU device machine, each on its own GPUs, for the seed table.
+"""Several `evalkit generate` runs at once on one multi-GPU device machine, each on its own GPUs, for the seed table
+and the noise floor.
 
     python3 benchmarks/gpu_table_run.py --deadline-s 540 \
-        --run main:0,1:1:bf16,bnb-nf4,... --run int4:2,3:0:bf16,torchao-int4wo,quanto-int4 [--config NAME=path.toml]
+        --run main:0,1:1:bf16,bnb-nf4,... --run int4:2,3:0:bf16,torchao-int4wo,quanto-int4 [--config NAME=path.toml] \
+        [--calibrate NAME:batch2,sdpa-math,tf32,compile[:rerun]] [--then NAME:BACKENDS]
 
 A `--run NAME:GPUS:WARMUP:BACKENDS` is one run directory (/tmp/evalkit-runs/NAME) generated with
-`--gpus GPUS --warmup WARMUP`; its bf16 anchor runs first on its first GPU, as the stage does. Runs on disjoint GPUs
-do not share a GPU, so their latencies stand. Before the runs: optimum-quanto's CUDA kernels start building in the
-background (if a run has quanto-int4) and random:flux-dev is built once, so concurrent runs do not race to build it.
+`--gpus GPUS --warmup WARMUP`; its bf16 anchor runs first on its first GPU, as the stage does. Each run's processes
+see only its GPUs (CUDA_VISIBLE_DEVICES=GPUS), so runs on disjoint GPUs do not share a GPU and their latencies stand;
+a step that picks no GPU itself (calibrate) stays on its run's GPUs too. Before the runs: optimum-quanto's CUDA
+kernels start building in the background (if a run has quanto-int4) and random:flux-dev is built once, so concurrent
+runs do not race to build it.
 
-At the deadline (seconds since this script started) every run still going is killed, and for each backend without a
+`--calibrate NAME:P1,P2,...[:Q1,...]` follows run NAME's generate with its noise floor (issue #17): one
+`evalkit calibrate RUN --perturbations P` per P, each its own process, so a deadline keeps every perturbation
+already scored (each result is kept as RUN/calibration.P.json); then plain `evalkit calibrate RUN` (the device's
+default perturbations, every score cached by then: RUN/calibration.default.json); then each Q alone (extras such as
+the `rerun` control). RUN/calibration.json is left as the defaults' result when that step finished.
+`--no-default-calibrate` leaves the plain call out when time is short (the per-perturbation results hold the same
+scores). `--then NAME:BACKENDS` generates more backends into run NAME after its calibration, one GPU doing both in
+turn: the run's bf16 is up to date, so it is not generated again and stays those rows' anchor.
+
+At the deadline (seconds since this script started) every step still going is killed, and for each backend without a
 record the cut is written down: seconds its worker had run, and the images it had finished (with their latencies,
-from the partial record). Each run's small files (manifest, summary, generation records, partial records, cut.json,
-log tails) go to $OUT/NAME.tar.gz; benchmarks/gpu_table.py turns the untarred run directories into the table.
+from the partial record); calibration runs likewise. Each run's small files (manifest, summary, generation records,
+partial records, cut.json, calibration files, log tails) go to $OUT/NAME.tar.gz; benchmarks/gpu_table.py turns the
+untarred run directories into the table and benchmarks/floor_table.py the calibrations into the floor's page.
 """
 
 from __future__ import annotations
@@ -21,15 +35,18 @@ import calendar
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
 import tarfile
+import threading
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 60
+CALIBRATION_DIR = "calibration"  # evalkit.calibrate.stage.CALIBRATION_DIR (not imported: keep this script light)
 
 
 def parse_run(text: str) -> dict:
@@ -38,6 +55,14 @@ def parse_run(text: str) -> dict:
         return {"name": name, "gpus": gpus, "warmup": int(warmup), "backends": backends}
     except ValueError:
         raise SystemExit(f"--run {text!r}: expected NAME:GPUS:WARMUP:BACKENDS")
+
+
+def parse_calibrate(text: str) -> tuple[str, list[str], list[str]]:
+    parts = text.split(":")
+    if not 2 <= len(parts) <= 3 or not parts[0] or not parts[1]:
+        raise SystemExit(f"--calibrate {text!r}: expected NAME:P1,P2,...[:EXTRA1,...]")
+    names = lambda s: [n.strip() for n in s.split(",") if n.strip()]  # noqa: E731
+    return parts[0], names(parts[1]), names(parts[2]) if len(parts) == 3 else []
 
 
 def worker_started(log: Path) -> float | None:
@@ -64,25 +89,89 @@ def record_cuts(run_dir: Path, deadline_epoch: float) -> dict:
     return cuts
 
 
+def calibration_runs(run_dir: Path) -> list[Path]:
+    """The run directories `evalkit calibrate` regenerated the reference into (one per perturbation)."""
+    root = run_dir / CALIBRATION_DIR
+    return sorted(p for p in root.iterdir() if (p / "manifest.json").exists()) if root.is_dir() else []
+
+
+def _add_run_files(tar: tarfile.TarFile, run_dir: Path, arc: str, out: Path) -> None:
+    for sub in ("manifest.json", "summary.json", "cut.json", "generation"):
+        if (run_dir / sub).exists():
+            tar.add(run_dir / sub, arcname=f"{arc}/{sub}")
+    for log in sorted((run_dir / "logs").glob("*.log")):
+        # Logs can be flooded with library warnings; the end says how a worker finished.
+        lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
+        tmp = out / ".logtail"
+        tmp.write_text("\n".join(lines) + "\n")
+        tar.add(tmp, arcname=f"{arc}/logs/{log.name}")
+        tmp.unlink()
+
+
 def tar_run(run_dir: Path, out: Path, extra: dict) -> None:
     (run_dir / "cut.json").write_text(json.dumps(extra, indent=1))
     with tarfile.open(out / f"{run_dir.name}.tar.gz", "w:gz") as tar:
-        for sub in ("manifest.json", "summary.json", "cut.json", "generation"):
-            if (run_dir / sub).exists():
-                tar.add(run_dir / sub, arcname=f"{run_dir.name}/{sub}")
-        for log in sorted((run_dir / "logs").glob("*.log")):
-            # Logs can be flooded with library warnings; the end says how a worker finished.
-            lines = log.read_text(errors="replace").splitlines()[-LOG_TAIL_LINES:]
-            tmp = out / ".logtail"
-            tmp.write_text("\n".join(lines) + "\n")
-            tar.add(tmp, arcname=f"{run_dir.name}/logs/{log.name}")
-            tmp.unlink()
+        _add_run_files(tar, run_dir, run_dir.name, out)
+        for f in sorted(run_dir.glob("calibration*.json")):
+            tar.add(f, arcname=f"{run_dir.name}/{f.name}")
+        for sub in calibration_runs(run_dir):
+            _add_run_files(tar, sub, f"{run_dir.name}/{CALIBRATION_DIR}/{sub.name}", out)
+
+
+class Pipeline:
+    """One run's steps, one process at a time, in a thread; `stop()` kills the step in flight and skips the rest."""
+
+    def __init__(self, name: str, steps: list[tuple[str, list[str]]], env: dict, log_path: Path, run_dir: Path,
+                 t0: float, say) -> None:
+        self.name, self.steps, self.env, self.log_path, self.run_dir = name, steps, env, log_path, run_dir
+        self.t0, self.say = t0, say
+        self.done: list[dict] = []
+        self.proc: subprocess.Popen | None = None
+        self.stopped = False
+        self.lock = threading.Lock()
+        self.thread = threading.Thread(target=self._work, daemon=True)
+
+    def _work(self) -> None:
+        with open(self.log_path, "ab") as log:
+            for label, cmd in self.steps:
+                with self.lock:
+                    if self.stopped:
+                        return
+                    self.say(f"{self.name}/{label}: + {' '.join(cmd)}")
+                    log.write(f"\n=== {label}: {' '.join(cmd)}\n".encode())
+                    log.flush()
+                    started = time.time()
+                    self.proc = subprocess.Popen(cmd, cwd=REPO, env=self.env, start_new_session=True, stdout=log,
+                                                 stderr=log)
+                    step = {"step": label, "command": cmd, "started_s": round(started - self.t0, 1)}
+                    self.done.append(step)
+                rc = self.proc.wait()
+                with self.lock:
+                    step.update(ended_s=round(time.time() - self.t0, 1), rc="killed at the deadline" if self.stopped
+                                else rc)
+                result = self.run_dir / "calibration.json"
+                if rc == 0 and label.startswith("calibrate:") and result.exists():
+                    # Each calibrate call rewrites calibration.json with its own perturbations: keep every one.
+                    shutil.copy(result, self.run_dir / f"calibration.{label.split(':', 1)[1]}.json")
+                self.say(f"{self.name}/{label}: rc={step['rc']} after {step['ended_s'] - step['started_s']:.1f} s")
+
+    def stop(self) -> None:
+        with self.lock:
+            self.stopped = True
+            if self.proc is not None and self.proc.poll() is None:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+        self.thread.join()
 
 
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--run", action="append", type=parse_run, required=True)
     ap.add_argument("--config", action="append", default=[], help="NAME=path: --config for run NAME")
+    ap.add_argument("--calibrate", action="append", type=parse_calibrate, default=[],
+                    help="NAME:P1,P2,...[:EXTRA,...]: after run NAME's generate, its noise floor (see above)")
+    ap.add_argument("--no-default-calibrate", action="store_true",
+                    help="after the per-perturbation calls, skip the plain `evalkit calibrate RUN`")
+    ap.add_argument("--then", action="append", default=[], help="NAME:BACKENDS: generated into run NAME at the end")
     ap.add_argument("--prompts", default=str(REPO / "benchmarks" / "prompts-3.txt"))
     ap.add_argument("--model", default="random:flux-dev")
     ap.add_argument("--device", default="cuda", help="cpu only for a dry run of this script with --model tiny")
@@ -94,6 +183,11 @@ def main() -> int:
     out.mkdir(parents=True, exist_ok=True)
     runs_root = Path(os.environ.get("EVALKIT_RUNS", "/tmp/evalkit-runs"))
     configs = dict(c.split("=", 1) for c in a.config)
+    calibrations = {name: (perts, extras) for name, perts, extras in a.calibrate}
+    then = dict(t.split(":", 1) for t in a.then)
+    unknown = (set(calibrations) | set(then)) - {r["name"] for r in a.run}
+    if unknown:
+        raise SystemExit(f"--calibrate or --then names no --run: {sorted(unknown)}")
     meta: dict = {"started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(t0)), "argv": sys.argv[1:],
                   "deadline_s": a.deadline_s}
 
@@ -113,34 +207,53 @@ def main() -> int:
         meta["model_build_s"] = round(time.time() - tb, 1)
         say(f"random:flux-dev ready in {meta['model_build_s']} s")
 
-    procs = {}
+    evalkit = [sys.executable, "-m", "evalkit"]
+    pipes: dict[str, Pipeline] = {}
     for r in a.run:
         run_dir = runs_root / r["name"]
-        cmd = [sys.executable, "-m", "evalkit", "generate", a.prompts, "--model", a.model, "--device", a.device,
-               "--backends", r["backends"], "--out", str(run_dir), "--warmup", str(r["warmup"]), "--gpus", r["gpus"]]
+        cmd = [*evalkit, "generate", a.prompts, "--model", a.model, "--device", a.device, "--backends", r["backends"],
+               "--out", str(run_dir), "--warmup", str(r["warmup"]), "--gpus", r["gpus"]]
         if r["name"] in configs:
             cmd += ["--config", configs[r["name"]]]
         cmd += a.extra
-        r["command"] = cmd
-        say("+ " + " ".join(cmd))
-        log = open(out / f"{r['name']}.stderr.log", "wb")
-        procs[r["name"]] = (subprocess.Popen(cmd, cwd=REPO, start_new_session=True, stdout=log, stderr=log), run_dir)
+        steps = [("generate", cmd)]
+        perts, extras = calibrations.get(r["name"], ([], []))
+        steps += [(f"calibrate:{p}", [*evalkit, "calibrate", str(run_dir), "--perturbations", p]) for p in perts]
+        if perts and not a.no_default_calibrate:
+            steps.append(("calibrate:default", [*evalkit, "calibrate", str(run_dir)]))
+        steps += [(f"calibrate:{p}", [*evalkit, "calibrate", str(run_dir), "--perturbations", p]) for p in extras]
+        if r["name"] in then:
+            i = cmd.index("--backends") + 1
+            steps.append(("generate:then", [*cmd[:i], then[r["name"]], *cmd[i + 1:]]))
+        r["steps"] = [{"step": label, "command": c} for label, c in steps]
+        env = dict(os.environ)
+        if a.device == "cuda":
+            # The generate stage sets each worker's CUDA_VISIBLE_DEVICES from --gpus itself; calibrate's workers
+            # inherit this one, so every process of the run stays on the run's GPUs.
+            env["CUDA_VISIBLE_DEVICES"] = r["gpus"]
+        pipes[r["name"]] = Pipeline(r["name"], steps, env, out / f"{r['name']}.stderr.log", run_dir, t0, say)
+    for p in pipes.values():
+        p.thread.start()
 
-    while any(p.poll() is None for p, _ in procs.values()) and time.time() - t0 < a.deadline_s:
+    while any(p.thread.is_alive() for p in pipes.values()) and time.time() - t0 < a.deadline_s:
         time.sleep(2)
     stop = time.time()
     for r in a.run:
-        p, run_dir = procs[r["name"]]
-        r["rc"] = p.poll()
-        if r["rc"] is None:
-            os.killpg(p.pid, signal.SIGKILL)
-            p.wait()
-            r["rc"] = "killed at the deadline"
+        pipe, run_dir = pipes[r["name"]], pipes[r["name"]].run_dir
+        was_running = pipe.thread.is_alive()
+        pipe.stop()
+        r["steps_run"] = pipe.done
+        r["rc"] = "killed at the deadline" if was_running else (pipe.done[0]["rc"] if pipe.done else None)
+        if was_running:
             subprocess.run([sys.executable, "-c", f"from evalkit.rundir import write_summary; write_summary({str(run_dir)!r})"],
                            cwd=REPO)
+        default = run_dir / "calibration.default.json"
+        if default.exists():  # an extra perturbation after it rewrote calibration.json: the defaults' floor is the run's
+            shutil.copy(default, run_dir / "calibration.json")
         say(f"run {r['name']}: rc={r['rc']}")
         if (run_dir / "manifest.json").exists():
             tar_run(run_dir, out, {"run": r, "stopped_after_s": round(stop - t0, 1), "cuts": record_cuts(run_dir, stop),
+                                   "calibration_cuts": {s.name: record_cuts(s, stop) for s in calibration_runs(run_dir)},
                                    "model_build_s": meta.get("model_build_s")})
     if quanto is not None:
         if quanto.poll() is None:
