@@ -150,7 +150,7 @@ class PlainProgress:
         self.last = now
         from evalkit import dist
 
-        elapsed = max(now - (self.start or now), 1e-9)
+        elapsed = max(now - (now if self.start is None else self.start), 1e-9)
         rate = done / elapsed
         eta = f", ETA {(total - done) / rate:.0f} s" if rate > 0 and done < total else ""
         w = dist.world()
