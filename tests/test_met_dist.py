@@ -165,3 +165,30 @@ def test_plain_progress_prints_at_most_every_ten_seconds() -> None:
     assert len(lines) == 4, lines
     assert lines[0] == "score: bf16 6/10, all backends 6/20 images, 0.6 images/s, ETA 23 s"
     assert lines[-1].startswith("score: q 10/10, all backends 20/20 images") and "ETA" not in lines[-1]
+
+
+def test_peer_watch_stops_a_rank_once_another_posted_its_failure() -> None:
+    """The early stop between chunks (the two-rank failure test above covers the agreement that follows)."""
+    from evalkit.metrics.distributed import PeerFailed, PeerWatch
+
+    class Store:  # the part of torch's key-value store the watch uses
+        def __init__(self) -> None:
+            self.kv: dict[str, bytes] = {}
+
+        def set(self, k: str, v: str) -> None:
+            self.kv[k] = v.encode()
+
+        def check(self, keys: list[str]) -> bool:
+            return all(k in self.kv for k in keys)
+
+        def get(self, k: str) -> bytes:
+            return self.kv[k]
+
+    store = Store()
+    failing, other = PeerWatch(store), PeerWatch(store)
+    other.key = failing.key  # one score call seen from two ranks
+    other.check()  # nothing posted: goes on
+    failing.post("rank 1 of 2 (host h): bad image x.png")
+    with pytest.raises(PeerFailed, match=r"^rank 1 of 2 \(host h\): bad image x.png$"):
+        other.check()
+    assert PeerWatch(store).key != failing.key  # the next score call in the same job starts clean

@@ -174,6 +174,52 @@ def _agree_on_plans(state: "State", plans: Sequence["Plan"], error: BaseExceptio
                            "score cache (a filesystem that every node mounts); was the run changed during the score?")
 
 
+class PeerFailed(EvalkitError):
+    """Another rank failed: this one stops too (the message names the rank at fault)."""
+
+
+_SCORES = 0  # score calls in this process: each one's failure key is its own (`evalkit run` may score twice)
+
+
+class PeerWatch:
+    """Stops a rank's computing as soon as another rank has failed, rather than at the agreement after every rank
+    has finished its share (hours, in a large study): the failing rank posts its line in the process group's
+    key-value store, the others look between chunks (one store round trip per chunk). Without a store (a
+    launcher torch does not know), failures are still agreed, only later."""
+
+    def __init__(self, store: Any = None) -> None:
+        global _SCORES
+        _SCORES += 1
+        self.key = f"evalkit/score/{_SCORES}/failed"
+        self.store = store
+        if store is None and dist.world().distributed:
+            try:
+                import torch.distributed.distributed_c10d as c10d
+
+                self.store = c10d._get_default_store()  # private, hence the fallback above
+            except Exception:  # noqa: BLE001
+                self.store = None
+
+    def post(self, line: str) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.set(self.key, line)
+        except Exception:  # noqa: BLE001 - the final agreement still carries the line
+            pass
+
+    def check(self) -> None:
+        if self.store is None:
+            return
+        try:
+            failed = self.store.check([self.key])
+        except Exception:  # noqa: BLE001
+            return
+        if failed:
+            line = self.store.get(self.key)
+            raise PeerFailed(line.decode() if isinstance(line, bytes) else str(line))
+
+
 def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
     """Plan every backend (every rank the same), agree on the plans, compute this rank's chunks. Returns counts
     of what this rank did (chunks, images) and of the whole plan."""
@@ -194,13 +240,16 @@ def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
     _agree_on_plans(state, plans, planned)
     owners = assign_chunks([len(p.parts) for p in plans], w.world_size)
     mine = [(p, part) for p, row in zip(plans, owners) for part, r in zip(p.parts, row) if r == w.rank]
+    watch = PeerWatch()
     try:
         if os.environ.get(FAIL_RANK_ENV) == str(w.rank):
             raise EvalkitError(f"test hook {FAIL_RANK_ENV}={w.rank}: this rank fails on purpose")
-        run_work(state, mine)
+        run_work(state, mine, between_chunks=watch.check)
         failed: BaseException | None = None
     except Exception as e:  # noqa: BLE001
         failed = e
+        if not isinstance(e, PeerFailed):
+            watch.post(f"{_label()}: {_one_line(e)}")
     _agree_raising(failed)
     return {"chunks": len(mine), "images": sum(len(part) for _p, part in mine),
             "chunks_total": sum(len(p.parts) for p in plans)}
