@@ -270,9 +270,11 @@ def say_share(done: dict[str, int]) -> None:
     """One stderr line per rank saying what it scored (a world of one says nothing, as before)."""
     w = dist.world()
     if w.distributed:
-        print(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of {done['chunks_total']} chunks "
-              f"({done.get('images', 0)} images)" + ("; rank 0 writes the results" if w.is_main else ""),
-              file=sys.stderr, flush=True)
+        # One write per line: the ranks share torchrun's stderr, and print's separate newline would interleave.
+        sys.stderr.write(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of "
+                         f"{done['chunks_total']} chunks ({done.get('images', 0)} images)"
+                         + ("; rank 0 writes the results" if w.is_main else "") + "\n")
+        sys.stderr.flush()
 
 
 def launch(argv: Sequence[str], gpus: str | None, jobs: int | None) -> int | None:
