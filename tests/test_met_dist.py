@@ -192,3 +192,27 @@ def test_peer_watch_stops_a_rank_once_another_posted_its_failure() -> None:
     with pytest.raises(PeerFailed, match=r"^rank 1 of 2 \(host h\): bad image x.png$"):
         other.check()
     assert PeerWatch(store).key != failing.key  # the next score call in the same job starts clean
+
+
+def test_ranks_that_would_score_differently_stop_before_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans are compared across ranks (here rank 1's answer is faked): different work or different unavailable
+    metrics stop every rank with the difference named; the same metrics missing for host-specific reasons do not."""
+    from types import SimpleNamespace
+
+    from evalkit import dist
+    from evalkit.metrics import distributed as dsc
+    from evalkit.metrics import registry as reg
+
+    state: Any = SimpleNamespace(opts=SimpleNamespace(created={"ssim": reg.MetricUnavailable("on /a")}), items={})
+    mine = ("plan", dsc._plan_digest(state, []))
+    monkeypatch.setattr(dist, "world", lambda: dist.World(0, 2, 0, 2, "torchrun"))
+
+    def rank1_says(work: str, missing: dict[str, str]) -> None:
+        monkeypatch.setattr(dist, "all_gather", lambda obj: [obj, ("plan", (work, missing))])
+        dsc._agree_on_plans(state, [], None)
+
+    rank1_says(mine[1][0], {"ssim": "on /b"})  # same metric missing, its own path: agreed
+    with pytest.raises(dsc.EvalkitError, match=r"on rank 1, lpips_alex: no weights here"):
+        rank1_says(mine[1][0], {"ssim": "on /b", "lpips_alex": "no weights here"})
+    with pytest.raises(dsc.EvalkitError, match="planned different work"):
+        rank1_says("another plan", {"ssim": "on /b"})

@@ -161,17 +161,17 @@ def _agree_on_plans(state: "State", plans: Sequence["Plan"], error: BaseExceptio
     if bad:
         raise EvalkitError(bad[0][1])
     digests = [m[1] for m in every]
-    for r, d in enumerate(digests):
-        if d == digests[0]:
-            continue
-        if d[1] != digests[0][1]:
-            diff = sorted(set(d[1].items()) ^ set(digests[0][1].items()))
-            name, why = diff[0]
-            where = f"rank {r}" if (name, why) in d[1].items() else "rank 0"
-            raise EvalkitError(f"ranks 0 and {r} cannot load the same metrics: on {where}, {name}: {why}. Every "
-                               "rank must see the same metric weights (evalkit weights status, on each node)")
-        raise EvalkitError(f"ranks 0 and {r} planned different work: they must read the same run directory and "
-                           "score cache (a filesystem that every node mounts); was the run changed during the score?")
+    for r, (work, missing) in enumerate(digests):
+        # Which metrics are unavailable must agree; the reasons may name each host's own paths.
+        if set(missing) != set(digests[0][1]):
+            name = sorted(set(missing) ^ set(digests[0][1]))[0]
+            where, why = (r, missing[name]) if name in missing else (0, digests[0][1][name])
+            raise EvalkitError(f"ranks 0 and {r} cannot load the same metrics: on rank {where}, {name}: {why}. "
+                               "Every rank must see the same metric weights (`evalkit weights status` on each node)")
+        if work != digests[0][0]:
+            raise EvalkitError(f"ranks 0 and {r} planned different work: they must read the same run directory and "
+                               "score cache (a filesystem that every node mounts); was the run changed during the "
+                               "score?")
 
 
 class PeerFailed(EvalkitError):
