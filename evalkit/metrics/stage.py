@@ -11,6 +11,8 @@ Flow, per backend with generation status ok:
   4. summarise per backend (evalkit.metrics.summary): mean, percentile-bootstrap 95% CI, n, per-prompt means;
      set statistics from features.
 A rerun on an unchanged run therefore decodes nothing and runs no network (tests/test_metrics_stage.py).
+Under torchrun / srun / accelerate (or `evalkit score --gpus 0,1`) the ranks share step 3 chunk by chunk and rank 0
+does the rest (evalkit.metrics.distributed); a world of one is this flow unchanged.
 Every fact about a metric (kind, direction, shared extractor, derivation) comes from the registry: no metric
 name appears here. compare-images (evalkit.metrics.compare) runs the same plan and execution on two folders.
 
@@ -29,7 +31,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -37,15 +39,15 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
 from evalkit.metrics.cache import ScoreCache
 from evalkit.metrics.common import (Item, Options, expand_metric_names, feature_key, get_extractor, get_metric,
-                                    hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors, skipped,
+                                    hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors,
                                     unavailable)
 from evalkit.metrics.images import Decoder, Uploads, list_images, match_reference
 from evalkit.metrics.stats import DEFAULT_RESAMPLES
-from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records, open_run
+from evalkit.metrics.run_inputs import RANDOM_WEIGHTS_REASON, hash_items, prepare
+from evalkit.rundir import RunDir, open_run
 
-RANDOM_WEIGHTS_REASON = "random weights: images carry no quality information"
 
-__all__ = ["RANDOM_WEIGHTS_REASON", "expand_metric_names", "score_run"]
+__all__ = ["RANDOM_WEIGHTS_REASON", "expand_metric_names", "hash_items", "score_run"]
 
 
 def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None = None, *,
@@ -56,101 +58,87 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
               verify: bool = False) -> dict[str, Any]:
     """Score a run directory in place; returns {backend: metrics record}. See the module docstring.
 
-    Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused."""
+    Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused.
+    Under a distributed launcher every rank calls this and gets the same results; rank 0 alone takes the lock and
+    writes (evalkit.metrics.distributed)."""
+    from contextlib import ExitStack
+
+    from evalkit.metrics import distributed as dsc
     from evalkit.runlock import acquire
 
-    rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
-    with acquire(rd.root, "score"):
+    # Refuse a path that is not a run before creating a lock file in it (on every rank: each must see the run).
+    rd, _ = dsc.everywhere(lambda: open_run(run_dir))
+    with ExitStack() as locked:
+        dsc.on_main(lambda: bool(locked.enter_context(acquire(rd.root, "score"))))
         options = {"metrics": expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None),
                    "device": device, "clip_model": clip_model, "real_dir": str(real_dir) if real_dir else None,
                    "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
                    "batch_size": batch_size, "fid_method": fid_method}
         from evalkit.metrics.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
 
-        key = score_inputs_key(rd, options)
-        # --no-cache asks for every number to be computed again: no shortcut then either.
-        unchanged = unchanged_results(rd, key, verify) if use_cache else None
-        if unchanged is not None:
-            import sys
+        def decide() -> tuple[str, dict[str, Any] | None]:
+            key = score_inputs_key(rd, options)
+            # --no-cache asks for every number to be computed again: no shortcut then either.
+            return key, unchanged_results(rd, key, verify) if use_cache else None
 
-            print(f"score: nothing to do: the images, prompts and options are those of the last score "
-                  f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
+        key, unchanged = dsc.on_main(decide)
+        if unchanged is not None:
+            if dsc.is_main():
+                import sys
+
+                print(f"score: nothing to do: the images, prompts and options are those of the last score "
+                      f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
             return unchanged
-        results = _score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
+        results = _score_run(rd, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
                              real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
                              use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
                              fid_method=fid_method, progress=progress, verify=verify)
         from evalkit.inputs_key import store_key
 
-        store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, prompts, score options, "
-                  "METRICS_VERSION, evalkit and scoring-package versions, weight caches (evalkit.metrics.stage)")
+        dsc.on_main(lambda: store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, "
+                                      "prompts, score options, METRICS_VERSION, evalkit and scoring-package versions, "
+                                      "weight caches (evalkit.metrics.stage)"))
         return results
 
 
-def _score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None, *, device: str,
+def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
                lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
                bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
                batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
+    from evalkit.metrics import distributed as dsc
     from evalkit.metrics.summary import summarise_backend, write_outputs
 
-    rd, manifest = open_run(run_dir)
     names = expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None)
-    if real_dir and not Path(real_dir).is_dir():
-        raise EvalkitError(f"--real-dir {real_dir}: not a folder")
     opts = Options(metrics=names, device=device, clip_model=clip_model, real_dir=str(real_dir) if real_dir else None,
                    bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
                    weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
-    ensure_writable_dir(rd.metrics_dir)
-    backends: list[str] = list(manifest.get("backends", []))
-    ref = manifest.get("reference_backend", "bf16")
-    gens = load_generation_records(rd, backends)
-    prompts = {p["id"]: p for p in manifest.get("prompts", [])}
-    model = manifest.get("model") or {}
-
-    results: dict[str, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
-    if model.get("random_weights"):
-        for b in backends:
-            results[b] = {n: skipped(RANDOM_WEIGHTS_REASON) for n in names}
-        write_outputs(rd, results, rows, ref, names, None)
-        return results
-
-    ok = [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"]
-    for b in backends:
-        if b not in ok:
-            g = gens.get(b)
-            why = f"generation {g.get('status')}: {g.get('reason') or 'no reason recorded'}" if g else "not generated yet"
-            results[b] = {n: skipped(why) for n in names}
-    _verify_images(rd, gens, ok, verify)
-    ref_ok = ref in ok
-    items = _collect_items(rd, gens, ok, ref, prompts)
-    dev = resolve_device(device) if ok else "cpu"
-    cache = ScoreCache(rd.metrics_dir / "cache", enabled=use_cache)
-
-    state = State(cache=cache, opts=opts, device=dev, ref=ref, items=items)
-    with Decoder(workers) as decoder, progress_bar(progress) as bar:
+    run = dsc.on_main(lambda: prepare(rd, names, real_dir, verify))
+    ref, ok, results = run.ref, run.ok, dict(run.results)
+    if run.random_weights:
+        return dsc.on_main(lambda: (write_outputs(rd, results, [], ref, names, None), results)[1])
+    dev = dsc.everywhere(lambda: dsc.rank_device(resolve_device(device)) if ok else "cpu")
+    # Only rank 0 writes the cache; the others read it and hand what they computed to rank 0.
+    cache = ScoreCache(rd.metrics_dir / "cache", enabled=use_cache, writable=dsc.is_main())
+    state = State(cache=cache, opts=opts, device=dev, ref=ref, items=run.items)
+    with Decoder(dsc.rank_workers(workers)) as decoder, progress_bar(progress) as bar:
         state.decoder, state.bar = decoder, bar
-        compute_backends(state, ok)
-        if opts.real_dir and any(reg.get_spec(n).reference == "real" for n in names):
-            state.real_feats = {ext: _real_features(state, Path(opts.real_dir), ext)
-                                for ext in set_extractors(n for n in names if reg.get_spec(n).reference == "real")}
-    cache.save()
+        dsc.say_share(dsc.compute_share(state, ok))
+        dsc.merge_into_main(cache)
 
-    for b in ok:
-        results[b], brows = summarise_backend(state, b, ref_ok)
-        rows += brows
-    write_outputs(rd, results, rows, ref, names, state)
-    cache.save()
-    return results
+        def summarise_and_write() -> dict[str, Any]:
+            if opts.real_dir and any(reg.get_spec(n).reference == "real" for n in names):
+                state.real_feats = {ext: _real_features(state, Path(opts.real_dir), ext)
+                                    for ext in set_extractors(n for n in names if reg.get_spec(n).reference == "real")}
+            cache.save()
+            rows: list[dict[str, Any]] = []
+            for b in ok:
+                results[b], brows = summarise_backend(state, b, ref in ok)
+                rows += brows
+            write_outputs(rd, results, rows, ref, names, state)
+            cache.save()
+            return results
 
-
-def _verify_images(rd: RunDir, gens: dict[str, Any], ok: list[str], verify: bool) -> None:
-    """Refuse, before anything is scored, an image that is not the file its generation record describes: missing,
-    truncated or undecodable, replaced (sha256), of the wrong size, or an extra file in images/<backend>/
-    (evalkit.integrity). Files whose stat fingerprint matches the record are not re-hashed unless `verify`."""
-    from evalkit.integrity import verify_run
-
-    verify_run(rd, {b: gens[b] for b in ok}, full=verify).raise_if_problems()
+        return dsc.on_main(summarise_and_write)
 
 
 @dataclass
@@ -174,54 +162,6 @@ class State:
     ref_inflight: dict[Path, Any] = field(default_factory=dict)
     ref_lock: threading.Lock = field(default_factory=threading.Lock)
     claimed: set[tuple[str, ...]] = field(default_factory=set)  # work planned this run, by content key
-
-
-def _collect_items(rd: RunDir, gens: dict[str, Any], ok: list[str], ref: str,
-                   prompts: dict[str, Any]) -> dict[str, list[Item]]:
-    """Items per ok backend, with reference paths; raises naming every missing file."""
-    ref_index: dict[tuple[str, int], Path] = {}
-    if ref in ok:
-        for e in gens[ref].get("images", []):
-            ref_index[(e["prompt_id"], int(e["seed"]))] = rd.root / e["path"]
-    items: dict[str, list[Item]] = {}
-    missing_ref: list[str] = []
-    missing_img: list[str] = []
-    for b in ok:
-        out = []
-        for e in gens[b].get("images", []):
-            key = (e["prompt_id"], int(e["seed"]))
-            it = Item(prompt_id=key[0], seed=key[1], prompt=(prompts.get(key[0]) or {}).get("text", ""),
-                      path=rd.root / e["path"])
-            if not it.path.is_file():
-                missing_img.append(rd.relative(it.path))
-            if b != ref and ref in ok:
-                rp = ref_index.get(key, rd.image_path(ref, *key))
-                if not rp.is_file():
-                    missing_ref.append(rd.relative(rp))
-                it.ref_path = rp
-            out.append(it)
-        items[b] = out
-    if missing_ref:
-        uniq = sorted(set(missing_ref))
-        raise EvalkitError(f"{len(uniq)} reference image(s) missing: {', '.join(uniq[:5])}"
-                           f"{' …' if len(uniq) > 5 else ''}; regenerate the reference with `evalkit generate` "
-                           f"(it resumes) or remove the run's {ref} images from the comparison")
-    if missing_img:
-        raise EvalkitError(f"{len(missing_img)} image(s) listed in generation records are missing: "
-                           f"{', '.join(missing_img[:5])}{' …' if len(missing_img) > 5 else ''}")
-    hash_items(items)
-    return items
-
-
-def hash_items(items: dict[str, list[Item]]) -> None:
-    """Content hashes of every image and reference (the cache keys)."""
-    allp = sorted({it.path for v in items.values() for it in v} | {it.ref_path for v in items.values() for it in v if it.ref_path})
-    hashes = hash_files(allp)
-    for v in items.values():
-        for it in v:
-            it.sha = hashes[it.path] or ""
-            if it.ref_path is not None:
-                it.ref_sha = hashes[it.ref_path] or ""
 
 
 def text_sha(text: str) -> str:
@@ -305,10 +245,9 @@ def _plan_backend(state: State, b: str) -> Plan | None:
     if not todo:
         return None
     chunk = max(4, opts.batch_size * 2)
-    task = state.bar.add_task(b, total=len(todo)) if state.bar is not None else None
     return Plan(b=b, paired=paired, feats={e: set(v) for e, v in feats.items()},
                 prompt={m: set(v) for m, v in prompt.items()}, need_pair={i for idx in paired.values() for i in idx},
-                parts=[todo[s:s + chunk] for s in range(0, len(todo), chunk)], task=task)
+                parts=[todo[s:s + chunk] for s in range(0, len(todo), chunk)])
 
 
 def _claim(claimed: set[tuple[str, ...]], key: tuple[str, ...]) -> bool:
@@ -319,19 +258,39 @@ def _claim(claimed: set[tuple[str, ...]], key: tuple[str, ...]) -> bool:
 
 
 def compute_backends(state: State, backends: Sequence[str]) -> None:
-    """Decode and score every backend's uncached work as one stream of chunks, so that the pipeline does not drain
-    between backends. Three chunks are in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by
-    a thread, k is scored here (on the GPU, when there is one). The cache is saved as each backend finishes: a crash
-    later keeps that backend's work."""
-    plans = [p for p in (_plan_backend(state, b) for b in backends) if p is not None]
-    work = [(plan, part) for plan in plans for part in plan.parts]
+    """Decode and score every backend's uncached work (compare-images; the score stage goes through
+    evalkit.metrics.distributed.compute_share, which shares the same work between ranks)."""
+    run_work(state, [(plan, part) for plan in plan_work(state, backends) for part in plan.parts])
+
+
+def plan_work(state: State, backends: Sequence[str]) -> list[Plan]:
+    """Every backend's uncached work, in chunks; reads the cache, computes nothing."""
+    return [p for p in (_plan_backend(state, b) for b in backends) if p is not None]
+
+
+def run_work(state: State, work: Sequence[tuple[Plan, list[int]]],
+             between_chunks: Callable[[], None] | None = None) -> None:
+    """Decode and score these chunks as one stream, so that the pipeline does not drain between backends. Three
+    chunks are in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by a thread, k is scored
+    here (on the GPU, when there is one). The cache is saved as each backend finishes: a crash later keeps that
+    backend's work. `between_chunks` runs before each chunk is scored (a distributed rank stops there when another
+    rank has failed)."""
     if not work:
         return
+    if state.bar is not None:
+        totals: dict[int, int] = {}
+        for plan, part in work:
+            totals[id(plan)] = totals.get(id(plan), 0) + len(part)
+        for plan, _part in work:
+            if plan.task is None:
+                plan.task = state.bar.add_task(plan.b, total=totals[id(plan)])
     budget = ref_cache_budget()
     with Uploads(state.device) as up:
         for k, cur, wait in up.pipeline(len(work), lambda k: _submit_chunk(state, *work[k]),
                                         lambda k, sub: _prepare_chunk(state, *work[k], sub, up, budget)):
             state.waited += wait
+            if between_chunks is not None:
+                between_chunks()
             plan = work[k][0]
             _score_chunk(state, plan, cur, up)
             if k + 1 == len(work) or work[k + 1][0] is not plan:
