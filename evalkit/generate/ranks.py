@@ -16,6 +16,7 @@ A world of one is rank 0 of 1 and runs the same code: no second scheduler.
 from __future__ import annotations
 
 import contextlib
+import os
 import signal
 import socket
 import sys
@@ -235,7 +236,8 @@ def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any]
                 rd.shards_dir(unit.backend).mkdir(parents=True, exist_ok=True)
                 atomic_write_json(rd.shard_unit(unit.backend, tag), {
                     "schema": "evalkit.unit/1", "backend": unit.backend, "tag": tag, "rank": w.rank,
-                    "world_size": w.world_size, "host": shard["host"], "prompt_ids": list(unit.prompt_ids),
+                    "world_size": w.world_size, "host": shard["host"], "pid": os.getpid(),
+                    "prompt_ids": list(unit.prompt_ids),
                     "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
                 sink = _event_sink(bars, tasks.get(unit.backend), w, unit)
                 seen: list[str] = []

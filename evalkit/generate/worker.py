@@ -363,7 +363,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
     mine = target.prompts(manifest)
     todo = [p for p in mine if p["id"] not in done]
-    record["resumed_images"] = len(mine) - len(todo)
+    record["resumed_images"] = len(done)  # verified images of earlier attempts carried forward, not redone
     emit("progress", done=len(mine) - len(todo), total=len(mine))
     bs = max(1, int(gen.get("batch_size", 1)))
     for start in range(0, len(todo), bs):
