@@ -96,6 +96,25 @@ def launch_ranks(argv: list[str], opts: "GenerateOptions", n: int) -> int:  # no
     return dist.launch_local(argv, n, gpus=opts.gpus or None, threads_per_rank=threads)
 
 
+def options_argv(opts: "GenerateOptions") -> list[str]:  # noqa: F821
+    """The `evalkit generate` command line that asks for `opts` (the API's `gpus=`/`jobs=` launch ranks with it)."""
+    argv = ["generate", opts.prompts_file, "--model", opts.model, "--reports-dir", opts.reports_dir,
+            "--device", opts.device, "--batch-size", str(opts.batch_size), "--seed", str(opts.seed),
+            "--warmup", str(opts.warmup), "--schedule", opts.schedule, "--lock-timeout", str(opts.lock_timeout)]
+    for flag, value in (("--backends", opts.backends), ("--out", opts.out), ("--height", opts.height),
+                        ("--width", opts.width), ("--steps", opts.steps), ("--guidance", opts.guidance),
+                        ("--max-sequence-length", opts.max_sequence_length), ("--prompt-column", opts.prompt_column),
+                        ("--components", ",".join(opts.components) if opts.components else None),
+                        ("--config", opts.config_file), ("--gguf-file", opts.gguf_file),
+                        ("--max-images", opts.max_images)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock)):
+        if on:
+            argv.append(flag)
+    return argv
+
+
 def generate_main(args: argparse.Namespace) -> int:
     from evalkit.generate.stage import run_generate
 
