@@ -93,6 +93,16 @@ def test_jobs_launches_ranks_through_torchrun(tiny_run: Path, three_prompts: Pat
     again = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
                         "--backends", "bf16,fp8-layerwise", "--jobs", "2", "--out", str(out))
     assert again.returncode == 0 and "nothing to do" in again.stderr and "starting 2 ranks" not in again.stderr
+    # A shard file awaiting a merge is work: the rerun must not call itself unchanged, and its merge clears it.
+    stray = out / "generation" / "shards" / "bf16" / "w2-r1.unit.json"
+    stray.parent.mkdir(parents=True)
+    stray.write_text(json.dumps({"prompt_ids": []}))
+    third = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
+                        "--backends", "bf16,fp8-layerwise", "--out", str(out))
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "nothing to do" not in third.stderr and not stray.exists()
+    for backend in ("bf16", "fp8-layerwise"):
+        assert _hashes(out, backend) == _hashes(tiny_run, backend), backend
 
 
 def test_a_killed_rank_is_named_by_merge_and_a_rerun_fills_exactly_its_holes(tmp_path: Path,
