@@ -133,7 +133,10 @@ def generate_main(args: argparse.Namespace) -> int:
     if done is not None:
         from evalkit.generate.stage import print_unchanged
 
-        print_unchanged(done)
+        from evalkit import dist
+
+        if dist.world().is_main:  # under a launcher every rank finds the same answer; one says so
+            print_unchanged(done)
         run_dir = done
     else:
         run_dir = run_generate(opts)
