@@ -226,9 +226,9 @@ def test_a_large_study_prints_its_size_and_an_estimate(tmp_path: Path, three_pro
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
-    from evalkit.generate import stage
+    from evalkit.generate import ranks, stage
 
-    monkeypatch.setattr(stage, "LARGE_STUDY_IMAGES", 2)  # 3 prompts x 1 backend counts as large here
+    monkeypatch.setattr(ranks, "LARGE_STUDY_IMAGES", 2)  # 3 prompts x 1 backend counts as large here (rank 0 plans)
     console = Console(record=True, width=400)
     out = stage.run_generate(stage.GenerateOptions(prompts_file=str(three_prompts), model="tiny", backends="bf16",
                                                    height=32, width=32, warmup=0, out=str(tmp_path / "run")), console)

@@ -26,6 +26,7 @@ from typing import Any, Callable, Iterator
 
 from evalkit import dist
 from evalkit.errors import EvalkitError
+from evalkit.generate.plan import LARGE_STUDY_IMAGES
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import RunDir, write_summary
 
@@ -93,7 +94,7 @@ def plan_and_share(opts: Any, lock: contextlib.ExitStack, console: Any,
 
 
 def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Callable[[], None]) -> dict[str, Any]:
-    from evalkit.generate.plan import LARGE_STUDY_IMAGES, describe_plan, plan_work
+    from evalkit.generate.plan import describe_plan, plan_work
     from evalkit.generate.schedule import describe, make_schedule
     from evalkit.generate.spawn import write_unrun_record
     from evalkit.generate.stage import _write_error, prepare_run
