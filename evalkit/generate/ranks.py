@@ -206,9 +206,7 @@ def merge_and_summarize(rd: RunDir, console: Any) -> list[str]:
     except OSError as e:
         raise _write_error(e) from None
     _print_summary(console, summary)
-    for line in result.problems:
-        console.print(f"[red]merge:[/] {line}", highlight=False)
-    return result.problems
+    return result.problems  # the caller says them, once, as plain lines (rich would wrap the file names)
 
 
 def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any], console: Any) -> None:
