@@ -63,7 +63,7 @@ def test_forked_worker_dies_when_the_stage_is_killed(tmp_path: Path, three_promp
            "--width", "64", "--steps", "40", "--backends", "bf16", "--warmup", "0", "--out", str(out)]
     stage = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env={**os.environ, "EVALKIT_WORKER_MODE": "forkserver"}, start_new_session=True)
-    partial = out / "generation" / "bf16.partial.jsonl"
+    partial = out / "generation" / "shards" / "bf16" / "w1-r0.partial.jsonl"  # rank 0 of 1
     deadline = time.time() + 300
     while time.time() < deadline and stage.poll() is None and not read_jsonl(partial):
         time.sleep(0.05)
@@ -166,14 +166,14 @@ def test_a_record_that_cannot_be_written_is_reported_not_torn(
 
 def test_stage_turns_a_full_disk_into_one_line(tmp_path: Path, three_prompts: Path, tiny_model_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from evalkit.generate import stage
+    from evalkit.generate import ranks, stage
 
     out = tmp_path / "run"
 
     def full(root):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(root) / "summary.json"))
 
-    monkeypatch.setattr(stage, "write_summary", full)
+    monkeypatch.setattr(ranks, "write_summary", full)  # rank 0 writes the summary after the merge
     with pytest.raises(EvalkitError) as e:
         stage.run_generate(stage.GenerateOptions(prompts_file=str(three_prompts), model="tiny", backends="bf16",
                                                  height=32, width=32, warmup=0, out=str(out)))
@@ -226,9 +226,9 @@ def test_a_large_study_prints_its_size_and_an_estimate(tmp_path: Path, three_pro
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     from rich.console import Console
 
-    from evalkit.generate import stage
+    from evalkit.generate import ranks, stage
 
-    monkeypatch.setattr(stage, "LARGE_STUDY_IMAGES", 2)  # 3 prompts x 1 backend counts as large here
+    monkeypatch.setattr(ranks, "LARGE_STUDY_IMAGES", 2)  # 3 prompts x 1 backend counts as large here (rank 0 plans)
     console = Console(record=True, width=400)
     out = stage.run_generate(stage.GenerateOptions(prompts_file=str(three_prompts), model="tiny", backends="bf16",
                                                    height=32, width=32, warmup=0, out=str(tmp_path / "run")), console)
