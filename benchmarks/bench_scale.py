@@ -49,27 +49,30 @@ STUDY_BACKENDS = "bf16,torchao-int8wo,bnb-nf4,fp8-layerwise"
 LOG_TAIL_LINES = 60
 SCHEMA = "evalkit.bench-scale/1"
 # Seconds kept after the last step for hashing, collecting and the tarball.
-FINISH_RESERVE_S = 20.0
+FINISH_RESERVE_S = 12.0
 
-# What the time estimate assumes, from benchmarks/results/flux-dev-random-h200.md (H200, 2026-11-28): seconds an
-# image after warm-up (fp8-layerwise: H100's 11.0 s scaled by the bf16 anchors, 8.96/9.36), a load, a worker's start,
-# a rank's start (torchrun, imports, the forkserver's preload) and the random:flux-dev build (60.3 s on 2026-11-28).
+# What the time estimate assumes, from benchmarks/results/flux-dev-random-h200* (H200, 2026-11-28): seconds an image
+# after warm-up (fp8-layerwise: the H100's 11.0 s scaled by the two machines' bf16 anchors); a load (5.5-6.3 s); a
+# warm-up image (12.0-14.3 s: 3.5 s over a steady one); a worker's start-up and tear-down (its wall minus load,
+# warm-up and images: ~9 s); a rank's start before its first worker (11 s; torchrun's start added for N); the
+# random:flux-dev build (60.3 and 61.4 s).
 EST_IMAGE_S = {"bf16": 9.0, "torchao-int8wo": 11.9, "bnb-nf4": 9.5, "fp8-layerwise": 10.5}
-EST_LOAD_S, EST_WORKER_START_S, EST_RANK_START_S, EST_BUILD_S = 7.0, 3.0, 15.0, 60.0
+EST_LOAD_S, EST_WARMUP_EXTRA_S, EST_WORKER_START_S = 6.0, 3.5, 9.0
+EST_RANK_START_S, EST_TORCHRUN_S, EST_BUILD_S = 11.0, 5.0, 61.0
 EST_SCORE_PAIRS_PER_S, EST_SCORE_START_S = 35.0, 12.0
 
 
 def estimate(prompts: int, gpus: int, backends: list[str], score_pairs: int, warmup: int = 1) -> dict[str, float]:
     """Seconds each step should take on an H200 machine (a plan, not a measurement: the report shows the real ones)."""
     t = [EST_IMAGE_S.get(b, 12.0) for b in backends]
-    fixed = [EST_WORKER_START_S + EST_LOAD_S + warmup * ti for ti in t]
+    fixed = [EST_WORKER_START_S + EST_LOAD_S + warmup * (ti + EST_WARMUP_EXTRA_S) for ti in t]
     one = EST_RANK_START_S + sum(f + prompts * ti for f, ti in zip(fixed, t))
     # N GPUs: the better of whole backends (longest first onto the least loaded GPU) and every backend split.
     loads = [0.0] * gpus
     for cost in sorted((f + prompts * ti for f, ti in zip(fixed, t)), reverse=True):
         loads[loads.index(min(loads))] += cost
     split = sum(f + math.ceil(prompts / gpus) * ti for f, ti in zip(fixed, t))
-    many = EST_RANK_START_S + min(max(loads), split)
+    many = EST_RANK_START_S + EST_TORCHRUN_S + min(max(loads), split)
     score = 2 * (EST_SCORE_START_S + score_pairs / EST_SCORE_PAIRS_PER_S) if score_pairs else 0.0
     return {"build_s": EST_BUILD_S, "study_n_s": round(many, 1), "study_1_s": round(one, 1), "score_s": round(score, 1),
             "total_s": round(EST_BUILD_S + many + one + score + FINISH_RESERVE_S, 1)}
@@ -312,13 +315,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--schedule", default="auto", help="passed to the N-GPU run when the CLI has --schedule")
     ap.add_argument("--order", choices=["n-first", "1-first"], default="n-first")
     ap.add_argument("--started-epoch", type=float, default=None, help="the call's start (date +%%s); default now")
-    ap.add_argument("--deadline-s", type=float, default=550.0, help="seconds after --started-epoch to be done by")
-    ap.add_argument("--score-pairs", type=int, default=256, help="scoring pairs (0: no scoring step)")
+    ap.add_argument("--deadline-s", type=float, default=560.0, help="seconds after --started-epoch to be done by")
+    ap.add_argument("--score-pairs", type=int, default=192, help="scoring pairs (0: no scoring step)")
     ap.add_argument("--score-size", type=int, default=None, help="scoring images' side (default 1024; 256 with --cpu)")
     ap.add_argument("--score-metrics", default="ssim,psnr,ms_ssim",
                     help="metrics that need no weight files (add lpips_alex with --weights-dir)")
     ap.add_argument("--weights-dir", default=None)
     ap.add_argument("--work", default=None, help="run directories' parent (default /tmp/evalkit-scale)")
+    ap.add_argument("--tree-commit", default=None, help="the commit the tree was copied from (default: git rev-parse)")
     ap.add_argument("--estimate", action="store_true", help="print the time estimate for these settings and exit")
     ap.add_argument("--make-scoring-run", metavar="DIR", help=argparse.SUPPRESS)
     return ap.parse_args(argv)
@@ -355,6 +359,8 @@ def main(argv: list[str] | None = None) -> int:
                            "script_started_s": clock.now(), "model": model, "device": device, "n": a.gpus,
                            "prompts_count": a.prompts_count, "prompts_file": PROMPTS.name, "backends": backends,
                            "warmup": a.warmup, "estimate": est, "environment": environment(a.gpus, a.cpu), "steps": []}
+    if a.tree_commit:
+        res["environment"]["tree_commit"] = a.tree_commit
     clock.say(f"estimate (s): {est}")
 
     scoring = work / "score-input"
