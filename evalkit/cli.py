@@ -22,6 +22,8 @@ from evalkit import __version__
 COMMANDS: list[tuple[str, str, str, str, str]] = [
     ("generate", "evalkit.generate.cli", "add_generate_arguments", "generate_main",
      "generate images per backend and measure memory and latency (stage 1)"),
+    ("merge", "evalkit.generate.cli", "add_merge_arguments", "merge_main",
+     "merge the ranks' shard files of a sharded generate into the run directory (after a rank died, say)"),
     ("backends", "evalkit.generate.cli", "add_backends_arguments", "backends_main",
      "list quantization backends and modifiers, and whether each can run here"),
     ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main",
@@ -113,20 +115,29 @@ def _run_main(args: argparse.Namespace) -> int:
     from evalkit.generate.cli import generate_main
 
     rc = generate_main(args)
-    if rc not in (0, None):
-        return rc
+    if rc not in (0, None) or getattr(args, "launched", False):
+        return rc  # launched: the ranks it started ran every stage
     # Later stages read what generate wrote; they take the run directory it chose.
+    from evalkit import dist
     from evalkit.logs import attach_run_log
 
     for name, module, _add, main in RUN_STAGES:
         fn = _load(module, main)
         if fn is None:
             continue
+        if not dist.world().is_main and not _runs_on_every_rank(module):
+            continue  # only rank 0 calibrates and reports (and scores, until score runs distributed)
         attach_run_log(args.run_dir, name)
         rc = int(fn(args) or 0)
         if rc != 0:
             return rc
     return 0
+
+
+def _runs_on_every_rank(module: str) -> bool:
+    """A stage module that declares `RUNS_ON_EVERY_RANK = True` (score, once it is distributed) runs on every rank
+    of a launched `evalkit run`; the others run on rank 0 alone."""
+    return bool(getattr(sys.modules.get(module) or importlib.import_module(module), "RUNS_ON_EVERY_RANK", False))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

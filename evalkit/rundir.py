@@ -46,6 +46,23 @@ class RunDir:
     def generation_partial(self, backend: str) -> Path:
         return self.root / "generation" / f"{backend}.partial.jsonl"
 
+    def shards_dir(self, backend: str) -> Path:
+        """Where each rank's files for one backend wait for the merge (docs/run-directory.md, "Shards")."""
+        return self.root / "generation" / "shards" / backend
+
+    def shard_unit(self, backend: str, tag: str) -> Path:
+        return self.shards_dir(backend) / f"{tag}.unit.json"
+
+    def shard_partial(self, backend: str, tag: str) -> Path:
+        return self.shards_dir(backend) / f"{tag}.partial.jsonl"
+
+    def shard_record(self, backend: str, tag: str) -> Path:
+        return self.shards_dir(backend) / f"{tag}.json"
+
+    @property
+    def merge_manifest(self) -> Path:
+        return self.root / "merge.json"
+
     def log(self, backend: str) -> Path:
         return self.root / "logs" / f"{backend}.log"
 

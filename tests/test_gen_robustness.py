@@ -63,7 +63,7 @@ def test_forked_worker_dies_when_the_stage_is_killed(tmp_path: Path, three_promp
            "--width", "64", "--steps", "40", "--backends", "bf16", "--warmup", "0", "--out", str(out)]
     stage = subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                              env={**os.environ, "EVALKIT_WORKER_MODE": "forkserver"}, start_new_session=True)
-    partial = out / "generation" / "bf16.partial.jsonl"
+    partial = out / "generation" / "shards" / "bf16" / "w1-r0.partial.jsonl"  # rank 0 of 1
     deadline = time.time() + 300
     while time.time() < deadline and stage.poll() is None and not read_jsonl(partial):
         time.sleep(0.05)

@@ -115,7 +115,7 @@ def test_resume_after_sigkill(tiny_run: Path, three_prompts: Path, tmp_path: Pat
            "--width", "64", "--backends", "bf16", "--warmup", "0", "--out", str(out)]
     proc = subprocess.Popen(cmd, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
-    partial = out / "generation" / "bf16.partial.jsonl"
+    partial = out / "generation" / "shards" / "bf16" / "w1-r0.partial.jsonl"  # rank 0 of 1
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None:
         if partial.exists() and partial.read_text().count("\n") >= 1:

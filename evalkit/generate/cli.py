@@ -42,8 +42,15 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
     q.add_argument("--attempt-known-failures", action="store_true",
                    help="try backend/modifier pairs known to fail instead of recording them as failed")
     x = p.add_argument_group("execution")
-    x.add_argument("--jobs", type=int, default=1, help="CPU only: backends generated concurrently (latency then shares cores)")
-    x.add_argument("--gpus", help="comma-separated GPU indices; backends run concurrently, one process per GPU")
+    x.add_argument("--jobs", type=int, default=1,
+                   help="CPU only: run N ranks on this machine (torchrun underneath), sharing the cores; the work "
+                        "is split as --schedule says (latency then shares cores)")
+    x.add_argument("--gpus", help="comma-separated GPU indices: one rank per GPU on this machine (torchrun "
+                                  "underneath); under torchrun/accelerate/srun each rank takes its own GPU instead")
+    x.add_argument("--schedule", choices=["auto", "prompts", "backends"], default="auto",
+                   help="how work units are chosen over ranks: whole backends to ranks, every backend split over "
+                        "all ranks, or auto (the split with the smallest estimated wall time, fixed costs "
+                        "counted; default)")
     x.add_argument("--max-images", type=int, help="refuse (exit 2) a command that would generate more images than "
                                                   "this; studies over 2000 images print their size and an estimate")
     x.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
@@ -52,10 +59,10 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="remove a run directory's lock left by a process that is gone (e.g. on another host)")
 
 
-def generate_main(args: argparse.Namespace) -> int:
-    from evalkit.generate.stage import GenerateOptions, run_generate
+def options_from_args(args: argparse.Namespace) -> "GenerateOptions":  # noqa: F821 - imported lazily
+    from evalkit.generate.stage import GenerateOptions
 
-    opts = GenerateOptions(
+    return GenerateOptions(
         prompts_file=args.prompts, model=args.model, backends=args.backends, out=args.out, reports_dir=args.reports_dir,
         device=args.device, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
         max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, prompt_column=args.prompt_column, warmup=args.warmup,
@@ -64,10 +71,42 @@ def generate_main(args: argparse.Namespace) -> int:
         gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
         attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
         max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
+        schedule=getattr(args, "schedule", "auto"),
     )
+
+
+def local_ranks_wanted(opts: "GenerateOptions") -> int:  # noqa: F821
+    """How many ranks `--gpus`/`--jobs` ask for on this machine; 1 inside a launched world (the launcher decided)."""
+    from evalkit import dist
+
+    if dist.launched() or dist.world().distributed:
+        return 1
+    return len(opts.gpus) if opts.gpus else max(1, opts.jobs)
+
+
+def launch_ranks(argv: list[str], opts: "GenerateOptions", n: int) -> int:  # noqa: F821
+    """`--gpus`/`--jobs` as a thin launcher: torchrun --standalone with n ranks running `evalkit <argv>`."""
+    import os
+
+    from evalkit import dist
+
+    threads = None if opts.gpus else max(1, (os.cpu_count() or 1) // n)
+    print(f"evalkit: starting {n} ranks on this machine (torchrun --standalone"
+          f"{', GPUs ' + ','.join(opts.gpus) if opts.gpus else ''})", file=sys.stderr, flush=True)
+    return dist.launch_local(argv, n, gpus=opts.gpus or None, threads_per_rank=threads)
+
+
+def generate_main(args: argparse.Namespace) -> int:
+    from evalkit.generate.stage import run_generate
+
+    opts = options_from_args(args)
     from evalkit.generate.uptodate import unchanged_run
 
-    done = unchanged_run(opts)  # an unchanged rerun: no torch import, no manifest rewrite
+    done = unchanged_run(opts)  # an unchanged rerun: no torch import, no manifest rewrite, no ranks started
+    n = local_ranks_wanted(opts)
+    if done is None and n > 1:
+        args.launched = True  # `evalkit run`: the ranks ran every stage; this process only waited for them
+        return launch_ranks(sys.argv[1:], opts, n)
     if done is not None:
         from evalkit.generate.stage import print_unchanged
 
@@ -76,9 +115,39 @@ def generate_main(args: argparse.Namespace) -> int:
     else:
         run_dir = run_generate(opts)
     args.run_dir = str(run_dir)  # later stages of `evalkit run` read it
+    from evalkit import dist
     from evalkit.rundir import display_path
 
-    print(f"Results: {display_path(run_dir)}")
+    if dist.world().is_main:
+        print(f"Results: {display_path(run_dir)}")
+    return 0
+
+
+def add_merge_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run_dir", help="run directory whose ranks' shard files (generation/shards/) are to be merged")
+    p.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
+                   help="wait this long for another evalkit process writing the same run directory (default: refuse)")
+
+
+def merge_main(args: argparse.Namespace) -> int:
+    """`evalkit merge RUN_DIR`: what rank 0 does after the last barrier, run by hand (after a rank died, say).
+    Exit 0 when every backend is complete (or recorded as failed/skipped), 1 naming what is missing or claimed
+    twice, 2 on bad input."""
+    from rich.console import Console
+
+    from evalkit.generate.ranks import merge_and_summarize
+    from evalkit.rundir import open_run
+    from evalkit.runlock import acquire
+
+    rd, _ = open_run(args.run_dir)
+    console = Console(stderr=True, width=None if sys.stderr.isatty() else 140)
+    with acquire(rd.root, stage="merge", timeout_s=args.lock_timeout):
+        problems = merge_and_summarize(rd, console)
+    if problems:
+        for line in problems:
+            print(f"evalkit merge: {line}", file=sys.stderr)
+        return 1
+    print(f"merged: {rd.root / 'merge.json'}")
     return 0
 
 

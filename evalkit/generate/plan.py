@@ -6,13 +6,12 @@ larger one outright, before anything is written.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.generate.backends import BackendSpec, availability
-from evalkit.io import atomic_write_text, read_json, read_jsonl
+from evalkit.io import read_json
 from evalkit.rundir import RunDir
 
 LARGE_STUDY_IMAGES = 2000
@@ -37,6 +36,9 @@ class WorkPlan:
     # Finished backends with images that can no longer be trusted: name -> (record, prompt id -> why)
     repairs: dict[str, tuple[dict[str, Any], dict[str, str]]] = field(default_factory=dict)
     prompts: int = 0
+    # Backend -> its prompt ids with no valid image yet (merged record, shards and legacy partial list counted), in
+    # manifest order: what the schedule splits into units.
+    missing: dict[str, list[str]] = field(default_factory=dict)
 
 
 def image_problems(rd: RunDir, backend: str, rec: dict[str, Any], manifest: dict[str, Any]) -> dict[str, str]:
@@ -97,13 +99,12 @@ def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], re
             plan.unrun.append((spec, status, reason or ""))
             continue
         plan.todo.append(spec)
-        # Images an interrupted attempt already wrote are resumed, not redone (their hashes are checked later).
-        if spec.name in plan.repairs:
-            plan.images += len(plan.repairs[spec.name][1])
-            continue
-        written = {e.get("prompt_id") for e in read_jsonl(rd.generation_partial(spec.name))
-                   if (rd.root / e.get("path", "")).is_file()}
-        plan.images += sum(1 for p in manifest["prompts"] if p["id"] not in written)
+        # Images an interrupted attempt (any rank, any world size) already wrote are kept, not redone: only prompts
+        # without a verified entry are planned (evalkit/generate/merge.py decides what counts).
+        from evalkit.generate.merge import collect
+
+        plan.missing[spec.name] = collect(rd, manifest, spec.name).missing(manifest)
+        plan.images += len(plan.missing[spec.name])
     return plan
 
 
@@ -149,15 +150,3 @@ def _duration(seconds: float) -> str:
     if seconds < 7200:
         return f"~{seconds / 60:.0f} min"
     return f"~{seconds / 3600:.1f} h"
-
-
-def seed_resume(rd: RunDir, backend: str, rec: dict[str, Any], problems: dict[str, str]) -> None:
-    """Turn a finished record whose images partly changed into a resumable attempt: its intact images go to the
-    partial list (the worker re-checks their hashes and keeps them), the others are generated again."""
-    path = rd.generation_partial(backend)
-    kept = [img for img in rec.get("images", []) if img.get("prompt_id") not in problems]
-    atomic_write_text(path, "".join(json.dumps(img, sort_keys=True) + "\n" for img in kept))
-    rd.log(backend).parent.mkdir(parents=True, exist_ok=True)
-    with open(rd.log(backend), "a", encoding="utf-8") as log:
-        for pid, why in problems.items():
-            log.write(f"regenerating {pid}: {why}\n")

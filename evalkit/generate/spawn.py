@@ -24,12 +24,37 @@ from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 
 
-def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
-    path = rd.generation_record(spec.name)
+def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str, tag: str | None = None,
+                       shard: dict[str, Any] | None = None) -> None:
+    """The record of a backend (or, with `tag`, of one rank's unit) that did not run or whose worker died."""
+    path = rd.shard_record(spec.name, tag) if tag else rd.generation_record(spec.name)
     try:
-        _write_unrun(path, rd, spec, status, reason)
+        _write_unrun(path, rd, spec, status, reason, shard)
     except OSError as e:  # name the file: the stage turns this into its one-line error
         raise OSError(e.errno, e.strerror, str(path)) from None
+
+
+def fold_previous_shard(rd: RunDir, backend: str, tag: str) -> None:
+    """Before a unit runs again under the same tag: the tag's earlier final record's images join its partial list
+    (the worker re-verifies and keeps them), and that record goes, so a stale record cannot stand in for this
+    attempt's outcome."""
+    from evalkit.io import atomic_write_text, read_jsonl
+
+    final = rd.shard_record(backend, tag)
+    if not final.exists():
+        return
+    try:
+        images = list(read_json(final).get("images") or [])
+    except EvalkitError:
+        images = []
+    if images:
+        by_id = {e.get("prompt_id"): e for e in images if isinstance(e, dict)}
+        for e in read_jsonl(rd.shard_partial(backend, tag)):
+            if isinstance(e, dict):
+                by_id[e.get("prompt_id")] = e
+        atomic_write_text(rd.shard_partial(backend, tag),
+                          "".join(json.dumps(e, sort_keys=True) + "\n" for e in by_id.values()))
+    final.unlink(missing_ok=True)
 
 
 def _user_options(rd: RunDir, spec: BackendSpec) -> dict[str, Any]:
@@ -40,8 +65,9 @@ def _user_options(rd: RunDir, spec: BackendSpec) -> dict[str, Any]:
         return {}
 
 
-def _write_unrun(path: Path, rd: RunDir, spec: BackendSpec, status: str, reason: str) -> None:
-    atomic_write_json(path, {
+def _write_unrun(path: Path, rd: RunDir, spec: BackendSpec, status: str, reason: str,
+                 shard: dict[str, Any] | None = None) -> None:
+    atomic_write_json(path, {**({"shard": shard} if shard else {}),
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
         "recipe": spec.recipe(_user_options(rd, spec)),
         "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
@@ -152,12 +178,13 @@ def worker_mode() -> str:
     return mode
 
 
-def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> int:
+def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str | None = None) -> int:
     global _FORK_POISONED
     log_path = rd.log(spec.name)
     if worker_mode() == "subprocess":
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name],
+            proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name,
+                                     *([tag] if tag else [])],
                                     stdout=subprocess.PIPE, stderr=log, env=env, text=True)
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -170,7 +197,8 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) ->
 
     ctx = _forkserver()
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=forked_main, args=(str(rd.root), spec.name, str(log_path), env, send), daemon=False)
+    proc = ctx.Process(target=forked_main, args=(str(rd.root), spec.name, str(log_path), env, send, tag),
+                       daemon=False)
     proc.start()
     send.close()
     while True:
@@ -192,19 +220,26 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) ->
 
     if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA: from now on, a fresh interpreter per backend
         _FORK_POISONED = True
-        return _spawn(rd, spec, env, on_event)
+        return _spawn(rd, spec, env, on_event, tag)
     return rc
 
 
-def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any) -> None:
+def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str | None = None,
+                       shard: dict[str, Any] | None = None) -> None:
+    """Run one worker (for the whole backend, or with `tag` for one rank's unit) and make sure a record exists
+    afterwards: a worker that died without writing its own gets a failed one naming the signal or exit code."""
     rd.log(spec.name).parent.mkdir(parents=True, exist_ok=True)
-    # A stale record from an earlier attempt must not stand in for this attempt's outcome.
-    rd.generation_record(spec.name).unlink(missing_ok=True)
+    rec_path = rd.shard_record(spec.name, tag) if tag else rd.generation_record(spec.name)
+    if tag:
+        fold_previous_shard(rd, spec.name, tag)
+    else:
+        # A stale record from an earlier attempt must not stand in for this attempt's outcome.
+        rec_path.unlink(missing_ok=True)
     with open(rd.log(spec.name), "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker for {spec.name} ===\n".encode())
-    rc = _spawn(rd, spec, env, on_event)
+        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker for {spec.name}"
+                  f"{' unit ' + tag if tag else ''} ===\n".encode())
+    rc = _spawn(rd, spec, env, on_event, tag)
     if rc != 0:
-        rec_path = rd.generation_record(spec.name)
         rec = read_json(rec_path) if rec_path.exists() else None
         if rec is None or rec.get("status") != "failed":
             # The worker died without writing its record (killed, segfault, OOM killer).
@@ -215,7 +250,7 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
             else:
                 reason = f"worker exited with code {rc}"
             tail = _log_tail(rd.log(spec.name))
-            write_unrun_record(rd, spec, "failed", f"{reason}; last log line: {tail}" if tail else reason)
+            write_unrun_record(rd, spec, "failed", f"{reason}; last log line: {tail}" if tail else reason, tag, shard)
 
 
 def _log_tail(path: Path) -> str:

@@ -29,9 +29,8 @@ from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
 from evalkit.records import build_manifest, prompt_entry
-from evalkit.generate.plan import LARGE_STUDY_IMAGES, check_max_images, describe_plan, plan_work, seed_resume
-from evalkit.generate.spawn import (run_worker_process, start_forkserver, stop_forkserver, worker_mode,
-                                    write_unrun_record)
+from evalkit.generate.plan import check_max_images, plan_work
+from evalkit.generate.spawn import start_forkserver, stop_forkserver, worker_mode
 from evalkit.runlock import acquire, check_ownership
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, ensure_writable_dir, write_summary
 
@@ -77,6 +76,7 @@ class GenerateOptions:
     break_lock: bool = False  # remove another process's lock on the run directory (the user knows it is gone)
     lock_timeout: float = 0.0  # seconds to wait for another process's lock
     max_images: int | None = None  # refuse a command that would generate more images than this
+    schedule: str = "auto"  # how work units are chosen: auto | prompts | backends (evalkit/generate/schedule.py)
     command: list[str] = field(default_factory=list)
 
 
@@ -307,30 +307,34 @@ def _all_specs(names: list[str]) -> list[BackendSpec]:
     return [parse_backend(n) for n in names]
 
 
-def _worker_env(opts: GenerateOptions, gpu: str | None, device: str) -> dict[str, str]:
+def _worker_env(opts: GenerateOptions, gpu: str | None, device: str, local_ranks: int = 1) -> dict[str, str]:
     env = dict(os.environ)
     env.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for the hub
     env["PYTHONUNBUFFERED"] = "1"
     env["EVALKIT_PARENT_PID"] = str(os.getpid())  # a subprocess worker checks it still has this parent
     if gpu is not None:
         env["CUDA_VISIBLE_DEVICES"] = gpu
-    if device == "cpu" and opts.jobs > 1:
-        # Parallel CPU workers share the cores instead of oversubscribing them.
-        env.setdefault("EVALKIT_THREADS", str(max(1, (os.cpu_count() or 1) // opts.jobs)))
+    if device == "cpu" and max(opts.jobs, local_ranks) > 1:
+        # Parallel CPU workers (one per rank on this machine) share the cores instead of oversubscribing them.
+        env.setdefault("EVALKIT_THREADS", str(max(1, (os.cpu_count() or 1) // max(opts.jobs, local_ranks))))
     return env
 
 
 def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
-    """Run the generate stage; returns the run directory. The run directory's lock is held throughout, and the
-    forkserver is stopped at the end however the stage ends (a failed validation leaves no process behind)."""
+    """Run the generate stage on this rank; returns the run directory. A world of one is rank 0 of 1: it plans,
+    runs its units and merges, as rank 0 of N does (evalkit/generate/ranks.py). Rank 0 holds the run directory's
+    lock throughout, and the forkserver is stopped at the end however the stage ends (a failed validation leaves
+    no process behind)."""
     from rich.console import Console
+
+    from evalkit.generate import ranks
 
     # Logs and CI capture stderr: give tables room instead of rich's 80-column default off a terminal.
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     starters: list[threading.Thread] = []
 
     def start_early() -> None:
-        if worker_mode() == "forkserver":
+        if worker_mode() == "forkserver" and not starters:
             # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
             starters.append(threading.Thread(target=start_forkserver, daemon=True))
             starters[0].start()
@@ -338,18 +342,13 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
     finished = False
     root: Path | None = None
     try:
-        with contextlib.ExitStack() as lock:
-            rd, manifest, specs = prepare_run(opts, lock, on_validated=start_early)
+        with contextlib.ExitStack() as lock, ranks.sigterm_as_interrupt():
+            rd, manifest = ranks.plan_and_share(opts, lock, console, start_early)
             root = rd.root
             from evalkit.logs import attach_run_log
 
             attach_run_log(root, "generate")
-            _generate(opts, rd, manifest, specs, console)
-            try:
-                summary = write_summary(rd.root)
-            except OSError as e:
-                raise _write_error(e) from None
-            _print_summary(console, summary)
+            ranks.run_and_merge(opts, rd, manifest, console)
             finished = True
             return rd.root
     finally:
@@ -393,84 +392,6 @@ def _write_error(e: OSError) -> EvalkitError:
     where = e.filename or "the run directory"
     return EvalkitError(f"{where}: cannot write ({e.strerror or e}); free space or fix permissions, then rerun the "
                         "same command to resume")
-
-
-def _generate(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], console: Any) -> None:
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    device = manifest["config"]["device"]
-    requested = tuple(opts.components) if opts.components else None
-    console.print(f"[bold]evalkit generate[/] model={manifest['model']['spec']} device={device} "
-                  f"{manifest['generation']['height']}x{manifest['generation']['width']} "
-                  f"steps={manifest['generation']['num_inference_steps']} prompts={len(manifest['prompts'])} "
-                  f"backends={len(specs)} -> {rd.root}")
-
-    work_plan = plan_work(rd, manifest, specs, requested, opts.attempt_known_failures)
-    for spec, status, reason in work_plan.unrun:
-        try:
-            write_unrun_record(rd, spec, status, reason)
-        except OSError as e:
-            raise _write_error(e) from None
-    for name, (rec, problems) in work_plan.repairs.items():
-        first = next(iter(problems.values()))
-        console.print(f"{name}: regenerating {len(problems)} image(s) that changed since they were recorded "
-                      f"(first: {first}; all in logs/{name}.log)")
-        try:
-            seed_resume(rd, name, rec, problems)
-        except OSError as e:
-            raise _write_error(e) from None
-    todo = work_plan.todo
-    if work_plan.images > LARGE_STUDY_IMAGES:
-        console.print(describe_plan(work_plan, rd, manifest))
-
-    n_prompts = len(manifest["prompts"])
-    slots: list[str | None] = list(opts.gpus) if (device == "cuda" and opts.gpus) else [None] * (opts.jobs if device == "cpu" else 1)
-    write_errors: list[OSError] = []
-    with Progress(TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[phase]}"),
-                  TimeElapsedColumn(), console=console, transient=False) as progress:
-        tasks = {s.name: progress.add_task(s.name, total=n_prompts, phase="queued") for s in todo}
-
-        def work(spec: BackendSpec, slot: str | None) -> None:
-            tid = tasks[spec.name]
-
-            def on_event(ev: dict[str, Any]) -> None:
-                if ev.get("event") == "phase":
-                    progress.update(tid, phase=ev.get("phase", ""))
-                elif ev.get("event") == "progress":
-                    progress.update(tid, completed=ev.get("done", 0), phase="generating")
-                elif ev.get("event") == "done":
-                    progress.update(tid, phase=ev.get("status", ""))
-
-            progress.update(tid, phase="starting")
-            try:
-                run_worker_process(rd, spec, _worker_env(opts, slot, device), on_event)
-                rec = read_json(rd.generation_record(spec.name)) if rd.generation_record(spec.name).exists() else {}
-            except OSError as e:  # the stage could not even write the failed record: the disk is full or read-only
-                write_errors.append(e)
-                rec = {"status": "failed"}
-            progress.update(tid, phase="[green]ok[/]" if rec.get("status") == "ok" else f"[red]{rec.get('status', 'failed')}[/]")
-
-        # The reference first and alone: later stages need it, and it is the one run nobody can do without.
-        queue = list(todo)
-        if queue and queue[0].name == REFERENCE_BACKEND:
-            work(queue.pop(0), slots[0])
-        lock = threading.Lock()
-
-        def runner(slot: str | None) -> None:
-            while True:
-                with lock:
-                    if not queue or write_errors:
-                        return
-                    spec = queue.pop(0)
-                work(spec, slot)
-
-        threads = [threading.Thread(target=runner, args=(slot,), daemon=True) for slot in slots]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
-    if write_errors:
-        raise _write_error(write_errors[0])
 
 
 def _print_summary(console: Any, summary: dict[str, Any]) -> None:

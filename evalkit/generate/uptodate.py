@@ -21,6 +21,11 @@ if TYPE_CHECKING:
     from evalkit.generate.stage import GenerateOptions
 
 
+# Options that say how the work is spread, not what it produces: a rerun with another --jobs/--gpus/--schedule (or
+# under a launcher) is still unchanged.
+EXECUTION_ONLY = ("command", "jobs", "gpus", "schedule")
+
+
 def _normal(obj: Any) -> Any:
     """What `obj` reads back as from a JSON file (tuples become lists), so it compares with a stored value."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
@@ -53,7 +58,7 @@ def unchanged_run(opts: GenerateOptions) -> Path | None:
         if device is None:
             return None
         prompts_sha = sha256_file(opts.prompts_file)
-        options = _normal({k: v for k, v in asdict(opts).items() if k != "command"})
+        options = _normal({k: v for k, v in asdict(opts).items() if k not in EXECUTION_ONLY})
         for root in _candidates(opts):
             if _is_done(root, opts, options, prompts_sha, device):
                 return root
@@ -74,7 +79,8 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     manifest = read_json(rd.manifest)
     config = manifest.get("config") or {}
     if (manifest.get("evalkit_version") != __version__ or manifest.get("prompts_sha256") != prompts_sha
-            or config.get("device") != device or _normal(config.get("options")) != options):
+            or config.get("device") != device
+            or _normal({k: v for k, v in (config.get("options") or {}).items() if k not in EXECUTION_ONLY}) != options):
         return False
     backend_options, compile_config = load_config(opts.config_file)
     if _normal(backend_options) != _normal(config.get("backend_options")) or \
@@ -86,6 +92,10 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     if _normal(manifest.get("versions")) != _normal(package_versions()):
         return False  # a library upgrade changes what a backend produces: the stage decides what to redo
     names = list(manifest.get("backends", []))
+    from evalkit.generate.merge import has_shards
+
+    if any(has_shards(rd, n) or rd.generation_partial(n).exists() for n in names):
+        return False  # shard files await a merge (a rank died, or the merge was interrupted)
     if any(s.name not in names for s in parse_backend_list(opts.backends, device)):
         return False
     requested = tuple(opts.components) if opts.components else None

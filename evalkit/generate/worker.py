@@ -92,7 +92,8 @@ def die_with_parent(expected_parent: int | None = None, sig: int = 15) -> bool:
     return True
 
 
-def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any) -> None:
+def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any,
+                tag: str | None = None) -> None:
     """Entry point of a backend's process forked from the preloaded forkserver."""
     global _event_conn
     # Its parent is the forkserver, which exits when the stage's process does (it watches a pipe from it).
@@ -112,7 +113,7 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
               flush=True)
         conn.close()
         sys.exit(EXIT_POISONED_FORK)
-    code = run_worker(run_dir, backend)
+    code = run_worker(run_dir, backend, tag)
     conn.close()
     sys.stdout.flush()
     sys.stderr.flush()
@@ -190,20 +191,51 @@ def partial_reason(backend: Any, quantization: dict[str, Any]) -> str | None:
     return "; ".join(reasons) or None
 
 
-def run_worker(run_dir: str, backend_name: str) -> int:
+class Target:
+    """Where one worker's output goes: the whole backend (generation/<backend>.json, legacy, one process) or one
+    work unit of a rank (generation/shards/<backend>/<tag>.*, docs/run-directory.md "Shards")."""
+
+    def __init__(self, rd: RunDir, backend: str, tag: str | None) -> None:
+        self.tag = tag
+        self.unit: dict[str, Any] | None = read_json(rd.shard_unit(backend, tag)) if tag else None
+        self.partial = rd.shard_partial(backend, tag) if tag else rd.generation_partial(backend)
+        self.record = rd.shard_record(backend, tag) if tag else rd.generation_record(backend)
+
+    def prompts(self, manifest: dict[str, Any]) -> list[dict[str, Any]]:
+        if self.unit is None:
+            return list(manifest["prompts"])
+        ids = set(self.unit.get("prompt_ids") or [])
+        return [p for p in manifest["prompts"] if p["id"] in ids]
+
+    def shard_info(self) -> dict[str, Any] | None:
+        if self.unit is None:
+            return None
+        import socket
+
+        return {"tag": self.tag, "rank": self.unit.get("rank"), "world_size": self.unit.get("world_size"),
+                "host": socket.gethostname(), "gpu": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "prompt_ids": list(self.unit.get("prompt_ids") or [])}
+
+
+def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
+    """Generate one backend's missing images (or, with `tag`, exactly the prompts of that rank's unit file) and
+    write its record; returns the exit status."""
     rd = RunDir(__import__("pathlib").Path(run_dir))
     manifest = read_json(rd.manifest)
     cfg = manifest["config"]
     gen = manifest["generation"]
     spec = parse_backend(backend_name)
+    target = Target(rd, spec.name, tag)
     started = utcnow()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
         "recipe": spec.recipe(cfg.get("backend_options", {}).get(spec.backend.name)),
         "started_utc": started, "pid": os.getpid(), "images": [],
     }
+    if target.unit is not None:
+        record["shard"] = target.shard_info()
     try:
-        _run(rd, manifest, cfg, gen, spec, record)
+        _run(rd, manifest, cfg, gen, spec, record, target)
         record["status"] = "ok"
         code = 0
     except BaseException as e:  # noqa: BLE001 - every failure must end up in the record
@@ -215,24 +247,24 @@ def run_worker(run_dir: str, backend_name: str) -> int:
         code = 1
     record["finished_utc"] = utcnow()
     try:
-        atomic_write_json(rd.generation_record(spec.name), checked_generation_record(record))
+        atomic_write_json(target.record, checked_generation_record(record))
     except OSError as e:
         # No record can be written (full disk): the stage learns why from the event and the exit code; the images
         # and the partial list already written stay, so a rerun resumes.
-        reason = f"cannot write {rd.generation_record(spec.name)}: {e.strerror or e}"
+        reason = f"cannot write {target.record}: {e.strerror or e}"
         print(reason, file=sys.stderr, flush=True)
         emit("done", status="failed", reason=reason)
         return 1
     if code == 0:
         try:
-            rd.generation_partial(spec.name).unlink()
+            target.partial.unlink()
         except FileNotFoundError:
             pass
     emit("done", status=record["status"], reason=record["reason"])
     return code
 
 
-def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: dict[str, Any]) -> None:
+def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: dict[str, Any], target: Target) -> None:
     import torch
 
     from evalkit.generate import loading, measure
@@ -292,11 +324,11 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
-        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory)
+        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target)
 
 
 def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
-                     compile_info: Any, memory: dict[str, Any]) -> None:
+                     compile_info: Any, memory: dict[str, Any], target: Target) -> None:
     import torch
 
     from evalkit.generate import loading, measure
@@ -322,16 +354,17 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     from evalkit.integrity import verify_images
 
     seeds = {p["id"]: p["seed"] for p in prompts}
-    partial = [e for e in read_jsonl(rd.generation_partial(spec.name))
+    partial = [e for e in read_jsonl(target.partial)
                if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
     check = verify_images(rd, spec.name, {"images": partial}, manifest=manifest, check_extra=False)
     for line in check.ok:
         done[line["prompt_id"]] = line
     for bad in check.problems:
         print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
-    todo = [p for p in prompts if p["id"] not in done]
-    record["resumed_images"] = len(done)
-    emit("progress", done=len(done), total=len(prompts))
+    mine = target.prompts(manifest)
+    todo = [p for p in mine if p["id"] not in done]
+    record["resumed_images"] = len(done)  # verified images of earlier attempts carried forward, not redone
+    emit("progress", done=len(mine) - len(todo), total=len(mine))
     bs = max(1, int(gen.get("batch_size", 1)))
     for start in range(0, len(todo), bs):
         batch = todo[start:start + bs]
@@ -346,16 +379,17 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
             entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
                      "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
                      "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
-            write_or_explain(append_jsonl, rd.generation_partial(spec.name), entry)
+            write_or_explain(append_jsonl, target.partial, entry)
             done[p["id"]] = entry
-        emit("progress", done=len(done), total=len(prompts))
+        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine))
 
     if on_cuda:
         snap = measure.cuda_snapshot()
         memory.update(peak_allocated_gib=snap["max_allocated_gib"], peak_reserved_gib=snap["max_reserved_gib"])
     memory["cpu_peak_rss_gib"] = measure.peak_rss_gib()
     record["memory"] = memory
-    record["images"] = [done[p["id"]] for p in prompts]
+    # A unit's record also carries its tag's earlier verified entries outside this unit: a resumed rank loses nothing.
+    record["images"] = [done[p["id"]] for p in prompts if p["id"] in done]
     # Latency only from images timed in this process: a resumed run may come from another process or machine state.
     fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
     record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
@@ -408,12 +442,12 @@ def sdpa_context(torch: Any, backend: str | None) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) != 2:
-        print("usage: python -m evalkit.generate.worker RUN_DIR BACKEND", file=sys.stderr)
+    if len(argv) not in (2, 3):
+        print("usage: python -m evalkit.generate.worker RUN_DIR BACKEND [TAG]", file=sys.stderr)
         return 2
     parent = os.environ.get("EVALKIT_PARENT_PID")
     die_with_parent(int(parent) if parent and parent.isdigit() else None)  # subprocess mode: the parent is the stage
-    return run_worker(argv[0], argv[1])
+    return run_worker(argv[0], argv[1], argv[2] if len(argv) == 3 else None)
 
 
 if __name__ == "__main__":

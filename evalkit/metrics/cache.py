@@ -2,7 +2,11 @@
 content hash, so a rerun on an unchanged run decodes nothing and runs no network.
 
 Disabled (`--no-cache`), it neither reads nor writes the folder but still holds this run's values in memory:
-everything is computed, and FID/KID get their features (#13.8)."""
+everything is computed, and FID/KID get their features (#13.8).
+
+Read-only (`writable=False`, a non-zero rank of a distributed score), it reads the folder but keeps what it computes
+in memory. Every cache records what this process computed (`journal()`), so that rank 0 can apply the other
+ranks' work (`apply`) and be the only writer (evalkit.metrics.distributed)."""
 
 from __future__ import annotations
 
@@ -25,12 +29,16 @@ def json_key(obj: Any) -> bytes:
 class ScoreCache:
     """metrics/cache/: tables ({key: value}, saved as <name>.json) and features (features/<key>/<sha>.npy)."""
 
-    def __init__(self, root: Path, enabled: bool = True) -> None:
+    def __init__(self, root: Path, enabled: bool = True, writable: bool = True) -> None:
         self.root = root
         self.enabled = enabled
+        self.writable = writable
         self._tables: dict[str, dict[str, Any]] = {}
         self._dirty: set[str] = set()
-        self._features: dict[tuple[str, str], np.ndarray] = {}  # this run's, always (the disk copy is optional)
+        self._features: dict[tuple[str, str], np.ndarray] = {}  # kept in memory unless written to disk
+        # What this process computed, in order: table puts and feature keys (the arrays stay in _features or on disk)
+        self._puts: dict[str, dict[str, Any]] = {}
+        self._new_features: list[tuple[str, str]] = []
 
     def table(self, name: str) -> dict[str, Any]:
         if name not in self._tables:
@@ -46,10 +54,11 @@ class ScoreCache:
 
     def put(self, name: str, key: str, value: Any) -> None:
         self.table(name)[key] = value
+        self._puts.setdefault(name, {})[key] = value
         self._dirty.add(name)
 
     def save(self) -> None:
-        if not self.enabled:
+        if not self.enabled or not self.writable:
             return
         for name in sorted(self._dirty):
             atomic_write_json(self.root / f"{name}.json", self._tables[name])
@@ -73,9 +82,25 @@ class ScoreCache:
 
     def put_features(self, key: str, sha: str, feats: np.ndarray) -> None:
         arr = np.asarray(feats, dtype=np.float64)
-        if not self.enabled:
+        self._new_features.append((key, sha))
+        if not self.enabled or not self.writable:
             self._features[(key, sha)] = arr
             return
         buf = io.BytesIO()
         np.save(buf, arr, allow_pickle=False)
         atomic_write_bytes(self._feat_path(key, sha), buf.getvalue())
+
+    def journal(self) -> dict[str, Any]:
+        """Everything this process put, with the feature arrays (float64, exact): what `apply` takes."""
+        feats = [(k, s, self.get_features(k, s)) for k, s in self._new_features]
+        return {"tables": {n: dict(t) for n, t in self._puts.items()}, "features": feats}
+
+    def apply(self, journal: dict[str, Any]) -> None:
+        """Put another process's work (its `journal()`) into this cache, as if computed here."""
+        for name, entries in journal["tables"].items():
+            for key, value in entries.items():
+                self.put(name, key, value)
+        for key, sha, arr in journal["features"]:
+            if arr is None:  # its disk copy vanished before it was read back: a recompute, never a wrong number
+                continue
+            self.put_features(key, sha, arr)

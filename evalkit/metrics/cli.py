@@ -40,6 +40,12 @@ def add_score_arguments(parser: argparse.ArgumentParser, for_run: bool = False) 
         parser.add_argument("--verify", action="store_true",
                             help="re-hash every image against its generation record (default: files whose size and "
                                  "mtime match the record are trusted)")
+        many = parser.add_argument_group("many GPUs (or `torchrun --nproc-per-node N -m evalkit score RUN_DIR`)")
+        many.add_argument("--gpus", default=None, metavar="0,1,...",
+                          help="score with one rank per listed GPU on this machine (started through torchrun); "
+                               "results equal a one-process score")
+        many.add_argument("--jobs", type=int, default=None, metavar="N",
+                          help="score with N ranks on this machine (CPU, or GPUs picked by local rank)")
 
 
 def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -65,17 +71,34 @@ def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
 
 
 def score_main(args: argparse.Namespace) -> int:
+    from evalkit import dist
+    from evalkit.errors import EvalkitError
+    from evalkit.metrics.distributed import launch
+
+    # Only `evalkit score` launches: in `evalkit run`, --gpus belongs to generate and score runs in the world it is in.
+    if getattr(args, "command", None) == "score" and (getattr(args, "gpus", None) or getattr(args, "jobs", None)):
+        argv = sys.argv[1:]
+        if "score" not in argv:
+            raise EvalkitError("--gpus/--jobs start `evalkit score` again through torchrun: use them from the command "
+                               "line (from Python, call score_run under your own launcher)")
+        code = launch(argv, args.gpus, args.jobs)
+        if code is not None:
+            return code
     from evalkit.metrics.stage import score_run
 
-    missing = warn_missing_weights(args)
+    # Under a distributed launcher every rank scores, rank 0 alone speaks (and writes).
+    main_rank = dist.world().is_main
+    missing = warn_missing_weights(args) if main_rank else {}
     quiet = bool(getattr(args, "quiet", False))
     results = score_run(
         args.run_dir, metrics=args.metrics, device=getattr(args, "device", "auto") or "auto",
         lpips_net=args.lpips_net, clip_model=args.clip_model, real_dir=args.real_dir,
         bootstrap_samples=args.bootstrap_samples, workers=args.workers, use_cache=not args.no_cache,
         weights_dir=args.weights_dir, batch_size=args.metrics_batch_size, fid_method=args.fid_sqrt,
-        progress=not quiet and sys.stderr.isatty(), verify=bool(getattr(args, "verify", False)),
+        progress=not quiet, verify=bool(getattr(args, "verify", False)),
     )
+    if not main_rank:
+        return 0
     if not quiet:
         _print_score_table(results)
         from evalkit.rundir import display_path

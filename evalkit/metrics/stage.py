@@ -41,6 +41,7 @@ from evalkit.metrics.common import (Item, Options, expand_metric_names, feature_
                                     unavailable)
 from evalkit.metrics.images import Decoder, Uploads, list_images, match_reference
 from evalkit.metrics.stats import DEFAULT_RESAMPLES
+from evalkit.io import read_json
 from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records, open_run
 
 RANDOM_WEIGHTS_REASON = "random weights: images carry no quality information"
@@ -56,65 +57,73 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
               verify: bool = False) -> dict[str, Any]:
     """Score a run directory in place; returns {backend: metrics record}. See the module docstring.
 
-    Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused."""
+    Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused.
+    Under a distributed launcher every rank calls this and gets the same results; rank 0 alone takes the lock and
+    writes (evalkit.metrics.distributed)."""
+    from contextlib import ExitStack
+
+    from evalkit.metrics import distributed as dsc
     from evalkit.runlock import acquire
 
-    rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
-    with acquire(rd.root, "score"):
+    # Refuse a path that is not a run before creating a lock file in it (on every rank: each must see the run).
+    rd, _ = dsc.everywhere(lambda: open_run(run_dir))
+    with ExitStack() as locked:
+        dsc.on_main(lambda: bool(locked.enter_context(acquire(rd.root, "score"))))
         options = {"metrics": expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None),
                    "device": device, "clip_model": clip_model, "real_dir": str(real_dir) if real_dir else None,
                    "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
                    "batch_size": batch_size, "fid_method": fid_method}
         from evalkit.metrics.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
 
-        key = score_inputs_key(rd, options)
-        # --no-cache asks for every number to be computed again: no shortcut then either.
-        unchanged = unchanged_results(rd, key, verify) if use_cache else None
-        if unchanged is not None:
-            import sys
+        def decide() -> tuple[str, dict[str, Any] | None]:
+            key = score_inputs_key(rd, options)
+            # --no-cache asks for every number to be computed again: no shortcut then either.
+            return key, unchanged_results(rd, key, verify) if use_cache else None
 
-            print(f"score: nothing to do: the images, prompts and options are those of the last score "
-                  f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
+        key, unchanged = dsc.on_main(decide)
+        if unchanged is not None:
+            if dsc.is_main():
+                import sys
+
+                print(f"score: nothing to do: the images, prompts and options are those of the last score "
+                      f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
             return unchanged
-        results = _score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
+        results = _score_run(rd, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
                              real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
                              use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
                              fid_method=fid_method, progress=progress, verify=verify)
         from evalkit.inputs_key import store_key
 
-        store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, prompts, score options, "
-                  "METRICS_VERSION, evalkit and scoring-package versions, weight caches (evalkit.metrics.stage)")
+        dsc.on_main(lambda: store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, "
+                                      "prompts, score options, METRICS_VERSION, evalkit and scoring-package versions, "
+                                      "weight caches (evalkit.metrics.stage)"))
         return results
 
 
-def _score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None, *, device: str,
-               lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
-               bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
-               batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
-    from evalkit.metrics.summary import summarise_backend, write_outputs
+@dataclass
+class Prepared:
+    """What rank 0 reads from the run before any scoring (broadcast to the other ranks)."""
+    ref: str
+    ok: list[str]
+    results: dict[str, dict[str, Any]]  # the backends that are not scored, with why
+    items: dict[str, list[Item]]
+    random_weights: bool
 
-    rd, manifest = open_run(run_dir)
-    names = expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None)
+
+def _prepare(rd: RunDir, names: list[str], real_dir: str | os.PathLike[str] | None, verify: bool) -> Prepared:
+    manifest = read_json(rd.manifest)
     if real_dir and not Path(real_dir).is_dir():
         raise EvalkitError(f"--real-dir {real_dir}: not a folder")
-    opts = Options(metrics=names, device=device, clip_model=clip_model, real_dir=str(real_dir) if real_dir else None,
-                   bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
-                   weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
     ensure_writable_dir(rd.metrics_dir)
     backends: list[str] = list(manifest.get("backends", []))
     ref = manifest.get("reference_backend", "bf16")
-    gens = load_generation_records(rd, backends)
-    prompts = {p["id"]: p for p in manifest.get("prompts", [])}
-    model = manifest.get("model") or {}
-
     results: dict[str, dict[str, Any]] = {}
-    rows: list[dict[str, Any]] = []
-    if model.get("random_weights"):
+    if (manifest.get("model") or {}).get("random_weights"):
         for b in backends:
             results[b] = {n: skipped(RANDOM_WEIGHTS_REASON) for n in names}
-        write_outputs(rd, results, rows, ref, names, None)
-        return results
-
+        return Prepared(ref, [], results, {}, True)
+    gens = load_generation_records(rd, backends)
+    prompts = {p["id"]: p for p in manifest.get("prompts", [])}
     ok = [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"]
     for b in backends:
         if b not in ok:
@@ -122,26 +131,47 @@ def _score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | N
             why = f"generation {g.get('status')}: {g.get('reason') or 'no reason recorded'}" if g else "not generated yet"
             results[b] = {n: skipped(why) for n in names}
     _verify_images(rd, gens, ok, verify)
-    ref_ok = ref in ok
-    items = _collect_items(rd, gens, ok, ref, prompts)
-    dev = resolve_device(device) if ok else "cpu"
-    cache = ScoreCache(rd.metrics_dir / "cache", enabled=use_cache)
+    return Prepared(ref, ok, results, _collect_items(rd, gens, ok, ref, prompts), False)
 
-    state = State(cache=cache, opts=opts, device=dev, ref=ref, items=items)
-    with Decoder(workers) as decoder, progress_bar(progress) as bar:
+
+def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
+               lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
+               bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
+               batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
+    from evalkit.metrics import distributed as dsc
+    from evalkit.metrics.summary import summarise_backend, write_outputs
+
+    names = expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None)
+    opts = Options(metrics=names, device=device, clip_model=clip_model, real_dir=str(real_dir) if real_dir else None,
+                   bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
+                   weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
+    run = dsc.on_main(lambda: _prepare(rd, names, real_dir, verify))
+    ref, ok, results = run.ref, run.ok, dict(run.results)
+    if run.random_weights:
+        return dsc.on_main(lambda: (write_outputs(rd, results, [], ref, names, None), results)[1])
+    dev = dsc.everywhere(lambda: dsc.rank_device(resolve_device(device)) if ok else "cpu")
+    # Only rank 0 writes the cache; the others read it and hand what they computed to rank 0.
+    cache = ScoreCache(rd.metrics_dir / "cache", enabled=use_cache, writable=dsc.is_main())
+    state = State(cache=cache, opts=opts, device=dev, ref=ref, items=run.items)
+    with Decoder(dsc.rank_workers(workers)) as decoder, progress_bar(progress) as bar:
         state.decoder, state.bar = decoder, bar
-        compute_backends(state, ok)
-        if opts.real_dir and any(reg.get_spec(n).reference == "real" for n in names):
-            state.real_feats = {ext: _real_features(state, Path(opts.real_dir), ext)
-                                for ext in set_extractors(n for n in names if reg.get_spec(n).reference == "real")}
-    cache.save()
+        dsc.say_share(dsc.compute_share(state, ok))
+        dsc.merge_into_main(cache)
 
-    for b in ok:
-        results[b], brows = summarise_backend(state, b, ref_ok)
-        rows += brows
-    write_outputs(rd, results, rows, ref, names, state)
-    cache.save()
-    return results
+        def summarise_and_write() -> dict[str, Any]:
+            if opts.real_dir and any(reg.get_spec(n).reference == "real" for n in names):
+                state.real_feats = {ext: _real_features(state, Path(opts.real_dir), ext)
+                                    for ext in set_extractors(n for n in names if reg.get_spec(n).reference == "real")}
+            cache.save()
+            rows: list[dict[str, Any]] = []
+            for b in ok:
+                results[b], brows = summarise_backend(state, b, ref in ok)
+                rows += brows
+            write_outputs(rd, results, rows, ref, names, state)
+            cache.save()
+            return results
+
+        return dsc.on_main(summarise_and_write)
 
 
 def _verify_images(rd: RunDir, gens: dict[str, Any], ok: list[str], verify: bool) -> None:
@@ -305,10 +335,9 @@ def _plan_backend(state: State, b: str) -> Plan | None:
     if not todo:
         return None
     chunk = max(4, opts.batch_size * 2)
-    task = state.bar.add_task(b, total=len(todo)) if state.bar is not None else None
     return Plan(b=b, paired=paired, feats={e: set(v) for e, v in feats.items()},
                 prompt={m: set(v) for m, v in prompt.items()}, need_pair={i for idx in paired.values() for i in idx},
-                parts=[todo[s:s + chunk] for s in range(0, len(todo), chunk)], task=task)
+                parts=[todo[s:s + chunk] for s in range(0, len(todo), chunk)])
 
 
 def _claim(claimed: set[tuple[str, ...]], key: tuple[str, ...]) -> bool:
@@ -319,14 +348,30 @@ def _claim(claimed: set[tuple[str, ...]], key: tuple[str, ...]) -> bool:
 
 
 def compute_backends(state: State, backends: Sequence[str]) -> None:
-    """Decode and score every backend's uncached work as one stream of chunks, so that the pipeline does not drain
-    between backends. Three chunks are in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by
-    a thread, k is scored here (on the GPU, when there is one). The cache is saved as each backend finishes: a crash
-    later keeps that backend's work."""
-    plans = [p for p in (_plan_backend(state, b) for b in backends) if p is not None]
-    work = [(plan, part) for plan in plans for part in plan.parts]
+    """Decode and score every backend's uncached work (compare-images; the score stage goes through
+    evalkit.metrics.distributed.compute_share, which shares the same work between ranks)."""
+    run_work(state, [(plan, part) for plan in plan_work(state, backends) for part in plan.parts])
+
+
+def plan_work(state: State, backends: Sequence[str]) -> list[Plan]:
+    """Every backend's uncached work, in chunks; reads the cache, computes nothing."""
+    return [p for p in (_plan_backend(state, b) for b in backends) if p is not None]
+
+
+def run_work(state: State, work: Sequence[tuple[Plan, list[int]]]) -> None:
+    """Decode and score these chunks as one stream, so that the pipeline does not drain between backends. Three
+    chunks are in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by a thread, k is scored
+    here (on the GPU, when there is one). The cache is saved as each backend finishes: a crash later keeps that
+    backend's work."""
     if not work:
         return
+    if state.bar is not None:
+        totals: dict[int, int] = {}
+        for plan, part in work:
+            totals[id(plan)] = totals.get(id(plan), 0) + len(part)
+        for plan, _part in work:
+            if plan.task is None:
+                plan.task = state.bar.add_task(plan.b, total=totals[id(plan)])
     budget = ref_cache_budget()
     with Uploads(state.device) as up:
         for k, cur, wait in up.pipeline(len(work), lambda k: _submit_chunk(state, *work[k]),

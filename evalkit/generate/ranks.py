@@ -1,0 +1,273 @@
+"""The generate stage across ranks: rank 0 plans, every rank works, rank 0 merges (docs/distributed.md).
+
+A world of one is rank 0 of 1 and runs the same code: no second scheduler.
+
+1. Rank 0 validates the command, takes the run directory's lock (held until the merge ends; other ranks take
+   none), writes the manifest and the unrun backends' records, computes the schedule (evalkit/generate/schedule.py)
+   and broadcasts {root, lock token, schedule}. A validation error on rank 0 is broadcast instead, so every rank
+   stops with the same one line.
+2. Every rank checks that it sees rank 0's lock file with that token: if not, the run directory is not on a
+   filesystem every rank mounts, and every rank stops with one line naming the rank, its host and the path.
+3. Each rank runs its units one after the other, one worker process per unit, writing only its own shard files.
+4. A barrier, then rank 0 merges (evalkit/generate/merge.py) and writes summary.json. A barrier that fails
+   because a peer died still lets rank 0 merge and name what is missing (exit 1).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+from typing import Any, Callable, Iterator
+
+from evalkit import dist
+from evalkit.errors import EvalkitError
+from evalkit.io import atomic_write_json, read_json
+from evalkit.rundir import RunDir, write_summary
+
+
+class MergeIncomplete(EvalkitError):
+    """Prompts are missing or claimed twice after the merge: named, exit 1; a rerun fills the holes."""
+
+    exit_code = 1
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """torchrun sends SIGTERM to the surviving ranks when one dies: make it a KeyboardInterrupt, so the stage
+    unwinds (lock released, forkserver stopped; partial files are appended per image and stay intact)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt(f"signal {signal.Signals(signum).name}")
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def _lock_token(rd: RunDir) -> str | None:
+    from evalkit.runlock import holder_of
+
+    holder = holder_of(rd.root)
+    return holder.get("token") if holder else None
+
+
+def plan_and_share(opts: Any, lock: contextlib.ExitStack, console: Any,
+                   start_early: Callable[[], None]) -> tuple[RunDir, dict[str, Any]]:
+    """Steps 1 and 2 of the module docstring; returns the run directory and its manifest on every rank."""
+    w = dist.world()
+    if w.is_main:
+        try:
+            payload = _plan(opts, lock, console, start_early)
+        except EvalkitError as e:
+            if w.distributed:
+                dist.broadcast({"error": str(e), "exit_code": e.exit_code})
+            raise
+        dist.broadcast(payload)
+    else:
+        start_early()
+        payload = dist.broadcast(None)
+        if "error" in payload:
+            err = EvalkitError(payload["error"])
+            err.exit_code = payload.get("exit_code", 2)
+            raise err
+    rd = RunDir(payload["root"])
+    problem = None
+    if not w.is_main and _lock_token(rd) != payload["token"]:
+        problem = (f"rank {w.rank} on host {socket.gethostname()} does not see rank 0's lock file in {rd.root}: the "
+                   "run directory is not on a filesystem every rank mounts; put --out on a shared filesystem "
+                   "(docs/distributed.md)")
+    dist.agree(problem)
+    manifest = read_json(rd.manifest)
+    manifest["_schedule"] = payload["schedule"]
+    return rd, manifest
+
+
+def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Callable[[], None]) -> dict[str, Any]:
+    from evalkit.generate.plan import LARGE_STUDY_IMAGES, describe_plan, plan_work
+    from evalkit.generate.schedule import describe, make_schedule
+    from evalkit.generate.spawn import write_unrun_record
+    from evalkit.generate.stage import _write_error, prepare_run
+
+    w = dist.world()
+    rd, manifest, specs = prepare_run(opts, lock, on_validated=start_early)
+    device = manifest["config"]["device"]
+    console.print(f"[bold]evalkit generate[/] model={manifest['model']['spec']} device={device} "
+                  f"{manifest['generation']['height']}x{manifest['generation']['width']} "
+                  f"steps={manifest['generation']['num_inference_steps']} prompts={len(manifest['prompts'])} "
+                  f"backends={len(specs)} ranks={w.world_size} -> {rd.root}")
+    requested = tuple(opts.components) if opts.components else None
+    work = plan_work(rd, manifest, specs, requested, opts.attempt_known_failures)
+    try:
+        for spec, status, reason in work.unrun:
+            write_unrun_record(rd, spec, status, reason)
+    except OSError as e:
+        raise _write_error(e) from None
+    for name, (_rec, problems) in work.repairs.items():
+        first = next(iter(problems.values()))
+        console.print(f"{name}: regenerating {len(problems)} image(s) that changed since they were recorded "
+                      f"(first: {first})")
+    if work.images > LARGE_STUDY_IMAGES:
+        console.print(describe_plan(work, rd, manifest))
+    costs = unit_costs(rd, manifest, list(work.missing))
+    schedule = make_schedule(work.missing, costs, w.world_size, opts.schedule,
+                             int(manifest["generation"].get("batch_size", 1)))
+    text = describe(schedule, costs)
+    if schedule.units:
+        console.print(text, markup=False, highlight=False)
+    summary = {k: v for k, v in schedule.to_json().items() if k != "units"}
+    manifest["config"]["schedule"] = {**summary, "description": text}
+    manifest["config"]["world"] = {"world_size": w.world_size, "launcher": w.launcher}
+    try:
+        atomic_write_json(rd.manifest, manifest)
+    except OSError as e:
+        raise _write_error(e) from None
+    return {"root": str(rd.root), "token": _lock_token(rd), "schedule": schedule.to_json()}
+
+
+def unit_costs(rd: RunDir, manifest: dict[str, Any], backends: list[str]) -> dict[str, Any]:
+    """Each backend's cost model: from its own record in this run when it has one, else rough defaults."""
+    from evalkit.generate.plan import seconds_per_image
+    from evalkit.generate.schedule import measured_cost, rough_cost
+
+    per_image, basis = seconds_per_image(rd, manifest)
+    kind = (manifest.get("model") or {}).get("kind") or "full"
+    out = {}
+    for name in backends:
+        cost = None
+        path = rd.generation_record(name)
+        if path.is_file():
+            try:
+                cost = measured_cost(read_json(path))
+            except EvalkitError:
+                cost = None
+        out[name] = cost or rough_cost(name, kind, per_image, basis)
+    return out
+
+
+def run_and_merge(opts: Any, rd: RunDir, manifest: dict[str, Any], console: Any) -> None:
+    """Steps 3 and 4 of the module docstring."""
+    from evalkit.generate.schedule import Schedule
+
+    w = dist.world()
+    schedule = Schedule.from_json(manifest.pop("_schedule"))
+    study = None
+    if w.is_main and not sys.stderr.isatty() and w.distributed:
+        from evalkit.generate.progress import StudyProgress
+
+        study = StudyProgress(rd, [(u.backend, f"w{w.world_size}-r{u.rank}", u.prompt_ids) for u in schedule.units])
+        study.start()
+    try:
+        _run_units(opts, rd, manifest, schedule.units_of(w.rank), console)
+    finally:
+        if study is not None:
+            study.stop()
+    peer_lost = None
+    try:
+        dist.barrier()
+    except Exception as e:  # noqa: BLE001 - gloo raises when a peer died; rank 0 still merges what is there
+        peer_lost = f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
+    problems: list[str] = []
+    if w.is_main:
+        problems = merge_and_summarize(rd, console)
+        if peer_lost:
+            problems.append(f"a rank stopped before the end ({peer_lost[:200]})")
+    if not peer_lost:
+        problems = dist.broadcast(problems)
+    if problems:
+        raise MergeIncomplete("; ".join(problems[:3]) + (f" (and {len(problems) - 3} more)" if len(problems) > 3
+                                                          else ""))
+
+
+def merge_and_summarize(rd: RunDir, console: Any) -> list[str]:
+    """Merge the shards, rebuild summary.json and print the generation table; returns the merge's problems."""
+    from evalkit.generate.merge import merge_run
+    from evalkit.generate.stage import _print_summary, _write_error
+
+    try:
+        result = merge_run(rd)
+        summary = write_summary(rd.root)
+    except OSError as e:
+        raise _write_error(e) from None
+    _print_summary(console, summary)
+    for line in result.problems:
+        console.print(f"[red]merge:[/] {line}", highlight=False)
+    return result.problems
+
+
+def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any], console: Any) -> None:
+    from evalkit.generate.backends import parse_backend
+    from evalkit.generate.spawn import run_worker_process
+    from evalkit.generate.stage import _worker_env, _write_error
+
+    w = dist.world()
+    device = manifest["config"]["device"]
+    gpu = dist.local_gpu() if device == "cuda" else None
+    if gpu is None and device == "cuda" and len(opts.gpus) == 1:
+        gpu = opts.gpus[0]
+    env = _worker_env(opts, gpu, device, w.local_world_size)
+    tag = w.tag()
+    plain = not sys.stderr.isatty()
+    with contextlib.ExitStack() as stack:
+        bars = None
+        if not plain and units:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            bars = stack.enter_context(Progress(
+                TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
+                TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=console, transient=False))
+        tasks = {u.backend: bars.add_task(u.backend if not w.distributed else f"{u.backend} [{tag}]",
+                                          total=len(u.prompt_ids), phase="queued")
+                 for u in units} if bars else {}
+        for unit in units:
+            spec = parse_backend(unit.backend)
+            shard = {"tag": tag, "rank": w.rank, "world_size": w.world_size, "host": socket.gethostname(),
+                     "gpu": env.get("CUDA_VISIBLE_DEVICES"), "prompt_ids": list(unit.prompt_ids)}
+            try:
+                rd.shards_dir(unit.backend).mkdir(parents=True, exist_ok=True)
+                atomic_write_json(rd.shard_unit(unit.backend, tag), {
+                    "schema": "evalkit.unit/1", "backend": unit.backend, "tag": tag, "rank": w.rank,
+                    "world_size": w.world_size, "host": shard["host"], "pid": os.getpid(),
+                    "prompt_ids": list(unit.prompt_ids),
+                    "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                sink = _event_sink(bars, tasks.get(unit.backend), w, unit)
+                seen: list[str] = []
+
+                def on_event(ev: dict[str, Any]) -> None:
+                    seen.append(str(ev.get("event")))
+                    sink(ev)
+
+                run_worker_process(rd, spec, env, on_event, tag, shard)
+                if "done" not in seen:  # the worker died before saying so: show what its failed record says
+                    rec = read_json(rd.shard_record(unit.backend, tag)) if rd.shard_record(unit.backend, tag).exists() else {}
+                    sink({"event": "done", "status": rec.get("status", "failed"), "reason": rec.get("reason")})
+            except OSError as e:  # the rank could not even write its unit or failed record: disk full, read-only
+                raise _write_error(e) from None
+
+
+def _event_sink(bars: Any, task: Any, w: dist.World, unit: Any) -> Callable[[dict[str, Any]], None]:
+    if bars is None:
+        from evalkit.generate.progress import PlainUnitProgress
+
+        return PlainUnitProgress(w, unit.backend, len(unit.prompt_ids)).on_event
+
+    def on_event(ev: dict[str, Any]) -> None:
+        if ev.get("event") == "phase":
+            bars.update(task, phase=ev.get("phase", ""))
+        elif ev.get("event") == "progress":
+            bars.update(task, completed=ev.get("done", 0), phase="generating")
+        elif ev.get("event") == "done":
+            ok = ev.get("status") == "ok"
+            bars.update(task, phase="[green]ok[/]" if ok else f"[red]{ev.get('status', 'failed')}[/]")
+
+    bars.update(task, phase="starting")
+    return on_event
