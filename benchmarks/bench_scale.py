@@ -355,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--prompts-count {a.prompts_count}: {PROMPTS.name} has {len(lines)} prompts")
     prompts_file.write_text("\n".join(lines[:a.prompts_count]) + "\n")
     res: dict[str, Any] = {"schema": SCHEMA, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(clock.t0)),
+                           "started_epoch": clock.t0,
                            "argv": sys.argv[1:] if argv is None else argv, "deadline_s": a.deadline_s,
                            "script_started_s": clock.now(), "model": model, "device": device, "n": a.gpus,
                            "prompts_count": a.prompts_count, "prompts_file": PROMPTS.name, "backends": backends,

@@ -64,7 +64,8 @@ def _row(backend: str, tag: str, rank: int, src: dict, images: list[dict], statu
     row: dict[str, Any] = {"backend": backend, "tag": tag, "rank": rank, "status": status, "n": len(images),
                            "latency_median_s": _median(lat), "cycle_s": cycle, "load_s": load, "warmup_s": warm,
                            "compile_s": src.get("compile_time_s"), "gpu": src.get("gpu"), "host": src.get("host"),
-                           "wall_s": None, "fixed_s": None, "startup_s": None, "teardown_s": None}
+                           "wall_s": None, "fixed_s": None, "startup_s": None, "teardown_s": None,
+                           "started_epoch": started}
     if started is not None and finished is not None:
         row["wall_s"] = finished - started
         if cycle is not None:
@@ -161,11 +162,30 @@ def plan(costs: dict[str, tuple[float, float]], n_prompts: int, n: int, policy: 
             "fixed_share": fixed / (n * span) if span else None, "busy_s": work}
 
 
+def evalkit_plan(costs: dict[str, tuple[float, float]], n_prompts: int, n: int) -> dict[str, Any] | None:
+    """What evalkit's own scheduler (evalkit/generate/schedule.py, `--schedule auto`) chooses for these costs; None
+    in a tree without it. Same costs as the other policies, so the rows compare policies, not cost models."""
+    try:
+        from evalkit.generate.schedule import Cost, make_schedule
+    except ImportError:
+        return None
+    s = make_schedule({b: [f"p{i}" for i in range(n_prompts)] for b in costs},
+                      {b: Cost(f, t, "measured") for b, (f, t) in costs.items()}, n, "auto")
+    fixed = sum(costs[u.backend][0] for u in s.units)
+    return {"policy": f"evalkit ({s.policy})", "makespan_s": s.makespan_s, "chunks": dict(s.chunks), "fixed_s": fixed,
+            "fixed_share": fixed / (n * s.makespan_s) if s.makespan_s else None, "reason": s.reason}
+
+
+PROJECTED_POLICIES = ("backends", "prompts", "auto", "evalkit")
+
+
 def project(costs: dict[str, tuple[float, float]], n_prompts: int, n: int, s1: float, sn: float) -> dict[str, Any]:
     one = s1 + sum(f + n_prompts * t for f, t in costs.values())
     out: dict[str, Any] = {"n_prompts": n_prompts, "n": n, "one_gpu_s": one}
-    for policy in ("backends", "prompts", "auto"):
-        p = plan(costs, n_prompts, n, policy)
+    for policy in PROJECTED_POLICIES:
+        p = evalkit_plan(costs, n_prompts, n) if policy == "evalkit" else plan(costs, n_prompts, n, policy)
+        if p is None:
+            continue
         p["wall_s"] = sn + p["makespan_s"]
         p["speedup"] = one / p["wall_s"]
         out[policy] = p
@@ -209,7 +229,14 @@ def analyse(res: dict) -> dict[str, Any]:
         for r in rows:
             busy[r["rank"]] = busy.get(r["rank"], 0.0) + (r["wall_s"] or 0.0)
         wall = step.get("wall_s")
+        # A rank's start: from the command's start to its first worker's (torchrun, imports, plan, forkserver).
+        first: dict[int, float] = {}
+        for r in rows:
+            if r["started_epoch"] is not None and res.get("started_epoch") is not None and "started_s" in step:
+                at = r["started_epoch"] - (res["started_epoch"] + step["started_s"])
+                first[r["rank"]] = min(first.get(r["rank"], at), at)
         overhead[key] = {"wall_s": wall, "cut": step.get("cut"), "rc": step.get("rc"), "busy_by_rank": busy,
+                         "first_worker_after_s": first,
                          "overhead_s": wall - max(busy.values()) if wall is not None and busy else None,
                          "fixed_sum_s": sum(r["fixed_s"] or 0.0 for r in rows),
                          "fixed_share": (sum(r["fixed_s"] or 0.0 for r in rows) / ((n if key == "n" else 1) * wall))
@@ -292,17 +319,20 @@ def render(res: dict, a: dict) -> str:
          f"CUDA_VISIBLE_DEVICES=0) against N = {res['n']} (`--gpus`). Started {res['started_utc']}; "
          f"versions: {', '.join(f'{k} {v}' for k, v in (env.get('versions') or {}).items() if v)}; "
          f"tree {(env.get('tree_commit') or '?')[:10]}.", ""]
-    L += ["## The study: wall time", "", "| run | wall s | rc | ranks busy s | overhead S s | fixed share |",
-          "|---|---|---|---|---|---|"]
+    L += ["## The study: wall time", "", "| run | wall s | rc | ranks busy s | first worker after s | overhead S s "
+          "| fixed share |", "|---|---|---|---|---|---|---|"]
     for key, label in (("1", "1 GPU"), ("n", f"{res['n']} GPUs")):
         r = a["runs"][key]
         rc = "cut at the deadline" if r["cut"] else r["rc"]
         L.append(f"| {label} | {_f(r['wall_s'])} | {rc} | "
                  f"{', '.join(f'r{k}: {v:.0f}' for k, v in sorted(r['busy_by_rank'].items())) or '-'} | "
+                 f"{', '.join(f'r{k}: {v:.0f}' for k, v in sorted(r['first_worker_after_s'].items())) or '-'} | "
                  f"{_f(r['overhead_s'])} | {_f(r['fixed_share'] and 100 * r['fixed_share'])}% |")
     L += ["", f"Wall-time ratio (1 GPU / {res['n']} GPUs): **{_f(a['wall_ratio'], 2)}x** (ideal {res['n']}x)"
           + ("" if a["wall_ratio"] else ": not measured (a run was cut or failed)") + ".",
-          "Fixed share = sum of the workers' fixed costs F over (ranks x wall).", ""]
+          "Busy = a rank's summed worker walls; first worker after = the command's start to the rank's first "
+          "worker (launcher, imports, plan, forkserver; +-1 s); S = wall - the busiest rank (start, merge, summary); "
+          "fixed share = the workers' fixed costs F over (ranks x wall).", ""]
     L += _schedule_md(res, a) + _rows_md(a) + _throughput_md(res, a) + _pngs_md(res) + _projection_md(res, a)
     L += _scoring_md(res)
     L += ["## Steps of the call", "", "| step | started s | wall s | rc |", "|---|---|---|---|"]
@@ -388,13 +418,15 @@ def _projection_md(res: dict, a: dict) -> list[str]:
           "", "| prompts | GPUs | 1 GPU s | policy | chunks per backend | wall s | speedup | fixed share |",
           "|---|---|---|---|---|---|---|---|"]
     for pr in a["projections"]:
-        for policy in ("backends", "prompts", "auto"):
+        for policy in (k for k in PROJECTED_POLICIES if k in pr):
             p = pr[policy]
-            L.append(f"| {pr['n_prompts']} | {pr['n']} | {pr['one_gpu_s']:.0f} | {policy} | "
+            L.append(f"| {pr['n_prompts']} | {pr['n']} | {pr['one_gpu_s']:.0f} | {p['policy']} | "
                      f"{', '.join(f'{b} {k}' for b, k in p['chunks'].items())} | {p['wall_s']:.0f} | "
                      f"{p['speedup']:.2f}x | {100 * p['fixed_share']:.1f}% |")
-    L += ["", "`auto` here is this model's best per-backend chunk count (exhaustive, ties to fewer chunks), the "
-          "policy the design gives evalkit's scheduler; the row the stage itself chose is in the schedule section.", ""]
+    L += ["", "Wall = S (the N-GPU run's overhead) + the busiest rank; speedup against one GPU's S + every unit; "
+          "fixed share = the units' F over (GPUs x makespan). `auto` is this model's best per-backend chunk count "
+          "(exhaustive, ties to fewer chunks); `evalkit (...)` is what evalkit/generate/schedule.py's `--schedule "
+          "auto` chooses when given the same measured costs.", ""]
     return L
 
 

@@ -60,6 +60,18 @@ def test_auto_splits_a_large_study_and_keeps_fixed_costs_small():
     assert proj["auto"]["speedup"] > 3.8 and proj["auto"]["wall_s"] == pytest.approx(20.0 + p["makespan_s"])
 
 
+def test_evalkit_scheduler_matches_an_exhaustive_search():
+    """evalkit's `--schedule auto` (a scan of target makespans) against this model's exhaustive search over every
+    chunk count, on the costs of #14's example for the studies this benchmark projects and runs: never more than
+    its 1% tie band worse. (Elsewhere it can be: 40 prompts on 3 GPUs, 2.8% worse; 3 prompts on 3 GPUs, 7.2%.)"""
+    for prompts, n in ((16, 4), (1000, 4), (3, 2), (1000, 2)):
+        mine = report.evalkit_plan(COSTS, prompts, n)
+        if mine is None:
+            pytest.skip("evalkit/generate/schedule.py is not in this tree")
+        best = report.plan(COSTS, prompts, n, "auto")
+        assert mine["makespan_s"] <= best["makespan_s"] * 1.01 + 1e-9, (prompts, n, mine, best)
+
+
 def test_chunks_cover_every_prompt_and_lpt_keeps_backends_apart():
     for n, k in ((16, 3), (5, 4), (1000, 7)):
         c = report.chunks(n, k)
@@ -132,11 +144,11 @@ def test_rank_rows_from_a_plain_record_and_a_cut_shard():
 # ------------------------------------------------------------------------------------------------ the report
 
 def result(pngs: dict | None = None) -> dict:
-    study1 = {"name": "study-1", "wall_s": 60.0, "rc": 0, "cut": False, "run": single_run(9.0)}
-    studyn = {"name": "study-n", "wall_s": 50.0, "rc": 0, "cut": False, "run": sharded_run(),
+    study1 = {"name": "study-1", "started_s": 100.0, "wall_s": 60.0, "rc": 0, "cut": False, "run": single_run(9.0)}
+    studyn = {"name": "study-n", "started_s": 3.0, "wall_s": 50.0, "rc": 0, "cut": False, "run": sharded_run(),
               "schedule_lines": ["schedule auto: whole backends (fixed costs 30% if split)"]}
     return {"schema": bench.SCHEMA, "started_utc": "2026-11-29T01:00:00Z", "n": 2, "model": "random:flux-dev",
-            "device": "cuda", "backends": ["bf16"], "prompts_count": 3, "prompts_file": "prompts-scale.txt",
+            "device": "cuda", "backends": ["bf16"], "started_epoch": T0 - 5.0, "prompts_count": 3, "prompts_file": "prompts-scale.txt",
             "warmup": 1, "deadline_s": 550, "finished_s": 200.0, "estimate": {},
             "environment": {"nvidia_smi": ["0, NVIDIA H200, 580, 143771 MiB", "1, NVIDIA H200, 580, 143771 MiB"],
                             "cpu_count": 32, "versions": {"torch": "2.11.0"}},
@@ -160,6 +172,7 @@ def test_analysis_numbers():
     assert a["runs"]["1"]["overhead_s"] == pytest.approx(9.0) and a["runs"]["n"]["overhead_s"] == pytest.approx(9.0)
     # the model costs the units the run chose with the 1-GPU F and t: rank 0 = 21 + 2 x 10, plus S
     assert a["check"]["predicted_n_wall_s"] == pytest.approx(9.0 + 41.0)
+    assert a["runs"]["n"]["first_worker_after_s"] == {0: pytest.approx(2.0), 1: pytest.approx(2.0)}
     assert a["schedule"]["manifest"] == {"schedule": {"policy": "auto", "reason": "few prompts"}}
 
 
