@@ -50,6 +50,8 @@ LOG_TAIL_LINES = 60
 SCHEMA = "evalkit.bench-scale/1"
 # Seconds kept after the last step for hashing, collecting and the tarball.
 FINISH_RESERVE_S = 12.0
+# A study step started with less time than this could not even load a backend: recorded as not started instead.
+MIN_STEP_S = 20.0
 
 # What the time estimate assumes, from benchmarks/results/flux-dev-random-h200* (H200, 2026-11-28): seconds an image
 # after warm-up (fp8-layerwise: the H100's 11.0 s scaled by the two machines' bf16 anchors); a load (5.5-6.3 s); a
@@ -388,8 +390,8 @@ def main(argv: list[str] | None = None) -> int:
     envs = {"study-n": ({}, ()), "study-1": ({} if a.cpu else {"CUDA_VISIBLE_DEVICES": "0"},
                                             ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE"))}
     for name in (["study-n", "study-1"] if a.order == "n-first" else ["study-1", "study-n"]):
-        if clock.left() <= 0:
-            res["steps"].append(not_started(name, "the deadline came first"))
+        if clock.left() < MIN_STEP_S:
+            res["steps"].append(not_started(name, f"{max(0.0, clock.left()):.0f} s were left before the deadline"))
             continue
         step = run_step(clock, name, cmds[name], logs, envs[name][0], envs[name][1])
         step["schedule_lines"] = schedule_lines((logs / step["log"]).read_text(errors="replace"))

@@ -220,8 +220,7 @@ def analyse(res: dict) -> dict[str, Any]:
     rows1, rowsn = rank_rows(s1.get("run") or {}), rank_rows(sn.get("run") or {})
     a: dict[str, Any] = {"rows_1": rows1, "rows_n": rowsn}
     # Costs per backend from the one-GPU run (its rank ran every backend whole).
-    costs = {r["backend"]: (r["fixed_s"], r["cycle_s"]) for r in rows1
-             if r["status"] == "ok" and r["fixed_s"] is not None and r["cycle_s"] is not None}
+    costs, a["costs_basis"] = _costs(rows1, rowsn)
     a["costs"] = costs
     overhead = {}
     for key, step, rows in (("1", s1, rows1), ("n", sn, rowsn)):
@@ -260,12 +259,33 @@ def analyse(res: dict) -> dict[str, Any]:
     a["schedule"] = {"manifest": _find(manifest_n, "schedul"), "printed": sn.get("schedule_lines") or []}
     a["chosen_units"] = _chosen_units(rowsn)
     if costs and len(costs) == len(res["backends"]):
-        s_1, s_n = overhead["1"]["overhead_s"] or 0.0, overhead["n"]["overhead_s"] or 0.0
+        s_n = overhead["n"]["overhead_s"] or 0.0
+        # A cut one-GPU run has no overhead of its own: the N-GPU run's stands in (it also pays torchrun's start).
+        measured = not overhead["1"]["cut"] and overhead["1"]["overhead_s"] is not None
+        s_1 = overhead["1"]["overhead_s"] if measured else s_n
+        a["s_1_basis"] = "measured" if measured else "the N-GPU run's S (1-GPU run cut)"
         a["check"] = _check(costs, res["prompts_count"], n, s_1, s_n, rowsn, wn)
+        a["projected_1_wall_s"] = s_1 + sum(f + res["prompts_count"] * t for f, t in costs.values())
         a["projections"] = [project(costs, 1000, n, s_1, s_n), project(costs, 16, 4, s_1, s_n)]
         if n != 4:
             a["projections"].append(project(costs, 1000, 4, s_1, s_n))
     return a
+
+
+def _costs(rows1: list[dict], rowsn: list[dict]) -> tuple[dict[str, tuple[float, float]], dict[str, str]]:
+    """F_b and t_b per backend: from the one-GPU run (every backend whole on one GPU), else, where that run was cut
+    before the backend finished, the median over the N-GPU run's ranks that finished it."""
+    costs, basis = {}, {}
+    for r in rows1:
+        if r["status"] == "ok" and r["fixed_s"] is not None and r["cycle_s"] is not None:
+            costs[r["backend"]], basis[r["backend"]] = (r["fixed_s"], r["cycle_s"]), "1-GPU run"
+    for b in dict.fromkeys(r["backend"] for r in rowsn):
+        done = [r for r in rowsn if r["backend"] == b and r["status"] == "ok" and r["fixed_s"] is not None
+                and r["cycle_s"] is not None]
+        if b not in costs and done:
+            costs[b] = (statistics.median(r["fixed_s"] for r in done), statistics.median(r["cycle_s"] for r in done))
+            basis[b] = f"N-GPU run, {len(done)} rank(s)"
+    return costs, basis
 
 
 def _chosen_units(rows: list[dict]) -> dict[str, dict[str, int]]:
@@ -323,13 +343,18 @@ def render(res: dict, a: dict) -> str:
           "| fixed share |", "|---|---|---|---|---|---|---|"]
     for key, label in (("1", "1 GPU"), ("n", f"{res['n']} GPUs")):
         r = a["runs"][key]
-        rc = "cut at the deadline" if r["cut"] else r["rc"]
+        rc = "cut at the deadline" if r["cut"] else "not run" if r["wall_s"] is None else r["rc"]
         L.append(f"| {label} | {_f(r['wall_s'])} | {rc} | "
                  f"{', '.join(f'r{k}: {v:.0f}' for k, v in sorted(r['busy_by_rank'].items())) or '-'} | "
                  f"{', '.join(f'r{k}: {v:.0f}' for k, v in sorted(r['first_worker_after_s'].items())) or '-'} | "
                  f"{_f(r['overhead_s'])} | {_f(r['fixed_share'] and 100 * r['fixed_share'])}% |")
     L += ["", f"Wall-time ratio (1 GPU / {res['n']} GPUs): **{_f(a['wall_ratio'], 2)}x** (ideal {res['n']}x)"
-          + ("" if a["wall_ratio"] else ": not measured (a run was cut or failed)") + ".",
+          + ("" if a["wall_ratio"] else ": not measured (a run was cut or failed)") + "."]
+    if not a["wall_ratio"] and a.get("projected_1_wall_s") and a["runs"]["n"]["wall_s"] and not a["runs"]["n"]["cut"]:
+        L.append(f"Projected instead, NOT measured: the 1-GPU run's wall from the model (S + sum of F_b + P t_b; "
+                 f"S {a['s_1_basis']}) = {a['projected_1_wall_s']:.0f} s, ratio "
+                 f"{a['projected_1_wall_s'] / a['runs']['n']['wall_s']:.2f}x.")
+    L += [
           "Busy = a rank's summed worker walls; first worker after = the command's start to the rank's first "
           "worker (launcher, imports, plan, forkserver; +-1 s); S = wall - the busiest rank (start, merge, summary); "
           "fixed share = the workers' fixed costs F over (ranks x wall).", ""]
@@ -393,10 +418,17 @@ def _throughput_md(res: dict, a: dict) -> list[str]:
 
 def _pngs_md(res: dict) -> list[str]:
     p = res.get("pngs") or {}
-    ok = p.get("common") and p.get("identical") == p.get("common") and not p.get("only_in_a") and not p.get("only_in_b")
+    if p.get("differ"):
+        verdict = "NOT identical"
+    elif not p.get("common"):
+        verdict = "not compared: no image was made by both runs"
+    elif p.get("only_in_a") or p.get("only_in_b"):
+        verdict = "identical where both runs made the image; the others were not reached by one run"
+    else:
+        verdict = "identical"
     L = ["## Byte identity", "", f"{p.get('identical')} of {p.get('common')} PNGs common to both runs are "
          f"byte-identical ({p.get('in_a')} in the 1-GPU run, {p.get('in_b')} in the N-GPU run; mean "
-         f"{_f((p.get('bytes_mean') or 0) / 1e6, 2)} MB): **{'identical' if ok else 'NOT identical'}**."]
+         f"{_f((p.get('bytes_mean') or 0) / 1e6, 2)} MB): **{verdict}**."]
     for key in ("differ", "only_in_a", "only_in_b"):
         if p.get(key):
             L.append(f"- {key}: {', '.join(p[key][:8])}{' ...' if len(p[key]) > 8 else ''}")
@@ -407,8 +439,8 @@ def _projection_md(res: dict, a: dict) -> list[str]:
     L = ["## Model and projection", ""]
     if "check" not in a:
         return L + ["Not computed: the one-GPU run has no finished record for every backend.", ""]
-    L.append("Costs from the one-GPU run: " + "; ".join(f"{b} F = {f:.1f} s, t = {t:.2f} s"
-                                                      for b, (f, t) in a["costs"].items())
+    L.append("Costs (F = a unit's fixed cost, t = the cycle per image): " + "; ".join(
+        f"{b} F = {f:.1f} s, t = {t:.2f} s (from the {a['costs_basis'][b]})" for b, (f, t) in a["costs"].items())
              + f". Overheads S: 1 GPU {_f(a['runs']['1']['overhead_s'])} s, N GPUs {_f(a['runs']['n']['overhead_s'])} s.")
     c = a["check"]
     L += ["", f"Model vs measurement, {res['prompts_count']} prompts on {res['n']} GPUs with the units the run chose: "
@@ -468,6 +500,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"{a.json}: not a bench_scale.py result (schema {res.get('schema')!r})")
     slug, _ = _device(res)
     path = Path(a.out) / f"scale-{slug}x{res['n']}-{res['started_utc'][:10]}.md"
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(res, analyse(res)))
     print(path)
     return 0

@@ -190,12 +190,17 @@ def test_markdown_says_what_was_measured(tmp_path):
     assert (tmp_path / "scale-h200x2-2026-11-29.md").exists()
 
 
-def test_a_cut_run_gives_no_ratio():
+def test_a_cut_one_gpu_run_gives_no_measured_ratio_but_a_labelled_projection():
     res = result()
-    res["steps"][0]["cut"] = True
+    res["steps"][0].update(cut=True, run={"manifest": {"backends": ["bf16"]}, "generation": {
+        "generation/shards/bf16/w1-r0.partial.jsonl": _images(["p0"], T0 + 30, 10.0, 9.0)}})
     a = report.analyse(res)
     assert a["wall_ratio"] is None
-    assert "not measured (a run was cut or failed)" in report.render(res, a)
+    # costs from the N-GPU run's ranks (medians of F 41 - 2 x 10 and 32 - 9.5, of cycle 10 and 9.5), its S (9 s)
+    assert a["costs"]["bf16"] == (pytest.approx(21.75), pytest.approx(9.75))
+    assert a["projected_1_wall_s"] == pytest.approx(9.0 + 21.75 + 3 * 9.75)
+    md = report.render(res, a)
+    assert "not measured (a run was cut or failed)" in md and "Projected instead, NOT measured" in md
 
 
 # ------------------------------------------------------------------------------------------------ the runner's parts
