@@ -23,7 +23,6 @@ import argparse
 import calendar
 import itertools
 import json
-import math
 import statistics
 import sys
 import time
@@ -195,10 +194,7 @@ def project(costs: dict[str, tuple[float, float]], n_prompts: int, n: int, s1: f
 # ------------------------------------------------------------------------------------------------ analysis
 
 def _step(res: dict, name: str) -> dict:
-    for s in res.get("steps", []):
-        if s.get("name") == name:
-            return s
-    return {}
+    return next((s for s in res.get("steps", []) if s.get("name") == name), {})
 
 
 def _find(obj: Any, word: str, path: str = "") -> dict[str, Any]:
@@ -290,10 +286,7 @@ def _costs(rows1: list[dict], rowsn: list[dict]) -> tuple[dict[str, tuple[float,
 
 def _chosen_units(rows: list[dict]) -> dict[str, dict[str, int]]:
     """backend -> {tag: images} as the N-GPU run actually split it."""
-    out: dict[str, dict[str, int]] = {}
-    for r in rows:
-        out.setdefault(r["backend"], {})[r["tag"]] = r["n"]
-    return out
+    return {b: {r["tag"]: r["n"] for r in rows if r["backend"] == b} for b in dict.fromkeys(r["backend"] for r in rows)}
 
 
 def _check(costs: dict, prompts: int, n: int, s1: float, sn: float, rowsn: list[dict], wall_n: float | None) -> dict:
