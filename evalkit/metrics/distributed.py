@@ -46,15 +46,22 @@ def _one_line(e: BaseException) -> str:
     return text[0] if isinstance(e, EvalkitError) and text else f"{type(e).__name__}: {text[0] if text else ''}"
 
 
+def _label() -> str:
+    import socket
+
+    w = dist.world()
+    return f"rank {w.rank} of {w.world_size} (host {socket.gethostname()})"
+
+
 def _agree_raising(error: BaseException | None) -> None:
-    """dist.agree, but the rank that failed raises its own exception (with its traceback) rather than a copy."""
-    try:
-        dist.agree(None if error is None else f"{dist.world().describe()}: {_one_line(error)}")
-    except EvalkitError:
-        if error is None:
-            raise
+    """evalkit.dist.agree with the failing rank and host named once; the rank that failed raises its own exception
+    (with its traceback, if it is not an EvalkitError) rather than a copy."""
+    every = dist.all_gather(None if error is None else f"{_label()}: {_one_line(error)}")
     if error is not None:
         raise error
+    bad = [e for e in every if e]
+    if bad:
+        raise EvalkitError(bad[0])
 
 
 def everywhere(fn: Callable[[], _T]) -> _T:
@@ -79,7 +86,7 @@ def on_main(fn: Callable[[], _T]) -> _T:
         try:
             out = fn()
         except Exception as e:  # noqa: BLE001
-            dist.broadcast((f"{w.describe()}: {_one_line(e)}", None))
+            dist.broadcast((f"{_label()}: {_one_line(e)}", None))
             raise
         dist.broadcast((None, out))
         return out
@@ -146,8 +153,7 @@ def _plan_digest(state: "State", plans: Sequence["Plan"]) -> tuple[str, dict[str
 
 def _agree_on_plans(state: "State", plans: Sequence["Plan"], error: BaseException | None) -> None:
     """One collective: every rank's error or plan; any error, or two ranks with different plans, stops all."""
-    w = dist.world()
-    mine: Any = ("error", f"{w.describe()}: {_one_line(error)}") if error else ("plan", _plan_digest(state, plans))
+    mine: Any = ("error", f"{_label()}: {_one_line(error)}") if error else ("plan", _plan_digest(state, plans))
     every = dist.all_gather(mine)
     bad = [(r, m[1]) for r, m in enumerate(every) if m[0] == "error"]
     if error is not None:

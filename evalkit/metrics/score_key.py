@@ -54,7 +54,7 @@ def unchanged_results(rd: RunDir, key: str, verify: bool) -> dict[str, Any] | No
     if not stored_key_matches(rd.metrics_dir / SCORE_INPUTS_FILE, key, outputs):
         return None
     gens = load_generation_records(rd, backends)
-    from evalkit.metrics.stage import _verify_images
+    from evalkit.metrics.run_inputs import verify_images
 
-    _verify_images(rd, gens, [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"], verify)
+    verify_images(rd, gens, [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"], verify)
     return {b: read_json(rd.metrics_record(b)).get("metrics", {}) for b in backends}

@@ -11,6 +11,8 @@ Flow, per backend with generation status ok:
   4. summarise per backend (evalkit.metrics.summary): mean, percentile-bootstrap 95% CI, n, per-prompt means;
      set statistics from features.
 A rerun on an unchanged run therefore decodes nothing and runs no network (tests/test_metrics_stage.py).
+Under torchrun / srun / accelerate (or `evalkit score --gpus 0,1`) the ranks share step 3 chunk by chunk and rank 0
+does the rest (evalkit.metrics.distributed); a world of one is this flow unchanged.
 Every fact about a metric (kind, direction, shared extractor, derivation) comes from the registry: no metric
 name appears here. compare-images (evalkit.metrics.compare) runs the same plan and execution on two folders.
 
@@ -37,16 +39,15 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
 from evalkit.metrics.cache import ScoreCache
 from evalkit.metrics.common import (Item, Options, expand_metric_names, feature_key, get_extractor, get_metric,
-                                    hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors, skipped,
+                                    hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors,
                                     unavailable)
 from evalkit.metrics.images import Decoder, Uploads, list_images, match_reference
 from evalkit.metrics.stats import DEFAULT_RESAMPLES
-from evalkit.io import read_json
-from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records, open_run
+from evalkit.metrics.run_inputs import RANDOM_WEIGHTS_REASON, hash_items, prepare
+from evalkit.rundir import RunDir, open_run
 
-RANDOM_WEIGHTS_REASON = "random weights: images carry no quality information"
 
-__all__ = ["RANDOM_WEIGHTS_REASON", "expand_metric_names", "score_run"]
+__all__ = ["RANDOM_WEIGHTS_REASON", "expand_metric_names", "hash_items", "score_run"]
 
 
 def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | None = None, *,
@@ -100,40 +101,6 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
         return results
 
 
-@dataclass
-class Prepared:
-    """What rank 0 reads from the run before any scoring (broadcast to the other ranks)."""
-    ref: str
-    ok: list[str]
-    results: dict[str, dict[str, Any]]  # the backends that are not scored, with why
-    items: dict[str, list[Item]]
-    random_weights: bool
-
-
-def _prepare(rd: RunDir, names: list[str], real_dir: str | os.PathLike[str] | None, verify: bool) -> Prepared:
-    manifest = read_json(rd.manifest)
-    if real_dir and not Path(real_dir).is_dir():
-        raise EvalkitError(f"--real-dir {real_dir}: not a folder")
-    ensure_writable_dir(rd.metrics_dir)
-    backends: list[str] = list(manifest.get("backends", []))
-    ref = manifest.get("reference_backend", "bf16")
-    results: dict[str, dict[str, Any]] = {}
-    if (manifest.get("model") or {}).get("random_weights"):
-        for b in backends:
-            results[b] = {n: skipped(RANDOM_WEIGHTS_REASON) for n in names}
-        return Prepared(ref, [], results, {}, True)
-    gens = load_generation_records(rd, backends)
-    prompts = {p["id"]: p for p in manifest.get("prompts", [])}
-    ok = [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"]
-    for b in backends:
-        if b not in ok:
-            g = gens.get(b)
-            why = f"generation {g.get('status')}: {g.get('reason') or 'no reason recorded'}" if g else "not generated yet"
-            results[b] = {n: skipped(why) for n in names}
-    _verify_images(rd, gens, ok, verify)
-    return Prepared(ref, ok, results, _collect_items(rd, gens, ok, ref, prompts), False)
-
-
 def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
                lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
                bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
@@ -145,7 +112,7 @@ def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
     opts = Options(metrics=names, device=device, clip_model=clip_model, real_dir=str(real_dir) if real_dir else None,
                    bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
                    weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
-    run = dsc.on_main(lambda: _prepare(rd, names, real_dir, verify))
+    run = dsc.on_main(lambda: prepare(rd, names, real_dir, verify))
     ref, ok, results = run.ref, run.ok, dict(run.results)
     if run.random_weights:
         return dsc.on_main(lambda: (write_outputs(rd, results, [], ref, names, None), results)[1])
@@ -174,15 +141,6 @@ def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
         return dsc.on_main(summarise_and_write)
 
 
-def _verify_images(rd: RunDir, gens: dict[str, Any], ok: list[str], verify: bool) -> None:
-    """Refuse, before anything is scored, an image that is not the file its generation record describes: missing,
-    truncated or undecodable, replaced (sha256), of the wrong size, or an extra file in images/<backend>/
-    (evalkit.integrity). Files whose stat fingerprint matches the record are not re-hashed unless `verify`."""
-    from evalkit.integrity import verify_run
-
-    verify_run(rd, {b: gens[b] for b in ok}, full=verify).raise_if_problems()
-
-
 @dataclass
 class State:
     cache: ScoreCache
@@ -204,54 +162,6 @@ class State:
     ref_inflight: dict[Path, Any] = field(default_factory=dict)
     ref_lock: threading.Lock = field(default_factory=threading.Lock)
     claimed: set[tuple[str, ...]] = field(default_factory=set)  # work planned this run, by content key
-
-
-def _collect_items(rd: RunDir, gens: dict[str, Any], ok: list[str], ref: str,
-                   prompts: dict[str, Any]) -> dict[str, list[Item]]:
-    """Items per ok backend, with reference paths; raises naming every missing file."""
-    ref_index: dict[tuple[str, int], Path] = {}
-    if ref in ok:
-        for e in gens[ref].get("images", []):
-            ref_index[(e["prompt_id"], int(e["seed"]))] = rd.root / e["path"]
-    items: dict[str, list[Item]] = {}
-    missing_ref: list[str] = []
-    missing_img: list[str] = []
-    for b in ok:
-        out = []
-        for e in gens[b].get("images", []):
-            key = (e["prompt_id"], int(e["seed"]))
-            it = Item(prompt_id=key[0], seed=key[1], prompt=(prompts.get(key[0]) or {}).get("text", ""),
-                      path=rd.root / e["path"])
-            if not it.path.is_file():
-                missing_img.append(rd.relative(it.path))
-            if b != ref and ref in ok:
-                rp = ref_index.get(key, rd.image_path(ref, *key))
-                if not rp.is_file():
-                    missing_ref.append(rd.relative(rp))
-                it.ref_path = rp
-            out.append(it)
-        items[b] = out
-    if missing_ref:
-        uniq = sorted(set(missing_ref))
-        raise EvalkitError(f"{len(uniq)} reference image(s) missing: {', '.join(uniq[:5])}"
-                           f"{' …' if len(uniq) > 5 else ''}; regenerate the reference with `evalkit generate` "
-                           f"(it resumes) or remove the run's {ref} images from the comparison")
-    if missing_img:
-        raise EvalkitError(f"{len(missing_img)} image(s) listed in generation records are missing: "
-                           f"{', '.join(missing_img[:5])}{' …' if len(missing_img) > 5 else ''}")
-    hash_items(items)
-    return items
-
-
-def hash_items(items: dict[str, list[Item]]) -> None:
-    """Content hashes of every image and reference (the cache keys)."""
-    allp = sorted({it.path for v in items.values() for it in v} | {it.ref_path for v in items.values() for it in v if it.ref_path})
-    hashes = hash_files(allp)
-    for v in items.values():
-        for it in v:
-            it.sha = hashes[it.path] or ""
-            if it.ref_path is not None:
-                it.ref_sha = hashes[it.ref_path] or ""
 
 
 def text_sha(text: str) -> str:
