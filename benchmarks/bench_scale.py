@@ -366,6 +366,10 @@ def main(argv: list[str] | None = None) -> int:
         res["environment"]["tree_commit"] = a.tree_commit
     clock.say(f"estimate (s): {est}")
 
+    def save() -> None:
+        """After every step: if the call is killed from outside, what was measured so far still comes back."""
+        (out / "scale.json").write_text(json.dumps(res, indent=1))
+
     scoring = work / "score-input"
     synth = None
     if a.score_pairs:
@@ -397,13 +401,14 @@ def main(argv: list[str] | None = None) -> int:
         step["schedule_lines"] = schedule_lines((logs / step["log"]).read_text(errors="replace"))
         step["run"] = collect_run(runs[name])
         res["steps"].append(step)
+        save()
     res["pngs"] = compare_pngs(runs["study-1"], runs["study-n"])
     clock.say(f"PNGs: {res['pngs']['identical']} of {res['pngs']['common']} common identical "
               f"({res['pngs']['in_a']} in study-1, {res['pngs']['in_b']} in study-n)")
 
     res["scoring"] = score_step(a, clock, synth, scoring, logs, work, device)
     res["finished_s"] = clock.now()
-    (out / "scale.json").write_text(json.dumps(res, indent=1))
+    save()
     tar_runs(out, {**runs, "score-1": work / "score-1", f"score-{a.gpus}": work / f"score-{a.gpus}"}, logs)
     clock.say(f"wrote {out / 'scale.json'} and {out / 'runs.tar.gz'}")
     return 0
