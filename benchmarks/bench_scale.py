@@ -5,7 +5,10 @@ On a machine with N GPUs (the wheels installed as benchmarks/README.md says; T0 
 deadline counts the whole call):
 
     T0=$(date +%s); <install wheels>; python3 benchmarks/bench_scale.py --gpus 2 --prompts-count 3 \
-        --started-epoch $T0 --deadline-s 550
+        --started-epoch $T0 --deadline-s 560
+
+P=3 on 2 GPUs (P=4 on 4) fits a 10-minute call by `--estimate`'s figures (the seed table's): ~61 s build, ~137 s
+on N GPUs, ~249 s on one, ~35 s scoring, after ~45 s of wheel install. The default P=6 does not fit one call.
 
 On the CPU (tests, dry runs): `python benchmarks/bench_scale.py --cpu --gpus 2 --prompts-count 3` uses the tiny
 model, `--jobs N` instead of `--gpus`, and gloo for `torchrun ... -m evalkit score`.
