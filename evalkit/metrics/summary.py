@@ -217,10 +217,12 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
 
     # Default metrics that were asked for and lack their pinned weights: summary.json's status says so.
     missing_headline = list(headline_missing(names, state.opts.weights_dir)) if state else []
+    # The kind of device, not rank 0's own GPU: a score on N GPUs states what one process on one GPU states.
+    device = state.device.split(":")[0] if state else None
 
     for b, mets in results.items():
         rec = build_metric_record(backend=b, metrics=mets, reference_backend=ref, metrics_version=reg.METRICS_VERSION,
-                                  device=state.device if state else None, missing_headline_metrics=missing_headline)
+                                  device=device, missing_headline_metrics=missing_headline)
         atomic_write_json(rd.metrics_record(b), rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
