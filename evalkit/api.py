@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["generate", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
+__all__ = ["generate", "merge", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
            "compute_fid", "compute_kid"]
 
 
@@ -38,13 +38,15 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
              components: str | Sequence[str] | None = None, config: PathLike | None = None,
              gguf_file: PathLike | None = None, attempt_known_failures: bool = False, jobs: int = 1,
              gpus: str | Sequence[str] | None = None, prompt_column: str | None = None,
-             quiet: bool = False) -> Path:
+             schedule: str = "auto", quiet: bool = False) -> Path:
     """Generate images for each backend and measure memory and latency (`evalkit generate`); returns the run dir.
 
     `prompts` is a prompts file or a list of prompt texts (written to evalkit's cache as a prompts file, so the
     run records where its prompts came from); a .csv/.tsv/.jsonl/.json prompt set reads `prompt_column`
     (default: prompt, prompts, text or caption). Rerunning with the same arguments resumes the same run directory.
-    `quiet=True` hides the progress display. Raises EvalkitError on bad input.
+    `quiet=True` hides the progress display. `gpus=[...]` (or `jobs=N` on CPU) runs one rank per GPU (per job)
+    through torchrun, as `evalkit generate --gpus` does; `schedule` is auto|prompts|backends (docs/distributed.md).
+    Raises EvalkitError on bad input, and when ranks end with missing prompts (see `merge`).
 
     >>> import tempfile, evalkit
     >>> run = evalkit.generate(["A red cube on a blue table"], backends="bf16", model="tiny",
@@ -63,8 +65,19 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
         warmup=warmup,
         components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
         gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
-        command=["evalkit.generate(...)"],
+        command=["evalkit.generate(...)"], schedule=schedule,
     )
+    from evalkit.errors import EvalkitError
+    from evalkit.generate.cli import launch_ranks, local_ranks_wanted, options_argv
+
+    n = local_ranks_wanted(opts)
+    if n > 1:
+        rc = launch_ranks(options_argv(opts), opts, n)
+        root = _launched_run_dir(opts)
+        if rc != 0 or root is None:
+            raise EvalkitError(f"generate on {n} ranks ended with exit code {rc}" + (
+                f"; `evalkit merge {root}` names what is missing, and rerunning resumes" if root else ""))
+        return root
     console = None
     if quiet:
         import io
@@ -73,6 +86,34 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
 
         console = Console(file=io.StringIO())
     return Path(run_generate(opts, console=console))
+
+
+def _launched_run_dir(opts: Any) -> Path | None:
+    """The run directory the ranks wrote: --out, else the newest auto-named one for these prompts and model."""
+    from evalkit.generate.uptodate import _candidates
+
+    found = [p for p in _candidates(opts) if (p / "manifest.json").is_file()]
+    return max(found, key=lambda p: (p / "manifest.json").stat().st_mtime_ns).resolve() if found else None
+
+
+def merge(run_dir: PathLike) -> dict[str, Any]:
+    """Merge a sharded generate's shard files into the run directory (`evalkit merge`); returns merge.json's
+    content. Raises EvalkitError (exit code 1) naming the missing or twice-claimed prompts, if any."""
+    import io
+
+    from rich.console import Console
+
+    from evalkit.generate.ranks import MergeIncomplete, merge_and_summarize
+    from evalkit.io import read_json
+    from evalkit.rundir import open_run
+    from evalkit.runlock import acquire
+
+    rd, _ = open_run(run_dir)
+    with acquire(rd.root, stage="merge"):
+        problems = merge_and_summarize(rd, Console(file=io.StringIO()))
+    if problems:
+        raise MergeIncomplete("; ".join(problems))
+    return read_json(rd.merge_manifest)
 
 
 def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:

@@ -11,6 +11,7 @@ Each stage owns a light `cli` module with `add_*_arguments(parser)` and `*_main(
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import os
 import sys
@@ -125,10 +126,13 @@ def _run_main(args: argparse.Namespace) -> int:
         fn = _load(module, main)
         if fn is None:
             continue
-        if not dist.world().is_main and not _runs_on_every_rank(module):
+        every_rank = _runs_on_every_rank(module)
+        if not dist.world().is_main and not every_rank:
             continue  # only rank 0 calibrates and reports (and scores, until score runs distributed)
         attach_run_log(args.run_dir, name)
-        rc = int(fn(args) or 0)
+        # A stage rank 0 runs alone must not wait in a collective for ranks that went home: a world of one for it.
+        with contextlib.nullcontext() if every_rank else dist.solo():
+            rc = int(fn(args) or 0)
         if rc != 0:
             return rc
     return 0

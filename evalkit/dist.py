@@ -15,12 +15,13 @@ This module is neutral (used by generate and score): it imports no stage.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import socket
 import sys
 from dataclasses import dataclass
-from typing import Any, Mapping, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 from evalkit.errors import EvalkitError
 
@@ -106,6 +107,19 @@ def world() -> World:
     if _WORLD is None:
         _WORLD = detect_world()
     return _WORLD
+
+
+@contextlib.contextmanager
+def solo() -> Iterator[None]:
+    """Inside the block this process is a world of one (rank 0 of 1), whatever launched it: for work that one rank
+    does alone (rank 0's calibration regenerating a sub-run), which must not wait for peers that are not there."""
+    global _WORLD
+    before = world()
+    _WORLD = World()
+    try:
+        yield
+    finally:
+        _WORLD = before
 
 
 def slurm_master_addr(env: Mapping[str, str]) -> str | None:

@@ -101,6 +101,8 @@ class GenerationRecord(TypedDict, total=False):
     started_utc: str | None
     finished_utc: str | None
     pid: int | None
+    ranks: list[dict[str, Any]]  # added (#14): per-rank figures of a merged record (docs/run-directory.md)
+    shard: dict[str, Any]  # added (#14): in a rank's shard record only: tag, rank, world_size, host, gpu, prompt_ids
 
 
 class MetricResult(TypedDict, total=False):

@@ -30,6 +30,17 @@ def _hashes(run: Path, backend: str) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted((run / "images" / backend).glob("*.png"))}
 
 
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.05)
+    return False
+
+
 def _torchrun(*args: str, stderr_path: Path, timeout: float = 600) -> int:
     with open(stderr_path, "w") as err:
         return subprocess.run([*TORCHRUN, *args], cwd=REPO, stdout=subprocess.DEVNULL, stderr=err,
@@ -82,6 +93,16 @@ def test_jobs_launches_ranks_through_torchrun(tiny_run: Path, three_prompts: Pat
     again = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
                         "--backends", "bf16,fp8-layerwise", "--jobs", "2", "--out", str(out))
     assert again.returncode == 0 and "nothing to do" in again.stderr and "starting 2 ranks" not in again.stderr
+    # A shard file awaiting a merge is work: the rerun must not call itself unchanged, and its merge clears it.
+    stray = out / "generation" / "shards" / "bf16" / "w2-r1.unit.json"
+    stray.parent.mkdir(parents=True)
+    stray.write_text(json.dumps({"prompt_ids": []}))
+    third = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
+                        "--backends", "bf16,fp8-layerwise", "--out", str(out))
+    assert third.returncode == 0, third.stderr[-2000:]
+    assert "nothing to do" not in third.stderr and not stray.exists()
+    for backend in ("bf16", "fp8-layerwise"):
+        assert _hashes(out, backend) == _hashes(tiny_run, backend), backend
 
 
 def test_a_killed_rank_is_named_by_merge_and_a_rerun_fills_exactly_its_holes(tmp_path: Path,
@@ -89,7 +110,7 @@ def test_a_killed_rank_is_named_by_merge_and_a_rerun_fills_exactly_its_holes(tmp
     prompts = tmp_path / "four.txt"
     prompts.write_text("A cat in a hat\nA lighthouse at dusk\nAn owl on a branch\nA bowl of ramen\n",
                        encoding="utf-8")
-    common = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "60", "--backends", "bf16",
+    common = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "150", "--backends", "bf16",
               "--warmup", "0"]
     one = tmp_path / "one"
     r = run_evalkit("generate", str(prompts), *common, "--out", str(one))
@@ -106,8 +127,10 @@ def test_a_killed_rank_is_named_by_merge_and_a_rerun_fills_exactly_its_holes(tmp
         while time.time() < deadline and proc.poll() is None and not read_jsonl(partial):
             time.sleep(0.02)
         assert proc.poll() is None, "the run ended before a rank could be killed; nothing was tested"
+        worker = read_jsonl(partial)[0]["pid"]
         os.kill(read_json(unit)["pid"], signal.SIGKILL)  # rank 1 alone; its worker follows by PDEATHSIG
         assert proc.wait(timeout=120) != 0  # torchrun stops the other rank and fails
+        assert _wait_gone(worker, 30), "the killed rank's worker outlived it"
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
@@ -119,7 +142,12 @@ def test_a_killed_rank_is_named_by_merge_and_a_rerun_fills_exactly_its_holes(tmp
     m = run_evalkit("merge", str(out))
     assert m.returncode == 1, m.stderr[-2000:]
     assert "bf16:" in m.stderr and f"{4 - len(made)} of 4 prompt(s) have no valid image" in m.stderr
-    assert "(w2-r1)" in m.stderr  # the tag that was to make the first missing prompt
+    owner = {pid: tag for tag in ("w2-r0", "w2-r1")
+             for pid in read_json(out / "generation" / "shards" / "bf16" / f"{tag}.unit.json")["prompt_ids"]}
+    have = {p.name.rsplit("_s", 1)[0] for p in made}
+    missing = [pid for pid in owner if pid not in have]
+    for pid in missing[:3]:  # each missing prompt is named with the tag of the rank that was to make it
+        assert f"{pid} ({owner[pid]})" in m.stderr, m.stderr[-1500:]
     assert read_json(out / "merge.json")["backends"]["bf16"]["status"] == "incomplete"
 
     again = run_evalkit("generate", str(prompts), *common, "--out", str(out))  # one process is fine

@@ -166,14 +166,14 @@ def test_a_record_that_cannot_be_written_is_reported_not_torn(
 
 def test_stage_turns_a_full_disk_into_one_line(tmp_path: Path, three_prompts: Path, tiny_model_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    from evalkit.generate import stage
+    from evalkit.generate import ranks, stage
 
     out = tmp_path / "run"
 
     def full(root):
         raise OSError(errno.ENOSPC, "No space left on device", str(Path(root) / "summary.json"))
 
-    monkeypatch.setattr(stage, "write_summary", full)
+    monkeypatch.setattr(ranks, "write_summary", full)  # rank 0 writes the summary after the merge
     with pytest.raises(EvalkitError) as e:
         stage.run_generate(stage.GenerateOptions(prompts_file=str(three_prompts), model="tiny", backends="bf16",
                                                  height=32, width=32, warmup=0, out=str(out)))

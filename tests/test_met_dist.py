@@ -165,3 +165,54 @@ def test_plain_progress_prints_at_most_every_ten_seconds() -> None:
     assert len(lines) == 4, lines
     assert lines[0] == "score: bf16 6/10, all backends 6/20 images, 0.6 images/s, ETA 23 s"
     assert lines[-1].startswith("score: q 10/10, all backends 20/20 images") and "ETA" not in lines[-1]
+
+
+def test_peer_watch_stops_a_rank_once_another_posted_its_failure() -> None:
+    """The early stop between chunks (the two-rank failure test above covers the agreement that follows)."""
+    from evalkit.metrics.distributed import PeerFailed, PeerWatch
+
+    class Store:  # the part of torch's key-value store the watch uses
+        def __init__(self) -> None:
+            self.kv: dict[str, bytes] = {}
+
+        def set(self, k: str, v: str) -> None:
+            self.kv[k] = v.encode()
+
+        def check(self, keys: list[str]) -> bool:
+            return all(k in self.kv for k in keys)
+
+        def get(self, k: str) -> bytes:
+            return self.kv[k]
+
+    store = Store()
+    failing, other = PeerWatch(store), PeerWatch(store)
+    other.key = failing.key  # one score call seen from two ranks
+    other.check()  # nothing posted: goes on
+    failing.post("rank 1 of 2 (host h): bad image x.png")
+    with pytest.raises(PeerFailed, match=r"^rank 1 of 2 \(host h\): bad image x.png$"):
+        other.check()
+    assert PeerWatch(store).key != failing.key  # the next score call in the same job starts clean
+
+
+def test_ranks_that_would_score_differently_stop_before_scoring(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Plans are compared across ranks (here rank 1's answer is faked): different work or different unavailable
+    metrics stop every rank with the difference named; the same metrics missing for host-specific reasons do not."""
+    from types import SimpleNamespace
+
+    from evalkit import dist
+    from evalkit.metrics import distributed as dsc
+    from evalkit.metrics import registry as reg
+
+    state: Any = SimpleNamespace(opts=SimpleNamespace(created={"ssim": reg.MetricUnavailable("on /a")}), items={})
+    mine = ("plan", dsc._plan_digest(state, []))
+    monkeypatch.setattr(dist, "world", lambda: dist.World(0, 2, 0, 2, "torchrun"))
+
+    def rank1_says(work: str, missing: dict[str, str]) -> None:
+        monkeypatch.setattr(dist, "all_gather", lambda obj: [obj, ("plan", (work, missing))])
+        dsc._agree_on_plans(state, [], None)
+
+    rank1_says(mine[1][0], {"ssim": "on /b"})  # same metric missing, its own path: agreed
+    with pytest.raises(dsc.EvalkitError, match=r"on rank 1, lpips_alex: no weights here"):
+        rank1_says(mine[1][0], {"ssim": "on /b", "lpips_alex": "no weights here"})
+    with pytest.raises(dsc.EvalkitError, match="planned different work"):
+        rank1_says("another plan", {"ssim": "on /b"})

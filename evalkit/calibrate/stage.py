@@ -179,8 +179,11 @@ def _environment(env: dict[str, str]):
 def _regenerate(manifest: dict[str, Any], sub: Path, backend: str, p: Perturbation) -> None:
     from evalkit.generate.stage import run_generate
 
+    from evalkit import dist
+
     sub.parent.mkdir(parents=True, exist_ok=True)
-    with _environment(p.environment()):
+    # Rank 0 calibrates alone (evalkit run under a launcher): its sub-run is a world of one, waiting for no peer.
+    with _environment(p.environment()), dist.solo():
         run_generate(_generate_options(manifest, sub, backend, p))
 
 

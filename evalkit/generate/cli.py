@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import argparse
 import sys
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from evalkit.generate.stage import GenerateOptions
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +63,7 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                    help="remove a run directory's lock left by a process that is gone (e.g. on another host)")
 
 
-def options_from_args(args: argparse.Namespace) -> "GenerateOptions":  # noqa: F821 - imported lazily
+def options_from_args(args: argparse.Namespace) -> GenerateOptions:
     from evalkit.generate.stage import GenerateOptions
 
     return GenerateOptions(
@@ -75,7 +79,7 @@ def options_from_args(args: argparse.Namespace) -> "GenerateOptions":  # noqa: F
     )
 
 
-def local_ranks_wanted(opts: "GenerateOptions") -> int:  # noqa: F821
+def local_ranks_wanted(opts: GenerateOptions) -> int:
     """How many ranks `--gpus`/`--jobs` ask for on this machine; 1 inside a launched world (the launcher decided)."""
     from evalkit import dist
 
@@ -84,7 +88,7 @@ def local_ranks_wanted(opts: "GenerateOptions") -> int:  # noqa: F821
     return len(opts.gpus) if opts.gpus else max(1, opts.jobs)
 
 
-def launch_ranks(argv: list[str], opts: "GenerateOptions", n: int) -> int:  # noqa: F821
+def launch_ranks(argv: list[str], opts: GenerateOptions, n: int) -> int:
     """`--gpus`/`--jobs` as a thin launcher: torchrun --standalone with n ranks running `evalkit <argv>`."""
     import os
 
@@ -94,6 +98,25 @@ def launch_ranks(argv: list[str], opts: "GenerateOptions", n: int) -> int:  # no
     print(f"evalkit: starting {n} ranks on this machine (torchrun --standalone"
           f"{', GPUs ' + ','.join(opts.gpus) if opts.gpus else ''})", file=sys.stderr, flush=True)
     return dist.launch_local(argv, n, gpus=opts.gpus or None, threads_per_rank=threads)
+
+
+def options_argv(opts: GenerateOptions) -> list[str]:
+    """The `evalkit generate` command line that asks for `opts` (the API's `gpus=`/`jobs=` launch ranks with it)."""
+    argv = ["generate", opts.prompts_file, "--model", opts.model, "--reports-dir", opts.reports_dir,
+            "--device", opts.device, "--batch-size", str(opts.batch_size), "--seed", str(opts.seed),
+            "--warmup", str(opts.warmup), "--schedule", opts.schedule, "--lock-timeout", str(opts.lock_timeout)]
+    for flag, value in (("--backends", opts.backends), ("--out", opts.out), ("--height", opts.height),
+                        ("--width", opts.width), ("--steps", opts.steps), ("--guidance", opts.guidance),
+                        ("--max-sequence-length", opts.max_sequence_length), ("--prompt-column", opts.prompt_column),
+                        ("--components", ",".join(opts.components) if opts.components else None),
+                        ("--config", opts.config_file), ("--gguf-file", opts.gguf_file),
+                        ("--max-images", opts.max_images)):
+        if value is not None:
+            argv += [flag, str(value)]
+    for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock)):
+        if on:
+            argv.append(flag)
+    return argv
 
 
 def generate_main(args: argparse.Namespace) -> int:

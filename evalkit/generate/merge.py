@@ -260,7 +260,9 @@ def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> di
         "latency": latency_stats(lat_samples, warmup),
         "load_time_s": _max([r.get("load_time_s") for r in ranks]),
         "compile_time_s": _max([r.get("compile_time_s") for r in ranks]),
-        "resumed_images": sum(int(r.get("resumed_images") or 0) for r in shard_recs),
+        # images not made by this attempt: kept from the earlier merged record or legacy list, or carried forward
+        "resumed_images": sum(1 for _, src in col.valid.values() if src in ("merged", "legacy"))
+        + sum(int(r.get("resumed_images") or 0) for r in shard_recs),
         "images": images,
         "started_utc": min((r["started_utc"] for r in ranks if r.get("started_utc")), default=None),
         "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),

@@ -115,7 +115,13 @@ def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Call
     for name, (_rec, problems) in work.repairs.items():
         first = next(iter(problems.values()))
         console.print(f"{name}: regenerating {len(problems)} image(s) that changed since they were recorded "
-                      f"(first: {first})")
+                      f"(first: {first}; all in logs/{name}.log)")
+        try:
+            rd.log(name).parent.mkdir(parents=True, exist_ok=True)
+            with open(rd.log(name), "a", encoding="utf-8") as log:
+                log.writelines(f"regenerating {pid}: {why}\n" for pid, why in problems.items())
+        except OSError as e:
+            raise _write_error(e) from None
     if work.images > LARGE_STUDY_IMAGES:
         console.print(describe_plan(work, rd, manifest))
     costs = unit_costs(rd, manifest, list(work.missing))

@@ -32,7 +32,7 @@ from evalkit.records import build_manifest, prompt_entry
 from evalkit.generate.plan import check_max_images, plan_work
 from evalkit.generate.spawn import start_forkserver, stop_forkserver, worker_mode
 from evalkit.runlock import acquire, check_ownership
-from evalkit.rundir import REFERENCE_BACKEND, RunDir, ensure_writable_dir, write_summary
+from evalkit.rundir import REFERENCE_BACKEND, RunDir, ensure_writable_dir
 
 # Distributions every run depends on; each backend library adds its own (Library.versioned).
 CORE_VERSIONED_PACKAGES = ("transformers", "accelerate", "safetensors", "tokenizers", "torchmetrics", "numpy", "pillow",

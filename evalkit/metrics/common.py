@@ -156,8 +156,9 @@ class PlainProgress:
         w = dist.world()
         who = f" (rank {w.rank} of {w.world_size})" if w.distributed else ""
         desc, tdone, ttotal = self.tasks[task]
-        print(f"score: {desc} {tdone}/{ttotal}, all backends {done}/{total} images, {rate:.1f} images/s{eta}{who}",
-              file=self.stream, flush=True)
+        self.stream.write(f"score: {desc} {tdone}/{ttotal}, all backends {done}/{total} images, {rate:.1f} images/s"
+                          f"{eta}{who}\n")  # one write: ranks share a log
+        self.stream.flush()
 
 
 def skipped(reason: str) -> dict[str, Any]:

@@ -161,17 +161,63 @@ def _agree_on_plans(state: "State", plans: Sequence["Plan"], error: BaseExceptio
     if bad:
         raise EvalkitError(bad[0][1])
     digests = [m[1] for m in every]
-    for r, d in enumerate(digests):
-        if d == digests[0]:
-            continue
-        if d[1] != digests[0][1]:
-            diff = sorted(set(d[1].items()) ^ set(digests[0][1].items()))
-            name, why = diff[0]
-            where = f"rank {r}" if (name, why) in d[1].items() else "rank 0"
-            raise EvalkitError(f"ranks 0 and {r} cannot load the same metrics: on {where}, {name}: {why}. Every "
-                               "rank must see the same metric weights (evalkit weights status, on each node)")
-        raise EvalkitError(f"ranks 0 and {r} planned different work: they must read the same run directory and "
-                           "score cache (a filesystem that every node mounts); was the run changed during the score?")
+    for r, (work, missing) in enumerate(digests):
+        # Which metrics are unavailable must agree; the reasons may name each host's own paths.
+        if set(missing) != set(digests[0][1]):
+            name = sorted(set(missing) ^ set(digests[0][1]))[0]
+            where, why = (r, missing[name]) if name in missing else (0, digests[0][1][name])
+            raise EvalkitError(f"ranks 0 and {r} cannot load the same metrics: on rank {where}, {name}: {why}. "
+                               "Every rank must see the same metric weights (`evalkit weights status` on each node)")
+        if work != digests[0][0]:
+            raise EvalkitError(f"ranks 0 and {r} planned different work: they must read the same run directory and "
+                               "score cache (a filesystem that every node mounts); was the run changed during the "
+                               "score?")
+
+
+class PeerFailed(EvalkitError):
+    """Another rank failed: this one stops too (the message names the rank at fault)."""
+
+
+_SCORES = 0  # score calls in this process: each one's failure key is its own (`evalkit run` may score twice)
+
+
+class PeerWatch:
+    """Stops a rank's computing as soon as another rank has failed, rather than at the agreement after every rank
+    has finished its share (hours, in a large study): the failing rank posts its line in the process group's
+    key-value store, the others look between chunks (one store round trip per chunk). Without a store (a
+    launcher torch does not know), failures are still agreed, only later."""
+
+    def __init__(self, store: Any = None) -> None:
+        global _SCORES
+        _SCORES += 1
+        self.key = f"evalkit/score/{_SCORES}/failed"
+        self.store = store
+        if store is None and dist.world().distributed:
+            try:
+                import torch.distributed.distributed_c10d as c10d
+
+                self.store = c10d._get_default_store()  # private, hence the fallback above
+            except Exception:  # noqa: BLE001
+                self.store = None
+
+    def post(self, line: str) -> None:
+        if self.store is None:
+            return
+        try:
+            self.store.set(self.key, line)
+        except Exception:  # noqa: BLE001 - the final agreement still carries the line
+            pass
+
+    def check(self) -> None:
+        if self.store is None:
+            return
+        try:
+            failed = self.store.check([self.key])
+        except Exception:  # noqa: BLE001
+            return
+        if failed:
+            line = self.store.get(self.key)
+            raise PeerFailed(line.decode() if isinstance(line, bytes) else str(line))
 
 
 def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
@@ -194,13 +240,16 @@ def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
     _agree_on_plans(state, plans, planned)
     owners = assign_chunks([len(p.parts) for p in plans], w.world_size)
     mine = [(p, part) for p, row in zip(plans, owners) for part, r in zip(p.parts, row) if r == w.rank]
+    watch = PeerWatch()
     try:
         if os.environ.get(FAIL_RANK_ENV) == str(w.rank):
             raise EvalkitError(f"test hook {FAIL_RANK_ENV}={w.rank}: this rank fails on purpose")
-        run_work(state, mine)
+        run_work(state, mine, between_chunks=watch.check)
         failed: BaseException | None = None
     except Exception as e:  # noqa: BLE001
         failed = e
+        if not isinstance(e, PeerFailed):
+            watch.post(f"{_label()}: {_one_line(e)}")
     _agree_raising(failed)
     return {"chunks": len(mine), "images": sum(len(part) for _p, part in mine),
             "chunks_total": sum(len(p.parts) for p in plans)}
@@ -221,9 +270,11 @@ def say_share(done: dict[str, int]) -> None:
     """One stderr line per rank saying what it scored (a world of one says nothing, as before)."""
     w = dist.world()
     if w.distributed:
-        print(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of {done['chunks_total']} chunks "
-              f"({done.get('images', 0)} images)" + ("; rank 0 writes the results" if w.is_main else ""),
-              file=sys.stderr, flush=True)
+        # One write per line: the ranks share torchrun's stderr, and print's separate newline would interleave.
+        sys.stderr.write(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of "
+                         f"{done['chunks_total']} chunks ({done.get('images', 0)} images)"
+                         + ("; rank 0 writes the results" if w.is_main else "") + "\n")
+        sys.stderr.flush()
 
 
 def launch(argv: Sequence[str], gpus: str | None, jobs: int | None) -> int | None:

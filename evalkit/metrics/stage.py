@@ -31,7 +31,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 
@@ -268,11 +268,13 @@ def plan_work(state: State, backends: Sequence[str]) -> list[Plan]:
     return [p for p in (_plan_backend(state, b) for b in backends) if p is not None]
 
 
-def run_work(state: State, work: Sequence[tuple[Plan, list[int]]]) -> None:
+def run_work(state: State, work: Sequence[tuple[Plan, list[int]]],
+             between_chunks: Callable[[], None] | None = None) -> None:
     """Decode and score these chunks as one stream, so that the pipeline does not drain between backends. Three
     chunks are in flight: k+2 decodes in the worker processes, k+1 is paired and uploaded by a thread, k is scored
     here (on the GPU, when there is one). The cache is saved as each backend finishes: a crash later keeps that
-    backend's work."""
+    backend's work. `between_chunks` runs before each chunk is scored (a distributed rank stops there when another
+    rank has failed)."""
     if not work:
         return
     if state.bar is not None:
@@ -287,6 +289,8 @@ def run_work(state: State, work: Sequence[tuple[Plan, list[int]]]) -> None:
         for k, cur, wait in up.pipeline(len(work), lambda k: _submit_chunk(state, *work[k]),
                                         lambda k, sub: _prepare_chunk(state, *work[k], sub, up, budget)):
             state.waited += wait
+            if between_chunks is not None:
+                between_chunks()
             plan = work[k][0]
             _score_chunk(state, plan, cur, up)
             if k + 1 == len(work) or work[k + 1][0] is not plan:
