@@ -182,6 +182,21 @@ def init() -> None:
                            f"{os.environ.get('MASTER_ADDR', '?')}:{os.environ.get('MASTER_PORT', '?')}: "
                            f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
     _GROUP_READY = True
+    import atexit
+
+    # Without this, gloo's threads are still running when the interpreter exits and the C++ runtime aborts the
+    # process ("terminate called without an active exception", exit -6) about one time in three.
+    atexit.register(_destroy)
+
+
+def _destroy() -> None:
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a peer already gone: nothing left to tear down cleanly
+            pass
 
 
 def broadcast(obj: Any, src: int = 0) -> Any:
