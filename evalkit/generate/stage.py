@@ -307,8 +307,17 @@ def _all_specs(names: list[str]) -> list[BackendSpec]:
     return [parse_backend(n) for n in names]
 
 
+# Set by torchrun / accelerate / srun for a rank (evalkit.dist reads them); never passed on to a backend worker.
+LAUNCHER_VARIABLES = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+                                "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID",
+                                "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_MIXED_PRECISION"})
+
+
 def _worker_env(opts: GenerateOptions, gpu: str | None, device: str, local_ranks: int = 1) -> dict[str, str]:
-    env = dict(os.environ)
+    # A worker is one process on one device, not a rank: the launcher's variables would make libraries act on them
+    # (transformers' loading picked cuda:LOCAL_RANK in a worker that sees one GPU: "invalid device ordinal" on rank 1).
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("TORCHELASTIC_")}
     env.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for the hub
     env["PYTHONUNBUFFERED"] = "1"
     env["EVALKIT_PARENT_PID"] = str(os.getpid())  # a subprocess worker checks it still has this parent
