@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
 
-_API = ("generate", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
+_API = ("generate", "merge", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
         "compute_fid", "compute_kid")
 # API names that are also stage packages (evalkit/generate/, evalkit/report/, evalkit/check/).
 _STAGES = ("generate", "report", "check")
@@ -25,7 +25,7 @@ __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the real functions
     from evalkit.api import (check, compare_images, compute_fid, compute_kid, generate, list_backends,  # noqa: F401
-                             list_metrics, report, score)
+                             list_metrics, merge, report, score)
 
 
 class _CallableStage(types.ModuleType):

@@ -129,7 +129,8 @@ def _run_main(args: argparse.Namespace) -> int:
         every_rank = _runs_on_every_rank(module)
         if not dist.world().is_main and not every_rank:
             continue  # only rank 0 calibrates and reports (and scores, until score runs distributed)
-        attach_run_log(args.run_dir, name)
+        if dist.world().is_main:  # the run's logs/<stage>.log is rank 0's; other ranks keep to their stderr
+            attach_run_log(args.run_dir, name)
         # A stage rank 0 runs alone must not wait in a collective for ranks that went home: a world of one for it.
         with contextlib.nullcontext() if every_rank else dist.solo():
             rc = int(fn(args) or 0)
@@ -144,6 +145,15 @@ def _runs_on_every_rank(module: str) -> bool:
     return bool(getattr(sys.modules.get(module) or importlib.import_module(module), "RUNS_ON_EVERY_RANK", False))
 
 
+def _main_rank() -> bool:
+    from evalkit import dist
+
+    try:
+        return dist.world().is_main
+    except Exception:  # noqa: BLE001 - a bad launcher variable is the stage's one-line error, not the log's
+        return True
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -155,7 +165,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     set_verbose(bool(getattr(args, "verbose", False)))
     capture_third_party_warnings()
-    if getattr(args, "run_dir", None) and os.path.isdir(os.path.join(args.run_dir, "logs")):
+    # Only rank 0 of a launched job writes the run's log files (evalkit.dist reads the launcher's variables; no torch).
+    if getattr(args, "run_dir", None) and os.path.isdir(os.path.join(args.run_dir, "logs")) and _main_rank():
         from evalkit.logs import attach_run_log
 
         attach_run_log(args.run_dir, args.command)

@@ -70,6 +70,10 @@ def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
     return missing
 
 
+# Under a launched `evalkit run`, every rank scores its share (evalkit/metrics/distributed.py); see evalkit/cli.py.
+RUNS_ON_EVERY_RANK = True
+
+
 def score_main(args: argparse.Namespace) -> int:
     from evalkit import dist
     from evalkit.errors import EvalkitError
