@@ -139,6 +139,7 @@ def _generate_options(manifest: dict[str, Any], sub: Path, backend: str, p: Pert
     opts.device = (manifest.get("config") or {}).get("device") or opts.device
     opts.batch_size = p.batch_size or opts.batch_size
     opts.jobs, opts.gpus, opts.max_images = 1, [], None
+    opts.include_reference = backend == (manifest.get("reference_backend") or REFERENCE_BACKEND)
     opts.command = ["evalkit", "calibrate", f"--perturbation={p.name}"]
     return opts
 

@@ -293,9 +293,10 @@ def parse_backend(name: str) -> BackendSpec:
     return BackendSpec("+".join((base, *ordered)), BACKENDS[base], ordered)
 
 
-def parse_backend_list(text: str | None, device: str) -> list[BackendSpec]:
+def parse_backend_list(text: str | None, device: str, include_reference: bool = True) -> list[BackendSpec]:
     """`--backends` value: comma-separated names; `default` = every registry backend (the reference first);
-    `seed` = the seed study's set. bf16 is always included, first, since every score is against it."""
+    `seed` = the seed study's set. bf16 is included, first, since every score is against it, unless
+    `include_reference` is False (calibration's `bf16+compile` sub-run: its reference is the run's own bf16)."""
     names: list[str] = []
     for item in (text or "default").split(","):
         item = item.strip()
@@ -310,7 +311,7 @@ def parse_backend_list(text: str | None, device: str) -> list[BackendSpec]:
     specs = [parse_backend(n) for n in names]
     out: list[BackendSpec] = []
     seen: set[str] = set()
-    for s in [parse_backend("bf16")] + specs:
+    for s in ([parse_backend("bf16")] if include_reference else []) + specs:
         if s.name not in seen:
             seen.add(s.name)
             out.append(s)

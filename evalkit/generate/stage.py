@@ -76,6 +76,9 @@ class GenerateOptions:
     break_lock: bool = False  # remove another process's lock on the run directory (the user knows it is gone)
     lock_timeout: float = 0.0  # seconds to wait for another process's lock
     max_images: int | None = None  # refuse a command that would generate more images than this
+    # False only for calibration's sub-runs of another backend (bf16+compile): regenerating plain bf16 there cost
+    # ~50 s of an H200 call for images nobody reads (2026-11-29).
+    include_reference: bool = True
     schedule: str = "auto"  # how work units are chosen: auto | prompts | backends (evalkit/generate/schedule.py)
     command: list[str] = field(default_factory=list)
 
@@ -216,7 +219,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     if opts.warmup < 0:
         raise EvalkitError(f"--warmup must be 0 or more (got {opts.warmup})")
     device, device_info = detect_device(opts.device)
-    specs = parse_backend_list(opts.backends, device)
+    specs = parse_backend_list(opts.backends, device, opts.include_reference)
     if on_validated is not None:
         on_validated()
 

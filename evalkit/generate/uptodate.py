@@ -96,7 +96,7 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
 
     if any(has_shards(rd, n) or rd.generation_partial(n).exists() for n in names):
         return False  # shard files await a merge (a rank died, or the merge was interrupted)
-    if any(s.name not in names for s in parse_backend_list(opts.backends, device)):
+    if any(s.name not in names for s in parse_backend_list(opts.backends, device, opts.include_reference)):
         return False
     requested = tuple(opts.components) if opts.components else None
     plan = plan_work(rd, manifest, _all_specs(names), requested, opts.attempt_known_failures)
