@@ -32,6 +32,10 @@ DEFAULT_TIMEOUT_S = 72 * 3600
 TIMEOUT_ENV = "EVALKIT_DIST_TIMEOUT"
 # Set by `launch_local` in the ranks it starts, so that a rank never launches again.
 LAUNCHED_ENV = "EVALKIT_LAUNCHED"
+# What `launch_local` was asked for, for a stage rank 0 runs after the others have left (calibrate's sub-runs shard
+# over the same GPUs again).
+LAUNCH_GPUS_ENV = "EVALKIT_LAUNCH_GPUS"
+LAUNCH_NPROC_ENV = "EVALKIT_LAUNCH_NPROC"
 
 
 @dataclass(frozen=True)
@@ -306,6 +310,8 @@ def launch_local(argv: Sequence[str], nproc: int, gpus: Sequence[str] | None = N
 
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"
+    env[LAUNCH_NPROC_ENV] = str(nproc)
+    env[LAUNCH_GPUS_ENV] = ",".join(gpus or [])
     if gpus:
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     if threads_per_rank:

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from conftest import THREE_PROMPTS
 from evalkit.calibrate.perturbations import Perturbation
 from evalkit.calibrate.stage import _generate_options
@@ -33,6 +35,7 @@ def test_calibration_sub_run_of_compile_has_no_plain_reference(tmp_path: Path) -
         .include_reference is True
 
 
+@pytest.mark.slow
 def test_a_run_without_the_reference_generates_only_what_it_names(tmp_path: Path, tiny_model_path: Path) -> None:
     prompts = tmp_path / "p.txt"
     prompts.write_text(THREE_PROMPTS, encoding="utf-8")
@@ -43,3 +46,35 @@ def test_a_run_without_the_reference_generates_only_what_it_names(tmp_path: Path
     assert sorted(p.name for p in (out / "generation").glob("*.json")) == ["fp8-layerwise.json"]
     assert len(list((out / "images" / "fp8-layerwise").glob("*.png"))) == 3
     assert not (out / "images" / "bf16").exists()
+
+
+@pytest.mark.slow
+def test_calibration_sharded_over_two_ranks_equals_one_process(tmp_path: Path, tiny_model_path: Path) -> None:
+    """`evalkit calibrate --jobs 2` regenerates each perturbation on 2 ranks (torchrun underneath): the same images,
+    hence the same floor, as one process; each rank keeps the reference's thread count (no hidden 'threads')."""
+    import shutil
+
+    from conftest import run_evalkit
+
+    prompts = tmp_path / "p.txt"
+    prompts.write_text(THREE_PROMPTS, encoding="utf-8")
+    one = tmp_path / "one"
+    r = run_evalkit("generate", str(prompts), "--model", "tiny", "--backends", "bf16", "--height", "64", "--width",
+                    "64", "--out", str(one))
+    assert r.returncode == 0, r.stderr[-2000:]
+    two = tmp_path / "two"
+    shutil.copytree(one, two)
+    for run, extra in ((one, []), (two, ["--jobs", "2"])):
+        r = run_evalkit("calibrate", str(run), "--perturbations", "batch2", "--metrics-device", "cpu", *extra)
+        assert r.returncode == 0, r.stderr[-3000:]
+    sub_one, sub_two = one / "calibration" / "batch2", two / "calibration" / "batch2"
+    tags = {u["tag"] for u in read_json(sub_two / "merge.json")["backends"]["bf16"]["units"]}
+    assert tags and all(t.startswith("w2-") for t in tags)  # really made by 2 ranks
+    pngs = sorted(p.relative_to(sub_one) for p in sub_one.glob("images/bf16/*.png"))
+    assert len(pngs) == 3 and all((sub_one / p).read_bytes() == (sub_two / p).read_bytes() for p in pngs)
+    ref_threads = read_json(one / "generation" / "bf16.json")["numerics"]["intra_op_threads"]
+    assert read_json(sub_two / "generation" / "bf16.json")["numerics"]["intra_op_threads"] == ref_threads
+    a, b = read_json(one / "calibration.json"), read_json(two / "calibration.json")
+    for name, m in a["metrics"].items():
+        assert m["perturbations"]["batch2"] == b["metrics"][name]["perturbations"]["batch2"], name
+    assert a["metrics"]["ssim"]["perturbations"]["batch2"]["per_prompt"]  # the comparison covered values

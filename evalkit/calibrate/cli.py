@@ -24,6 +24,9 @@ def add_calibrate_arguments(parser: argparse.ArgumentParser, for_run: bool = Fal
     parser.add_argument("--metrics-device", dest="calibrate_device", default="auto",
                         help="device for scoring (auto, cpu, cuda)")
     parser.add_argument("--workers", type=int, default=None, help="image decoding workers for scoring")
+    parser.add_argument("--gpus", default=None, help="comma-separated GPU indices: each perturbation's regeneration "
+                        "runs one rank per GPU (torchrun on this machine), as `evalkit generate --gpus` does")
+    parser.add_argument("--jobs", type=int, default=1, help="CPU only: each regeneration runs on N ranks sharing the cores")
     parser.epilog = ("Writes RUN_DIR/calibration.json and regenerates into RUN_DIR/calibration/<perturbation>/ "
                      "(resumable; rerun the same command after an interruption).")
 
@@ -42,9 +45,25 @@ def calibrate_main(args: argparse.Namespace) -> int:
 
         config = args.config if "calibrate" in read_toml(args.config) else None
     result = run_calibration(args.run_dir, config_file=config, perturbations=names,
-                             device=getattr(args, "calibrate_device", "auto"), workers=getattr(args, "workers", None))
+                             device=getattr(args, "calibrate_device", "auto"), workers=getattr(args, "workers", None),
+                             **_ranks(args))
     print(format_floor(result))
     return 0
+
+
+def _ranks(args: argparse.Namespace) -> dict:
+    """`evalkit calibrate --gpus/--jobs`; under `evalkit run --gpus/--jobs`, the GPUs and rank count the run was
+    launched with (evalkit.dist.launch_local passes them on), so the sub-runs shard over the same devices."""
+    import os
+
+    if getattr(args, "command", None) == "calibrate":
+        gpus = [g.strip() for g in (args.gpus or "").split(",") if g.strip()]
+        return {"gpus": gpus, "jobs": 1 if gpus else max(1, int(args.jobs or 1))}
+    from evalkit.dist import LAUNCH_GPUS_ENV, LAUNCH_NPROC_ENV
+
+    gpus = [g for g in os.environ.get(LAUNCH_GPUS_ENV, "").split(",") if g]
+    n = int(os.environ.get(LAUNCH_NPROC_ENV, "1") or 1)
+    return {"gpus": gpus, "jobs": 1 if gpus else n}
 
 
 def format_floor(result: dict) -> str:

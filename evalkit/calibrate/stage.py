@@ -39,8 +39,11 @@ def paired_metric_names() -> list[str]:
 
 def run_calibration(run_dir: str | os.PathLike[str], *, config_file: str | None = None,
                     perturbations: list[str] | None = None, device: str = "auto",
-                    workers: int | None = None, console: Any = None) -> dict[str, Any]:
-    """Calibrate `run_dir`; returns what it writes to RUN_DIR/calibration.json."""
+                    workers: int | None = None, console: Any = None, gpus: list[str] | None = None,
+                    jobs: int = 1) -> dict[str, Any]:
+    """Calibrate `run_dir`; returns what it writes to RUN_DIR/calibration.json. `gpus` (one rank per GPU) or
+    `jobs` (CPU ranks) shard each perturbation's regeneration over ranks on this machine, as `evalkit generate
+    --gpus/--jobs` does; its images are those of one process."""
     from evalkit.runlock import acquire
 
     rd, manifest = open_run(run_dir)
@@ -57,7 +60,8 @@ def run_calibration(run_dir: str | os.PathLike[str], *, config_file: str | None 
     for p in chosen:
         sub = rd.root / CALIBRATION_DIR / p.name
         backend = f"{reference}+compile" if p.compile else reference
-        _regenerate(manifest, sub, backend, p)
+        _regenerate(manifest, sub, backend, p, ranks=(len(gpus), list(gpus)) if gpus else (jobs, []),
+                    ref_threads=(read_json(rd.generation_record(reference)).get("numerics") or {}).get("intra_op_threads"))
         cand_rd = RunDir(sub)
         rec = read_json(cand_rd.generation_record(backend))
         cand_images = _ok_images(cand_rd, backend, f"perturbation {p.name!r}")
@@ -177,15 +181,35 @@ def _environment(env: dict[str, str]):
                 os.environ[k] = v
 
 
-def _regenerate(manifest: dict[str, Any], sub: Path, backend: str, p: Perturbation) -> None:
+def _regenerate(manifest: dict[str, Any], sub: Path, backend: str, p: Perturbation,
+                ranks: tuple[int, list[str]] | None = None, ref_threads: int | None = None) -> None:
+    """Regenerate `backend` under `p` into `sub`. With `ranks` = (n, gpus), the sub-run is sharded like any
+    generate: torchrun starts n ranks on this machine (one per GPU of `gpus`, or CPU ranks sharing the cores)."""
     from evalkit.generate.stage import run_generate
 
     from evalkit import dist
 
     sub.parent.mkdir(parents=True, exist_ok=True)
+    opts = _generate_options(manifest, sub, backend, p)
+    if ranks is not None and ranks[0] > 1:
+        from evalkit.generate.cli import launch_ranks, options_argv
+
+        n, gpus = ranks
+        opts.gpus = list(gpus)
+        env = p.environment()
+        if ref_threads and not gpus and "EVALKIT_THREADS" not in env:
+            # CPU ranks would otherwise share the cores (fewer threads each): a thread-count change is a perturbation
+            # of its own ("threads"), never to be mixed silently into another one's floor.
+            env["EVALKIT_THREADS"] = str(ref_threads)
+        with _environment(env):
+            code = launch_ranks(options_argv(opts), opts, n)
+        if code != 0:
+            raise EvalkitError(f"perturbation {p.name!r}: its sharded regeneration on {n} ranks exited with {code}; "
+                               f"see {sub / 'logs'} and rerun the same command to resume")
+        return
     # Rank 0 calibrates alone (evalkit run under a launcher): its sub-run is a world of one, waiting for no peer.
     with _environment(p.environment()), dist.solo():
-        run_generate(_generate_options(manifest, sub, backend, p))
+        run_generate(opts)
 
 
 def _check_in_force(p: Perturbation, rec: dict[str, Any], path: Path) -> None:

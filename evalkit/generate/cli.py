@@ -51,6 +51,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "is split as --schedule says (latency then shares cores)")
     x.add_argument("--gpus", help="comma-separated GPU indices: one rank per GPU on this machine (torchrun "
                                   "underneath); under torchrun/accelerate/srun each rank takes its own GPU instead")
+    x.add_argument("--no-reference", dest="include_reference", action="store_false",
+                   help="generate only the backends named (calibration's bf16+compile sub-run); score needs the "
+                        "reference, so a normal run never uses this")
     x.add_argument("--schedule", choices=["auto", "prompts", "backends"], default="auto",
                    help="how work units are chosen over ranks: whole backends to ranks, every backend split over "
                         "all ranks, or auto (the split with the smallest estimated wall time, fixed costs "
@@ -75,7 +78,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
         attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
         max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
-        schedule=getattr(args, "schedule", "auto"),
+        schedule=getattr(args, "schedule", "auto"), include_reference=getattr(args, "include_reference", True),
     )
 
 
@@ -113,7 +116,8 @@ def options_argv(opts: GenerateOptions) -> list[str]:
                         ("--max-images", opts.max_images)):
         if value is not None:
             argv += [flag, str(value)]
-    for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock)):
+    for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock),
+                     ("--no-reference", not opts.include_reference)):
         if on:
             argv.append(flag)
     return argv
