@@ -34,7 +34,8 @@ STYLE = {
     "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 7.5,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.color": "#e3e3e3",
     "grid.linewidth": 0.6, "axes.axisbelow": True, "figure.dpi": 100, "savefig.dpi": 200,
-    "figure.constrained_layout.use": True,  # one layout pass; bbox="tight" would draw every figure twice per format
+    # Each figure asks for layout="constrained" itself (bbox="tight" would draw every figure twice per format),
+    # and pin_layout then removes the engine: with the rc default on, matplotlib would put it back after a save.
     "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: journals reject Type 3 fonts
     "svg.fonttype": "path", "svg.hashsalt": "evalkit",  # stable SVG ids: reruns give identical files
 }
@@ -117,7 +118,7 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     import matplotlib.pyplot as plt
 
     styles = _styles(data)
-    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    fig, ax = plt.subplots(figsize=(5.4, 3.8), layout="constrained")
     pts = []
     for b in data.backends:
         if not b.ok:
@@ -166,7 +167,7 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     floor_in_legend = draw_noise_floor(ax, m, data.floors.get(m.key))
     if front or floor_in_legend:
         ax.legend(loc="best", frameon=False)
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays the axes out, so the labels below are placed where they will be drawn
     _place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
                              styles[n]["color"]) for n, x, y, _ in pts])
     return fig, [n for n, *_ in pts], front
@@ -218,7 +219,7 @@ def memory_bars(data: ReportData):
     names = [b.name for b in ok][::-1]  # reference on top
     h = max(2.2, 0.32 * len(names) + 1.0)
     if data.has_cuda_memory:
-        fig, axes = plt.subplots(1, 2, figsize=(7.2, h), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(7.2, h), sharey=True, layout="constrained")
         series = [("after_load", "After load", OKABE_ITO[5]), ("load_peak", "Load peak", OKABE_ITO[1]), ("peak", "Peak (generation)", OKABE_ITO[3])]
         for ax, kind, fn in zip(axes, ["allocated", "reserved"], ["memory_allocated", "memory_reserved"]):
             y = np.arange(len(names))
@@ -240,7 +241,7 @@ def memory_bars(data: ReportData):
     else:
         # The weight footprint, not process RSS: RSS differences between backends on CPU are allocator noise
         # (0.02 GiB), while the footprint is what the quantization changed. RSS stays in the table.
-        fig, ax = plt.subplots(figsize=(6.0, h))
+        fig, ax = plt.subplots(figsize=(6.0, h), layout="constrained")
         y = np.arange(len(names))
         styles = _styles(data)
         fp = [next(b for b in ok if b.name == n).footprint_gib for n in names]
@@ -260,7 +261,7 @@ def latency_bars(data: ReportData):
     styles = _styles(data)
     ok = [b for b in data.backends if b.ok and isinstance(b.latency.get("median_s"), (int, float))]
     names = [b.name for b in ok][::-1]
-    fig, ax = plt.subplots(figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)))
+    fig, ax = plt.subplots(figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)), layout="constrained")
     y = np.arange(len(names))
     med = [next(b for b in ok if b.name == n).latency["median_s"] for n in names]
     lo = [next(b for b in ok if b.name == n).latency.get("p10_s", m) for n, m in zip(names, med)]
@@ -335,6 +336,7 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
                 plt.close(fig)
                 return None
         f = Figure(key, title, caption)
+        pin_layout(fig)
         for ext in formats:
             path = out / f"{key}.{ext}"
             tmp = out / f".{key}.tmp.{ext}"
@@ -343,6 +345,25 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
             f.files[ext] = path
         plt.close(fig)
     return f
+
+
+def pin_layout(fig) -> None:
+    """Lay `fig` out once and keep that layout for every format it is saved in.
+
+    With a layout engine, each savefig runs constrained layout and a hidden draw before the real one, and each
+    draw searches again for the best legend position: three quarters of the figure time went there. Pinning the
+    axes positions and each legend's place (as fractions of its anchor box, so independent of the dpi) gives
+    the same picture with one draw per format."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box, anchor = legend.get_window_extent(renderer), legend.get_bbox_to_anchor()
+        legend.set_loc(((box.x0 - anchor.x0) / anchor.width, (box.y0 - anchor.y0) / anchor.height))
+    # None, not "none": "none" leaves a placeholder engine, and savefig would still do its hidden draw.
+    fig.set_layout_engine(None)
 
 
 def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "png"), workers: int | None = None) -> list[Figure]:
