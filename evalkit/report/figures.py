@@ -86,31 +86,50 @@ def _label_offsets() -> list[tuple[float, float, str, str, bool]]:
     return out
 
 
+def _label_box(size: tuple[float, float], anchor: tuple[float, float], dx: float, dy: float, ha: str, va: str,
+               px_per_pt: float):
+    """Display box of a text of `size` (w, h px) offset by (dx, dy) points from `anchor` with that alignment: the
+    box matplotlib would give the annotation, computed without making one (placing labels tried up to 40 each)."""
+    from matplotlib.transforms import Bbox
+
+    w, h = size
+    x = anchor[0] + dx * px_per_pt - {"left": 0.0, "center": w / 2, "right": w}[ha]
+    y = anchor[1] + dy * px_per_pt - {"bottom": 0.0, "center": h / 2, "top": h}[va]
+    return Bbox.from_bounds(x, y, w, h)
+
+
+# Where a leader line leaves its label: the label's corner (or edge middle) next to the point, so the line never
+# crosses the text. (Clipping the line at the text box instead cost a Bezier search on every draw of every format.)
+_LEADER_START = {"left": 0.0, "center": 0.5, "right": 1.0, "bottom": 0.0, "top": 1.0}
+
+
 def _place_labels(ax, fig, pts: list[tuple[float, float, str, str]]) -> None:
     """Label points without overlaps: try positions nearest first, keep the first that hits no placed label,
     no other marker and stays in the axes; far labels get a thin leader line so they stay attributable."""
     renderer = fig.canvas.get_renderer()
+    px_per_pt = renderer.points_to_pixels(1.0)
     placed = []
     marks = [ax.transData.transform((x, y)) for x, y, _, _ in pts]
     axbox = ax.get_window_extent(renderer)
     offsets = _label_offsets()
     for i, (x, y, text, colour) in enumerate(pts):
+        probe = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=6.5)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
         chosen = None
         for dx, dy, ha, va, leader in offsets:
-            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
-                            color=colour, zorder=5)
-            bb = t.get_window_extent(renderer).expanded(1.04, 1.15)
+            bb = _label_box((extent.width, extent.height), marks[i], dx, dy, ha, va, px_per_pt).expanded(1.04, 1.15)
             clash = any(bb.overlaps(p) for p in placed) or any(
                 bb.contains(mx, my) for j, (mx, my) in enumerate(marks) if j != i)
             inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
-            t.remove()
             if not clash and inside:
                 chosen = (dx, dy, ha, va, leader)
                 break
         dx, dy, ha, va, leader = chosen or (7, 4, "left", "bottom", False)
+        arrow = dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=0, shrinkB=3, patchA=None,
+                     relpos=(_LEADER_START[ha], _LEADER_START[va]))
         t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
-                        color=colour, zorder=5, alpha=1.0 if chosen else 0.75,
-                        arrowprops=dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=1, shrinkB=3) if leader else None)
+                        color=colour, zorder=5, alpha=1.0 if chosen else 0.75, arrowprops=arrow if leader else None)
         placed.append(t.get_window_extent(renderer).expanded(1.04, 1.15))
 
 
@@ -165,11 +184,11 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     ax.set_title(title, loc="left")
     ax.margins(x=0.12, y=0.12)
     floor_in_legend = draw_noise_floor(ax, m, data.floors.get(m.key))
-    if front or floor_in_legend:
-        ax.legend(loc="best", frameon=False)
     fig.draw_without_rendering()  # lays the axes out, so the labels below are placed where they will be drawn
     _place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
                              styles[n]["color"]) for n, x, y, _ in pts])
+    if front or floor_in_legend:  # after the labels: "best" avoids them too, and is searched once (pin_layout)
+        ax.legend(loc="best", frameon=False)
     return fig, [n for n, *_ in pts], front
 
 
