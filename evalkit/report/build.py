@@ -93,17 +93,25 @@ def _build_report(run_dir: str | Path, *, thumb_size: int, figures: bool, memory
     from evalkit.report.tables import write_tables
 
     show_images = not data.random_weights
-    t = time.perf_counter()
-    images, diff_scale = build_images(data, thumb_size=thumb_size) if show_images else ({}, 0)
-    log(f"{len(images)} thumbnails in {time.perf_counter() - t:.1f} s")
-    figs = []
+    t_figures = time.perf_counter()
+    pending = None
     if figures:
-        from evalkit.report.figures import write_figures
+        from evalkit.report.figures import start_figures
 
+        pending = start_figures(data)  # drawn by worker processes while this one makes thumbnails and tables
+    try:
         t = time.perf_counter()
-        figs = write_figures(data)
-        log(f"{len(figs)} figures (svg, pdf, png) in {time.perf_counter() - t:.1f} s")
-    tables = write_tables(data)
+        images, diff_scale = build_images(data, thumb_size=thumb_size) if show_images else ({}, 0)
+        log(f"{len(images)} thumbnails in {time.perf_counter() - t:.1f} s")
+        tables = write_tables(data)
+    except BaseException:
+        if pending is not None:
+            pending.cancel()
+        raise
+    figs = []
+    if pending is not None:
+        figs = pending.wait()
+        log(f"{len(figs)} figures (svg, pdf, png) in {time.perf_counter() - t_figures:.1f} s")
     from evalkit.report.outputs import remove_stale_outputs
 
     removed = remove_stale_outputs(data.root, [p for f in figs for p in f.files.values()] + list(tables))

@@ -386,8 +386,50 @@ def pin_layout(fig) -> None:
 
 
 def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "png"), workers: int | None = None) -> list[Figure]:
-    """Draw every figure the run supports into figures/ and describe each for the page. Figures are independent,
-    so they are drawn in forked worker processes (about half the report's time on two cores)."""
+    """Draw every figure the run supports into figures/ and describe each for the page (start_figures, then wait)."""
+    return start_figures(data, formats, workers).wait()
+
+
+class PendingFigures:
+    """Figures being drawn by worker processes: `wait()` returns them in page order, `cancel()` stops the workers."""
+
+    def __init__(self, jobs: list[tuple[str, int]], formats: tuple[str, ...], workers: int) -> None:
+        self.jobs, self.formats = jobs, formats
+        self._pool = self._pending = None
+        if workers > 1:
+            import functools
+            import multiprocessing as mp
+
+            # Longest first (scatter plots, then bars), so no worker is left with a long figure at the end.
+            self._order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] in ("memory", "latency"))
+            self._pool = mp.get_context("fork").Pool(workers)
+            self._pending = self._pool.map_async(functools.partial(_render, formats=formats),
+                                                 [jobs[i] for i in self._order], chunksize=1)
+            self._pool.close()
+
+    def wait(self) -> list[Figure]:
+        if self._pool is None:  # one worker, or no fork: drawn here, now
+            return [f for f in (_render(j, self.formats) for j in self.jobs) if f is not None]
+        try:
+            drawn = self._pending.get()  # type: ignore[union-attr]
+        finally:
+            self.cancel()
+        results: list[Figure | None] = [None] * len(self.jobs)
+        for i, f in zip(self._order, drawn):
+            results[i] = f
+        return [f for f in results if f is not None]
+
+    def cancel(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()  # after an error, no worker may go on writing into figures/
+            self._pool.join()
+
+
+def start_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "png"),
+                  workers: int | None = None) -> PendingFigures:
+    """Start drawing every figure the run supports into figures/. Figures are independent, so they are drawn in
+    forked worker processes (two cores: about half the time) while the caller goes on with the thumbnails and
+    tables; call `.wait()` for the figures, or `.cancel()` on an error."""
     global _DATA
     import os
 
@@ -396,16 +438,7 @@ def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "p
     _DATA = data
     jobs = _jobs(data)
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1, 4)
-    results: list[Figure | None]
-    if workers > 1 and hasattr(os, "fork"):
-        import functools
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
-            results = pool.map(functools.partial(_render, formats=formats), jobs, chunksize=1)
-    else:
-        results = [_render(j, formats) for j in jobs]
-    return [f for f in results if f is not None]
+    return PendingFigures(jobs, formats, workers if hasattr(os, "fork") else 1)
 
 
 def _metadata(ext: str) -> dict[str, Any]:
