@@ -168,3 +168,36 @@ def test_error_in_the_parent_stops_the_figure_workers(crowded_run: Path, tmp_pat
     with pytest.raises(RuntimeError, match="thumbnail failed"):
         build.build_report(root, quiet=True)
     assert multiprocessing.active_children() == []
+
+
+def test_formats_option_draws_only_those_and_a_later_default_adds_the_rest(tmp_path: Path) -> None:
+    from evalkit.cli import main
+
+    root = synthetic_run(tmp_path)
+    assert main(["report", str(root), "--formats", "png,svg"]) == 0
+    assert sorted({p.suffix for p in (root / "figures").iterdir()}) == [".png", ".svg"]
+    page = (root / "index.html").read_text(encoding="utf-8")
+    assert 'href="figures/memory.svg"' in page and "memory.pdf" not in page
+    assert main(["report", str(root)]) == 0  # the formats are in the report's input key: this one redraws
+    assert sorted({p.suffix for p in (root / "figures").iterdir()}) == [".pdf", ".png", ".svg"]
+    assert main(["report", str(root), "--formats", "svg"]) == 0  # the PDFs and PNGs it no longer lists go
+    assert sorted({p.suffix for p in (root / "figures").iterdir()}) == [".svg"]
+
+
+@pytest.mark.parametrize("formats, fragment", [("pdf", "add svg or png"), ("svg,gif", "choose among svg, pdf, png"),
+                                                (",", "choose among")])
+def test_bad_formats_are_a_one_line_error(tmp_path: Path, capsys, formats: str, fragment: str) -> None:
+    from evalkit.cli import main
+
+    root = synthetic_run(tmp_path)
+    assert main(["report", str(root), "--formats", formats]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and fragment in err[0] and "--formats" in err[0], err
+    assert not (root / "index.html").exists()
+
+
+def test_run_takes_report_formats() -> None:
+    from evalkit.cli import build_parser
+
+    args = build_parser().parse_args(["run", "prompts/styles.txt", "--report-formats", "svg,png"])
+    assert args.report_formats == "svg,png"
