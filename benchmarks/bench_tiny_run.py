@@ -92,17 +92,19 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=2, help="alternating warm rounds per tree (with --tree)")
     ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache run (with --tree: the cache is "
                     "warmed by an untimed run of the first tree)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="an evalkit cache a tiny run has already filled: no cold or warming run at all")
     a = ap.parse_args()
     trees = {k: Path(v).resolve() for k, v in (t.split("=", 1) for t in a.tree)} or {"this tree": REPO}
     load_before = os.getloadavg()[0]
     rows: list[tuple[str, dict[str, float]]] = []
     per_tree: dict[str, list[float]] = {k: [] for k in trees}
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "cache"
-        first = next(iter(trees.values()))
-        cold = one_run(first, cache, Path(tmp) / "run-cold")
-        if not a.no_cold:
-            rows.append(("cold cache (tiny model + metric weights prepared)", cold))
+        cache = a.cache.resolve() if a.cache else Path(tmp) / "cache"
+        if a.cache is None:
+            cold = one_run(next(iter(trees.values())), cache, Path(tmp) / "run-cold")
+            if not a.no_cold:
+                rows.append(("cold cache (tiny model + metric weights prepared)", cold))
         rounds = a.rounds if a.tree else a.repeats
         for i in range(rounds):
             for name, tree in trees.items():
