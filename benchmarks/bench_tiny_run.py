@@ -1,10 +1,17 @@
 """Wall time of the README's main command on the embedded tiny model: `evalkit run prompts/styles.txt --model tiny`.
 
     python benchmarks/bench_tiny_run.py [--repeats 2]
+    python benchmarks/bench_tiny_run.py --tree OLD=/path/to/old/checkout --tree NEW=. [--rounds 3] [--no-cold]
 
 Runs the real CLI in a subprocess into a fresh output directory each time, first with an empty evalkit cache
 (the tiny model and metric weights are prepared on first use), then with the cache warm. Install time is
-excluded. Prints a Markdown table; the target (issue 2) is <= 60 s on the 2-core CPU machine.
+excluded. With --tree, each named source tree is timed in alternation, round by round, on one shared warm cache,
+so that load from other processes on a shared machine falls on every tree alike.
+
+Each run's output lines are timestamped as they arrive (PYTHONUNBUFFERED), which splits the wall time into stages:
+start-up and planning (up to generate's header line), generation (up to `Results:`), score (up to `Metrics:`),
+report (up to `Report:`), and exit. Prints Markdown tables; the target (issue #16) is <= 45 s warm on the 2-core
+CPU machine.
 """
 
 from __future__ import annotations
@@ -12,6 +19,8 @@ from __future__ import annotations
 import argparse
 import os
 import platform
+import re
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,38 +28,99 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+TARGET_S = 45.0
+# (stage, the first output line that ends it); a stage that printed nothing is folded into the next one.
+STAGE_ENDS = [("start-up", re.compile(r"^evalkit generate ")), ("generate", re.compile(r"^Results: ")),
+              ("score", re.compile(r"^Metrics: ")), ("report", re.compile(r"^Report: "))]
+FIGURES_LINE = re.compile(r"^report: (\d+) figures .* in ([0-9.]+) s")
 
 
-def one_run(cache: Path, out: Path) -> tuple[float, str]:
-    env = dict(os.environ, EVALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1")
+def one_run(tree: Path, cache: Path, out: Path) -> dict[str, float]:
+    """Run the README's command from `tree` (its own code first on PYTHONPATH); wall, stage and figure seconds."""
+    env = dict(os.environ, EVALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               PYTHONPATH=str(tree))
     t0 = time.perf_counter()
-    r = subprocess.run([sys.executable, "-m", "evalkit", "run", "prompts/styles.txt", "--model", "tiny", "--out", str(out)],
-                       cwd=REPO, env=env, capture_output=True, text=True)
+    p = subprocess.Popen([sys.executable, "-m", "evalkit", "run", "prompts/styles.txt", "--model", "tiny",
+                          "--out", str(out)], cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                         text=True, bufsize=1)
+    assert p.stdout is not None
+    marks: dict[str, float] = {}
+    tail: list[str] = []
+    figures = float("nan")
+    for line in p.stdout:
+        now = time.perf_counter() - t0
+        tail = (tail + [line])[-60:]
+        for stage, pattern in STAGE_ENDS:
+            if stage not in marks and pattern.match(line):
+                marks[stage] = now
+        m = FIGURES_LINE.match(line)
+        if m:
+            figures = float(m.group(2))
+    rc = p.wait()
     wall = time.perf_counter() - t0
-    if r.returncode != 0:
-        raise SystemExit(f"evalkit run failed ({r.returncode}):\n{r.stderr[-3000:]}")
-    return wall, r.stdout.strip().splitlines()[-1]
+    if rc != 0:
+        raise SystemExit(f"{tree}: evalkit run failed ({rc}):\n{''.join(tail)[-3000:]}")
+    row = {"wall": wall, "figures": figures}
+    before = 0.0
+    for stage, _ in STAGE_ENDS:
+        if stage in marks:
+            row[stage] = marks[stage] - before
+            before = marks[stage]
+    row["exit"] = wall - before
+    return row
+
+
+def _fmt(v: float | None) -> str:
+    return "-" if v is None or v != v else f"{v:.1f}"
+
+
+def _table(rows: list[tuple[str, dict[str, float]]]) -> str:
+    cols = [s for s, _ in STAGE_ENDS] + ["exit"]
+    out = ["| case | wall s | " + " | ".join(cols) + " | of which figures |",
+           "|---|---:|" + "---:|" * len(cols) + "---:|"]
+    for name, r in rows:
+        out.append(f"| {name} | {r['wall']:.1f} | " + " | ".join(_fmt(r.get(c)) for c in cols)
+                   + f" | {_fmt(r.get('figures'))} |")
+    return "\n".join(out)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--repeats", type=int, default=2, help="warm-cache repeats")
+    ap.add_argument("--repeats", type=int, default=2, help="warm-cache repeats (without --tree)")
+    ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
+                    help="a source tree to time (repeat to compare trees in alternating rounds)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternating warm rounds per tree (with --tree)")
+    ap.add_argument("--no-cold", action="store_true", help="skip the cold-cache run (with --tree: the cache is "
+                    "warmed by an untimed run of the first tree)")
+    ap.add_argument("--cache", type=Path, default=None,
+                    help="an evalkit cache a tiny run has already filled: no cold or warming run at all")
     a = ap.parse_args()
-    rows = []
+    trees = {k: Path(v).resolve() for k, v in (t.split("=", 1) for t in a.tree)} or {"this tree": REPO}
+    load_before = os.getloadavg()[0]
+    rows: list[tuple[str, dict[str, float]]] = []
+    per_tree: dict[str, list[float]] = {k: [] for k in trees}
     with tempfile.TemporaryDirectory() as tmp:
-        cache = Path(tmp) / "cache"
-        wall, last = one_run(cache, Path(tmp) / "run-cold")
-        rows.append(("cold cache (tiny model + metric weights prepared)", wall))
-        for i in range(a.repeats):
-            wall, last = one_run(cache, Path(tmp) / f"run-warm-{i}")
-            rows.append((f"warm cache, repeat {i + 1}", wall))
+        cache = a.cache.resolve() if a.cache else Path(tmp) / "cache"
+        if a.cache is None:
+            cold = one_run(next(iter(trees.values())), cache, Path(tmp) / "run-cold")
+            if not a.no_cold:
+                rows.append(("cold cache (tiny model + metric weights prepared)", cold))
+        rounds = a.rounds if a.tree else a.repeats
+        for i in range(rounds):
+            for name, tree in trees.items():
+                r = one_run(tree, cache, Path(tmp) / f"run-{i}-{len(rows)}")
+                per_tree[name].append(r["wall"])
+                rows.append((f"warm, {name}, round {i + 1}" if a.tree else f"warm cache, repeat {i + 1}", r))
     print("# `evalkit run prompts/styles.txt --model tiny` wall time\n")
-    print(f"{time.strftime('%Y-%m-%d')}, {platform.processor() or platform.machine()}, {os.cpu_count()} cores, "
-          f"load average before: {os.getloadavg()[0]:.2f}\n")
-    print("| case | wall s | target |\n|---|---|---|")
-    for name, wall in rows:
-        print(f"| {name} | {wall:.1f} | <= 60 |")
-    print(f"\nlast line printed: `{last}`")
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {platform.processor() or platform.machine()}, "
+          f"{os.cpu_count()} cores, load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}\n")
+    print(_table(rows))
+    print(f"\nwarm medians (target <= {TARGET_S:.0f} s on a quiet 2-core machine):")
+    for name, ts in per_tree.items():
+        print(f"- {name} ({trees[name]}): median {statistics.median(ts):.1f} s, min {min(ts):.1f} s over {len(ts)}")
+    if len(per_tree) == 2:
+        (n1, t1), (n2, t2) = per_tree.items()
+        print(f"- ratio {n2}/{n1} of medians: {statistics.median(t2) / statistics.median(t1):.3f}")
 
 
 if __name__ == "__main__":

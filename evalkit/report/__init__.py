@@ -14,7 +14,8 @@ def build_report(run_dir: str | Path, **kwargs: Any) -> Path:
     """Write index.html (+ figures/, tables/, thumbs/) into `run_dir`; return the path of index.html.
 
     Keyword arguments: thumb_size (px, default 256), figures (bool), memory_axis (see `evalkit report --help`),
-    include_partial (bool), quiet.
+    include_partial (bool), quiet, formats (figure formats, default
+    ("svg", "pdf", "png"); the page needs svg or png).
     """
     from evalkit.report.build import build_report as _build
 

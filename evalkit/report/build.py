@@ -35,17 +35,20 @@ def build_report(
     memory_axis: str | None = None,
     include_partial: bool = False,
     quiet: bool = False,
+    formats: tuple[str, ...] = ("svg", "pdf", "png"),
 ) -> Path:
     """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html.
 
     Holds the run directory's lock (evalkit.runlock) while it writes."""
+    from evalkit.report.cli import parse_formats
     from evalkit.rundir import open_run
     from evalkit.runlock import acquire
 
+    formats = parse_formats(",".join(formats))  # the same one-line error as the command's --formats
     rd, _ = open_run(run_dir)  # refuse a path that is not a run before creating a lock file in it
     with acquire(rd.root, "report"):
         options = {"thumb_size": thumb_size, "figures": figures, "memory_axis": memory_axis,
-                   "include_partial": include_partial}
+                   "include_partial": include_partial, "formats": list(formats)}
         key = report_inputs_key(rd.root, options)
         out = rd.root / "index.html"
         if stored_key_matches(rd.root / REPORT_INPUTS_FILE, key, [out]):
@@ -54,7 +57,7 @@ def build_report(
                       "index.html kept", file=sys.stderr)
             return out
         out = _build_report(run_dir, thumb_size=thumb_size, figures=figures, memory_axis=memory_axis,
-                            include_partial=include_partial, quiet=quiet)
+                            include_partial=include_partial, quiet=quiet, formats=formats)
         store_key(rd.root / REPORT_INPUTS_FILE, key, "manifest, generation and metric records, summary, "
                   "per_image.csv, calibration.json, report options, evalkit version and report templates (evalkit.report.build)")
         return out
@@ -85,7 +88,7 @@ def report_inputs_key(root: Path, options: dict[str, Any]) -> str:
 
 
 def _build_report(run_dir: str | Path, *, thumb_size: int, figures: bool, memory_axis: str | None,
-                  include_partial: bool, quiet: bool) -> Path:
+                  include_partial: bool, quiet: bool, formats: tuple[str, ...]) -> Path:
     t0 = time.perf_counter()
     log = (lambda msg: None) if quiet else (lambda msg: print(f"report: {msg}", file=sys.stderr))
     data = load_report_data(run_dir, memory_axis, include_partial)
@@ -93,17 +96,25 @@ def _build_report(run_dir: str | Path, *, thumb_size: int, figures: bool, memory
     from evalkit.report.tables import write_tables
 
     show_images = not data.random_weights
-    t = time.perf_counter()
-    images, diff_scale = build_images(data, thumb_size=thumb_size) if show_images else ({}, 0)
-    log(f"{len(images)} thumbnails in {time.perf_counter() - t:.1f} s")
-    figs = []
+    t_figures = time.perf_counter()
+    pending = None
     if figures:
-        from evalkit.report.figures import write_figures
+        from evalkit.report.figures import start_figures
 
+        pending = start_figures(data, formats)  # drawn by worker processes while this one makes thumbnails and tables
+    try:
         t = time.perf_counter()
-        figs = write_figures(data)
-        log(f"{len(figs)} figures (svg, pdf, png) in {time.perf_counter() - t:.1f} s")
-    tables = write_tables(data)
+        images, diff_scale = build_images(data, thumb_size=thumb_size) if show_images else ({}, 0)
+        log(f"{len(images)} thumbnails in {time.perf_counter() - t:.1f} s")
+        tables = write_tables(data)
+    except BaseException:
+        if pending is not None:
+            pending.cancel()
+        raise
+    figs = []
+    if pending is not None:
+        figs = pending.wait()
+        log(f"{len(figs)} figures ({', '.join(formats)}) in {time.perf_counter() - t_figures:.1f} s")
     from evalkit.report.outputs import remove_stale_outputs
 
     removed = remove_stale_outputs(data.root, [p for f in figs for p in f.files.values()] + list(tables))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+FIGURE_FORMATS = ("svg", "pdf", "png")  # the page shows SVG (else PNG); PDF for papers, PNG for slides
 MEMORY_AXIS_CHOICES = ["auto", "peak_reserved", "peak_allocated", "after_load_reserved", "after_load_allocated",
                        "load_peak_reserved", "footprint", "cpu_peak_rss"]  # evalkit.report.data.MEMORY_AXES, kept here to stay light
 
@@ -20,6 +21,10 @@ def add_report_arguments(parser: argparse.ArgumentParser, for_run: bool = False)
     nofig = ["--report-no-figures"] if for_run else ["--no-figures", "--report-no-figures"]
     group.add_argument(*nofig, dest="report_no_figures", action="store_true",
                        help="skip the matplotlib figures (PDF/SVG/PNG); the tables and the page are still written")
+    fmts = ["--report-formats"] if for_run else ["--formats", "--report-formats"]
+    group.add_argument(*fmts, dest="report_formats", default=",".join(FIGURE_FORMATS), metavar="LIST",
+                       help="comma list of figure formats among svg, pdf, png (default: all three; the page needs "
+                            "svg or png)")
     axis = ["--report-memory-axis"] if for_run else ["--memory-axis", "--report-memory-axis"]
     group.add_argument(*axis, dest="report_memory_axis", choices=MEMORY_AXIS_CHOICES, default="auto",
                        help="memory number on the x-axis of quality-vs-memory plots (default: peak_reserved on CUDA, "
@@ -47,6 +52,7 @@ def report_main(args: argparse.Namespace) -> int:
     out = build_report(
         args.run_dir,
         thumb_size=size,
+        formats=parse_formats(getattr(args, "report_formats", None)),
         figures=not getattr(args, "report_no_figures", False),
         memory_axis=None if axis in (None, "auto") else axis,
         include_partial=bool(getattr(args, "report_include_partial", False)),
@@ -55,3 +61,18 @@ def report_main(args: argparse.Namespace) -> int:
 
     print(f"Report: {display_path(out)}")
     return 0
+
+
+def parse_formats(text: str | None) -> tuple[str, ...]:
+    """`svg,png` -> ("svg", "png") in the canonical order; a one-line EvalkitError for anything else."""
+    from evalkit.errors import EvalkitError
+
+    if text is None:
+        return FIGURE_FORMATS
+    asked = [f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()]
+    unknown = [f for f in asked if f not in FIGURE_FORMATS]
+    if unknown or not asked:
+        raise EvalkitError(f"--formats {text!r}: choose among {', '.join(FIGURE_FORMATS)} (comma-separated)")
+    if not {"svg", "png"} & set(asked):
+        raise EvalkitError(f"--formats {text!r}: the page shows each figure as SVG or PNG; add svg or png")
+    return tuple(f for f in FIGURE_FORMATS if f in asked)

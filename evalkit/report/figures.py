@@ -34,7 +34,8 @@ STYLE = {
     "xtick.labelsize": 8, "ytick.labelsize": 8, "legend.fontsize": 7.5,
     "axes.spines.top": False, "axes.spines.right": False, "axes.grid": True, "grid.color": "#e3e3e3",
     "grid.linewidth": 0.6, "axes.axisbelow": True, "figure.dpi": 100, "savefig.dpi": 200,
-    "figure.constrained_layout.use": True,  # one layout pass; bbox="tight" would draw every figure twice per format
+    # Each figure asks for layout="constrained" itself (bbox="tight" would draw every figure twice per format),
+    # and pin_layout then removes the engine: with the rc default on, matplotlib would put it back after a save.
     "pdf.fonttype": 42, "ps.fonttype": 42,  # TrueType in PDFs: journals reject Type 3 fonts
     "svg.fonttype": "path", "svg.hashsalt": "evalkit",  # stable SVG ids: reruns give identical files
 }
@@ -85,31 +86,50 @@ def _label_offsets() -> list[tuple[float, float, str, str, bool]]:
     return out
 
 
+def _label_box(size: tuple[float, float], anchor: tuple[float, float], dx: float, dy: float, ha: str, va: str,
+               px_per_pt: float):
+    """Display box of a text of `size` (w, h px) offset by (dx, dy) points from `anchor` with that alignment: the
+    box matplotlib would give the annotation, computed without making one (placing labels tried up to 40 each)."""
+    from matplotlib.transforms import Bbox
+
+    w, h = size
+    x = anchor[0] + dx * px_per_pt - {"left": 0.0, "center": w / 2, "right": w}[ha]
+    y = anchor[1] + dy * px_per_pt - {"bottom": 0.0, "center": h / 2, "top": h}[va]
+    return Bbox.from_bounds(x, y, w, h)
+
+
+# Where a leader line leaves its label: the label's corner (or edge middle) next to the point, so the line never
+# crosses the text. (Clipping the line at the text box instead cost a Bezier search on every draw of every format.)
+_LEADER_START = {"left": 0.0, "center": 0.5, "right": 1.0, "bottom": 0.0, "top": 1.0}
+
+
 def _place_labels(ax, fig, pts: list[tuple[float, float, str, str]]) -> None:
     """Label points without overlaps: try positions nearest first, keep the first that hits no placed label,
     no other marker and stays in the axes; far labels get a thin leader line so they stay attributable."""
     renderer = fig.canvas.get_renderer()
+    px_per_pt = renderer.points_to_pixels(1.0)
     placed = []
     marks = [ax.transData.transform((x, y)) for x, y, _, _ in pts]
     axbox = ax.get_window_extent(renderer)
     offsets = _label_offsets()
     for i, (x, y, text, colour) in enumerate(pts):
+        probe = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=6.5)
+        extent = probe.get_window_extent(renderer)
+        probe.remove()
         chosen = None
         for dx, dy, ha, va, leader in offsets:
-            t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
-                            color=colour, zorder=5)
-            bb = t.get_window_extent(renderer).expanded(1.04, 1.15)
+            bb = _label_box((extent.width, extent.height), marks[i], dx, dy, ha, va, px_per_pt).expanded(1.04, 1.15)
             clash = any(bb.overlaps(p) for p in placed) or any(
                 bb.contains(mx, my) for j, (mx, my) in enumerate(marks) if j != i)
             inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
-            t.remove()
             if not clash and inside:
                 chosen = (dx, dy, ha, va, leader)
                 break
         dx, dy, ha, va, leader = chosen or (7, 4, "left", "bottom", False)
+        arrow = dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=0, shrinkB=3, patchA=None,
+                     relpos=(_LEADER_START[ha], _LEADER_START[va]))
         t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
-                        color=colour, zorder=5, alpha=1.0 if chosen else 0.75,
-                        arrowprops=dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=1, shrinkB=3) if leader else None)
+                        color=colour, zorder=5, alpha=1.0 if chosen else 0.75, arrowprops=arrow if leader else None)
         placed.append(t.get_window_extent(renderer).expanded(1.04, 1.15))
 
 
@@ -117,7 +137,7 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     import matplotlib.pyplot as plt
 
     styles = _styles(data)
-    fig, ax = plt.subplots(figsize=(5.4, 3.8))
+    fig, ax = plt.subplots(figsize=(5.4, 3.8), layout="constrained")
     pts = []
     for b in data.backends:
         if not b.ok:
@@ -164,11 +184,11 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     ax.set_title(title, loc="left")
     ax.margins(x=0.12, y=0.12)
     floor_in_legend = draw_noise_floor(ax, m, data.floors.get(m.key))
-    if front or floor_in_legend:
-        ax.legend(loc="best", frameon=False)
-    fig.canvas.draw()
+    fig.draw_without_rendering()  # lays the axes out, so the labels below are placed where they will be drawn
     _place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
                              styles[n]["color"]) for n, x, y, _ in pts])
+    if front or floor_in_legend:  # after the labels: "best" avoids them too, and is searched once (pin_layout)
+        ax.legend(loc="best", frameon=False)
     return fig, [n for n, *_ in pts], front
 
 
@@ -218,7 +238,7 @@ def memory_bars(data: ReportData):
     names = [b.name for b in ok][::-1]  # reference on top
     h = max(2.2, 0.32 * len(names) + 1.0)
     if data.has_cuda_memory:
-        fig, axes = plt.subplots(1, 2, figsize=(7.2, h), sharey=True)
+        fig, axes = plt.subplots(1, 2, figsize=(7.2, h), sharey=True, layout="constrained")
         series = [("after_load", "After load", OKABE_ITO[5]), ("load_peak", "Load peak", OKABE_ITO[1]), ("peak", "Peak (generation)", OKABE_ITO[3])]
         for ax, kind, fn in zip(axes, ["allocated", "reserved"], ["memory_allocated", "memory_reserved"]):
             y = np.arange(len(names))
@@ -240,7 +260,7 @@ def memory_bars(data: ReportData):
     else:
         # The weight footprint, not process RSS: RSS differences between backends on CPU are allocator noise
         # (0.02 GiB), while the footprint is what the quantization changed. RSS stays in the table.
-        fig, ax = plt.subplots(figsize=(6.0, h))
+        fig, ax = plt.subplots(figsize=(6.0, h), layout="constrained")
         y = np.arange(len(names))
         styles = _styles(data)
         fp = [next(b for b in ok if b.name == n).footprint_gib for n in names]
@@ -260,7 +280,7 @@ def latency_bars(data: ReportData):
     styles = _styles(data)
     ok = [b for b in data.backends if b.ok and isinstance(b.latency.get("median_s"), (int, float))]
     names = [b.name for b in ok][::-1]
-    fig, ax = plt.subplots(figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)))
+    fig, ax = plt.subplots(figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)), layout="constrained")
     y = np.arange(len(names))
     med = [next(b for b in ok if b.name == n).latency["median_s"] for n in names]
     lo = [next(b for b in ok if b.name == n).latency.get("p10_s", m) for n, m in zip(names, med)]
@@ -335,6 +355,7 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
                 plt.close(fig)
                 return None
         f = Figure(key, title, caption)
+        pin_layout(fig)
         for ext in formats:
             path = out / f"{key}.{ext}"
             tmp = out / f".{key}.tmp.{ext}"
@@ -345,9 +366,70 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
     return f
 
 
+def pin_layout(fig) -> None:
+    """Lay `fig` out once and keep that layout for every format it is saved in.
+
+    With a layout engine, each savefig runs constrained layout and a hidden draw before the real one, and each
+    draw searches again for the best legend position: three quarters of the figure time went there. Pinning the
+    axes positions and each legend's place (as fractions of its anchor box, so independent of the dpi) gives
+    the same picture with one draw per format."""
+    fig.draw_without_rendering()
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        legend = ax.get_legend()
+        if legend is None:
+            continue
+        box, anchor = legend.get_window_extent(renderer), legend.get_bbox_to_anchor()
+        legend.set_loc(((box.x0 - anchor.x0) / anchor.width, (box.y0 - anchor.y0) / anchor.height))
+    # None, not "none": "none" leaves a placeholder engine, and savefig would still do its hidden draw.
+    fig.set_layout_engine(None)
+
+
 def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "png"), workers: int | None = None) -> list[Figure]:
-    """Draw every figure the run supports into figures/ and describe each for the page. Figures are independent,
-    so they are drawn in forked worker processes (about half the report's time on two cores)."""
+    """Draw every figure the run supports into figures/ and describe each for the page (start_figures, then wait)."""
+    return start_figures(data, formats, workers).wait()
+
+
+class PendingFigures:
+    """Figures being drawn by worker processes: `wait()` returns them in page order, `cancel()` stops the workers."""
+
+    def __init__(self, jobs: list[tuple[str, int]], formats: tuple[str, ...], workers: int) -> None:
+        self.jobs, self.formats = jobs, formats
+        self._pool = self._pending = None
+        if workers > 1:
+            import functools
+            import multiprocessing as mp
+
+            # Longest first (scatter plots, then bars), so no worker is left with a long figure at the end.
+            self._order = sorted(range(len(jobs)), key=lambda i: jobs[i][0] in ("memory", "latency"))
+            self._pool = mp.get_context("fork").Pool(workers)
+            self._pending = self._pool.map_async(functools.partial(_render, formats=formats),
+                                                 [jobs[i] for i in self._order], chunksize=1)
+            self._pool.close()
+
+    def wait(self) -> list[Figure]:
+        if self._pool is None:  # one worker, or no fork: drawn here, now
+            return [f for f in (_render(j, self.formats) for j in self.jobs) if f is not None]
+        try:
+            drawn = self._pending.get()  # type: ignore[union-attr]
+        finally:
+            self.cancel()
+        results: list[Figure | None] = [None] * len(self.jobs)
+        for i, f in zip(self._order, drawn):
+            results[i] = f
+        return [f for f in results if f is not None]
+
+    def cancel(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()  # after an error, no worker may go on writing into figures/
+            self._pool.join()
+
+
+def start_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "png"),
+                  workers: int | None = None) -> PendingFigures:
+    """Start drawing every figure the run supports into figures/. Figures are independent, so they are drawn in
+    forked worker processes (two cores: about half the time) while the caller goes on with the thumbnails and
+    tables; call `.wait()` for the figures, or `.cancel()` on an error."""
     global _DATA
     import os
 
@@ -356,16 +438,7 @@ def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "p
     _DATA = data
     jobs = _jobs(data)
     workers = workers if workers is not None else min(len(jobs), os.cpu_count() or 1, 4)
-    results: list[Figure | None]
-    if workers > 1 and hasattr(os, "fork"):
-        import functools
-        import multiprocessing as mp
-
-        with mp.get_context("fork").Pool(workers) as pool:
-            results = pool.map(functools.partial(_render, formats=formats), jobs, chunksize=1)
-    else:
-        results = [_render(j, formats) for j in jobs]
-    return [f for f in results if f is not None]
+    return PendingFigures(jobs, formats, workers if hasattr(os, "fork") else 1)
 
 
 def _metadata(ext: str) -> dict[str, Any]:
