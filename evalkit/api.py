@@ -98,7 +98,15 @@ def _launched_run_dir(opts: Any) -> Path | None:
 
 def merge(run_dir: PathLike) -> dict[str, Any]:
     """Merge a sharded generate's shard files into the run directory (`evalkit merge`); returns merge.json's
-    content. Raises EvalkitError (exit code 1) naming the missing or twice-claimed prompts, if any."""
+    content. Raises EvalkitError (exit code 1) naming the missing or twice-claimed prompts, if any.
+
+    >>> import tempfile, evalkit
+    >>> run = evalkit.generate(["A red cube on a blue table"], backends="bf16", model="tiny",
+    ...                        height=32, width=32, steps=2, out=tempfile.mkdtemp(), quiet=True)
+    >>> merged = evalkit.merge(run)   # rank 0 merged already: merging again changes nothing
+    >>> merged["backends"]["bf16"]["status"], [u["tag"] for u in merged["backends"]["bf16"]["units"]]
+    ('complete', ['w1-r0'])
+    """
     import io
 
     from rich.console import Console

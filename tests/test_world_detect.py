@@ -74,7 +74,7 @@ def test_local_gpu_maps_local_rank_to_visible_devices(monkeypatch: pytest.Monkey
 def test_collectives_over_two_gloo_ranks(tmp_path: Path) -> None:
     script = tmp_path / "ranks.py"
     script.write_text(textwrap.dedent("""
-        import json, sys
+        import json, pathlib, sys
         from evalkit import dist
         from evalkit.errors import EvalkitError
         w = dist.world()
@@ -85,19 +85,17 @@ def test_collectives_over_two_gloo_ranks(tmp_path: Path) -> None:
         except EvalkitError as e:
             out["agree"] = str(e)
         dist.barrier()
-        print("RESULT " + json.dumps(out), flush=True)
+        # one file per rank: two ranks printing at once can interleave on a shared stdout
+        (pathlib.Path(sys.argv[1]) / f"rank{w.rank}.json").write_text(json.dumps(out))
     """))
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK")}
     env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
     proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2",
-                           str(script)], capture_output=True, text=True, env=env, timeout=120)
+                           str(script), str(tmp_path)], capture_output=True, text=True, env=env, timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
     import json
 
-    results = sorted((json.loads(line.split("RESULT ", 1)[1]) for line in proc.stdout.splitlines()
-                      if line.startswith("RESULT ")), key=lambda r: r["gathered"] is None)
-    assert len(results) == 2
-    main, other = results
+    main, other = (json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1))
     assert main["plan"] == other["plan"] == {"units": [1, 2]}
     assert main["gathered"] == [0, 10] and other["gathered"] is None
     assert main["tags"] == other["tags"] == ["w2-r0", "w2-r1"]
