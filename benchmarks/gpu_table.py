@@ -41,7 +41,7 @@ COLUMNS = ("row", "run", "backend", "compile_preset", "status", "reason", "image
            "compile_s", "warmup_s", "after_load_allocated_gib", "after_load_reserved_gib", "load_peak_allocated_gib",
            "load_peak_reserved_gib", "peak_allocated_gib", "peak_reserved_gib", "footprint_gib",
            "quantized_linears_transformer", "quantized_linears_text_encoder_2", "layer_types", "placement",
-           "compile_settings", "compile_cache_warm", "torchao_config_version", "device", "gpu_count", "torch",
+           "compile_settings", "compile_cache_warm", "compile_graphs", "compile_graph_breaks", "compile_recompilations", "torchao_config_version", "device", "gpu_count", "torch",
            "diffusers", "transformers", "torchao", "bitsandbytes", "optimum_quanto", "gguf", "date_utc", "warmup_runs",
            "source", "in_table")
 
@@ -151,6 +151,14 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
                    f"regional={comp.get('regional')} regions={comp.get('compiled_regions')}",
                    compile_cache_warm=((comp or {}).get("cache") or {}).get("warm"),
                    torchao_config_version=_config_version(q))
+        dyn = (comp or {}).get("dynamo") or {}
+        row.update(compile_graphs=dyn.get("unique_graphs"), compile_graph_breaks=dyn.get("graph_breaks"),
+                   compile_recompilations=dyn.get("recompilations"))
+        if dyn.get("recompile_limit_hit"):  # its later calls ran eagerly: the latency is not a compiled one
+            why = (dyn.get("recompile_reasons") or ["reason not recorded"])[0]
+            row.update(status="ok (partly eager)",
+                       reason=f"torch._dynamo hit its recompile limit after {dyn.get('recompilations')} "
+                              f"recompilations (first: {why}); later calls ran eagerly")
         out.append(row)
     for row in out:
         if row.get("latency_median_s") and row.get("anchor_bf16_latency_s"):

@@ -138,7 +138,7 @@ class MetricRecord(TypedDict, total=False):
 class SummaryBackend(TypedDict):
     status: str  # a generation status, or "pending" before the backend ran
     reason: str | None
-    partial_reason: str | None  # quantized less than its name says on this device (bnb on CPU), else None
+    partial_reason: str | None  # did less than its name says here (bnb on CPU; +compile hit the recompile limit)
     memory: dict[str, Any] | None
     latency: dict[str, Any] | None
     load_time_s: float | None
@@ -367,9 +367,23 @@ def partial_reason(gen: Mapping[str, Any] | None) -> str | None:
     """
     quant = (gen or {}).get("quantization") or {}
     if "partial_reason" in quant:
-        return quant["partial_reason"] or None
-    note = quant.get("note")
-    return note if isinstance(note, str) and _PARTIAL_NOTE_MARKER in note else None
+        reason = quant["partial_reason"] or None
+    else:
+        note = quant.get("note")
+        reason = note if isinstance(note, str) and _PARTIAL_NOTE_MARKER in note else None
+    compiled = _partly_eager(gen)
+    return "; ".join(r for r in (reason, compiled) if r) or None
+
+
+def _partly_eager(gen: Mapping[str, Any] | None) -> str | None:
+    """`+compile` whose code hit torch._dynamo's recompile limit ran the later calls eagerly: its latency is not a
+    compiled one, so it does less than its name says (generation record's compile.dynamo, written by the worker)."""
+    dynamo = ((gen or {}).get("compile") or {}).get("dynamo") or {}
+    if not dynamo.get("recompile_limit_hit"):
+        return None
+    first = (dynamo.get("recompile_reasons") or ["reason not recorded"])[0]
+    return (f"+compile ran partly eagerly: torch._dynamo hit its recompile limit after "
+            f"{dynamo.get('recompilations')} recompilations (first: {first})")
 
 
 def _summary_backend(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> SummaryBackend:

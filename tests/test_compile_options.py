@@ -122,5 +122,35 @@ def test_compile_run_records_its_settings_and_generates(tmp_path: Path, tiny_mod
     cache = Path(os.environ["EVALKIT_CACHE"]) / "compile"
     assert c["cache"]["inductor"]["dir"] == str(cache / "inductor") and any((cache / "inductor").iterdir())
     assert rec["compile_time_s"] is not None
+    # Two block types, each compiled; regional compile of the tiny model needs no recompile to the limit.
+    assert c["dynamo"]["unique_graphs"] >= 2 and c["dynamo"]["recompile_limit_hit"] is False
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["compile"]["global"] == {"regional": True, "dynamic": False}
+
+
+def test_dynamo_stats_names_recompilations_and_the_limit(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A code object recompiled past torch._dynamo's limit runs eagerly after it: the record must say so."""
+    import torch
+    import torch._dynamo
+
+    from evalkit.generate.compile_options import dynamo_stats
+
+    from torch._dynamo.utils import counters
+
+    torch._dynamo.reset()  # clears guard failures, not the counters
+    counters.clear()
+    monkeypatch.setattr(torch._dynamo.config, "recompile_limit", 2)
+
+    def scale(x: torch.Tensor, n: int) -> torch.Tensor:
+        return x * n
+
+    f = torch.compile(scale, dynamic=False, backend="eager")  # eager backend: dynamo's bookkeeping, no inductor
+    f(torch.ones(2), 0)
+    assert dynamo_stats()["recompile_limit_hit"] is False
+    for n in range(1, 5):
+        f(torch.ones(2), n)
+    stats = dynamo_stats()
+    torch._dynamo.reset()
+    counters.clear()
+    assert stats["recompile_limit_hit"] is True
+    assert stats["recompilations"] >= 2 and any("n == 0" in r for r in stats["recompile_reasons"])

@@ -173,6 +173,16 @@ def test_partial_reason_from_the_record_or_an_old_note() -> None:
     assert partial_reason(None) is None and partial_reason({"quantization": None}) is None
 
 
+def test_partial_reason_says_when_compile_ran_partly_eagerly() -> None:
+    dynamo = {"recompile_limit_hit": True, "recompilations": 9, "recompile_reasons": ["forward: 1/0: id mismatch"]}
+    why = partial_reason({"quantization": {"partial_reason": None}, "compile": {"dynamo": dynamo}})
+    assert why is not None and "recompile limit after 9 recompilations" in why and "id mismatch" in why
+    fine = dict(dynamo, recompile_limit_hit=False)
+    assert partial_reason({"quantization": {}, "compile": {"dynamo": fine}}) is None
+    both = partial_reason({"quantization": {"partial_reason": "transformer left in bf16"}, "compile": {"dynamo": dynamo}})
+    assert both is not None and both.startswith("transformer left in bf16; +compile ran partly eagerly")
+
+
 def test_summary_carries_partial_reason_and_images_left_out(tmp_path: Path) -> None:
     note = "transformer left in bf16 on CPU: diffusers' bitsandbytes quantizer needs a GPU"
     probe = make_run(tmp_path / "probe", backends=("bf16",))

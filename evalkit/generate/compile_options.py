@@ -151,3 +151,29 @@ def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
                 "compiled_regions": compiled}
     module.compile(**settings.torch_kwargs())
     return {**settings.to_record(), "target": settings.component, "repeated_blocks": None, "compiled_regions": 1}
+
+
+def dynamo_stats() -> dict[str, Any]:
+    """What torch._dynamo did in this process: graphs compiled, graph breaks, recompilations and their reasons, and
+    whether a code object hit the recompile limit (its later calls then run eagerly, so "+compile" would be a
+    label on eager latency). Read after generation; counters are process-wide and a worker runs one backend."""
+    import torch._dynamo.utils as dynamo_utils
+
+    counters = dynamo_utils.counters
+    breaks = {str(k): int(v) for k, v in counters.get("graph_break", {}).items()}
+    unimplemented = {str(k): int(v) for k, v in counters.get("unimplemented", {}).items()}
+    failures = getattr(dynamo_utils, "guard_failures", {}) or {}
+    reasons: list[str] = []
+    for code, why in failures.items():
+        for reason in why:
+            line = f"{getattr(code, 'co_name', code)}: {' '.join(str(reason).split())[:200]}"
+            if line not in reasons:
+                reasons.append(line)
+    limit_hit = any("recompile limit" in k.lower() or "cache_size_limit" in k.lower()
+                    for k in (*breaks, *unimplemented))
+    return {"unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0)),
+            "frames_compiled": int(counters.get("frames", {}).get("ok", 0)),
+            "graph_breaks": sum(breaks.values()),
+            "recompilations": sum(len(v) for v in failures.values()),
+            "recompile_reasons": reasons[:10],
+            "recompile_limit_hit": limit_hit}

@@ -430,7 +430,7 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
         flags = ", ".join(f"{k}×{v}" for k, v in (b.get("image_flags") or {}).items())
         table.add_row(name, b["status"], _fmt(b.get("load_time_s")), _fmt(lat.get("median_s"), 3), _fmt(peak),
                       ",".join(b.get("components_quantized") or []) or "-",
-                      (b.get("reason") or flags or "")[:80])
+                      (b.get("reason") or b.get("partial_reason") or flags or "")[:80])
     console.print(table)
 
 

@@ -393,6 +393,10 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     # Latency only from images timed in this process: a resumed run may come from another process or machine state.
     fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
     record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
+    if compile_info is not None:
+        from evalkit.generate.compile_options import dynamo_stats
+
+        compile_info["dynamo"] = dynamo_stats()
     if compile_info is not None and warm_times and record["latency"].get("median_s") is not None:
         record["compile_time_s"] = max(0.0, warm_times[0] - record["latency"]["median_s"])
     else:
