@@ -225,6 +225,38 @@ def test_torchao_version_is_passed_only_where_the_installed_signature_takes_it()
     assert torchao_config(Old, group_size=3) == Old(3)
     assert torchao_config(New, group_size=3) == New(3, TORCHAO_CONFIG_VERSION) and TORCHAO_CONFIG_VERSION == 2
 
+    @dataclass
+    class Tuning:
+        version: int = 1
+        set_inductor_config: bool = True
+
+    assert torchao_config(Tuning) == Tuning(TORCHAO_CONFIG_VERSION, False)
+
+
+def test_quantizing_with_torchao_leaves_inductor_and_matmul_precision_alone(tiny_model_path: Path) -> None:
+    """torchao's configs default to switching on inductor's coordinate-descent tuning for the whole process (and, in
+    0.17, TF32): with evalkit's recipes, loading a torchao backend changes neither."""
+    pytest.importorskip("torchao")
+    import torch
+    import torch._inductor.config as inductor
+    from torchao.quantization import quantize_
+
+    from evalkit.generate.backends import BACKENDS, BuildContext
+
+    ctx = BuildContext(device="cpu", capability=None, model_path=str(tiny_model_path), options={}, cache_dir="/tmp")
+    before = (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions,
+              torch.get_float32_matmul_precision())
+    try:
+        for name in ("torchao-int8wo", "torchao-int8dq", "torchao-fp8wo"):
+            cfg = BACKENDS[name].make_config("transformer", ctx)
+            assert getattr(cfg.quant_type, "set_inductor_config", False) is False, name
+            quantize_(torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16), cfg.quant_type)
+            assert (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions,
+                    torch.get_float32_matmul_precision()) == before, name
+    finally:
+        inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions = before[:2]
+        torch.set_float32_matmul_precision(before[2])
+
 
 def test_one_recipe_builder_merges_the_users_options(tmp_path: Path) -> None:
     """The worker's record and the record of a backend that never ran state the same recipe, user options included

@@ -42,6 +42,29 @@ def test_compile_table_and_per_backend_override_resolve(tmp_path: Path) -> None:
 def test_default_is_regional_with_mode_default() -> None:
     s = resolve_compile(load_config(None)[1], "bf16")
     assert s == PRESETS[DEFAULT_PRESET] and s.regional and s.mode == "default"
+    # Coordinate-descent tuning costs minutes of compile at full size: only the seed study's preset asks for it.
+    assert not s.coordinate_descent_tuning and PRESETS["seed"].coordinate_descent_tuning
+
+
+def test_compile_owns_the_inductor_tuning_flags(tiny_model_path: Path) -> None:
+    """Whatever loading left behind (torchao's recommended setter turns tuning on), compiling sets the flags its
+    settings say and the record states them."""
+    import torch._inductor.config as inductor
+
+    before = (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions)
+    try:
+        from diffusers import FluxTransformer2DModel
+
+        class Pipe:
+            transformer = FluxTransformer2DModel.from_pretrained(tiny_model_path, subfolder="transformer")
+
+        inductor.coordinate_descent_tuning = True  # as torchao's setter leaves it
+        rec = apply_compile(Pipe, resolve_compile({}, "torchao-int8wo"))
+        assert rec["inductor"]["coordinate_descent_tuning"] is False and inductor.coordinate_descent_tuning is False
+        rec = apply_compile(Pipe, resolve_compile({"global": {"coordinate_descent_tuning": True}}, "bf16"))
+        assert rec["inductor"]["coordinate_descent_check_all_directions"] is True
+    finally:
+        inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions = before
 
 
 @pytest.mark.parametrize("text, key", [
@@ -51,6 +74,7 @@ def test_default_is_regional_with_mode_default() -> None:
     ('[compile]\ncomponent = "unet"\n', "[compile].component"),
     ('[compile]\npreset = "fastest"\n', "[compile].preset"),
     ('[compile]\nregonal = true\n', "[compile].regonal"),
+    ('[compile]\ncoordinate_descent_tuning = "on"\n', "[compile].coordinate_descent_tuning"),
     ('[backends.bnb-nf4.compile]\nmode = 3\n', "[backends.bnb-nf4.compile].mode"),
     ('[backends.bnb-nf4]\ncompile = true\n', "[backends.bnb-nf4.compile]"),
 ])

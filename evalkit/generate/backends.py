@@ -125,11 +125,22 @@ TORCHAO_CONFIG_VERSION = 2
 
 
 def torchao_config(cls: Any, **kwargs: Any) -> Any:
-    """`cls(**kwargs)` with `version=TORCHAO_CONFIG_VERSION` when the installed torchao's signature takes one."""
+    """`cls(**kwargs)` with `version=TORCHAO_CONFIG_VERSION` and `set_inductor_config=False` where the installed
+    torchao's signature takes them.
+
+    torchao's configs default to `set_inductor_config=True`: quantizing then switches on inductor's coordinate-descent
+    tuning in all directions for the whole process (torchao 0.17 also sets float32 matmul precision to "high", i.e.
+    TF32). At full size that tuning kept `torchao-int8wo+compile` compiling for > 5 minutes on an H200 while bf16 and
+    bnb compiled in 13-33 s (benchmarks/results/compile-probe-h200-2026-11-29.md), and it made quantizing change how
+    *other* code computes. evalkit keeps loading free of global side effects; the `[compile]` setting
+    `coordinate_descent_tuning` (on in the "seed" preset) turns the tuning on where it is wanted."""
     import inspect
 
-    if "version" in inspect.signature(cls).parameters:
+    params = inspect.signature(cls).parameters
+    if "version" in params:
         kwargs["version"] = TORCHAO_CONFIG_VERSION
+    if "set_inductor_config" in params:
+        kwargs["set_inductor_config"] = False
     return cls(**kwargs)
 
 

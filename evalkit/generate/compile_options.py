@@ -9,6 +9,7 @@ The options file takes a `[compile]` table and, per backend, a `[backends.<name>
     dynamic = false            # omit to let torch decide
     component = "transformer"  # which pipeline component is compiled
     regional = false           # true: only the repeated blocks (diffusers' compile_repeated_blocks)
+    coordinate_descent_tuning = true   # inductor tunes each kernel's launch config (slow to compile; torchao's advice)
 
     [backends.bnb-nf4.compile]
     fullgraph = false          # bnb's tensor subclasses graph-break
@@ -39,6 +40,9 @@ class CompileSettings:
     dynamic: bool | None = None  # None: torch decides (recompiles once shapes vary)
     component: str = "transformer"
     regional: bool = True  # compile only the repeated blocks (diffusers 0.42 `compile_repeated_blocks`)
+    # inductor's coordinate-descent tuning of every Triton kernel (in all directions), which torchao's
+    # `recommended_inductor_config_setter` turns on; minutes of extra compile at full size, so off unless asked for
+    coordinate_descent_tuning: bool = False
 
     def torch_kwargs(self) -> dict[str, Any]:
         return {"mode": self.mode, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
@@ -53,12 +57,14 @@ class CompileSettings:
 PRESETS: Mapping[str, CompileSettings] = {
     "regional": CompileSettings(preset="regional", mode="default", fullgraph=False, regional=True),
     "whole": CompileSettings(preset="whole", mode="default", fullgraph=False, regional=False),
-    "seed": CompileSettings(preset="seed", mode="max-autotune", fullgraph=True, regional=False),
+    # torchao's quantize_ ran its recommended inductor settings in the seed study: coordinate-descent tuning on.
+    "seed": CompileSettings(preset="seed", mode="max-autotune", fullgraph=True, regional=False,
+                            coordinate_descent_tuning=True),
 }
 # The one place the default is chosen (the GPU measurements of regional vs whole decide it).
 DEFAULT_PRESET = "regional"
 
-_KEYS = ("preset", "mode", "fullgraph", "dynamic", "component", "regional")
+_KEYS = ("preset", "mode", "fullgraph", "dynamic", "component", "regional", "coordinate_descent_tuning")
 
 
 def _check_table(table: Any, where: str) -> dict[str, Any]:
@@ -73,7 +79,7 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
             raise EvalkitError(f"{where}.preset = {value!r}: unknown preset; choose from {', '.join(PRESETS)}")
         if key == "mode" and value not in MODES:
             raise EvalkitError(f"{where}.mode = {value!r}: expected one of {', '.join(MODES)}")
-        if key in ("fullgraph", "regional") and not isinstance(value, bool):
+        if key in ("fullgraph", "regional", "coordinate_descent_tuning") and not isinstance(value, bool):
             raise EvalkitError(f"{where}.{key} = {value!r}: expected true or false")
         if key == "dynamic" and not isinstance(value, bool):
             raise EvalkitError(f"{where}.dynamic = {value!r}: expected true or false (omit it to let torch decide)")
@@ -135,11 +141,27 @@ def _torch_default(var: str) -> str | None:
     return default_cache_dir()
 
 
+# Inductor flags a library may set behind the run's back (torchao's recommended setter sets the first three); the
+# compile record states each one's value when compiling starts.
+INDUCTOR_FLAGS = ("coordinate_descent_tuning", "coordinate_descent_check_all_directions", "force_fuse_int_mm_with_mul",
+                  "max_autotune", "max_autotune_gemm", "fx_graph_cache", "freezing")
+
+
+def apply_inductor_flags(settings: CompileSettings) -> dict[str, Any]:
+    """Set the inductor flags this compile owns, whatever loading left behind, and return every flag in force."""
+    import torch._inductor.config as inductor
+
+    inductor.coordinate_descent_tuning = settings.coordinate_descent_tuning
+    inductor.coordinate_descent_check_all_directions = settings.coordinate_descent_tuning
+    return {k: getattr(inductor, k) for k in INDUCTOR_FLAGS if hasattr(inductor, k)}
+
+
 def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
     """Compile one component of `pipe` as `settings` say (lazily: the first call compiles). Returns the record."""
     module = getattr(pipe, settings.component, None)
     if module is None:
         raise EvalkitError(f"compile: the pipeline has no component {settings.component!r}")
+    flags = apply_inductor_flags(settings)
     if settings.regional:
         if not getattr(module, "_repeated_blocks", None):
             raise EvalkitError(f"compile: regional = true, but {type(module).__name__} declares no repeated blocks; "
@@ -148,9 +170,10 @@ def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
         blocks = sorted({type(m).__name__ for m in module.modules() if type(m).__name__ in module._repeated_blocks})
         compiled = sum(1 for m in module.modules() if type(m).__name__ in module._repeated_blocks)
         return {**settings.to_record(), "target": settings.component, "repeated_blocks": blocks,
-                "compiled_regions": compiled}
+                "compiled_regions": compiled, "inductor": flags}
     module.compile(**settings.torch_kwargs())
-    return {**settings.to_record(), "target": settings.component, "repeated_blocks": None, "compiled_regions": 1}
+    return {**settings.to_record(), "target": settings.component, "repeated_blocks": None, "compiled_regions": 1,
+            "inductor": flags}
 
 
 def dynamo_stats() -> dict[str, Any]:

@@ -270,6 +270,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     from evalkit.generate import loading, measure
 
     numerics = apply_numerics(torch)
+    numerics_before = numerics_state(torch)
     device = cfg["device"]
     capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
@@ -299,6 +300,10 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     pipe, qinfo = loading.load_pipeline(spec, ctx, requested, gguf_file=cfg.get("gguf_file"))
     placement = loading.place_pipeline(pipe, spec, device)
     compile_info = loading.apply_compile(pipe, spec, cfg.get("compile"), cfg["cache_dir"])
+    changed = restore_numerics(torch, numerics_before)
+    if changed:
+        print(f"{spec.name}: loading changed {', '.join(changed)}; restored, so the images differ from the "
+              f"reference only by the backend", file=sys.stderr, flush=True)
     if on_cuda:
         torch.cuda.synchronize()
     record["load_time_s"] = time.perf_counter() - t0
@@ -320,7 +325,8 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     record["placement"] = placement
     record["compile"] = compile_info
     record["footprint"] = loading.pipeline_footprint(pipe)
-    record["numerics"] = {**numerics, "batch_size": max(1, int(gen.get("batch_size", 1)))}
+    record["numerics"] = {**numerics, "batch_size": max(1, int(gen.get("batch_size", 1))),
+                          "changed_by_loading": changed}
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
@@ -429,6 +435,27 @@ def apply_numerics(torch: Any) -> dict[str, Any]:
         raise ValueError(f"EVALKIT_SDPA_BACKEND={sdpa!r}: expected one of {', '.join(SDPA_BACKENDS)}")
     return {"intra_op_threads": torch.get_num_threads(), "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
             "sdpa_backend": sdpa}
+
+
+def numerics_state(torch: Any) -> dict[str, Any]:
+    """The process-wide matmul precision settings a library can change while it loads."""
+    return {"tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
+            "cudnn_tf32": bool(torch.backends.cudnn.allow_tf32),
+            "float32_matmul_precision": torch.get_float32_matmul_precision()}
+
+
+def restore_numerics(torch: Any, before: dict[str, Any]) -> dict[str, Any]:
+    """Put back what loading changed, and say what it was. torchao 0.17's configs (unless told not to) set float32
+    matmul precision to "high", i.e. TF32, for the whole process: that backend's images would then differ from the
+    reference by TF32 as well as by its quantization, and its record would still say tf32_matmul false."""
+    after = numerics_state(torch)
+    changed = {k: {"set_by_loading": after[k], "restored_to": before[k]} for k in before if after[k] != before[k]}
+    if changed:
+        # precision first: setting it also sets allow_tf32, which the next lines then put back exactly
+        torch.set_float32_matmul_precision(before["float32_matmul_precision"])
+        torch.backends.cuda.matmul.allow_tf32 = before["tf32_matmul"]
+        torch.backends.cudnn.allow_tf32 = before["cudnn_tf32"]
+    return changed
 
 
 def sdpa_context(torch: Any, backend: str | None) -> Any:
