@@ -76,8 +76,10 @@ def child(args: argparse.Namespace) -> None:
         out["torchao"] = torchao.__version__
     except ImportError:
         out["torchao"] = None
+    # Quantize where the worker does: on the GPU (tinygemm's int4 packing has no CPU kernel).
     model = FluxTransformer2DModel.from_pretrained(model_dir, subfolder="transformer", torch_dtype=torch.bfloat16,
-                                                   quantization_config=qcfg).to(dev)
+                                                   quantization_config=qcfg,
+                                                   device_map=dev if dev == "cuda" else None).to(dev)
     out["load_s"] = time.perf_counter() - t0
     out["weight_types"] = sorted({type(m.weight).__name__ for m in model.modules() if isinstance(m, torch.nn.Linear)})
 

@@ -118,8 +118,10 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
             if not c.get("worker_started"):
                 row.update(status="not started", reason="the call's deadline came before this backend's turn")
             else:
+                n = len(manifest["prompts"])
                 where = ("loading or warm-up (compiling, for +compile)" if not lats else
-                         f"image {len(lats) + 1} of {len(manifest['prompts'])}")
+                         f"image {len(lats) + 1} of {n}" if len(lats) < n else
+                         f"writing its record, after all {n} images (the memory figures are in the record only)")
                 row.update(status="not finished",
                            reason=f"stopped at the call's deadline {c.get('seconds_run')} s after its worker started, "
                                   f"in {where}")

@@ -81,8 +81,11 @@ def record_cuts(run_dir: Path, deadline_epoch: float) -> dict:
         if (run_dir / "generation" / f"{name}.json").exists():
             continue
         started = worker_started(run_dir / "logs" / f"{name}.log")
-        partial = run_dir / "generation" / f"{name}.partial.jsonl"
-        images = [json.loads(ln) for ln in partial.read_text().splitlines() if ln.strip()] if partial.exists() else []
+        # The unsharded partial record, and each rank's (generation/shards/<backend>/<tag>.partial.jsonl, issue #14)
+        partials = [run_dir / "generation" / f"{name}.partial.jsonl",
+                    *sorted((run_dir / "generation" / "shards" / name).glob("*.partial.jsonl"))]
+        images = [json.loads(ln) for partial in partials if partial.exists()
+                  for ln in partial.read_text().splitlines() if ln.strip()]
         cuts[name] = {"worker_started": started is not None,
                       "seconds_run": None if started is None else round(deadline_epoch - started, 1),
                       "images_done": len(images), "image_latencies_s": [i["latency_s"] for i in images]}

@@ -80,3 +80,20 @@ def test_collect_writes_one_run_directory_of_finished_rows(tmp_path: Path) -> No
     manifest = json.loads((coll / "manifest.json").read_text())
     assert manifest["backends"] == ["bf16", "bnb-nf4"]  # the unfinished backend has no record to show
     assert sorted(p.name for p in (coll / "generation").iterdir()) == ["bf16.json", "bnb-nf4.json"]
+
+
+def test_cuts_read_each_ranks_partial_record(tmp_path: Path) -> None:
+    """A backend killed at the deadline after its images but before its record: the images a rank wrote under
+    generation/shards/ (issue #14's layout) are what the cut shows, not "0 images"."""
+    spec = importlib.util.spec_from_file_location("gpu_table_run", Path(__file__).with_name("gpu_table_run.py"))
+    run_mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(run_mod)
+    d = _run(tmp_path, "t", [_record("bf16", 9.0, 31.4, 31.5)], ["bf16", "torchao-int8dq"])
+    shard = d / "generation" / "shards" / "torchao-int8dq"
+    shard.mkdir(parents=True)
+    (shard / "w1-r0.partial.jsonl").write_text("".join(json.dumps({"prompt_id": f"p{i}", "latency_s": 72.0 + i}) + "\n"
+                                                       for i in range(3)))
+    (d / "logs").mkdir()
+    (d / "logs" / "torchao-int8dq.log").write_text("")
+    cut = run_mod.record_cuts(d, 1e10)["torchao-int8dq"]
+    assert cut["images_done"] == 3 and cut["image_latencies_s"] == [72.0, 73.0, 74.0]
