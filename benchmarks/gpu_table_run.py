@@ -21,6 +21,12 @@ the `rerun` control). RUN/calibration.json is left as the defaults' result when 
 scores). `--then NAME:BACKENDS` generates more backends into run NAME after its calibration, one GPU doing both in
 turn: the run's bf16 is up to date, so it is not generated again and stays those rows' anchor.
 
+`--keep-going` is for a step that outlasts a call (a full-size torchao compile): at the deadline the step in flight
+is left running instead of killed. It runs in a process session of its own, which the device machine lets live on
+while the machine is held (chain the next call within its idle window). Its pid goes to RUN/.inflight.json, and the
+next call naming the same `--run` waits for it before its own steps, whose generate then only fills what is missing;
+so a compile is never cut at a call's boundary and its inductor cache stays on the machine's disk.
+
 At the deadline (seconds since this script started) every step still going is killed, and for each backend without a
 record the cut is written down: seconds its worker had run, and the images it had finished (with their latencies,
 from the partial record); calibration runs likewise. Each run's small files (manifest, summary, generation records,
@@ -47,6 +53,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 LOG_TAIL_LINES = 60
 CALIBRATION_DIR = "calibration"  # evalkit.calibrate.stage.CALIBRATION_DIR (not imported: keep this script light)
+INFLIGHT = ".inflight.json"  # a step an earlier call left running (--keep-going)
 
 
 def parse_run(text: str) -> dict:
@@ -135,6 +142,7 @@ class Pipeline:
         self.thread = threading.Thread(target=self._work, daemon=True)
 
     def _work(self) -> None:
+        self._wait_for_inflight()
         with open(self.log_path, "ab") as log:
             for label, cmd in self.steps:
                 with self.lock:
@@ -158,12 +166,56 @@ class Pipeline:
                     shutil.copy(result, self.run_dir / f"calibration.{label.split(':', 1)[1]}.json")
                 self.say(f"{self.name}/{label}: rc={step['rc']} after {step['ended_s'] - step['started_s']:.1f} s")
 
+    def _wait_for_inflight(self) -> None:
+        """A step an earlier call left running (--keep-going) holds the run's lock: wait for it to end first."""
+        marker = self.run_dir / INFLIGHT
+        if not marker.exists():
+            return
+        info = json.loads(marker.read_text())
+        self.say(f"{self.name}: waiting for step {info['step']} (pid {info['pid']}) left running by an earlier call")
+        while _alive(info["pid"]) and not self.stopped:
+            time.sleep(2)
+        if not _alive(info["pid"]):
+            marker.unlink()
+            self.say(f"{self.name}: the earlier step {info['step']} has ended")
+
     def stop(self) -> None:
         with self.lock:
             self.stopped = True
             if self.proc is not None and self.proc.poll() is None:
                 os.killpg(self.proc.pid, signal.SIGKILL)
         self.thread.join()
+
+    def detach(self) -> dict | None:
+        """Start no further step and leave the one in flight running; returns what RUN/.inflight.json records."""
+        with self.lock:
+            self.stopped = True
+            marker = self.run_dir / INFLIGHT
+            if self.proc is None and marker.exists():  # still waiting for an earlier call's step: it runs on
+                return {**json.loads(marker.read_text()), "from_an_earlier_call": True}
+            if self.proc is None or self.proc.poll() is not None:
+                return None
+            step = self.done[-1]
+            info = {"pid": self.proc.pid, "step": step["step"], "command": step["command"],
+                    "started_s": step["started_s"], "left_running_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
+                                                                                      time.gmtime())}
+            (self.run_dir / INFLIGHT).write_text(json.dumps(info, indent=1))
+            step["rc"] = "left running (--keep-going)"
+            return info
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # A child of this process that has exited but not been reaped is a zombie: not running.
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def main() -> int:
@@ -179,6 +231,8 @@ def main() -> int:
     ap.add_argument("--model", default="random:flux-dev")
     ap.add_argument("--device", default="cuda", help="cpu only for a dry run of this script with --model tiny")
     ap.add_argument("--deadline-s", type=float, default=540)
+    ap.add_argument("--keep-going", action="store_true",
+                    help="at the deadline, leave the step in flight running for the next call (see above)")
     ap.add_argument("--extra", nargs=argparse.REMAINDER, default=[], help="more `evalkit generate` arguments")
     a = ap.parse_args()
     t0 = time.time()
@@ -234,7 +288,9 @@ def main() -> int:
             # The generate stage sets each worker's CUDA_VISIBLE_DEVICES from --gpus itself; calibrate's workers
             # inherit this one, so every process of the run stays on the run's GPUs.
             env["CUDA_VISIBLE_DEVICES"] = r["gpus"]
-        pipes[r["name"]] = Pipeline(r["name"], steps, env, out / f"{r['name']}.stderr.log", run_dir, t0, say)
+        # Beside the run, not in $OUT (emptied before each call): a step left running keeps writing its log.
+        runs_root.mkdir(parents=True, exist_ok=True)
+        pipes[r["name"]] = Pipeline(r["name"], steps, env, runs_root / f"{r['name']}.stderr.log", run_dir, t0, say)
     for p in pipes.values():
         p.thread.start()
 
@@ -244,10 +300,18 @@ def main() -> int:
     for r in a.run:
         pipe, run_dir = pipes[r["name"]], pipes[r["name"]].run_dir
         was_running = pipe.thread.is_alive()
-        pipe.stop()
+        left = pipe.detach() if was_running and a.keep_going else None
+        if left is None:
+            pipe.stop()
+        else:
+            say(f"run {r['name']}: step {left['step']} left running as pid {left['pid']} (--keep-going)")
         r["steps_run"] = pipe.done
-        r["rc"] = "killed at the deadline" if was_running else (pipe.done[0]["rc"] if pipe.done else None)
-        if was_running:
+        r["left_running"] = left
+        r["rc"] = ("left running" if left else "killed at the deadline") if was_running else \
+            (pipe.done[0]["rc"] if pipe.done else None)
+        if pipe.log_path.exists():
+            shutil.copy(pipe.log_path, out / pipe.log_path.name)
+        if was_running and left is None:
             subprocess.run([sys.executable, "-c", f"from evalkit.rundir import write_summary; write_summary({str(run_dir)!r})"],
                            cwd=REPO)
         default = run_dir / "calibration.default.json"

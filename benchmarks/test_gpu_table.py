@@ -97,3 +97,34 @@ def test_cuts_read_each_ranks_partial_record(tmp_path: Path) -> None:
     (d / "logs" / "torchao-int8dq.log").write_text("")
     cut = run_mod.record_cuts(d, 1e10)["torchao-int8dq"]
     assert cut["images_done"] == 3 and cut["image_latencies_s"] == [72.0, 73.0, 74.0]
+
+
+def test_keep_going_leaves_the_step_running_and_the_next_call_waits_for_it(tmp_path: Path) -> None:
+    """--keep-going (a compile longer than a call): the first call returns at its deadline with generate still
+    running in its own session; the second waits for that process, then finds nothing left to generate. About 40 s
+    on the tiny model."""
+    import os
+    import subprocess
+    import sys
+
+    script = Path(__file__).with_name("gpu_table_run.py")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a red fox\na blue car\n")
+    env = dict(os.environ, EVALKIT_RUNS=str(tmp_path / "runs"), PYTHONPATH=str(script.parents[1]))
+    args = [sys.executable, str(script), "--device", "cpu", "--model", "tiny", "--prompts", str(prompts),
+            "--run", "k:0:0:bf16", "--keep-going"]
+    first = subprocess.run([*args, "--deadline-s", "3"], env=dict(env, OUT=str(tmp_path / "o1")),
+                           capture_output=True, text=True, timeout=120)
+    assert first.returncode == 0, first.stderr[-2000:]
+    run = tmp_path / "runs" / "k"
+    left = json.loads((run / ".inflight.json").read_text())
+    assert left["step"] == "generate" and "left running" in first.stdout
+    meta = json.loads((tmp_path / "o1" / "meta.json").read_text())
+    assert meta["runs"][0]["rc"] == "left running" and meta["runs"][0]["left_running"]["pid"] == left["pid"]
+    second = subprocess.run([*args, "--deadline-s", "300"], env=dict(env, OUT=str(tmp_path / "o2")),
+                            capture_output=True, text=True, timeout=400)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"waiting for step generate (pid {left['pid']})" in second.stdout
+    assert json.loads((run / "generation" / "bf16.json").read_text())["status"] == "ok"
+    assert not (run / ".inflight.json").exists()
+    assert json.loads((tmp_path / "o2" / "meta.json").read_text())["runs"][0]["rc"] == 0

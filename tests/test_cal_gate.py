@@ -53,6 +53,8 @@ def test_floor_and_margin_in_every_output(run: Path, tmp_path: Path, capsys) -> 
     out = capsys.readouterr().out
     margin = f"{3 - INT8_LPIPS / 0.02:+.2f}×"  # +0.04×
     assert "floor" in out and "margin" in out and margin in out and "(3× floor)" in out
+    # Which perturbations the floor is over, and which one set each metric's floor.
+    assert "over batch2: " in out and "lpips_alex 0.0200 (batch2)" in out
     md = (run / "check" / "summary.md").read_text()
     assert f"| 0.0200 | {margin} |" in md
     props = {p.get("name"): p.get("value") for p in ET.parse(run / "check" / "junit.xml").getroot().iter("property")}

@@ -30,6 +30,8 @@ def print_report(report: Report, width: int | None = None) -> None:
         st = "bold yellow" if c.outcome == "pass" and "regression" in cells[-1] else style[c.outcome]
         table.add_row(escape(c.backend), escape(c.name), *map(escape, cells[:-1]), f"[{st}]{escape(cells[-1])}[/]")
     console.print(table)
+    for label, value in report.context:  # e.g. where the noise floor comes from; also in summary.md
+        console.print(f"{label}: {value}", markup=False)
     shown = [c for c in report.cases if c.outcome == "fail" or (c.outcome == "pass" and "regression" in c.cells[-1])]
     # One line per (check, reason): "15 backends: CLIP weights not found" instead of the same line 15 times.
     for g in group_reasons(shown, use_detail=False):

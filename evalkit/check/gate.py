@@ -134,7 +134,13 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
 
 
 def _floor_summary(floors: dict[str, Floor | str]) -> str:
-    return ", ".join(f"{m} {f.display}" for m, f in floors.items() if isinstance(f, Floor))
+    """Each floor and where it comes from: a floor over fewer perturbations than expected is visible at once
+    (`evalkit calibrate --perturbations P` writes the floor over P alone)."""
+    ok = [f for f in floors.values() if isinstance(f, Floor)]
+    judged = sorted({p for f in ok for p in f.judged})
+    over = f"over {', '.join(judged)}: " if judged else ""
+    return over + ", ".join(f"{f.metric} {f.display}" + (f" ({f.source})" if f.source and not f.identical else "")
+                            for f in ok)
 
 
 def _sample_size(report: Report, backend: str, bound: Bound, m: Measured) -> None:

@@ -32,6 +32,8 @@ class Floor:
     value: float | None  # None: identical on a dB metric (PSNR), never a number
     identical: bool
     display: str
+    source: str | None = None  # the perturbation whose noise end is the floor
+    judged: tuple[str, ...] = ()  # every perturbation the floor was taken over
 
     def units(self, v: float) -> float:
         """`v` as a multiple of the floor's degradation (0: identical images, 1: as far off as the noise)."""
@@ -72,7 +74,8 @@ def load_floors(path: Path) -> dict[str, Floor | str]:
             out[name] = f.get("reason") or "no floor"
             continue
         out[name] = Floor(name, bool(m["higher_is_better"]), float(m["identity"]), m.get("scale", "linear"),
-                          f.get("value"), bool(f.get("identical")), str(f.get("display")))
+                          f.get("value"), bool(f.get("identical")), str(f.get("display")), f.get("from"),
+                          tuple(f.get("perturbations_judged") or ()))
     return out
 
 
