@@ -192,7 +192,8 @@ def dynamo_stats() -> dict[str, Any]:
             line = f"{getattr(code, 'co_name', code)}: {' '.join(str(reason).split())[:200]}"
             if line not in reasons:
                 reasons.append(line)
-    limit_hit = any("recompile limit" in k.lower() or "cache_size_limit" in k.lower()
+    # torch has named it "recompile limit" / recompile_limit and, before, "cache limit" / cache_size_limit
+    limit_hit = any(any(s in k.lower() for s in ("recompile limit", "recompile_limit", "cache limit", "cache_size_limit"))
                     for k in (*breaks, *unimplemented))
     return {"unique_graphs": int(counters.get("stats", {}).get("unique_graphs", 0)),
             "frames_compiled": int(counters.get("frames", {}).get("ok", 0)),
