@@ -129,7 +129,8 @@ def tar_run(run_dir: Path, out: Path, extra: dict) -> None:
 
 
 class Pipeline:
-    """One run's steps, one process at a time, in a thread; `stop()` kills the step in flight and skips the rest."""
+    """One run's steps, one process at a time, in a thread; `stop()` kills the step in flight and skips the rest,
+    `detach()` (--keep-going) skips the rest and leaves the step in flight running."""
 
     def __init__(self, name: str, steps: list[tuple[str, list[str]]], env: dict, log_path: Path, run_dir: Path,
                  t0: float, say) -> None:
