@@ -10,7 +10,7 @@ import pytest
 
 from evalkit.errors import EvalkitError
 from evalkit.generate.compile_options import (DEFAULT_PRESET, PRESETS, apply_compile, prepare_compile_cache,
-                                              resolve_compile)
+                                              resolve_compile, woq_int8pack_guard)
 from evalkit.generate.stage import load_config
 from conftest import run_evalkit
 
@@ -67,6 +67,49 @@ def test_compile_owns_the_inductor_tuning_flags(tiny_model_path: Path) -> None:
         inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions = before
 
 
+def test_woq_int8pack_guard_declines_the_rewrite_and_keys_the_cache(tmp_path: Path,
+                                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """Inductor lowers torchao's int8 weight-only matmul, `mm(x, w_int8.to(bf16)) * scale`, to
+    aten._weight_int8pack_mm (on CUDA too since torch 2.9, where that kernel is built for a few rows). The guard
+    declines it on the devices it names. CUDA is the default; here it is told to decline CPU so that the CPU can show
+    it working. Its choice must also reach the FX graph cache's key, or a kernel cached under the other choice
+    would be reused silently."""
+    import torch
+    import torch._inductor.config as inductor
+    from torch._dynamo.utils import counters
+
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    monkeypatch.setattr(inductor, "fx_graph_cache", True)
+    monkeypatch.setattr(inductor, "post_grad_custom_pre_pass", None)
+
+    def woq(x: torch.Tensor, w: torch.Tensor, s: torch.Tensor) -> torch.Tensor:  # torchao's Int8Tensor, weight-only
+        y = torch.mm(x.reshape(-1, x.shape[-1]), w.t().to(x.dtype)) * s
+        return y.reshape(*x.shape[:-1], w.shape[0])
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 64, 32, generator=g).to(torch.bfloat16)
+    w = torch.randint(-127, 128, (48, 32), generator=g, dtype=torch.int8)
+    s = torch.rand(48, generator=g).to(torch.bfloat16)
+    runs = []
+    try:
+        for reject in ((), ("cpu",), ()):
+            torch._dynamo.reset()
+            counters.clear()
+            guard = woq_int8pack_guard(reject)
+            with torch.no_grad():
+                y = torch.compile(woq)(x, w, s)
+            runs.append((guard, counters["inductor"].get("woq_matcher_count", 0), y))
+    finally:
+        woq_int8pack_guard(())
+    (g0, n0, y0), (g1, n1, y1), (g2, _, y2) = runs
+    assert g0["patterns"] > 0 and g1["reject_devices"] == ["cpu"]
+    assert n0 >= 1 and n1 == 0  # torch's rewrite, then declined
+    assert g0["cache_key"] != g1["cache_key"]
+    # The int8pack kernel rounds differently from bf16 mm + mul: the declined run computed the plain way
+    assert torch.equal(y1, woq(x, w, s)) and not torch.equal(y0, y1)
+    assert torch.equal(y2, y0)  # torch's choice again (from the cache, keyed apart from the declined run)
+
+
 @pytest.mark.parametrize("text, key", [
     ('[compile]\nmode = "fast"\n', "[compile].mode"),
     ('[compile]\nfullgraph = "yes"\n', "[compile].fullgraph"),
@@ -75,6 +118,7 @@ def test_compile_owns_the_inductor_tuning_flags(tiny_model_path: Path) -> None:
     ('[compile]\npreset = "fastest"\n', "[compile].preset"),
     ('[compile]\nregonal = true\n', "[compile].regonal"),
     ('[compile]\ncoordinate_descent_tuning = "on"\n', "[compile].coordinate_descent_tuning"),
+    ('[compile]\nwoq_int8pack = 0\n', "[compile].woq_int8pack"),
     ('[backends.bnb-nf4.compile]\nmode = 3\n', "[backends.bnb-nf4.compile].mode"),
     ('[backends.bnb-nf4]\ncompile = true\n', "[backends.bnb-nf4.compile]"),
 ])

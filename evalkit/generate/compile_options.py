@@ -10,6 +10,7 @@ The options file takes a `[compile]` table and, per backend, a `[backends.<name>
     component = "transformer"  # which pipeline component is compiled
     regional = false           # true: only the repeated blocks (diffusers' compile_repeated_blocks)
     coordinate_descent_tuning = true   # inductor tunes each kernel's launch config (slow to compile; torchao's advice)
+    woq_int8pack = false       # inductor's rewrite of int8 weight-only matmuls into aten._weight_int8pack_mm on CUDA
 
     [backends.bnb-nf4.compile]
     fullgraph = false          # bnb's tensor subclasses graph-break
@@ -43,6 +44,10 @@ class CompileSettings:
     # inductor's coordinate-descent tuning of every Triton kernel (in all directions), which torchao's
     # `recommended_inductor_config_setter` turns on; minutes of extra compile at full size, so off unless asked for
     coordinate_descent_tuning: bool = False
+    # inductor (torch >= 2.9) rewrites `mm(x, w_int8.to(bf16)) * scale`, torchao's int8 weight-only matmul, into
+    # aten._weight_int8pack_mm on CUDA as well as CPU. That kernel is built for a few rows (decoding); Flux at 1024²
+    # multiplies 4,608 rows. Off by default on CUDA; see `woq_int8pack_guard` and benchmarks/woq_mm_probe.py.
+    woq_int8pack: bool = False
 
     def torch_kwargs(self) -> dict[str, Any]:
         return {"mode": self.mode, "fullgraph": self.fullgraph, "dynamic": self.dynamic}
@@ -58,13 +63,15 @@ PRESETS: Mapping[str, CompileSettings] = {
     "regional": CompileSettings(preset="regional", mode="default", fullgraph=False, regional=True),
     "whole": CompileSettings(preset="whole", mode="default", fullgraph=False, regional=False),
     # torchao's quantize_ ran its recommended inductor settings in the seed study: coordinate-descent tuning on.
+    # woq_int8pack stays False: the seed study's torch did not yet apply that rewrite on CUDA (torch 2.9 does).
     "seed": CompileSettings(preset="seed", mode="max-autotune", fullgraph=True, regional=False,
                             coordinate_descent_tuning=True),
 }
 # The one place the default is chosen (the GPU measurements of regional vs whole decide it).
 DEFAULT_PRESET = "regional"
 
-_KEYS = ("preset", "mode", "fullgraph", "dynamic", "component", "regional", "coordinate_descent_tuning")
+_KEYS = ("preset", "mode", "fullgraph", "dynamic", "component", "regional", "coordinate_descent_tuning", "woq_int8pack")
+_BOOL_KEYS = ("fullgraph", "regional", "coordinate_descent_tuning", "woq_int8pack")
 
 
 def _check_table(table: Any, where: str) -> dict[str, Any]:
@@ -79,7 +86,7 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
             raise EvalkitError(f"{where}.preset = {value!r}: unknown preset; choose from {', '.join(PRESETS)}")
         if key == "mode" and value not in MODES:
             raise EvalkitError(f"{where}.mode = {value!r}: expected one of {', '.join(MODES)}")
-        if key in ("fullgraph", "regional", "coordinate_descent_tuning") and not isinstance(value, bool):
+        if key in _BOOL_KEYS and not isinstance(value, bool):
             raise EvalkitError(f"{where}.{key} = {value!r}: expected true or false")
         if key == "dynamic" and not isinstance(value, bool):
             raise EvalkitError(f"{where}.dynamic = {value!r}: expected true or false (omit it to let torch decide)")
@@ -156,12 +163,83 @@ def apply_inductor_flags(settings: CompileSettings) -> dict[str, Any]:
     return {k: getattr(inductor, k) for k in INDUCTOR_FLAGS if hasattr(inductor, k)}
 
 
+def woq_int8pack_guard(reject_devices: tuple[str, ...] = ("cuda",)) -> dict[str, Any]:
+    """Keep inductor from lowering int8 weight-only matmuls on `reject_devices` to aten._weight_int8pack_mm.
+
+    torch has no flag for this pattern (pytorch#161680 extended it to CUDA), so the guard wraps the `extra_check` of
+    its entries in inductor's post-grad pattern table: a match whose activation is on a rejected device is declined
+    and the matmul stays an ordinary bf16 mm that inductor fuses with the dequantize. Idempotent; an empty
+    `reject_devices` restores torch's own checks. Returns what it found, for the record: a torch that renames these
+    internals gets `patterns: 0` and a `note`, never an exception, and the record then shows the rewrite was not
+    controlled."""
+    try:
+        from torch._inductor.fx_passes import post_grad
+
+        post_grad.lazy_init()  # registers the patterns now (cached: the first compile would do the same)
+        tables = post_grad.pass_patterns
+    except Exception as e:  # noqa: BLE001 - a private API: report, do not fail the backend
+        return {"patterns": 0, "reject_devices": list(reject_devices), "note": f"{type(e).__name__}: {e}"[:200]}
+    found = 0
+    for table in tables:
+        for entries in getattr(table, "patterns", {}).values():
+            for entry in entries:
+                handler = getattr(entry, "handler", None)
+                if getattr(handler, "__name__", "") != "woq_int8" or \
+                        not getattr(handler, "__module__", "").endswith("fx_passes.quantization"):
+                    continue
+                original = entry.__dict__.setdefault("_evalkit_extra_check", entry.extra_check)
+                entry.extra_check = _declining(original, reject_devices) if reject_devices else original
+                found += 1
+    out: dict[str, Any] = {"patterns": found, "reject_devices": list(reject_devices)}
+    if not found:
+        out["note"] = "no woq_int8 pattern in inductor's post-grad table (this torch may not have it)"
+    # Inductor's FX graph cache keys on its config, not on this patch: a kernel cached with the other choice would
+    # be reused silently. A no-op custom pass whose uuid names the choice puts it into the cache key.
+    out["cache_key"] = _key_the_cache(",".join(reject_devices) or "torch-default")
+    return out
+
+
+def _key_the_cache(choice: str) -> str:
+    try:
+        import torch._inductor.config as inductor
+        from torch._inductor.custom_graph_pass import CustomGraphPass
+    except ImportError:
+        return "not separated (this torch has no CustomGraphPass)"
+    current = getattr(inductor, "post_grad_custom_pre_pass", None)
+    if current is not None and not getattr(current, "_evalkit_woq_key", False):
+        return "not separated (post_grad_custom_pre_pass is the user's)"
+
+    class WoqChoice(CustomGraphPass):
+        _evalkit_woq_key = True
+
+        def __call__(self, graph: Any) -> None:  # changes nothing; exists for uuid()
+            return None
+
+        def uuid(self) -> str:
+            return f"evalkit-woq-int8pack-reject:{choice}"
+
+    inductor.post_grad_custom_pre_pass = WoqChoice()
+    return f"evalkit-woq-int8pack-reject:{choice}"
+
+
+def _declining(check: Any, reject_devices: tuple[str, ...]) -> Any:
+    def extra_check(match: Any) -> bool:
+        x = match.kwargs.get("x")
+        val = getattr(x, "meta", {}).get("val") if x is not None else None
+        if val is not None and getattr(val, "device", None) is not None and val.device.type in reject_devices:
+            return False
+        return check(match)
+
+    return extra_check
+
+
 def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
     """Compile one component of `pipe` as `settings` say (lazily: the first call compiles). Returns the record."""
     module = getattr(pipe, settings.component, None)
     if module is None:
         raise EvalkitError(f"compile: the pipeline has no component {settings.component!r}")
     flags = apply_inductor_flags(settings)
+    guard = woq_int8pack_guard(() if settings.woq_int8pack else ("cuda",))
     if settings.regional:
         if not getattr(module, "_repeated_blocks", None):
             raise EvalkitError(f"compile: regional = true, but {type(module).__name__} declares no repeated blocks; "
@@ -170,10 +248,11 @@ def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
         blocks = sorted({type(m).__name__ for m in module.modules() if type(m).__name__ in module._repeated_blocks})
         compiled = sum(1 for m in module.modules() if type(m).__name__ in module._repeated_blocks)
         return {**settings.to_record(), "target": settings.component, "repeated_blocks": blocks,
-                "compiled_regions": compiled, "inductor": flags}
+                "compiled_regions": compiled, "inductor": flags,
+                "woq_int8pack_guard": guard}
     module.compile(**settings.torch_kwargs())
     return {**settings.to_record(), "target": settings.component, "repeated_blocks": None, "compiled_regions": 1,
-            "inductor": flags}
+            "inductor": flags, "woq_int8pack_guard": guard}
 
 
 def dynamo_stats() -> dict[str, Any]:
@@ -200,4 +279,6 @@ def dynamo_stats() -> dict[str, Any]:
             "graph_breaks": sum(breaks.values()),
             "recompilations": sum(len(v) for v in failures.values()),
             "recompile_reasons": reasons[:10],
-            "recompile_limit_hit": limit_hit}
+            "recompile_limit_hit": limit_hit,
+            # how many int8 weight-only matmuls inductor lowered to aten._weight_int8pack_mm (see woq_int8pack)
+            "woq_int8pack_rewrites": int(counters.get("inductor", {}).get("woq_matcher_count", 0))}
