@@ -3,7 +3,8 @@ write down what torch._dynamo and inductor did (graphs, graph breaks, recompilat
 the first call and of the steady calls), with a stack dump if it is still compiling at its time limit.
 
     python3 benchmarks/compile_probe.py --out DIR --backends bf16,torchao-int8wo,torchao-fp8wo,torchao-int4wo \
-        [--depth 2:4] [--preset regional] [--timeout-s 150] [--parallel 4] [--torchao-path NAME=DIR ...]
+        [--depth 2:4] [--preset regional] [--timeout-s 150] [--parallel 4] [--torchao-path NAME=DIR ...] \
+        [--woq-int8pack off|on|both]
 
 Each (backend, torchao build) is a child process of its own (dynamo's state is per process), run `--parallel` at a
 time on the one GPU: the counts are exact, the times are upper bounds when children share the CPU. The weights are
@@ -23,6 +24,7 @@ import os
 import subprocess
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -87,7 +89,8 @@ def child(args: argparse.Namespace) -> None:
         transformer = model
 
     out["cache"] = prepare_compile_cache(args.cache)
-    out["compile"] = apply_compile(Pipe, PRESETS[args.preset])
+    # --woq-int8pack on: torch's own rewrite of int8 weight-only matmuls to aten._weight_int8pack_mm on CUDA
+    out["compile"] = apply_compile(Pipe, replace(PRESETS[args.preset], woq_int8pack=args.woq_int8pack == "on"))
     g = torch.Generator(dev).manual_seed(0)
     img, txt = (4096, 512) if dev == "cuda" else (64, 16)
     bf = torch.bfloat16
@@ -122,17 +125,21 @@ def parent(args: argparse.Namespace) -> None:
         for tag, path in [("", None)] + [tuple(x.split("=", 1)) for x in args.torchao_path]:
             if tag and not backend.startswith("torchao"):
                 continue
-            jobs.append((backend, tag, path))
+            for woq in (("off", "on") if args.woq_int8pack == "both" else (args.woq_int8pack,)):
+                if woq == "on" and args.woq_int8pack == "both" and not backend.startswith("torchao-int8"):
+                    continue  # the rewrite only matches int8 weights
+                jobs.append((backend, tag, path, woq))
     results, running = [], []
 
     def start(job):
-        backend, tag, path = job
-        name = f"{backend}{'@' + tag if tag else ''}-{args.preset}-{args.depth.replace(':', 'x')}"
+        backend, tag, path, woq = job
+        name = f"{backend}{'@' + tag if tag else ''}-{args.preset}{'-int8pack' if woq == 'on' else ''}-" \
+               f"{args.depth.replace(':', 'x')}"
         env = dict(os.environ, TORCH_LOGS="recompiles,graph_breaks", PYTHONUNBUFFERED="1")
         if path:
             env["PYTHONPATH"] = f"{path}:{env.get('PYTHONPATH', '')}"
         cmd = [sys.executable, __file__, "--child", "--device", args.device, "--backend", backend, "--depth", args.depth, "--preset",
-               args.preset, "--timeout-s", str(args.timeout_s), "--model-dir", args.model_dir, "--cache", args.cache,
+               args.preset, "--woq-int8pack", woq, "--timeout-s", str(args.timeout_s), "--model-dir", args.model_dir, "--cache", args.cache,
                "--result", str(out / f"{name}.json")]
         log = open(out / f"{name}.log", "w")
         return name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True), \
@@ -173,6 +180,9 @@ def main() -> None:
     ap.add_argument("--depth", default="2:4", help="double:single blocks (FLUX.1-dev has 19:38)")
     ap.add_argument("--preset", default="regional")
     ap.add_argument("--timeout-s", type=float, default=150)
+    ap.add_argument("--woq-int8pack", choices=("off", "on", "both"), default="off",
+                    help="on: let inductor rewrite int8 weight-only matmuls to aten._weight_int8pack_mm (torch's "
+                         "choice); off: evalkit's default guard; both: torchao-int8* children run each way")
     ap.add_argument("--parallel", type=int, default=4)
     ap.add_argument("--torchao-path", action="append", default=[],
                     help="TAG=DIR: also run each torchao backend with the torchao installed in DIR first on the path")

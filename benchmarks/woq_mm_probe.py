@@ -7,7 +7,10 @@ to multiply Flux's activations (4,608 rows at 1024²) by an int8 weight with per
 
 - `bf16`: F.linear with a bf16 weight (the reference),
 - `dequant`: (w_int8 -> bf16) * scale, then F.linear (what the uncompiled Int8Tensor path amounts to),
-- `int8pack`: torch._weight_int8pack_mm(x, w_int8, scale) (what inductor's pattern lowers to).
+- `int8pack`: torch._weight_int8pack_mm(x, w_int8, scale) (what inductor's pattern lowers to),
+- `compiled`: torchao's Int8Tensor weight-only matmul, `mm(x, w_int8.t().to(bf16)) * scale`, through
+  torch.compile with evalkit's guard declining that rewrite on CUDA (the default, `[compile] woq_int8pack = false`),
+- `compiled+int8pack`: the same with torch's own choice (`woq_int8pack = true`), and how many matmuls it rewrote.
 
     python3 benchmarks/woq_mm_probe.py --out woq.json            # on the GPU
     python3 benchmarks/woq_mm_probe.py --device cpu --rows 64    # a dry run here
@@ -40,7 +43,20 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
+    from evalkit.generate.compile_options import woq_int8pack_guard
+
     dev = a.device
+
+    def torchao_woq(x, w, s):  # torchao 0.17/0.18 Int8Tensor's weight-only linear, per-row scales
+        return torch.mm(x.reshape(-1, x.shape[-1]), w.t().to(x.dtype)) * s
+
+    def compiled(reject):
+        from torch._dynamo.utils import counters
+
+        torch._dynamo.reset()
+        counters.clear()
+        woq_int8pack_guard(reject)
+        return torch.compile(torchao_woq)
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
     g = torch.Generator(dev).manual_seed(0)
     results = []
@@ -53,10 +69,17 @@ def main() -> None:
             "bf16": lambda: F.linear(x, w_bf16),
             "dequant": lambda: F.linear(x, w_int8.to(torch.bfloat16) * scale[:, None]),
             "int8pack": lambda: torch._weight_int8pack_mm(x, w_int8, scale),
+            "compiled": (lambda: compiled((dev,))),
+            "compiled+int8pack": (lambda: compiled(())),
         }
         ref = ways["bf16"]()
         for name, fn in ways.items():
             try:
+                if name.startswith("compiled"):
+                    from torch._dynamo.utils import counters
+
+                    c = fn()
+                    fn = lambda c=c: c(x, w_int8, scale)  # noqa: E731
                 for _ in range(a.warmup):
                     out = fn()
                 times = []
@@ -68,6 +91,8 @@ def main() -> None:
                     times.append((time.perf_counter() - t) * 1e3)
                 row = {"in": k, "out": n, "rows": a.rows, "way": name, "ms_median": statistics.median(times),
                        "max_abs_diff_vs_bf16": float((out.float() - ref.float()).abs().max())}
+                if name.startswith("compiled"):
+                    row["woq_matcher_count"] = int(counters["inductor"].get("woq_matcher_count", 0))
             except Exception as e:  # a way this torch/device lacks is a result too
                 row = {"in": k, "out": n, "rows": a.rows, "way": name, "error": f"{type(e).__name__}: {e}"[:300]}
             results.append(row)
