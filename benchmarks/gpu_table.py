@@ -150,7 +150,8 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
                    layer_types=_layer_types(q), placement=(rec.get("placement") or {}).get("placement"),
                    compile_settings="" if not comp else
                    f"mode={comp.get('mode')} fullgraph={comp.get('fullgraph')} dynamic={comp.get('dynamic')} "
-                   f"regional={comp.get('regional')} regions={comp.get('compiled_regions')}",
+                   f"regional={comp.get('regional')} regions={comp.get('compiled_regions')}"
+                   + (f" woq_int8pack={comp['woq_int8pack']}" if "woq_int8pack" in comp else ""),
                    compile_cache_warm=((comp or {}).get("cache") or {}).get("warm"),
                    torchao_config_version=_config_version(q))
         dyn = (comp or {}).get("dynamo") or {}
@@ -215,7 +216,23 @@ def choose_table_rows(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
             best[r["row"]] = r
     for r in rows:
         r["in_table"] = best.get(r["row"]) is r
+    # An earlier device's figure stands in for a row that was cut here; the images it did finish here still say
+    # something about this device, so the note carries them (marked partial, as in the cut row itself).
+    for name, chosen in best.items():
+        if chosen["status"] != "ok (earlier)":
+            continue
+        cut = [r for r in rows if r["row"] == name and r["status"] == "not finished" and r.get("images")]
+        if cut:
+            c = max(cut, key=lambda r: r["images"])
+            chosen["reason"] += (f"; {c.get('device')} (run {c['run']}): cut after {c['images']} "
+                                 f"image{'s' if c['images'] != 1 else ''}, median {c['latency_median_s']:.2f} s (partial)")
     return list(best.values())
+
+
+def _note(reason: str | None, limit: int = 240) -> str:
+    """A table cell's note: long reasons (tracebacks) are cut visibly, never silently; the CSV has them whole."""
+    text = " ".join((reason or "").split()).replace("|", "\\|")
+    return text if len(text) <= limit else text[:limit].rstrip() + " … (whole reason in the CSV)"
 
 
 def anomalies(table: list[dict[str, Any]], bf16: dict[str, Any] | None) -> list[str]:
@@ -284,7 +301,7 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
             f"{_f(r.get('load_peak_allocated_gib'))} / {_f(r.get('load_peak_reserved_gib'))} | "
             f"{_f(r.get('peak_allocated_gib'))} / {_f(r.get('peak_reserved_gib'))} | {_f(r.get('load_s'), 1)} | "
             f"{_f(r.get('compile_s'), 1)} | {_f(r.get('quantized_linears_transformer'))} / "
-            f"{_f(r.get('quantized_linears_text_encoder_2'))} | {r['run']} | {(r.get('reason') or '')[:170]} |")
+            f"{_f(r.get('quantized_linears_text_encoder_2'))} | {r['run']} | {_note(r.get('reason'))} |")
     missing = [name for name in required_rows() if not any(r["backend"] == name for r in table)]
     if missing:
         lines += ["", "Required rows with no run and no earlier result: " + ", ".join(f"`{m}`" for m in missing) + "."]

@@ -72,6 +72,26 @@ def test_table_prefers_finished_record_and_lists_anomalies(tmp_path: Path) -> No
     assert "Required rows with no run and no earlier result:" in md and "`gguf-q8_0`" in md
 
 
+def test_earlier_figure_stands_in_and_names_this_devices_partial(tmp_path: Path) -> None:
+    """A row cut here is filled from an earlier device's result, and its note keeps the images finished here."""
+    a = _run(tmp_path, "a", [_record("bf16", 9.0, 31.4, 31.5)], ["bf16", "torchao-int4wo"],
+             cuts={"torchao-int4wo": {"worker_started": True, "seconds_run": 319.5, "images_done": 1,
+                                      "image_latencies_s": [106.93]}})
+    earlier = tmp_path / "h100.json"
+    earlier.write_text(json.dumps({
+        "device": {"name": "NVIDIA H100", "device_count": 1}, "date_utc": "2026-11-21T00:00:00Z",
+        "versions": {"torch": "2.9.0"},
+        "rows": [{"backend": "bf16", "status": "ok", "latency_median_s": 9.4},
+                 {"backend": "torchao-int4wo", "status": "ok", "latency_median_s": 108.0, "latency_n": 2}]}))
+    out = tmp_path / "table"
+    assert gpu_table.main([str(a), "--earlier", str(earlier), "--out", str(out)]) == 0
+    row = next(r for r in csv.DictReader(out.with_suffix(".csv").open())
+               if r["backend"] == "torchao-int4wo" and r["in_table"] == "True")
+    assert row["status"] == "ok (earlier)" and "NVIDIA H100" in row["reason"]
+    assert "NVIDIA H200 (run a): cut after 1 image, median 106.93 s (partial)" in row["reason"]
+    assert "median 106.93 s (partial)" in out.with_suffix(".md").read_text()  # the cell keeps it whole
+
+
 def test_collect_writes_one_run_directory_of_finished_rows(tmp_path: Path) -> None:
     b = _run(tmp_path, "b", [_record("bf16", 9.0, 31.4, 31.5), _record("bnb-nf4", 9.5, 10.7, 10.7)],
              ["bf16", "bnb-nf4", "quanto-fp8"], cuts={"quanto-fp8": {"worker_started": False}})
