@@ -75,7 +75,7 @@ class Evalkit:
     def __call__(self, refs: np.ndarray, dists: np.ndarray) -> np.ndarray:
         # As compare-images does: batch k+1 is copied to page-locked memory and uploaded (on a side stream) by a
         # thread while batch k is scored.
-        from evalkit.metrics.images import Uploads
+        from evalkit.metrics.tensors import Uploads
 
         out = []
         starts = list(range(0, len(refs), self.batch))
@@ -172,8 +172,8 @@ def end_to_end(refs: np.ndarray, dists: np.ndarray, ours: Evalkit, naive: Naive,
 
     from PIL import Image
 
-    from evalkit.metrics.images import Decoder, decode_file
-    from evalkit.metrics.stage import compare_folders
+    from evalkit.score.images import Decoder, decode_file
+    from evalkit.score.stage import compare_folders
 
     with tempfile.TemporaryDirectory() as d:
         da, db = Path(d, "a"), Path(d, "b")
@@ -233,7 +233,7 @@ def stage_end_to_end(device: str, size: int, prompts: int, backends: int, batch:
     sys.path.insert(0, str(REPO / "tests"))
     from metrics_fixtures import jpeg, make_run, noise
 
-    from evalkit.metrics import stage
+    from evalkit.score import stage
 
     kinds = [lambda a, i: jpeg(a, 40 + 10 * (i % 5)), lambda a, i: noise(a, 4 + i % 7, seed=i),
              lambda a, i: jpeg(noise(a, 3, seed=i), 85)]

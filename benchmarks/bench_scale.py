@@ -380,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
                                   str(a.score_pairs), "--score-size", str(size)], cwd=REPO,
                                  stdout=open(logs / "make-scoring-run.log", "wb"), stderr=subprocess.STDOUT)
     if model == "random:flux-dev":
-        res["steps"].append(run_step(clock, "build-model", [sys.executable, "-c", "from evalkit.generate.models import "
+        res["steps"].append(run_step(clock, "build-model", [sys.executable, "-c", "from evalkit.families.flux1 import "
                                      "ensure_random_flux_dev as e; e('cuda')"], logs))
 
     gpu_list = ",".join(str(i) for i in range(a.gpus))

@@ -39,9 +39,9 @@ def child(args: argparse.Namespace) -> None:
     faulthandler.dump_traceback_later(max(5.0, args.timeout_s - 15), repeat=True)
     from diffusers import FluxTransformer2DModel
 
-    from evalkit.generate.backends import BACKENDS, BuildContext
-    from evalkit.generate.compile_options import PRESETS, apply_compile, dynamo_stats, prepare_compile_cache
-    from evalkit.generate.models import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
+    from evalkit.quantizers.registry import BACKENDS, BuildContext
+    from evalkit.generate.worker.compile_options import PRESETS, apply_compile, dynamo_stats, prepare_compile_cache
+    from evalkit.families.flux1 import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
 
     dev = args.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)

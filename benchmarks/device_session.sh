@@ -88,7 +88,7 @@ step_probe() {
   PYTORCH_NVML_BASED_CUDA_CHECK=$nvml python3 - >>"$LOG" 2>&1 <<'PY'
 import importlib, os, time
 import torch
-from evalkit.generate.worker import PRELOAD, PRELOAD_NO_GPU
+from evalkit.generate.worker.run import PRELOAD, PRELOAD_NO_GPU
 
 def child_poisoned() -> bool:
     pid = os.fork()
@@ -116,7 +116,7 @@ step_quanto() {
   start=$(date +%s)
   start_quanto_build
   local build=$BUILD_PID
-  python3 -c "from evalkit.generate.models import ensure_tiny_pipeline as e; e()" >>"$LOG" 2>&1
+  python3 -c "from evalkit.families.flux1 import ensure_tiny_pipeline as e; e()" >>"$LOG" 2>&1
   wait $build
   say "$(tail -n 1 /tmp/quanto_build.log)"
   now=$(date +%s)

@@ -48,7 +48,7 @@ def lpips_parity(net: str, sizes: tuple[int, ...], device: str = "cuda") -> dict
     from torch import nn
 
     from evalkit.metrics.lpips import LPIPSMetric
-    from evalkit.metrics.weights import load_lpips_backbone
+    from evalkit.weights.store import load_lpips_backbone
 
     try:
         ref = lpips.LPIPS(net=net, pretrained=True, pnet_rand=True, verbose=False)

@@ -56,7 +56,8 @@ def main() -> int:
     os.environ.setdefault("EVALKIT_CACHE", tempfile.mkdtemp())
     from bench_metrics import make_pairs
 
-    from evalkit.metrics.images import Decoder, decode_file, to_device_uint8
+    from evalkit.score.images import Decoder, decode_file
+    from evalkit.metrics.tensors import to_device_uint8
     from evalkit.metrics.lpips import LPIPSMetric
     from evalkit.metrics.psnr import PSNRMetric
     from evalkit.metrics.ssim import MSSSIMMetric, SSIMMetric
@@ -109,7 +110,7 @@ def main() -> int:
         res["png_mb_mean"] = round(sum(p.stat().st_size for p in paths) / len(paths) / 1e6, 3)
         from PIL import Image
 
-        from evalkit.metrics.images import _fast_png
+        from evalkit.score.images import _fast_png
 
         parts = {"read": 0.0, "sha256": 0.0, "pil_decode": 0.0, "to_numpy": 0.0, "libspng_decode": 0.0}
         for path in paths:

@@ -25,7 +25,7 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from evalkit.generate.backends import BACKENDS  # noqa: E402  (no torch import: the registry is plain data)
+from evalkit.quantizers.registry import BACKENDS  # noqa: E402  (no torch import: the registry is plain data)
 from evalkit.io import atomic_write_text  # noqa: E402
 
 # Issue #15's rows beyond the backend names: offload and compile combinations.

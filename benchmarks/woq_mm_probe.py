@@ -43,7 +43,7 @@ def main() -> None:
     import torch
     import torch.nn.functional as F
 
-    from evalkit.generate.compile_options import woq_int8pack_guard
+    from evalkit.generate.worker.compile_options import woq_int8pack_guard
 
     dev = a.device
 

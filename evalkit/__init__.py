@@ -15,7 +15,7 @@ import sys
 import types
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from evalkit.version import __version__
 
 _API = ("generate", "merge", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
         "compute_fid", "compute_kid")

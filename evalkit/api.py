@@ -129,7 +129,7 @@ def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
 
     Options are `evalkit score`'s flags: metrics=, lpips_net=, clip_model=, real_dir=, bootstrap_samples=,
     workers=, metrics_batch_size=, fid_sqrt=, no_cache=, weights_dir=, device=, verify= (hash every image
-    instead of trusting unchanged size and mtime). See evalkit.metrics.api.score.
+    instead of trusting unchanged size and mtime). See evalkit.score.api.score.
 
     >>> import tempfile, evalkit
     >>> from evalkit.report.synthetic import make_synthetic_run
@@ -138,7 +138,7 @@ def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
     >>> sorted(results["torchao-int8wo"])
     ['psnr', 'ssim']
     """
-    from evalkit.metrics import api as metrics_api
+    from evalkit.score import api as metrics_api
 
     return metrics_api.score(run_dir, **options)
 
@@ -191,7 +191,7 @@ def list_backends(device: str = "auto") -> list[dict[str, Any]]:
     >>> rows["bf16"]["runs_here"], rows["torchao-int8wo"]["library"]
     (True, 'torchao')
     """
-    from evalkit.generate.backends import backend_rows
+    from evalkit.quantizers.registry import backend_rows
 
     dev, capability = _probe_device(device)
     return backend_rows(dev, capability)
@@ -213,21 +213,21 @@ def list_metrics(kind: str | None = None) -> list[MetricSpec]:
 def compare_images(reference: Any, candidate: Any, metrics: Any = None, device: str | None = None,
                    **options: Any) -> dict[str, Any]:
     """Score `candidate` images against `reference` (`evalkit compare-images`): two folders paired by file stem (x.png with x.jpg),
-    or two lists of HxWx3 uint8 arrays / PIL images. See evalkit.metrics.api.compare_images.
+    or two lists of HxWx3 uint8 arrays / PIL images. See evalkit.score.api.compare_images.
 
     >>> import numpy as np, evalkit
     >>> ref = [np.full((32, 32, 3), 100, np.uint8)]
     >>> evalkit.compare_images(ref, ref, metrics="psnr")["psnr"]["n"]
     1
     """
-    from evalkit.metrics import api as metrics_api
+    from evalkit.score import api as metrics_api
 
     return metrics_api.compare_images(reference, candidate, metrics=metrics, device=device, **options)
 
 
 def compute_fid(reference: Any, candidate: Any, **options: Any) -> dict[str, Any]:
     """FID of `candidate` against `reference` (folders or image lists), with its sample sizes (`n`,
-    `n_reference`). See evalkit.metrics.api.compute_fid.
+    `n_reference`). See evalkit.score.api.compute_fid.
 
     >>> import numpy as np, evalkit
     >>> rng = np.random.default_rng(0)
@@ -237,14 +237,14 @@ def compute_fid(reference: Any, candidate: Any, **options: Any) -> dict[str, Any
     >>> fid["n"], fid["n_reference"], fid["indicative"]  # FID on fewer than 2048 images is indicative only
     (4, 4, True)
     """
-    from evalkit.metrics import api as metrics_api
+    from evalkit.score import api as metrics_api
 
     return metrics_api.compute_fid(reference, candidate, **options)
 
 
 def compute_kid(reference: Any, candidate: Any, **options: Any) -> dict[str, Any]:
     """KID of `candidate` against `reference` (folders or image lists), with its sample sizes and subset size.
-    See evalkit.metrics.api.compute_kid.
+    See evalkit.score.api.compute_kid.
 
     >>> import numpy as np, evalkit
     >>> rng = np.random.default_rng(0)
@@ -253,7 +253,7 @@ def compute_kid(reference: Any, candidate: Any, **options: Any) -> dict[str, Any
     >>> kid["n"], kid["subset_size"]  # subsets are always smaller than the set
     (10, 9)
     """
-    from evalkit.metrics import api as metrics_api
+    from evalkit.score import api as metrics_api
 
     return metrics_api.compute_kid(reference, candidate, **options)
 

@@ -2,7 +2,7 @@
 
 Each stage owns a light `cli` module with `add_*_arguments(parser)` and `*_main(args) -> int`:
   generate, backends            -> evalkit/generate/cli.py
-  score, compare-images, weights -> evalkit/metrics/cli.py
+  score, compare-images, weights -> evalkit/score/cli.py
   report                        -> evalkit/report/cli.py
   calibrate                     -> evalkit/calibrate/cli.py
   check, compare                -> evalkit/check/cli.py
@@ -17,7 +17,7 @@ import os
 import sys
 from typing import Callable, Sequence
 
-from evalkit import __version__
+from evalkit.version import __version__
 
 # (command, module, add-arguments function, main function, help). `run` is defined below.
 COMMANDS: list[tuple[str, str, str, str, str]] = [
@@ -27,11 +27,11 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
      "merge the ranks' shard files of a sharded generate into the run directory (after a rank died, say)"),
     ("backends", "evalkit.generate.cli", "add_backends_arguments", "backends_main",
      "list quantization backends and modifiers, and whether each can run here"),
-    ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main",
+    ("score", "evalkit.score.cli", "add_score_arguments", "score_main",
      "score every backend's images against the bf16 reference (stage 2)"),
-    ("compare-images", "evalkit.metrics.cli", "add_compare_images_arguments", "compare_images_main",
+    ("compare-images", "evalkit.score.cli", "add_compare_images_arguments", "compare_images_main",
      "score two folders of images paired by file stem (x.png with x.jpg)"),
-    ("weights", "evalkit.metrics.cli", "add_weights_arguments", "weights_main",
+    ("weights", "evalkit.score.cli", "add_weights_arguments", "weights_main",
      "show, fetch, prepare and verify the metric weights (prepare --from DIR for air-gapped machines)"),
     ("report", "evalkit.report.cli", "add_report_arguments", "report_main",
      "write the self-contained HTML report and paper figures (stage 3)"),
@@ -45,7 +45,7 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
 
 # Stages that `evalkit run` chains, in order, after generate.
 RUN_STAGES: list[tuple[str, str, str, str]] = [
-    ("score", "evalkit.metrics.cli", "add_score_arguments", "score_main"),
+    ("score", "evalkit.score.cli", "add_score_arguments", "score_main"),
     # does nothing without --calibrate; before report, so the report draws the noise floor
     ("calibrate", "evalkit.calibrate.cli", "add_calibrate_arguments", "calibrate_main"),
     ("report", "evalkit.report.cli", "add_report_arguments", "report_main"),
@@ -119,7 +119,7 @@ def _run_main(args: argparse.Namespace) -> int:
     if rc not in (0, None) or getattr(args, "launched", False):
         return rc  # launched: the ranks it started ran every stage
     # Later stages read what generate wrote; they take the run directory it chose.
-    from evalkit import dist
+    import evalkit.dist as dist
     from evalkit.logs import attach_run_log
 
     for name, module, _add, main in RUN_STAGES:
@@ -146,7 +146,7 @@ def _runs_on_every_rank(module: str) -> bool:
 
 
 def _main_rank() -> bool:
-    from evalkit import dist
+    import evalkit.dist as dist
 
     try:
         return dist.world().is_main

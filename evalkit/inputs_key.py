@@ -18,13 +18,13 @@ from typing import Any, Iterable
 from evalkit.io import atomic_write_json
 
 # Packages whose version changes a score: a new release of one of them invalidates every stored score key. torch
-# itself is read from its Library record (evalkit/libraries.py), which holds library names once.
+# itself is read from its Library record (evalkit/quantizers/base.py), which holds library names once.
 METRIC_PACKAGES = ("torchmetrics", "numpy", "pillow", "scipy", "scikit-image", "transformers", "open-clip-torch",
                    "lpips")
 
 
 def score_packages() -> tuple[str, ...]:
-    from evalkit.libraries import LIBRARIES
+    from evalkit.quantizers.base import LIBRARIES
 
     return tuple(LIBRARIES["torch"].versioned) + METRIC_PACKAGES
 

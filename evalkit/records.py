@@ -249,7 +249,7 @@ def build_manifest(*, prompts: list[PromptEntry], backends: list[str], run_id: s
                    config: dict[str, Any] | None = None) -> Manifest:
     """The manifest, as generate writes it. `backends` keeps its order (the report's order)."""
     if evalkit_version is None:
-        from evalkit import __version__ as evalkit_version
+        from evalkit.version import __version__ as evalkit_version
     manifest: Manifest = {
         "schema_version": SCHEMA_VERSION, "run_id": run_id, "created_utc": created_utc, "updated_utc": updated_utc,
         "evalkit_version": evalkit_version, "command": command, "prompts_file": prompts_file,

@@ -169,7 +169,7 @@ def write_calibration(root: Path, values: dict[str, list[float]], perturbation: 
     """RUN/calibration.json as `evalkit calibrate` writes it (evalkit.calibrate.floor), from one perturbation's
     per-prompt values per metric. Constant values give a floor of exactly that value (its CI collapses)."""
     from evalkit.calibrate.floor import SCHEMA, metric_facts, metric_floor, perturbation_entry
-    from evalkit.metrics.stats import summarize
+    from evalkit.score.stats import summarize
 
     m = m or manifest()
     metrics = {}

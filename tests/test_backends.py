@@ -10,8 +10,8 @@ import pytest
 
 from conftest import run_evalkit
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BACKENDS, availability, parse_backend, parse_backend_list
-from evalkit.libraries import Library
+from evalkit.quantizers.registry import BACKENDS, availability, parse_backend, parse_backend_list
+from evalkit.quantizers.base import Library
 from evalkit.io import read_json
 
 # What must generate on CPU (environment.md), and which components each must have quantized there.
@@ -159,8 +159,8 @@ def test_missing_package_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) 
 def test_every_named_hook_of_a_recipe_exists(all_backends_run: Path) -> None:
     """A recipe names its post-load transform, transformer loader and one-time prepare step by string (so the
     registry imports no torch): each name must resolve, or that backend would fail only when someone runs it."""
-    from evalkit.generate import loading
-    from evalkit.generate.backends import BACKEND_LIST
+    from evalkit.generate.worker import loading
+    from evalkit.quantizers.registry import BACKEND_LIST
 
     for b in BACKEND_LIST:
         assert b.post_load is None or b.post_load in loading.POST_LOAD, b.name
@@ -181,8 +181,8 @@ def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch,
     in 7 minutes at full size: benchmarks/results/gpu-2026-11-21.md). On the CPU, and with offloading, never."""
     import diffusers
 
-    from evalkit.generate import loading
-    from evalkit.generate.backends import BuildContext, parse_backend
+    from evalkit.generate.worker import loading
+    from evalkit.quantizers.registry import BuildContext, parse_backend
 
     spec = parse_backend(name)
     if not spec.backend.library.available():
@@ -211,7 +211,7 @@ def test_torchao_recipes_state_config_version_2_and_the_record_shows_it(all_back
 def test_torchao_version_is_passed_only_where_the_installed_signature_takes_it() -> None:
     from dataclasses import dataclass
 
-    from evalkit.generate.backends import TORCHAO_CONFIG_VERSION, torchao_config
+    from evalkit.quantizers.registry import TORCHAO_CONFIG_VERSION, torchao_config
 
     @dataclass
     class Old:  # a torchao config from before versions
@@ -241,7 +241,7 @@ def test_quantizing_with_torchao_leaves_inductor_and_matmul_precision_alone(tiny
     import torch._inductor.config as inductor
     from torchao.quantization import quantize_
 
-    from evalkit.generate.backends import BACKENDS, BuildContext
+    from evalkit.quantizers.registry import BACKENDS, BuildContext
 
     ctx = BuildContext(device="cpu", capability=None, model_path=str(tiny_model_path), options={}, cache_dir="/tmp")
     before = (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions,
@@ -261,7 +261,7 @@ def test_quantizing_with_torchao_leaves_inductor_and_matmul_precision_alone(tiny
 def test_one_recipe_builder_merges_the_users_options(tmp_path: Path) -> None:
     """The worker's record and the record of a backend that never ran state the same recipe, user options included
     (they used to disagree: only the worker merged --config options in)."""
-    from evalkit.generate.backends import parse_backend
+    from evalkit.quantizers.registry import parse_backend
     from evalkit.generate.spawn import write_unrun_record
     from evalkit.rundir import RunDir
 

@@ -9,7 +9,7 @@ import pytest
 from evalkit.calibrate.floor import metric_facts, metric_floor, perturbation_entry
 from evalkit.calibrate.perturbations import DEFAULTS, select_perturbations
 from evalkit.errors import EvalkitError
-from evalkit.metrics.stats import summarize
+from evalkit.score.stats import summarize
 
 
 def entry(name: str, values: list[float]) -> dict:

@@ -10,7 +10,7 @@ import pytest
 from conftest import THREE_PROMPTS
 from evalkit.calibrate.perturbations import Perturbation
 from evalkit.calibrate.stage import _generate_options
-from evalkit.generate.backends import parse_backend_list
+from evalkit.quantizers.registry import parse_backend_list
 from evalkit.generate.stage import GenerateOptions, run_generate
 from evalkit.io import read_json
 

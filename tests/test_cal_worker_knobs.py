@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from evalkit.generate.worker import apply_numerics, numerics_state, restore_numerics, sdpa_context
+from evalkit.generate.worker.run import apply_numerics, numerics_state, restore_numerics, sdpa_context
 
 
 @pytest.fixture(autouse=True)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from evalkit.errors import EvalkitError
-from evalkit.generate.compile_options import (DEFAULT_PRESET, PRESETS, apply_compile, prepare_compile_cache,
+from evalkit.generate.worker.compile_options import (DEFAULT_PRESET, PRESETS, apply_compile, prepare_compile_cache,
                                               resolve_compile, woq_int8pack_guard)
 from evalkit.generate.stage import load_config
 from conftest import run_evalkit
@@ -201,7 +201,7 @@ def test_dynamo_stats_names_recompilations_and_the_limit(monkeypatch: pytest.Mon
     import torch
     import torch._dynamo
 
-    from evalkit.generate.compile_options import dynamo_stats
+    from evalkit.generate.worker.compile_options import dynamo_stats
 
     from torch._dynamo.utils import counters
 

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import pytest
 
-from evalkit.generate.backends import BACKENDS, BuildContext
+from evalkit.quantizers.registry import BACKENDS, BuildContext
 
 
 def test_quanto_int4_prepares_the_cpu_kernels_off_the_load_clock() -> None:
     pytest.importorskip("optimum.quanto")
-    from evalkit.generate import loading
+    from evalkit.generate.worker import loading
 
     backend = BACKENDS["quanto-int4"]
     assert backend.prepare in loading.PREPARE

@@ -86,7 +86,7 @@ def test_other_packages_python_warnings_go_to_the_stage_log(tmp_path: Path) -> N
         warnings.warn_explicit("third-party notice", UserWarning, "/x/site-packages/somepkg/mod.py", 3)
         attach_run_log({str(tmp_path)!r}, "score")
         warnings.warn_explicit("later notice", DeprecationWarning, "/x/site-packages/somepkg/mod.py", 4)
-        warnings.warn_explicit("evalkit says this", UserWarning, "/src/evalkit/metrics/stage.py", 5)
+        warnings.warn_explicit("evalkit says this", UserWarning, "/src/evalkit/score/stage.py", 5)
     """)
     r = subprocess.run([sys.executable, "-W", "always", "-c", code], cwd=REPO, text=True, capture_output=True)
     assert r.returncode == 0, r.stderr

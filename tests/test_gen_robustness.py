@@ -39,7 +39,7 @@ def _wait_gone(pid: int, seconds: float) -> bool:
 # --- processes die with their parent ---------------------------------------------------------------------------------
 
 def test_a_worker_dies_when_its_parent_is_killed() -> None:
-    child = ("import os, sys, time; from evalkit.generate.worker import die_with_parent\n"
+    child = ("import os, sys, time; from evalkit.generate.worker.run import die_with_parent\n"
              "assert die_with_parent(int(os.environ['EVALKIT_PARENT_PID']))\n"
              "print(os.getpid(), flush=True); time.sleep(120)")
     parent = ("import os, subprocess, sys, time\n"
@@ -119,7 +119,7 @@ def _prepared(tmp_path: Path, three_prompts: Path, backends: str = "bf16"):
 
 def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
         tmp_path: Path, three_prompts: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from evalkit.generate import worker
+    from evalkit.generate.worker import run as worker
 
     rd, _, _ = _prepared(tmp_path, three_prompts)
     real = worker.atomic_write_bytes
@@ -147,7 +147,7 @@ def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
 
 def test_a_record_that_cannot_be_written_is_reported_not_torn(
         tmp_path: Path, three_prompts: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from evalkit.generate import worker
+    from evalkit.generate.worker import run as worker
 
     rd, _, _ = _prepared(tmp_path, three_prompts)
     events: list[dict] = []
@@ -193,8 +193,8 @@ def test_image_entries_carry_size_and_mtime(tiny_run: Path) -> None:
 
 
 def test_partial_reason_says_what_was_left_unquantized() -> None:
-    from evalkit.generate.backends import BACKENDS
-    from evalkit.generate.worker import partial_reason
+    from evalkit.quantizers.registry import BACKENDS
+    from evalkit.generate.worker.run import partial_reason
 
     assert partial_reason(BACKENDS["bf16"], {"note": None}) is None
     full = {"note": None, "components_quantized": ["transformer"], "quantized_linear_count": {"transformer": 7}}

@@ -16,7 +16,7 @@ torch = pytest.importorskip("torch")
 
 from evalkit.errors import EvalkitError  # noqa: E402
 from evalkit.io import read_json  # noqa: E402
-from evalkit.generate import gguf as eg  # noqa: E402
+from evalkit.quantizers.gguf import convert as eg  # noqa: E402
 
 # Bits per weight go down along this list, so errors must go up.
 MADE = ("Q8_0", "Q4_1", "Q4_0", "Q2_K")
@@ -275,7 +275,7 @@ def test_file_for_another_model(tiny_model_path: Path, tmp_path: Path) -> None:
     the number of mismatches, before diffusers gets to raise its own."""
     from diffusers import FluxTransformer2DModel
 
-    from evalkit.generate.models import TINY_TRANSFORMER
+    from evalkit.families.flux1 import TINY_TRANSFORMER
 
     other = tmp_path / "other"
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""One record per backend library (evalkit/libraries.py): no other code spells a library's names, and a new library
+"""One record per backend library (evalkit/quantizers/base.py): no other code spells a library's names, and a new library
 is one Library record plus one Backend."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from types import MappingProxyType
 
 import pytest
 
-import evalkit.generate.backends as backends
-import evalkit.libraries as libraries
-from evalkit.generate.backends import BACKEND_LIST, BACKENDS, Backend
-from evalkit.libraries import LIBRARIES, LIBRARY_LIST, Library
+import evalkit.quantizers.registry as backends
+import evalkit.quantizers.base as libraries
+from evalkit.quantizers.registry import BACKEND_LIST, BACKENDS, Backend
+from evalkit.quantizers.base import LIBRARIES, LIBRARY_LIST, Library
 
 EVALKIT = Path(__file__).resolve().parents[1] / "evalkit"
 
@@ -70,7 +70,7 @@ def library_name_literals(root: Path = EVALKIT) -> Counter[tuple[str, str]]:
 def test_no_library_name_is_spelled_outside_its_record() -> None:
     found = library_name_literals()
     extra = {k: n for k, n in found.items() if n > ALLOWED.get(k, (0, ""))[0]}
-    assert not extra, ("library names written outside evalkit/libraries.py (read them from the Library record): "
+    assert not extra, ("library names written outside evalkit/quantizers/base.py (read them from the Library record): "
                        f"{extra}")
 
 
@@ -106,7 +106,7 @@ def test_versioned_packages_come_from_the_records() -> None:
 
 
 def test_forkserver_preloads_each_librarys_modules_only_where_safe() -> None:
-    from evalkit.generate.worker import preload_modules
+    from evalkit.generate.worker.run import preload_modules
 
     cpu, gpu = preload_modules(gpu=False), preload_modules(gpu=True)
     for lib in LIBRARY_LIST:
@@ -153,7 +153,7 @@ def test_a_toy_library_is_listed_by_evalkit_backends(toy_registered, capsys: pyt
 
 def test_a_toy_library_backend_runs_on_the_tiny_model(toy_registered, tmp_path: Path, tiny_model_path: Path) -> None:
     from evalkit.generate.stage import GenerateOptions, prepare_run
-    from evalkit.generate.worker import run_worker
+    from evalkit.generate.worker.run import run_worker
     from evalkit.io import read_json
 
     prompts = tmp_path / "one.txt"

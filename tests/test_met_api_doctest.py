@@ -7,7 +7,7 @@ import doctest
 import numpy as np
 import pytest
 
-import evalkit.metrics.api as api
+import evalkit.score.api as api
 from evalkit.errors import EvalkitError
 
 
@@ -19,7 +19,7 @@ def test_api_doctests_pass():
 def test_api_matches_the_cli_on_folders(tmp_path):
     from PIL import Image
 
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
 
     rng = np.random.default_rng(1)
     ref = [rng.integers(0, 256, (32, 32, 3), dtype=np.uint8) for _ in range(3)]

@@ -13,8 +13,8 @@ import pytest
 from PIL import Image
 
 from evalkit.errors import EvalkitError
-from evalkit.metrics.decode import MAX_PIXELS
-from evalkit.metrics.images import decode_file
+from evalkit.score.decode import MAX_PIXELS
+from evalkit.score.images import decode_file
 
 RNG = np.random.default_rng(0)
 
@@ -171,7 +171,7 @@ def test_images_over_the_pixel_limit_are_refused_before_decoding(tmp_path):
 
 
 def test_compare_images_pairs_by_stem_across_extensions_and_refuses_ambiguous_stems(tmp_path):
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
 
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()

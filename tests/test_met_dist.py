@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 
 from conftest import REPO, run_evalkit
-from evalkit.metrics.common import PlainProgress
-from evalkit.metrics.distributed import FAIL_RANK_ENV, assign_chunks
+from evalkit.score.common import PlainProgress
+from evalkit.score.distributed import FAIL_RANK_ENV, assign_chunks
 
 # KID needs 10 images per set; 64x64 keeps the tiny model fast. Two batch-size-2 chunks of 4 per backend and a
 # leftover chunk: both the round-robin and the leftover deal are exercised.
@@ -169,7 +169,7 @@ def test_plain_progress_prints_at_most_every_ten_seconds() -> None:
 
 def test_peer_watch_stops_a_rank_once_another_posted_its_failure() -> None:
     """The early stop between chunks (the two-rank failure test above covers the agreement that follows)."""
-    from evalkit.metrics.distributed import PeerFailed, PeerWatch
+    from evalkit.score.distributed import PeerFailed, PeerWatch
 
     class Store:  # the part of torch's key-value store the watch uses
         def __init__(self) -> None:
@@ -200,7 +200,7 @@ def test_ranks_that_would_score_differently_stop_before_scoring(monkeypatch: pyt
     from types import SimpleNamespace
 
     from evalkit import dist
-    from evalkit.metrics import distributed as dsc
+    from evalkit.score import distributed as dsc
     from evalkit.metrics import registry as reg
 
     state: Any = SimpleNamespace(opts=SimpleNamespace(created={"ssim": reg.MetricUnavailable("on /a")}), items={})

@@ -10,7 +10,7 @@ from PIL import Image
 import toy_metrics
 from evalkit.io import read_json
 from evalkit.metrics import registry as reg
-from evalkit.metrics.stage import score_run
+from evalkit.score.stage import score_run
 from metrics_fixtures import make_run, noise
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from evalkit.metrics import images as im
+from evalkit.metrics import tensors
+from evalkit.score import images as im
 
 
 def _photo() -> np.ndarray:
@@ -38,7 +39,7 @@ def test_png_decodes_to_pils_pixels_whatever_the_colour_type(tmp_path: Path, mod
     d = im.decode_file(path)
     assert d.error is None and d.array is not None
     assert d.array.dtype == np.uint8 and d.array.shape == (200, 300, 3) and d.array.flags.c_contiguous
-    if mode == "RGBA":  # transparency is composited onto white (evalkit.metrics.decode), not dropped
+    if mode == "RGBA":  # transparency is composited onto white (evalkit.score.decode), not dropped
         a = alpha[..., None].astype(np.float64) / 255
         want = np.rint(src * a + 255 * (1 - a)).astype(np.uint8)
     elif mode == "I;16":  # 16-bit is scaled (v / 257), where PIL's convert("RGB") clips at 255
@@ -162,16 +163,16 @@ def test_decoded_ahead_but_never_read_is_freed_when_the_decoder_closes(tmp_path:
 
 def test_upload_refuses_what_is_not_a_uint8_batch() -> None:
     with pytest.raises(ValueError, match="float32, expected uint8"):
-        im.to_device_uint8(np.zeros((2, 4, 4, 3), np.float32))
+        tensors.to_device_uint8(np.zeros((2, 4, 4, 3), np.float32))
     with pytest.raises(ValueError, match=r"shape \(N, H, W, C\)"):
-        im.to_device_uint8(np.zeros((4, 4, 3), np.uint8))
+        tensors.to_device_uint8(np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(ValueError, match="share a shape"):
-        im.to_device_uint8([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)])
+        tensors.to_device_uint8([np.zeros((4, 4, 3), np.uint8), np.zeros((5, 4, 3), np.uint8)])
     ro = np.arange(2 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 4, 4, 3)
     ro.flags.writeable = False  # PIL's arrays are read-only
-    np.testing.assert_array_equal(im.to_device_uint8(list(ro)).numpy(), ro)
-    np.testing.assert_array_equal(im.to_device_uint8(ro).numpy(), ro)
-    assert tuple(im.to_device_uint8(np.zeros((0, 4, 4, 3), np.uint8)).shape) == (0, 4, 4, 3)
+    np.testing.assert_array_equal(tensors.to_device_uint8(list(ro)).numpy(), ro)
+    np.testing.assert_array_equal(tensors.to_device_uint8(ro).numpy(), ro)
+    assert tuple(tensors.to_device_uint8(np.zeros((0, 4, 4, 3), np.uint8)).shape) == (0, 4, 4, 3)
 
 
 def test_a_worker_killed_mid_request_leaves_no_blocks_and_correct_pixels(tmp_path: Path) -> None:

@@ -22,7 +22,7 @@ from torch import nn
 
 from metrics_fixtures import GRADES, PHOTOS, photo
 from evalkit.metrics.lpips import LPIPSMetric
-from evalkit.metrics.weights import WEIGHTS, package_dir
+from evalkit.weights.store import WEIGHTS, package_dir
 
 
 def _tv_alexnet_features() -> nn.Sequential:

@@ -8,7 +8,7 @@ import pytest
 from metrics_fixtures import make_run, noise
 from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
-from evalkit.metrics.stage import expand_metric_names, score_run
+from evalkit.score.stage import expand_metric_names, score_run
 
 
 def test_names_kinds_and_directions():

@@ -12,7 +12,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 from metrics_fixtures import GRADES, PHOTOS, photo
 from evalkit.metrics.psnr import PSNR_CAP_DB, PSNRMetric, psnr_uint8
 from evalkit.metrics.ssim import MS_SSIM_MIN_SIDE, MSSSIMMetric, SSIMMetric
-from evalkit.metrics.stats import bootstrap_ci, summarize
+from evalkit.score.stats import bootstrap_ci, summarize
 
 
 def _sk_ssim(a: np.ndarray, b: np.ndarray) -> float:

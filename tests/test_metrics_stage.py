@@ -17,9 +17,9 @@ from PIL import Image
 from metrics_fixtures import blur, jpeg, make_run, noise
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json, read_json, sha256_file
-from evalkit.metrics import images as images_mod
+from evalkit.score import images as images_mod
 from evalkit.metrics.lpips import LPIPSMetric
-from evalkit.metrics.stage import RANDOM_WEIGHTS_REASON, score_run
+from evalkit.score.stage import RANDOM_WEIGHTS_REASON, score_run
 
 FAST = "lpips_alex,ssim,ms_ssim,psnr"
 
@@ -232,7 +232,7 @@ def test_verify_hashes_files_whose_stat_fingerprint_still_matches(run):
 
 
 def test_corrupt_image_in_compare_images_is_flagged_skipped_and_counted(tmp_path):
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
     from metrics_fixtures import PHOTOS, photo
 
     refs = {f"{n}.png": photo(n, 64) for n in PHOTOS[:4]}
@@ -306,7 +306,7 @@ def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
     # resized reference are counted once. Images of 150+ px (> SHM_MIN_BYTES) come back through shared memory.
     from evalkit.metrics.psnr import psnr_uint8
     from evalkit.metrics.ssim import SSIMMetric
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
     from metrics_fixtures import PHOTOS, photo
 
     refs, cands = {}, {}
@@ -319,7 +319,7 @@ def test_compare_images_pipeline_pairs_the_right_files_across_chunks(tmp_path):
     b = _folder(tmp_path / "b", cands)
     (b / "p07.png").write_bytes(b"\x89PNG\r\n\x1a\ncorrupt")
     out = compare_folders(a, b, "ssim,psnr", batch_size=2, workers=2)
-    from evalkit.metrics.images import match_reference
+    from evalkit.score.images import match_reference
 
     expect = {"ssim": [], "psnr": []}
     for name in sorted(refs):
@@ -347,7 +347,7 @@ def test_compare_images_says_how_long_and_on_what(tmp_path, capsys):
 
 
 def test_compare_images_errors(tmp_path):
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
     from metrics_fixtures import photo
 
     a = _folder(tmp_path / "a", {f"x{i}.png": photo("coffee", 32) for i in range(5)})
@@ -360,7 +360,7 @@ def test_compare_images_errors(tmp_path):
 
 
 def test_cli_module_imports_nothing_heavy():
-    code = ("import sys, evalkit.metrics.cli, evalkit.metrics.registry as r; r.list_metrics();"
+    code = ("import sys, evalkit.score.cli, evalkit.metrics.registry as r; r.list_metrics();"
             "heavy=[m for m in ('torch','numpy','PIL') if m in sys.modules]; assert not heavy, heavy")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -516,7 +516,7 @@ def test_pipelined_chunks_score_each_pair_against_its_own_reference(tmp_path) ->
 def test_a_crash_keeps_the_backends_already_scored(run, monkeypatch) -> None:
     """Backends are scored as one stream of chunks, but the cache is saved as each backend finishes: a run that dies
     in the second backend rescores only that one (and decodes only its images and their references)."""
-    import evalkit.metrics.stage as stage_mod
+    import evalkit.score.stage as stage_mod
 
     real_score = stage_mod._score_chunk
 
@@ -551,7 +551,7 @@ def test_cli_score_verify_refuses_a_replaced_image(run, capsys):
 
 
 def test_cli_table_marks_indicative_fid(capsys):
-    from evalkit.metrics.cli import _print_score_table
+    from evalkit.score.cli import _print_score_table
 
     _print_score_table({"q": {"fid": {"status": "ok", "value": 1.5, "n": 5, "indicative": True},
                               "kid": {"status": "skipped", "reason": "KID needs at least 10 images per set, got 5"}}})

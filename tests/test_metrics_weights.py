@@ -13,7 +13,7 @@ import torch
 
 from evalkit.errors import MissingWeightsError
 from evalkit.io import sha256_file
-from evalkit.metrics import weights as w
+from evalkit.weights import store as w
 
 
 # The installed packages' folders, captured at import, before any test monkeypatches package_dir.

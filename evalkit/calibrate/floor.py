@@ -2,7 +2,7 @@
 
 Definition (docs/release-gate.md states it for users):
 - Each perturbation gives, per paired metric, per-prompt values of the regenerated reference against the run's
-  reference, their mean and the 95% percentile-bootstrap CI of the mean (evalkit.metrics.stats, through the
+  reference, their mean and the 95% percentile-bootstrap CI of the mean (evalkit.score.stats, through the
   metric stage's compare_images).
 - The *noise end* of a perturbation is the CI end on the metric's bad side: ci_high for a lower-is-better metric
   (LPIPS), ci_low for a higher-is-better one (SSIM, PSNR). With fewer than 2 prompts there is no CI: the mean.

@@ -3,7 +3,7 @@
 A perturbation changes how the reference backend computes, never what it computes: batch shape, intra-op thread
 count, attention kernel, TF32 matmul, torch.compile. The generate stage's worker applies them (batch size through
 the generation settings, the rest through EVALKIT_THREADS / EVALKIT_TF32 / EVALKIT_SDPA_BACKEND, see
-evalkit/generate/worker.py apply_numerics) and its record states what was in force (`numerics`).
+evalkit/generate/worker/run.py apply_numerics) and its record states what was in force (`numerics`).
 
 Selected by name in `evalkit calibrate --config FILE.toml`:
 

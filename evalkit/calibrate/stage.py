@@ -4,7 +4,7 @@ For each perturbation (evalkit/calibrate/perturbations.py) the reference backend
 RUN_DIR/calibration/<perturbation>/ by the generate stage's entry point (run_generate) with the run's prompts,
 seeds and settings, so each is a run directory of its own that resumes and caches like any run. Each is then
 scored against the run's reference images, paired by prompt id, by the metric stage's public entry
-(evalkit.metrics.api.compare_images) with every paired metric. evalkit/calibrate/floor.py turns those records
+(evalkit.score.api.compare_images) with every paired metric. evalkit/calibrate/floor.py turns those records
 into the floor. Scores are reused while the images they were computed from are unchanged (sha256).
 """
 
@@ -187,7 +187,7 @@ def _regenerate(manifest: dict[str, Any], sub: Path, backend: str, p: Perturbati
     generate: torchrun starts n ranks on this machine (one per GPU of `gpus`, or CPU ranks sharing the cores)."""
     from evalkit.generate.stage import run_generate
 
-    from evalkit import dist
+    import evalkit.dist as dist
 
     sub.parent.mkdir(parents=True, exist_ok=True)
     opts = _generate_options(manifest, sub, backend, p)
@@ -235,7 +235,7 @@ def _images_key(ref: dict[str, Any], cand: dict[str, Any], metrics: list[str]) -
 def _score(rd: RunDir, ref: dict[str, Any], cand_rd: RunDir, cand: dict[str, Any], metrics: list[str],
            device: str, workers: int | None) -> dict[str, Any]:
     """compare_images on the two image sets, paired by prompt id (links named <prompt_id>.png)."""
-    from evalkit.metrics.api import compare_images
+    from evalkit.score.api import compare_images
 
     with tempfile.TemporaryDirectory(prefix="evalkit-calibrate-") as tmp:
         dirs = []

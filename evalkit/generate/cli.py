@@ -84,7 +84,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
 
 def local_ranks_wanted(opts: GenerateOptions) -> int:
     """How many ranks `--gpus`/`--jobs` ask for on this machine; 1 inside a launched world (the launcher decided)."""
-    from evalkit import dist
+    import evalkit.dist as dist
 
     if dist.launched() or dist.world().distributed:
         return 1
@@ -95,7 +95,7 @@ def launch_ranks(argv: list[str], opts: GenerateOptions, n: int) -> int:
     """`--gpus`/`--jobs` as a thin launcher: torchrun --standalone with n ranks running `evalkit <argv>`."""
     import os
 
-    from evalkit import dist
+    import evalkit.dist as dist
 
     threads = None if opts.gpus else max(1, (os.cpu_count() or 1) // n)
     print(f"evalkit: starting {n} ranks on this machine (torchrun --standalone"
@@ -137,7 +137,7 @@ def generate_main(args: argparse.Namespace) -> int:
     if done is not None:
         from evalkit.generate.stage import print_unchanged
 
-        from evalkit import dist
+        import evalkit.dist as dist
 
         if dist.world().is_main:  # under a launcher every rank finds the same answer; one says so
             print_unchanged(done)
@@ -145,7 +145,7 @@ def generate_main(args: argparse.Namespace) -> int:
     else:
         run_dir = run_generate(opts)
     args.run_dir = str(run_dir)  # later stages of `evalkit run` read it
-    from evalkit import dist
+    import evalkit.dist as dist
     from evalkit.rundir import display_path
 
     if dist.world().is_main:
@@ -189,7 +189,7 @@ def add_backends_arguments(p: argparse.ArgumentParser) -> None:
 def backends_main(args: argparse.Namespace) -> int:
     import json
 
-    from evalkit.generate.backends import backend_rows
+    from evalkit.quantizers.registry import backend_rows
 
     device, capability = _probe_device(args.device)
     rows = backend_rows(device, capability)

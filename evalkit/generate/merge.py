@@ -234,7 +234,7 @@ def _quantized_counts_note(records: list[dict[str, Any]]) -> str | None:
 
 
 def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> dict[str, Any]:
-    from evalkit.generate.measure import latency_stats
+    from evalkit.generate.worker.measure import latency_stats
 
     images = [col.valid[p["id"]][0] for p in manifest["prompts"]]
     used = {src.split(".")[0] for _, src in col.valid.values()}

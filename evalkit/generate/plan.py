@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BackendSpec, availability
+from evalkit.quantizers.registry import BackendSpec, availability
 from evalkit.io import read_json
 from evalkit.rundir import RunDir
 

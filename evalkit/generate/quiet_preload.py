@@ -1,7 +1,7 @@
 """First module the generate stage's forkserver imports: from here on, what the preloaded libraries print at import
 (torchao's kernel-library load failures, torch._pytree deprecations, transformers' torchvision notices, ...) goes
 to the pending log evalkit.logs names, not to the user's console. With -v it does nothing. Backend processes forked
-later point their own output at logs/<backend>.log (evalkit.generate.worker.forked_main)."""
+later point their own output at logs/<backend>.log (evalkit.generate.worker.run.forked_main)."""
 
 import os
 

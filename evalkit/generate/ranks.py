@@ -24,7 +24,7 @@ import threading
 import time
 from typing import Any, Callable, Iterator
 
-from evalkit import dist
+import evalkit.dist as dist
 from evalkit.errors import EvalkitError
 from evalkit.generate.plan import LARGE_STUDY_IMAGES
 from evalkit.io import atomic_write_json, read_json
@@ -210,7 +210,7 @@ def merge_and_summarize(rd: RunDir, console: Any) -> list[str]:
 
 
 def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any], console: Any) -> None:
-    from evalkit.generate.backends import parse_backend
+    from evalkit.quantizers.registry import parse_backend
     from evalkit.generate.spawn import run_worker_process
     from evalkit.generate.stage import _worker_env, _write_error
 

@@ -1,7 +1,7 @@
 """Backend worker processes: a preloaded forkserver (or a fresh interpreter per backend), their events, and the
 record a worker that died without writing its own gets.
 
-Used by the generate stage only. Worker processes die with their parent (evalkit.generate.worker.die_with_parent),
+Used by the generate stage only. Worker processes die with their parent (evalkit.generate.worker.run.die_with_parent),
 and the stage stops the forkserver when it ends, even when it ends by an error.
 """
 
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BackendSpec
+from evalkit.quantizers.registry import BackendSpec
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 
@@ -88,8 +88,8 @@ def _forkserver() -> Any:
         if _FORKSERVER is None:
             import multiprocessing as mp
 
-            from evalkit.generate.backends import package_available
-            from evalkit.generate.worker import preload_modules
+            from evalkit.quantizers.registry import package_available
+            from evalkit.generate.worker.run import preload_modules
 
             # huggingface_hub reads HF_HUB_OFFLINE when imported, i.e. in the forkserver: set it before that.
             os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -193,7 +193,7 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, ta
                 except json.JSONDecodeError:
                     pass  # a library printing to stdout; not ours
             return proc.wait()
-    from evalkit.generate.worker import forked_main
+    from evalkit.generate.worker.run import forked_main
 
     ctx = _forkserver()
     recv, send = ctx.Pipe(duplex=False)
@@ -216,7 +216,7 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, ta
             break
     proc.join()
     rc = proc.exitcode if proc.exitcode is not None else -1
-    from evalkit.generate.worker import EXIT_POISONED_FORK
+    from evalkit.generate.worker.run import EXIT_POISONED_FORK
 
     if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA: from now on, a fresh interpreter per backend
         _FORK_POISONED = True

@@ -20,11 +20,11 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from evalkit import __version__
+from evalkit.version import __version__
 from evalkit.errors import EvalkitError
-from evalkit.generate.backends import BackendSpec, parse_backend_list
-from evalkit.generate.measure import MEMORY_CONVENTION
-from evalkit.generate.models import ModelInfo, resolve_model
+from evalkit.quantizers.registry import BackendSpec, parse_backend_list
+from evalkit.generate.worker.measure import MEMORY_CONVENTION
+from evalkit.families.flux1 import ModelInfo, resolve_model
 from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
@@ -40,7 +40,7 @@ CORE_VERSIONED_PACKAGES = ("transformers", "accelerate", "safetensors", "tokeniz
 
 
 def versioned_packages() -> tuple[str, ...]:
-    from evalkit.libraries import LIBRARY_LIST
+    from evalkit.quantizers.base import LIBRARY_LIST
 
     return tuple(dict.fromkeys([v for lib in LIBRARY_LIST for v in lib.versioned] + list(CORE_VERSIONED_PACKAGES)))
 
@@ -159,13 +159,13 @@ def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
 def load_config(path: str | None) -> tuple[dict[str, dict[str, Any]], dict[str, Any]]:
     """`--config FILE.toml`: (per-backend quantizer options, compile settings). `[backends.<name>]` holds a
     backend's options and may hold a `compile` sub-table; `[compile]` holds every `+compile`'s defaults
-    (evalkit/generate/compile_options.py)."""
-    from evalkit.generate.compile_options import validate_compile_config
+    (evalkit/generate/worker/compile_options.py)."""
+    from evalkit.generate.worker.compile_options import validate_compile_config
 
     if not path:
         return {}, validate_compile_config(None, {}, "")
     from evalkit.errors import suggest
-    from evalkit.generate.backends import BACKENDS
+    from evalkit.quantizers.registry import BACKENDS
     from evalkit.io import read_toml
 
     p = Path(path)
@@ -213,7 +213,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     prompts_sha = sha256_file(opts.prompts_file)
     backend_options, compile_config = load_config(opts.config_file)
     if opts.components:
-        from evalkit.generate.backends import COMPONENTS
+        from evalkit.quantizers.registry import COMPONENTS
 
         for c in opts.components:
             if c not in COMPONENTS:
@@ -314,7 +314,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
 
 
 def _all_specs(names: list[str]) -> list[BackendSpec]:
-    from evalkit.generate.backends import parse_backend
+    from evalkit.quantizers.registry import parse_backend
 
     return [parse_backend(n) for n in names]
 

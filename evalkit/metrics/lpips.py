@@ -109,8 +109,8 @@ class LPIPSNet(nn.Module):
 
 def load_lpips(net: str = "alex", device: str | torch.device = "cpu",
                weights_dir: str | os.PathLike[str] | None = None) -> LPIPSNet:
-    """LPIPSNet with verified weights (see evalkit.metrics.weights)."""
-    from evalkit.metrics.weights import load_lpips_backbone, load_lpips_linear
+    """LPIPSNet with verified weights (see evalkit.weights.store)."""
+    from evalkit.weights.store import load_lpips_backbone, load_lpips_linear
 
     model = LPIPSNet(net)
     state: dict[str, Any] = {f"backbone.{k}": v for k, v in load_lpips_backbone(net, weights_dir).items()}
@@ -147,7 +147,7 @@ class LPIPSMetric:
     @torch.inference_mode()
     def compute(self, ref: "np.ndarray | torch.Tensor", img: "np.ndarray | torch.Tensor") -> np.ndarray:
         """Per-pair values for uint8 (N, H, W, 3) batches (numpy, or tensors already on the device)."""
-        from evalkit.metrics.images import to_float_nchw
+        from evalkit.metrics.tensors import to_float_nchw
 
         out = []
         for s in range(0, len(ref), self.batch_size):

@@ -40,7 +40,7 @@ class MetricSpec:
     kind: Kind
     higher_is_better: bool
     factory: str  # "module:attribute"; called with options + device (+ weights_dir)
-    weights: tuple[str, ...] = ()  # weight ids (evalkit.metrics.weights) or "clip"
+    weights: tuple[str, ...] = ()  # weight ids (evalkit.weights.store) or "clip"
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     reference: Literal["bf16", "real", "text"] = "bf16"  # what it compares against

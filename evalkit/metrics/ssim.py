@@ -141,7 +141,7 @@ class SSIMMetric:
     @torch.inference_mode()
     def compute(self, ref: "np.ndarray | torch.Tensor", img: "np.ndarray | torch.Tensor") -> np.ndarray:
         """Per-pair values for uint8 (N, H, W, 3) batches (numpy, or tensors already on the device)."""
-        from evalkit.metrics.images import to_float_nchw
+        from evalkit.metrics.tensors import to_float_nchw
 
         out = []
         for s in range(0, len(ref), self.batch_size):

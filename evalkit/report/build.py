@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
-from evalkit import __version__
+from evalkit.version import __version__
 from evalkit.inputs_key import content_key, json_file_content, store_key, stored_key_matches, tree_fingerprint
 from evalkit.io import atomic_write_text
 from evalkit.report.categories import category_tables

@@ -14,7 +14,7 @@ from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
-from evalkit.libraries import LIBRARIES, Library, library_order
+from evalkit.quantizers.base import LIBRARIES, Library, library_order
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run, write_summary
 
 
@@ -350,7 +350,7 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
         entry = entries.get(name)
         views.append(BackendView(name, status, reason, rec, metrics, entry if isinstance(entry, dict) else {}))
 
-    # Reference first, then libraries in their registered order (evalkit/libraries.py), run order within one.
+    # Reference first, then libraries in their registered order (evalkit/quantizers/base.py), run order within one.
     views.sort(key=lambda b: (b.name != reference, library_order(b.library)))
     keys: list[str] = []
     for b in views:

@@ -11,12 +11,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from evalkit.libraries import REFERENCE_COLOUR, library_order
+from evalkit.quantizers.base import REFERENCE_COLOUR, library_order
 from evalkit.report.data import MEMORY_AXES, MetricInfo, ReportData, metric_value, pareto_front, safe_name
 from evalkit.report.noise_floor import BAND_LABEL, IDENTICAL_NOTE, NoiseFloor, band_limits, metric_identity
 
 # Okabe–Ito, for the bars of memory phases and for a library that has no record (an older run's); a registered
-# library's colour and order come from its record in evalkit/libraries.py.
+# library's colour and order come from its record in evalkit/quantizers/base.py.
 OKABE_ITO = ["#0072B2", "#E69F00", "#009E73", "#D55E00", "#CC79A7", "#56B4E9", "#F0E442", "#000000"]
 MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 UNKNOWN_LIBRARY_COLOUR = "#777777"

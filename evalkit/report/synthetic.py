@@ -44,7 +44,7 @@ FIFTEEN_BACKENDS: list[tuple[str, float, float, float]] = [
 
 def _library_of(name: str) -> str:
     from evalkit.errors import EvalkitError
-    from evalkit.generate.backends import parse_backend  # the backend registry, not the generate stage
+    from evalkit.quantizers.registry import parse_backend  # the backend registry, not the generate stage
 
     try:
         return parse_backend(name).backend.library.key

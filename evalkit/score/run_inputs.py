@@ -1,6 +1,6 @@
 """What the score stage reads from a run before it scores anything: the generation records, the backends that can
 be scored (and why the others cannot), every image with its reference and content hash (the cache keys). Rank 0
-of a distributed score reads this once and broadcasts it (evalkit.metrics.distributed)."""
+of a distributed score reads this once and broadcasts it (evalkit.score.distributed)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
-from evalkit.metrics.common import Item, hash_files, skipped
+from evalkit.score.common import Item, hash_files, skipped
 from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records
 
 RANDOM_WEIGHTS_REASON = "random weights: images carry no quality information"

@@ -1,10 +1,10 @@
 """Backend libraries: one record per quantization library, the only place its facts are written down.
 
-Every `Backend` in evalkit/generate/backends.py names one of these records by key; the generate stage, the
+Every `Backend` in evalkit/quantizers/registry.py names one of these records by key; the generate stage, the
 worker's preloading, the manifest's version list, the report's order and colours and the tests read the facts
 from here. A library's pip or import name written anywhere else is a bug (tests/test_libraries.py looks for it).
 
-To add a library: one `Library(...)` in `LIBRARY_LIST`, then its backends in evalkit/generate/backends.py.
+To add a library: one `Library(...)` in `LIBRARY_LIST`, then its backends in evalkit/quantizers/registry.py.
 Importing this module is cheap (no torch): `evalkit --help` and the report read it.
 """
 

@@ -20,7 +20,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from evalkit.errors import EvalkitError, suggest
-from evalkit.libraries import LIBRARIES, Library
+from evalkit.quantizers.base import LIBRARIES, Library
 
 COMPONENTS = ("transformer", "text_encoder_2")
 
@@ -53,9 +53,9 @@ class Backend:
     min_capability: tuple[int, int] | None = None  # CUDA compute capability
     cpu_unsupported_reason: str = "needs a CUDA GPU"
     make_config: ConfigBuilder | None = None
-    post_load: str | None = None  # name of a transform in evalkit.generate.loading.POST_LOAD
-    transformer_loader: str | None = None  # name of a loader in evalkit.generate.loading.TRANSFORMER_LOADERS
-    # name of a one-time step in evalkit.generate.loading.PREPARE (e.g. a library's JIT kernel build), run before the
+    post_load: str | None = None  # name of a transform in evalkit.generate.worker.loading.POST_LOAD
+    transformer_loader: str | None = None  # name of a loader in evalkit.generate.worker.loading.TRANSFORMER_LOADERS
+    # name of a one-time step in evalkit.generate.worker.loading.PREPARE (e.g. a library's JIT kernel build), run before the
     # load clock starts; its time is recorded apart as `prepare`
     prepare: str | None = None
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
@@ -64,7 +64,7 @@ class Backend:
 
     def __post_init__(self) -> None:
         if not isinstance(self.library, Library):
-            raise TypeError(f"backend {self.name!r}: library must be a Library record (evalkit/libraries.py), "
+            raise TypeError(f"backend {self.name!r}: library must be a Library record (evalkit/quantizers/base.py), "
                             f"got {self.library!r}")
 
 

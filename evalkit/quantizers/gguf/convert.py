@@ -8,7 +8,7 @@ Making a file (`ensure_gguf`):
   2-D weights (row length not a multiple of the block, e.g. `x_embedder.weight` [3072, 64] under Q2_K) stay BF16.
   Why F32 and not BF16 for 1-D tensors: diffusers' GGUF loader wraps every non-F32/F16 tensor in a GGUFParameter
   (raw bytes) and only knows how to dequantize those inside GGUFLinear; a BF16 bias or norm scale would load as bytes.
-- Quantizers (evalkit/generate/gguf_quant.py): Q8_0, Q4_0, Q4_1 have torch re-implementations of `gguf.quants`' numpy code (bit-exact, tested) that
+- Quantizers (evalkit/quantizers/gguf/quant.py): Q8_0, Q4_0, Q4_1 have torch re-implementations of `gguf.quants`' numpy code (bit-exact, tested) that
   run on CUDA when there is one (FLUX.1-dev's 11.9B parameters would take minutes in numpy). On CPU, gguf's numpy
   code is used instead: it is faster there than torch (small 32-wide blocks). Other types gguf can quantize
   (Q5_0, Q5_1) always go through `gguf.quants.quantize`.
@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from evalkit.errors import EvalkitError
-from evalkit.generate.gguf_quant import (  # noqa: F401 (quantizers re-exported: gguf.quantize_tensor etc.)
+from evalkit.quantizers.gguf.quant import (  # noqa: F401 (quantizers re-exported: gguf.quantize_tensor etc.)
     TORCH_QTYPES, _check_makeable, _engine, _gguf_module, _qtype_enum, makeable_qtypes, quantize_q2_k, quantize_q4_0,
     quantize_q4_1, quantize_q8_0, quantize_tensor)
 from evalkit.io import file_lock
@@ -112,7 +112,7 @@ def _gguf_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        from evalkit.libraries import LIBRARIES
+        from evalkit.quantizers.base import LIBRARIES
 
         return version(LIBRARIES["gguf"].pip_name)
     except PackageNotFoundError:  # pragma: no cover - imported but not installed as a distribution

@@ -8,13 +8,13 @@ Flow, per backend with generation status ok:
      back through shared memory), k+1 paired with its references and uploaded by a thread (page-locked memory,
      a side CUDA stream), k scored; paired metrics share that one upload; features of the shared extractors and
      prompt-metric scores are computed from the same decoded chunk;
-  4. summarise per backend (evalkit.metrics.summary): mean, percentile-bootstrap 95% CI, n, per-prompt means;
+  4. summarise per backend (evalkit.score.summary): mean, percentile-bootstrap 95% CI, n, per-prompt means;
      set statistics from features.
 A rerun on an unchanged run therefore decodes nothing and runs no network (tests/test_metrics_stage.py).
 Under torchrun / srun / accelerate (or `evalkit score --gpus 0,1`) the ranks share step 3 chunk by chunk and rank 0
-does the rest (evalkit.metrics.distributed); a world of one is this flow unchanged.
+does the rest (evalkit.score.distributed); a world of one is this flow unchanged.
 Every fact about a metric (kind, direction, shared extractor, derivation) comes from the registry: no metric
-name appears here. compare-images (evalkit.metrics.compare) runs the same plan and execution on two folders.
+name appears here. compare-images (evalkit.score.compare) runs the same plan and execution on two folders.
 
 Choices (docs/metrics.md says the same):
   * A reference or candidate PNG listed in a generation record but missing on disk is an error naming the
@@ -37,13 +37,14 @@ import numpy as np
 
 from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
-from evalkit.metrics.cache import ScoreCache
-from evalkit.metrics.common import (Item, Options, expand_metric_names, feature_key, get_extractor, get_metric,
+from evalkit.score.cache import ScoreCache
+from evalkit.score.common import (Item, Options, expand_metric_names, feature_key, get_extractor, get_metric,
                                     hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors,
                                     unavailable)
-from evalkit.metrics.images import Decoder, Uploads, list_images, match_reference
-from evalkit.metrics.stats import DEFAULT_RESAMPLES
-from evalkit.metrics.run_inputs import RANDOM_WEIGHTS_REASON, hash_items, prepare
+from evalkit.metrics.tensors import Uploads
+from evalkit.score.images import Decoder, list_images, match_reference
+from evalkit.score.stats import DEFAULT_RESAMPLES
+from evalkit.score.run_inputs import RANDOM_WEIGHTS_REASON, hash_items, prepare
 from evalkit.rundir import RunDir, open_run
 
 
@@ -60,10 +61,10 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
     Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused.
     Under a distributed launcher every rank calls this and gets the same results; rank 0 alone takes the lock and
-    writes (evalkit.metrics.distributed)."""
+    writes (evalkit.score.distributed)."""
     from contextlib import ExitStack
 
-    from evalkit.metrics import distributed as dsc
+    from evalkit.score import distributed as dsc
     from evalkit.runlock import acquire
 
     # Refuse a path that is not a run before creating a lock file in it (on every rank: each must see the run).
@@ -74,7 +75,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
                    "device": device, "clip_model": clip_model, "real_dir": str(real_dir) if real_dir else None,
                    "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
                    "batch_size": batch_size, "fid_method": fid_method}
-        from evalkit.metrics.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
+        from evalkit.score.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
 
         def decide() -> tuple[str, dict[str, Any] | None]:
             key = score_inputs_key(rd, options)
@@ -97,7 +98,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
         dsc.on_main(lambda: store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, "
                                       "prompts, score options, METRICS_VERSION, evalkit and scoring-package versions, "
-                                      "weight caches (evalkit.metrics.stage)"))
+                                      "weight caches (evalkit.score.stage)"))
         return results
 
 
@@ -105,8 +106,8 @@ def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
                lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
                bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
                batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
-    from evalkit.metrics import distributed as dsc
-    from evalkit.metrics.summary import summarise_backend, write_outputs
+    from evalkit.score import distributed as dsc
+    from evalkit.score.summary import summarise_backend, write_outputs
 
     names = expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None)
     opts = Options(metrics=names, device=device, clip_model=clip_model, real_dir=str(real_dir) if real_dir else None,
@@ -259,7 +260,7 @@ def _claim(claimed: set[tuple[str, ...]], key: tuple[str, ...]) -> bool:
 
 def compute_backends(state: State, backends: Sequence[str]) -> None:
     """Decode and score every backend's uncached work (compare-images; the score stage goes through
-    evalkit.metrics.distributed.compute_share, which shares the same work between ranks)."""
+    evalkit.score.distributed.compute_share, which shares the same work between ranks)."""
     run_work(state, [(plan, part) for plan in plan_work(state, backends) for part in plan.parts])
 
 
@@ -424,7 +425,7 @@ def _paired_group(state: State, b: str, paired: dict[str, list[int]], group: dic
 
 def _real_features(state: State, folder: Path, ext: str) -> Any:
     """Features of --real-dir's images for one extractor: (features [N, D], n, n_corrupt) or MetricUnavailable."""
-    from evalkit.metrics.common import extractor_unavailable
+    from evalkit.score.common import extractor_unavailable
 
     why = extractor_unavailable(state.opts, ext)
     if why:

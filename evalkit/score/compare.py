@@ -1,5 +1,5 @@
 """compare-images: score a folder of candidate images against a folder of reference images, with the score
-stage's own plan, decoding pipeline and summaries (evalkit.metrics.stage / summary) on an in-memory run of two
+stage's own plan, decoding pipeline and summaries (evalkit.score.stage / summary) on an in-memory run of two
 "backends" and no cache. Files pair by stem (x.png with x.jpg); see docs/metrics.md for the decoding rules."""
 
 from __future__ import annotations
@@ -11,10 +11,10 @@ from typing import Any, Iterable
 
 from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
-from evalkit.metrics.cache import ScoreCache
-from evalkit.metrics.common import MAX_LISTED, Item, Options, expand_metric_names, progress_bar, resolve_device
-from evalkit.metrics.images import RESIZE_POLICY, Decoder, list_images
-from evalkit.metrics.stats import DEFAULT_RESAMPLES
+from evalkit.score.cache import ScoreCache
+from evalkit.score.common import MAX_LISTED, Item, Options, expand_metric_names, progress_bar, resolve_device
+from evalkit.score.images import RESIZE_POLICY, Decoder, list_images
+from evalkit.score.stats import DEFAULT_RESAMPLES
 
 REFERENCE, CANDIDATE = "reference", "candidate"
 
@@ -36,8 +36,8 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                     bootstrap_samples: int = DEFAULT_RESAMPLES, fid_method: str = "auto",
                     progress: bool = False) -> dict[str, Any]:
     """Score DIR_B against DIR_A (the reference), pairing files by stem. One dict: metric -> mean, CI, n."""
-    from evalkit.metrics.stage import State, compute_backends, hash_items
-    from evalkit.metrics.summary import summarise_backend
+    from evalkit.score.stage import State, compute_backends, hash_items
+    from evalkit.score.summary import summarise_backend
 
     a, b = Path(dir_a), Path(dir_b)
     for d in (a, b):

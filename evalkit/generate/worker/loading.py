@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from evalkit.generate.backends import BackendSpec, BuildContext, resolve_components
+from evalkit.quantizers.registry import BackendSpec, BuildContext, resolve_components
 
 
 def _describe_config(cfg: Any) -> Any:
@@ -85,7 +85,7 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
 
 def _gguf_transformer(ctx: BuildContext, gguf_file: str | None, info: dict[str, Any]) -> Any:
     """The transformer from a GGUF file: the user's (--gguf-file) or one evalkit makes from the bf16 weights."""
-    from evalkit.generate import gguf
+    from evalkit.quantizers.gguf import convert as gguf
 
     qtype = str(ctx.options.get("qtype"))
     if gguf_file:
@@ -163,8 +163,8 @@ def apply_compile(pipe: Any, spec: BackendSpec, compile_config: dict[str, Any] |
     (set before anything compiles: compilation itself happens lazily, in the warm-up)."""
     if "compile" not in spec.modifiers:
         return None
-    from evalkit.generate.compile_options import apply_compile as compile_component
-    from evalkit.generate.compile_options import prepare_compile_cache, resolve_compile
+    from evalkit.generate.worker.compile_options import apply_compile as compile_component
+    from evalkit.generate.worker.compile_options import prepare_compile_cache, resolve_compile
 
     settings = resolve_compile(compile_config, spec.backend.name)
     cache = prepare_compile_cache(cache_root)

@@ -6,7 +6,7 @@ everything is computed, and FID/KID get their features (#13.8).
 
 Read-only (`writable=False`, a non-zero rank of a distributed score), it reads the folder but keeps what it computes
 in memory. Every cache records what this process computed (`journal()`), so that rank 0 can apply the other
-ranks' work (`apply`) and be the only writer (evalkit.metrics.distributed)."""
+ranks' work (`apply`) and be the only writer (evalkit.score.distributed)."""
 
 from __future__ import annotations
 

@@ -6,7 +6,7 @@
 
 `reference` and `candidate` are two folders (files paired by stem) or two equally long lists of HxWx3 uint8
 arrays or PIL images (paired by position). Lists go through exactly the pipeline folders do: they are written
-as lossless PNGs to a temporary folder, decoded by evalkit.metrics.decode's rules and scored by the stage's code.
+as lossless PNGs to a temporary folder, decoded by evalkit.score.decode's rules and scored by the stage's code.
 `evalkit` re-exports these lazily; importing this module loads no torch.
 """
 
@@ -48,7 +48,7 @@ def compare_images(reference: Any, candidate: Any, metrics: str | Sequence[str] 
             array or a PIL image; an unknown metric name (with a suggestion); a prompt or real-image metric
             (they need a run); `device="cuda"` without CUDA.
     """
-    from evalkit.metrics.compare import compare_folders
+    from evalkit.score.compare import compare_folders
 
     with ExitStack() as stack:
         a, b = _as_folders(reference, candidate, stack)
@@ -132,7 +132,7 @@ def score(run_dir: str | os.PathLike[str], *, metrics: str | Sequence[str] | Non
             record describes (missing, truncated, replaced, wrong size, extra; `verify=True` re-hashes every
             file); an unknown metric; `real_dir` that is not a folder; `device="cuda"` without CUDA.
     """
-    from evalkit.metrics.stage import score_run
+    from evalkit.score.stage import score_run
 
     return score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
                      real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers, use_cache=not no_cache,
@@ -178,7 +178,7 @@ def _to_pil(img: Any, where: str) -> Any:
     from PIL import Image
 
     if isinstance(img, Image.Image):
-        from evalkit.metrics.decode import Refused, pil_to_rgb8
+        from evalkit.score.decode import Refused, pil_to_rgb8
 
         try:
             return Image.fromarray(pil_to_rgb8(img))  # the decoding rules, as for a file

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from evalkit.errors import EvalkitError, MissingWeightsError
 from evalkit.io import sha256_file
 from evalkit.metrics import registry as reg
-from evalkit.metrics.stats import DEFAULT_RESAMPLES
+from evalkit.score.stats import DEFAULT_RESAMPLES
 
 MAX_LISTED = 20  # skipped pairs listed by name in a record; the count is always complete
 
@@ -148,7 +148,7 @@ class PlainProgress:
         if done < total and self.last is not None and now - self.last < self.every_s:
             return
         self.last = now
-        from evalkit import dist
+        import evalkit.dist as dist
 
         elapsed = max(now - (now if self.start is None else self.start), 1e-9)
         rate = done / elapsed

@@ -15,15 +15,15 @@ import numpy as np
 from evalkit.records import build_metric_record
 from evalkit.io import atomic_write_json, atomic_write_text, read_json
 from evalkit.metrics import registry as reg
-from evalkit.metrics.cache import json_key
-from evalkit.metrics.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, set_extractors,
+from evalkit.score.cache import json_key
+from evalkit.score.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, set_extractors,
                                     skipped, unavailable)
-from evalkit.metrics.images import RESIZE_POLICY
-from evalkit.metrics.stats import summarize
+from evalkit.score.images import RESIZE_POLICY
+from evalkit.score.stats import summarize
 from evalkit.rundir import RunDir, write_summary
 
 if TYPE_CHECKING:
-    from evalkit.metrics.stage import State
+    from evalkit.score.stage import State
 
 CSV_COLUMNS = ["backend", "prompt_id", "seed", "metric", "value", "status", "note"]
 
@@ -55,7 +55,7 @@ def summary_record(state: "State", name: str, items: list[Item], values: dict[in
 
 def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every metric's record for backend `b`, and its rows of per_image.csv."""
-    from evalkit.metrics.stage import prompt_table, text_sha
+    from evalkit.score.stage import prompt_table, text_sha
 
     opts, cache, items = state.opts, state.cache, state.items[b]
     corrupt_t = cache.table("corrupt")
@@ -212,8 +212,8 @@ def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
 def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], ref: str,
                   names: list[str], state: "State | None") -> None:
     """metrics/<backend>.json, metrics/per_image.csv, each extractor's manifest entry, then summary.json."""
-    from evalkit.metrics.common import extractor_unavailable
-    from evalkit.metrics.weights import headline_missing
+    from evalkit.score.common import extractor_unavailable
+    from evalkit.weights.store import headline_missing
 
     # Default metrics that were asked for and lack their pinned weights: summary.json's status says so.
     missing_headline = list(headline_missing(names, state.opts.weights_dir)) if state else []

@@ -17,9 +17,9 @@ def score_inputs_key(rd: RunDir, options: dict[str, Any]) -> str:
     """Content key of everything a score depends on (evalkit.inputs_key): each backend's generation outcome and
     image hashes, the prompts, the options, METRICS_VERSION, evalkit's and the scoring packages' versions, and a
     stat fingerprint of the places weights come from. Progress and worker count change no number: left out."""
-    from evalkit import __version__
+    from evalkit.version import __version__
     from evalkit.inputs_key import content_key, hf_hub_cache, package_versions, score_packages, tree_fingerprint
-    from evalkit.metrics.weights import user_weights_dir, weights_cache_dir
+    from evalkit.weights.store import user_weights_dir, weights_cache_dir
     from evalkit.io import read_json
 
     manifest = read_json(rd.manifest)
@@ -54,7 +54,7 @@ def unchanged_results(rd: RunDir, key: str, verify: bool) -> dict[str, Any] | No
     if not stored_key_matches(rd.metrics_dir / SCORE_INPUTS_FILE, key, outputs):
         return None
     gens = load_generation_records(rd, backends)
-    from evalkit.metrics.run_inputs import verify_images
+    from evalkit.score.run_inputs import verify_images
 
     verify_images(rd, gens, [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"], verify)
     return {b: read_json(rd.metrics_record(b)).get("metrics", {}) for b in backends}
