@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
                                   str(a.score_pairs), "--score-size", str(size)], cwd=REPO,
                                  stdout=open(logs / "make-scoring-run.log", "wb"), stderr=subprocess.STDOUT)
     if model == "random:flux-dev":
-        res["steps"].append(run_step(clock, "build-model", [sys.executable, "-c", "from evalkit.families.flux1 import "
-                                     "ensure_random_flux_dev as e; e('cuda')"], logs))
+        res["steps"].append(run_step(clock, "build-model", [sys.executable, "-c", "from evalkit.families.registry import "
+                                     "resolve_model as r; r('random:flux1-dev', 'cuda')"], logs))
 
     gpu_list = ",".join(str(i) for i in range(a.gpus))
     common = [sys.executable, "-m", "evalkit", "generate", str(prompts_file), "--model", model, "--device", device,

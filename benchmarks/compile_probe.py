@@ -39,9 +39,10 @@ def child(args: argparse.Namespace) -> None:
     faulthandler.dump_traceback_later(max(5.0, args.timeout_s - 15), repeat=True)
     from diffusers import FluxTransformer2DModel
 
-    from evalkit.quantizers.registry import BACKENDS, BuildContext
+    from evalkit.families.flux1 import FAMILY, TRANSFORMER
     from evalkit.generate.worker.compile_options import PRESETS, apply_compile, dynamo_stats, prepare_compile_cache
-    from evalkit.families.flux1 import FLUX_DEV_TRANSFORMER, TINY_TRANSFORMER
+    from evalkit.quantizers.base import BuildContext
+    from evalkit.quantizers.registry import BACKENDS, quantizer_for
 
     dev = args.device
     sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
@@ -51,7 +52,7 @@ def child(args: argparse.Namespace) -> None:
     double, single = (int(x) for x in args.depth.split(":"))
     model_dir = Path(args.model_dir) / f"d{double}-s{single}"
     # --device cpu: a dry run of this script on the tiny transformer's widths (no GPU here)
-    base = FLUX_DEV_TRANSFORMER if dev == "cuda" else TINY_TRANSFORMER
+    base = TRANSFORMER if dev == "cuda" else FAMILY.tiny_configs["transformer"]
     cfg = dict(base, num_layers=double, num_single_layers=single)
     lock = model_dir.with_suffix(".building")
     model_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -66,12 +67,9 @@ def child(args: argparse.Namespace) -> None:
         while not (model_dir / "done").exists():
             time.sleep(1)
     spec = BACKENDS[args.backend]
-    qcfg = None
-    if spec.make_config is not None:
-        ctx = BuildContext(device=dev, capability=torch.cuda.get_device_capability() if dev == "cuda" else None,
-                           model_path=str(model_dir),
-                           options=dict(spec.options), cache_dir=args.cache)
-        qcfg = spec.make_config("transformer", ctx)
+    ctx = BuildContext(device=dev, capability=torch.cuda.get_device_capability() if dev == "cuda" else None,
+                       model_path=str(model_dir), options=dict(spec.options), cache_dir=args.cache, family=FAMILY.key)
+    qcfg = quantizer_for(spec).config(spec, FAMILY.denoiser, ctx)
     try:
         import torchao
 

@@ -88,7 +88,7 @@ step_probe() {
   PYTORCH_NVML_BASED_CUDA_CHECK=$nvml python3 - >>"$LOG" 2>&1 <<'PY'
 import importlib, os, time
 import torch
-from evalkit.generate.worker.run import PRELOAD, PRELOAD_NO_GPU
+from evalkit.generate.worker.run import preload_modules
 
 def child_poisoned() -> bool:
     pid = os.fork()
@@ -97,7 +97,7 @@ def child_poisoned() -> bool:
     return os.waitpid(pid, 0)[1] != 0
 
 print("probe PYTORCH_NVML_BASED_CUDA_CHECK =", os.environ.get("PYTORCH_NVML_BASED_CUDA_CHECK"))
-for m in PRELOAD + PRELOAD_NO_GPU:
+for m in preload_modules(gpu=False, family="flux1"):
     t = time.perf_counter()
     try:
         importlib.import_module(m)
@@ -116,7 +116,7 @@ step_quanto() {
   start=$(date +%s)
   start_quanto_build
   local build=$BUILD_PID
-  python3 -c "from evalkit.families.flux1 import ensure_tiny_pipeline as e; e()" >>"$LOG" 2>&1
+  python3 -c "from evalkit.families.registry import ensure_tiny_pipeline as e; e()" >>"$LOG" 2>&1
   wait $build
   say "$(tail -n 1 /tmp/quanto_build.log)"
   now=$(date +%s)

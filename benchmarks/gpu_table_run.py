@@ -260,8 +260,8 @@ def main() -> int:
         say("optimum-quanto kernel build started in the background")
     if a.model == "random:flux-dev":
         tb = time.time()
-        subprocess.run([sys.executable, "-c", "from evalkit.families.flux1 import ensure_random_flux_dev as e; "
-                        "e('cuda')"], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-c", "from evalkit.families.registry import resolve_model as r; "
+                        "r('random:flux1-dev', 'cuda')"], cwd=REPO, check=True)
         meta["model_build_s"] = round(time.time() - tb, 1)
         say(f"random:flux-dev ready in {meta['model_build_s']} s")
 

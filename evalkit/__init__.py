@@ -17,15 +17,15 @@ from typing import TYPE_CHECKING, Any
 
 from evalkit.version import __version__
 
-_API = ("generate", "merge", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
-        "compute_fid", "compute_kid")
+_API = ("generate", "merge", "score", "report", "check", "list_backends", "list_models", "list_metrics",
+        "compare_images", "compute_fid", "compute_kid")
 # API names that are also stage packages (evalkit/generate/, evalkit/report/, evalkit/check/).
 _STAGES = ("generate", "report", "check")
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the real functions
     from evalkit.api import (check, compare_images, compute_fid, compute_kid, generate, list_backends,  # noqa: F401
-                             list_metrics, merge, report, score)
+                             list_metrics, list_models, merge, report, score)
 
 
 class _CallableStage(types.ModuleType):

@@ -26,8 +26,8 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["generate", "merge", "score", "report", "check", "list_backends", "list_metrics", "compare_images",
-           "compute_fid", "compute_kid"]
+__all__ = ["generate", "merge", "score", "report", "check", "list_backends", "list_models", "list_metrics",
+           "compare_images", "compute_fid", "compute_kid"]
 
 
 def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = "default", *,
@@ -38,7 +38,7 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
              components: str | Sequence[str] | None = None, config: PathLike | None = None,
              gguf_file: PathLike | None = None, attempt_known_failures: bool = False, jobs: int = 1,
              gpus: str | Sequence[str] | None = None, prompt_column: str | None = None,
-             schedule: str = "auto", quiet: bool = False) -> Path:
+             schedule: str = "auto", plugins: Sequence[PathLike] = (), quiet: bool = False) -> Path:
     """Generate images for each backend and measure memory and latency (`evalkit generate`); returns the run dir.
 
     `prompts` is a prompts file or a list of prompt texts (written to evalkit's cache as a prompts file, so the
@@ -65,7 +65,7 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
         warmup=warmup,
         components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
         gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
-        command=["evalkit.generate(...)"], schedule=schedule,
+        command=["evalkit.generate(...)"], schedule=schedule, plugins=[str(p) for p in plugins],
     )
     from evalkit.errors import EvalkitError
     from evalkit.generate.cli import launch_ranks, local_ranks_wanted, options_argv
@@ -183,18 +183,37 @@ def check(run_dir: PathLike, thresholds: PathLike, *, use_ci: bool = False) -> R
     return check_run(run_dir, thresholds, use_ci=use_ci)
 
 
-def list_backends(device: str = "auto") -> list[dict[str, Any]]:
-    """Every backend and modifier, and whether it can run on `device` here (`evalkit backends --json`).
+def list_backends(device: str = "auto", model: str | None = None) -> list[dict[str, Any]]:
+    """Every backend and modifier, and whether it can run on `device` here for `model`'s family (default: the
+    default family) (`evalkit backends --json`).
 
     >>> import evalkit
     >>> rows = {r["name"]: r for r in evalkit.list_backends(device="cpu")}
     >>> rows["bf16"]["runs_here"], rows["torchao-int8wo"]["library"]
     (True, 'torchao')
     """
+    from evalkit.families.registry import default_family, family_of_pipeline_dir, family_of_spec, resolve_model
     from evalkit.quantizers.registry import backend_rows
 
     dev, capability = _probe_device(device)
-    return backend_rows(dev, capability)
+    family = default_family()
+    if model:
+        family = family_of_spec(model) or family_of_pipeline_dir(Path(resolve_model(model, build=False).path))
+    return backend_rows(dev, capability, family)
+
+
+def list_models() -> list[dict[str, Any]]:
+    """Every model family with its variants, what each form (tiny, random, real) needs and whether it is here
+    (`evalkit models --json`).
+
+    >>> import evalkit
+    >>> flux = next(f for f in evalkit.list_models() if f["family"] == "flux1")
+    >>> flux["tiny"]["spec"], [v["name"] for v in flux["variants"]][0]
+    ('tiny:flux1', 'flux1-dev')
+    """
+    from evalkit.families.cli import model_rows
+
+    return model_rows()
 
 
 def list_metrics(kind: str | None = None) -> list[MetricSpec]:

@@ -27,6 +27,8 @@ COMMANDS: list[tuple[str, str, str, str, str]] = [
      "merge the ranks' shard files of a sharded generate into the run directory (after a rank died, say)"),
     ("backends", "evalkit.generate.cli", "add_backends_arguments", "backends_main",
      "list quantization backends and modifiers, and whether each can run here"),
+    ("models", "evalkit.families.cli", "add_models_arguments", "models_main",
+     "list model families and variants (tiny, random full-size, real), and which are here"),
     ("score", "evalkit.score.cli", "add_score_arguments", "score_main",
      "score every backend's images against the bf16 reference (stage 2)"),
     ("compare-images", "evalkit.score.cli", "add_compare_images_arguments", "compare_images_main",
@@ -65,7 +67,7 @@ def _load(module: str, attr: str) -> Callable | None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="evalkit",
-        description="Measure how much image quality each way of quantizing a Flux model costs, "
+        description="Measure how much image quality each way of quantizing a diffusion model costs, "
         "and what it buys in memory and speed.",
         epilog="Start with: evalkit run prompts/styles.txt --model tiny   (docs: README.md)",
     )

@@ -24,7 +24,7 @@ METRIC_PACKAGES = ("torchmetrics", "numpy", "pillow", "scipy", "scikit-image", "
 
 
 def score_packages() -> tuple[str, ...]:
-    from evalkit.quantizers.base import LIBRARIES
+    from evalkit.quantizers.registry import LIBRARIES
 
     return tuple(LIBRARIES["torch"].versioned) + METRIC_PACKAGES
 

@@ -85,7 +85,11 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Manifest]:
     rd = RunDir(root)
     if not rd.manifest.exists():
         raise EvalkitError(f"{root}: not a run directory (no manifest.json); create one with `evalkit generate` or `evalkit run`")
-    return rd, read_manifest(rd.manifest)
+    manifest = read_manifest(rd.manifest)
+    from evalkit.plugins import load_run_plugins
+
+    load_run_plugins(manifest)  # the run's plugin backends, families and metrics are known to every later stage
+    return rd, manifest
 
 
 def display_path(path: str | os.PathLike[str]) -> str:

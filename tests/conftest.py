@@ -39,7 +39,7 @@ def run_evalkit(*args: str, cwd: Path | None = None, env: dict[str, str] | None 
 
 @pytest.fixture(scope="session")
 def tiny_model_path() -> Path:
-    from evalkit.families.flux1 import ensure_tiny_pipeline
+    from evalkit.families.registry import ensure_tiny_pipeline
 
     return ensure_tiny_pipeline()
 

@@ -128,10 +128,10 @@ def test_modifiers_parse_in_canonical_order() -> None:
 
 
 def test_backend_list_always_starts_with_the_reference() -> None:
-    specs = parse_backend_list("bnb-nf4,quanto-int8", "cpu")
+    specs = parse_backend_list("bnb-nf4,quanto-int8")
     assert [s.name for s in specs] == ["bf16", "bnb-nf4", "quanto-int8"]
-    assert {s.name for s in parse_backend_list("default", "cpu")} == set(BACKENDS)
-    seed = {s.name for s in parse_backend_list("seed", "cpu")}
+    assert {s.name for s in parse_backend_list("default")} == set(BACKENDS)
+    seed = {s.name for s in parse_backend_list("seed")}
     assert "torchao-int8dq" not in seed and "gguf-q2_k" in seed and len(seed) == 14
 
 
@@ -156,16 +156,15 @@ def test_missing_package_names_the_pip_install(monkeypatch: pytest.MonkeyPatch) 
     assert availability(parse_backend("torchao-int8wo"), "cpu", None)[0] == "ok"
 
 
-def test_every_named_hook_of_a_recipe_exists(all_backends_run: Path) -> None:
-    """A recipe names its post-load transform, transformer loader and one-time prepare step by string (so the
-    registry imports no torch): each name must resolve, or that backend would fail only when someone runs it."""
-    from evalkit.generate.worker import loading
-    from evalkit.quantizers.registry import BACKEND_LIST
+def test_every_backend_reaches_its_librarys_quantizer(all_backends_run: Path) -> None:
+    """Behaviour is reached through the library's Quantizer (no string keys into loading tables): every backend's
+    library has one, and the prepare step of quanto-int4 ran off the load clock."""
+    from evalkit.quantizers.base import Quantizer
+    from evalkit.quantizers.registry import backend_list, quantizer_for
 
-    for b in BACKEND_LIST:
-        assert b.post_load is None or b.post_load in loading.POST_LOAD, b.name
-        assert b.transformer_loader is None or b.transformer_loader in loading.TRANSFORMER_LOADERS, b.name
-        assert b.prepare is None or b.prepare in loading.PREPARE, b.name
+    for b in backend_list():
+        q = quantizer_for(b)
+        assert isinstance(q, Quantizer) and q.library is b.library, b.name
     # quanto-int4 builds optimum-quanto's kernels before the load clock: quanto_cuda on CUDA, quanto_cpp on CPU.
     rec = read_json(all_backends_run / "generation" / "quanto-int4.json")
     assert rec["status"] == "ok" and rec["prepare"]["extension"] == "quanto_cpp"
@@ -181,8 +180,10 @@ def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch,
     in 7 minutes at full size: benchmarks/results/gpu-2026-11-21.md). On the CPU, and with offloading, never."""
     import diffusers
 
+    from evalkit.families.registry import default_family
     from evalkit.generate.worker import loading
-    from evalkit.quantizers.registry import BuildContext, parse_backend
+    from evalkit.quantizers.base import BuildContext
+    from evalkit.quantizers.registry import parse_backend
 
     spec = parse_backend(name)
     if not spec.backend.library.available():
@@ -192,7 +193,7 @@ def test_quantize_on_load_happens_on_the_gpu_for_torchao_and_quanto(monkeypatch,
     for device in ("cuda", "cpu"):
         ctx = BuildContext(device=device, capability=(9, 0) if device == "cuda" else None, model_path="/nonexistent",
                            options={}, cache_dir="/nonexistent")
-        _, info = loading.load_pipeline(spec, ctx, None)
+        _, info = loading.load_pipeline(spec, ctx, default_family(), None)
         expect = on_gpu and device == "cuda"
         assert (seen[-1].get("device_map") == "cuda") is expect, (name, device, seen[-1])
         assert (info.get("device_map") == "cuda") is expect
@@ -211,7 +212,7 @@ def test_torchao_recipes_state_config_version_2_and_the_record_shows_it(all_back
 def test_torchao_version_is_passed_only_where_the_installed_signature_takes_it() -> None:
     from dataclasses import dataclass
 
-    from evalkit.quantizers.registry import TORCHAO_CONFIG_VERSION, torchao_config
+    from evalkit.quantizers.torchao import TORCHAO_CONFIG_VERSION, torchao_config
 
     @dataclass
     class Old:  # a torchao config from before versions
@@ -241,14 +242,17 @@ def test_quantizing_with_torchao_leaves_inductor_and_matmul_precision_alone(tiny
     import torch._inductor.config as inductor
     from torchao.quantization import quantize_
 
-    from evalkit.quantizers.registry import BACKENDS, BuildContext
+    from evalkit.families.registry import default_family
+    from evalkit.quantizers.base import BuildContext
+    from evalkit.quantizers.registry import BACKENDS, quantizer_for
 
     ctx = BuildContext(device="cpu", capability=None, model_path=str(tiny_model_path), options={}, cache_dir="/tmp")
+    denoiser = default_family().denoiser
     before = (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions,
               torch.get_float32_matmul_precision())
     try:
         for name in ("torchao-int8wo", "torchao-int8dq", "torchao-fp8wo"):
-            cfg = BACKENDS[name].make_config("transformer", ctx)
+            cfg = quantizer_for(BACKENDS[name]).config(BACKENDS[name], denoiser, ctx)
             assert getattr(cfg.quant_type, "set_inductor_config", False) is False, name
             quantize_(torch.nn.Sequential(torch.nn.Linear(64, 64)).to(torch.bfloat16), cfg.quant_type)
             assert (inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions,

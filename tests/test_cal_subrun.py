@@ -16,8 +16,8 @@ from evalkit.io import read_json
 
 
 def test_backend_list_leaves_the_reference_out_only_when_asked() -> None:
-    assert [s.name for s in parse_backend_list("fp8-layerwise", "cpu")] == ["bf16", "fp8-layerwise"]
-    assert [s.name for s in parse_backend_list("bf16+compile", "cpu", include_reference=False)] == ["bf16+compile"]
+    assert [s.name for s in parse_backend_list("fp8-layerwise")] == ["bf16", "fp8-layerwise"]
+    assert [s.name for s in parse_backend_list("bf16+compile", include_reference=False)] == ["bf16+compile"]
 
 
 def test_calibration_sub_run_of_compile_has_no_plain_reference(tmp_path: Path) -> None:

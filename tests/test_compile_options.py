@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -29,19 +30,19 @@ def test_compile_table_and_per_backend_override_resolve(tmp_path: Path) -> None:
     # The compile sub-table is not a quantizer option (and so not part of the run's identity).
     assert backend_options == {"bnb-nf4": {"double_quant": True}, "torchao-int8wo": {}}
     assert compile_config["file"] == path
-    plain = resolve_compile(compile_config, "bf16")
+    plain = resolve_compile(compile_config, "bf16", "transformer")
     assert (plain.preset, plain.mode, plain.dynamic, plain.regional) == (DEFAULT_PRESET, "max-autotune", False, True)
-    bnb = resolve_compile(compile_config, "bnb-nf4")
+    bnb = resolve_compile(compile_config, "bnb-nf4", "transformer")
     assert (bnb.mode, bnb.fullgraph, bnb.regional, bnb.dynamic) == ("max-autotune", False, False, False)
-    seed = resolve_compile(compile_config, "torchao-int8wo")
-    assert seed == PRESETS["seed"]
+    seed = resolve_compile(compile_config, "torchao-int8wo", "transformer")
+    assert seed == replace(PRESETS["seed"], component="transformer")  # the component: the family's denoiser
     # The seed study's torchao setting: the whole transformer, max-autotune, one graph.
     assert (seed.regional, seed.mode, seed.fullgraph, seed.component) == (False, "max-autotune", True, "transformer")
 
 
 def test_default_is_regional_with_mode_default() -> None:
-    s = resolve_compile(load_config(None)[1], "bf16")
-    assert s == PRESETS[DEFAULT_PRESET] and s.regional and s.mode == "default"
+    s = resolve_compile(load_config(None)[1], "bf16", "transformer")
+    assert s == replace(PRESETS[DEFAULT_PRESET], component="transformer") and s.regional and s.mode == "default"
     # Coordinate-descent tuning costs minutes of compile at full size: only the seed study's preset asks for it.
     assert not s.coordinate_descent_tuning and PRESETS["seed"].coordinate_descent_tuning
 
@@ -59,9 +60,9 @@ def test_compile_owns_the_inductor_tuning_flags(tiny_model_path: Path) -> None:
             transformer = FluxTransformer2DModel.from_pretrained(tiny_model_path, subfolder="transformer")
 
         inductor.coordinate_descent_tuning = True  # as torchao's setter leaves it
-        rec = apply_compile(Pipe, resolve_compile({}, "torchao-int8wo"))
+        rec = apply_compile(Pipe, resolve_compile({}, "torchao-int8wo", "transformer"))
         assert rec["inductor"]["coordinate_descent_tuning"] is False and inductor.coordinate_descent_tuning is False
-        rec = apply_compile(Pipe, resolve_compile({"global": {"coordinate_descent_tuning": True}}, "bf16"))
+        rec = apply_compile(Pipe, resolve_compile({"global": {"coordinate_descent_tuning": True}}, "bf16", "transformer"))
         assert rec["inductor"]["coordinate_descent_check_all_directions"] is True
     finally:
         inductor.coordinate_descent_tuning, inductor.coordinate_descent_check_all_directions = before
@@ -114,7 +115,7 @@ def test_woq_int8pack_guard_declines_the_rewrite_and_keys_the_cache(tmp_path: Pa
     ('[compile]\nmode = "fast"\n', "[compile].mode"),
     ('[compile]\nfullgraph = "yes"\n', "[compile].fullgraph"),
     ('[compile]\ndynamic = 1\n', "[compile].dynamic"),
-    ('[compile]\ncomponent = "unet"\n', "[compile].component"),
+    ('[compile]\ncomponent = "not a name"\n', "[compile].component"),
     ('[compile]\npreset = "fastest"\n', "[compile].preset"),
     ('[compile]\nregonal = true\n', "[compile].regonal"),
     ('[compile]\ncoordinate_descent_tuning = "on"\n', "[compile].coordinate_descent_tuning"),
@@ -128,6 +129,19 @@ def test_bad_compile_values_name_file_and_key(tmp_path: Path, text: str, key: st
         load_config(path)
     msg = str(e.value)
     assert path in msg and key in msg and "\n" not in msg
+
+
+def test_a_compile_component_the_family_lacks_is_refused_before_anything_runs(tmp_path: Path,
+                                                                             three_prompts: Path) -> None:
+    """Which components exist is the model family's fact: `component = "unet"` names none of FLUX.1's."""
+    from evalkit.generate.stage import GenerateOptions, prepare_run
+
+    path = _toml(tmp_path, '[compile]\ncomponent = "unet"\n')
+    with pytest.raises(EvalkitError) as e:
+        prepare_run(GenerateOptions(prompts_file=str(three_prompts), model="tiny", config_file=path,
+                                    out=str(tmp_path / "run")))
+    assert "unet" in str(e.value) and "FLUX.1" in str(e.value) and path in str(e.value)
+    assert not (tmp_path / "run").exists()
 
 
 def test_bad_compile_value_from_the_cli_is_one_line_exit_2(tmp_path: Path, three_prompts: Path) -> None:
@@ -164,12 +178,12 @@ def test_regional_compile_wraps_only_the_repeated_blocks(tiny_model_path: Path) 
     class Pipe:
         transformer = FluxTransformer2DModel.from_pretrained(tiny_model_path, subfolder="transformer")
 
-    info = apply_compile(Pipe, resolve_compile({"global": {"dynamic": False}}, "bf16"))
+    info = apply_compile(Pipe, resolve_compile({"global": {"dynamic": False}}, "bf16", "transformer"))
     blocks = [m for m in Pipe.transformer.modules() if type(m).__name__ in Pipe.transformer._repeated_blocks]
     assert info["compiled_regions"] == len(blocks) == 2 and info["regional"] is True
     assert all(b._compiled_call_impl is not None for b in blocks)
     assert Pipe.transformer._compiled_call_impl is None  # the model itself stays eager around the blocks
-    whole = apply_compile(Pipe, resolve_compile({"global": {"preset": "whole"}}, "bf16"))
+    whole = apply_compile(Pipe, resolve_compile({"global": {"preset": "whole"}}, "bf16", "transformer"))
     assert whole["regional"] is False and Pipe.transformer._compiled_call_impl is not None
 
 

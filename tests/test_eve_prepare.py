@@ -5,17 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from evalkit.quantizers.registry import BACKENDS, BuildContext
+from evalkit.quantizers.base import BuildContext
+from evalkit.quantizers.registry import BACKENDS, quantizer_for
 
 
 def test_quanto_int4_prepares_the_cpu_kernels_off_the_load_clock() -> None:
     pytest.importorskip("optimum.quanto")
-    from evalkit.generate.worker import loading
-
     backend = BACKENDS["quanto-int4"]
-    assert backend.prepare in loading.PREPARE
     ctx = BuildContext(device="cpu", capability=None, model_path="", options={}, cache_dir="")
-    done = loading.PREPARE[backend.prepare](ctx)
+    done = quantizer_for(backend).prepare(backend, ctx)
+    assert quantizer_for(BACKENDS["quanto-int8"]).prepare(BACKENDS["quanto-int8"], ctx) is None  # int4 only
     assert done is not None and done["extension"] == "quanto_cpp", done
     assert done["seconds"] >= 0
     import torch

@@ -19,7 +19,9 @@ def test_token_counts_equal_transformers(tiny_model_path: Path) -> None:
     texts = ["a red cube", "Ünïcödé café — naïve 東京 🐈 prompt", " leading and  double  spaces ",
              " ".join(["a long prompt about a very detailed baroque cathedral interior"] * 20)]
     prompts = [Prompt(index=i, id=f"p{i:02d}", text=t, seed=1, line=i + 1) for i, t in enumerate(texts)]
-    got = token_counts(path, prompts, max_sequence_length=64)
+    from evalkit.families.registry import default_family
+
+    got = token_counts(path, prompts, 64, default_family())
     clip = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer"))
     t5 = AutoTokenizer.from_pretrained(os.path.join(path, "tokenizer_2"))
     for g, t in zip(got, texts):

@@ -16,7 +16,11 @@ torch = pytest.importorskip("torch")
 
 from evalkit.errors import EvalkitError  # noqa: E402
 from evalkit.io import read_json  # noqa: E402
+from evalkit.families.flux1 import FAMILY  # noqa: E402
 from evalkit.quantizers.gguf import convert as eg  # noqa: E402
+
+# How FLUX.1's GGUF files with the original (BFL / city96) key names are recognised and mapped.
+FLUX_ORIGINAL = (FAMILY.gguf.original_key_markers, FAMILY.gguf.original_converter)
 
 # Bits per weight go down along this list, so errors must go up.
 MADE = ("Q8_0", "Q4_1", "Q4_0", "Q2_K")
@@ -29,7 +33,7 @@ def gguf_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def made(tiny_model_path: Path, gguf_dir: Path) -> dict[str, Path]:
-    return {q: eg.ensure_gguf(str(tiny_model_path), q, gguf_dir) for q in MADE}
+    return {q: eg.ensure_gguf(str(tiny_model_path), q, gguf_dir, "transformer", "flux") for q in MADE}
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +70,7 @@ def loaded(made: dict[str, Path], tiny_model_path: Path, reference: tuple) -> di
 
         mp.setattr(socket.socket, "connect", refuse)
         for q, path in made.items():
-            model = eg.load_gguf_transformer(path, str(tiny_model_path), torch.bfloat16)
+            model = eg.load_gguf_component(path, str(tiny_model_path), "transformer", torch.bfloat16, *FLUX_ORIGINAL)[0]
             num = den = 0.0
             for name, p in model.named_parameters():
                 if p.ndim == 2 and hasattr(p, "quant_type"):
@@ -98,14 +102,14 @@ def test_made_file_loads_as_gguf_layers(qtype: str, loaded: dict, tiny_model_pat
                        str(tiny_model_path), subfolder="transformer")).modules())
     # Every Linear became a GGUFLinear; most hold `qtype`, the rest BF16 (rows not a multiple of the block).
     assert counts["gguf_linear"] == n_linear and counts["other_linear"] == 0
-    expected = {eg.tensor_qtype(n, s, qtype) for n, (s, _) in eg.transformer_shapes(tiny_model_path).items()}
+    expected = {eg.tensor_qtype(n, s, qtype) for n, (s, _) in eg.component_shapes(tiny_model_path, "transformer").items()}
     assert counts["gguf_params_by_type"][qtype] >= n_linear - 3
     assert set(counts["gguf_params_by_type"]) <= expected - {"F32"}
     # Unquantized tensors (stored F32 in the file) come back in the compute dtype.
     assert loaded[qtype]["dtypes"] == {torch.bfloat16}
-    summary = eg.validate_gguf(made[qtype], str(tiny_model_path))
+    summary = eg.validate_gguf(made[qtype], str(tiny_model_path), "transformer", *FLUX_ORIGINAL)
     assert summary["tensor_types"][qtype] == counts["gguf_params_by_type"][qtype]
-    assert summary["n_tensors"] == len(eg.transformer_shapes(tiny_model_path))
+    assert summary["n_tensors"] == len(eg.component_shapes(tiny_model_path, "transformer"))
     assert summary["file_bytes"] == made[qtype].stat().st_size and summary["key_names"] == "diffusers"
 
 
@@ -200,7 +204,7 @@ def test_second_call_reuses_the_file(made: dict, tiny_model_path: Path, gguf_dir
     path = made["Q8_0"]
     mtime = path.stat().st_mtime_ns
     t0 = time.perf_counter()
-    again = eg.ensure_gguf(str(tiny_model_path), "q8_0", gguf_dir)  # type names are case-insensitive
+    again = eg.ensure_gguf(str(tiny_model_path), "q8_0", gguf_dir, "transformer", "flux")  # type names are case-insensitive
     assert again == path and path.stat().st_mtime_ns == mtime
     assert time.perf_counter() - t0 < 1.0
     assert len({p.name for p in made.values()}) == len(MADE)  # the type is part of the key
@@ -222,11 +226,11 @@ def test_interrupted_conversion_leaves_no_file(tiny_model_path: Path, tmp_path: 
 
     monkeypatch.setattr(eg, "quantize_tensor", dies_midway)
     with pytest.raises(KeyboardInterrupt):
-        eg.ensure_gguf(str(tiny_model_path), "Q4_0", tmp_path)
+        eg.ensure_gguf(str(tiny_model_path), "Q4_0", tmp_path, "transformer", "flux")
     assert not [p for p in (tmp_path / "gguf").iterdir() if not p.name.endswith(".lock")]  # no temp, no record
     monkeypatch.setattr(eg, "quantize_tensor", real)
-    path = eg.ensure_gguf(str(tiny_model_path), "Q4_0", tmp_path)
-    assert eg.validate_gguf(path, str(tiny_model_path))["tensor_types"]["Q4_0"] > 0
+    path = eg.ensure_gguf(str(tiny_model_path), "Q4_0", tmp_path, "transformer", "flux")
+    assert eg.validate_gguf(path, str(tiny_model_path), "transformer", *FLUX_ORIGINAL)["tensor_types"]["Q4_0"] > 0
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -235,19 +239,19 @@ def test_interrupted_conversion_leaves_no_file(tiny_model_path: Path, tmp_path: 
 
 def test_type_gguf_cannot_make_says_use_a_file(tiny_model_path: Path, tmp_path: Path) -> None:
     with pytest.raises(EvalkitError, match=r"Q4_K.*cannot make.*--gguf-file"):
-        eg.ensure_gguf(str(tiny_model_path), "Q4_K", tmp_path)
+        eg.ensure_gguf(str(tiny_model_path), "Q4_K", tmp_path, "transformer", "flux")
     with pytest.raises(EvalkitError, match=r"unknown GGUF type 'Q9_0'.*Did you mean"):
-        eg.ensure_gguf(str(tiny_model_path), "Q9_0", tmp_path)
+        eg.ensure_gguf(str(tiny_model_path), "Q9_0", tmp_path, "transformer", "flux")
 
 
 def test_corrupt_file(tiny_model_path: Path, tmp_path: Path) -> None:
     bad = tmp_path / "random.gguf"
     bad.write_bytes(np.random.default_rng(0).bytes(4096))
     with pytest.raises(EvalkitError, match=r"random\.gguf: not a GGUF file \(it does not start with the GGUF magic") as e:
-        eg.load_gguf_transformer(bad, str(tiny_model_path), torch.bfloat16)
+        eg.load_gguf_component(bad, str(tiny_model_path), "transformer", torch.bfloat16, *FLUX_ORIGINAL)[0]
     assert "Traceback" not in str(e.value)
     with pytest.raises(EvalkitError, match="not found"):
-        eg.validate_gguf(tmp_path / "missing.gguf", str(tiny_model_path))
+        eg.validate_gguf(tmp_path / "missing.gguf", str(tiny_model_path), "transformer", *FLUX_ORIGINAL)
 
 
 def test_truncated_file(made: dict, tiny_model_path: Path, tmp_path: Path) -> None:
@@ -255,11 +259,11 @@ def test_truncated_file(made: dict, tiny_model_path: Path, tmp_path: Path) -> No
     cut = tmp_path / "half.gguf"
     cut.write_bytes(data[: len(data) // 2])
     with pytest.raises(EvalkitError, match=r"half\.gguf: truncated"):
-        eg.load_gguf_transformer(cut, str(tiny_model_path), torch.bfloat16)
+        eg.load_gguf_component(cut, str(tiny_model_path), "transformer", torch.bfloat16, *FLUX_ORIGINAL)[0]
     header_only = tmp_path / "header.gguf"
     header_only.write_bytes(data[:100])  # cut inside the tensor table
     with pytest.raises(EvalkitError, match=r"header\.gguf: truncated or damaged GGUF file \(100 bytes"):
-        eg.validate_gguf(header_only, str(tiny_model_path))
+        eg.validate_gguf(header_only, str(tiny_model_path), "transformer", *FLUX_ORIGINAL)
     # Cut exactly at the end of the last tensor but one: the header parses, the explicit bounds check names it.
     reader = gguf.GGUFReader(made["Q8_0"])
     last = max(reader.tensors, key=lambda t: t.data_offset)
@@ -267,7 +271,7 @@ def test_truncated_file(made: dict, tiny_model_path: Path, tmp_path: Path) -> No
     exact = tmp_path / "exact.gguf"
     exact.write_bytes(data[: int(last.data_offset) + 4])
     with pytest.raises(EvalkitError, match=rf"exact\.gguf: truncated.*{last.name!r}|exact\.gguf: truncated or damaged"):
-        eg.validate_gguf(exact, str(tiny_model_path))
+        eg.validate_gguf(exact, str(tiny_model_path), "transformer", *FLUX_ORIGINAL)
 
 
 def test_file_for_another_model(tiny_model_path: Path, tmp_path: Path) -> None:
@@ -275,14 +279,14 @@ def test_file_for_another_model(tiny_model_path: Path, tmp_path: Path) -> None:
     the number of mismatches, before diffusers gets to raise its own."""
     from diffusers import FluxTransformer2DModel
 
-    from evalkit.families.flux1 import TINY_TRANSFORMER
+    from evalkit.families.flux1 import TINY
 
     other = tmp_path / "other"
     torch.manual_seed(0)
-    FluxTransformer2DModel(**{**TINY_TRANSFORMER, "attention_head_dim": 32}).save_pretrained(other / "transformer")
-    path = eg.ensure_gguf(str(other), "Q8_0", tmp_path / "cache")
+    FluxTransformer2DModel(**{**TINY["transformer"], "attention_head_dim": 32}).save_pretrained(other / "transformer")
+    path = eg.ensure_gguf(str(other), "Q8_0", tmp_path / "cache", "transformer", "flux")
     with pytest.raises(EvalkitError) as e:
-        eg.load_gguf_transformer(path, str(tiny_model_path), torch.bfloat16)
+        eg.load_gguf_component(path, str(tiny_model_path), "transformer", torch.bfloat16, *FLUX_ORIGINAL)[0]
     msg = str(e.value)
     assert str(path) in msg and "does not match the transformer" in msg
     assert "expected shape [256" in msg and "found [128" in msg
@@ -290,7 +294,7 @@ def test_file_for_another_model(tiny_model_path: Path, tmp_path: Path) -> None:
 
 
 def test_file_missing_a_tensor(tiny_model_path: Path, tmp_path: Path) -> None:
-    shapes = eg.transformer_shapes(tiny_model_path)
+    shapes = eg.component_shapes(tiny_model_path, "transformer")
     dropped = sorted(shapes)[0]
     w = gguf.GGUFWriter(tmp_path / "partial.gguf", arch="flux")
     for name, (shape, _) in sorted(shapes.items()):
@@ -301,4 +305,4 @@ def test_file_missing_a_tensor(tiny_model_path: Path, tmp_path: Path) -> None:
     w.write_tensors_to_file()
     w.close()
     with pytest.raises(EvalkitError, match=rf"partial\.gguf: .*{dropped!r} missing .*\(1 mismatch in all"):
-        eg.validate_gguf(tmp_path / "partial.gguf", str(tiny_model_path))
+        eg.validate_gguf(tmp_path / "partial.gguf", str(tiny_model_path), "transformer", *FLUX_ORIGINAL)

@@ -16,9 +16,10 @@ import pytest
 
 import rep_toy_metrics
 from check_fixtures import write
-from evalkit.quantizers import base as libraries
+from evalkit.quantizers import registry as libraries
 from evalkit.cli import main
-from evalkit.quantizers.base import LIBRARIES, REFERENCE_COLOUR, Library
+from evalkit.quantizers.base import REFERENCE_COLOUR, Library
+from evalkit.quantizers.registry import LIBRARIES
 from evalkit.report import build_report
 from evalkit.report.data import load_report_data
 from evalkit.rundir import write_summary
@@ -97,7 +98,7 @@ def test_record_library_names_sort_and_colour_from_their_records(tmp_path: Path)
 
 def test_toy_library_record_is_ordered_and_coloured(tmp_path: Path, monkeypatch) -> None:
     toy = Library("toylib", "toylib", "toylib", "Toy library", 0, "#123456")
-    monkeypatch.setitem(libraries._by_key, "toylib", toy)  # one record: what adding a library means
+    monkeypatch.setitem(libraries._libraries, "toylib", toy)  # one record: what adding a library means
     root = synthetic_run(tmp_path, backends=["bf16", "bnb-nf4", "toy-int3"])
     gen = root / "generation" / "toy-int3.json"
     rec = json.loads(gen.read_text())

@@ -1,265 +1,127 @@
-"""Which Flux pipeline to load: a hub id from the local cache, a local directory, `tiny`, or `random:flux-dev`.
+"""FLUX.1 (Black Forest Labs, 2024): `FluxPipeline`, a 12B MM-DiT with CLIP-L and T5-XXL text encoders.
 
-evalkit never downloads: a hub id resolves from the local Hugging Face cache only, and a missing
-model gives an error that says how to supply it.
+Variants: FLUX.1-dev (guidance-distilled, 50 steps), FLUX.1-schnell (timestep-distilled, 4 steps, no guidance
+embedding), FLUX.1-Krea-dev (a dev fine-tune with dev's architecture).
+
+Configs: the `config.json` of each component in black-forest-labs/FLUX.1-dev and FLUX.1-schnell (also in diffusers'
+scripts/convert_flux_to_diffusers.py). Defaults: each model card's example (dev: 1024², 50 steps, guidance 3.5,
+max_sequence_length 512; schnell: 4 steps, guidance 0, 256; Krea-dev: 28 steps, guidance 4.5).
 """
 
 from __future__ import annotations
 
-import os
-import re
-import shutil
-import time
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-from typing import Any
+from types import MappingProxyType as Frozen
+from typing import Any, Mapping
 
-from evalkit.errors import EvalkitError, MissingWeightsError
-from evalkit.io import file_lock
-from evalkit.paths import cache_dir
-from evalkit.clip_tokenizer import build_clip_tokenizer, clip_bpe_path  # noqa: F401 (re-exported)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
+                                   GenerationDefaults, GGUFSupport, ModelFamily, Tokenizer, Variant)
 
-DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
-TINY_VERSION = "tiny-flux-v1"
-RANDOM_FLUX_DEV_VERSION = "random-flux-dev-v1"
-
-# FLUX.1-dev's public configs (shared/notes/anchors.md). Shapes, not weights, decide memory and latency.
-FLUX_DEV_TRANSFORMER = dict(
+TRANSFORMER = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
     num_attention_heads=24, joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True,
     axes_dims_rope=(16, 56, 56),
 )
-FLUX_DEV_T5 = dict(
+T5 = dict(
     d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128,
     feed_forward_proj="gated-gelu", relative_attention_num_buckets=32, relative_attention_max_distance=128,
     layer_norm_epsilon=1e-6, dense_act_fn="gelu_new", is_gated_act=True,
 )
-FLUX_DEV_CLIP = dict(
+CLIP = dict(
     hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12,
     max_position_embeddings=77, vocab_size=49408, projection_dim=768, hidden_act="quick_gelu",
 )
-FLUX_DEV_VAE = dict(
+FLUX_VAE = dict(
     in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
     down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
     scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
 )
+FULL = Frozen({"transformer": TRANSFORMER, "text_encoder": CLIP, "text_encoder_2": T5, "vae": FLUX_VAE})
+SCHNELL = Frozen({**FULL, "transformer": {**TRANSFORMER, "guidance_embeds": False}})
 
 # Small enough to run every CPU backend in seconds; inner width 256 so GGUF K-quants (256-blocks) apply.
-TINY_TRANSFORMER = dict(
-    patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=64, num_attention_heads=4,
-    joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=True, axes_dims_rope=(16, 24, 24),
-)
-TINY_T5 = dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, vocab_size=32128,
-               feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_gated_act=True,
-               relative_attention_num_buckets=32, relative_attention_max_distance=128)
-TINY_CLIP = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                 max_position_embeddings=77, vocab_size=49408, projection_dim=64, hidden_act="quick_gelu")
-TINY_VAE = dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64), layers_per_block=1,
-                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3, norm_num_groups=32,
-                scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False)
+TINY = Frozen({
+    "transformer": dict(patch_size=1, in_channels=16, num_layers=1, num_single_layers=1, attention_head_dim=64,
+                        num_attention_heads=4, joint_attention_dim=64, pooled_projection_dim=64, guidance_embeds=True,
+                        axes_dims_rope=(16, 24, 24)),
+    "text_encoder": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         max_position_embeddings=77, vocab_size=49408, projection_dim=64, hidden_act="quick_gelu"),
+    "text_encoder_2": dict(d_model=64, d_ff=128, d_kv=16, num_heads=4, num_layers=2, vocab_size=32128,
+                           feed_forward_proj="gated-gelu", dense_act_fn="gelu_new", is_gated_act=True,
+                           relative_attention_num_buckets=32, relative_attention_max_distance=128),
+    "vae": dict(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(32, 32, 64), layers_per_block=1,
+                down_block_types=("DownEncoderBlock2D",) * 3, up_block_types=("UpDecoderBlock2D",) * 3,
+                norm_num_groups=32, scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False,
+                use_post_quant_conv=False),
+})
 SCHEDULER = dict(shift=3.0, use_dynamic_shifting=True, base_shift=0.5, max_shift=1.15,
                  base_image_seq_len=256, max_image_seq_len=4096)
 
-
-@dataclass(frozen=True)
-class GenerationDefaults:
-    height: int
-    width: int
-    num_inference_steps: int
-    guidance_scale: float
-    max_sequence_length: int
+# Parameter counts of the released safetensors (Hugging Face's "Model size", to 0.1%); the meta test checks them.
+DEV_PARAMS = Frozen({"transformer": 11_901_408_320, "text_encoder_2": 4_762_310_656, "text_encoder": 123_060_480,
+                     "vae": 83_819_683})
+SCHNELL_PARAMS = Frozen({**DEV_PARAMS, "transformer": 11_891_178_560})
 
 
-# The seed study's settings for real Flux; tiny ones for the embedded model.
-FLUX_DEFAULTS = GenerationDefaults(1024, 1024, 50, 3.5, 512)
-TINY_DEFAULTS = GenerationDefaults(128, 128, 4, 3.5, 64)
-
-
-@dataclass(frozen=True)
-class ModelInfo:
-    spec: str
-    kind: str  # "tiny" | "random" | "hub" | "local"
-    path: str
-    random_weights: bool
-    quality_meaningful: bool
-    defaults: GenerationDefaults
-    note: str = ""
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def to_manifest(self) -> dict[str, Any]:
-        d = asdict(self)
-        d.pop("defaults")
-        return d
-
-
-def classify_model_spec(spec: str) -> str:
-    """'tiny' | 'random' | 'local' | 'hub', without touching the disk beyond an existence check."""
-    if spec == "tiny":
-        return "tiny"
-    if spec.startswith("random:"):
-        return "random"
-    if os.path.exists(os.path.expanduser(spec)) or spec.startswith(("/", "./", "../", "~", ".")):
-        return "local"
-    if re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
-        return "hub"
-    raise EvalkitError(
-        f"--model {spec!r}: not a model. Use a Hugging Face id (e.g. {DEFAULT_MODEL}), a local diffusers directory, "
-        "'tiny' or 'random:flux-dev'"
-    )
-
-
-def resolve_model(spec: str, device: str = "cpu", build: bool = True) -> ModelInfo:
-    """Find (or, for tiny/random, build and cache) the pipeline directory for `spec`."""
-    kind = classify_model_spec(spec)
-    if kind == "tiny":
-        path = ensure_tiny_pipeline() if build else cache_dir() / "models" / TINY_VERSION
-        return ModelInfo(spec, "tiny", str(path), False, True, TINY_DEFAULTS,
-                         note="embedded tiny Flux pipeline built from configs with seeded random weights; for tests and demos")
-    if kind == "random":
-        name = spec.split(":", 1)[1]
-        if name != "flux-dev":
-            raise EvalkitError(f"--model {spec!r}: unknown random architecture {name!r}; the only one is 'random:flux-dev'")
-        path = ensure_random_flux_dev(device) if build else cache_dir() / "models" / RANDOM_FLUX_DEV_VERSION
-        return ModelInfo(spec, "random", str(path), True, False, FLUX_DEFAULTS,
-                         note="full-size FLUX.1-dev architecture with RANDOM weights: memory and latency are real, "
-                              "images carry no quality information")
-    if kind == "local":
-        path = Path(os.path.expanduser(spec))
-        if not path.exists():
-            raise EvalkitError(f"--model {spec}: model directory not found")
-        if not (path / "model_index.json").exists():
-            raise EvalkitError(f"--model {spec}: not a diffusers pipeline directory (no model_index.json in {path})")
-        return ModelInfo(spec, "local", str(path.resolve()), False, True, FLUX_DEFAULTS)
-    return ModelInfo(spec, "hub", str(resolve_hub_model(spec)), False, True, FLUX_DEFAULTS)
-
-
-def resolve_hub_model(repo_id: str) -> Path:
-    """The local snapshot of a hub model, from the HF cache only (HF_HOME / HF_HUB_CACHE are honoured)."""
-    try:
-        from huggingface_hub import snapshot_download
-    except ImportError as e:  # pragma: no cover - a dependency of diffusers
-        raise EvalkitError(f"huggingface_hub is not installed ({e})") from None
-    try:
-        path = snapshot_download(repo_id, local_files_only=True)
-    except Exception as e:  # LocalEntryNotFoundError, GatedRepoError, ... all mean "not here"
-        from huggingface_hub import constants
-
-        raise MissingWeightsError(
-            f"--model {repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); evalkit never downloads. "
-            f"On a machine with access run `hf download {repo_id}` (set HF_HOME to share the cache), "
-            f"or pass --model /path/to/a/diffusers/dir. [{type(e).__name__}]"
-        ) from None
-    if not (Path(path) / "model_index.json").exists():
-        raise EvalkitError(f"--model {repo_id}: cached snapshot {path} has no model_index.json (incomplete download?)")
-    return Path(path)
-
-
-def _build_cached(target: Path, builder: Any) -> Path:
-    """Build into a temp dir then rename, so a killed build never leaves a half model that looks complete."""
-    marker = target / ".evalkit-complete"
-    if marker.exists():
-        return target
-    with file_lock(target):
-        if marker.exists():
-            return target
-        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
-        shutil.rmtree(tmp, ignore_errors=True)
-        builder(tmp)
-        (tmp / ".evalkit-complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        shutil.rmtree(target, ignore_errors=True)
-        os.replace(tmp, target)
-    return target
-
-
-def build_t5_tokenizer() -> Any:
-    """A word-level unigram tokenizer in T5's format. Real T5's SentencePiece model cannot be had offline; for random
-    or tiny weights only the sequence length matters, and Flux pads T5 input to max_sequence_length anyway."""
-    import gzip
-    import math
-
-    from transformers import T5Tokenizer
-
-    words: list[str] = []
-    seen: set[str] = set()
-    for line in gzip.open(clip_bpe_path()).read().decode("utf-8").split("\n")[1:]:
-        parts = line.split()
-        if len(parts) == 2 and parts[1].endswith("</w>"):
-            w = (parts[0] + parts[1][:-4])
-            if w.isalpha() and w.isascii() and w not in seen:
-                seen.add(w)
-                words.append(w)
-        if len(words) >= 30000:
-            break
-    chars = [chr(c) for c in range(33, 127)]
-    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0), ("\u2581", -2.0)]
-    pieces += [(c, -10.0) for c in chars] + [("\u2581" + c, -9.0) for c in chars]
-    pieces += [("\u2581" + w, -3.0 - math.log1p(i)) for i, w in enumerate(words)]
-    return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=512)
-
-
-def build_pipeline_components(transformer_cfg: dict, t5_cfg: dict, clip_cfg: dict, vae_cfg: dict) -> dict[str, Any]:
-    """Instantiate the five components of a FluxPipeline from configs (weights from the current torch RNG)."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
+    """The four modules, in the order the tiny build has always drawn them from the RNG (same seed, same bytes)."""
+    from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel, T5Config, T5EncoderModel
 
     return dict(
-        transformer=FluxTransformer2DModel(**transformer_cfg),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**clip_cfg)),
-        text_encoder_2=T5EncoderModel(T5Config(**t5_cfg)),
-        vae=AutoencoderKL(**vae_cfg),
-        scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
-        tokenizer=build_clip_tokenizer(),
-        tokenizer_2=build_t5_tokenizer(),
+        transformer=FluxTransformer2DModel(**configs["transformer"]),
+        text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
+        text_encoder_2=T5EncoderModel(T5Config(**configs["text_encoder_2"])),
+        vae=AutoencoderKL(**configs["vae"]),
     )
 
 
-def _save_pipeline(components: dict[str, Any], out: Path) -> None:
-    from diffusers import FluxPipeline
+def build_extras() -> dict[str, Any]:
+    from diffusers import FlowMatchEulerDiscreteScheduler
 
-    FluxPipeline(**components).save_pretrained(out, safe_serialization=True)
+    from evalkit.families.tokenizers import build_clip_tokenizer, build_t5_tokenizer
 
-
-def ensure_tiny_pipeline() -> Path:
-    """The embedded tiny Flux pipeline, built once from configs with seed 0 and cached on disk."""
-
-    def build(out: Path) -> None:
-        import torch
-
-        torch.manual_seed(0)
-        comps = build_pipeline_components(TINY_TRANSFORMER, TINY_T5, TINY_CLIP, TINY_VAE)
-        _save_pipeline(comps, out)
-
-    return _build_cached(cache_dir() / "models" / TINY_VERSION, build)
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), tokenizer=build_clip_tokenizer(),
+                tokenizer_2=build_t5_tokenizer())
 
 
-def ensure_random_flux_dev(device: str) -> Path:
-    """Full-size FLUX.1-dev with random bf16 weights, created on the GPU (fast) and saved once (~31 GiB on disk) so
-    quantize-on-load backends can read it like real weights."""
-    target = cache_dir() / "models" / RANDOM_FLUX_DEV_VERSION
+def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
+    """Flux's guidance is distilled into the model (an embedding, no negative prompt); T5 is padded to
+    max_sequence_length."""
+    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
+                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
 
-    def build(out: Path) -> None:
-        import torch
 
-        if not torch.cuda.is_available():
-            raise EvalkitError("random:flux-dev is built on a CUDA GPU (12B parameters); none is available here. "
-                               "Use --model tiny on CPU")
-        torch.manual_seed(0)
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device("cuda"):
-                comps = build_pipeline_components(FLUX_DEV_TRANSFORMER, FLUX_DEV_T5, FLUX_DEV_CLIP, FLUX_DEV_VAE)
-        finally:
-            torch.set_default_dtype(prev)
-        with torch.no_grad():
-            # Default init of 57 stacked blocks overflows bf16 within a few steps; halving keeps 50 steps finite.
-            for name in ("transformer", "text_encoder_2"):
-                for p in comps[name].parameters():
-                    p.mul_(0.5)
-        _save_pipeline(comps, out)
-        del comps
-        torch.cuda.empty_cache()
-
-    if not (target / ".evalkit-complete").exists() and device == "cpu":
-        raise EvalkitError("random:flux-dev needs a CUDA device to build and run (--device cuda); use --model tiny on CPU")
-    return _build_cached(target, build)
+FAMILY = ModelFamily(
+    key="flux1",
+    display="FLUX.1",
+    pipeline_class="FluxPipeline",
+    components=(
+        Component("transformer", DENOISER, DIFFUSERS, quantized=True, note="12B MM-DiT"),
+        Component("text_encoder", TEXT_ENCODER, TRANSFORMERS, note="CLIP ViT-L/14 text encoder (123M)"),
+        Component("text_encoder_2", TEXT_ENCODER, TRANSFORMERS, quantized=True, note="T5 v1.1 XXL encoder (4.8B)"),
+        Component("vae", VAE, DIFFUSERS),
+    ),
+    variants=(
+        Variant("flux1-dev", "black-forest-labs/FLUX.1-dev", GenerationDefaults(1024, 1024, 50, 3.5, 512),
+                FULL, DEV_PARAMS, "black-forest-labs/FLUX.1-dev config.json files; safetensors parameter counts",
+                aliases=("flux-dev",)),
+        Variant("flux1-schnell", "black-forest-labs/FLUX.1-schnell", GenerationDefaults(1024, 1024, 4, 0.0, 256),
+                SCHNELL, SCHNELL_PARAMS, "black-forest-labs/FLUX.1-schnell config.json files (no guidance embedding)"),
+        Variant("flux1-krea-dev", "black-forest-labs/FLUX.1-Krea-dev", GenerationDefaults(1024, 1024, 28, 4.5, 512),
+                FULL, DEV_PARAMS, "black-forest-labs/FLUX.1-Krea-dev: FLUX.1-dev's architecture (model card)"),
+    ),
+    tiny_defaults=GenerationDefaults(128, 128, 4, 3.5, 64),
+    tiny_configs=TINY,
+    build_modules=build_modules,
+    build_extras=build_extras,
+    call_arguments=call_arguments,
+    tokenizers=(Tokenizer("tokenizer", "clip", 77), Tokenizer("tokenizer_2", "t5", None)),
+    gguf=GGUFSupport("transformer", "flux", original_key_markers=("double_blocks.", "single_blocks.", "model.diffusion_model."),
+                     original_converter="convert_flux_transformer_checkpoint_to_diffusers"),
+    # Default init of 57 stacked blocks overflows bf16 within a few steps; halving keeps 50 steps finite.
+    random_weight_scale=Frozen({"transformer": 0.5, "text_encoder_2": 0.5}),
+    preload_modules=("diffusers.pipelines.flux.pipeline_flux", "transformers.models.clip.modeling_clip",
+                     "transformers.models.t5.modeling_t5"),
+    tokenizer_note="CLIP: the real BPE (open-clip-torch's merges); T5: a local word-level unigram (T5 pads to "
+                   "max_sequence_length, so only which prompts count as truncated can differ)",
+)

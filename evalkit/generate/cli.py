@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -43,6 +44,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "settings: [compile] preset = \"regional\"|\"whole\"|\"seed\", mode, fullgraph, dynamic, "
                         "component, regional (per backend: [backends.NAME.compile])")
     q.add_argument("--gguf-file", help="a pre-quantized GGUF transformer for the gguf-* backends (else evalkit makes one)")
+    q.add_argument("--plugin", dest="plugins", action="append", metavar="FILE.py",
+                   help="a Python file registering your own quantization library and backends, model family or "
+                        "metric (repeatable; docs/plugins.md); installed plugins load through entry points")
     q.add_argument("--attempt-known-failures", action="store_true",
                    help="try backend/modifier pairs known to fail instead of recording them as failed")
     x = p.add_argument_group("execution")
@@ -74,7 +78,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         device=args.device, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
         max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, prompt_column=args.prompt_column, warmup=args.warmup,
         components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
-        config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs,
+        config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs, plugins=list(args.plugins or []),
         gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
         attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
         max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
@@ -116,6 +120,8 @@ def options_argv(opts: GenerateOptions) -> list[str]:
                         ("--max-images", opts.max_images)):
         if value is not None:
             argv += [flag, str(value)]
+    for plugin in opts.plugins:
+        argv += ["--plugin", plugin]
     for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock),
                      ("--no-reference", not opts.include_reference)):
         if on:
@@ -182,7 +188,10 @@ def merge_main(args: argparse.Namespace) -> int:
 
 
 def add_backends_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                   help="the device to judge runnability for (default: cuda if available)")
+    p.add_argument("--model", help="judge for this model's family: tiny[:FAMILY], random:VARIANT, a hub id or a "
+                                   "directory (default: the default family, FLUX.1); see `evalkit models`")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -191,22 +200,32 @@ def backends_main(args: argparse.Namespace) -> int:
 
     from evalkit.quantizers.registry import backend_rows
 
+    from evalkit.families.registry import default_family, family_of_pipeline_dir, family_of_spec, resolve_model
+
     device, capability = _probe_device(args.device)
-    rows = backend_rows(device, capability)
+    family = default_family()
+    if getattr(args, "model", None):
+        family = family_of_spec(args.model) or family_of_pipeline_dir(Path(resolve_model(args.model, build=False).path))
+    rows = backend_rows(device, capability, family)
     if args.json:
-        print(json.dumps({"device": device, "capability": capability, "backends": rows}, indent=2))
+        print(json.dumps({"device": device, "capability": capability, "family": family.key, "backends": rows},
+                         indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"evalkit backends on this machine (device: {device}"
+    t = Table(title=f"evalkit backends for {family.display} on this machine (device: {device}"
                     + (f", compute capability {capability[0]}.{capability[1]})" if capability else ")"))
     for col in ("name", "runs here", "quantizes", "library", "why not / note", "what it is"):
         t.add_column(col, overflow="fold")
     for r in rows:
+        note = r["reason"] or ""
+        if r.get("deprecated"):
+            note = (note + "; " if note else "") + f"deprecated upstream: {r['deprecated']}"
         t.add_row(r["name"], "[green]yes[/]" if r["runs_here"] else "[red]no[/]", ",".join(r["quantizes"]) or "-",
-                  r["library"], r["reason"] or "", r["description"])
-    Console().print(t)
+                  r["library"], note, r["description"])
+    # Off a terminal (piped), rich would wrap at 80 columns into word fragments: give the table room instead.
+    Console(width=None if sys.stdout.isatty() else 200).print(t)
     return 0
 
 

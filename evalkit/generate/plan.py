@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from evalkit.errors import EvalkitError
+from evalkit.families.registry import family_of_manifest
 from evalkit.quantizers.registry import BackendSpec, availability
 from evalkit.io import read_json
 from evalkit.rundir import RunDir
@@ -86,6 +87,7 @@ def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], re
     capability = manifest["device"].get("capability")
     device = manifest["config"]["device"]
     plan = WorkPlan(prompts=len(manifest["prompts"]))
+    family = family_of_manifest(manifest)
     for spec in specs:
         rec = finished_record(rd, spec.name)
         if rec is not None:
@@ -94,7 +96,7 @@ def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], re
                 continue
             plan.repairs[spec.name] = (rec, problems)
         status, reason = availability(spec, device, tuple(capability) if capability else None, requested,
-                                      attempt_known_failures)
+                                      attempt_known_failures, family=family)
         if status != "ok":
             plan.unrun.append((spec, status, reason or ""))
             continue

@@ -80,9 +80,10 @@ _FORKSERVER: Any = None
 _FORKSERVER_LOCK = threading.Lock()
 
 
-def _forkserver() -> Any:
-    """A multiprocessing forkserver that has imported torch, diffusers and the quantization libraries once.
-    Each backend still gets its own process (clean CUDA peaks, crash isolation), without paying ~4 s of imports."""
+def _forkserver(family: str | None = None) -> Any:
+    """A multiprocessing forkserver that has imported torch, diffusers, the quantization libraries and (without a GPU)
+    the run's model family's modules once. Each backend still gets its own process (clean CUDA peaks, crash
+    isolation), without paying ~4 s of imports."""
     global _FORKSERVER
     with _FORKSERVER_LOCK:
         if _FORKSERVER is None:
@@ -107,15 +108,17 @@ def _forkserver() -> Any:
 
             os.environ[PENDING_LOG_ENV] = str(new_pending_log("forkserver"))
             ctx.set_forkserver_preload(["evalkit.generate.quiet_preload"]
-                                       + [m for m in preload_modules(gpu) if package_available(m.split(".")[0])])
+                                       + [m for m in preload_modules(gpu, family)
+                                          if package_available(m.split(".")[0])])
             _FORKSERVER = ctx
         return _FORKSERVER
 
 
-def start_forkserver() -> None:
+def start_forkserver(family: str | None = None) -> None:
+    """Start the forkserver now (in a thread, while the stage prepares the run), preloading `family`'s modules."""
     from multiprocessing import forkserver
 
-    _forkserver()
+    _forkserver(family)
     try:
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the first backend's start will report it properly

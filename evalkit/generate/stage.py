@@ -24,7 +24,8 @@ from evalkit.version import __version__
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.registry import BackendSpec, parse_backend_list
 from evalkit.generate.worker.measure import MEMORY_CONVENTION
-from evalkit.families.flux1 import ModelInfo, resolve_model
+from evalkit.families.base import ModelFamily
+from evalkit.families.registry import ModelInfo, family_of_spec, get_family, resolve_model
 from evalkit.io import atomic_write_json, read_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
@@ -40,13 +41,14 @@ CORE_VERSIONED_PACKAGES = ("transformers", "accelerate", "safetensors", "tokeniz
 
 
 def versioned_packages() -> tuple[str, ...]:
-    from evalkit.quantizers.base import LIBRARY_LIST
+    from evalkit.quantizers.registry import library_list
 
-    return tuple(dict.fromkeys([v for lib in LIBRARY_LIST for v in lib.versioned] + list(CORE_VERSIONED_PACKAGES)))
+    return tuple(dict.fromkeys([v for lib in library_list() for v in lib.versioned] + list(CORE_VERSIONED_PACKAGES)))
 
 # Settings that decide what the images are. A run directory holds one value of each; backends can be added.
 IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
-                 "max_sequence_length", "base_seed", "batch_size", "device", "components", "backend_options", "gguf_file")
+                 "max_sequence_length", "base_seed", "batch_size", "device", "components", "backend_options", "gguf_file",
+                 "plugins")
 
 
 @dataclass
@@ -69,6 +71,7 @@ class GenerateOptions:
     components: list[str] | None = None
     config_file: str | None = None
     gguf_file: str | None = None
+    plugins: list[str] = field(default_factory=list)  # plugin files registering backends, families, metrics
     jobs: int = 1
     gpus: list[str] = field(default_factory=list)
     attempt_known_failures: bool = False
@@ -127,28 +130,46 @@ def _nvidia_driver() -> str | None:
         return None
 
 
-def token_counts(model_path: str, prompts: list[Prompt], max_sequence_length: int) -> list[dict[str, Any]]:
-    """How many tokens each prompt has for each text encoder, and whether the pipeline truncates it."""
-    files = [os.path.join(model_path, sub, "tokenizer.json") for sub in ("tokenizer", "tokenizer_2")]
-    if all(os.path.isfile(f) for f in files):
+def token_counts(model_path: str, prompts: list[Prompt], max_sequence_length: int | None,
+                 family: ModelFamily) -> list[dict[str, Any]]:
+    """How many tokens each prompt has for each of the family's text encoders, and whether the pipeline truncates
+    it: `{<encoder>: n, <encoder>_limit: kept, <encoder>_truncated: bool}` per encoder."""
+    counters = [(t, _token_counter(os.path.join(model_path, t.subfolder))) for t in family.tokenizers]
+    out = []
+    for p in prompts:
+        entry: dict[str, Any] = {}
+        for tok, count in counters:
+            n = count(p.text)
+            limit = tok.limit if tok.limit is not None else max_sequence_length
+            entry.update({tok.encoder: n, f"{tok.encoder}_limit": limit,
+                          f"{tok.encoder}_truncated": limit is not None and n > limit})
+        out.append(entry)
+    return out
+
+
+def tokenization_note(family: ModelFamily, model: ModelInfo) -> str:
+    limits = ", ".join(f"{t.encoder} to {t.limit if t.limit is not None else 'max_sequence_length'}"
+                       for t in family.tokenizers)
+    note = (f"Prompts longer than an encoder's limit are truncated by the pipeline's tokenizers: {limits} tokens. "
+            "'tokens' counts them before truncation.")
+    if model.kind in ("tiny", "random") and model.tokenizer_note:
+        note += f" This {model.kind} build's tokenizers: {model.tokenizer_note}."
+    return note
+
+
+def _token_counter(folder: str) -> Callable[[str], int]:
+    fast = os.path.join(folder, "tokenizer.json")
+    if os.path.isfile(fast):
         # A fast tokenizer's own file: the `tokenizers` library counts the same ids (special tokens included, as
         # transformers does) without importing transformers, ~1.3 CPU-s of every run's start on 2 cores.
         from tokenizers import Tokenizer
 
-        fast = [Tokenizer.from_file(f) for f in files]
-        count = [lambda text, t=t: len(t.encode(text).ids) for t in fast]
-    else:
-        from transformers import AutoTokenizer
+        t = Tokenizer.from_file(fast)
+        return lambda text: len(t.encode(text).ids)
+    from transformers import AutoTokenizer
 
-        slow = [AutoTokenizer.from_pretrained(os.path.join(model_path, sub)) for sub in ("tokenizer", "tokenizer_2")]
-        count = [lambda text, t=t: len(t(text, truncation=False).input_ids) for t in slow]
-    out = []
-    for p in prompts:
-        n_clip = count[0](p.text)
-        n_t5 = count[1](p.text)
-        out.append({"clip": n_clip, "clip_limit": 77, "clip_truncated": n_clip > 77,
-                    "t5": n_t5, "t5_limit": max_sequence_length, "t5_truncated": n_t5 > max_sequence_length})
-    return out
+    slow = AutoTokenizer.from_pretrained(folder)
+    return lambda text: len(slow(text, truncation=False).input_ids)
 
 
 def load_backend_options(path: str | None) -> dict[str, dict[str, Any]]:
@@ -192,14 +213,32 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")[:32] or "run"
 
 
+def check_family_options(family: ModelFamily, opts: GenerateOptions, compile_config: dict[str, Any]) -> None:
+    """`--components` and the `[compile]` component name the family's components."""
+    from evalkit.generate.worker.compile_options import compile_components
+
+    names = [c.name for c in family.quantizable()]
+    for c in opts.components or []:
+        if c not in names:
+            raise EvalkitError(f"--components: {family.display} has no quantizable component {c!r}; choose from "
+                               f"{', '.join(names)}")
+    for c in sorted(compile_components(compile_config)):
+        if c not in [x.name for x in family.components]:
+            raise EvalkitError(f"{opts.config_file}: [compile] component = {c!r}: {family.display} has no such "
+                               f"component ({', '.join(x.name for x in family.components)})")
+
+
 def run_identity(opts: GenerateOptions, model: ModelInfo, prompts_sha: str, gen: dict[str, Any], device: str,
-                 backend_options: dict[str, Any]) -> dict[str, Any]:
+                 backend_options: dict[str, Any], plugins: list[dict[str, str]]) -> dict[str, Any]:
     return {
         "model_spec": model.spec, "prompts_sha256": prompts_sha, "height": gen["height"], "width": gen["width"],
         "num_inference_steps": gen["num_inference_steps"], "guidance_scale": gen["guidance_scale"],
         "max_sequence_length": gen["max_sequence_length"], "base_seed": gen["base_seed"], "batch_size": gen["batch_size"],
         "device": device, "components": sorted(opts.components) if opts.components else None,
         "backend_options": backend_options, "gguf_file": os.path.abspath(opts.gguf_file) if opts.gguf_file else None,
+        # a plugin's code decides what its backends make: its content is part of the study (None: no plugins, as in
+        # runs made before plugins existed)
+        "plugins": sorted(p["sha256"] for p in plugins) or None,
     }
 
 
@@ -211,13 +250,13 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     forkserver then: a typo costs no process start)."""
     prompts = load_prompts(opts.prompts_file, base_seed=opts.seed, column=opts.prompt_column)
     prompts_sha = sha256_file(opts.prompts_file)
-    backend_options, compile_config = load_config(opts.config_file)
-    if opts.components:
-        from evalkit.quantizers.registry import COMPONENTS
+    from evalkit.plugins import load_plugin_files
 
-        for c in opts.components:
-            if c not in COMPONENTS:
-                raise EvalkitError(f"--components: unknown component {c!r}; choose from {', '.join(COMPONENTS)}")
+    plugins = load_plugin_files(opts.plugins)  # before any backend, family or option names are read
+    backend_options, compile_config = load_config(opts.config_file)
+    early_family = family_of_spec(opts.model)  # known without building or reading anything, except for a path
+    if early_family is not None:
+        check_family_options(early_family, opts, compile_config)
     if opts.gguf_file and not Path(opts.gguf_file).is_file():
         raise EvalkitError(f"--gguf-file {opts.gguf_file}: file not found")
     for name, value in (("--batch-size", opts.batch_size), ("--jobs", opts.jobs)):
@@ -228,7 +267,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     if opts.warmup < 0:
         raise EvalkitError(f"--warmup must be 0 or more (got {opts.warmup})")
     device, device_info = detect_device(opts.device)
-    specs = parse_backend_list(opts.backends, device, opts.include_reference)
+    specs = parse_backend_list(opts.backends, opts.include_reference)
     if on_validated is not None:
         on_validated()
 
@@ -238,6 +277,8 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         check_ownership(out_root)
     ensure_writable_dir(out_root if not opts.out else out_root.parent if not out_root.exists() else out_root)
     model = resolve_model(opts.model, device=device)
+    family = get_family(model.family)
+    check_family_options(family, opts, compile_config)
     d = model.defaults
     gen = {
         "height": opts.height or d.height, "width": opts.width or d.width,
@@ -247,11 +288,13 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         "batch_size": opts.batch_size, "base_seed": opts.seed, "generator_device": "cpu",
         "warmup_runs": opts.warmup, "dtype": "bfloat16",
     }
-    multiple = 16 if model.kind != "tiny" else 8
+    if d.negative_prompt is not None:
+        gen["negative_prompt"] = d.negative_prompt
+    multiple = family.tiny_size_multiple if model.kind == "tiny" else family.size_multiple
     for k in ("height", "width"):
         if gen[k] % multiple:
-            raise EvalkitError(f"--{k} {gen[k]}: Flux needs a multiple of {multiple} for this model")
-    identity = run_identity(opts, model, prompts_sha, gen, device, backend_options)
+            raise EvalkitError(f"--{k} {gen[k]}: {family.display} needs a multiple of {multiple} for this model")
+    identity = run_identity(opts, model, prompts_sha, gen, device, backend_options, plugins)
     ident_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     run_id = f"{_slug(model.spec)}-{_slug(Path(opts.prompts_file).stem)}-{ident_hash}"
     root = Path(opts.out) if opts.out else Path(opts.reports_dir) / run_id
@@ -281,21 +324,20 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         backends = [s.name for s in specs]
         created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
-    tokens = token_counts(model.path, prompts, gen["max_sequence_length"])
+    tokens = token_counts(model.path, prompts, gen["max_sequence_length"], family)
     manifest = build_manifest(
         run_id=run_id, created_utc=created, updated_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         evalkit_version=__version__, command=opts.command or None,
         prompts_file=str(opts.prompts_file), prompts_sha256=prompts_sha,
         # ids, seeds and categories come from evalkit.prompts, never re-derived here
         prompts=[prompt_entry(p, t) for p, t in zip(prompts, tokens)],
-        tokenization_note=("Prompts longer than an encoder's limit are truncated by the pipeline's tokenizers: "
-                           "CLIP to 77 tokens, T5 to max_sequence_length. 'tokens' counts them before truncation."),
+        tokenization_note=tokenization_note(family, model),
         model=model.to_manifest(), generation=gen, backends=backends,
         reference_backend=REFERENCE_BACKEND, device=device_info, versions=package_versions(),
         memory_convention=MEMORY_CONVENTION,
         config={"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
                 "compile": compile_config,
-                "gguf_file": identity["gguf_file"], "cache_dir": str(cache_dir()), "jobs": opts.jobs,
+                "gguf_file": identity["gguf_file"], "plugins": plugins, "cache_dir": str(cache_dir()), "jobs": opts.jobs,
                 "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
                 "options": {k: v for k, v in asdict(opts).items() if k != "command"}},
     )
@@ -357,7 +399,8 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
     def start_early() -> None:
         if worker_mode() == "forkserver" and not starters:
             # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
-            starters.append(threading.Thread(target=start_forkserver, daemon=True))
+            fam = family_of_spec(opts.model)  # None for a directory: its family's modules load per worker
+            starters.append(threading.Thread(target=start_forkserver, args=(fam.key if fam else None,), daemon=True))
             starters[0].start()
 
     finished = False

@@ -76,6 +76,9 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     rd = RunDir(root)
     if not rd.manifest.is_file() or not (root / "summary.json").is_file():
         return False
+    from evalkit.plugins import load_plugin_files
+
+    load_plugin_files(opts.plugins)
     manifest = read_json(rd.manifest)
     config = manifest.get("config") or {}
     if (manifest.get("evalkit_version") != __version__ or manifest.get("prompts_sha256") != prompts_sha
@@ -96,7 +99,7 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
 
     if any(has_shards(rd, n) or rd.generation_partial(n).exists() for n in names):
         return False  # shard files await a merge (a rank died, or the merge was interrupted)
-    if any(s.name not in names for s in parse_backend_list(opts.backends, device, opts.include_reference)):
+    if any(s.name not in names for s in parse_backend_list(opts.backends, opts.include_reference)):
         return False
     requested = tuple(opts.components) if opts.components else None
     plan = plan_work(rd, manifest, _all_specs(names), requested, opts.attempt_known_failures)

@@ -348,3 +348,12 @@ for _spec in [
 COMPARE_DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "psnr")
 # What `evalkit score` computes when --metrics is not given (lpips_vgg is opt-in: ~20x the FLOPs of alex).
 DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop", "fid", "kid")
+
+
+def _load_installed_plugins() -> None:
+    from evalkit.plugins import load_entry_points
+
+    load_entry_points("evalkit.metrics")  # installed packages' metrics (docs/plugins.md); last: they may override
+
+
+_load_installed_plugins()

@@ -1,19 +1,25 @@
-"""Backend libraries: one record per quantization library, the only place its facts are written down.
+"""What every quantization library provides, behind one base, as diffusers' `quantizers/` does.
 
-Every `Backend` in evalkit/quantizers/registry.py names one of these records by key; the generate stage, the
-worker's preloading, the manifest's version list, the report's order and colours and the tests read the facts
-from here. A library's pip or import name written anywhere else is a bug (tests/test_libraries.py looks for it).
+A library module (evalkit/quantizers/<library>.py or a folder) holds, and is the only place that names:
+- its `Library` record: pip and import names, report order and colour, preloading, the census marker, versions;
+- its `Backend` recipes: frozen data naming the library record, the roles quantized and the library's own options;
+- a `Quantizer` subclass: how a recipe becomes a quantization config per component, a component loaded by the
+  library itself (a GGUF file), a post-load transform, a one-time preparation, and extra runnability checks.
 
-To add a library: one `Library(...)` in `LIBRARY_LIST`, then its backends in evalkit/quantizers/registry.py.
-Importing this module is cheap (no torch): `evalkit --help` and the report read it.
+evalkit/quantizers/registry.py collects them (`register_library`); the worker calls the `Quantizer` methods and
+never branches on a library's name. Importing this module is cheap (no torch): `evalkit --help` and the report read
+it; libraries are imported inside the methods, in the worker.
 """
 
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Mapping
+from typing import TYPE_CHECKING, Any, Mapping
+
+if TYPE_CHECKING:
+    from evalkit.families.base import Component
 
 # Colour-blind-safe palette (Okabe & Ito); the reference is always black.
 REFERENCE_COLOUR = "#000000"
@@ -42,6 +48,10 @@ class Library:
     # Distributions whose versions the manifest records for backends of this library (its own pip name first).
     versioned: tuple[str, ...] = ()
     reference: bool = False  # the unquantized reference's "library" (plain torch)
+    # Set when upstream has deprecated this library's integration: shown by `evalkit backends` and the report.
+    deprecated: str | None = None
+    # Extra install arguments, e.g. ("--no-deps",) for a package whose dependencies would pull torchvision.
+    install_note: str = ""
 
     def __post_init__(self) -> None:
         if not self.key or not self.pip_name or not self.import_name:
@@ -57,42 +67,98 @@ class Library:
 
     @property
     def install_hint(self) -> str:
-        return f"needs the {self.pip_name} package (pip install {self.pip_name})"
+        return f"needs the {self.pip_name} package (pip install {self.pip_name}{self.install_note})"
 
 
-LIBRARY_LIST: tuple[Library, ...] = (
-    Library("torch", "torch", "torch", "none (bf16 reference)", 0, REFERENCE_COLOUR, reference=True,
-            preload_on_gpu_machine=True, versioned=("torch",)),
-    Library("bitsandbytes", "bitsandbytes", "bitsandbytes", "bitsandbytes", 1, "#0072B2",
-            preload_modules=("bitsandbytes",), layer_marker="Linear", versioned=("bitsandbytes",)),
-    Library("torchao", "torchao", "torchao", "torchao", 2, "#E69F00", quantize_on_gpu=True,
-            preload_modules=("torchao",), layer_marker="Tensor", versioned=("torchao",)),
-    Library("optimum-quanto", "optimum-quanto", "optimum.quanto", "optimum-quanto", 3, "#009E73",
-            quantize_on_gpu=True, preload_modules=("optimum.quanto",), layer_marker="QLinear",
-            versioned=("optimum-quanto",)),
-    Library("gguf", "gguf", "gguf", "GGUF", 4, "#D55E00", preload_modules=("gguf",), layer_marker="GGUF",
-            versioned=("gguf",)),
-    Library("diffusers", "diffusers", "diffusers", "diffusers (layerwise casting)", 5, "#CC79A7",
-            layer_marker="float8_e4m3fn", versioned=("diffusers",)),
-)
+@dataclass(frozen=True)
+class BuildContext:
+    """What a recipe may look at when it builds its configs (inside the worker)."""
 
-_by_key: dict[str, Library] = {}
-for _lib in LIBRARY_LIST:
-    if _lib.key in _by_key:
-        raise ValueError(f"library {_lib.key!r} is listed twice")
-    _by_key[_lib.key] = _lib
-LIBRARIES: Mapping[str, Library] = MappingProxyType(_by_key)
+    device: str  # "cpu" | "cuda"
+    capability: tuple[int, int] | None
+    model_path: str
+    options: Mapping[str, Any]  # the backend's options with the user's `--config` ones merged over them
+    cache_dir: str
+    family: str = ""  # the model family's key (evalkit.families)
+    checkpoint: str | None = None  # a prequantized file given for the run (`--gguf-file`), read by the GGUF library
 
 
-def get_library(key: str) -> Library:
-    """The record for `key`, with a one-line error naming the known keys."""
-    try:
-        return LIBRARIES[key]
-    except KeyError:
-        raise KeyError(f"unknown backend library {key!r}; known: {', '.join(LIBRARIES)}") from None
+# Roles a backend quantizes (the family says which components have them): evalkit.families.base.DENOISER, ...
+DENOISER_ROLE = "denoiser"
+TEXT_ENCODER_ROLE = "text_encoder"
 
 
-def library_order(key: str) -> int:
-    """Sort key for reports: registered libraries in their order, unknown ones (an older run's) last."""
-    lib = LIBRARIES.get(key)
-    return lib.order if lib else len(LIBRARIES)
+@dataclass(frozen=True)
+class Backend:
+    """One way of loading a pipeline: a frozen recipe of one library."""
+
+    name: str
+    library: Library  # its library's record: install name, import name, report order and colour, ...
+    description: str
+    kind: str = ""  # what the recipe asks its library for, in the library's terms ("nf4", "int8wo"): its Quantizer reads it
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    roles: tuple[str, ...] = (DENOISER_ROLE, TEXT_ENCODER_ROLE)  # quantized by default (components marked quantized)
+    supported_roles: tuple[str, ...] = (DENOISER_ROLE, TEXT_ENCODER_ROLE)
+    # On CPU, only components whose quantization config comes from these libraries ("transformers": bitsandbytes
+    # quantizes a transformers text encoder on CPU, while diffusers' bnb quantizer needs a GPU). None: no narrowing.
+    cpu_config_libraries: tuple[str, ...] | None = None
+    min_capability: tuple[int, int] | None = None  # CUDA compute capability
+    cpu_unsupported_reason: str = "needs a CUDA GPU"
+    options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+    in_seed_study: bool = True
+    reference: bool = False
+    # What proves a component was quantized when the library marks layers its own way (default: library.layer_marker)
+    layer_marker: str | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.library, Library):
+            raise TypeError(f"backend {self.name!r}: library must be a Library record (evalkit/quantizers/base.py), "
+                            f"got {self.library!r}")
+
+
+@dataclass(frozen=True)
+class Modifier:
+    name: str
+    description: str
+    devices: tuple[str, ...] = ("cpu", "cuda")
+    cpu_unsupported_reason: str = ""
+
+
+class Quantizer:
+    """How one library's backends load. Subclasses override what their library does; the defaults do nothing.
+
+    Every method runs in the worker process and may import its library and torch."""
+
+    library: Library
+
+    def config(self, backend: Backend, component: "Component", ctx: BuildContext) -> Any:
+        """The quantization config for `component` (diffusers' class for a diffusers model, transformers' for a
+        transformers one), for `PipelineQuantizationConfig(quant_mapping=...)`; None: this library does not quantize
+        through configs."""
+        return None
+
+    def load_component(self, backend: Backend, component: "Component", ctx: BuildContext, family: Any,
+                       info: dict[str, Any]) -> Any:
+        """A component the library loads itself (a GGUF transformer), or None. May add facts to `info`."""
+        return None
+
+    def post_load(self, backend: Backend, pipe: Any, components: tuple["Component", ...],
+                  ctx: BuildContext) -> dict[str, Any] | None:
+        """A transform applied after loading (layerwise casting); returns what was done, for the record."""
+        return None
+
+    def prepare(self, backend: Backend, ctx: BuildContext) -> dict[str, Any] | None:
+        """A one-time step before loading (a JIT kernel build), off the load clock; recorded as `prepare`."""
+        return None
+
+    def unavailable(self, backend: Backend, device: str, capability: tuple[int, int] | None,
+                    family: Any = None) -> str | None:
+        """Why `backend` cannot run on this device (or for this model family, when given) beyond its record's
+        devices and capability: a kernel package missing, remote kernels, a GPU generation. None: it can."""
+        return None
+
+    def known_incompatible(self) -> Mapping[tuple[str, frozenset[str]], str]:
+        """Combinations with modifiers that fail inside the library: (backend base name or '*', modifiers) ->
+        reason. Recorded as failed instead of attempted (unless --attempt-known-failures)."""
+        return {}
+

@@ -14,7 +14,8 @@ from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
-from evalkit.quantizers.base import LIBRARIES, Library, library_order
+from evalkit.quantizers.base import Library
+from evalkit.quantizers.registry import LIBRARIES, library_order
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run, write_summary
 
 

@@ -7,7 +7,7 @@ The options file takes a `[compile]` table and, per backend, a `[backends.<name>
     mode = "max-autotune"      # torch.compile mode
     fullgraph = true
     dynamic = false            # omit to let torch decide
-    component = "transformer"  # which pipeline component is compiled
+    component = "transformer"  # which pipeline component is compiled (default: the model family's denoiser)
     regional = false           # true: only the repeated blocks (diffusers' compile_repeated_blocks)
     coordinate_descent_tuning = true   # inductor tunes each kernel's launch config (slow to compile; torchao's advice)
     woq_int8pack = false       # inductor's rewrite of int8 weight-only matmuls into aten._weight_int8pack_mm on CUDA
@@ -28,7 +28,6 @@ from typing import Any, Mapping
 from evalkit.errors import EvalkitError, suggest
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
-COMPILABLE_COMPONENTS = ("transformer", "vae", "text_encoder", "text_encoder_2")
 
 
 @dataclass(frozen=True)
@@ -39,7 +38,7 @@ class CompileSettings:
     mode: str = "default"
     fullgraph: bool = False
     dynamic: bool | None = None  # None: torch decides (recompiles once shapes vary)
-    component: str = "transformer"
+    component: str | None = None  # None: the model family's denoiser (resolve_compile fills it in)
     regional: bool = True  # compile only the repeated blocks (diffusers 0.42 `compile_repeated_blocks`)
     # inductor's coordinate-descent tuning of every Triton kernel (in all directions), which torchao's
     # `recommended_inductor_config_setter` turns on; minutes of extra compile at full size, so off unless asked for
@@ -90,8 +89,9 @@ def _check_table(table: Any, where: str) -> dict[str, Any]:
             raise EvalkitError(f"{where}.{key} = {value!r}: expected true or false")
         if key == "dynamic" and not isinstance(value, bool):
             raise EvalkitError(f"{where}.dynamic = {value!r}: expected true or false (omit it to let torch decide)")
-        if key == "component" and value not in COMPILABLE_COMPONENTS:
-            raise EvalkitError(f"{where}.component = {value!r}: expected one of {', '.join(COMPILABLE_COMPONENTS)}")
+        if key == "component" and not (isinstance(value, str) and value.isidentifier()):
+            raise EvalkitError(f"{where}.component = {value!r}: expected a pipeline component's name, e.g. "
+                               "\"transformer\" (the stage checks it against the model family)")
     return dict(table)
 
 
@@ -106,8 +106,16 @@ def validate_compile_config(global_table: Any, per_backend: Mapping[str, Any], s
     return out
 
 
-def resolve_compile(config: Mapping[str, Any] | None, backend: str) -> CompileSettings:
-    """The settings for `backend` (its base name): preset, then `[compile]`, then the backend's own table."""
+def compile_components(config: Mapping[str, Any] | None) -> set[str]:
+    """Every component a `[compile]` or `[backends.*.compile]` table names (for the stage to check)."""
+    config = config or {}
+    tables = [config.get("global") or {}, *((config.get("backends") or {}).values())]
+    return {t["component"] for t in tables if isinstance(t, Mapping) and t.get("component")}
+
+
+def resolve_compile(config: Mapping[str, Any] | None, backend: str, denoiser: str) -> CompileSettings:
+    """The settings for `backend` (its base name): preset, then `[compile]`, then the backend's own table; the
+    component defaults to the family's `denoiser`."""
     config = config or {}
     merged: dict[str, Any] = dict(config.get("global") or {})
     own = (config.get("backends") or {}).get(backend) or {}
@@ -116,7 +124,8 @@ def resolve_compile(config: Mapping[str, Any] | None, backend: str) -> CompileSe
         merged = {}
     merged.update(own)
     base = PRESETS[merged.pop("preset", DEFAULT_PRESET)]
-    return replace(base, **merged)
+    settings = replace(base, **merged)
+    return settings if settings.component else replace(settings, component=denoiser)
 
 
 def prepare_compile_cache(cache_root: str | os.PathLike[str]) -> dict[str, Any]:

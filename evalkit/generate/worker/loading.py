@@ -1,4 +1,4 @@
-"""Load a Flux pipeline with one backend recipe and its modifiers, and inspect what the load produced.
+"""Load a pipeline with one backend recipe and its modifiers, and inspect what the load produced.
 
 Runs inside the worker process only (imports torch and diffusers).
 """
@@ -11,7 +11,9 @@ from typing import Any, Callable
 
 import torch
 
-from evalkit.quantizers.registry import BackendSpec, BuildContext, resolve_components
+from evalkit.quantizers.base import BuildContext
+from evalkit.families.base import ModelFamily
+from evalkit.quantizers.registry import BackendSpec, quantizer_for, resolve_components
 
 
 def _describe_config(cfg: Any) -> Any:
@@ -45,27 +47,38 @@ def _distribution_version(name: str) -> str | None:
         return None
 
 
-def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tuple[str, ...] | None,
-                  gguf_file: str | None = None) -> tuple[Any, dict[str, Any]]:
-    """Load the pipeline for `spec` (not yet moved to the device). Returns (pipe, quantization info)."""
-    from diffusers import FluxPipeline, PipelineQuantizationConfig
+def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
+                  requested_components: tuple[str, ...] | None) -> tuple[Any, dict[str, Any]]:
+    """Load the family's pipeline for `spec` (not yet moved to the device). Returns (pipe, quantization info).
+
+    The backend's quantizer gives a config per component (one `PipelineQuantizationConfig(quant_mapping=...)`), or
+    loads a component itself (a GGUF file), or transforms the pipeline after loading (layerwise casting)."""
+    import diffusers
+    from diffusers import PipelineQuantizationConfig
 
     b = spec.backend
-    components, note = resolve_components(b, requested_components, ctx.device)
-    info: dict[str, Any] = {"components_quantized": list(components), "resolved_config": {}, "note": note,
+    quantizer = quantizer_for(b)
+    components, note = resolve_components(b, family, requested_components, ctx.device)
+    info: dict[str, Any] = {"components_quantized": [c.name for c in components], "resolved_config": {}, "note": note,
                             "library": b.library.key, "library_version": _distribution_version(b.library.pip_name)}
     kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
 
-    if b.make_config is not None and components:
-        mapping = {c: b.make_config(c, ctx) for c in components}
-        info["resolved_config"] = {c: {"class": f"{type(cfg).__module__}.{type(cfg).__name__}", "config": _describe_config(cfg),
-                                       # torchao's config version picks its tensor path; serialised configs hide it
-                                       "config_version": getattr(getattr(cfg, "quant_type", None), "version", None)}
-                                   for c, cfg in mapping.items()}
+    mapping: dict[str, Any] = {}
+    for c in components:
+        loaded = quantizer.load_component(b, c, ctx, family, info)
+        if loaded is not None:
+            kwargs[c.name] = loaded
+            continue
+        cfg = quantizer.config(b, c, ctx)
+        if cfg is not None:
+            mapping[c.name] = cfg
+    if mapping:
+        info["resolved_config"].update({c: {"class": f"{type(cfg).__module__}.{type(cfg).__name__}",
+                                            "config": _describe_config(cfg),
+                                            # torchao's config version picks its tensor path; serialised configs hide it
+                                            "config_version": getattr(getattr(cfg, "quant_type", None), "version", None)}
+                                        for c, cfg in mapping.items()})
         kwargs["quantization_config"] = PipelineQuantizationConfig(quant_mapping=mapping)
-
-    if b.transformer_loader:
-        kwargs["transformer"] = TRANSFORMER_LOADERS[b.transformer_loader](ctx, gguf_file, info)
 
     if ctx.device == "cuda" and b.library.quantize_on_gpu and not spec.modifiers_offload:
         # Quantize each layer on the GPU as it loads, not on the CPU before a .to("cuda"). torchao packs int4
@@ -74,72 +87,14 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, requested_components: tu
         # headroom for one layer's bf16 and quantized weights at once while loading ("load peak reserved").
         kwargs["device_map"] = "cuda"
         info["device_map"] = "cuda"
-    pipe = FluxPipeline.from_pretrained(ctx.model_path, **kwargs)
+    pipe = getattr(diffusers, family.pipeline_class).from_pretrained(ctx.model_path, **kwargs)
 
-    if b.post_load:
-        info["post_load"] = POST_LOAD[b.post_load](pipe, components, ctx)
-        info["resolved_config"] = {c: {"class": f"post-load transform {b.post_load}", "config": info["post_load"]}
+    done = quantizer.post_load(b, pipe, components, ctx)
+    if done is not None:
+        info["post_load"] = done
+        info["resolved_config"] = {c.name: {"class": f"post-load transform of {b.library.display}", "config": done}
                                    for c in components}
     return pipe, info
-
-
-def _gguf_transformer(ctx: BuildContext, gguf_file: str | None, info: dict[str, Any]) -> Any:
-    """The transformer from a GGUF file: the user's (--gguf-file) or one evalkit makes from the bf16 weights."""
-    from evalkit.quantizers.gguf import convert as gguf
-
-    qtype = str(ctx.options.get("qtype"))
-    if gguf_file:
-        path = gguf_file
-        info["gguf_source"] = "user file"
-    else:
-        path = str(gguf.ensure_gguf(ctx.model_path, qtype, ctx.cache_dir))
-        info["gguf_source"] = "made by evalkit from the bf16 transformer with the gguf package"
-    info["gguf_file"] = path
-    info["gguf_summary"] = gguf.validate_gguf(path, ctx.model_path)
-    info["resolved_config"] = {"transformer": {"class": "diffusers.GGUFQuantizationConfig",
-                                               "config": {"compute_dtype": "bfloat16", "qtype": qtype}}}
-    return gguf.load_gguf_transformer(path, ctx.model_path, torch.bfloat16)
-
-
-# Loaders that build the transformer themselves instead of a quantization config (Backend.transformer_loader).
-TRANSFORMER_LOADERS: dict[str, Callable[[BuildContext, str | None, dict[str, Any]], Any]] = {
-    "gguf_file": _gguf_transformer,
-}
-
-
-def _layerwise_fp8(pipe: Any, components: tuple[str, ...], ctx: BuildContext) -> dict[str, Any]:
-    cfg = {"storage_dtype": "float8_e4m3fn", "compute_dtype": "bfloat16"}
-    for c in components:
-        getattr(pipe, c).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=torch.bfloat16)
-    return {"enable_layerwise_casting": cfg, "components": list(components)}
-
-
-POST_LOAD: dict[str, Callable[[Any, tuple[str, ...], BuildContext], dict[str, Any]]] = {
-    "layerwise_fp8": _layerwise_fp8,
-}
-
-
-def _quanto_kernels(ctx: BuildContext) -> dict[str, Any] | None:
-    """optimum-quanto builds its kernels with torch.utils.cpp_extension the first time one is used, into its own
-    package folder: `quanto_cuda` (unpack, AWQ, Marlin) on a GPU, `quanto_cpp` (unpack) on a CPU. int4 weights use
-    them while being quantized. That build takes minutes once per installation (on the 2-core CPU machine too) and is
-    no part of loading a model: do it here, off the load clock, and record it as `prepare`."""
-    from optimum.quanto.library.extensions import get_extension, is_extension_available
-
-    name = "quanto_cuda" if ctx.device == "cuda" else "quanto_cpp"
-    if not is_extension_available(name):
-        return None
-    ext = get_extension(name)
-    t0 = time.perf_counter()
-    ext.lib  # noqa: B018 - builds (or loads the cached build of) the extension
-    return {"what": f"optimum-quanto {name} kernels (torch.utils.cpp_extension JIT build, cached after the first use)",
-            "extension": name, "build_directory": ext.build_directory, "seconds": time.perf_counter() - t0}
-
-
-# One-time steps a backend needs before its model loads, run before the load clock starts (Backend.prepare).
-PREPARE: dict[str, Callable[[BuildContext], dict[str, Any] | None]] = {
-    "quanto_kernels": _quanto_kernels,
-}
 
 
 def place_pipeline(pipe: Any, spec: BackendSpec, device: str) -> dict[str, Any]:
@@ -158,7 +113,7 @@ def place_pipeline(pipe: Any, spec: BackendSpec, device: str) -> dict[str, Any]:
 
 
 def apply_compile(pipe: Any, spec: BackendSpec, compile_config: dict[str, Any] | None,
-                  cache_root: str) -> dict[str, Any] | None:
+                  cache_root: str, family: ModelFamily) -> dict[str, Any] | None:
     """`+compile`: compile as the run's `[compile]` settings say, with the compile caches under evalkit's cache dir
     (set before anything compiles: compilation itself happens lazily, in the warm-up)."""
     if "compile" not in spec.modifiers:
@@ -166,7 +121,7 @@ def apply_compile(pipe: Any, spec: BackendSpec, compile_config: dict[str, Any] |
     from evalkit.generate.worker.compile_options import apply_compile as compile_component
     from evalkit.generate.worker.compile_options import prepare_compile_cache, resolve_compile
 
-    settings = resolve_compile(compile_config, spec.backend.name)
+    settings = resolve_compile(compile_config, spec.backend.name, family.denoiser.name)
     cache = prepare_compile_cache(cache_root)
     return {**compile_component(pipe, settings), "cache": cache, "torch": torch.__version__}
 
@@ -214,10 +169,10 @@ def component_footprint(module: torch.nn.Module) -> dict[str, Any]:
     return {"params": params, "bytes": nbytes, "gib": nbytes / 2**30, "dtypes": dict(dtypes)}
 
 
-def pipeline_footprint(pipe: Any) -> dict[str, Any]:
+def pipeline_footprint(pipe: Any, family: ModelFamily) -> dict[str, Any]:
     out: dict[str, Any] = {}
     total = 0
-    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+    for name in (c.name for c in family.components):
         m = getattr(pipe, name, None)
         if isinstance(m, torch.nn.Module):
             out[name] = component_footprint(m)
@@ -251,9 +206,9 @@ def layer_types(module: torch.nn.Module) -> tuple[dict[str, int], int, int]:
     return dict(counts), quantized, total
 
 
-def inspect_quantization(pipe: Any) -> dict[str, Any]:
+def inspect_quantization(pipe: Any, family: ModelFamily) -> dict[str, Any]:
     out: dict[str, Any] = {"layer_types": {}, "quantized_linear_count": {}, "linear_count": {}}
-    for name in ("transformer", "text_encoder", "text_encoder_2"):
+    for name in (c.name for c in family.quantizable()):
         m = getattr(pipe, name, None)
         if isinstance(m, torch.nn.Module):
             types, q, total = layer_types(m)

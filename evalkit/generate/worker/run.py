@@ -14,7 +14,10 @@ import time
 import traceback
 from typing import Any
 
-from evalkit.quantizers.registry import BuildContext, parse_backend
+from evalkit.families.registry import family_of_manifest
+from evalkit.plugins import load_run_plugins
+from evalkit.quantizers.base import BuildContext, Quantizer
+from evalkit.quantizers.registry import parse_backend, quantizer_for
 from evalkit.records import checked_generation_record
 from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
 from evalkit.rundir import SCHEMA_VERSION, RunDir
@@ -29,21 +32,23 @@ _event_conn: Any = None
 # Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
 # A forked child of a process that initialized CUDA cannot use CUDA at all, so on a machine with an NVIDIA GPU the
 # forkserver imports only modules that leave CUDA alone. Probed on an H100 (benchmarks/results/gpu-2026-11-21.md):
-# torch, numpy, PIL and diffusers' top level do; importing diffusers' Flux pipeline module initializes CUDA, and so
+# torch, numpy, PIL and diffusers' top level do; importing a diffusers pipeline module initializes CUDA, and so
 # does optimum-quanto (it asks every GPU for its compute capability).
 PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.worker.loading",
            "evalkit.generate.worker.measure")
-PRELOAD_NO_GPU = ("diffusers.pipelines.flux.pipeline_flux", "transformers", "transformers.models.clip.modeling_clip",
-                  "transformers.models.t5.modeling_t5")
+PRELOAD_NO_GPU = ("transformers",)
 
 
-def preload_modules(gpu: bool) -> tuple[str, ...]:
-    """What the forkserver imports: the core modules, then each backend library's own (its Library record says
-    which, and whether they are safe to import before forking on a GPU machine)."""
-    from evalkit.quantizers.base import LIBRARY_LIST
+def preload_modules(gpu: bool, family: str | None = None) -> tuple[str, ...]:
+    """What the forkserver imports: the core modules, the run's model family's pipeline and text-encoder modules
+    (no GPU only: they initialize CUDA), then each backend library's own (its Library record says which, and whether
+    they are safe to import before forking on a GPU machine)."""
+    from evalkit.families.registry import get_family
+    from evalkit.quantizers.registry import library_list
 
-    libs = tuple(m for lib in LIBRARY_LIST if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
-    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + libs))
+    libs = tuple(m for lib in library_list() if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
+    fam = get_family(family).preload_modules if family and not gpu else ()
+    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + fam + libs))
 
 # Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
 # reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
@@ -222,6 +227,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
     write its record; returns the exit status."""
     rd = RunDir(__import__("pathlib").Path(run_dir))
     manifest = read_json(rd.manifest)
+    load_run_plugins(manifest)  # the run's own backends, families and metrics, before any name is read
     cfg = manifest["config"]
     gen = manifest["generation"]
     spec = parse_backend(backend_name)
@@ -273,8 +279,10 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     numerics_before = numerics_state(torch)
     device = cfg["device"]
     capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
+    family = family_of_manifest(manifest)
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
-                       options=record["recipe"]["options"], cache_dir=cfg["cache_dir"])
+                       options=record["recipe"]["options"], cache_dir=cfg["cache_dir"], family=family.key,
+                       checkpoint=cfg.get("gguf_file"))
     requested = tuple(cfg["components"]) if cfg.get("components") else None
     on_cuda = device == "cuda"
 
@@ -283,23 +291,25 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     # Python imports and CUDA context creation are process start-up, not model loading: keep them off the clock.
     import importlib
 
-    import diffusers  # noqa: F401
-    from diffusers import FluxPipeline  # noqa: F401
+    import diffusers
+
+    getattr(diffusers, family.pipeline_class)  # diffusers imports a pipeline's module lazily, on first access
 
     importlib.import_module(spec.backend.library.import_name)
     if on_cuda:
         torch.zeros(1, device="cuda")
     # One-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either.
     record["prepare"] = None
-    if spec.backend.prepare:
+    quantizer = quantizer_for(spec.backend)
+    if type(quantizer).prepare is not Quantizer.prepare:
         emit("phase", phase="preparing")
-        record["prepare"] = loading.PREPARE[spec.backend.prepare](ctx)
+        record["prepare"] = quantizer.prepare(spec.backend, ctx)
     if on_cuda:
         measure.cuda_reset_peak()
     t0 = time.perf_counter()
-    pipe, qinfo = loading.load_pipeline(spec, ctx, requested, gguf_file=cfg.get("gguf_file"))
+    pipe, qinfo = loading.load_pipeline(spec, ctx, family, requested)
     placement = loading.place_pipeline(pipe, spec, device)
-    compile_info = loading.apply_compile(pipe, spec, cfg.get("compile"), cfg["cache_dir"])
+    compile_info = loading.apply_compile(pipe, spec, cfg.get("compile"), cfg["cache_dir"], family)
     changed = restore_numerics(torch, numerics_before)
     if changed:
         print(f"{spec.name}: loading changed {', '.join(changed)}; restored, so the images differ from the "
@@ -320,11 +330,11 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
                       load_peak_reserved_gib=None, peak_allocated_gib=None, peak_reserved_gib=None,
                       cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
                       cpu_rss_after_load_gib=measure.current_rss_gib())
-    record["quantization"] = {**qinfo, **loading.inspect_quantization(pipe)}
+    record["quantization"] = {**qinfo, **loading.inspect_quantization(pipe, family)}
     record["quantization"]["partial_reason"] = partial_reason(spec.backend, record["quantization"])
     record["placement"] = placement
     record["compile"] = compile_info
-    record["footprint"] = loading.pipeline_footprint(pipe)
+    record["footprint"] = loading.pipeline_footprint(pipe, family)
     record["numerics"] = {**numerics, "batch_size": max(1, int(gen.get("batch_size", 1))),
                           "changed_by_loading": changed}
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
@@ -344,8 +354,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     if on_cuda:
         measure.cuda_reset_peak()
     prompts = manifest["prompts"]
-    common = dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                  guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"], output_type="np")
+    common = dict(family_of_manifest(manifest).call_arguments(gen), output_type="np")
     warm_times = []
     for _ in range(int(gen.get("warmup_runs", 1))):
         emit("phase", phase="warmup")

@@ -1,8 +1,9 @@
-"""GGUF for the Flux transformer, both ways: make (and cache) a GGUF quantization of the bf16 transformer, or
+"""GGUF for a pipeline's denoiser, both ways: make (and cache) a GGUF quantization of the bf16 component, or
 check and load a user's pre-quantized file.
 
 Making a file (`ensure_gguf`):
-- Tensors keep diffusers' own key names, so `FluxTransformer2DModel.from_single_file` needs no key conversion.
+- Tensors keep diffusers' own key names, so the model class's `from_single_file` needs no key conversion (checked
+  per family by its tests).
 - What is quantized follows city96's Flux GGUF convention: 2-D Linear weights whose row length is a multiple of the
   type's block size get `qtype`; 1-D tensors (biases, norm scales) and tiny tensors (<= 1024 values) are F32; other
   2-D weights (row length not a multiple of the block, e.g. `x_embedder.weight` [3072, 64] under Q2_K) stay BF16.
@@ -57,14 +58,14 @@ _SAMPLE_CHUNKS, _SAMPLE_BYTES = 8, 1 << 16
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# The bf16 transformer on disk: files and headers, read without loading weights.
+# The bf16 component on disk: files and headers, read without loading weights.
 
 
-def transformer_files(model_path: str | os.PathLike[str]) -> list[Path]:
-    """The transformer's .safetensors files (sharded or not), in a stable order."""
-    d = Path(model_path) / "transformer"
+def component_files(model_path: str | os.PathLike[str], component: str) -> list[Path]:
+    """A component's .safetensors files (sharded or not), in a stable order."""
+    d = Path(model_path) / component
     if not d.is_dir():
-        raise EvalkitError(f"{model_path}: no transformer/ folder (expected a diffusers Flux pipeline directory)")
+        raise EvalkitError(f"{model_path}: no {component}/ folder (expected a diffusers pipeline directory)")
     files = sorted(d.glob("*.safetensors"))
     if not files:
         raise EvalkitError(f"{d}: no .safetensors weights (GGUF conversion reads the bf16 safetensors)")
@@ -84,10 +85,10 @@ def _read_safetensors_header(path: Path) -> dict[str, Any]:
     return header
 
 
-def transformer_shapes(model_path: str | os.PathLike[str]) -> dict[str, tuple[tuple[int, ...], str]]:
-    """{tensor name: (shape, safetensors dtype)} of the bf16 transformer, from the file headers only."""
+def component_shapes(model_path: str | os.PathLike[str], component: str) -> dict[str, tuple[tuple[int, ...], str]]:
+    """{tensor name: (shape, safetensors dtype)} of a bf16 component, from the file headers only."""
     out: dict[str, tuple[tuple[int, ...], str]] = {}
-    for f in transformer_files(model_path):
+    for f in component_files(model_path, component):
         for name, info in _read_safetensors_header(f).items():
             out[name] = (tuple(info["shape"]), info["dtype"])
     return out
@@ -112,15 +113,15 @@ def _gguf_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        from evalkit.quantizers.base import LIBRARIES
+        from evalkit.quantizers.gguf import LIBRARY
 
-        return version(LIBRARIES["gguf"].pip_name)
+        return version(LIBRARY.pip_name)
     except PackageNotFoundError:  # pragma: no cover - imported but not installed as a distribution
         return "unknown"
 
 
 def tensor_qtype(name: str, shape: tuple[int, ...], qtype: str) -> str:
-    """The GGUF type a transformer tensor gets under `qtype` (city96's convention, see the module docstring)."""
+    """The GGUF type a tensor gets under `qtype` (city96's convention, see the module docstring)."""
     gguf = _gguf_module()
     block = gguf.GGML_QUANT_SIZES[_qtype_enum(qtype)][0]
     n = 1
@@ -137,38 +138,41 @@ def tensor_qtype(name: str, shape: tuple[int, ...], qtype: str) -> str:
 # Making the file.
 
 
-def gguf_cache_path(model_path: str, qtype: str, cache_dir: str | os.PathLike[str]) -> Path:
-    """Where `ensure_gguf` keeps (or would keep) the file for this transformer and type."""
+def gguf_cache_path(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], component: str,
+                    arch: str) -> Path:
+    """Where `ensure_gguf` keeps (or would keep) the file for this component and type."""
     t = _qtype_enum(qtype).name
-    key = _source_key(transformer_files(model_path), t, _gguf_version())
-    return Path(cache_dir) / "gguf" / f"flux-transformer-{t}-{key}.gguf"
+    key = _source_key(component_files(model_path, component), t, _gguf_version())
+    return Path(cache_dir) / "gguf" / f"{arch}-{component}-{t}-{key}.gguf"
 
 
-def ensure_gguf(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], device: str | None = None) -> Path:
-    """The GGUF file of `<model_path>/transformer` quantized to `qtype`, made once and cached under
+def ensure_gguf(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], component: str, arch: str,
+                device: str | None = None) -> Path:
+    """The GGUF file of `<model_path>/<component>` quantized to `qtype`, made once and cached under
     `<cache_dir>/gguf/`. Types: see `makeable_qtypes()`; Q2_K is evalkit's own simple min/max quantizer (see
     the module docstring). Raises EvalkitError for a type nothing here can make."""
     t = _check_makeable(qtype)
-    target = gguf_cache_path(model_path, t.name, cache_dir)
+    target = gguf_cache_path(model_path, t.name, cache_dir, component, arch)
     if target.exists():
         return target
     with file_lock(target):
         if target.exists():  # another process finished it while we waited
             return target
-        convert_transformer(model_path, t.name, target, device=device)
+        convert_component(model_path, t.name, target, component, arch, device=device)
     return target
 
 
-def convert_transformer(model_path: str, qtype: str, out: str | os.PathLike[str], device: str | None = None) -> dict[str, Any]:
+def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], component: str, arch: str,
+                      device: str | None = None) -> dict[str, Any]:
     """Write the GGUF file (atomically) and return stats (also saved as `<out>.json`): seconds, parameters,
-    tensor types, engine."""
+    tensor types, engine. `arch` is the GGUF architecture name written into the file (city96: "flux")."""
     import numpy as np
     from safetensors import safe_open
 
     gguf = _gguf_module()
     t = _check_makeable(qtype)
     out = Path(out)
-    files = transformer_files(model_path)
+    files = component_files(model_path, component)
     plan: list[tuple[Path, str, tuple[int, ...], str]] = []  # file, name, shape, gguf type
     for f in files:
         for name, info in sorted(_read_safetensors_header(f).items()):
@@ -178,7 +182,7 @@ def convert_transformer(model_path: str, qtype: str, out: str | os.PathLike[str]
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
-    writer = gguf.GGUFWriter(tmp, arch="flux")
+    writer = gguf.GGUFWriter(tmp, arch=arch)
     try:
         writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
         writer.add_string("evalkit.converter", CONVERTER_VERSION)
@@ -228,7 +232,7 @@ def convert_transformer(model_path: str, qtype: str, out: str | os.PathLike[str]
         raise
     stats = {"seconds": round(time.perf_counter() - t0, 3), "params": n_params, "tensor_types": dict(counts),
              "qtype": t.name, "engine": "/".join(_engine(t.name, device)), "converter": CONVERTER_VERSION,
-             "gguf_version": _gguf_version(), "source": str(Path(model_path).resolve() / "transformer"),
+             "gguf_version": _gguf_version(), "source": str(Path(model_path).resolve() / component),
              "file_bytes": out.stat().st_size}
     from evalkit.io import atomic_write_json
 
@@ -245,9 +249,6 @@ def conversion_record_path(gguf_path: str | os.PathLike[str]) -> Path:
 
 # ---------------------------------------------------------------------------------------------------------------
 # Checking and loading a file.
-
-
-_BFL_MARKERS = ("double_blocks.", "single_blocks.", "model.diffusion_model.")
 
 
 def _read_gguf(path: Path) -> Any:
@@ -277,22 +278,26 @@ def _logical_shape(t: Any) -> tuple[int, ...]:
     return tuple(int(x) for x in reversed(t.shape.tolist()))
 
 
-def _expected_from_bfl(shapes: dict[str, tuple[int, ...]]) -> dict[str, tuple[int, ...]] | None:
-    """Map original (BFL / city96) key names to diffusers names via diffusers' own converter, on meta tensors."""
+def _expected_from_original(shapes: dict[str, tuple[int, ...]], converter: str | None) -> dict[str, tuple[int, ...]] | None:
+    """Map original (e.g. BFL / city96) key names to diffusers names via diffusers' own converter (a function of
+    diffusers.loaders.single_file_utils the family names), on meta tensors."""
     import torch
 
+    if not converter:
+        return None
     try:
-        from diffusers.loaders.single_file_utils import convert_flux_transformer_checkpoint_to_diffusers
+        from diffusers.loaders import single_file_utils
 
         sd = {k: torch.empty(s, device="meta") for k, s in shapes.items()}
-        conv = convert_flux_transformer_checkpoint_to_diffusers(sd)
+        conv = getattr(single_file_utils, converter)(sd)
         return {k: tuple(v.shape) for k, v in conv.items()}
     except Exception:
         return None
 
 
-def validate_gguf(path: str | os.PathLike[str], model_path: str) -> dict[str, Any]:
-    """Open a GGUF file and check it against `<model_path>/transformer`: tensor names and shapes, and that every
+def validate_gguf(path: str | os.PathLike[str], model_path: str, component: str,
+                  original_markers: tuple[str, ...] = (), original_converter: str | None = None) -> dict[str, Any]:
+    """Open a GGUF file and check it against `<model_path>/<component>`: tensor names and shapes, and that every
     tensor type is one diffusers can load. Raises EvalkitError naming the file and the first bad tensor.
     Returns {path, file_bytes, n_tensors, tensor_types: {type: count}, key_names: 'diffusers'|'original'}."""
     path = Path(path)
@@ -312,14 +317,14 @@ def validate_gguf(path: str | os.PathLike[str], model_path: str) -> dict[str, An
     if not found:
         raise EvalkitError(f"{path}: GGUF file holds no tensors")
 
-    expected = {k: v[0] for k, v in transformer_shapes(model_path).items()}
+    expected = {k: v[0] for k, v in component_shapes(model_path, component).items()}
     key_names = "diffusers"
-    if not set(found) & set(expected) and any(k.startswith(_BFL_MARKERS) for k in found):
+    if not set(found) & set(expected) and original_markers and any(k.startswith(original_markers) for k in found):
         key_names = "original"
-        converted = _expected_from_bfl(found)
+        converted = _expected_from_original(found, original_converter)
         if converted is None:
-            raise EvalkitError(f"{path}: tensors use original Flux key names but could not be mapped to the "
-                               f"transformer in {model_path} (a different architecture?)")
+            raise EvalkitError(f"{path}: tensors use the model's original key names but could not be mapped to the "
+                               f"{component} in {model_path} (a different architecture?)")
         found = converted
     problems: list[str] = []
     for name, shape in expected.items():
@@ -329,23 +334,44 @@ def validate_gguf(path: str | os.PathLike[str], model_path: str) -> dict[str, An
             problems.append(f"tensor {name!r}: expected shape {list(shape)}, found {list(found[name])}")
     problems += [f"tensor {name!r} in the GGUF file is not in the model" for name in found if name not in expected]
     if problems:
-        raise EvalkitError(f"{path}: does not match the transformer of {model_path}: {problems[0]} "
+        raise EvalkitError(f"{path}: does not match the {component} of {model_path}: {problems[0]} "
                            f"({len(problems)} mismatch{'es' if len(problems) != 1 else ''} in all; was it made "
                            f"for another model?)")
     return {"path": str(path), "file_bytes": path.stat().st_size, "n_tensors": len(reader.tensors),
             "tensor_types": dict(sorted(types.items())), "key_names": key_names}
 
 
-def load_gguf_transformer(gguf_path: str | os.PathLike[str], model_path: str, compute_dtype: "torch.dtype") -> Any:
-    """`FluxTransformer2DModel` with GGUF-quantized Linear layers, from a checked file and the local config in
-    `<model_path>/transformer` (no hub call)."""
-    validate_gguf(gguf_path, model_path)
-    from diffusers import FluxTransformer2DModel, GGUFQuantizationConfig
+def load_gguf_component(gguf_path: str | os.PathLike[str], model_path: str, component: str,
+                        compute_dtype: "torch.dtype", original_markers: tuple[str, ...] = (),
+                        original_converter: str | None = None) -> tuple[Any, dict[str, Any]]:
+    """The component's model class (named by `<model_path>/<component>/config.json`) with GGUF-quantized Linear
+    layers, from a file checked by `validate_gguf` (whose summary is returned too) and that local config (no hub
+    call)."""
+    summary = validate_gguf(gguf_path, model_path, component, original_markers, original_converter)
+    import diffusers
+    from diffusers import GGUFQuantizationConfig
 
-    return FluxTransformer2DModel.from_single_file(
-        str(gguf_path), config=str(model_path), subfolder="transformer", local_files_only=True,
+    cls_name = _component_class(model_path, component)
+    cls = getattr(diffusers, cls_name, None)
+    if cls is None or not hasattr(cls, "from_single_file"):
+        raise EvalkitError(f"{model_path}/{component}: {cls_name} cannot load from a single GGUF file in this "
+                           f"diffusers ({diffusers.__version__})")
+    model = cls.from_single_file(
+        str(gguf_path), config=str(model_path), subfolder=component, local_files_only=True,
         quantization_config=GGUFQuantizationConfig(compute_dtype=compute_dtype), dtype=compute_dtype,
     )
+    return model, summary
+
+
+def _component_class(model_path: str, component: str) -> str:
+    cfg = Path(model_path) / component / "config.json"
+    try:
+        name = json.loads(cfg.read_text(encoding="utf-8"))["_class_name"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvalkitError(f"{cfg}: cannot read the component's class name ({e})") from None
+    if not isinstance(name, str) or not name.isidentifier():
+        raise EvalkitError(f"{cfg}: _class_name {name!r} is not a class name")
+    return name
 
 
 def gguf_quantized_layer_counts(model: Any) -> dict[str, Any]:

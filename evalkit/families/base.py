@@ -1,0 +1,215 @@
+"""The `ModelFamily` record: everything evalkit knows about one text-to-image model family, declared once.
+
+A family module (evalkit/families/<family>.py) builds one `ModelFamily` and registers it; nothing outside that module
+names the family's pipeline or component classes. The generate stage, the worker, the GGUF converter and the report
+read the facts from the record:
+
+- the diffusers pipeline class and its components, which of them a quantizing backend quantizes by default (the
+  denoiser and the large text encoders) and which library's quantization config applies to each;
+- how to call the pipeline (`call_arguments`), with the defaults of the model card (`Variant.defaults`);
+- its variants: the published full-size configs (for `random:<variant>`, with their parameter counts checked) and
+  the hub id a real model is found under;
+- a tiny build for CPU tests and demos;
+- where regional compilation and GGUF apply.
+
+Importing this module is cheap (no torch); builders import torch and diffusers inside.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+from typing import Any, Callable, Mapping
+
+from evalkit.errors import EvalkitError
+from evalkit.io import file_lock
+
+# Roles a component plays. A backend says which roles it quantizes; a family says which component has which role.
+DENOISER = "denoiser"
+TEXT_ENCODER = "text_encoder"
+VAE = "vae"
+ROLES = (DENOISER, TEXT_ENCODER, VAE)
+
+# Which library's quantization config a component takes: diffusers' (ModelMixin) or transformers' (PreTrainedModel).
+DIFFUSERS = "diffusers"
+TRANSFORMERS = "transformers"
+
+
+@dataclass(frozen=True)
+class Component:
+    """One module of the pipeline."""
+
+    name: str  # the pipeline's attribute and subfolder, e.g. "text_encoder_2"
+    role: str  # DENOISER | TEXT_ENCODER | VAE
+    config_library: str  # DIFFUSERS | TRANSFORMERS: whose quantization config classes apply
+    quantized: bool = False  # quantized by default by a backend that quantizes this role
+    note: str = ""  # e.g. "T5-XXL encoder (4.8B)", "an LLM (Qwen3-4B) used as the text encoder"
+
+    def __post_init__(self) -> None:
+        if self.role not in ROLES:
+            raise ValueError(f"component {self.name!r}: role must be one of {ROLES}, got {self.role!r}")
+        if self.config_library not in (DIFFUSERS, TRANSFORMERS):
+            raise ValueError(f"component {self.name!r}: config_library must be {DIFFUSERS!r} or {TRANSFORMERS!r}")
+
+
+@dataclass(frozen=True)
+class GenerationDefaults:
+    """The settings a model's card recommends (or, for the tiny build, small ones). evalkit's options override them."""
+
+    height: int
+    width: int
+    num_inference_steps: int
+    guidance_scale: float  # the family's guidance knob: distilled guidance, CFG or true CFG (see call_arguments)
+    max_sequence_length: int | None  # None: the pipeline takes no such argument
+    negative_prompt: str | None = None  # for families with classifier-free guidance
+
+
+@dataclass(frozen=True)
+class Tokenizer:
+    """One text encoder's tokenizer, for the manifest's token counts: whether the pipeline truncates a prompt."""
+
+    subfolder: str  # "tokenizer_2"
+    encoder: str  # the name token counts use: "clip", "t5", "qwen", ...
+    limit: int | None  # tokens the pipeline keeps; None = the run's max_sequence_length
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A released model of the family: its hub id, its card's defaults and its published full-size architecture."""
+
+    name: str  # `random:<name>`, e.g. "flux1-dev"
+    hub_id: str  # where a real copy is found in the HF cache
+    defaults: GenerationDefaults
+    # Full-size component configs: component name -> kwargs its builder takes (from the model's published config;
+    # `source` cites it). Parameter counts are checked against `published_params` by a meta-device test.
+    configs: Mapping[str, Mapping[str, Any]]
+    published_params: Mapping[str, int]  # component -> parameter count from the model card / paper
+    source: str  # where the configs and counts come from
+    aliases: tuple[str, ...] = ()  # older names, e.g. "flux-dev"
+    note: str = ""
+
+
+@dataclass(frozen=True)
+class GGUFSupport:
+    """Where GGUF applies: the component diffusers loads from a single GGUF file (its class must be single-file
+    loadable), the architecture name GGUF files of it carry, and how a file with the original (non-diffusers) key
+    names is recognised and mapped (a converter function of diffusers.loaders.single_file_utils)."""
+
+    component: str
+    arch: str
+    original_key_markers: tuple[str, ...] = ()
+    original_converter: str | None = None
+
+
+@dataclass(frozen=True)
+class ModelFamily:
+    """Everything model-specific, behind one record. See the module docstring."""
+
+    key: str  # "flux1": `tiny:<key>`, the manifest's `model.family`
+    display: str  # "FLUX.1"
+    pipeline_class: str  # a diffusers attribute, e.g. "FluxPipeline"; imported in the worker only
+    components: tuple[Component, ...]
+    variants: tuple[Variant, ...]
+    tiny_defaults: GenerationDefaults
+    tiny_configs: Mapping[str, Mapping[str, Any]]
+    # configs (component -> kwargs) -> {component name: module}, weights from the torch RNG and default dtype/device
+    build_modules: Callable[[Mapping[str, Mapping[str, Any]]], dict[str, Any]]
+    # the rest of the pipeline's arguments: tokenizers (built locally where the real ones cannot be had) and scheduler
+    build_extras: Callable[[], dict[str, Any]]
+    # (evalkit's generation settings, prompts) -> the pipeline's keyword arguments beside prompt and generator
+    call_arguments: Callable[[Mapping[str, Any]], dict[str, Any]]
+    tokenizers: tuple[Tokenizer, ...]
+    size_multiple: int = 16  # height and width must be multiples (VAE factor x patch size)
+    tiny_size_multiple: int = 8
+    gguf: GGUFSupport | None = None
+    # Other pipeline classes that load this family's checkpoints (a model_index.json naming one is this family)
+    other_pipeline_classes: tuple[str, ...] = ()
+    # Relative init scale for random full-size weights: default init of deep stacks overflows bf16 within a few
+    # steps; scaling keeps activations finite (component -> factor)
+    random_weight_scale: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
+    tokenizer_note: str = ""  # what the tiny/random builds use for tokenizers, when not the real one
+    # Modules a worker forkserver imports once on a machine without a GPU (the pipeline's and its text encoders'),
+    # so that each backend's process does not pay for them
+    preload_modules: tuple[str, ...] = ()
+    version: str = "1"  # bump when a tiny or random build's bytes would change (the cache key)
+
+    def __post_init__(self) -> None:
+        names = [c.name for c in self.components]
+        if len(set(names)) != len(names):
+            raise ValueError(f"family {self.key!r}: a component is listed twice")
+        if sum(c.role == DENOISER for c in self.components) != 1:
+            raise ValueError(f"family {self.key!r}: exactly one component must be the denoiser")
+        if self.gguf is not None and self.gguf.component not in names:
+            raise ValueError(f"family {self.key!r}: GGUF component {self.gguf.component!r} is not a component")
+        for v in self.variants:
+            unknown = set(v.configs) - set(names)
+            if unknown:
+                raise ValueError(f"family {self.key!r} variant {v.name!r}: configs for unknown components {unknown}")
+
+    @property
+    def denoiser(self) -> Component:
+        return next(c for c in self.components if c.role == DENOISER)
+
+    def component(self, name: str) -> Component:
+        for c in self.components:
+            if c.name == name:
+                return c
+        raise EvalkitError(f"{self.display} has no component {name!r}; its components: "
+                           f"{', '.join(c.name for c in self.components)}")
+
+    def quantizable(self) -> tuple[Component, ...]:
+        """Components a backend may quantize (the denoiser and the text encoders)."""
+        return tuple(c for c in self.components if c.role in (DENOISER, TEXT_ENCODER))
+
+    def variant(self, name: str) -> Variant | None:
+        for v in self.variants:
+            if name == v.name or name in v.aliases:
+                return v
+        return None
+
+    def default_variant(self) -> Variant:
+        return self.variants[0]
+
+    def pipeline_classes(self) -> tuple[str, ...]:
+        return (self.pipeline_class, *self.other_pipeline_classes)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# What every family's builders share.
+
+
+def build_cached(target: Path, builder: Callable[[Path], None]) -> Path:
+    """Build into a temp dir then rename, so a killed build never leaves a half model that looks complete."""
+    marker = target / ".evalkit-complete"
+    if marker.exists():
+        return target
+    with file_lock(target):
+        if marker.exists():
+            return target
+        tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
+        shutil.rmtree(tmp, ignore_errors=True)
+        builder(tmp)
+        (tmp / ".evalkit-complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        shutil.rmtree(target, ignore_errors=True)
+        os.replace(tmp, target)
+    return target
+
+
+def save_pipeline(family: ModelFamily, components: Mapping[str, Any], out: Path) -> None:
+    """`<Pipeline>(**components).save_pretrained(out)` with the family's pipeline class."""
+    import diffusers
+
+    getattr(diffusers, family.pipeline_class)(**components).save_pretrained(out, safe_serialization=True)
+
+
+def component_parameter_counts(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Parameters of each module the configs build, instantiated on the meta device (no memory, no time)."""
+    import torch
+
+    with torch.device("meta"):
+        built = family.build_modules(configs)
+    return {name: sum(p.numel() for p in m.parameters()) for name, m in built.items()}
