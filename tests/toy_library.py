@@ -70,3 +70,7 @@ def register() -> None:
 def unregister() -> None:
     unregister_library(TOY.key)
     unregister_library(GHOST.key)
+
+
+if __name__.startswith("evalkit_plugin_"):  # loaded with --plugin: register on import
+    register()
