@@ -306,7 +306,6 @@ def launch_local(argv: Sequence[str], nproc: int, gpus: Sequence[str] | None = N
                  threads_per_rank: int | None = None) -> int:
     """Run `evalkit <argv>` as `nproc` ranks on this machine through torchrun (torch.distributed.run --standalone),
     each rank seeing every GPU of `gpus` (it picks its own by LOCAL_RANK). Returns torchrun's exit code."""
-    import subprocess
 
     env = dict(os.environ)
     env[LAUNCHED_ENV] = "1"
@@ -319,7 +318,10 @@ def launch_local(argv: Sequence[str], nproc: int, gpus: Sequence[str] | None = N
         env.setdefault("EVALKIT_THREADS", str(threads_per_rank))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "evalkit", *strip_launch_options(argv)]
-    return subprocess.call(cmd, env=env)
+    from evalkit.procs import call_tied
+
+    # torchrun and its ranks end with this process: a terminated launcher leaves no rank holding the run's lock
+    return call_tied(cmd, env)
 
 
 def launched() -> bool:

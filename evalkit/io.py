@@ -98,6 +98,8 @@ def read_json(path: str | os.PathLike[str]) -> Any:
         return json.loads(text)
     except json.JSONDecodeError as e:
         raise EvalkitError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise EvalkitError(f"{path}: invalid JSON (nested too deeply to be a file evalkit wrote)") from None
 
 
 def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
@@ -110,7 +112,9 @@ def append_jsonl(path: str | os.PathLike[str], obj: Any) -> None:
     line = json.dumps(obj, sort_keys=True, ensure_ascii=False, default=_json_default) + "\n"
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(path, "a+b") as f:
+        # O_NOFOLLOW: an append must never go through a symbolic link to a file outside the run directory
+        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+        with os.fdopen(fd, "a+b") as f:
             if f.tell() > 0:
                 f.seek(-1, os.SEEK_END)
                 if f.read(1) != b"\n":

@@ -222,6 +222,8 @@ def _jsonl_rows(text: str, source: str, column: str | None,
             obj = json.loads(line)
         except json.JSONDecodeError as e:
             raise EvalkitError(f"{source}:{lineno}: invalid JSON ({e.msg} at column {e.colno})") from None
+        except RecursionError:
+            raise EvalkitError(f"{source}:{lineno}: invalid JSON (nested too deeply to be a prompt record)") from None
         rows.append(_record_row(obj, lineno, source, column, category_column, names))
     return rows
 
@@ -241,6 +243,10 @@ def _json_rows(text: str, source: str, column: str | None,
             raise EvalkitError(f"{source}:{line_of(pos)}: expected a JSON list of prompts, or an object holding one")
     except json.JSONDecodeError as e:
         raise EvalkitError(f"{source}:{e.lineno}: invalid JSON ({e.msg})") from None
+    except RecursionError:
+        raise EvalkitError(f"{source}: invalid JSON (nested too deeply to be a prompt set)") from None
+    except IndexError:  # the text ended inside an object: a cut file
+        raise EvalkitError(f"{source}:{line_of(len(text))}: invalid JSON (the file ends inside an object: truncated?)") from None
     names: list[str] = []
     return [_record_row(obj, line_of(at), source, column, category_column, names) for at, obj in items]
 

@@ -15,6 +15,16 @@ __all__ = ["REFERENCE_BACKEND", "SCHEMA_VERSION", "RunDir", "open_run", "display
            "load_generation_records", "load_metric_records", "write_summary"]
 
 
+def safe_name(name: object, what: str) -> str:
+    """A name read from a record or the manifest (backend, prompt id, shard tag) that becomes one path component:
+    refused, with one line, if it could leave its folder or is not a plain name."""
+    if (not isinstance(name, str) or not name or name in (".", "..") or name.startswith(".") or len(name) > 200
+            or any(c in name for c in "/\\\0") or any(ord(c) < 32 for c in name)):
+        raise EvalkitError(f"{what} {name!r}: not a plain name (a run directory's names never hold '/', '\\', "
+                           "control characters or a leading '.'); the run directory's files were edited or damaged")
+    return name
+
+
 @dataclass(frozen=True)
 class RunDir:
     """Paths inside one run directory. Every stage goes through these, never through string joins of its own."""
@@ -35,39 +45,41 @@ class RunDir:
         return self.root / "summary.json"
 
     def images_dir(self, backend: str) -> Path:
-        return self.root / "images" / backend
+        return self.root / "images" / safe_name(backend, "backend")
 
     def image_path(self, backend: str, prompt_id: str, seed: int) -> Path:
-        return self.images_dir(backend) / f"{prompt_id}_s{seed}.png"
+        if not isinstance(seed, int) or isinstance(seed, bool):
+            raise EvalkitError(f"prompt {prompt_id!r}: seed {seed!r} is not an integer")
+        return self.images_dir(backend) / f"{safe_name(prompt_id, 'prompt id')}_s{seed}.png"
 
     def generation_record(self, backend: str) -> Path:
-        return self.root / "generation" / f"{backend}.json"
+        return self.root / "generation" / f"{safe_name(backend, 'backend')}.json"
 
     def generation_partial(self, backend: str) -> Path:
-        return self.root / "generation" / f"{backend}.partial.jsonl"
+        return self.root / "generation" / f"{safe_name(backend, 'backend')}.partial.jsonl"
 
     def shards_dir(self, backend: str) -> Path:
         """Where each rank's files for one backend wait for the merge (docs/run-directory.md, "Shards")."""
-        return self.root / "generation" / "shards" / backend
+        return self.root / "generation" / "shards" / safe_name(backend, "backend")
 
     def shard_unit(self, backend: str, tag: str) -> Path:
-        return self.shards_dir(backend) / f"{tag}.unit.json"
+        return self.shards_dir(backend) / f"{safe_name(tag, 'shard tag')}.unit.json"
 
     def shard_partial(self, backend: str, tag: str) -> Path:
-        return self.shards_dir(backend) / f"{tag}.partial.jsonl"
+        return self.shards_dir(backend) / f"{safe_name(tag, 'shard tag')}.partial.jsonl"
 
     def shard_record(self, backend: str, tag: str) -> Path:
-        return self.shards_dir(backend) / f"{tag}.json"
+        return self.shards_dir(backend) / f"{safe_name(tag, 'shard tag')}.json"
 
     @property
     def merge_manifest(self) -> Path:
         return self.root / "merge.json"
 
     def log(self, backend: str) -> Path:
-        return self.root / "logs" / f"{backend}.log"
+        return self.root / "logs" / f"{safe_name(backend, 'backend')}.log"
 
     def metrics_record(self, backend: str) -> Path:
-        return self.root / "metrics" / f"{backend}.json"
+        return self.root / "metrics" / f"{safe_name(backend, 'backend')}.json"
 
     @property
     def metrics_dir(self) -> Path:
@@ -75,6 +87,38 @@ class RunDir:
 
     def relative(self, path: Path) -> str:
         return Path(path).relative_to(self.root).as_posix()
+
+    def inside(self, relative: object, what: str) -> Path:
+        """The file a record names by its path relative to the run directory (an image entry's `path`), refused
+        when it would lie outside the run directory, through `..` or a link."""
+        if not isinstance(relative, str) or not relative or "\0" in relative or os.path.isabs(relative):
+            raise EvalkitError(f"{what}: path {relative!r} is not a path relative to the run directory {self.root}")
+        path = self.root / relative
+        real = path.resolve()
+        if real != self.root and self.root not in real.parents:
+            raise EvalkitError(f"{what}: path {relative!r} leads outside the run directory {self.root} (to {real})")
+        return path
+
+    def refuse_links_out(self) -> None:
+        """Refuse (one line) a run directory holding a symbolic link that leads outside it: every stage writes into
+        the run directory, and a write through such a link would land in the user's other files."""
+        if not self.root.is_dir():
+            return
+        stack = [self.root]
+        while stack:
+            folder = stack.pop()
+            try:
+                entries = list(os.scandir(folder))
+            except OSError:
+                continue
+            for e in entries:
+                if e.is_symlink():
+                    real = Path(e.path).resolve()
+                    if real != self.root and self.root not in real.parents:
+                        raise EvalkitError(f"{e.path}: a symbolic link out of the run directory (to {real}); evalkit "
+                                           "writes only inside a run directory: remove the link or copy what it holds")
+                elif e.is_dir(follow_symlinks=False):
+                    stack.append(Path(e.path))
 
 
 def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Manifest]:
@@ -85,6 +129,7 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Manifest]:
     rd = RunDir(root)
     if not rd.manifest.exists():
         raise EvalkitError(f"{root}: not a run directory (no manifest.json); create one with `evalkit generate` or `evalkit run`")
+    rd.refuse_links_out()
     manifest = read_manifest(rd.manifest)
     from evalkit.plugins import load_run_plugins
 

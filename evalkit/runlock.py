@@ -85,12 +85,19 @@ def _pid_alive(pid: int) -> bool:
 
 
 def _read(path: Path) -> LockHolder | None:
+    """The holder a lock file names, or None when it cannot be read or is not a lock evalkit wrote (a mangled file
+    is judged like one still being written: stale after UNREADABLE_LOCK_GRACE_S)."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        return LockHolder(**{k: data[k] for k in ("pid", "host", "stage", "started_utc", "token")},
-                          pid_start=data.get("pid_start"))
-    except (OSError, ValueError, KeyError, TypeError):
+        holder = LockHolder(**{k: data[k] for k in ("pid", "host", "stage", "started_utc", "token")},
+                            pid_start=data.get("pid_start"))
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
         return None
+    if not (isinstance(holder.pid, int) and not isinstance(holder.pid, bool) and holder.pid > 0
+            and all(isinstance(v, str) for v in (holder.host, holder.stage, holder.started_utc, holder.token))
+            and (holder.pid_start is None or isinstance(holder.pid_start, str))):
+        return None
+    return holder
 
 
 def _is_stale(holder: LockHolder | None, path: Path) -> bool:

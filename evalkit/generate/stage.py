@@ -48,7 +48,7 @@ def versioned_packages() -> tuple[str, ...]:
 # Settings that decide what the images are. A run directory holds one value of each; backends can be added.
 IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
                  "max_sequence_length", "base_seed", "batch_size", "device", "components", "backend_options", "gguf_file",
-                 "plugins")
+                 "plugins", "prompt_column")
 
 
 @dataclass
@@ -239,6 +239,8 @@ def run_identity(opts: GenerateOptions, model: ModelInfo, prompts_sha: str, gen:
         # a plugin's code decides what its backends make: its content is part of the study (None: no plugins, as in
         # runs made before plugins existed)
         "plugins": sorted(p["sha256"] for p in plugins) or None,
+        # which column of a prompt set is read selects the study's prompts (and prompts_sha256 is the file's hash)
+        "prompt_column": opts.prompt_column,
     }
 
 
@@ -301,6 +303,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     check_ownership(root)
     ensure_writable_dir(root)
     rd = RunDir(root)
+    rd.refuse_links_out()  # before anything is written into it
     if lock is not None:
         # Held from before the manifest is read until the stage ends: two commands on one directory cannot both
         # read the backend list and each write back its own.

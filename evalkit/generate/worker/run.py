@@ -75,26 +75,7 @@ def emit(event: str, **data: Any) -> None:
     print(json.dumps(msg), flush=True)
 
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-
-def die_with_parent(expected_parent: int | None = None, sig: int = 15) -> bool:
-    """Ask Linux to send this process `sig` (SIGTERM) when its parent dies, so a killed stage (or its forkserver)
-    leaves no worker running on, holding a GPU. Returns whether it was set (False off Linux). With
-    `expected_parent`, a parent that died before the request (this process was re-parented) ends this one now."""
-    if not sys.platform.startswith("linux"):
-        return False
-    import ctypes
-
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.prctl(PR_SET_PDEATHSIG, sig, 0, 0, 0) != 0:
-            return False
-    except (OSError, AttributeError):
-        return False
-    if expected_parent is not None and os.getppid() != expected_parent:  # too late: the signal will never come
-        os.kill(os.getpid(), sig)
-    return True
+from evalkit.procs import die_with_parent  # noqa: E402 (re-exported: workers and tests use it)
 
 
 def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any,
