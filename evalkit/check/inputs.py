@@ -82,6 +82,9 @@ def number_or_none(path: Path, where: str, x: Any) -> float | None:
 def check_metric_entry(path: Path, where: str, m: Any) -> None:
     """The fields of one metric entry (summary.json or a metric record) that check and compare read."""
     check_shape(path, where, m, {"status": str, "per_prompt": dict})
+    if not isinstance(m.get("status"), str):  # every metric result states whether it was computed
+        raise EvalkitError(f"{path}: {where}.status must be a string (\"ok\", \"skipped\", ...), found "
+                           f"{'null' if m.get('status') is None else type(m.get('status')).__name__}")
     for key in _METRIC_NUMBERS:
         number_or_none(path, f"{where}.{key}", m.get(key))
     n = m.get("n")

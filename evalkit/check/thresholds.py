@@ -190,6 +190,8 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise EvalkitError(_toml_error(path, e)) from None
+    except RecursionError:
+        raise EvalkitError(f"{path}: invalid thresholds file: values nested too deeply") from None
 
     known = _known_metrics()  # at load time: a metric registered after this module was imported counts too
     metrics = set(known) | set(run_metrics)
