@@ -12,7 +12,8 @@ Format (TOML, see thresholds.example.toml and docs/release-gate.md):
 A bound is `<quantity>_max` or `<quantity>_min`. Quality metrics take both; resources (memory, time)
 only `_max`. A quality bound may instead be relative to the run's noise floor, `lpips_alex_max = { noise = 3 }`;
 evalkit.check.noise resolves it against calibration.json. Every name is checked before anything is judged, so a typo is an error (exit 2) with the
-closest names suggested, never a bound that silently checks nothing.
+closest names suggested, never a bound that silently checks nothing. A section may name a real backend the run lacks
+(one file serves runs with fewer backends): it lands in `Thresholds.absent`, which check lists as not judged.
 """
 
 from __future__ import annotations
