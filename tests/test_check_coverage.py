@@ -73,6 +73,7 @@ def test_uncovered_backend_is_named_everywhere_and_fails_on_request(tmp_path: Pa
     assert case.get("classname") == "evalkit.check.torchao-int8wo" and case.find("skipped") is not None
     assert "bf16" not in {c.get("classname").rsplit(".", 1)[1] for c in root.iter("testcase")}  # the reference is not owed a bound
     assert main(["check", str(run), "-t", str(th), "-q", "--require-coverage"]) == 1
+    assert "not judged: torchao-int8wo" in capsys.readouterr().err  # -q prints warnings only: this is one
     md, root = outputs(run)
     assert "`coverage` **torchao-int8wo**" in md.split("### Failures")[1] and root.get("failures") == "1"
 
@@ -88,6 +89,7 @@ def test_section_for_a_backend_the_run_lacks_is_listed_not_an_error(tmp_path: Pa
     assert "`in_run` **bnb-nf4**" in md
     assert suite(root, "evalkit.check.bnb-nf4").find("testcase/skipped") is not None
     assert main(["check", str(run), "-t", str(th), "-q", "--require-backends"]) == 1
+    assert "bounds backend(s) this run does not have, not judged: bnb-nf4" in capsys.readouterr().err
     # The shipped example on a two-backend run: judged, never "backend 'bnb-nf4' is not in this run" (exit 2).
     assert main(["check", str(run), "-t", str(REPO / "thresholds.example.toml"), "-q"]) == 1
     assert "in_run" in outputs(run)[0]

@@ -131,7 +131,7 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
     if not order:
         raise EvalkitError(f"the runs share no backend (base: {', '.join(bb)}; candidate: {', '.join(cb)})")
     scored = [b for b in both_ok if b != base.reference]
-    for run in (base, cand):  # the per-prompt values describe the files scored: a replaced one is exit 2
+    for run in (base, cand) if scored else ():  # the per-prompt values describe the files scored: a replaced one is exit 2
         verify_images(run, scored, full=verify)
 
     report = Report("compare", f"evalkit compare: {bman.get('run_id')} → {cman.get('run_id')}", COMPARE_COLUMNS)

@@ -118,6 +118,14 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     _missing_prompts(report, run, rules, require_coverage)
     for name, where in th.absent.items():
         report.cases.append(_absent(name, where, backends, require_backends))
+    # Also as warnings: the only lines `-q` prints, so a CI log shows what the gate did not judge.
+    uncovered = [c.backend for c in report.cases if c.name == "coverage"]
+    if uncovered:
+        report.warnings.append(f"no bound covers {len(uncovered)} backend(s) of this run, so they are not judged: "
+                               f"{', '.join(uncovered)}" + ("" if require_coverage else " (--require-coverage fails them)"))
+    if th.absent:
+        report.warnings.append(f"{th.path.name} bounds backend(s) this run does not have, not judged: "
+                               f"{', '.join(th.absent)}" + ("" if require_backends else " (--require-backends fails them)"))
     width = len(report.columns) - 1  # every case fills every data column, so no renderer shifts a column
     report.cases = [c if len(c.cells) == width else dataclasses.replace(c, cells=(c.cells + ("—",) * width)[:width])
                     for c in report.cases]
