@@ -6,6 +6,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal
+
+if TYPE_CHECKING:  # only for annotations: this module imports nothing heavy at run time
+    from evalkit.check.outputs import Outputs
+    from evalkit.check.results import Report
 
 
 # check and compare both write into RUN/check/; compare's names differ so that a CI job running both on the
@@ -73,7 +78,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                      "1 a significant regression with --fail-on-regression, 2 the runs cannot be compared.")
 
 
-def _judge(kind: str, args: argparse.Namespace, run_dir: Path, names: tuple[str, str], title: str, judge) -> int:
+def _judge(kind: Literal["check", "compare"], args: argparse.Namespace, run_dir: Path, names: tuple[str, str],
+           title: str, judge: Callable[[], "Report"]) -> int:
     """Claim the output paths (exit 2 before any input is read if one holds a file evalkit did not write), judge,
     then write the outputs atomically. When the inputs cannot be judged, the outputs become an ERROR rendering
     where evalkit's own outputs (or nothing) are, and the one-line error goes on to the CLI (exit 2)."""
@@ -87,12 +93,12 @@ def _judge(kind: str, args: argparse.Namespace, run_dir: Path, names: tuple[str,
     try:
         report = judge()
     except EvalkitError as e:
-        _write(error_report(kind, title, str(e)), out, time.perf_counter() - t0, make_dirs=False)  # type: ignore[arg-type]
+        _write(error_report(kind, title, str(e)), out, time.perf_counter() - t0, make_dirs=False)
         raise
     return _emit(report, out, args.quiet, time.perf_counter() - t0)
 
 
-def _write(report, out, elapsed: float, make_dirs: bool = True) -> list[Path]:
+def _write(report: "Report", out: "Outputs", elapsed: float, make_dirs: bool = True) -> list[Path]:
     from evalkit.check import outputs
     from evalkit.check.junit import render_junit
     from evalkit.check.markdown import render_markdown
@@ -107,7 +113,7 @@ def _write(report, out, elapsed: float, make_dirs: bool = True) -> list[Path]:
         return []  # an ERROR rendering that cannot be written must not hide the error that caused it
 
 
-def _emit(report, out, quiet: bool, elapsed: float) -> int:
+def _emit(report: "Report", out: "Outputs", quiet: bool, elapsed: float) -> int:
     from evalkit.check.console import print_report
 
     written = _write(report, out, elapsed)
