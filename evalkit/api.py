@@ -175,7 +175,7 @@ def check(run_dir: PathLike, thresholds: PathLike, *, use_ci: bool = False) -> R
     >>> run = make_synthetic_run(tmp / "run", backends=["bf16", "torchao-int8wo"])
     >>> _ = (tmp / "gate.toml").write_text("[default]\\nlpips_alex_max = 0.5\\n")
     >>> result = evalkit.check(run, tmp / "gate.toml")
-    >>> result.exit_code, result.verdict
+    >>> result.exit_code, result.verdict.name
     (0, 'PASS')
     """
     from evalkit.check.gate import check_run

@@ -1,7 +1,8 @@
 """Tiny synthetic run directories for the check/compare tests, written exactly as docs/run-directory.md says.
 
-No model and no images: check and compare read only manifest.json, generation/<backend>.json,
-metrics/<backend>.json and summary.json, so that is all these write (summary via write_summary).
+No model: manifest.json, generation/<backend>.json, metrics/<backend>.json and summary.json (via write_summary),
+plus one small solid-colour PNG per (backend, prompt) recorded with its sha256 and stat fingerprint, because check
+and compare verify the images their metrics rest on (evalkit.integrity).
 """
 
 from __future__ import annotations
@@ -133,6 +134,22 @@ def metrics_record(backend: str, m: dict[str, Any], shift: float = 0.0,
     return {"schema_version": 1, "backend": backend, "reference_backend": "bf16", "metrics": metrics}
 
 
+def write_images(rd: RunDir, backend: str, m: dict[str, Any]) -> list[dict[str, Any]]:
+    """One PNG per prompt at the manifest's size, and its record entry (sha256, size_bytes, mtime_ns)."""
+    from PIL import Image
+
+    from evalkit.records import image_entry_for_file
+
+    gen = m["generation"]
+    entries = []
+    for i, p in enumerate(m["prompts"]):
+        path = rd.image_path(backend, p["id"], p["seed"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.new("RGB", (gen["width"], gen["height"]), (i * 17 % 256, len(backend) * 9 % 256, 80)).save(path)
+        entries.append(image_entry_for_file(rd.root, rd.relative(path), prompt_id=p["id"], seed=p["seed"]))
+    return entries
+
+
 def make_run(root: Path, m: dict[str, Any] | None = None, *, shift: float = 0.0,
              failed: dict[str, str] | None = None, skipped: dict[str, str] | None = None,
              device: str = "cpu", median_s: dict[str, float] | None = None,
@@ -151,8 +168,12 @@ def make_run(root: Path, m: dict[str, Any] | None = None, *, shift: float = 0.0,
     for b in m["backends"]:
         st, reason = ("failed", failed[b]) if failed and b in failed else ("ok", None)
         lat = (median_s or {}).get(b, 0.03 if b == "bf16" else 0.045)
-        atomic_write_json(rd.generation_record(b), generation_record(
-            b, m, st, reason, device, lat, (peak_reserved or {}).get(b), (flags or {}).get(b)))
+        rec = generation_record(b, m, st, reason, device, lat, (peak_reserved or {}).get(b), (flags or {}).get(b))
+        if st == "ok":
+            real = write_images(rd, b, m)
+            for entry, written in zip(rec["images"], real):
+                entry.update({k: written[k] for k in ("path", "sha256", "size_bytes", "mtime_ns")})
+        atomic_write_json(rd.generation_record(b), rec)
         if score and st == "ok" and b != m["reference_backend"]:
             atomic_write_json(rd.metrics_record(b), metrics_record(b, m, shift, skipped))
     write_summary(rd.root)
@@ -167,7 +188,8 @@ def write(path: Path, text: str) -> Path:
 def write_calibration(root: Path, values: dict[str, list[float]], perturbation: str = "batch2",
                       m: dict[str, Any] | None = None) -> Path:
     """RUN/calibration.json as `evalkit calibrate` writes it (evalkit.calibrate.floor), from one perturbation's
-    per-prompt values per metric. Constant values give a floor of exactly that value (its CI collapses)."""
+    per-prompt values per metric, for the run whose manifest is `m` (its prompts, device, model and settings; the
+    values are repeated over its prompts). Constant values give a floor of exactly that value (its CI collapses)."""
     from evalkit.calibrate.floor import SCHEMA, metric_facts, metric_floor, perturbation_entry
     from evalkit.score.stats import summarize
 
@@ -175,12 +197,14 @@ def write_calibration(root: Path, values: dict[str, list[float]], perturbation: 
     metrics = {}
     for name, vals in values.items():
         facts = metric_facts(name)
-        ids = [f"p{i}" for i in range(len(vals))]
+        ids = [p["id"] for p in m["prompts"]]
+        vals = [vals[i % len(vals)] for i in range(len(ids))]
         rec = {"status": "ok", **summarize(vals), "per_prompt": dict(zip(ids, vals))}
         entry = perturbation_entry(rec, facts)
         metrics[name] = {**{k: facts[k] for k in ("label", "unit", "higher_is_better", "identity", "scale")},
                          "floor": metric_floor({perturbation: entry}, facts), "perturbations": {perturbation: entry}}
     path = Path(root) / "calibration.json"
-    atomic_write_json(path, {"schema": SCHEMA, "model": m["model"]["spec"], "generation": m["generation"],
+    atomic_write_json(path, {"schema": SCHEMA, "run_id": m["run_id"], "model": m["model"]["spec"],
+                             "device": m["device"]["type"], "n_prompts": len(m["prompts"]), "generation": m["generation"],
                              "perturbations": {perturbation: {"settings": {"batch_size": 2}}}, "metrics": metrics})
     return path

@@ -175,12 +175,18 @@ def test_unscored_run_with_metric_bounds_exits_2(tmp_path: Path, capsys) -> None
     assert check(run, write(tmp_path / "r.toml", "[default]\nlatency_ratio_to_bf16_max = 2\n"), "-q") == 0
 
 
-def test_error_removes_stale_outputs(run: Path, tmp_path: Path) -> None:
+def test_error_replaces_stale_outputs_with_an_error_verdict(run: Path, tmp_path: Path) -> None:
     # CI uploads RUN_DIR/check/* whatever the exit code: an old PASS must not outlive a check that errored.
     assert check(run, write(tmp_path / "t.toml", PASSING), "-q") == 0
-    assert (run / "check" / "junit.xml").exists()
+    assert "**PASS**" in (run / "check" / "summary.md").read_text()
     assert check(run, write(tmp_path / "bad.toml", "[default\n"), "-q") == 2
-    assert not (run / "check" / "junit.xml").exists() and not (run / "check" / "summary.md").exists()
+    md = (run / "check" / "summary.md").read_text()
+    assert "**ERROR**" in md and "PASS" not in md and "bad.toml:1" in md
+    root = ET.parse(run / "check" / "junit.xml").getroot()
+    errors = list(root.iter("error"))
+    assert root.get("errors") == "1" and len(errors) == 1 and "invalid TOML" in errors[0].get("message")
+    assert not list(root.iter("failure"))  # an error is not a failed bound
+    _validate_xsd(run / "check" / "junit.xml")
 
 
 # --- what must fail, not silently pass ----------------------------------------------------------------------

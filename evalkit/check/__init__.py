@@ -4,5 +4,8 @@ Reads only the run directory (docs/run-directory.md) and writes `RUN_DIR/check/`
   `evalkit check RUN_DIR --thresholds FILE.toml`   bounds per backend -> exit 0 pass, 1 violated, 2 cannot run
   `evalkit compare BASE_RUN CANDIDATE_RUN`          paired bootstrap over prompts -> deltas, flagged regressions
 
-Both write JUnit XML (one testcase per backend and bound) and a Markdown summary for PR comments.
+Modules: inputs (read and validate a run; verify its images), thresholds (the TOML), noise (calibration.json),
+measure (the number a bound judges), gate (check), compare and bootstrap (compare), results (the values: Verdict,
+Outcome, Finding, Report), console/markdown/junit (renderings of those values), outputs (where and over what the
+renderings may be written), cli.
 """

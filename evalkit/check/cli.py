@@ -6,6 +6,11 @@ import argparse
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable, Literal
+
+if TYPE_CHECKING:  # only for annotations: this module imports nothing heavy at run time
+    from evalkit.check.outputs import Outputs
+    from evalkit.check.results import Report
 
 
 # check and compare both write into RUN/check/; compare's names differ so that a CI job running both on the
@@ -20,6 +25,9 @@ def _add_outputs(parser: argparse.ArgumentParser, what: str, names: tuple[str, s
     parser.add_argument("--markdown", metavar="PATH", default=None,
                         help=f"Markdown summary for PR comments (default: {what}/check/{names[1]}); '-' to skip")
     parser.add_argument("--quiet", "-q", action="store_true", help="do not print the table to the terminal")
+    parser.add_argument("--verify", action="store_true",
+                        help="hash every image the metrics rest on (default: a file whose size and mtime match its "
+                             "generation record is trusted, as in score)")
 
 
 def add_check_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,8 +41,18 @@ def add_check_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--calibration", metavar="FILE", default=None,
                         help="the noise floor (calibration.json) for `{ noise = k }` bounds and the floor/margin "
                              "columns (default: RUN_DIR/calibration.json when it exists; `evalkit calibrate`)")
+    parser.add_argument("--require-coverage", action="store_true",
+                        help="fail when a backend of the run (other than the reference) has no bound, or a judged "
+                             "backend's generation record lacks prompts (default: said in every output, not failing)")
+    parser.add_argument("--require-backends", action="store_true",
+                        help="fail when the thresholds file has a [backends.\"NAME\"] section for a backend the run "
+                             "lacks (default: said in every output, not judged)")
+    parser.add_argument("--allow-calibration-mismatch", action="store_true",
+                        help="use a calibration made under other settings than the run (default: refused, exit 2, "
+                             "naming every differing setting); the outputs then warn")
     _add_outputs(parser, "RUN_DIR", CHECK_OUTPUTS)
-    parser.epilog = "Exit status: 0 every bound holds, 1 a bound is violated, 2 the check cannot run."
+    parser.epilog = ("Exit status: 0 every bound holds, 1 a bound is violated, 2 the check cannot run. Outputs are "
+                     "written after the inputs are validated, and never over a file evalkit did not write.")
 
 
 def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,45 +78,53 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
                      "1 a significant regression with --fail-on-regression, 2 the runs cannot be compared.")
 
 
-def _outputs(args: argparse.Namespace, run_dir: Path, names: tuple[str, str]) -> tuple[Path | None, Path | None]:
-    default = run_dir / "check"
-    junit = None if args.junit == "-" else Path(args.junit) if args.junit else default / names[0]
-    md = None if args.markdown == "-" else Path(args.markdown) if args.markdown else default / names[1]
-    return junit, md
-
-
-def _clear_stale(paths: list[Path | None]) -> None:
-    # A CI job uploads these files whatever the exit code: an old PASS must not survive a run that errored.
-    for p in paths:
-        if p is not None and p.is_file():
-            p.unlink()
-
-
-def _emit(report, junit: Path | None, md: Path | None, quiet: bool, elapsed: float) -> int:
-    from evalkit.check.console import print_report
-    from evalkit.check.junit import write_junit
-    from evalkit.check.markdown import write_markdown
+def _judge(kind: Literal["check", "compare"], args: argparse.Namespace, run_dir: Path, names: tuple[str, str],
+           title: str, judge: Callable[[], "Report"]) -> int:
+    """Claim the output paths (exit 2 before any input is read if one holds a file evalkit did not write), judge,
+    then write the outputs atomically. When the inputs cannot be judged, the outputs become an ERROR rendering
+    where evalkit's own outputs (or nothing) are, and the one-line error goes on to the CLI (exit 2)."""
+    from evalkit.check import outputs
+    from evalkit.check.results import error_report
     from evalkit.errors import EvalkitError
 
-    for path in (junit, md):
-        if path is not None:
-            try:
-                path.parent.mkdir(parents=True, exist_ok=True)
-            except OSError as e:
-                raise EvalkitError(f"{path.parent}: cannot create output directory ({e.strerror})") from None
-    if junit is not None:
-        write_junit(report, junit, elapsed)
-    if md is not None:
-        write_markdown(report, md)
+    t0 = time.perf_counter()
+    out = outputs.plan(args.junit, args.markdown, run_dir / "check", names)
+    outputs.claim(out)
+    try:
+        report = judge()
+    except EvalkitError as e:
+        _write(error_report(kind, title, str(e)), out, time.perf_counter() - t0, make_dirs=False)
+        raise
+    return _emit(report, out, args.quiet, time.perf_counter() - t0)
+
+
+def _write(report: "Report", out: "Outputs", elapsed: float, make_dirs: bool = True) -> list[Path]:
+    from evalkit.check import outputs
+    from evalkit.check.junit import render_junit
+    from evalkit.check.markdown import render_markdown
+    from evalkit.errors import EvalkitError
+
+    try:
+        return outputs.write(out, render_junit(report, elapsed) if out.junit else None,
+                             render_markdown(report) if out.markdown else None, make_dirs=make_dirs)
+    except EvalkitError:
+        if make_dirs:
+            raise
+        return []  # an ERROR rendering that cannot be written must not hide the error that caused it
+
+
+def _emit(report: "Report", out: "Outputs", quiet: bool, elapsed: float) -> int:
+    from evalkit.check.console import print_report
+
+    written = _write(report, out, elapsed)
     if quiet:
         # Warnings (a forced comparison, a bound on a metric's good side) must reach the CI log even with -q.
         for w in report.warnings:
             print(f"evalkit: warning: {w}", file=sys.stderr)
     else:
         print_report(report)
-        written = [str(p) for p in (junit, md) if p is not None]
         if written:
-            print(f"wrote {', '.join(written)}")
+            print(f"wrote {', '.join(map(str, written))}")
     return report.exit_code
 
 
@@ -106,11 +132,10 @@ def check_main(args: argparse.Namespace) -> int:
     """`evalkit check`: 0 pass, 1 a bound violated; EvalkitError (2) when the check cannot run."""
     from evalkit.check.gate import check_run
 
-    t0 = time.perf_counter()
-    junit, md = _outputs(args, Path(args.run_dir), CHECK_OUTPUTS)
-    _clear_stale([junit, md])
-    report = check_run(args.run_dir, args.thresholds, use_ci=args.use_ci, calibration=args.calibration)
-    return _emit(report, junit, md, args.quiet, time.perf_counter() - t0)
+    return _judge("check", args, Path(args.run_dir), CHECK_OUTPUTS, f"evalkit check: {Path(args.run_dir).name}",
+                  lambda: check_run(args.run_dir, args.thresholds, use_ci=args.use_ci, calibration=args.calibration,
+                                    require_coverage=args.require_coverage, require_backends=args.require_backends,
+                                    allow_calibration_mismatch=args.allow_calibration_mismatch, verify=args.verify))
 
 
 def compare_main(args: argparse.Namespace) -> int:
@@ -122,10 +147,10 @@ def compare_main(args: argparse.Namespace) -> int:
         raise EvalkitError(f"--alpha must be between 0 and 1, not {args.alpha}")
     if args.n_bootstrap < 100:
         raise EvalkitError(f"--n-bootstrap must be at least 100, not {args.n_bootstrap}")
-    t0 = time.perf_counter()
-    junit, md = _outputs(args, Path(args.candidate_run), COMPARE_OUTPUTS)
-    _clear_stale([junit, md])
-    report = compare_runs(args.base_run, args.candidate_run, alpha=args.alpha, n_bootstrap=args.n_bootstrap,
-                          force=args.force, fail_on_regression=args.fail_on_regression,
-                          memory_tolerance=args.memory_tolerance, latency_tolerance=args.latency_tolerance)
-    return _emit(report, junit, md, args.quiet, time.perf_counter() - t0)
+    return _judge("compare", args, Path(args.candidate_run), COMPARE_OUTPUTS,
+                  f"evalkit compare: {Path(args.base_run).name} → {Path(args.candidate_run).name}",
+                  lambda: compare_runs(args.base_run, args.candidate_run, alpha=args.alpha,
+                                       n_bootstrap=args.n_bootstrap, force=args.force,
+                                       fail_on_regression=args.fail_on_regression,
+                                       memory_tolerance=args.memory_tolerance,
+                                       latency_tolerance=args.latency_tolerance, verify=args.verify))

@@ -1,38 +1,38 @@
 """`evalkit compare BASE CANDIDATE`: what changed between two runs, and whether it is more than seed noise.
 
 Quality: per backend and metric, the candidate's per-prompt values minus the base's, paired by prompt id,
-with a percentile bootstrap over prompts for the CI of the mean delta. A change is significant when the
-(1 - alpha) CI excludes zero, and a regression when it is significant in the worse direction
+with a percentile bootstrap over prompts for the CI of the mean delta (evalkit.check.bootstrap). A change is
+significant when the (1 - alpha) CI excludes zero, and a regression when it is significant in the worse direction
 (`higher_is_better`). Set-level metrics (FID, KID) have no per-prompt values: their delta is shown, untested.
 
 Resources: ratios of latency and memory, flagged past a tolerance, and only when both runs ran on the same
 device (a ratio across different hardware says nothing about the code).
 
-Runs that differ in what was generated (prompts, seeds, resolution, steps, guidance, model) are refused:
-their deltas would measure the setup, not the change. `--force` compares anyway and says so everywhere.
+Every case carries a `Finding` (evalkit.check.results); a regression is `Finding.is_regression`, failing with
+--fail-on-regression. A backend the candidate lacks is a regression too.
+
+Runs that differ in what was generated (prompts, seeds, resolution, steps, guidance, model), or whose generation
+records lack prompts of the manifest, are refused: their deltas would measure the setup, not the change. `--force`
+compares anyway and says so everywhere. Both runs' images are checked against their generation records first.
 """
 
 from __future__ import annotations
 
-import math
 import statistics
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evalkit.check import power
-from evalkit.check.gate import _dig, _fmt, _num, _shape, load_run_for_check
-from evalkit.check.results import CaseResult, Report
+from evalkit.check.bootstrap import MIN_PROMPTS_FOR_SIGNIFICANCE, BootstrapResult, format_p, paired_bootstrap
+from evalkit.check.inputs import RunInputs, few, load_run, number_or_none, verify_images
+from evalkit.check.measure import dig, fmt, num
+from evalkit.check.results import BackendInfo, CaseResult, Finding, Outcome, Report
 from evalkit.check.thresholds import _known_metrics
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json
-from evalkit.rundir import REFERENCE_BACKEND, RunDir
+from evalkit.rundir import REFERENCE_BACKEND
 
 COMPARE_COLUMNS = ("base", "candidate", "delta", "CI", "p", "verdict")
-
-# Below this many shared prompts no change is called significant: a bootstrap over 5 prompts has 126 distinct
-# resamples and a CI that excludes 0 whenever all deltas share a sign, which seed noise does often.
-MIN_PROMPTS_FOR_SIGNIFICANCE = 10
+_p = format_p  # the name tests and older callers use
 
 # (name, path in the summary's backend entry, is-memory). Memory is deterministic enough for a tolerance;
 # latency is noisy, hence its larger default tolerance.
@@ -50,60 +50,8 @@ GENERATION_KEYS = ("height", "width", "num_inference_steps", "guidance_scale", "
                    "base_seed", "generator_device", "dtype")
 MODEL_KEYS = ("spec", "kind", "random_weights")
 
-
-@dataclass(frozen=True)
-class BootstrapResult:
-    n: int
-    base_mean: float
-    cand_mean: float
-    delta: float
-    ci_low: float
-    ci_high: float
-    p_value: float  # two-sided bootstrap p: 2 * min(P(mean* <= 0), P(mean* >= 0)), within [1/B, 1]
-    n_bootstrap: int
-
-    @property
-    def p_at_resolution(self) -> bool:
-        """p is at the bootstrap's floor 1/B: the true p is at most this, not this."""
-        return self.p_value <= 1.0 / self.n_bootstrap
-
-    @property
-    def enough_prompts(self) -> bool:
-        return self.n >= MIN_PROMPTS_FOR_SIGNIFICANCE
-
-    @property
-    def significant(self) -> bool:
-        return self.enough_prompts and (self.ci_low > 0 or self.ci_high < 0)
-
-
-def paired_bootstrap(base: list[float], cand: list[float], n_bootstrap: int = 10000, alpha: float = 0.05,
-                     seed: int = 0) -> BootstrapResult:
-    """Percentile bootstrap of the mean paired difference cand - base, resampling prompts with replacement.
-
-    Seeded, so the same two runs always give the same CI and p (a CI gate must not flicker).
-    """
-    import numpy as np
-
-    b = np.asarray(base, dtype=np.float64)
-    c = np.asarray(cand, dtype=np.float64)
-    d = c - b
-    n = d.size
-    if n == 0:
-        raise ValueError("no paired values")
-    rng = np.random.default_rng(seed)
-    means = np.empty(n_bootstrap, dtype=np.float64)
-    # Chunked so 5000 prompts x 10000 resamples never holds a 400 MB index array.
-    chunk = max(1, min(n_bootstrap, 2_000_000 // max(n, 1)))
-    for start in range(0, n_bootstrap, chunk):
-        stop = min(start + chunk, n_bootstrap)
-        idx = rng.integers(0, n, size=(stop - start, n))
-        means[start:stop] = d[idx].mean(axis=1)
-    lo, hi = np.quantile(means, [alpha / 2, 1 - alpha / 2])
-    # An all-zero difference (identical runs) is exactly "no change": p = 1, CI [0, 0].
-    p = min(1.0, 2 * min(float(np.mean(means <= 0)), float(np.mean(means >= 0))))
-    # B resamples cannot resolve a p below 1/B: report that floor ("p < 1/B"), never 0 or a smaller number.
-    p = max(p, 1.0 / n_bootstrap)
-    return BootstrapResult(n, float(b.mean()), float(c.mean()), float(d.mean()), float(lo), float(hi), p, n_bootstrap)
+__all__ = ["compare_runs", "comparability", "paired_bootstrap", "BootstrapResult", "MIN_PROMPTS_FOR_SIGNIFICANCE",
+           "COMPARE_COLUMNS"]
 
 
 def comparability(base_m: dict[str, Any], cand_m: dict[str, Any]) -> list[str]:
@@ -115,15 +63,15 @@ def comparability(base_m: dict[str, Any], cand_m: dict[str, Any]) -> list[str]:
     if only_b or only_c:
         parts = []
         if only_b:
-            parts.append(f"{len(only_b)} only in base ({_few(only_b)})")
+            parts.append(f"{len(only_b)} only in base ({few(only_b)})")
         if only_c:
-            parts.append(f"{len(only_c)} only in candidate ({_few(only_c)})")
+            parts.append(f"{len(only_c)} only in candidate ({few(only_c)})")
         diffs.append(f"prompts differ ({len(bp)} vs {len(cp)}): " + "; ".join(parts))
     # Same id with other text cannot happen through evalkit (the id holds the text's hash), but a hand-edited
     # manifest can; check the text itself rather than trust the id.
     text_diff = [i for i in bp if i in cp and bp[i].get("text") != cp[i].get("text")]
     if text_diff:
-        diffs.append(f"prompt texts differ for {len(text_diff)} prompt(s) ({_few(text_diff)})")
+        diffs.append(f"prompt texts differ for {len(text_diff)} prompt(s) ({few(text_diff)})")
     seed_diff = [i for i in bp if i in cp and bp[i].get("seed") != cp[i].get("seed")]
     if seed_diff:
         i = seed_diff[0]
@@ -147,8 +95,17 @@ def comparability(base_m: dict[str, Any], cand_m: dict[str, Any]) -> list[str]:
     return diffs
 
 
-def _few(ids: list[str], k: int = 3) -> str:
-    return ", ".join(ids[:k]) + (f", +{len(ids) - k} more" if len(ids) > k else "")
+def missing_prompt_differences(base: RunInputs, cand: RunInputs, backends: list[str]) -> list[str]:
+    """A generated backend (or the reference) whose record lacks prompts of its manifest, in either run: its
+    paired n would silently shrink, so it is a mismatch like differing prompts."""
+    diffs = []
+    for side, run in (("base", base), ("candidate", cand)):
+        for b in dict.fromkeys([run.reference, *backends]):
+            missing = run.missing_prompts(b)
+            if missing:
+                diffs.append(f"{side} generation/{b}.json has no image for {len(missing)} of its "
+                             f"{len(run.prompt_ids())} prompts ({few(missing)})")
+    return diffs
 
 
 def _device_label(m: dict[str, Any]) -> str:
@@ -158,14 +115,24 @@ def _device_label(m: dict[str, Any]) -> str:
 
 def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0.05, n_bootstrap: int = 10000,
                  force: bool = False, fail_on_regression: bool = False, memory_tolerance: float = 0.05,
-                 latency_tolerance: float = 0.10) -> Report:
-    """Compare two runs. Raises EvalkitError (exit 2) when they are not comparable and `force` is false."""
-    brd, bman, bsum = load_run_for_check(base_dir)
-    crd, cman, csum = load_run_for_check(cand_dir)
-    diffs = comparability(bman, cman)
+                 latency_tolerance: float = 0.10, verify: bool = False) -> Report:
+    """Compare two runs. Raises EvalkitError (exit 2) when they are not comparable and `force` is false, or when an
+    image either run's metrics rest on is not the file its generation record describes (`verify`: hash every one)."""
+    base, cand = load_run(base_dir), load_run(cand_dir)
+    brd, bman, bsum = base.rd, base.manifest, base.summary
+    crd, cman, csum = cand.rd, cand.manifest, cand.summary
+    bb, cb = bsum["backends"], csum["backends"]
+    order = [b for b in (cman.get("backends") or list(cb)) if b in bb]
+    both_ok = [b for b in order if bb[b].get("status") == "ok" and cb[b].get("status") == "ok"]
+    diffs = comparability(bman, cman) + missing_prompt_differences(base, cand, both_ok)
     if diffs and not force:
         raise EvalkitError(f"runs are not comparable: {'; '.join(diffs)}. Their deltas would measure the setup, "
                            f"not the change; rerun with the same settings, or pass --force to compare anyway")
+    if not order:
+        raise EvalkitError(f"the runs share no backend (base: {', '.join(bb)}; candidate: {', '.join(cb)})")
+    scored = [b for b in both_ok if b != base.reference]
+    for run in (base, cand) if scored else ():  # the per-prompt values describe the files scored: a replaced one is exit 2
+        verify_images(run, scored, full=verify)
 
     report = Report("compare", f"evalkit compare: {bman.get('run_id')} → {cman.get('run_id')}", COMPARE_COLUMNS)
     if diffs:
@@ -192,48 +159,45 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
     report.properties.update({"base_run": str(bman.get("run_id")), "candidate_run": str(cman.get("run_id")),
                               "forced": str(bool(diffs)).lower(), "alpha": f"{alpha:g}",
                               "n_bootstrap": str(n_bootstrap)})
+    report.backend_info = _backend_info(base, cand)
 
-    bb, cb = bsum["backends"], csum["backends"]
-    order = [b for b in (cman.get("backends") or list(cb)) if b in bb]
+    flag = Outcome.FAIL if fail_on_regression else Outcome.PASS
     only_base = [b for b in (bman.get("backends") or list(bb)) if b not in cb]
     only_cand = [b for b in (cman.get("backends") or list(cb)) if b not in bb]
-    if only_base:
-        report.notes.append(f"backends only in base (not compared): {', '.join(only_base)}")
     if only_cand:
         report.notes.append(f"backends only in candidate (not compared): {', '.join(only_cand)}")
-    if not order:
-        raise EvalkitError(f"the runs share no backend (base: {', '.join(bb)}; candidate: {', '.join(cb)})")
-
-    flag = "fail" if fail_on_regression else "pass"
-    regressions = 0
     unmeasured: set[str] = set()
     unresolved: dict[str, list[tuple[str, Any]]] = {}  # metric -> [(backend, power.Guidance)]
     for b in order:
         be, ce = bb[b], cb[b]
         bst, cst = be.get("status"), ce.get("status")
         if bst == "ok" and cst != "ok":
-            regressions += 1
             msg = f"generation {cst} in the candidate (ok in base): {ce.get('reason')}"
-            report.cases.append(CaseResult(b, "status", flag, ("ok", str(cst), "", "", "", "⚠ regression"), msg))
+            report.cases.append(CaseResult(b, "status", flag, ("ok", str(cst), "", "", ""), msg,
+                                           finding=Finding.REGRESSION))
             continue
         if bst != "ok" or cst != "ok":
             why = f"base {bst}: {be.get('reason')}" if bst != "ok" else ""
             why += ("; " if why else "") + (f"candidate {cst}: {ce.get('reason')}" if cst != "ok" else "")
-            verdict = "fixed" if cst == "ok" else "not compared"
-            report.cases.append(CaseResult(b, "status", "pass" if cst == "ok" else "skipped",
-                                           (str(bst), str(cst), "", "", "", verdict), why))
+            fixed = cst == "ok"
+            report.cases.append(CaseResult(b, "status", Outcome.PASS if fixed else Outcome.SKIPPED,
+                                           (str(bst), str(cst), "", "", ""), why,
+                                           finding=Finding.FIXED if fixed else Finding.NOT_COMPARED))
             continue
-        cases = _compare_metrics(b, brd, crd, be, ce, alpha, n_bootstrap, flag, unresolved, report.properties)
-        cases += _compare_resources(b, be, ce, same_device, memory_tolerance, latency_tolerance, flag, unmeasured)
-        regressions += sum("regression" in c.cells[-1] for c in cases)
-        report.cases.extend(cases)
-    few = sorted({c.cells[-1] for c in report.cases if c.cells[-1].startswith("too few prompts")})
-    if few:
+        report.cases.extend(_compare_metrics(b, base, cand, be, ce, alpha, n_bootstrap, flag, unresolved,
+                                             report.properties))
+        report.cases.extend(_compare_resources(b, be, ce, same_device, memory_tolerance, latency_tolerance, flag,
+                                               unmeasured, (brd.summary, crd.summary)))
+    for b in only_base:
+        # A backend the release had and the candidate dropped is a regression: it can no longer be shipped as tested.
+        report.cases.append(CaseResult(b, "in_candidate", flag, (str(bb[b].get("status")), "absent", "", "", ""),
+                                       f"{b} is in the base run but not in the candidate", finding=Finding.MISSING))
+    if any(c.finding is Finding.TOO_FEW_PROMPTS for c in report.cases):
         report.notes.append(f"quality deltas over fewer than {MIN_PROMPTS_FOR_SIGNIFICANCE} shared prompts are shown "
                             f"but never called significant (a bootstrap over so few prompts overclaims)")
     for name, items in unresolved.items():
         worst = max((g.needed or 0) for _b, g in items)
-        who = ", ".join(f"{b} (n={g.n}, detectable {_fmt(g.detectable)}, gap {_fmt(g.gap)})" for b, g in items[:4])
+        who = ", ".join(f"{b} (n={g.n}, detectable {fmt(g.detectable)}, gap {fmt(g.gap)})" for b, g in items[:4])
         more = f", +{len(items) - 4} more" if len(items) > 4 else ""
         report.notes.append(f"sample size: the shared prompts CANNOT resolve the observed {name} difference for "
                             f"{who}{more}; up to {worst or 'infinitely many'} prompts needed ({power.STATED})")
@@ -243,11 +207,24 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
         report.notes.append(f"not measured in either run, so not compared: {', '.join(sorted(unmeasured))}")
     report.notes.append("Quality deltas compare each backend's distance from its own run's reference; if the "
                         "reference itself changed (e.g. a diffusers upgrade), compare the reference images too.")
-    report.properties["regressions"] = str(regressions)
-    report.flagged = regressions
-    report.summary_line = (f"{regressions} significant regression(s)" if regressions else "no significant regression") \
-        + ("" if fail_on_regression or not regressions else " (not failing: --fail-on-regression not set)")
+    report.properties["regressions"] = str(report.flagged)
     return report
+
+
+def _backend_info(base: RunInputs, cand: RunInputs) -> dict[str, BackendInfo]:
+    """† for a backend partial in either run, saying which: a candidate that quantizes less is a change to see."""
+    out: dict[str, BackendInfo] = {}
+    for b in dict.fromkeys([*cand.backends, *base.backends]):
+        pb = base.partial_reason(b) if b in base.backends else None
+        pc = cand.partial_reason(b) if b in cand.backends else None
+        if pb is None and pc is None:
+            reason = None
+        elif pb == pc:
+            reason = pc
+        else:
+            reason = "; ".join(f"{side}: {r or 'fully quantized'}" for side, r in (("base", pb), ("candidate", pc)))
+        out[b] = BackendInfo(b, reason)
+    return out
 
 
 def _version_changes(bman: dict[str, Any], cman: dict[str, Any]) -> str:
@@ -256,125 +233,123 @@ def _version_changes(bman: dict[str, Any], cman: dict[str, Any]) -> str:
     return ", ".join(f"{k} {bv.get(k)} → {cv.get(k)}" for k in keys if bv.get(k) != cv.get(k))
 
 
-def _per_prompt(rd: RunDir, backend: str) -> dict[str, Any]:
-    path = rd.metrics_record(backend)
-    if not path.exists():
-        return {}
-    rec = read_json(path)
-    _shape(path, "metrics record", rec, {"metrics": dict})
-    metrics = rec.get("metrics") or {}
-    for name, m in metrics.items():
-        _shape(path, f"metrics.{name}", m, {"per_prompt": dict})
-    return metrics
-
-
-def _compare_metrics(b: str, brd: RunDir, crd: RunDir, be: dict, ce: dict, alpha: float, n_bootstrap: int,
-                     flag: str, unresolved: dict[str, list[tuple[str, Any]]] | None = None,
+def _compare_metrics(b: str, base: RunInputs, cand: RunInputs, be: dict, ce: dict, alpha: float, n_bootstrap: int,
+                     flag: Outcome, unresolved: dict[str, list[tuple[str, Any]]] | None = None,
                      properties: dict[str, str] | None = None) -> list[CaseResult]:
     out: list[CaseResult] = []
     bmet, cmet = be.get("metrics") or {}, ce.get("metrics") or {}
-    bfull, cfull = _per_prompt(brd, b), _per_prompt(crd, b)
+    bfull, cfull = base.metrics(b), cand.metrics(b)
     for name in list(cmet) + [n for n in bmet if n not in cmet]:
         bm, cm = bmet.get(name), cmet.get(name)
         if bm is None or cm is None:
             side = "base" if bm is None else "candidate"
-            out.append(CaseResult(b, name, "skipped", ("—", "—", "", "", "", "not compared"),
-                                  f"{name} not scored in the {side} run"))
+            out.append(CaseResult(b, name, Outcome.SKIPPED, ("—", "—", "", "", ""), f"{name} not scored in the {side} run",
+                                  finding=Finding.NOT_COMPARED))
             continue
         if bm.get("status", "ok") != "ok" or cm.get("status", "ok") != "ok":
             why = "; ".join(f"{s}: {m.get('status')} ({m.get('reason')})" for s, m in (("base", bm), ("candidate", cm))
                             if m.get("status", "ok") != "ok")
-            out.append(CaseResult(b, name, "skipped", ("—", "—", "", "", "", "not compared"), f"{name} {why}"))
+            out.append(CaseResult(b, name, Outcome.SKIPPED, ("—", "—", "", "", ""), f"{name} {why}",
+                                  finding=Finding.NOT_COMPARED))
             continue
         hib = cm.get("higher_is_better", bm.get("higher_is_better", _known_metrics().get(name)))
         bpp = (bfull.get(name) or {}).get("per_prompt") or {}
         cpp = (cfull.get(name) or {}).get("per_prompt") or {}
-        common = [i for i in cpp if i in bpp and _num(bpp[i]) is not None and _num(cpp[i]) is not None]
+        common = [i for i in cpp if i in bpp and bpp[i] is not None and cpp[i] is not None]
         if len(common) >= 2:
-            r = paired_bootstrap([bpp[i] for i in common], [cpp[i] for i in common], n_bootstrap, alpha)
-            verdict, worse = _verdict(r.delta, r.significant, hib)
-            if not r.enough_prompts:
-                verdict = f"too few prompts (n={r.n} < {MIN_PROMPTS_FOR_SIGNIFICANCE})"
-            cells = (_fmt(r.base_mean), _fmt(r.cand_mean), _signed(r.delta), f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}]",
-                     _p(r.p_value, n_bootstrap), verdict)
-            msg = (f"{name} {'rose' if r.delta > 0 else 'fell'} by {_fmt(abs(r.delta))} "
-                   f"({_fmt(r.base_mean)} → {_fmt(r.cand_mean)}; {100 * (1 - alpha):g}% CI of the delta "
-                   f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}], p {_p(r.p_value, n_bootstrap)}, n={r.n} prompts; "
-                   f"{'higher' if hib else 'lower'} is better)")
-            # Sample size: the spread of the per-prompt differences says what these prompts can detect.
-            g = power.guidance(statistics.stdev(cpp[i] - bpp[i] for i in common), len(common), r.delta)
-            if g is not None:
-                msg += "; " + g.text("this difference")
-                if properties is not None:
-                    prefix = f"sample_size.{b}.{name}"
-                    properties.update({f"{prefix}.n": str(g.n), f"{prefix}.detectable_difference": f"{g.detectable:.6g}",
-                                       f"{prefix}.prompts_needed": "never (difference 0)" if g.needed is None
-                                       else str(g.needed), f"{prefix}.resolvable": str(g.resolvable).lower()})
-                # A zero difference has nothing to resolve; its detectable difference is still in the properties.
-                if g.gap > 0 and not g.resolvable and unresolved is not None:
-                    unresolved.setdefault(name, []).append((b, g))
-            out.append(CaseResult(b, name, flag if worse else "pass", cells, msg if worse else "", msg))
+            out.append(_paired_case(b, name, bpp, cpp, common, hib, alpha, n_bootstrap, flag, unresolved, properties))
             continue
         # Set-level metrics (FID, KID) or runs with no shared prompt: the delta is real but untested.
-        bv = _num(bm.get("mean", bm.get("value")))
-        cv = _num(cm.get("mean", cm.get("value")))
+        bv = num(bm.get("mean", bm.get("value")))
+        cv = num(cm.get("mean", cm.get("value")))
         if bv is None or cv is None:
-            out.append(CaseResult(b, name, "skipped", (_fmt(bv), _fmt(cv), "", "", "", "not compared"),
-                                  f"{name} has no value in one of the runs"))
+            out.append(CaseResult(b, name, Outcome.SKIPPED, (fmt(bv), fmt(cv), "", "", ""),
+                                  f"{name} has no value in one of the runs", finding=Finding.NOT_COMPARED))
             continue
         why = "set-level metric, no per-prompt values" if not bpp and not cpp else f"only {len(common)} shared prompt(s)"
-        out.append(CaseResult(b, name, "skipped", (_fmt(bv), _fmt(cv), _signed(cv - bv), "", "", "not tested"),
-                              f"{name}: delta {_signed(cv - bv)} not tested ({why})"))
+        out.append(CaseResult(b, name, Outcome.SKIPPED, (fmt(bv), fmt(cv), _signed(cv - bv), "", ""),
+                              f"{name}: delta {_signed(cv - bv)} not tested ({why})", finding=Finding.NOT_TESTED))
     return out
 
 
-def _verdict(delta: float, significant: bool, hib: bool | None) -> tuple[str, bool]:
-    if not significant:
-        return ("no change" if delta == 0 else "n.s."), False
+def _paired_case(b: str, name: str, bpp: dict, cpp: dict, common: list[str], hib: bool | None, alpha: float,
+                 n_bootstrap: int, flag: Outcome, unresolved: dict[str, list[tuple[str, Any]]] | None,
+                 properties: dict[str, str] | None) -> CaseResult:
+    r = paired_bootstrap([bpp[i] for i in common], [cpp[i] for i in common], n_bootstrap, alpha)
+    finding = _finding(r, hib)
+    cells = (fmt(r.base_mean), fmt(r.cand_mean), _signed(r.delta), f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}]",
+             format_p(r.p_value, n_bootstrap))
+    msg = (f"{name} {'rose' if r.delta > 0 else 'fell'} by {fmt(abs(r.delta))} "
+           f"({fmt(r.base_mean)} → {fmt(r.cand_mean)}; {100 * (1 - alpha):g}% CI of the delta "
+           f"[{_signed(r.ci_low)}, {_signed(r.ci_high)}], p {format_p(r.p_value, n_bootstrap)}, n={r.n} prompts; "
+           f"{'higher' if hib else 'lower'} is better)")
+    # Prompts one run scored and the other did not: said, never a silently smaller n.
+    unpaired = sorted((set(bpp) | set(cpp)) - set(common))
+    if unpaired:
+        msg += f"; {len(unpaired)} prompt(s) without a value in both runs left out ({few(unpaired)})"
+    # Sample size: the spread of the per-prompt differences says what these prompts can detect.
+    g = power.guidance(statistics.stdev(cpp[i] - bpp[i] for i in common), len(common), r.delta)
+    if g is not None:
+        msg += "; " + g.text("this difference")
+        if properties is not None:
+            prefix = f"sample_size.{b}.{name}"
+            properties.update({f"{prefix}.n": str(g.n), f"{prefix}.detectable_difference": f"{g.detectable:.6g}",
+                               f"{prefix}.prompts_needed": "never (difference 0)" if g.needed is None
+                               else str(g.needed), f"{prefix}.resolvable": str(g.resolvable).lower()})
+        # A zero difference has nothing to resolve; its detectable difference is still in the properties.
+        if g.gap > 0 and not g.resolvable and unresolved is not None:
+            unresolved.setdefault(name, []).append((b, g))
+    worse = finding.is_regression
+    return CaseResult(b, name, flag if worse else Outcome.PASS, cells, msg if worse else "", msg, finding=finding,
+                      n=r.n, min_n=MIN_PROMPTS_FOR_SIGNIFICANCE)
+
+
+def _finding(r: BootstrapResult, hib: bool | None) -> Finding:
+    if not r.enough_prompts:
+        return Finding.TOO_FEW_PROMPTS
+    if not r.significant:
+        return Finding.NO_CHANGE if r.delta == 0 else Finding.NOT_SIGNIFICANT
     if hib is None:
-        return "changed (direction unknown)", False
-    worse = (delta < 0) if hib else (delta > 0)
-    return ("⚠ regression", True) if worse else ("improved", False)
+        return Finding.DIRECTION_UNKNOWN
+    worse = (r.delta < 0) if hib else (r.delta > 0)
+    return Finding.REGRESSION if worse else Finding.IMPROVED
 
 
-def _compare_resources(b: str, be: dict, ce: dict, same_device: bool, mem_tol: float, lat_tol: float, flag: str,
-                       unmeasured: set[str]) -> list[CaseResult]:
+def _compare_resources(b: str, be: dict, ce: dict, same_device: bool, mem_tol: float, lat_tol: float, flag: Outcome,
+                       unmeasured: set[str], summaries: tuple[Path, Path]) -> list[CaseResult]:
     out: list[CaseResult] = []
     for name, path, is_mem in RESOURCE_ROWS:
-        bv, cv = _num(_dig(be, path)), _num(_dig(ce, path))
+        # A string where a number belongs is a malformed summary (exit 2), never "not measured".
+        where = f"backends.{b}.{'.'.join(path)}"
+        bv, cv = number_or_none(summaries[0], where, dig(be, path)), number_or_none(summaries[1], where, dig(ce, path))
         if bv is None and cv is None:
             unmeasured.add(name)
             continue
         if bv is None or cv is None or bv <= 0:
             side = "base" if bv is None else "candidate"
-            out.append(CaseResult(b, name, "skipped", (_fmt(bv), _fmt(cv), "", "", "", "not compared"),
-                                  f"{name} not measured in the {side} run"))
+            out.append(CaseResult(b, name, Outcome.SKIPPED, (fmt(bv), fmt(cv), "", "", ""),
+                                  f"{name} not measured in the {side} run", finding=Finding.NOT_COMPARED))
             continue
         ratio = cv / bv
         tol = mem_tol if is_mem else lat_tol
         worse = same_device and ratio > 1 + tol
-        verdict = "⚠ regression" if worse else ("improved" if same_device and ratio < 1 - tol else "ok"
-                                                if same_device else "other device")
-        msg = f"{name} ×{ratio:.3f} ({_fmt(bv)} → {_fmt(cv)}; tolerance +{100 * tol:g}%)"
-        out.append(CaseResult(b, name, flag if worse else "pass",
-                              (_fmt(bv), _fmt(cv), f"×{ratio:.3f}", "", "", verdict), msg if worse else "", msg))
+        finding = (Finding.OTHER_DEVICE if not same_device else Finding.REGRESSION if worse
+                   else Finding.IMPROVED if ratio < 1 - tol else Finding.WITHIN_TOLERANCE)
+        msg = f"{name} ×{ratio:.3f} ({fmt(bv)} → {fmt(cv)}; tolerance +{100 * tol:g}%)"
+        out.append(CaseResult(b, name, flag if worse else Outcome.PASS, (fmt(bv), fmt(cv), f"×{ratio:.3f}", "", ""),
+                              msg if worse else "", msg, finding=finding))
     bf = sum((be.get("image_flags") or {}).values())
     cf = sum((ce.get("image_flags") or {}).values())
     if bf or cf:
         worse = cf > bf
         msg = f"images flagged nan/all_black: {bf} → {cf} ({ce.get('image_flags')})"
-        out.append(CaseResult(b, "flagged_images", flag if worse else "pass",
-                              (str(bf), str(cf), f"{cf - bf:+d}", "", "", "⚠ regression" if worse else "ok"),
-                              msg if worse else "", msg))
+        out.append(CaseResult(b, "flagged_images", flag if worse else Outcome.PASS, (str(bf), str(cf), f"{cf - bf:+d}", "", ""),
+                              msg if worse else "", msg,
+                              finding=Finding.REGRESSION if worse else Finding.WITHIN_TOLERANCE))
     return out
 
 
-def _signed(x: float) -> str:
-    if x is None or (isinstance(x, float) and math.isnan(x)):
+def _signed(x: float | None) -> str:
+    if x is None or (isinstance(x, float) and x != x):
         return "—"
     return f"{x:+.4g}"
-
-
-def _p(p: float, n_bootstrap: int) -> str:
-    # A bootstrap cannot resolve p below 1/B; say so ("< 1/B") rather than print 0 or the floor as if measured.
-    return f"< 1/{n_bootstrap}" if p <= 1.0 / n_bootstrap else f"{p:.3g}"

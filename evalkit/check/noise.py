@@ -18,7 +18,7 @@ from typing import Any
 
 from evalkit.check.thresholds import Bound
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json
+from evalkit.check.inputs import is_number, read_json_checked
 
 CALIBRATION_FILE = "calibration.json"
 
@@ -60,23 +60,57 @@ def calibration_path(run_root: Path, given: str | Path | None) -> Path:
 
 
 def load_floors(path: Path) -> dict[str, Floor | str]:
-    """metric -> Floor, or the reason the calibration has none. EvalkitError for a file that is not one."""
-    try:
-        data = read_json(path)
-    except (ValueError, OSError) as e:
-        raise EvalkitError(f"{path}: cannot read the calibration ({e})") from None
+    """metric -> Floor, or the reason the calibration has none. EvalkitError (exit 2) naming the file and the field
+    for anything that is not a calibration evalkit wrote: a wrong type, a NaN, a floor on the wrong side."""
+    data = read_json_checked(path, "a calibration")
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
         raise EvalkitError(f"{path}: not a calibration (no 'metrics' table); rerun `evalkit calibrate`")
     out: dict[str, Floor | str] = {}
     for name, m in data["metrics"].items():
-        f = (m or {}).get("floor") or {}
-        if f.get("status") != "ok":
-            out[name] = f.get("reason") or "no floor"
+        where = f"metrics.{name}"
+        _want(path, where, m, dict)
+        f = m.get("floor")
+        _want(path, f"{where}.floor", f, dict)
+        status = _want(path, f"{where}.floor.status", f.get("status"), str)
+        if status != "ok":
+            reason = f.get("reason")
+            out[name] = reason if isinstance(reason, str) and reason else "no floor"
             continue
-        out[name] = Floor(name, bool(m["higher_is_better"]), float(m["identity"]), m.get("scale", "linear"),
-                          f.get("value"), bool(f.get("identical")), str(f.get("display")), f.get("from"),
-                          tuple(f.get("perturbations_judged") or ()))
+        hib = _want(path, f"{where}.higher_is_better", m.get("higher_is_better"), bool)
+        identity = _want(path, f"{where}.identity", m.get("identity"), float)
+        scale = m.get("scale", "linear")
+        if scale not in ("linear", "db"):
+            raise EvalkitError(f"{path}: {where}.scale must be \"linear\" or \"db\", found {scale!r}")
+        identical = _want(path, f"{where}.floor.identical", f.get("identical"), bool)
+        value = f.get("value")
+        if value is None and not (identical and scale == "db"):
+            raise EvalkitError(f"{path}: {where}.floor.value is null, which only an identical dB floor may be")
+        if value is not None:
+            value = _want(path, f"{where}.floor.value", value, float)
+            # A floor on the good side of identity, or at identity while not identical, has no distance to scale.
+            worse = value < identity if hib else value > identity
+            if not identical and not worse:
+                raise EvalkitError(f"{path}: {where}.floor.value {value:g} is not on the bad side of identity "
+                                   f"{identity:g} ({'higher' if hib else 'lower'} is better), yet identical is false")
+        display = f.get("display")
+        judged = f.get("perturbations_judged") or []
+        if not isinstance(judged, list) or not all(isinstance(p, str) for p in judged):
+            raise EvalkitError(f"{path}: {where}.floor.perturbations_judged must be a list of names")
+        source = f.get("from")
+        out[name] = Floor(name, hib, identity, scale, value, identical,
+                          display if isinstance(display, str) else f"{value:g}" if value is not None else "identical",
+                          source if isinstance(source, str) else None, tuple(judged))
     return out
+
+
+def _want(path: Path, where: str, x: Any, typ: type) -> Any:
+    """`x` if it is a `typ` (float: any number), else a one-line EvalkitError naming the file and the field."""
+    ok = is_number(x) if typ is float else isinstance(x, typ) and not (typ is int and isinstance(x, bool))
+    if not ok:
+        kind = {dict: "a JSON object", str: "a string", bool: "true or false", float: "a number"}[typ]
+        raise EvalkitError(f"{path}: {where} must be {kind}, found {'null' if x is None else type(x).__name__}"
+                           + (f" {x!r}"[:40] if isinstance(x, (str, int, float)) else ""))
+    return float(x) if typ is float else x
 
 
 def resolve_bound(bound: Bound, floors: dict[str, Floor | str] | None, cal: Path) -> Bound:
@@ -111,18 +145,82 @@ def floor_cells(bound: Bound, value: float | None, floors: dict[str, Floor | str
     return (floor.display, f"{k - r:+.2f}×"), f"{bound.quantity} is {r:.2f}× the noise floor; bound {k:.2f}×"
 
 
-def check_calibration_matches(data_path: Path, manifest: dict[str, Any]) -> list[str]:
-    """Warnings when a calibration was made for other settings than this run's (e.g. a cached one)."""
-    try:
-        cal = read_json(data_path)
-    except (ValueError, OSError):
-        return []
-    warnings = []
-    gen, cgen = manifest.get("generation") or {}, cal.get("generation") or {}
-    for k in ("height", "width", "num_inference_steps", "guidance_scale"):
-        if cgen.get(k) != gen.get(k):
-            warnings.append(f"{data_path}: calibrated at {k}={cgen.get(k)!r}, this run has {gen.get(k)!r}")
+# Generation settings that do not change the reference's images (warm-up runs are discarded).
+_NOT_IMAGES = ("warmup_runs",)
+
+
+def calibration_differences(path: Path, manifest: dict[str, Any], run_root: Path) -> list[str]:
+    """Every setting in which the calibration at `path` differs from the run whose manifest is `manifest`, one line
+    each: model, device, each generation setting (height, width, steps, guidance, sequence length, dtype, seeds,
+    batch size, ...) and the prompts. When the calibration sits in its own run directory (a baseline's
+    calibration.json next to its manifest.json, as the CI job in docs/release-gate.md keeps it), that manifest adds
+    the device's name and every prompt's text and seed."""
+    cal = read_json_checked(path, "a calibration")
+    if not isinstance(cal, dict):
+        raise EvalkitError(f"{path}: not a calibration (a JSON object is expected)")
+    diffs: list[str] = []
     model = (manifest.get("model") or {}).get("spec")
     if cal.get("model") != model:
-        warnings.append(f"{data_path}: calibrated on model {cal.get('model')!r}, this run is {model!r}")
-    return warnings
+        diffs.append(f"model {cal.get('model')!r} (this run: {model!r})")
+    run_device = (manifest.get("config") or {}).get("device") or (manifest.get("device") or {}).get("type") or "cpu"
+    if cal.get("device") != run_device:
+        diffs.append(f"device {cal.get('device')!r} (this run: {run_device!r})")
+    gen = manifest.get("generation") or {}
+    cgen = cal.get("generation")
+    if not isinstance(cgen, dict):
+        raise EvalkitError(f"{path}: generation must be a JSON object, found {type(cgen).__name__}")
+    for k in sorted(set(gen) | set(cgen)):
+        if k not in _NOT_IMAGES and cgen.get(k) != gen.get(k):
+            diffs.append(f"generation.{k} {cgen.get(k)!r} (this run: {gen.get(k)!r})")
+    ids = [p.get("id") for p in manifest.get("prompts") or []]
+    cal_ids = _calibrated_prompts(cal)
+    if cal_ids is not None and set(cal_ids) != set(ids):
+        only_c = sorted(set(cal_ids) - set(ids))
+        only_r = sorted(set(ids) - set(cal_ids))
+        parts = ([f"{len(only_c)} only in the calibration ({_few(only_c)})"] if only_c else []) + \
+                ([f"{len(only_r)} only in this run ({_few(only_r)})"] if only_r else [])
+        diffs.append(f"prompts ({len(cal_ids)} vs {len(ids)}: {'; '.join(parts)})")
+    elif is_number(cal.get("n_prompts")) and cal["n_prompts"] != len(ids):
+        diffs.append(f"number of prompts {cal['n_prompts']} (this run: {len(ids)})")
+    if path.parent.resolve() != run_root.resolve():  # a calibration of another run: its manifest says more
+        diffs += _own_run_differences(path, cal, manifest)
+    return diffs
+
+
+def _calibrated_prompts(cal: dict[str, Any]) -> list[str] | None:
+    """The prompt ids the calibration scored (the per-prompt keys of its perturbations), or None if it has none."""
+    ids: set[str] = set()
+    for m in (cal.get("metrics") or {}).values():
+        for e in ((m or {}).get("perturbations") or {}).values() if isinstance(m, dict) else ():
+            if isinstance(e, dict) and isinstance(e.get("per_prompt"), dict):
+                ids.update(e["per_prompt"])
+    return sorted(ids) if ids else None
+
+
+def _own_run_differences(path: Path, cal: dict[str, Any], manifest: dict[str, Any]) -> list[str]:
+    """Device name and per-prompt text and seed, from the manifest of the run the calibration was made for, when
+    it sits next to the calibration (same run_id)."""
+    own = path.parent / "manifest.json"
+    if not own.is_file():
+        return []
+    try:
+        other = read_json_checked(own, "a manifest")
+    except EvalkitError:
+        return []
+    if not isinstance(other, dict) or other.get("run_id") != cal.get("run_id"):
+        return []
+    diffs = []
+    name, run_name = (other.get("device") or {}).get("name"), (manifest.get("device") or {}).get("name")
+    if name != run_name:
+        diffs.append(f"device.name {name!r} (this run: {run_name!r})")
+    theirs = {p.get("id"): p for p in other.get("prompts") or [] if isinstance(p, dict)}
+    mine = {p.get("id"): p for p in manifest.get("prompts") or [] if isinstance(p, dict)}
+    for key in ("text", "seed"):
+        differ = [i for i in mine if i in theirs and theirs[i].get(key) != mine[i].get(key)]
+        if differ:
+            diffs.append(f"prompt {key}s for {len(differ)} prompt(s) ({_few(differ)})")
+    return diffs
+
+
+def _few(ids: list[str], k: int = 3) -> str:
+    return ", ".join(ids[:k]) + (f", +{len(ids) - k} more" if len(ids) > k else "")

@@ -12,7 +12,8 @@ Format (TOML, see thresholds.example.toml and docs/release-gate.md):
 A bound is `<quantity>_max` or `<quantity>_min`. Quality metrics take both; resources (memory, time)
 only `_max`. A quality bound may instead be relative to the run's noise floor, `lpips_alex_max = { noise = 3 }`;
 evalkit.check.noise resolves it against calibration.json. Every name is checked before anything is judged, so a typo is an error (exit 2) with the
-closest names suggested, never a bound that silently checks nothing.
+closest names suggested, never a bound that silently checks nothing. A section may name a real backend the run lacks
+(one file serves runs with fewer backends): it lands in `Thresholds.absent`, which check lists as not judged.
 """
 
 from __future__ import annotations
@@ -78,6 +79,9 @@ OPTIONS = {
     # allow_unmeasured: a resource the run could not measure (null with a reason, e.g. CUDA memory on a CPU run)
     # is reported as skipped instead of failed. It never excuses a skipped quality metric or a failed backend.
     "allow_unmeasured": "boolean",
+    # allow_skipped_backend: a backend generate skipped because it cannot run here (status "skipped": the device, a
+    # missing library; never "failed") shows as one skipped testcase with generate's reason, its bounds unjudged.
+    "allow_skipped_backend": "boolean",
     # ignore: opt this backend out of [default] (e.g. one that cannot run on this runner). It still shows, as one
     # skipped testcase, so a gate never drops a backend without a trace.
     "ignore": "boolean",
@@ -126,14 +130,16 @@ class Rules:
     require_status_ok: bool
     allow_unmeasured: bool
     ignored_in: str | None = None  # the table that set `ignore = true`
+    allow_skipped_backend: bool = False
 
 
 @dataclass
 class Thresholds:
     path: Path
     default: Section
-    backends: dict[str, Section]
+    backends: dict[str, Section]  # sections of backends in the run
     warnings: list[str] = field(default_factory=list)
+    absent: dict[str, str] = field(default_factory=dict)  # sections of known backends the run lacks -> file:line
 
     def rules_for(self, backend: str, reference: str) -> Rules | None:
         """Merged rules for `backend`, or None when nothing in the file applies to it.
@@ -159,7 +165,8 @@ class Thresholds:
         if not bounds and not options.get("require_status_ok"):
             return None
         return Rules(backend, tuple(bounds.values()), bool(options.get("require_status_ok", False)),
-                     bool(options.get("allow_unmeasured", False)))
+                     bool(options.get("allow_unmeasured", False)),
+                     allow_skipped_backend=bool(options.get("allow_skipped_backend", False)))
 
 
 def known_bound_keys(metrics: list[str] | tuple[str, ...] | set[str]) -> list[str]:
@@ -184,6 +191,8 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise EvalkitError(_toml_error(path, e)) from None
+    except RecursionError:
+        raise EvalkitError(f"{path}: invalid thresholds file: values nested too deeply") from None
 
     known = _known_metrics()  # at load time: a metric registered after this module was imported counts too
     metrics = set(known) | set(run_metrics)
@@ -207,13 +216,23 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
 
     th = Thresholds(path, _section(default_raw, "default", valid_keys, where), {})
     for name, raw in backends_raw.items():
-        if name not in run_backends:
-            raise EvalkitError(
-                f"{where.at(f'backends.{name}', None)}: backend {name!r} is not in this run (the run has: "
-                f"{', '.join(run_backends) or 'none'}).{suggest(name, run_backends)}")
         if not isinstance(raw, dict):
             raise EvalkitError(f"{where.at('backends', name)}: backends.{name!r} must be a table: [backends.\"{name}\"]")
-        th.backends[name] = _section(raw, f"backends.{name}", valid_keys, where)
+        section = _section(raw, f"backends.{name}", valid_keys, where)
+        if name in run_backends:
+            th.backends[name] = section
+            continue
+        # One thresholds file may serve runs with fewer backends (a CPU runner, a quick job): a section for a real
+        # backend this run lacks is listed, not judged; --require-backends makes it fail. A name that is no backend
+        # at all is a typo and stops the check.
+        canonical = _canonical_backend(name)
+        if canonical != name:
+            hint = (f" Did you mean: {canonical}?" if canonical else
+                    suggest(name, list(run_backends)) or suggest(name, _backend_names()))
+            raise EvalkitError(
+                f"{where.at(f'backends.{name}', None)}: backend {name!r} is neither in this run (the run has: "
+                f"{', '.join(run_backends) or 'none'}) nor a backend evalkit knows.{hint}")
+        th.absent[name] = where.at(f"backends.{name}", None)
 
     # A bound against a metric's direction is legal but usually a slip (ssim_max instead of ssim_min).
     for sec in [th.default, *th.backends.values()]:
@@ -309,6 +328,23 @@ def _judgeable(value: int | float, key: str, quantity: str, loc: str) -> float:
         raise EvalkitError(f"{loc}: {key} = {value:g} is impossible: {quantity} only takes values in {span}, "
                            f"so this bound could never be judged")
     return limit
+
+
+def _backend_names() -> list[str]:
+    from evalkit.generate.backends import BACKENDS
+
+    return list(BACKENDS)
+
+
+def _canonical_backend(name: str) -> str | None:
+    """The name as evalkit spells a backend it can run somewhere (base, then modifiers in their order), whether or
+    not this run has it; None for no backend. A light import: evalkit.generate.backends imports no torch."""
+    from evalkit.generate.backends import parse_backend
+
+    try:
+        return parse_backend(name).name
+    except EvalkitError:
+        return None
 
 
 def _family_hint(key: str, valid_keys: list[str]) -> str:
