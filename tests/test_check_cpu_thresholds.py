@@ -31,9 +31,9 @@ def _skip_on_this_device(run: Path, backend: str, reason: str) -> None:
 
 
 def test_cpu_file_names_real_backends_and_excuses_only_skipped_ones(tmp_path: Path) -> None:
-    from evalkit.generate.backends import BACKEND_LIST
+    from evalkit.quantizers.registry import backend_list
 
-    names = tuple(b.name for b in BACKEND_LIST)
+    names = tuple(b.name for b in backend_list())
     assert "gguf-q2_k" in names and "torchao-fp8dq" in names
     run = make_run(tmp_path / "run", manifest(backends=names))
     _skip_on_this_device(run, "torchao-fp8dq", "float8 dynamic activation needs CUDA compute capability >= 8.9")

@@ -331,15 +331,15 @@ def _judgeable(value: int | float, key: str, quantity: str, loc: str) -> float:
 
 
 def _backend_names() -> list[str]:
-    from evalkit.generate.backends import BACKENDS
+    from evalkit.quantizers.registry import BACKENDS
 
     return list(BACKENDS)
 
 
 def _canonical_backend(name: str) -> str | None:
     """The name as evalkit spells a backend it can run somewhere (base, then modifiers in their order), whether or
-    not this run has it; None for no backend. A light import: evalkit.generate.backends imports no torch."""
-    from evalkit.generate.backends import parse_backend
+    not this run has it; None for no backend. A light import: evalkit.quantizers.registry imports no torch."""
+    from evalkit.quantizers.registry import parse_backend
 
     try:
         return parse_backend(name).name
