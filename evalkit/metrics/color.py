@@ -52,8 +52,14 @@ def rgb_to_lab(rgb: Any) -> Any:
     # xyz2lab: relative to the white point; the cube root has a linear segment near black.
     xyz = xyz / torch.tensor(D65_2DEG, dtype=x.dtype, device=x.device)
     f = torch.where(xyz > 0.008856, torch.pow(xyz.clamp_min(0), 1.0 / 3.0), 7.787 * xyz + 16.0 / 116.0)
-    fx, fy, fz = f.unbind(-1)
+    fx, fy, fz = _channels(f)
     return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=-1)
+
+
+def _channels(t: Any) -> tuple[Any, Any, Any]:
+    """The three channels of [..., 3] as contiguous tensors: elementwise maths on the stride-3 views unbind(-1)
+    gives runs ~10x slower on the CPU (same values either way)."""
+    return tuple(t.movedim(-1, 0).contiguous().unbind(0))  # type: ignore[return-value]
 
 
 def _polar_2pi(x: Any, y: Any) -> tuple[Any, Any]:
@@ -69,8 +75,8 @@ def delta_e_ciede2000(lab1: Any, lab2: Any, kL: float = 1.0, kC: float = 1.0, kH
     """CIEDE2000 colour difference between Lab tensors [..., 3] (skimage.color.deltaE_ciede2000's formula)."""
     import torch
 
-    L1, a1, b1 = lab1.unbind(-1)
-    L2, a2, b2 = lab2.unbind(-1)
+    L1, a1, b1 = _channels(lab1)
+    L2, a2, b2 = _channels(lab2)
     two_pi = 2 * math.pi
     # a' = a (1 + G): G compensates the a* axis for low-chroma colours.
     cbar = 0.5 * (torch.hypot(a1, b1) + torch.hypot(a2, b2))
