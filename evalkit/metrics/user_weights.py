@@ -34,7 +34,11 @@ def transformers_folder_files(folder: Path, weight_id: str) -> list[Path]:
             files.append(folder / single)
             break
         if (folder / index).is_file():
-            shards = sorted(set(json.loads((folder / index).read_text()).get("weight_map", {}).values()))
+            try:
+                shards = sorted(set(json.loads((folder / index).read_text())["weight_map"].values()))
+            except (ValueError, KeyError, AttributeError, TypeError) as e:
+                raise MissingWeightsError(f"{weight_id}: {folder / index} is not a shard index "
+                                          f"({type(e).__name__}: {e})") from None
             files += [folder / index] + [require_file(folder, s, weight_id, f"a shard named in {index}") for s in shards]
             break
     else:
