@@ -9,7 +9,6 @@ import json
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
-import pytest
 
 from check_fixtures import make_run, manifest, write
 from evalkit.cli import main
@@ -43,7 +42,7 @@ def test_partial_backend_is_marked_in_every_check_output(tmp_path: Path, capsys)
     assert "bnb-nf4 †" in out and f"† bnb-nf4: quantized less than its name says on this device: {REASON}" in out
     assert "torchao-int8wo †" not in out
     md, root = outputs(run)
-    assert "| bnb-nf4 † | `ssim_min` |" in md and f"- † bnb-nf4: quantized less" in md
+    assert "| bnb-nf4 † | `ssim_min` |" in md and "- † bnb-nf4: quantized less" in md
     props = {p.get("name"): p.get("value") for p in suite(root, "evalkit.check.bnb-nf4").iter("property")}
     assert props["partial_reason"] == REASON
     assert "† partially quantized" in next(suite(root, "evalkit.check.bnb-nf4").iter("system-out")).text

@@ -88,15 +88,22 @@ def test_real_dir_twins_and_aliases_come_from_the_registry():
 
 def test_stage_code_names_no_metric():
     """No metric name drives the stage's code: kinds, derivation and sharing come from the registry."""
-    import re
     from pathlib import Path
 
-    root = Path(reg.__file__).parent
+    root = Path(reg.__file__).parents[1] / "score"  # the scoring machinery, every module of it
     names = [s.name for s in reg.list_metrics() if not s.name.startswith("toy_")] + ["inception", "clip", "lpips"]
-    pat = re.compile(r"[\"'](%s)[\"']" % "|".join(map(re.escape, names)))
-    for mod in ("stage.py", "summary.py", "common.py", "compare.py", "cache.py"):
-        code = (root / mod).read_text()
-        assert not pat.findall(code), f"{mod} names {pat.findall(code)}"
+    import ast
+
+    mods = sorted(root.glob("*.py"))
+    assert len(mods) >= 10  # the scan really looks at the score package
+    for mod in mods:
+        tree = ast.parse(mod.read_text())
+        docs = {id(n.value) for n in ast.walk(tree) if isinstance(n, ast.Expr)}  # docstrings and their examples
+        found = [n.value for n in ast.walk(tree) if isinstance(n, ast.Constant) and isinstance(n.value, str)
+                 and id(n) not in docs and n.value in names]
+        # compute_fid / compute_kid are the API functions of those two metrics: naming them is their job
+        allowed = {"fid", "kid"} if mod.name == "api.py" else set()
+        assert not set(found) - allowed, f"{mod.name} names {found}"
 
 
 def test_a_set_metric_against_real_images_through_its_registry_twin(tmp_path):

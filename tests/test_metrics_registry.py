@@ -14,7 +14,8 @@ from evalkit.score.stage import expand_metric_names, score_run
 def test_names_kinds_and_directions():
     names = {s.name: s for s in reg.list_metrics()}
     assert {"lpips_alex", "lpips_vgg", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop", "fid", "kid"} <= set(names)
-    assert {s.name for s in reg.list_metrics("paired")} == {"lpips_alex", "lpips_vgg", "ssim", "ms_ssim", "psnr"}
+    assert {s.name for s in reg.list_metrics("paired")} == {"lpips_alex", "lpips_vgg", "ssim", "ms_ssim", "psnr",
+                                                           "delta_e2000", "lab_shift_l", "lab_shift_a", "lab_shift_b"}
     assert not names["lpips_alex"].higher_is_better and names["ssim"].higher_is_better
     assert names["lpips_vgg"].weights == ("lpips_vgg", "lpips_lin_vgg")
     assert set(reg.DEFAULT_METRICS) <= set(names)

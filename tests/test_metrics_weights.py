@@ -135,7 +135,10 @@ def test_weights_cli_status_json(capsys):
     assert main(["weights", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     ids = {r["id"]: r for r in out["weights"]}
-    assert set(w.WEIGHTS) | {"clip"} == set(ids)
+    from evalkit.weights.user import USER_WEIGHTS
+
+    assert set(w.WEIGHTS) | {"clip"} | set(USER_WEIGHTS) == set(ids)  # user-supplied checkpoints are listed too
+    assert all(ids[u]["status"] == "user-supplied" for u in USER_WEIGHTS)
     assert ids["fid_inception"]["status"] == "ok" and ids["fid_inception"]["sha256_ok"] is True
 
 

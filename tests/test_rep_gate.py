@@ -4,7 +4,6 @@ CPU advice works as written; identical reasons are grouped (issues #13.5, #16.6)
 from __future__ import annotations
 
 import json
-import re
 import xml.etree.ElementTree as ET
 from pathlib import Path
 

@@ -40,7 +40,9 @@ class MetricSpec:
     kind: Kind
     higher_is_better: bool
     factory: str  # "module:attribute"; called with options + device (+ weights_dir)
-    weights: tuple[str, ...] = ()  # weight ids (evalkit.weights.store) or "clip"
+    # weight ids: pinned files (evalkit.weights.store.WEIGHTS), user checkpoints (evalkit.weights.user.USER_WEIGHTS:
+    # the NAME of --metric-weights NAME=PATH, handed to the factory as metric_weights) or "clip" (--clip-model)
+    weights: tuple[str, ...] = ()
     options: Mapping[str, Any] = field(default_factory=dict)
     description: str = ""
     reference: Literal["bf16", "real", "text"] = "bf16"  # what it compares against
@@ -262,7 +264,11 @@ def real_twins(name: str) -> list[str]:
 
 
 # Shorthands accepted by --metrics; "lpips" expands to lpips_<--lpips-net> (see resolve_names).
-ALIASES: dict[str, tuple[str, ...]] = {"clip": ("clip_score", "clip_score_drop")}
+ALIASES: dict[str, tuple[str, ...]] = {
+    "clip": ("clip_score", "clip_score_drop"),
+    "color": ("delta_e2000", "lab_shift_l", "lab_shift_a", "lab_shift_b"),
+    "preference": ("pickscore", "pickscore_drop", "hps_v21", "hps_v21_drop", "imagereward", "imagereward_drop"),
+}
 NET_FAMILIES: tuple[str, ...] = ("lpips",)  # `<family>` alias -> <family>_<net> for each --lpips-net
 
 
@@ -309,6 +315,9 @@ def cache_key(name: str, options: Mapping[str, Any] | None = None) -> str:
 register_extractor(ExtractorSpec("inception", "evalkit.metrics.inception:InceptionSetExtractor",
                                  weights=("fid_inception",), modules=("evalkit.metrics.fid",),
                                  manifest_key="fid_mode"))
+# CMMD's CLIP ViT-L/14@336: the user's checkpoint (--metric-weights cmmd=PATH, evalkit.weights.user).
+register_extractor(ExtractorSpec("clip_vit_l14_336", "evalkit.metrics.cmmd:CMMDExtractor", weights=("cmmd",),
+                                 modules=("evalkit.metrics.cmmd",)))
 
 for _spec in [
     MetricSpec("lpips_alex", "paired", False, "evalkit.metrics.lpips:LPIPSMetric",
@@ -323,31 +332,80 @@ for _spec in [
                description="MS-SSIM, 5 scales (images >= 176 px per side), vs the reference image; 1 = identical", label="MS-SSIM", digits=4, value_range=(-1.0, 1.0)),
     MetricSpec("psnr", "paired", True, "evalkit.metrics.psnr:PSNRMetric",
                description="PSNR in dB, data range 1, capped at 100 dB, vs the reference image", label="PSNR", unit="dB", digits=2, value_range=(0.0, 100.0)),
+    MetricSpec("delta_e2000", "paired", False, "evalkit.metrics.color:DeltaE2000Metric",
+               modules=("evalkit.metrics.color",),
+               description="mean CIEDE2000 colour difference (ΔE00) over the pixels, sRGB -> CIELAB D65, vs the "
+                           "reference image; 0 = identical colours, ~1 = just noticeable", label="CIEDE2000", digits=3,
+               value_range=(0.0, None)),
+    *[MetricSpec(f"lab_shift_{c.lower()}", "paired", False, "evalkit.metrics.color:LabShiftMetric",
+                 options={"channel": c}, modules=("evalkit.metrics.color",),
+                 description=f"|mean {c}* of the image - mean {c}* of the reference image| (CIELAB D65): a "
+                             f"systematic {what} shift; 0 = none", label=f"{c}* shift", digits=3,
+                 value_range=(0.0, None))
+      for c, what in (("L", "lightness"), ("a", "green-red"), ("b", "blue-yellow"))],
     MetricSpec("clip_score", "prompt", True, "evalkit.metrics.clip_score:ClipPromptMetric", weights=("clip",),
                reference="text", modules=("evalkit.metrics.clip_score",),
                description="CLIP score 100*max(cos(image, prompt), 0); prompts truncated to 77 tokens keeping EOS", label="CLIP score", digits=2, value_range=(0.0, 100.0)),
     MetricSpec("clip_score_drop", "prompt", False, "evalkit.metrics.clip_score:ClipPromptMetric", weights=("clip",),
                reference="bf16", derived_from="clip_score", modules=("evalkit.metrics.clip_score",),
                description="reference's CLIP score minus this backend's, per image pair; > 0 = worse alignment", label="CLIP score drop", digits=3, value_range=(-100.0, 100.0)),
+    # Human-preference models; weights from the user (--metric-weights NAME=PATH or the local Hugging Face cache).
+    MetricSpec("pickscore", "prompt", True, "evalkit.metrics.pickscore:PickScoreMetric", weights=("pickscore",),
+               reference="text", modules=("evalkit.metrics.pickscore",),
+               description="PickScore_v1: exp(logit_scale)*cos(image, prompt), ~100*cos; prompts cut to 77 tokens "
+                           "keeping EOS", label="PickScore", digits=3),
+    MetricSpec("pickscore_drop", "prompt", False, "evalkit.metrics.pickscore:PickScoreMetric", weights=("pickscore",),
+               reference="bf16", derived_from="pickscore", modules=("evalkit.metrics.pickscore",),
+               description="reference's PickScore minus this backend's, per image pair; > 0 = less preferred",
+               label="PickScore drop", digits=3),
+    MetricSpec("hps_v21", "prompt", True, "evalkit.metrics.hps:HPSv21Metric", weights=("hps_v21",),
+               reference="text", modules=("evalkit.metrics.hps",),
+               description="HPSv2.1: cos(image, prompt) under HPS_v2.1_compressed.pt (not x100)", label="HPS v2.1",
+               digits=4, value_range=(-1.0, 1.0)),
+    MetricSpec("hps_v21_drop", "prompt", False, "evalkit.metrics.hps:HPSv21Metric", weights=("hps_v21",),
+               reference="bf16", derived_from="hps_v21", modules=("evalkit.metrics.hps",),
+               description="reference's HPSv2.1 minus this backend's, per image pair; > 0 = less preferred",
+               label="HPS v2.1 drop", digits=4, value_range=(-2.0, 2.0)),
+    MetricSpec("imagereward", "prompt", True, "evalkit.metrics.imagereward:ImageRewardMetric",
+               weights=("imagereward",), reference="text", modules=("evalkit.metrics.imagereward",),
+               description="ImageReward: standardised BLIP reward of (image, prompt); prompts cut to 35 BERT tokens",
+               label="ImageReward", digits=3),
+    MetricSpec("imagereward_drop", "prompt", False, "evalkit.metrics.imagereward:ImageRewardMetric",
+               weights=("imagereward",), reference="bf16", derived_from="imagereward",
+               modules=("evalkit.metrics.imagereward",),
+               description="reference's ImageReward minus this backend's, per image pair; > 0 = less preferred",
+               label="ImageReward drop", digits=3),
     MetricSpec("fid", "set", False, "evalkit.metrics.fid:FIDMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="FID of the backend's set vs the reference set (clean-fid 'clean' resize, TF Inception, float64)", label="FID", digits=2, extractor="inception", value_range=(0.0, None)),
     MetricSpec("kid", "set", False, "evalkit.metrics.fid:KIDMetric", weights=("fid_inception",),
                modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="KID (unbiased MMD, cubic kernel) of the backend's set vs the reference set", label="KID", digits=4, extractor="inception"),
+    MetricSpec("cmmd", "set", False, "evalkit.metrics.cmmd:CMMDMetric", weights=("cmmd",),
+               modules=("evalkit.metrics.cmmd",),
+               description="CMMD: 1000 * MMD^2 (RBF, sigma 10) of CLIP ViT-L/14@336 embeddings, backend's set vs the "
+                           "reference set (google-research estimator, float64)", label="CMMD", digits=4,
+               extractor="clip_vit_l14_336", value_range=(0.0, None)),
     MetricSpec("fid_real", "set", False, "evalkit.metrics.fid:FIDMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="FID of the backend's set vs --real-dir", label="FID vs real images", digits=2, extractor="inception", value_range=(0.0, None)),
     MetricSpec("kid_real", "set", False, "evalkit.metrics.fid:KIDMetric", weights=("fid_inception",),
                reference="real", modules=("evalkit.metrics.fid", "evalkit.metrics.inception"),
                description="KID of the backend's set vs --real-dir", label="KID vs real images", digits=4, extractor="inception"),
+    MetricSpec("cmmd_real", "set", False, "evalkit.metrics.cmmd:CMMDMetric", weights=("cmmd",), reference="real",
+               modules=("evalkit.metrics.cmmd",), description="CMMD of the backend's set vs --real-dir",
+               label="CMMD vs real images", digits=4, extractor="clip_vit_l14_336", value_range=(0.0, None)),
 ]:
     register_metric(_spec)
 
 # What `evalkit compare-images` computes when --metrics is not given.
 COMPARE_DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "psnr")
-# What `evalkit score` computes when --metrics is not given (lpips_vgg is opt-in: ~20x the FLOPs of alex).
-DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop", "fid", "kid")
+# What `evalkit score` computes when --metrics is not given (lpips_vgg is opt-in: ~20x the FLOPs of alex). The
+# preference models and CMMD need the user's weights: without them they are skipped with the reason (a lookup, no
+# load). The Lab shifts are opt-in (--metrics color): delta_e2000 already summarises colour fidelity.
+DEFAULT_METRICS: tuple[str, ...] = ("lpips_alex", "ssim", "ms_ssim", "psnr", "delta_e2000", "clip_score",
+                                    "clip_score_drop", "pickscore", "pickscore_drop", "hps_v21", "hps_v21_drop",
+                                    "imagereward", "imagereward_drop", "fid", "kid", "cmmd")
 
 
 def _load_installed_plugins() -> None:

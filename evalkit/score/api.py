@@ -102,7 +102,8 @@ def score(run_dir: str | os.PathLike[str], *, metrics: str | Sequence[str] | Non
           clip_model: str | None = None, real_dir: str | os.PathLike[str] | None = None,
           bootstrap_samples: int = 2000, workers: int | None = None, metrics_batch_size: int = 8,
           fid_sqrt: str = "auto", no_cache: bool = False, weights_dir: str | None = None, device: str = "auto",
-          verify: bool = False, progress: bool = False) -> dict[str, Any]:
+          verify: bool = False, progress: bool = False,
+          metric_weights: dict[str, str] | None = None) -> dict[str, Any]:
     """Score a run directory in place, as `evalkit score RUN_DIR` with the same flags; returns
     {backend: {metric: record}} and writes metrics/<backend>.json, metrics/per_image.csv and summary.json.
 
@@ -127,8 +128,11 @@ def score(run_dir: str | os.PathLike[str], *, metrics: str | Sequence[str] | Non
     >>> round(res["int8"]["psnr"]["mean"], 2), res["bf16"]["psnr"]["status"]
     (48.13, 'skipped')
 
+    `metric_weights` is `--metric-weights`: {NAME: PATH} for the metrics whose weights the user supplies, e.g.
+    {"pickscore": "/models/PickScore_v1", "hps_v21": "/models/HPS_v2.1_compressed.pt"} (docs/metrics.md).
+
     Raises:
-        EvalkitError: not a run directory or a malformed record; an image that is not the file its generation
+        EvalkitError: not a run directory or a malformed record; an unknown `metric_weights` name; an image that is not the file its generation
             record describes (missing, truncated, replaced, wrong size, extra; `verify=True` re-hashes every
             file); an unknown metric; `real_dir` that is not a folder; `device="cuda"` without CUDA.
     """
@@ -137,7 +141,7 @@ def score(run_dir: str | os.PathLike[str], *, metrics: str | Sequence[str] | Non
     return score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
                      real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers, use_cache=not no_cache,
                      weights_dir=weights_dir, batch_size=metrics_batch_size, fid_method=fid_sqrt, progress=progress,
-                     verify=verify)
+                     verify=verify, metric_weights=metric_weights)
 
 
 def _set_metric(name: str, reference: Any, candidate: Any, device: str | None, workers: int | None,

@@ -9,14 +9,22 @@ from typing import Any
 
 
 def _add_metric_options(p: argparse.ArgumentParser | Any, for_run: bool) -> None:
+    from evalkit.metrics.registry import ALIASES, DEFAULT_METRICS  # light: no torch
+    from evalkit.weights.user import USER_WEIGHTS
+
     p.add_argument("--metrics", default=None,
-                   help="comma list of metrics (see docs/metrics.md), or 'all'; default: lpips_alex, ssim, ms_ssim, "
-                        "psnr, clip_score, clip_score_drop, fid, kid. 'lpips' means lpips_<--lpips-net>")
+                   help=f"comma list of metrics (see docs/metrics.md), or 'all'; default: {', '.join(DEFAULT_METRICS)}. "
+                        f"'lpips' means lpips_<--lpips-net>; {', '.join(repr(a) for a in ALIASES)} are groups")
     p.add_argument("--lpips-net", default=None, help="alex (default), vgg, or alex,vgg")
     p.add_argument("--clip-model", default=None,
                    help="CLIP for clip_score: a local folder, a Hugging Face id in the local cache "
                         "(default openai/clip-vit-large-patch14), open_clip:ARCH:/path/to/ckpt, or open_clip:/path/to/folder")
-    p.add_argument("--real-dir", default=None, help="a folder of real images: adds fid_real / kid_real")
+    p.add_argument("--metric-weights", action="append", default=None, metavar="NAME=PATH",
+                   help="weights a metric needs and evalkit cannot fetch (repeatable); NAME: "
+                        + "; ".join(f"{s.id} ({s.needed_by}): {s.expects}" for s in USER_WEIGHTS.values())
+                        + ". Without it the Hugging Face repo is looked up in the local cache, else the metric is "
+                          "skipped with the reason")
+    p.add_argument("--real-dir", default=None, help="a folder of real images: adds fid_real / kid_real / cmmd_real")
     p.add_argument("--bootstrap-samples", type=int, default=2000, help="bootstrap resamples for 95%% CIs (default 2000)")
     p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 32)")
     p.add_argument("--metrics-batch-size", type=int, default=8, help="image pairs per device batch (default 8)")
@@ -96,7 +104,8 @@ def score_main(args: argparse.Namespace) -> int:
     quiet = bool(getattr(args, "quiet", False))
     results = score_run(
         args.run_dir, metrics=args.metrics, device=getattr(args, "device", "auto") or "auto",
-        lpips_net=args.lpips_net, clip_model=args.clip_model, real_dir=args.real_dir,
+        lpips_net=args.lpips_net, clip_model=args.clip_model, metric_weights=getattr(args, "metric_weights", None),
+        real_dir=args.real_dir,
         bootstrap_samples=args.bootstrap_samples, workers=args.workers, use_cache=not args.no_cache,
         weights_dir=args.weights_dir, batch_size=args.metrics_batch_size, fid_method=args.fid_sqrt,
         progress=not quiet, verify=bool(getattr(args, "verify", False)),

@@ -40,6 +40,7 @@ class Options:
     metrics: list[str]
     device: str = "auto"
     clip_model: str | None = None
+    metric_weights: dict[str, str] = field(default_factory=dict)  # --metric-weights NAME=PATH (evalkit.weights.user)
     real_dir: str | None = None
     bootstrap_samples: int = DEFAULT_RESAMPLES
     workers: int | None = None
@@ -54,7 +55,7 @@ class Options:
         """What a factory of `kind` is offered (each takes what its signature accepts). Only paired metrics get
         --metrics-batch-size (pairs per device batch); CLIP and Inception keep their own batch sizes."""
         kw: dict[str, Any] = {"weights_dir": self.weights_dir, "clip_model": self.clip_model,
-                              "fid_method": self.fid_method}
+                              "metric_weights": dict(self.metric_weights), "fid_method": self.fid_method}
         if device is not None:
             kw["device"] = device
         if kind == "paired":
@@ -63,7 +64,8 @@ class Options:
 
     def result_options(self) -> dict[str, Any]:
         """The options that can change a metric's numbers (part of set-statistic cache keys)."""
-        return {"clip_model": self.clip_model, "fid_method": self.fid_method}
+        return {"clip_model": self.clip_model, "metric_weights": dict(sorted(self.metric_weights.items())),
+                "fid_method": self.fid_method}
 
 
 def resolve_device(device: str | None) -> str:
@@ -214,9 +216,11 @@ def extractor_unavailable(opts: Options, extractor: str) -> str | None:
     return reg.unavailable_reason(users[0]) if users else None
 
 
-def feature_key(extractor: str) -> str:
-    """Cache key of an extractor's features, from its class (no model load)."""
-    return str(reg.extractor_class(extractor).content_key())
+def feature_key(extractor: str, opts: Options | None = None) -> str:
+    """Cache key of an extractor's features, from its class (no model load). An extractor whose weights the user
+    supplies keys its features by them (content_key takes the options it needs); MissingWeightsError propagates."""
+    cls = reg.extractor_class(extractor)
+    return str(reg.call_with(cls.content_key, opts.factory_options("extractor") if opts else {}))
 
 
 def set_extractors(names: Iterable[str]) -> list[str]:

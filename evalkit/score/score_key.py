@@ -37,9 +37,23 @@ def score_inputs_key(rd: RunDir, options: dict[str, Any]) -> str:
         "model": manifest.get("model"), "generation": generation, "packages": package_versions(score_packages()),
         "weights": [tree_fingerprint(weights_cache_dir()), tree_fingerprint(user_weights_dir(options.get("weights_dir"))),
                     sorted((p.name, p.stat().st_mtime_ns) for p in hub.iterdir()) if hub.is_dir() else [],
-                    tree_fingerprint(Path(clip).expanduser()) if clip and Path(clip).expanduser().is_dir() else clip],
+                    tree_fingerprint(Path(clip).expanduser()) if clip and Path(clip).expanduser().is_dir() else clip,
+                    # --metric-weights: a checkpoint replaced in place must not return the old numbers
+                    [(k, _fingerprint(Path(v).expanduser())) for k, v in sorted((options.get("metric_weights") or {}).items())]],
         "real_dir": tree_fingerprint(Path(options["real_dir"])) if options.get("real_dir") else None,
     })
+
+
+def _fingerprint(p: Path) -> Any:
+    """A file's (size, mtime_ns), a folder's tree_fingerprint, or the text given when nothing is there."""
+    from evalkit.inputs_key import tree_fingerprint
+
+    if p.is_dir():
+        return tree_fingerprint(p)
+    if p.is_file():
+        st = p.stat()
+        return [st.st_size, st.st_mtime_ns]
+    return str(p)
 
 
 def unchanged_results(rd: RunDir, key: str, verify: bool) -> dict[str, Any] | None:

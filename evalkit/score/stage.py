@@ -31,7 +31,7 @@ import os
 import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -56,9 +56,11 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
               real_dir: str | os.PathLike[str] | None = None, bootstrap_samples: int = DEFAULT_RESAMPLES,
               workers: int | None = None, use_cache: bool = True, weights_dir: str | None = None,
               batch_size: int = 8, fid_method: str = "auto", progress: bool = True,
-              verify: bool = False) -> dict[str, Any]:
+              verify: bool = False, metric_weights: Mapping[str, str] | Sequence[str] | None = None) -> dict[str, Any]:
     """Score a run directory in place; returns {backend: metrics record}. See the module docstring.
 
+    `metric_weights`: {NAME: PATH} (or ["NAME=PATH", ...]) for metrics whose weights the user supplies
+    (evalkit.weights.user.USER_WEIGHTS); an unknown NAME is an EvalkitError.
     Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused.
     Under a distributed launcher every rank calls this and gets the same results; rank 0 alone takes the lock and
     writes (evalkit.score.distributed)."""
@@ -66,13 +68,16 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
     from evalkit.score import distributed as dsc
     from evalkit.runlock import acquire
+    from evalkit.weights.user import parse_metric_weights
 
+    user_weights = parse_metric_weights(metric_weights)
     # Refuse a path that is not a run before creating a lock file in it (on every rank: each must see the run).
     rd, _ = dsc.everywhere(lambda: open_run(run_dir))
     with ExitStack() as locked:
         dsc.on_main(lambda: bool(locked.enter_context(acquire(rd.root, "score"))))
         options = {"metrics": expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None),
-                   "device": device, "clip_model": clip_model, "real_dir": str(real_dir) if real_dir else None,
+                   "device": device, "clip_model": clip_model, "metric_weights": dict(sorted(user_weights.items())),
+                   "real_dir": str(real_dir) if real_dir else None,
                    "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
                    "batch_size": batch_size, "fid_method": fid_method}
         from evalkit.score.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
@@ -91,7 +96,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
                       f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
             return unchanged
         results = _score_run(rd, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
-                             real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
+                             metric_weights=user_weights, real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
                              use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
                              fid_method=fid_method, progress=progress, verify=verify)
         from evalkit.inputs_key import store_key
@@ -103,14 +108,16 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
 
 def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
-               lpips_net: str | None, clip_model: str | None, real_dir: str | os.PathLike[str] | None,
+               lpips_net: str | None, clip_model: str | None, metric_weights: dict[str, str],
+               real_dir: str | os.PathLike[str] | None,
                bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
                batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
     from evalkit.score import distributed as dsc
     from evalkit.score.summary import summarise_backend, write_outputs
 
     names = expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None)
-    opts = Options(metrics=names, device=device, clip_model=clip_model, real_dir=str(real_dir) if real_dir else None,
+    opts = Options(metrics=names, device=device, clip_model=clip_model, metric_weights=metric_weights,
+                   real_dir=str(real_dir) if real_dir else None,
                    bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
                    weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
     run = dsc.on_main(lambda: prepare(rd, names, real_dir, verify))
@@ -194,7 +201,11 @@ def _needs(state: State, b: str) -> tuple[dict[str, list[int]], dict[str, list[i
         users = [m for m in opts.metrics if reg.get_spec(m).extractor == ext]
         if all(unavailable(opts, m) for m in users):
             continue
-        key = feature_key(ext)
+        try:
+            key = feature_key(ext, opts)
+        except EvalkitError as e:  # its weights are missing (MissingWeightsError): its set metrics are skipped
+            opts.created[f"extractor:{ext}"] = reg.MetricUnavailable(str(e))
+            continue
         feats[ext] = [i for i, it in enumerate(items)
                       if it.sha not in corrupt_t and cache.get_features(key, it.sha) is None]
     prompt: dict[str, list[int]] = {}
@@ -430,7 +441,7 @@ def _real_features(state: State, folder: Path, ext: str) -> Any:
     why = extractor_unavailable(state.opts, ext)
     if why:
         return reg.MetricUnavailable(why)
-    key = feature_key(ext)
+    key = feature_key(ext, state.opts)
     files = list_images(folder)
     hashes = hash_files(files)
     feats: dict[str, np.ndarray] = {}

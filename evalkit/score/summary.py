@@ -137,7 +137,8 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
                     continue
                 values[i] = er["v"] - e["v"]
                 row(it, m, values[i], "ok")
-            extra = {k: v for k, v in described.items() if k == "model"}
+            # What identifies the numbers: the model, and the weights' SHA-256 where the user supplied them.
+            extra = {k: v for k, v in described.items() if k in ("model", "weights_sha256")}
             out[m] = summary_record(state, m, items, values, skips, {**extra, "definition": "reference minus backend"})
             continue
         n_flag = 0
@@ -158,7 +159,7 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
 
 
 def _set_features(state: "State", items: list[Item], ext: str) -> np.ndarray:
-    key = feature_key(ext)
+    key = feature_key(ext, state.opts)
     corrupt_t = state.cache.table("corrupt")
     fs = [state.cache.get_features(key, it.sha) for it in items if it.sha not in corrupt_t]
     fs = [f for f in fs if f is not None]
@@ -192,7 +193,7 @@ def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
     n = fb.shape[0]
     state.dist_n.setdefault(ext, {})[b] = n
     base = {"n": n, "n_reference": int(n_ref), "reference": ref_name}
-    key = hashlib.sha256(json_key([m, reg.cache_key(m), state.opts.result_options(), feature_key(ext), ref_shas,
+    key = hashlib.sha256(json_key([m, reg.cache_key(m), state.opts.result_options(), feature_key(ext, state.opts), ref_shas,
                                    sorted(it.sha for it in state.items[b])])).hexdigest()
     table = state.cache.table("distribution")
     if key in table:

@@ -392,7 +392,9 @@ def status(weights_dir: str | os.PathLike[str] | None = None) -> list[dict[str, 
                  "sha256": None, "package": None, "needed_by": [],
                  "description": "CLIP: a local checkpoint or the Hugging Face cache (--clip-model); no registry ships one",
                  "fix": CLIP_HOW})
-    return rows
+    from evalkit.weights.user import status_rows
+
+    return rows + status_rows()  # PickScore, HPSv2.1, ImageReward, CMMD's CLIP: --metric-weights NAME=PATH
 
 
 def missing_defaults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
