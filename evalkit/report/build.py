@@ -25,6 +25,7 @@ from evalkit.report.data import (
     metric_value,
 )
 from evalkit.report.noise_floor import CALIBRATION_FILE
+from evalkit.report.options import parse_formats
 
 
 def build_report(
@@ -40,7 +41,6 @@ def build_report(
     """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html.
 
     Holds the run directory's lock (evalkit.runlock) while it writes."""
-    from evalkit.report.cli import parse_formats
     from evalkit.rundir import open_run
     from evalkit.runlock import acquire
 

@@ -13,6 +13,7 @@ import math
 from typing import Any
 
 from evalkit.report.data import MetricInfo, ReportData, fmt_num
+from evalkit.report.latex import latex_escape, tabular
 
 NO_CATEGORY = "(none)"
 
@@ -76,8 +77,6 @@ def category_tables(data: ReportData) -> list[dict[str, Any]]:
 
 def categories_tex(data: ReportData) -> str:
     """One booktabs table per metric: category rows, backend columns (tables/per_category.tex)."""
-    from evalkit.report.tables import _tabular, latex_escape
-
     out = []
     for t in category_tables(data):
         arrow = " $\\uparrow$" if t["hib"] else " $\\downarrow$" if t["hib"] is False else ""
@@ -85,7 +84,7 @@ def categories_tex(data: ReportData) -> str:
         body = [[latex_escape(r["category"]), str(r["n_prompts"])] + [c["text"].replace("—", "--") for c in r["cells"]]
                 for r in t["rows"]]
         unit = f" ({latex_escape(t['unit'])})" if t["unit"] else ""
-        out.append(_tabular(f"{latex_escape(t['label'])}{unit}{arrow} per prompt category: mean over the category's prompts.",
+        out.append(tabular(f"{latex_escape(t['label'])}{unit}{arrow} per prompt category: mean over the category's prompts.",
                             f"tab:evalkit-category-{t['key'].replace('_', '-')}", header, body,
                             "lr" + "r" * len(t["backends"]),
                             f"Against the {latex_escape(data.reference)} reference; $n$: prompts in the category."))
