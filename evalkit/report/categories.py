@@ -12,8 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from evalkit.report.data import MetricInfo, ReportData, fmt_num
+from evalkit.report.data import MetricInfo, ReportData
 from evalkit.report.latex import latex_escape, tabular
+from evalkit.report.numbers import decimals_for, fmt_fixed
 
 NO_CATEGORY = "(none)"
 
@@ -64,11 +65,12 @@ def category_tables(data: ReportData) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["metric"] == m.key]
         backends = list(dict.fromkeys(r["backend"] for r in mine))
         cells = {(r["category"], r["backend"]): r for r in mine}
+        d = decimals_for([r["mean"] for r in mine], 3, at_least=min(m.digits, 3))  # one format per table
         body = []
         for c in categories(data):
             n_prompts = next((r["n_prompts"] for r in mine if r["category"] == c), 0)
             body.append({"category": c, "n_prompts": n_prompts,
-                         "cells": [{"text": fmt_num(cells[(c, b)]["mean"], min(m.digits, 3)) if (c, b) in cells else "—",
+                         "cells": [{"text": fmt_fixed(cells[(c, b)]["mean"], d) if (c, b) in cells else "—",
                                     "n": cells[(c, b)]["n"] if (c, b) in cells else 0} for b in backends]})
         tables.append({"key": m.key, "label": m.label, "unit": m.unit, "hib": m.higher_is_better,
                        "backends": backends, "rows": body})

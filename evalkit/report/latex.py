@@ -8,7 +8,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from evalkit.report.data import fmt_num
+from evalkit.report.numbers import fmt_fixed, fmt_num
 
 _LATEX_SPECIALS = {
     "\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -40,6 +40,12 @@ def tex_num(v: Any, digits: int = 3) -> str:
         mant, exp = s.split("e")
         return f"${mant}\\times10^{{{int(exp)}}}$"
     return "--" if s == "—" else s.replace("∞", r"$\infty$").replace("−", "-")
+
+
+def tex_fixed(v: Any, decimals: int) -> str:
+    """A number in its column's format (numbers.fmt_fixed), typeset for LaTeX."""
+    s = fmt_fixed(v, decimals)
+    return "--" if s == "—" else s.replace("−∞", r"$-\infty$").replace("∞", r"$\infty$")
 
 
 def tabular(caption: str, label: str, header: list[str], rows: list[list[str]], align: str, notes: str = "") -> str:

@@ -11,7 +11,9 @@ from typing import Any
 from evalkit.io import atomic_write_text
 from evalkit.report.categories import categories_tex, category_means
 from evalkit.report.data import MEMORY_KINDS, MEMORY_PHASES, ReportData, metric_value
-from evalkit.report.latex import latex_escape, standalone_document, tabular as _tabular, tex_num as _num
+from evalkit.report.latex import latex_escape, standalone_document, tabular as _tabular, tex_fixed
+from evalkit.report.numbers import SecondsColumn, decimals_for
+from evalkit.report.summary import GIB_DECIMALS, floor_text, quality_column
 
 
 def summary_rows(data: ReportData) -> list[dict[str, Any]]:
@@ -94,29 +96,33 @@ def _footnotes(data: ReportData, latency: bool = True) -> str:
 
 
 def performance_tex(data: ReportData) -> str:
+    """Memory and latency per backend, one unit and one format per column (as the page)."""
+    ok = [b for b in data.backends if b.ok]
     cuda = data.has_cuda_memory
+    fields = ["load_peak_reserved_gib", "peak_allocated_gib", "peak_reserved_gib"] if cuda else ["footprint_gib", "cpu_peak_rss_gib"]
+    mem_dec = {f: decimals_for([b.memory_value(f) for b in ok], 3, at_least=GIB_DECIMALS) for f in fields}
+    lat = SecondsColumn([b.latency.get("median_s") for b in ok])
+    load = SecondsColumn([(b.record or {}).get("load_time_s") for b in ok])
     if cuda:
-        header = ["Backend", "Load (res.)", "Peak (alloc.)", "Peak (res.)", "Latency", "Load time"]
+        header = ["Backend", "Load (res.)", "Peak (alloc.)", "Peak (res.)"]
         notes = ("Memory in GiB ($2^{30}$ bytes). Load: peak reserved while loading "
                  "(\\texttt{torch.cuda.max\\_memory\\_reserved}); Peak: during generation. "
-                 "Latency: median seconds per image.")
+                 "Latency: median per image.")
     else:
-        header = ["Backend", "Weights", "CPU peak RSS", "Latency", "Load time"]
+        header = ["Backend", "Weights", "CPU peak RSS"]
         notes = ("CPU run: no GPU memory was measured. Weights: parameter bytes; CPU peak RSS: worker process "
-                 "\\texttt{ru\\_maxrss}, GiB. Latency: median seconds per image.")
+                 "\\texttt{ru\\_maxrss}, GiB. Latency: median per image.")
+    header += [f"Latency ({lat.unit})", f"Load time ({load.unit})"]
     rows = []
     for b in data.backends:
         if not b.ok:
             rows.append([latex_escape(b.name)] + [f"\\multicolumn{{{len(header) - 1}}}{{l}}{{{latex_escape(b.status)}: {latex_escape((b.reason or '')[:60])}}}"])
             continue
-        lat = b.latency.get("median_s")
-        load = (b.record or {}).get("load_time_s")
         name = latex_escape(b.name) + ("$^\\dagger$" if b.partial else "")
-        if cuda:
-            vals = [b.memory_value("load_peak_reserved_gib"), b.memory_value("peak_allocated_gib"), b.memory_value("peak_reserved_gib")]
-        else:
-            vals = [b.footprint_gib, b.memory_value("cpu_peak_rss_gib")]
-        rows.append([name] + [_num(v, 2) for v in vals] + [_num(lat, 3) + ("$^\\ast$" if b.latency_noisy else ""), _num(load, 1)])
+        mem = [tex_fixed(b.memory_value(f), mem_dec[f]) for f in fields]
+        noisy = "$^\\ast$" if b.latency_noisy else ""
+        rows.append([name] + mem + [lat(b.latency.get("median_s")).replace("—", "--") + noisy,
+                                    load((b.record or {}).get("load_time_s")).replace("—", "--")])
     notes += _footnotes(data)
     return _tabular("Memory and latency per backend.", "tab:evalkit-performance", header, rows, "l" + "r" * (len(header) - 1), notes)
 
@@ -133,14 +139,15 @@ def _floor_tex_row(data: ReportData) -> list[str] | None:
     cells = ["\\textit{noise floor}"]
     for m in data.metrics:
         f = data.floors.get(m.key)
-        # calibrate's display string, with a 1.2e-05 typeset as the table's other numbers are
-        sci = f is not None and f.ok and _PLAIN_NUMBER.fullmatch(f.display) and "e" in f.display.lower()
-        cells.append("--" if f is None else _num(f.display) if sci else latex_escape(f.display) if f.ok else "n/a")
+        text = floor_text(data, m)  # in the column's format, as on the page
+        cells.append("--" if f is None else "n/a" if text is None else
+                     latex_escape(text) if text and text[0] not in "0123456789-" else text)
     return cells
 
 
 def quality_tex(data: ReportData) -> str:
     header = ["Backend"] + [latex_escape(m.label + (f" ({m.unit})" if m.unit else "")) + (" $\\uparrow$" if m.higher_is_better else " $\\downarrow$" if m.higher_is_better is False else "") for m in data.metrics]
+    decimals = {m.key: quality_column(data, m).decimals for m in data.metrics}  # one format per column, as the page
     rows = []
     for b in data.backends:
         if not b.ok or not b.metrics:
@@ -150,9 +157,10 @@ def quality_tex(data: ReportData) -> str:
             rec = b.metrics.get(m.key) or {}
             v = metric_value(rec)
             lo, hi = rec.get("ci_low"), rec.get("ci_high")
-            cell = _num(v, m.digits) + ("$^\\S$" if v is not None and rec.get("indicative") else "")
+            d = decimals[m.key]
+            cell = tex_fixed(v, d) + ("$^\\S$" if v is not None and rec.get("indicative") else "")
             if v is not None and isinstance(lo, (int, float)) and isinstance(hi, (int, float)):
-                cell += f" {{\\scriptsize [{_num(lo, m.digits)}, {_num(hi, m.digits)}]}}"
+                cell += f" {{\\scriptsize [{tex_fixed(lo, d)}, {tex_fixed(hi, d)}]}}"
             cells.append(cell)
         rows.append(cells)
     floor_row = _floor_tex_row(data)
