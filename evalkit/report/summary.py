@@ -43,8 +43,8 @@ def model_notice(data: ReportData) -> dict[str, str] | None:
                         "to show how the report reads. Every figure is stamped as such.", "facts": facts}
     if model.get("kind") == "tiny" or re.search(r"random(ly initiali[sz]ed)? weights", note, re.I):
         return {"kind": "toy", "title": "Test model with random weights: its images are noise, not pictures.",
-                "text": f"{model.get('spec') or 'This model'} is a tiny Flux pipeline whose weights are seeded random "
-                        "numbers. The quality metrics still measure how far each backend's arithmetic moves its "
+                "text": f"“{model.get('spec') or 'this model'}” is a toy-sized Flux pipeline whose weights are seeded "
+                        "random numbers. The quality metrics still measure how far each backend's arithmetic moves its "
                         "output from bf16's, but nothing here says how a real model's images would look; memory "
                         "and latency are those of a toy-sized model.", "facts": facts}
     return None
