@@ -179,7 +179,19 @@ def test_per_prompt_table_of_seventeen_backends_fits(tmp_path: Path, width: int)
     """Issue #24: the per-prompt table of a 17-backend run was clipped at the right at 1280 px."""
     from evalkit.report.browser import Browser
 
+    import json
+
+    from evalkit.rundir import write_summary
+
     root = synthetic_run(tmp_path, backends=SEVENTEEN, prompts=[f"prompt {i}: a fairly long description" for i in range(6)])
+    for path in (root / "metrics").glob("*.json"):  # LPIPS at the tiny model's scale: 0.0000779, seven decimals
+        rec = json.loads(path.read_text())
+        lp = rec["metrics"].get("lpips_alex")
+        if lp:
+            lp["per_prompt"] = {k: v * 1e-3 for k, v in lp["per_prompt"].items()}
+            lp.update({k: lp[k] * 1e-3 for k in ("mean", "ci_low", "ci_high")})
+            path.write_text(json.dumps(rec))
+    write_summary(root)
     index = build_report(root, quiet=True, figures=False)
     with Browser(width=width, height=1000) as b:
         b.goto(index.as_uri())

@@ -145,11 +145,12 @@ def json_for_script(obj: Any) -> str:
 
 
 def breakable(name: Any) -> Any:
-    """A backend name for a narrow column header: escaped, with a break opportunity after each - + _ (browsers
-    break after "-" only, so "torchao-int8wo+compile" kept a column as wide as the whole name)."""
+    """A backend name for a narrow column header: escaped, with a break opportunity after each - and + (browsers
+    break after "-" only, so "torchao-int8wo+compile" kept a column as wide as "int8wo+compile"). Never after
+    "_": "gguf-q8_" over "0" reads as another name."""
     from markupsafe import Markup, escape
 
-    return Markup(re.sub(r"([-+_])", r"\1<wbr>", str(escape(name))))
+    return Markup(re.sub(r"([-+])", r"\1<wbr>", str(escape(name))))
 
 
 def render_html(ctx: dict[str, Any]) -> str:
