@@ -15,7 +15,6 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
 from evalkit.libraries import LIBRARIES, Library, library_order
-from evalkit.report.numbers import fmt_num, fmt_seconds  # noqa: F401  (shared by the page and the tables)
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run, write_summary
 
 
