@@ -41,12 +41,14 @@ def model_notice(data: ReportData) -> dict[str, str] | None:
         return {"kind": "synthetic", "title": "Synthetic demo data: not a measurement.",
                 "text": "No model ran: images, memory, latency and metrics were made up by evalkit.report.synthetic "
                         "to show how the report reads. Every figure is stamped as such.", "facts": facts}
-    if model.get("kind") == "tiny" or re.search(r"random(ly initiali[sz]ed)? weights", note, re.I):
+    tiny = model.get("kind") == "tiny"
+    if tiny or re.search(r"random(ly initiali[sz]ed)? weights", note, re.I):
+        what = "a toy-sized pipeline whose weights are seeded random numbers" if tiny else "random weights (its note)"
         return {"kind": "toy", "title": "Test model with random weights: its images are noise, not pictures.",
-                "text": f"“{model.get('spec') or 'this model'}” is a toy-sized Flux pipeline whose weights are seeded "
-                        "random numbers. The quality metrics still measure how far each backend's arithmetic moves its "
-                        "output from bf16's, but nothing here says how a real model's images would look; memory "
-                        "and latency are those of a toy-sized model.", "facts": facts}
+                "text": f"“{model.get('spec') or 'this model'}” is {what}. The quality metrics still measure how far "
+                        f"each backend's arithmetic moves its output from {data.reference}'s, but nothing here says how "
+                        "a real model's images would look"
+                        + ("; memory and latency are those of a toy-sized model." if tiny else "."), "facts": facts}
     return None
 
 
@@ -156,21 +158,20 @@ def quality_rows(data: ReportData) -> list[dict[str, Any]]:
             continue
         cells = []
         for m in data.metrics:
-            rec = b.metrics.get(m.key)
+            rec = b.metrics.get(m.key) or {}
             v = metric_value(rec)
             if v is None:
-                why = (rec or {}).get("reason") or ("reference" if b.name == data.reference and m.vs_reference else "not scored")
+                why = rec.get("reason") or ("reference" if b.name == data.reference and m.vs_reference else "not scored")
                 cells.append({"value": None, "why": why})
                 continue
             d = cols[m.key].decimals
-            lo, hi, sd = rec.get("ci_low"), rec.get("ci_high"), rec.get("std")  # type: ignore[union-attr]
+            lo, hi, sd = rec.get("ci_low"), rec.get("ci_high"), rec.get("std")
             # Per-image metrics carry a bootstrap CI; set-level ones (FID, KID) at most a std over subsets.
             spread = (f"[{fmt_fixed(lo, d)}, {fmt_fixed(hi, d)}]" if lo is not None and hi is not None
                       else f"± {fmt_fixed(sd, d)} std" if is_number(sd) and not m.vs_reference else "no CI")
-            cells.append({"value": fmt_fixed(v, d), "raw": v, "ci": spread,
-                          "note": rec.get("note") or rec.get("description") or "",  # type: ignore[union-attr]
-                          "n": rec.get("n"), "n_ref": rec.get("n_reference"),  # type: ignore[union-attr]
-                          "best": cols[m.key].best == b.name, "indicative": bool(rec.get("indicative"))})  # type: ignore[union-attr]
+            cells.append({"value": fmt_fixed(v, d), "raw": v, "ci": spread, "note": rec.get("note") or rec.get("description") or "",
+                          "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": cols[m.key].best == b.name,
+                          "indicative": bool(rec.get("indicative"))})
         rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference, "partial": b.partial_reason})
     return rows
 
