@@ -15,7 +15,9 @@ if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   source .venv/bin/activate
 fi
 python -m pip install -q --upgrade pip
-torch_plan=$(python tools/install_torch.py | tee /dev/stderr) || exit 1
+# install_torch.py says what it does on stderr (straight to wherever ours goes) and prints only its decision,
+# `torch-constraint: yes|no`, on stdout. No `tee /dev/stderr`: that reopens a redirected log and truncates it.
+torch_plan=$(python tools/install_torch.py) || exit 1
 if grep -q '^torch-constraint: yes' <<<"$torch_plan"; then
   cons=(-c constraints.txt)
 else

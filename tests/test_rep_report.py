@@ -15,7 +15,7 @@ from evalkit.cli import main
 from evalkit.errors import EvalkitError
 from evalkit.report import build_report
 from evalkit.report import data as report_data
-from evalkit.report.build import best_backend
+from evalkit.report.summary import best_backend
 from evalkit.report.data import load_report_data
 from evalkit.report.tables import csv_cell, to_csv
 from evalkit.rundir import write_summary
@@ -50,7 +50,7 @@ def test_partial_backend_is_marked_everywhere(partial_run: Path) -> None:
 
 
 def test_partial_backend_is_off_cards_and_fronts_unless_asked(partial_run: Path, tmp_path: Path) -> None:
-    from evalkit.report.build import _highlights
+    from evalkit.report.summary import highlights as _highlights
 
     data = load_report_data(partial_run)
     least = next(h for h in _highlights(data) if h["title"] == "Least memory")

@@ -145,3 +145,113 @@ def test_no_table_cut_off_at_common_widths(tmp_path: Path, width: int) -> None:
     for w in wraps:
         if w["id"] in ("perf-table", "quality-table"):
             assert w["over"] <= 1 and w["right"] <= w["vw"], (width, w)
+
+
+SEVENTEEN = [b[0] for b in FIFTEEN_BACKENDS] + ["bnb-nf4+compile", "quanto-int8+offload"]  # issue #24's run
+
+PER_PROMPT_JS = """
+(() => {
+  const out = [];
+  for (const btn of document.querySelectorAll('#pp-switch button')) {
+    btn.click();
+    const w = document.querySelector(`.table-wrap.pp[data-pp="${btn.dataset.pp}"]`);
+    w.scrollIntoView();
+    const r = w.getBoundingClientRect(), head = w.querySelectorAll('thead th');
+    const first = w.querySelector('tbody th');
+    w.scrollLeft = w.scrollWidth;
+    const last = head[head.length - 1].getBoundingClientRect(), after = w.getBoundingClientRect();
+    out.push({key: btn.dataset.pp, over: w.scrollWidth - w.clientWidth, right: Math.round(r.right),
+              vw: document.documentElement.clientWidth, vh: window.innerHeight,
+              top: Math.round(r.top), bottom: Math.round(r.bottom),
+              overflowX: getComputedStyle(w).overflowX, sticky: getComputedStyle(first).position,
+              lastRight: Math.round(last.right), wrapRight: Math.round(after.right),
+              firstLeft: Math.round(first.getBoundingClientRect().left), wrapLeft: Math.round(after.left),
+              pageOver: document.documentElement.scrollWidth - document.documentElement.clientWidth});
+    w.scrollLeft = 0;
+  }
+  return out;
+})()
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 1920, 2560])
+def test_per_prompt_table_of_seventeen_backends_fits(tmp_path: Path, width: int) -> None:
+    """Issue #24: the per-prompt table of a 17-backend run was clipped at the right at 1280 px."""
+    from evalkit.report.browser import Browser
+
+    import json
+
+    from evalkit.rundir import write_summary
+
+    root = synthetic_run(tmp_path, backends=SEVENTEEN, prompts=[f"prompt {i}: a fairly long description" for i in range(6)])
+    for path in (root / "metrics").glob("*.json"):  # LPIPS at the tiny model's scale: 0.0000779, seven decimals
+        rec = json.loads(path.read_text())
+        lp = rec["metrics"].get("lpips_alex")
+        if lp:
+            lp["per_prompt"] = {k: v * 1e-3 for k, v in lp["per_prompt"].items()}
+            lp.update({k: lp[k] * 1e-3 for k in ("mean", "ci_low", "ci_high")})
+            path.write_text(json.dumps(rec))
+    write_summary(root)
+    index = build_report(root, quiet=True, figures=False)
+    with Browser(width=width, height=1000) as b:
+        b.goto(index.as_uri())
+        tables = b.eval(PER_PROMPT_JS)
+        b.eval("document.querySelector('#per-prompt').scrollIntoView()")
+        ARTIFACTS.mkdir(exist_ok=True)
+        b.screenshot(ARTIFACTS / f"report-per-prompt-{width}.png")
+    assert len(tables) >= 3
+    for t in tables:
+        assert t["over"] <= 1 and t["right"] <= t["vw"] and t["pageOver"] <= 0, (width, t)
+
+
+@pytest.mark.parametrize("width", [1280, 2560])
+def test_per_prompt_table_too_wide_for_the_window_scrolls_in_view(tmp_path: Path, width: int) -> None:
+    """More backends than any width holds: the table scrolls inside a frame that fits the window (so its scrollbar
+    is on screen, not under 40 rows), keeps the prompt column in view, and the page itself never scrolls sideways."""
+    from evalkit.report.browser import Browser
+
+    many = list(dict.fromkeys(SEVENTEEN + [f"{b}+compile" for b in SEVENTEEN if "+" not in b and b != "bf16"]))
+    root = synthetic_run(tmp_path, backends=many, prompts=[f"prompt {i}" for i in range(40)])
+    index = build_report(root, quiet=True, figures=False)
+    with Browser(width=width, height=1000) as b:
+        b.goto(index.as_uri())
+        tables = b.eval(PER_PROMPT_JS)
+        b.eval("document.querySelector('.table-wrap.pp').scrollLeft = 400")
+        ARTIFACTS.mkdir(exist_ok=True)
+        b.screenshot(ARTIFACTS / f"report-per-prompt-scrolled-{width}.png")
+    for t in tables:
+        assert t["pageOver"] <= 0 and t["right"] <= t["vw"], (width, t)
+        if t["over"] > 1:  # too wide here: it must scroll, visibly
+            assert t["overflowX"] in ("auto", "scroll") and t["bottom"] - t["top"] <= t["vh"], (width, t)
+            assert t["lastRight"] <= t["wrapRight"] + 1, (width, t)  # the last backend can be scrolled to
+            assert t["sticky"] == "sticky" and abs(t["firstLeft"] - t["wrapLeft"]) <= 2, (width, t)
+    assert any(t["over"] > 1 for t in tables) or width > 2000  # 33 backends do not fit 1280 px
+
+
+SUMMARY_JS = """
+(() => ({pageOver: document.documentElement.scrollWidth - document.documentElement.clientWidth,
+  notice: Math.round(document.getElementById('model-notice').getBoundingClientRect().bottom),
+  vh: window.innerHeight,
+  cards: Array.from(document.querySelectorAll('.card')).map(c => c.innerText.replace(/\\s+/g, ' ')),
+  wraps: Array.from(document.querySelectorAll('#summary .table-wrap')).map(w => w.scrollWidth - w.clientWidth)}))()
+"""
+
+
+@pytest.mark.parametrize("width", [1280, 1440, 1920, 2560])
+def test_summary_of_the_tiny_run_at_common_widths(tmp_path: Path, width: int) -> None:
+    """The tiny run's summary: its random-weights notice in the first screen, the cards, and both tables whole."""
+    from evalkit.report.browser import Browser
+    from report_fixtures import tiny_like_run
+
+    root = tiny_like_run(tmp_path)
+    index = build_report(root, quiet=True)
+    with Browser(width=width, height=1000) as b:
+        b.goto(index.as_uri())
+        got = b.eval(SUMMARY_JS)
+        ARTIFACTS.mkdir(exist_ok=True)
+        b.screenshot(ARTIFACTS / f"report-summary-{width}.png")
+        b.eval("document.getElementById('tradeoffs').scrollIntoView()")
+        b.screenshot(ARTIFACTS / f"report-figures-{width}.png")
+    assert got["pageOver"] <= 0 and got["notice"] <= got["vh"], (width, got)
+    assert all(over <= 1 for over in got["wraps"]), (width, got)
+    assert any(c.startswith("FASTEST No clear winner") for c in got["cards"]), got["cards"]

@@ -7,10 +7,13 @@ The rule (README, "Install"):
   * A machine with an NVIDIA GPU and no torch: install torch from pip's configured index (PyPI's default build is the
     CUDA one).
   * A machine without an NVIDIA GPU: install the CPU build of the pinned torch from PyTorch's CPU wheel index,
-    whatever pip's configuration points at: an unpinned or PyPI torch is a several-GB CUDA build. If that index
-    cannot be reached (an offline mirror, a firewall), fall back, saying so, to what pip resolves for the pin.
-The last line printed is `torch-constraint: yes|no`: whether later installs should be constrained by
-constraints.txt (not on a GPU machine, whose torch may be any CUDA build).
+    whatever pip's configuration points at: an unpinned or PyPI torch is a several-GB CUDA build. The index is
+    probed once first (a few seconds, no retries): when it cannot be reached (an offline mirror, a firewall), one
+    line says so and pip installs the pin from its own index instead; pip never retries against it.
+What it says goes to stderr, pip's output too. Its only stdout is the last line, `torch-constraint: yes|no`: whether
+later installs should be constrained by constraints.txt (not on a GPU machine, whose torch may be any CUDA build).
+install.sh reads that line from a pipe and never copies the rest (a `tee /dev/stderr` there reopened and truncated
+a redirected log).
 """
 
 from __future__ import annotations
@@ -19,15 +22,20 @@ import argparse
 import os
 import re
 import shutil
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
 REPO = Path(__file__).resolve().parent.parent
 CPU_INDEX = "https://download.pytorch.org/whl/cpu"
-# Short: an unreachable index must fail fast (pip's default timeout here is 180 s, with 5 retries).
+# Short: an unreachable index must fail fast (pip's default timeout here is 180 s, with 5 retries, each one a
+# warning per package). The probe decides reachability once; pip then gets no retries against that index.
+PROBE_TIMEOUT_S = 5
 INDEX_TIMEOUT_S = 15
 
 Runner = Callable[..., subprocess.CompletedProcess]
@@ -67,12 +75,28 @@ def installed_torch(python: str, run: Runner = subprocess.run) -> str | None:
     return out if r.returncode == 0 and out else None
 
 
+def probe_index(url: str = CPU_INDEX, timeout: float = PROBE_TIMEOUT_S) -> str | None:
+    """None when `url`'s torch page answers within `timeout` seconds (one try), else why not, in a few words.
+    Honours the proxy variables (urllib does) and pip's certificate bundle (PIP_CERT), as pip would."""
+    ctx = ssl.create_default_context(cafile=os.environ.get("PIP_CERT") or None)
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"{url}/torch/", method="HEAD"), timeout=timeout,
+                                    context=ctx) as r:
+            return None if r.status < 400 else f"HTTP {r.status}"
+    except urllib.error.HTTPError as e:
+        return f"HTTP {e.code}"
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        return str(reason) or type(e).__name__
+
+
 @dataclass
 class Plan:
     why: str
     commands: list[list[str]] = field(default_factory=list)  # tried in order until one succeeds
-    fallback_note: str = ""
+    fallback_note: str = ""  # said once, before the fallback (the last command) runs
     constrain: bool = True
+    probe: str = ""  # an index the first command needs: probed first; unreachable -> straight to the fallback
 
 
 def make_plan(python: str, gpu: bool, current: str | None, pin: str, keep: bool) -> Plan:
@@ -86,23 +110,41 @@ def make_plan(python: str, gpu: bool, current: str | None, pin: str, keep: bool)
                     [pip + ["torch"]], constrain=False)
     if current and current.split("+")[0] == pin and current.endswith("+cpu"):
         return Plan(f"no NVIDIA GPU: torch {current} (CPU build) is already installed")
-    cpu = pip + ["--index-url", CPU_INDEX, "--timeout", str(INDEX_TIMEOUT_S), "--retries", "1", f"torch=={pin}"]
+    cpu = pip + ["--index-url", CPU_INDEX, "--timeout", str(INDEX_TIMEOUT_S), "--retries", "0", f"torch=={pin}"]
     fallback = pip + ["-c", str(REPO / "constraints.txt"), f"torch=={pin}"]
     return Plan(f"no NVIDIA GPU: installing the CPU build of torch {pin} from PyTorch's CPU wheel index",
-                [cpu, fallback],
-                fallback_note=(f"install: PyTorch's CPU wheel index ({CPU_INDEX}) could not be reached; installing "
-                               f"torch=={pin} from pip's configured index instead (on public PyPI that is a CUDA "
+                [cpu, fallback], probe=CPU_INDEX,
+                fallback_note=(f"falling back to pip's configured index for torch=={pin} (on public PyPI that is a CUDA "
                                "build of several GB)"))
 
 
-def execute(plan: Plan, run: Runner = subprocess.run, say: Callable[[str], None] = print) -> int:
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _run_to_stderr(cmd: list[str]) -> subprocess.CompletedProcess:
+    # pip's stdout joins our messages on stderr: stdout carries only the torch-constraint line install.sh reads.
+    return subprocess.run(cmd, stdout=sys.stderr)
+
+
+def execute(plan: Plan, run: Runner = _run_to_stderr, say: Callable[[str], None] = _say,
+            probe: Callable[[str], str | None] = probe_index) -> int:
+    """Run the plan's commands in order until one succeeds, saying in one line which index torch comes from."""
     say(f"install: {plan.why}")
-    for i, cmd in enumerate(plan.commands):
-        if i > 0 and plan.fallback_note:
-            say(plan.fallback_note)
+    commands = plan.commands
+    if plan.probe and len(commands) > 1:
+        why_not = probe(plan.probe)
+        if why_not is None:
+            say(f"install: PyTorch's CPU wheel index ({plan.probe}) is reachable: installing from it")
+        else:
+            say(f"install: PyTorch's CPU wheel index ({plan.probe}) cannot be reached ({why_not}); {plan.fallback_note}")
+            commands = commands[-1:]
+    for i, cmd in enumerate(commands):
+        if i > 0:
+            say(f"install: installing from PyTorch's CPU wheel index failed (pip's messages above); {plan.fallback_note}")
         if run(cmd).returncode == 0:
             return 0
-    if plan.commands:
+    if commands:
         say("install: could not install torch; see pip's messages above")
         return 1
     return 0
@@ -116,9 +158,11 @@ def main(argv: list[str] | None = None) -> int:
     plan = make_plan(args.python, has_nvidia_gpu(), installed_torch(args.python), pinned_torch(),
                      keep=bool(os.environ.get("EVALKIT_KEEP_TORCH")))
     if args.dry_run:
-        print(f"install: {plan.why}")
+        _say(f"install: {plan.why}")
+        if plan.probe:
+            _say(f"  would probe: {plan.probe} (one try, {PROBE_TIMEOUT_S} s); unreachable: only the last command")
         for cmd in plan.commands:
-            print("  would run: " + " ".join(cmd))
+            _say("  would run: " + " ".join(cmd))
         rc = 0
     else:
         rc = execute(plan)

@@ -10,6 +10,7 @@ import base64
 import hashlib
 import json
 import math
+import re
 import sys
 import time
 from importlib import resources
@@ -20,11 +21,11 @@ from evalkit.version import __version__
 from evalkit.inputs_key import content_key, json_file_content, store_key, stored_key_matches, tree_fingerprint
 from evalkit.io import atomic_write_text
 from evalkit.report.categories import category_tables
-from evalkit.report.data import (
-    MEMORY_AXES, MEMORY_KINDS, MEMORY_PHASES, MetricInfo, ReportData, fmt_num, fmt_seconds, load_report_data,
-    metric_value,
-)
+from evalkit.report.data import MEMORY_AXES, ReportData, load_report_data, metric_value
+from evalkit.report.numbers import decimals_for, fmt_fixed, fmt_num, fmt_seconds
 from evalkit.report.noise_floor import CALIBRATION_FILE
+from evalkit.report.options import parse_formats
+from evalkit.report.summary import highlights, model_notice, noise_floor_cells, perf_view, quality_rows
 
 
 def build_report(
@@ -40,7 +41,6 @@ def build_report(
     """Write index.html (+ figures/, tables/, thumbs/) into `run_dir` and return the path of index.html.
 
     Holds the run directory's lock (evalkit.runlock) while it writes."""
-    from evalkit.report.cli import parse_formats
     from evalkit.rundir import open_run
     from evalkit.runlock import acquire
 
@@ -144,6 +144,15 @@ def json_for_script(obj: Any) -> str:
     return text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026").replace("\u2028", "\\u2028").replace("\u2029", "\\u2029")
 
 
+def breakable(name: Any) -> Any:
+    """A backend name for a narrow column header: escaped, with a break opportunity after each - and + (browsers
+    break after "-" only, so "torchao-int8wo+compile" kept a column as wide as "int8wo+compile"). Never after
+    "_": "gguf-q8_" over "0" reads as another name."""
+    from markupsafe import Markup, escape
+
+    return Markup(re.sub(r"([-+])", r"\1<wbr>", str(escape(name))))
+
+
 def render_html(ctx: dict[str, Any]) -> str:
     import jinja2
 
@@ -155,6 +164,7 @@ def render_html(ctx: dict[str, Any]) -> str:
     )
     env.filters["num"] = fmt_num
     env.filters["secs"] = fmt_seconds
+    env.filters["breakable"] = breakable
     js = _static("report.js")
     css = _static("report.css")
     # The CSP allows exactly this script (by hash): an injected inline script or on* handler would not run.
@@ -164,165 +174,6 @@ def render_html(ctx: dict[str, Any]) -> str:
 
 
 # ---------------------------------------------------------------- view model
-
-def _ratio(v: float | None, ref: float | None) -> str:
-    if v is None or ref in (None, 0):
-        return ""
-    return f"×{v / ref:.2f}"
-
-
-def _perf_rows(data: ReportData) -> list[dict[str, Any]]:
-    ref = data.reference_view
-    ref_peak = ref.memory_value("peak_reserved_gib") if ref else None
-    ref_rss = ref.memory_value("cpu_peak_rss_gib") if ref else None
-    ref_lat = ref.latency.get("median_s") if ref else None
-    rows = []
-    for b in data.backends:
-        mem, lat, rec = b.memory, b.latency, (b.record or {})
-        cells = []
-        for phase, _ in MEMORY_PHASES:
-            for kind, _ in MEMORY_KINDS:
-                cells.append(b.memory_value(f"{phase}_{kind}_gib"))
-        cuda_na = None
-        if b.ok and all(c is None for c in cells):
-            reason = mem.get("cuda_reason") or "not measured"
-            dev = mem.get("device") or data.device_type
-            cuda_na = f"n/a ({'CPU' if dev == 'cpu' else dev}: {reason})"
-        med = lat.get("median_s")
-        rows.append({
-            "name": b.name, "status": b.status, "reason": b.reason, "ok": b.ok, "library": b.library,
-            "is_ref": b.name == data.reference,
-            "footprint": b.footprint_gib, "cells": cells, "cuda_na": cuda_na,
-            "peak_ratio": _ratio(b.memory_value("peak_reserved_gib"), ref_peak) if b.name != data.reference else "",
-            "rss": b.memory_value("cpu_peak_rss_gib"),
-            "rss_ratio": _ratio(b.memory_value("cpu_peak_rss_gib"), ref_rss) if b.name != data.reference else "",
-            "lat_med": med, "lat_lo": lat.get("p10_s"), "lat_hi": lat.get("p90_s"), "lat_n": lat.get("n"),
-            "lat_warmup": lat.get("warmup_runs"),
-            "lat_ratio": _ratio(med, ref_lat) if b.name != data.reference else "",
-            "load": rec.get("load_time_s"), "compile": rec.get("compile_time_s"),
-            "flags": b.flags, "partial": b.partial_reason, "lat_noisy": b.latency_noisy,
-        })
-    return rows
-
-
-def _interval(rec: dict[str, Any] | None) -> tuple[float, float] | None:
-    lo, hi = (rec or {}).get("ci_low"), (rec or {}).get("ci_high")
-    ok = all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in (lo, hi))
-    return (float(lo), float(hi)) if ok else None
-
-
-def best_backend(data: ReportData, m: MetricInfo) -> str | None:
-    """The backend to bold for `m`, or None when the data cannot back the claim: the best value's CI must be
-    disjoint from every other competitor's CI (no CI, an indicative value, or an overlap: nothing is bolded)."""
-    if m.higher_is_better is None:
-        return None
-    cands = []
-    for b in data.backends:
-        if b.name == data.reference or not data.competes(b):
-            continue
-        rec = b.metrics.get(m.key)
-        v = metric_value(rec)
-        if v is not None:
-            cands.append((v, b.name, _interval(rec), bool((rec or {}).get("indicative"))))
-    if len(cands) < 2:
-        return None
-    cands.sort(key=lambda t: -t[0] if m.higher_is_better else t[0])
-    v, name, ci, indicative = cands[0]
-    if ci is None or indicative:
-        return None
-    for _, _, other, _ in cands[1:]:
-        if other is None or not (other[1] < ci[0] or other[0] > ci[1]):
-            return None
-    return name
-
-
-def _quality_rows(data: ReportData) -> list[dict[str, Any]]:
-    best = {m.key: best_backend(data, m) for m in data.metrics}
-    rows = []
-    for b in data.backends:
-        if not b.ok:
-            continue
-        cells = []
-        for m in data.metrics:
-            rec = b.metrics.get(m.key)
-            v = metric_value(rec)
-            if v is None:
-                why = (rec or {}).get("reason") or ("reference" if b.name == data.reference and m.vs_reference else "not scored")
-                cells.append({"value": None, "why": why})
-                continue
-            lo, hi, sd = rec.get("ci_low"), rec.get("ci_high"), rec.get("std")
-            # Per-image metrics carry a bootstrap CI; set-level ones (FID, KID) at most a std over subsets.
-            spread = (f"[{fmt_num(lo, m.digits)}, {fmt_num(hi, m.digits)}]" if lo is not None and hi is not None
-                      else f"± {fmt_num(sd, m.digits)} std" if isinstance(sd, (int, float)) and not m.vs_reference else "no CI")
-            indicative = bool(rec.get("indicative"))
-            cells.append({"value": fmt_num(v, m.digits), "raw": v, "ci": spread, "note": rec.get("note") or rec.get("description") or "",
-                          "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": best.get(m.key) == b.name,
-                          "indicative": indicative})
-        rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference, "partial": b.partial_reason})
-    return rows
-
-
-def noise_floor_cells(data: ReportData) -> list[dict[str, Any]] | None:
-    """The quality table's noise-floor row, one cell per shown metric; None when the run has no calibration.json
-    (the table is then exactly what it was before calibrations existed)."""
-    if not data.floors:
-        return None
-    cells = []
-    for m in data.metrics:
-        f = data.floors.get(m.key)
-        if f is None:
-            cells.append({"text": "—", "note": "not a paired metric: calibration does not measure it", "ok": False})
-        elif not f.ok:
-            cells.append({"text": "not measured", "note": f.reason or f.status, "ok": False})
-        else:
-            note = "byte-identical under every perturbation" if f.identical else f"set by {f.source}" if f.source else ""
-            cells.append({"text": f.display, "note": note, "ok": True})
-    return cells
-
-
-def _highlights(data: ReportData) -> list[dict[str, str]]:
-    """At-a-glance cards: least memory, fastest, and closest to the reference by the first paired metric."""
-    # A partially quantized backend cannot be "least memory" or "closest to bf16" for the wrong reason.
-    ok = [b for b in data.backends if data.competes(b)]
-    out = []
-    field, label = MEMORY_AXES[data.memory_axis]
-    mem = [(b.memory_value(field), b) for b in ok if b.memory_value(field) is not None]
-    ref = data.reference_view
-    if mem:
-        v, b = min(mem, key=lambda t: t[0])
-        refv = ref.memory_value(field) if ref and ref.ok else None
-        out.append({"title": "Least memory", "backend": b.name, "value": f"{fmt_num(v, 2)} GiB",
-                    "detail": label.split("\n")[0] + (f"; {data.reference}: {fmt_num(refv, 2)} GiB" if refv and b.name != data.reference else "")})
-    lat = [(b.latency.get("median_s"), b) for b in ok if isinstance(b.latency.get("median_s"), (int, float))]
-    if lat:
-        v, b = min(lat, key=lambda t: t[0])
-        refv = ref.latency.get("median_s") if ref and ref.ok else None
-        out.append({"title": "Fastest", "backend": b.name, "value": fmt_seconds(v),
-                    "detail": "median latency per image" + (f"; {data.reference}: {fmt_seconds(refv)}" if refv and b.name != data.reference else "")})
-    if not data.random_weights:
-        for m in data.metrics:
-            if m.kind != "paired" or m.higher_is_better is None:
-                continue
-            vals = [(metric_value(b.metrics.get(m.key)), b) for b in ok if b.name != data.reference]
-            vals = [t for t in vals if t[0] is not None]
-            if vals:
-                v, b = (max if m.higher_is_better else min)(vals, key=lambda t: t[0])
-                out.append({"title": f"Closest to {data.reference}", "backend": b.name, "value": f"{m.label} {fmt_num(v, m.digits)}",
-                            "detail": "by " + m.label + (" (higher is better)" if m.higher_is_better else " (lower is better)")})
-                break
-    partial = [b for b in data.backends if b.ok and b.partial]
-    if partial:
-        out.append({"title": "Partly quantized", "backend": f"{len(partial)} backend{'s' if len(partial) != 1 else ''} †",
-                    "value": ", ".join(b.name for b in partial[:3]) + ("…" if len(partial) > 3 else ""),
-                    "detail": ("quantized less than the name says on this device; "
-                               + ("included in the cards above (--include-partial)" if data.include_partial
-                                  else "left out of the cards above and the Pareto fronts"))})
-    failed = [b for b in data.backends if not b.ok]
-    if failed:
-        out.append({"title": "Did not run", "backend": f"{len(failed)} backend{'s' if len(failed) != 1 else ''}",
-                    "value": ", ".join(b.name for b in failed[:3]) + ("…" if len(failed) > 3 else ""), "detail": "reasons under Problems"})
-    return out
-
 
 def _short_labels(data: ReportData) -> dict[str, str]:
     """Card labels without the parenthesis ("LPIPS (AlexNet)" -> "LPIPS"), unless that would make two metrics alike."""
@@ -359,15 +210,22 @@ def _prompt_sections(data: ReportData, images: dict) -> list[dict[str, Any]]:
     return sections
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def _per_prompt_tables(data: ReportData) -> list[dict[str, Any]]:
-    """Per metric: prompts × backends, each cell shaded by where it sits between the best and worst value."""
+    """Per metric: prompts × backends, each cell shaded by where it sits between the best and worst value. One
+    format per table (3 significant digits for its smallest value), so 7.79e-05 never sits beside 0.000124."""
     tables = []
     ok = [b for b in data.backends if b.ok]
     for m in data.metrics:
         cols = [b for b in ok if (b.metrics.get(m.key) or {}).get("per_prompt")]
         if not cols:
             continue
-        vals = [v for b in cols for v in (b.metrics[m.key]["per_prompt"] or {}).values() if isinstance(v, (int, float)) and math.isfinite(v)]
+        vals = [v for b in cols for v in (b.metrics[m.key]["per_prompt"] or {}).values() if _finite(v)]
+        means = [metric_value(b.metrics.get(m.key)) for b in cols]
+        d = decimals_for(vals + means, 3, at_least=min(m.digits, 3))
         lo, hi = (min(vals), max(vals)) if vals else (0.0, 1.0)
         rows = []
         for p in data.prompts:
@@ -375,16 +233,17 @@ def _per_prompt_tables(data: ReportData) -> list[dict[str, Any]]:
             cells = []
             for b in cols:
                 v = b.metrics[m.key]["per_prompt"].get(pid)
-                if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                    cells.append({"text": "—", "shade": None})
+                if not _finite(v):
+                    cells.append({"text": "—", "shade": None, "raw": ""})
                     continue
                 t = 0.0 if hi == lo else (v - lo) / (hi - lo)
                 badness = (1 - t) if m.higher_is_better else t if m.higher_is_better is False else None
-                cells.append({"text": fmt_num(v, min(m.digits, 3)), "shade": None if badness is None else round(badness, 3)})
-            rows.append({"id": pid, "text": p.get("text", ""), "cells": cells})
-        means = [fmt_num(metric_value(b.metrics.get(m.key)), min(m.digits, 3)) for b in cols]
+                cells.append({"text": fmt_fixed(v, d), "raw": v, "shade": None if badness is None else round(badness, 3)})
+            # "p03" in the table (the full id and the prompt on hover): a 40-character id column cost the table
+            # the width of four backends.
+            rows.append({"id": pid, "short": pid.split("-", 1)[0], "text": p.get("text", ""), "cells": cells})
         tables.append({"key": m.key, "label": m.label, "unit": m.unit, "hib": m.higher_is_better,
-                       "backends": [b.name for b in cols], "rows": rows, "means": means})
+                       "backends": [b.name for b in cols], "rows": rows, "means": [fmt_fixed(v, d) for v in means]})
     return tables
 
 
@@ -468,7 +327,8 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "paired_labels": [m.label for m in data.metrics if m.kind == "paired"],
         "set_labels": [m.label for m in data.metrics if m.kind == "set"],
         "memory_axis_label": MEMORY_AXES[data.memory_axis][1].replace("\n", " — "),
-        "perf_rows": _perf_rows(data), "quality_rows": _quality_rows(data), "floor_cells": noise_floor_cells(data), "highlights": _highlights(data),
+        "perf": perf_view(data), "quality_rows": quality_rows(data), "floor_cells": noise_floor_cells(data),
+        "highlights": highlights(data), "model_notice": model_notice(data),
         "prompt_sections": _prompt_sections(data, images) if show_images else [],
         "per_prompt_tables": _per_prompt_tables(data) if not data.random_weights else [],
         "category_tables": category_tables(data) if not data.random_weights else [],

@@ -12,7 +12,9 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from evalkit.report.data import MetricInfo, ReportData, fmt_num
+from evalkit.report.data import MetricInfo, ReportData
+from evalkit.report.latex import latex_escape, tabular
+from evalkit.report.numbers import decimals_for, fmt_fixed
 
 NO_CATEGORY = "(none)"
 
@@ -63,11 +65,12 @@ def category_tables(data: ReportData) -> list[dict[str, Any]]:
         mine = [r for r in rows if r["metric"] == m.key]
         backends = list(dict.fromkeys(r["backend"] for r in mine))
         cells = {(r["category"], r["backend"]): r for r in mine}
+        d = decimals_for([r["mean"] for r in mine], 3, at_least=min(m.digits, 3))  # one format per table
         body = []
         for c in categories(data):
             n_prompts = next((r["n_prompts"] for r in mine if r["category"] == c), 0)
             body.append({"category": c, "n_prompts": n_prompts,
-                         "cells": [{"text": fmt_num(cells[(c, b)]["mean"], min(m.digits, 3)) if (c, b) in cells else "—",
+                         "cells": [{"text": fmt_fixed(cells[(c, b)]["mean"], d) if (c, b) in cells else "—",
                                     "n": cells[(c, b)]["n"] if (c, b) in cells else 0} for b in backends]})
         tables.append({"key": m.key, "label": m.label, "unit": m.unit, "hib": m.higher_is_better,
                        "backends": backends, "rows": body})
@@ -76,8 +79,6 @@ def category_tables(data: ReportData) -> list[dict[str, Any]]:
 
 def categories_tex(data: ReportData) -> str:
     """One booktabs table per metric: category rows, backend columns (tables/per_category.tex)."""
-    from evalkit.report.tables import _tabular, latex_escape
-
     out = []
     for t in category_tables(data):
         arrow = " $\\uparrow$" if t["hib"] else " $\\downarrow$" if t["hib"] is False else ""
@@ -85,7 +86,7 @@ def categories_tex(data: ReportData) -> str:
         body = [[latex_escape(r["category"]), str(r["n_prompts"])] + [c["text"].replace("—", "--") for c in r["cells"]]
                 for r in t["rows"]]
         unit = f" ({latex_escape(t['unit'])})" if t["unit"] else ""
-        out.append(_tabular(f"{latex_escape(t['label'])}{unit}{arrow} per prompt category: mean over the category's prompts.",
+        out.append(tabular(f"{latex_escape(t['label'])}{unit}{arrow} per prompt category: mean over the category's prompts.",
                             f"tab:evalkit-category-{t['key'].replace('_', '-')}", header, body,
                             "lr" + "r" * len(t["backends"]),
                             f"Against the {latex_escape(data.reference)} reference; $n$: prompts in the category."))

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import argparse
 
-FIGURE_FORMATS = ("svg", "pdf", "png")  # the page shows SVG (else PNG); PDF for papers, PNG for slides
+from evalkit.report.options import FIGURE_FORMATS, parse_formats
+
 MEMORY_AXIS_CHOICES = ["auto", "peak_reserved", "peak_allocated", "after_load_reserved", "after_load_allocated",
                        "load_peak_reserved", "footprint", "cpu_peak_rss"]  # evalkit.report.data.MEMORY_AXES, kept here to stay light
 
@@ -62,17 +63,3 @@ def report_main(args: argparse.Namespace) -> int:
     print(f"Report: {display_path(out)}")
     return 0
 
-
-def parse_formats(text: str | None) -> tuple[str, ...]:
-    """`svg,png` -> ("svg", "png") in the canonical order; a one-line EvalkitError for anything else."""
-    from evalkit.errors import EvalkitError
-
-    if text is None:
-        return FIGURE_FORMATS
-    asked = [f.strip().lower().lstrip(".") for f in text.split(",") if f.strip()]
-    unknown = [f for f in asked if f not in FIGURE_FORMATS]
-    if unknown or not asked:
-        raise EvalkitError(f"--formats {text!r}: choose among {', '.join(FIGURE_FORMATS)} (comma-separated)")
-    if not {"svg", "png"} & set(asked):
-        raise EvalkitError(f"--formats {text!r}: the page shows each figure as SVG or PNG; add svg or png")
-    return tuple(f for f in FIGURE_FORMATS if f in asked)

@@ -255,6 +255,11 @@ class ReportData:
         return bool(model.get("random_weights")) or model.get("quality_meaningful") is False
 
     @property
+    def synthetic(self) -> bool:
+        """A run evalkit.report.synthetic made up (demos, tests, the docs' figure): nothing in it was measured."""
+        return (self.manifest.get("config") or {}).get("synthetic") is True
+
+    @property
     def device_type(self) -> str:
         return str((self.manifest.get("device") or {}).get("type") or "unknown")
 
@@ -400,27 +405,3 @@ def pareto_front(points: list[tuple[str, float, float]], higher_is_better: bool)
         if not dominated:
             front.append((x, name))
     return [n for _, n in sorted(front)]
-
-
-# ---- formatting shared by the page and the tables ----
-
-def fmt_num(v: Any, digits: int = 3) -> str:
-    if v is None or not isinstance(v, (int, float)) or isinstance(v, bool):
-        return "—"
-    if not math.isfinite(v):
-        return "∞" if v > 0 else ("−∞" if v < 0 else "NaN")
-    if v != 0 and abs(v) < 10 ** -(digits - 1):
-        # Near-identical images give LPIPS ~1e-5: fixed decimals would print 0.000 and hide the ranking.
-        return f"{v:.3g}"
-    return f"{v:.{digits}f}"
-
-
-def fmt_seconds(v: Any) -> str:
-    """Milliseconds below one second, seconds above: tiny CPU runs and full GPU runs both read naturally."""
-    if not isinstance(v, (int, float)) or isinstance(v, bool):
-        return "—"
-    if abs(v) < 1:
-        return f"{v * 1000:.1f} ms"
-    if abs(v) < 100:
-        return f"{v:.2f} s"
-    return f"{v:.0f} s"

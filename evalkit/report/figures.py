@@ -14,7 +14,9 @@ from typing import Any
 from evalkit.quantizers.base import REFERENCE_COLOUR
 from evalkit.quantizers.registry import library_order
 from evalkit.report.data import MEMORY_AXES, MetricInfo, ReportData, metric_value, pareto_front, safe_name
+from evalkit.report.labels import place_labels
 from evalkit.report.noise_floor import BAND_LABEL, IDENTICAL_NOTE, NoiseFloor, band_limits, metric_identity
+from evalkit.report.summary import floor_text
 
 # Okabe–Ito, for the bars of memory phases and for a library that has no record (an older run's); a registered
 # library's colour and order come from its record in evalkit/quantizers/base.py.
@@ -23,6 +25,8 @@ MARKERS = ["o", "s", "^", "D", "v", "P", "X", "<", ">", "h"]
 UNKNOWN_LIBRARY_COLOUR = "#777777"
 NOISE_FLOOR_COLOUR = "#8a8a8a"  # neutral grey: the band is context, not a backend
 PARTIAL_MARK = " †"  # after a backend that quantized less than its name says (see the caption)
+SYNTHETIC_STAMP = "synthetic demo data — not a measurement"
+STAMP_COLOUR = "#a3261b"
 MEMORY_AXIS_SHORT = {
     "peak_reserved": "peak GPU memory (reserved)", "peak_allocated": "peak GPU memory (allocated)",
     "after_load_reserved": "GPU memory after load (reserved)", "after_load_allocated": "GPU memory after load (allocated)",
@@ -66,6 +70,18 @@ def _styles(data: ReportData) -> dict[str, dict[str, Any]]:
     return out
 
 
+def new_figure(data: ReportData, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """plt.subplots with constrained layout, stamped when the run is synthetic: a figure of made-up numbers must
+    say so wherever it is copied to. The stamp is the figure's bottom line (constrained layout makes room for it;
+    beside the title it collided with a long one)."""
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(*args, layout="constrained", **kwargs)
+    if data.synthetic:
+        fig.supxlabel(SYNTHETIC_STAMP, x=0.99, ha="right", color=STAMP_COLOUR, fontsize=8, fontweight="bold")
+    return fig, axes
+
+
 def _metric_label(m: MetricInfo, data: ReportData) -> str:
     unit = f" ({m.unit})" if m.unit else ""
     arrow = " ↑ better" if m.higher_is_better else " ↓ better" if m.higher_is_better is False else ""
@@ -73,72 +89,9 @@ def _metric_label(m: MetricInfo, data: ReportData) -> str:
     return f"{m.label}{against}{unit}{arrow}"
 
 
-def _label_offsets() -> list[tuple[float, float, str, str, bool]]:
-    """Candidate label positions around a point, nearest first: (dx, dy, ha, va, needs a leader line)."""
-    import math
-
-    out = []
-    for r in (7, 15, 25, 37, 50):
-        for deg in (30, -30, 150, -150, 90, -90, 0, 180):
-            dx, dy = r * math.cos(math.radians(deg)), r * math.sin(math.radians(deg))
-            ha = "left" if dx > 1 else "right" if dx < -1 else "center"
-            va = "bottom" if dy > 1 else "top" if dy < -1 else "center"
-            out.append((dx, dy, ha, va, r > 7))
-    return out
-
-
-def _label_box(size: tuple[float, float], anchor: tuple[float, float], dx: float, dy: float, ha: str, va: str,
-               px_per_pt: float):
-    """Display box of a text of `size` (w, h px) offset by (dx, dy) points from `anchor` with that alignment: the
-    box matplotlib would give the annotation, computed without making one (placing labels tried up to 40 each)."""
-    from matplotlib.transforms import Bbox
-
-    w, h = size
-    x = anchor[0] + dx * px_per_pt - {"left": 0.0, "center": w / 2, "right": w}[ha]
-    y = anchor[1] + dy * px_per_pt - {"bottom": 0.0, "center": h / 2, "top": h}[va]
-    return Bbox.from_bounds(x, y, w, h)
-
-
-# Where a leader line leaves its label: the label's corner (or edge middle) next to the point, so the line never
-# crosses the text. (Clipping the line at the text box instead cost a Bezier search on every draw of every format.)
-_LEADER_START = {"left": 0.0, "center": 0.5, "right": 1.0, "bottom": 0.0, "top": 1.0}
-
-
-def _place_labels(ax, fig, pts: list[tuple[float, float, str, str]]) -> None:
-    """Label points without overlaps: try positions nearest first, keep the first that hits no placed label,
-    no other marker and stays in the axes; far labels get a thin leader line so they stay attributable."""
-    renderer = fig.canvas.get_renderer()
-    px_per_pt = renderer.points_to_pixels(1.0)
-    placed = []
-    marks = [ax.transData.transform((x, y)) for x, y, _, _ in pts]
-    axbox = ax.get_window_extent(renderer)
-    offsets = _label_offsets()
-    for i, (x, y, text, colour) in enumerate(pts):
-        probe = ax.annotate(text, (x, y), xytext=(0, 0), textcoords="offset points", fontsize=6.5)
-        extent = probe.get_window_extent(renderer)
-        probe.remove()
-        chosen = None
-        for dx, dy, ha, va, leader in offsets:
-            bb = _label_box((extent.width, extent.height), marks[i], dx, dy, ha, va, px_per_pt).expanded(1.04, 1.15)
-            clash = any(bb.overlaps(p) for p in placed) or any(
-                bb.contains(mx, my) for j, (mx, my) in enumerate(marks) if j != i)
-            inside = axbox.x0 <= bb.x0 and bb.x1 <= axbox.x1 and axbox.y0 <= bb.y0 and bb.y1 <= axbox.y1
-            if not clash and inside:
-                chosen = (dx, dy, ha, va, leader)
-                break
-        dx, dy, ha, va, leader = chosen or (7, 4, "left", "bottom", False)
-        arrow = dict(arrowstyle="-", color=colour, lw=0.5, shrinkA=0, shrinkB=3, patchA=None,
-                     relpos=(_LEADER_START[ha], _LEADER_START[va]))
-        t = ax.annotate(text, (x, y), xytext=(dx, dy), textcoords="offset points", ha=ha, va=va, fontsize=6.5,
-                        color=colour, zorder=5, alpha=1.0 if chosen else 0.75, arrowprops=arrow if leader else None)
-        placed.append(t.get_window_extent(renderer).expanded(1.04, 1.15))
-
-
 def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: str, xerr_fields: tuple[str, str] | None):
-    import matplotlib.pyplot as plt
-
     styles = _styles(data)
-    fig, ax = plt.subplots(figsize=(5.4, 3.8), layout="constrained")
+    fig, ax = new_figure(data, figsize=(5.4, 3.8))
     pts = []
     for b in data.backends:
         if not b.ok:
@@ -161,11 +114,6 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     competing = {b.name for b in data.backends if data.competes(b)}
     front = (pareto_front([(n, x, y) for n, x, y, _ in pts if n in competing], bool(m.higher_is_better))
              if m.higher_is_better is not None else [])
-    if len(front) >= 1:
-        fx = [x for n, x, y, _ in sorted(pts, key=lambda p: p[1]) if n in front]
-        fy = [y for n, x, y, _ in sorted(pts, key=lambda p: p[1]) if n in front]
-        ax.step(fx, fy, where="post", color="#555555", lw=1.1, zorder=2, label="Pareto front")
-        ax.scatter(fx, fy, s=150, facecolors="none", edgecolors="#555555", linewidths=1.0, zorder=2)
     for n, x, y, rec in pts:
         st = styles[n]
         lo, hi = rec.get("ci_low"), rec.get("ci_high")
@@ -183,14 +131,33 @@ def _scatter(data: ReportData, m: MetricInfo, xfield: str, xlabel: str, title: s
     ax.set_xlabel(xlabel)
     ax.set_ylabel(_metric_label(m, data))
     ax.set_title(title, loc="left")
+    # Plain tick numbers: an SSIM axis otherwise reads "1e−5+9.997e−1" above ticks 3…7, which no reader should decode.
+    ax.ticklabel_format(axis="both", style="plain", useOffset=False)
     ax.margins(x=0.12, y=0.12)
     floor_in_legend = draw_noise_floor(ax, m, data.floors.get(m.key))
+    if front:  # last: it runs to the axes' edges, which are final only now
+        by_x = sorted((x, y) for n, x, y, _ in pts if n in front)
+        draw_pareto_front(ax, [x for x, _ in by_x], [y for _, y in by_x])
     fig.draw_without_rendering()  # lays the axes out, so the labels below are placed where they will be drawn
-    _place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
-                             styles[n]["color"]) for n, x, y, _ in pts])
+    place_labels(ax, fig, [(x, y, n + (PARTIAL_MARK if styles[n]["partial"] else "") + (" ★" if n in front else ""),
+                            styles[n]["color"]) for n, x, y, _ in pts])
     if front or floor_in_legend:  # after the labels: "best" avoids them too, and is searched once (pin_layout)
         ax.legend(loc="best", frameon=False)
     return fig, [n for n, *_ in pts], front
+
+
+def draw_pareto_front(ax, xs: list[float], ys: list[float]) -> None:
+    """The Pareto front (points sorted by x) as a staircase through its points that runs on, at the last point's
+    level, to the right edge: everything right of it and worse is dominated. A front of one point (the usual case
+    with few backends) is then still a visible line, as the legend promises. (No edge-to-edge line on the left:
+    it would run along the first point's own whisker and hide it.)"""
+    (x0, x1), (y0, y1) = ax.get_xlim(), ax.get_ylim()
+    sx = [x for pair in zip(xs, xs[1:] + [x1]) for x in pair]
+    sy = [y for y in ys for _ in (0, 1)]
+    ax.plot(sx, sy, color="#555555", lw=1.1, zorder=2, label="Pareto front", solid_joinstyle="miter")
+    ax.scatter(xs, ys, s=150, facecolors="none", edgecolors="#555555", linewidths=1.0, zorder=2)
+    ax.set_xlim(x0, x1)
+    ax.set_ylim(y0, y1)
 
 
 def draw_noise_floor(ax, m: MetricInfo, floor: NoiseFloor | None) -> bool:
@@ -232,14 +199,13 @@ def quality_vs_latency(data: ReportData, m: MetricInfo):
 
 def memory_bars(data: ReportData):
     """Grouped horizontal bars: after load, load peak, peak; allocated and reserved side by side (CUDA), or CPU RSS."""
-    import matplotlib.pyplot as plt
     import numpy as np
 
     ok = [b for b in data.backends if b.ok]
     names = [b.name for b in ok][::-1]  # reference on top
     h = max(2.2, 0.32 * len(names) + 1.0)
     if data.has_cuda_memory:
-        fig, axes = plt.subplots(1, 2, figsize=(7.2, h), sharey=True, layout="constrained")
+        fig, axes = new_figure(data, 1, 2, figsize=(7.2, h), sharey=True)
         series = [("after_load", "After load", OKABE_ITO[5]), ("load_peak", "Load peak", OKABE_ITO[1]), ("peak", "Peak (generation)", OKABE_ITO[3])]
         for ax, kind, fn in zip(axes, ["allocated", "reserved"], ["memory_allocated", "memory_reserved"]):
             y = np.arange(len(names))
@@ -261,27 +227,27 @@ def memory_bars(data: ReportData):
     else:
         # The weight footprint, not process RSS: RSS differences between backends on CPU are allocator noise
         # (0.02 GiB), while the footprint is what the quantization changed. RSS stays in the table.
-        fig, ax = plt.subplots(figsize=(6.0, h), layout="constrained")
+        fig, ax = new_figure(data, figsize=(6.0, h))
         y = np.arange(len(names))
         styles = _styles(data)
         fp = [next(b for b in ok if b.name == n).footprint_gib for n in names]
         ax.barh(y, [v or 0 for v in fp], height=0.6, color=[styles[n]["color"] for n in names],
                 hatch=[("//" if styles[n]["partial"] else "") for n in names], edgecolor="white")
         ax.set_yticks(y, [n + (PARTIAL_MARK if styles[n]["partial"] else "") for n in names])
-        ax.set_xlabel("Weight footprint, GiB (2³⁰ B): bytes of all parameters and buffers — CPU run, no GPU memory")
+        # Two short lines: one line of this did not fit the figure and was cut ("…CPU run, no GPU m").
+        ax.set_xlabel("Weight footprint (GiB = 2³⁰ B): bytes of all parameters and buffers\nCPU run: no GPU memory measured")
         ax.grid(axis="y", visible=False)
         ax.set_title("Memory per backend (CPU run)", loc="left")
     return fig
 
 
 def latency_bars(data: ReportData):
-    import matplotlib.pyplot as plt
     import numpy as np
 
     styles = _styles(data)
     ok = [b for b in data.backends if b.ok and isinstance(b.latency.get("median_s"), (int, float))]
     names = [b.name for b in ok][::-1]
-    fig, ax = plt.subplots(figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)), layout="constrained")
+    fig, ax = new_figure(data, figsize=(6.0, max(2.2, 0.3 * len(names) + 1.0)))
     y = np.arange(len(names))
     med = [next(b for b in ok if b.name == n).latency["median_s"] for n in names]
     lo = [next(b for b in ok if b.name == n).latency.get("p10_s", m) for n, m in zip(names, med)]
@@ -348,7 +314,7 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
             key = f"{kind}_{safe_name(m.key)}"
             floor = data.floors.get(m.key)
             if floor is not None:
-                caption += " " + floor.caption(m.label)
+                caption += " " + floor.caption(m.label, floor_text(data, m))
             if any(b.partial for b in data.backends if b.ok):
                 caption += (f" † quantized less than its name says on this device (hollow marker)"
                             f"{'' if data.include_partial else '; not on the Pareto front (--include-partial)'}.")
@@ -393,7 +359,6 @@ def write_figures(data: ReportData, formats: tuple[str, ...] = ("svg", "pdf", "p
 
 class PendingFigures:
     """Figures being drawn by worker processes: `wait()` returns them in page order, `cancel()` stops the workers."""
-
     def __init__(self, jobs: list[tuple[str, int]], formats: tuple[str, ...], workers: int) -> None:
         self.jobs, self.formats = jobs, formats
         self._pool = self._pending = None

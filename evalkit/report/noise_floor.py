@@ -49,15 +49,17 @@ class NoiseFloor:
             return f"not measured: {self.reason or self.status}"
         return self.display or "—"
 
-    def caption(self, label: str) -> str:
-        """One sentence for a figure caption: the floor, the byte-identical note, or why there is none."""
+    def caption(self, label: str, shown: str | None = None) -> str:
+        """One sentence for a figure caption: the floor, the byte-identical note, or why there is none. `shown` is
+        the floor as the quality table prints it (its column's digits); calibrate's `display` otherwise."""
+        text = shown or self.display or "—"
         if not self.ok:
             return f"No {label} noise floor: {self.reason or self.status}."
         if self.identical:
             return f"{label} noise floor: {IDENTICAL_NOTE} (no band)."
         if not self.draws_band:
-            return f"{label} noise floor {self.display or '—'}: no finite value to shade."
-        return (f"Shaded: {BAND_LABEL}, {label} {self.display}"
+            return f"{label} noise floor {text}: no finite value to shade."
+        return (f"Shaded: {BAND_LABEL}, {label} {text}"
                 f"{f' (set by {self.source})' if self.source else ''}: a difference inside it is noise.")
 
 

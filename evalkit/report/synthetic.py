@@ -111,26 +111,59 @@ def make_synthetic_run(
     """Write a complete run directory at `root` (created) and return it. `failed`/`skipped` map backend -> reason;
     `partial` maps backend -> why it quantized less than its name says (written as the generation record's
     quantization.partial_reason); `latency_spread` maps backend -> relative per-image latency jitter (default 0.03)."""
-    import numpy as np
-    from PIL import Image
-
     table = {b[0]: b for b in FIFTEEN_BACKENDS}
     names = list(backends) if backends is not None else [b[0] for b in FIFTEEN_BACKENDS[:5]]
-    failed = dict(failed or {})
-    skipped = dict(skipped or {})
+    not_run = {**{n: ("skipped", r) for n, r in (skipped or {}).items()},
+               **{n: ("failed", r) for n, r in (failed or {}).items()}}  # failed wins, as it did
     if skipped_metrics is None:
         skipped_metrics = {"clip_score": "no CLIP weights found: pass --clip-weights or set EVALKIT_CLIP_PATH"}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rd = RunDir(root)
-    plist = [
+    plist = _prompt_list(prompts, base_seed)
+    cuda = device == "cuda"
+    atomic_write_json(rd.manifest, _manifest(root, prompts, plist, names, size, base_seed, cuda, random_weights))
+    ref_imgs = {p["id"]: _scene(p["seed"], size) for p in plist}
+    for name in names:
+        _, level, mem_factor, lat_factor = table.get(name, (name, 0.4, 0.5, 1.2))
+        record = _record_head(name)
+        if name in not_run:
+            _mark_not_run(record, *not_run[name])
+        else:
+            weights_gib = (31.4 if cuda else 0.004) * mem_factor
+            rng = _rng("mem", name)  # one stream, memory first, then latency: the demo's numbers stay as they were
+            memory = _memory(name, cuda, weights_gib, mem_factor, rng)
+            lats = _latencies(rng, cuda, lat_factor, (latency_spread or {}).get(name, 0.03))
+            if name in (partial or {}):
+                record["quantization"]["partial_reason"] = (partial or {})[name]
+            record.update(
+                images=_write_images(rd, name, plist, ref_imgs, level, lats),
+                footprint={"total_bytes": int(weights_gib * 2**30), "total_gib": round(weights_gib, 3)},
+                load_time_s=round(4.0 * lat_factor, 2) if cuda else round(0.2 * lat_factor, 3),
+                compile_time_s=95.0 if "compile" in name else None,
+                memory=memory,
+                latency=_latency_record(lats),
+            )
+        atomic_write_json(rd.generation_record(name), record)
+        if name not in not_run and with_metrics and not random_weights:
+            atomic_write_json(rd.metrics_record(name), _metrics(name, level, plist, skipped_metrics))
+    write_summary(root)
+    return root
+
+
+def _prompt_list(prompts: Sequence[str], base_seed: int) -> list[dict[str, Any]]:
+    """The manifest's prompt entries, with token counts a real run would write (word counts stand in)."""
+    return [
         {"index": i, "id": prompt_id(i, t), "text": t, "seed": prompt_seed(t, base_seed),
          "tokens": {"clip": min(77, len(t.split()) + 2), "clip_limit": 77, "clip_truncated": len(t.split()) + 2 > 77,
                     "t5": len(t.split()) + 1, "t5_limit": 512, "t5_truncated": False}}
         for i, t in enumerate(prompts)
     ]
-    cuda = device == "cuda"
-    manifest = {
+
+
+def _manifest(root: Path, prompts: Sequence[str], plist: list[dict[str, Any]], names: list[str], size: int,
+              base_seed: int, cuda: bool, random_weights: bool) -> dict[str, Any]:
+    return {
         "schema_version": 1,
         "run_id": root.name,
         "created_utc": "2026-11-21T14:30:00Z",
@@ -163,71 +196,74 @@ def make_synthetic_run(
                      "note": "FID on a handful of images is strongly biased; read KID and paired metrics first"},
         "config": {"synthetic": True},
     }
-    atomic_write_json(rd.manifest, manifest)
-    ref_imgs = {p["id"]: _scene(p["seed"], size) for p in plist}
-    for name in names:
-        _, level, mem_factor, lat_factor = table.get(name, (name, 0.4, 0.5, 1.2))
-        library = _library_of(name)
-        record: dict[str, Any] = {
-            "schema_version": 1, "backend": name, "status": "ok", "reason": None, "error": None,
-            "recipe": {"name": name, "library": library, "components": ["transformer", "text_encoder_2"],
-                       "modifiers": name.split("+")[1:], "options": {}},
-            "quantization": {"resolved_config": {}, "components_quantized": [] if name == "bf16" else ["transformer", "text_encoder_2"],
-                             "layer_types": {}, "quantized_linear_count": {}},
-            "started_utc": "2026-11-21T14:30:00Z", "finished_utc": "2026-11-21T14:31:00Z", "pid": 1234,
-        }
-        if name in failed or name in skipped:
-            status = "failed" if name in failed else "skipped"
-            record.update(status=status, reason=(failed.get(name) or skipped.get(name)))
-            if status == "failed":
-                record["error"] = {"type": "RuntimeError", "message": failed[name],
-                                   "traceback_tail": f'  File "worker.py", line 1\nRuntimeError: {failed[name]}'}
-            record.update(images=[], footprint=None, load_time_s=None, compile_time_s=None, memory=None, latency=None)
-            atomic_write_json(rd.generation_record(name), record)
-            continue
-        weights_gib = (31.4 if cuda else 0.004) * mem_factor
-        rng = _rng("mem", name)
-        if cuda:
-            memory = {"device": "cuda", "after_load_allocated_gib": round(weights_gib, 3),
-                      "after_load_reserved_gib": round(weights_gib * 1.01 + 0.1, 3),
-                      "load_peak_allocated_gib": round(weights_gib * (1.0 if name == "bf16" else 1.25), 3),
-                      "load_peak_reserved_gib": round(weights_gib * (1.02 if name == "bf16" else 1.3) + 0.2, 3),
-                      "peak_allocated_gib": round(weights_gib + 1.6 + rng.uniform(0, 0.3), 3),
-                      "peak_reserved_gib": round(weights_gib + 3.2 + rng.uniform(0, 0.6), 3),
-                      "cuda_reason": None, "cpu_peak_rss_gib": round(3.0 + rng.uniform(0, 1), 3)}
-            base_lat = 11.0
-        else:
-            memory = {"device": "cpu", "after_load_allocated_gib": None, "after_load_reserved_gib": None,
-                      "load_peak_allocated_gib": None, "load_peak_reserved_gib": None,
-                      "peak_allocated_gib": None, "peak_reserved_gib": None,
-                      "cuda_reason": "device is cpu", "cpu_peak_rss_gib": round(0.6 + 0.4 * mem_factor + rng.uniform(0, 0.05), 3)}
-            base_lat = 0.04
-        jitter = (latency_spread or {}).get(name, 0.03)
-        lats = sorted(max(1e-4, float(base_lat * lat_factor * (1 + jitter * v))) for v in rng.normal(0, 1, 5))
-        if name in (partial or {}):
-            record["quantization"]["partial_reason"] = partial[name]
-        images = []
-        for p in plist:
-            arr = _perturb(ref_imgs[p["id"]], level, (name, p["id"]))
-            path = rd.image_path(name, p["id"], p["seed"])
-            path.parent.mkdir(parents=True, exist_ok=True)
-            Image.fromarray((arr * 255 + 0.5).astype(np.uint8)).save(path, compress_level=1)
-            images.append({"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_file(path),
-                           "latency_s": lats[len(images) % len(lats)], "flags": []})
-        record.update(
-            images=images,
-            footprint={"total_bytes": int(weights_gib * 2**30), "total_gib": round(weights_gib, 3)},
-            load_time_s=round(4.0 * lat_factor, 2) if cuda else round(0.2 * lat_factor, 3),
-            compile_time_s=95.0 if "compile" in name else None,
-            memory=memory,
-            latency={"warmup_runs": 1, "n": len(lats), "median_s": lats[len(lats) // 2], "mean_s": sum(lats) / len(lats),
-                     "std_s": float(np.std(lats)), "min_s": lats[0], "max_s": lats[-1], "p10_s": lats[0], "p90_s": lats[-1]},
-        )
-        atomic_write_json(rd.generation_record(name), record)
-        if with_metrics and not random_weights:
-            atomic_write_json(rd.metrics_record(name), _metrics(name, level, plist, skipped_metrics))
-    write_summary(root)
-    return root
+
+
+def _record_head(name: str) -> dict[str, Any]:
+    """The generation record's fields every backend has, ran or not."""
+    return {
+        "schema_version": 1, "backend": name, "status": "ok", "reason": None, "error": None,
+        "recipe": {"name": name, "library": _library_of(name), "components": ["transformer", "text_encoder_2"],
+                   "modifiers": name.split("+")[1:], "options": {}},
+        "quantization": {"resolved_config": {}, "components_quantized": [] if name == "bf16" else ["transformer", "text_encoder_2"],
+                         "layer_types": {}, "quantized_linear_count": {}},
+        "started_utc": "2026-11-21T14:30:00Z", "finished_utc": "2026-11-21T14:31:00Z", "pid": 1234,
+    }
+
+
+def _mark_not_run(record: dict[str, Any], status: str, reason: str) -> None:
+    """A failed or skipped backend: its reason (a failure also its error), and no images or numbers."""
+    record.update(status=status, reason=reason)
+    if status == "failed":
+        record["error"] = {"type": "RuntimeError", "message": reason,
+                           "traceback_tail": f'  File "worker.py", line 1\nRuntimeError: {reason}'}
+    record.update(images=[], footprint=None, load_time_s=None, compile_time_s=None, memory=None, latency=None)
+
+
+def _memory(name: str, cuda: bool, weights_gib: float, mem_factor: float, rng: Any) -> dict[str, Any]:
+    """The record's memory block: both torch.cuda conventions on CUDA; on CPU only the process RSS, as a real CPU
+    run records it (the CUDA fields null, with the reason)."""
+    if cuda:
+        return {"device": "cuda", "after_load_allocated_gib": round(weights_gib, 3),
+                "after_load_reserved_gib": round(weights_gib * 1.01 + 0.1, 3),
+                "load_peak_allocated_gib": round(weights_gib * (1.0 if name == "bf16" else 1.25), 3),
+                "load_peak_reserved_gib": round(weights_gib * (1.02 if name == "bf16" else 1.3) + 0.2, 3),
+                "peak_allocated_gib": round(weights_gib + 1.6 + rng.uniform(0, 0.3), 3),
+                "peak_reserved_gib": round(weights_gib + 3.2 + rng.uniform(0, 0.6), 3),
+                "cuda_reason": None, "cpu_peak_rss_gib": round(3.0 + rng.uniform(0, 1), 3)}
+    return {"device": "cpu", "after_load_allocated_gib": None, "after_load_reserved_gib": None,
+            "load_peak_allocated_gib": None, "load_peak_reserved_gib": None,
+            "peak_allocated_gib": None, "peak_reserved_gib": None,
+            "cuda_reason": "device is cpu", "cpu_peak_rss_gib": round(0.6 + 0.4 * mem_factor + rng.uniform(0, 0.05), 3)}
+
+
+def _latencies(rng: Any, cuda: bool, lat_factor: float, jitter: float) -> list[float]:
+    """Five per-image latencies, sorted, with relative spread `jitter`."""
+    base_lat = 11.0 if cuda else 0.04
+    return sorted(max(1e-4, float(base_lat * lat_factor * (1 + jitter * v))) for v in rng.normal(0, 1, 5))
+
+
+def _latency_record(lats: list[float]) -> dict[str, Any]:
+    import numpy as np
+
+    return {"warmup_runs": 1, "n": len(lats), "median_s": lats[len(lats) // 2], "mean_s": sum(lats) / len(lats),
+            "std_s": float(np.std(lats)), "min_s": lats[0], "max_s": lats[-1], "p10_s": lats[0], "p90_s": lats[-1]}
+
+
+def _write_images(rd: RunDir, name: str, plist: list[dict[str, Any]], ref_imgs: dict[str, Any], level: float,
+                  lats: list[float]) -> list[dict[str, Any]]:
+    """Each prompt's image for `name` (the reference scene plus this backend's error), with its record entry."""
+    import numpy as np
+    from PIL import Image
+
+    images: list[dict[str, Any]] = []
+    for p in plist:
+        arr = _perturb(ref_imgs[p["id"]], level, (name, p["id"]))
+        path = rd.image_path(name, p["id"], p["seed"])
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray((arr * 255 + 0.5).astype(np.uint8)).save(path, compress_level=1)
+        images.append({"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_file(path),
+                       "latency_s": lats[len(images) % len(lats)], "flags": []})
+    return images
 
 
 def _metrics(name: str, level: float, plist: list[dict], skipped_metrics: dict[str, str]) -> dict[str, Any]:
