@@ -41,8 +41,12 @@ TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm
                 r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
+Vocab = tuple[tuple[str, int], ...]  # (token, id) in id order
+Merges = tuple[tuple[str, str], ...]
+
+
 @functools.lru_cache(maxsize=None)
-def trained_byte_level_bpe(vocab_size: int = BPE_VOCAB) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+def trained_byte_level_bpe(vocab_size: int = BPE_VOCAB) -> tuple[Vocab, Merges]:
     """(vocab as (token, id) pairs in id order, merges): the 256-byte alphabet plus merges learnt from CLIP's word
     list with Zipf-like counts (each word lower-case and capitalised, with a leading space), so common English words
     become single tokens as in a real LLM vocabulary."""

@@ -190,7 +190,7 @@ TOKENIZER_NOTE = ("a local 8k byte-level BPE of the {kind} kind with its chat te
 
 FAMILY = ModelFamily(
     key="flux2",
-    display="FLUX.2 [dev]",
+    display="FLUX.2-dev",  # no brackets: rich (the CLI tables) would read "[dev]" as markup
     pipeline_class="Flux2Pipeline",
     components=(
         Component("transformer", DENOISER, DIFFUSERS, quantized=True, note="32B MM-DiT (8 double + 48 single blocks)"),

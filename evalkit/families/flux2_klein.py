@@ -103,7 +103,7 @@ _QWEN_NOTE = ("an LLM as the text encoder: Qwen3-4B (klein 4B, 4.02B, lm_head ti
 
 FAMILY = ModelFamily(
     key="flux2-klein",
-    display="FLUX.2 [klein]",
+    display="FLUX.2-klein",  # no brackets: rich would read "[klein]" as markup
     pipeline_class="Flux2KleinPipeline",
     components=(
         Component("transformer", DENOISER, DIFFUSERS, quantized=True,
