@@ -181,3 +181,23 @@ def denoiser_calls_per_step(family_key: str, steps: int = 2) -> float:
         pipe(prompt="A red cube", generator=torch.Generator("cpu").manual_seed(0), output_type="np",
              **family.call_arguments(gen))
     return len(calls) / steps
+
+
+def check_gguf_from_bf16(family_key: str, cache: Path, qtype: str = "Q8_0") -> dict[str, Any]:
+    """evalkit's own converter writes the tiny denoiser to GGUF with diffusers' key names and the family's denoiser
+    class loads it through from_single_file without conversion: every Linear becomes a GGUFLinear."""
+    import torch
+
+    from evalkit.families.registry import ensure_tiny, get_family
+    from evalkit.quantizers.gguf import convert
+
+    family = get_family(family_key)
+    support = family.gguf
+    assert support is not None and support.component == family.denoiser.name
+    path = convert.ensure_gguf(str(ensure_tiny(family)), qtype, cache, support.component, support.arch)
+    model, summary = convert.load_gguf_component(path, str(ensure_tiny(family)), support.component, torch.bfloat16,
+                                                 support.original_key_markers, support.original_converter)
+    counts = convert.gguf_quantized_layer_counts(model)
+    assert summary["key_names"] == "diffusers", summary
+    assert counts["other_linear"] == 0 and counts["gguf_params_by_type"].get(qtype, 0) > 0, counts
+    return counts

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from family_study import check_published_counts, check_regional_compile, denoiser_calls_per_step, run_study
+from family_study import (check_gguf_from_bf16, check_published_counts, check_regional_compile,
+                          denoiser_calls_per_step, run_study)
 from evalkit.families import chroma, flux1
 from evalkit.families.registry import find_variant
 
@@ -74,6 +75,10 @@ def test_the_negative_prompt_reaches_the_pipeline() -> None:
             images.append(pipe(prompt="A red cube", generator=torch.Generator("cpu").manual_seed(0), output_type="np",
                                **family.call_arguments(gen)).images)
     assert abs(images[0] - images[1]).max() > 1e-4
+
+
+def test_gguf_made_by_evalkit_loads_without_key_conversion(tmp_path: Path) -> None:
+    assert check_gguf_from_bf16("chroma", tmp_path)["gguf_linear"] > 0
 
 
 def test_regional_compile_wraps_each_repeated_block() -> None:

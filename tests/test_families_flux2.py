@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from family_study import check_published_counts, check_regional_compile, denoiser_calls_per_step, run_study
+from family_study import (check_gguf_from_bf16, check_published_counts, check_regional_compile,
+                          denoiser_calls_per_step, run_study)
 from evalkit.families import flux2, flux2_klein
 from evalkit.families.registry import find_variant, get_family
 
@@ -150,6 +151,11 @@ def test_a_flux2_dev_directory_naming_pixtralprocessor_loads_without_torchvision
 @pytest.mark.parametrize("key", ["flux2", "flux2-klein"])
 def test_regional_compile_wraps_each_repeated_block(key: str) -> None:
     assert check_regional_compile(key)["repeated_blocks"] == ["Flux2SingleTransformerBlock", "Flux2TransformerBlock"]
+
+
+@pytest.mark.parametrize("key", ["flux2", "flux2-klein"])
+def test_gguf_made_by_evalkit_loads_without_key_conversion(key: str, tmp_path: Path) -> None:
+    assert check_gguf_from_bf16(key, tmp_path)["gguf_linear"] > 0
 
 
 @pytest.mark.parametrize("key", ["flux2", "flux2-klein"])

@@ -107,7 +107,7 @@ TINY = Frozen({"transformer": dict(TINY_TRANSFORMER, guidance_embeds=True), "tex
 # the meta device has exactly the 32,223,281,152 parameters the diffusers config builds (the research notes of
 # 2026-12-05 ran it), so the config is BFL's architecture. The VAE: FLUX.2-klein-4B's
 # vae/diffusion_pytorch_model.safetensors (the same VAE), 168,000,000 bytes bf16 in the Hub's listing (3 s.f.).
-DEV_PARAMS = Frozen({"vae": 168_000_000 // 2})
+VAE_PARAMS = Frozen({"vae": 168_000_000 // 2})
 # component -> (rounded published count, relative half-width of its rounding, source)
 ROUNDED_PARAMS = Frozen({
     "flux2-dev": {"transformer": (32e9, 0.5 / 32, "BFL model_cards/FLUX.2-dev.md: 'a 32 billion parameter "
@@ -203,7 +203,7 @@ FAMILY = ModelFamily(
     ),
     variants=(
         Variant("flux2-dev", "black-forest-labs/FLUX.2-dev", GenerationDefaults(1024, 1024, 50, 4.0, 512),
-                FULL, DEV_PARAMS, "diffusers convert_flux2_to_diffusers.py (flux2-dev) = BFL Flux2Params; "
+                FULL, VAE_PARAMS, "diffusers convert_flux2_to_diffusers.py (flux2-dev) = BFL Flux2Params; "
                 "Mistral-Small-3.2-24B-Instruct-2506 config.json; FLUX.2 vae/config.json; counts: VAE from the Hub's "
                 "file listing, transformer and text encoder only rounded (32B, 24B): see evalkit/families/flux2.py",
                 note="104.9 GiB of bf16 weights: one H200 holds them"),

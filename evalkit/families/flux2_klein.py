@@ -65,9 +65,9 @@ TINY = Frozen({"transformer": dict(flux2.TINY_TRANSFORMER, guidance_embeds=False
 # - transformer (9B): no figure precise enough was found; "a 9B flow model" (BFL) is 0.9% from the 9.08B the config
 #   builds, checked within its rounding (ROUNDED_PARAMS). BFL's reference Flux2 class with klein-9B's shapes, less
 #   its guidance embedder, has exactly the parameter count the diffusers config builds (research notes, 2026-12-05).
-# - vae: FLUX.2's, as in flux2.DEV_PARAMS.
-PARAMS_4B = Frozen({"transformer": 7_751_106_000 // 2, "text_encoder": 8_044_936_192 // 2, **flux2.DEV_PARAMS})
-PARAMS_9B = Frozen({"text_encoder": 16_381_470_720 // 2, **flux2.DEV_PARAMS})
+# - vae: FLUX.2's, as in flux2.VAE_PARAMS.
+PARAMS_4B = Frozen({"transformer": 7_751_106_000 // 2, "text_encoder": 8_044_936_192 // 2, **flux2.VAE_PARAMS})
+PARAMS_9B = Frozen({"text_encoder": 16_381_470_720 // 2, **flux2.VAE_PARAMS})
 ROUNDED_PARAMS = Frozen({
     "flux2-klein-9b": {"transformer": (9e9, 0.5 / 9, "BFL FLUX.2-klein-9B card: 'a 9B flow model with an 8B Qwen3 "
                                                      "text embedder'")},
