@@ -9,7 +9,8 @@ A `--run NAME:GPUS:WARMUP:BACKENDS` is one run directory (/tmp/evalkit-runs/NAME
 `--gpus GPUS --warmup WARMUP`; its bf16 anchor runs first on its first GPU, as the stage does. Each run's processes
 see only its GPUs (CUDA_VISIBLE_DEVICES=GPUS), so runs on disjoint GPUs do not share a GPU and their latencies stand;
 a step that picks no GPU itself (calibrate) stays on its run's GPUs too. Before the runs: optimum-quanto's CUDA
-kernels start building in the background (if a run has quanto-int4) and random:flux-dev is built once, so concurrent
+kernels start building in the background (if a run has quanto-int4) and the `--model random:VARIANT` build
+(default random:flux-dev; any variant `evalkit models` lists, e.g. random:flux2-klein-4b) is made once, so concurrent
 runs do not race to build it.
 
 `--calibrate NAME:P1,P2,...[:Q1,...]` follows run NAME's generate with its noise floor (issue #17): one
@@ -258,12 +259,12 @@ def main() -> int:
                                    "extensions import get_extension as g; g('quanto_cuda').lib; "
                                    "print('quanto_cuda build seconds', round(time.time()-t, 1))"], cwd=REPO)
         say("optimum-quanto kernel build started in the background")
-    if a.model == "random:flux-dev":
+    if a.model.startswith("random:"):  # any variant's random build (`evalkit models`): once, before the runs race
         tb = time.time()
-        subprocess.run([sys.executable, "-c", "from evalkit.families.registry import resolve_model as r; "
-                        "r('random:flux1-dev', 'cuda')"], cwd=REPO, check=True)
+        subprocess.run([sys.executable, "-c", "import sys; from evalkit.families.registry import resolve_model as r; "
+                        "r(sys.argv[1], 'cuda')", a.model], cwd=REPO, check=True)
         meta["model_build_s"] = round(time.time() - tb, 1)
-        say(f"random:flux-dev ready in {meta['model_build_s']} s")
+        say(f"{a.model} ready in {meta['model_build_s']} s")
 
     evalkit = [sys.executable, "-m", "evalkit"]
     pipes: dict[str, Pipeline] = {}

@@ -135,6 +135,11 @@ class ModelFamily:
     # Modules a worker forkserver imports once on a machine without a GPU (the pipeline's and its text encoders'),
     # so that each backend's process does not pay for them
     preload_modules: tuple[str, ...] = ()
+    # Components the family loads itself from a real pipeline directory (its path -> {component name: object}),
+    # for what `from_pretrained` cannot load on this machine (FLUX.2-dev's model_index.json names a processor class
+    # that transformers imports only with torchvision). The worker passes None for each to `from_pretrained` and
+    # registers the returned objects on the pipeline. None, or an empty dict: from_pretrained loads everything.
+    supplied_components: Callable[[str], dict[str, Any]] | None = None
     version: str = "1"  # bump when a tiny or random build's bytes would change (the cache key)
 
     def __post_init__(self) -> None:
@@ -207,9 +212,12 @@ def save_pipeline(family: ModelFamily, components: Mapping[str, Any], out: Path)
 
 
 def component_parameter_counts(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
-    """Parameters of each module the configs build, instantiated on the meta device (no memory, no time)."""
+    """What each module's checkpoint holds, built on the meta device (no memory, no time): its parameters plus its
+    persistent buffers (a BatchNorm's running statistics are saved; rotary tables and CLIP's position ids are not),
+    a tied tensor once (Qwen3-4B's lm_head is its embedding). Published sizes count the same way."""
     import torch
 
     with torch.device("meta"):
         built = family.build_modules(configs)
-    return {name: sum(p.numel() for p in m.parameters()) for name, m in built.items()}
+    return {name: sum({id(t): t.numel() for t in m.state_dict(keep_vars=True).values()}.values())
+            for name, m in built.items()}

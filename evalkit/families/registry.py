@@ -25,7 +25,7 @@ from evalkit.families.base import GenerationDefaults, ModelFamily, Variant, buil
 from evalkit.paths import cache_dir
 
 # Built-in family modules under evalkit/families/, each defining FAMILY. The first is the default family.
-BUILTIN_FAMILIES = ("flux1",)
+BUILTIN_FAMILIES = ("flux1", "flux2", "flux2_klein", "chroma")
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 TINY_ALIAS = "tiny"  # `tiny` alone is the default family's tiny build
 

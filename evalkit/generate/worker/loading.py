@@ -87,7 +87,12 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
         # headroom for one layer's bf16 and quantized weights at once while loading ("load peak reserved").
         kwargs["device_map"] = "cuda"
         info["device_map"] = "cuda"
-    pipe = getattr(diffusers, family.pipeline_class).from_pretrained(ctx.model_path, **kwargs)
+    # What the family loads itself (ModelFamily.supplied_components) goes in after from_pretrained skipped it.
+    supplied = family.supplied_components(ctx.model_path) if family.supplied_components else {}
+    pipe = getattr(diffusers, family.pipeline_class).from_pretrained(
+        ctx.model_path, **kwargs, **{name: None for name in supplied if name not in kwargs})
+    if supplied:
+        pipe.register_modules(**supplied)
 
     done = quantizer.post_load(b, pipe, components, ctx)
     if done is not None:
