@@ -132,6 +132,13 @@ class ModelFamily:
     # steps; scaling keeps activations finite (component -> factor)
     random_weight_scale: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     tokenizer_note: str = ""  # what the tiny/random builds use for tokenizers, when not the real one
+    # Block classes `+compile`'s regional compilation compiles when the denoiser class declares none itself
+    # (diffusers' `_repeated_blocks` is empty for SD3's and Sana's transformers); set on the loaded instance
+    compile_blocks: tuple[str, ...] = ()
+    # Full-size random builds only: better tokenizers than build_extras' where this machine has them (the real Qwen
+    # vocabulary from an optional package). () -> (pipeline arguments replacing build_extras' tokenizers, the
+    # tokenizer note the build's manifest carries instead of tokenizer_note)
+    random_tokenizers: Callable[[], tuple[dict[str, Any], str]] | None = None
     # Modules a worker forkserver imports once on a machine without a GPU (the pipeline's and its text encoders'),
     # so that each backend's process does not pay for them
     preload_modules: tuple[str, ...] = ()
@@ -213,3 +220,17 @@ def component_parameter_counts(family: ModelFamily, configs: Mapping[str, Mappin
     with torch.device("meta"):
         built = family.build_modules(configs)
     return {name: sum(p.numel() for p in m.parameters()) for name, m in built.items()}
+
+
+def component_checkpoint_counts(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:
+    """Elements each module's checkpoint holds: its state_dict, i.e. parameters plus persistent buffers (SD3's
+    positional table is a buffer), tied weights once; built on the meta device. What published sizes count."""
+    import torch
+
+    with torch.device("meta"):
+        built = family.build_modules(configs)
+    out = {}
+    for name, m in built.items():
+        unique = {id(t): t.numel() for t in m.state_dict(keep_vars=True).values()}  # keep_vars: tied = same object
+        out[name] = sum(unique.values())
+    return out
