@@ -114,3 +114,66 @@ def test_random_builds_take_qwen3s_real_vocabulary() -> None:
     assert "real" in note and tok.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
     assert tok.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False, add_generation_prompt=True,
                                    enable_thinking=True) == "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
+
+
+def _original_layout(state: dict) -> dict:
+    """The tiny transformer's state_dict in Z-Image's original (Tongyi / ComfyUI) layout: diffusers' conversion
+    inverted (fused q,k,v; x_embedder./final_layer. without the "all_...2-1." prefix)."""
+    import torch
+
+    renames = (("all_final_layer.2-1.", "final_layer."), ("all_x_embedder.2-1.", "x_embedder."),
+               (".attention.to_out.0.", ".attention.out."), (".attention.norm_k.", ".attention.k_norm."),
+               (".attention.norm_q.", ".attention.q_norm."))
+    out = {}
+    for key, value in state.items():
+        for a, b in renames:
+            key = key.replace(a, b)
+        out[key] = value
+    for key in [k for k in out if k.endswith(".attention.to_q.weight")]:
+        base = key[: -len("to_q.weight")]
+        out[base + "qkv.weight"] = torch.cat([out.pop(base + f"to_{x}.weight") for x in "qkv"])
+    return out
+
+
+def test_a_users_gguf_in_the_original_layout_loads_through_diffusers_converter(tmp_path: Path) -> None:
+    """Such a file shares most key names with diffusers' (all but the embedders, final layer and fused attention), so
+    it is recognised by its markers, mapped by diffusers' converter and loaded as GGUF layers."""
+    import gguf
+    import numpy as np
+    import torch
+    from safetensors.torch import load_file
+
+    from evalkit.families.registry import ensure_tiny
+    from evalkit.quantizers.gguf import convert
+
+    model_dir = ensure_tiny(FAMILY)
+    state = {}
+    for f in sorted((model_dir / "transformer").glob("*.safetensors")):
+        state.update(load_file(str(f)))
+    original = _original_layout(state)
+    assert set(original) & set(state) and set(original) != set(state)
+    path = tmp_path / "z-image-original-q8_0.gguf"
+    writer = gguf.GGUFWriter(str(path), arch="z_image")
+    for name, value in sorted(original.items()):
+        x = value.float().numpy()
+        if x.ndim == 2 and name.endswith(".weight") and x.size > 1024 and x.shape[-1] % 32 == 0:
+            writer.add_tensor(name, gguf.quants.quantize(x, gguf.GGMLQuantizationType.Q8_0),
+                              raw_dtype=gguf.GGMLQuantizationType.Q8_0)
+        else:
+            writer.add_tensor(name, x.astype(np.float32))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    support = FAMILY.gguf
+    model, summary = convert.load_gguf_component(path, str(model_dir), "transformer", torch.float32,
+                                                 support.original_key_markers, support.original_converter)
+    assert summary["key_names"] == "original" and summary["tensor_types"]["Q8_0"] > 0
+    counts = convert.gguf_quantized_layer_counts(model)
+    assert counts["gguf_linear"] > 0 and counts["gguf_params_by_type"] == {"Q8_0": counts["gguf_linear"]}
+    # The fused attention was split back: q, k and v come out as the bf16 model's, to Q8_0's error.
+    from diffusers.quantizers.gguf.utils import dequantize_gguf_tensor
+
+    ref = state["layers.0.attention.to_k.weight"].float()
+    got = dequantize_gguf_tensor(model.layers[0].attention.to_k.weight).float()
+    assert got.shape == ref.shape and torch.allclose(got, ref, atol=2e-2 * float(ref.abs().max()))

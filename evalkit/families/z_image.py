@@ -45,10 +45,12 @@ FLUX_VAE = dict(
 SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)
 FULL = Frozen({"transformer": TRANSFORMER, "text_encoder": TEXT_ENCODER_CONFIG, "vae": FLUX_VAE})
 
-# dim 256 = 4 heads x 64, so K-quant 256-blocks apply and the adaLN width min(dim, 256) is the real model's 256;
-# one refiner layer per stream; text encoder 2 layers (the pipeline reads the second-to-last hidden state).
+# dim 192 = 3 heads x 64: the feed-forward is int(dim / 3 * 8) wide, 512 here (dim 256 would give 682, which
+# quanto's int4 CPU packing refuses: out_features must be a multiple of 16; the real 3840 gives 10240). GGUF K-quants
+# take the 512-wide inputs and fall back on the 192-wide ones. One refiner layer per stream; text encoder 2 layers
+# (the pipeline reads the second-to-last hidden state).
 TINY = Frozen({
-    "transformer": dict(TRANSFORMER, dim=256, n_layers=2, n_refiner_layers=1, n_heads=4, n_kv_heads=4,
+    "transformer": dict(TRANSFORMER, dim=192, n_layers=2, n_refiner_layers=1, n_heads=3, n_kv_heads=3,
                         cap_feat_dim=64, axes_dims=(16, 24, 24)),  # axes dims sum to the head dim
     "text_encoder": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
                          num_key_value_heads=2, head_dim=16, vocab_size=SMALL_VOCAB_PADDED,
