@@ -139,6 +139,9 @@ class ModelFamily:
     # vocabulary from an optional package). () -> (pipeline arguments replacing build_extras' tokenizers, the
     # tokenizer note the build's manifest carries instead of tokenizer_note)
     random_tokenizers: Callable[[], tuple[dict[str, Any], str]] | None = None
+    # Backends (base names) that fail inside their library for this family's pipeline -> why: recorded as failed
+    # with the reason, not attempted, unless --attempt-known-failures (as a library's own known_incompatible)
+    known_incompatible: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
     # Modules a worker forkserver imports once on a machine without a GPU (the pipeline's and its text encoders'),
     # so that each backend's process does not pay for them
     preload_modules: tuple[str, ...] = ()
