@@ -150,5 +150,13 @@ def checkpoint_deviation(family: ModelFamily, configs: Mapping[str, Mapping[str,
     return {name: (counts[name] - n) / n for name, n in published.items()}
 
 
-def dump(obj: Any) -> str:
-    return json.dumps(obj, indent=1, sort_keys=True, default=str)
+def assert_listed_by_evalkit_models(family: ModelFamily) -> None:
+    """`evalkit models --json` lists the family, its tiny spec and every variant with its forms and counts."""
+    r = evalkit("models", "--json", timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    row = next(f for f in json.loads(r.stdout)["families"] if f["family"] == family.key)
+    assert row["tiny"]["spec"] == f"tiny:{family.key}" and row["pipeline_class"] == family.pipeline_class
+    assert [v["name"] for v in row["variants"]] == [v.name for v in family.variants]
+    for v, listed in zip(family.variants, row["variants"]):
+        assert listed["forms"]["random"]["spec"] == f"random:{v.name}" and listed["hub_id"] == v.hub_id
+        assert listed["published_params"] == dict(v.published_params)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_scored_reported_checked,
-                          checkpoint_deviation, cpu_backends, image_hashes, run_study)
+from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_listed_by_evalkit_models,
+                          assert_scored_reported_checked, checkpoint_deviation, cpu_backends, image_hashes, run_study)
 from evalkit.families import qwen_image
 from evalkit.families.registry import get_family
 from evalkit.families.tokenizers import real_qwen_vocabulary
@@ -118,3 +118,7 @@ def test_the_family_is_registered_under_its_key() -> None:
     assert get_family("qwen-image") is FAMILY and FAMILY.pipeline_class == "QwenImagePipeline"
     assert [c.name for c in FAMILY.components if c.quantized] == ["transformer", "text_encoder"]
     assert "LLM" in FAMILY.component("text_encoder").note
+
+
+def test_evalkit_models_lists_every_variant() -> None:
+    assert_listed_by_evalkit_models(FAMILY)

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_scored_reported_checked,
-                          checkpoint_deviation, cpu_backends, image_hashes, run_study)
+from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_listed_by_evalkit_models,
+                          assert_scored_reported_checked, checkpoint_deviation, cpu_backends, image_hashes, run_study)
 from evalkit.families import sana, sana_sprint
 from evalkit.families.registry import get_family
 
@@ -155,10 +155,12 @@ def test_gemma_tokenizer_is_gemmas_format() -> None:
     assert len(chi.split()) < len(tok.encode(chi)) <= pieces + 1, (len(tok.encode(chi)), pieces)
 
 
-def test_quanto_int4_is_recorded_as_failing_for_sprint_and_the_failure_is_real() -> None:
-    """Recorded up front (not attempted) for SANA-Sprint only; and the reason holds: at one image without CFG the
-    int4 kernel refuses the linear attention's transposed output, at two images (SanaPipeline's CFG batch) it runs.
-    When optimum-quanto fixes it, this test fails and the entry can go."""
+@pytest.mark.parametrize("backend,weights", [("quanto-int4", "int4"), ("quanto-int8", "int8")])
+def test_quanto_int_backends_are_recorded_as_failing_for_sprint_on_cpu_and_the_failure_is_real(backend: str,
+                                                                                               weights: str) -> None:
+    """Recorded up front (not attempted) for SANA-Sprint on CPU only; and the reason holds: at one image without CFG
+    quanto's integer CPU matmul refuses the linear attention's transposed output, at two images (SanaPipeline's CFG
+    batch) it runs. When optimum-quanto fixes it, this test fails and the entry can go."""
     import diffusers
     import torch
     from diffusers import PipelineQuantizationConfig, QuantoConfig
@@ -166,14 +168,15 @@ def test_quanto_int4_is_recorded_as_failing_for_sprint_and_the_failure_is_real()
     from evalkit.families.registry import ensure_tiny
     from evalkit.quantizers.registry import availability, parse_backend
 
-    spec = parse_backend("quanto-int4")
+    spec = parse_backend(backend)
     status, reason = availability(spec, "cpu", None, family=sana_sprint.FAMILY)
     assert status == "failed" and "contiguous" in reason and "--attempt-known-failures" in reason
     assert availability(spec, "cpu", None, family=sana.FAMILY)[0] == "ok"
     assert availability(spec, "cpu", None, attempt_known_failures=True, family=sana_sprint.FAMILY)[0] == "ok"
+    assert availability(spec, "cuda", (9, 0), family=sana_sprint.FAMILY)[0] == "ok"  # not seen there
 
     fam = sana_sprint.FAMILY
-    cfg = PipelineQuantizationConfig(quant_mapping={"transformer": QuantoConfig(weights_dtype="int4")})
+    cfg = PipelineQuantizationConfig(quant_mapping={"transformer": QuantoConfig(weights_dtype=weights)})
     pipe = getattr(diffusers, fam.pipeline_class).from_pretrained(ensure_tiny(fam), dtype=torch.bfloat16,
                                                                    quantization_config=cfg)
     pipe.set_progress_bar_config(disable=True)
@@ -184,3 +187,8 @@ def test_quanto_int4_is_recorded_as_failing_for_sprint_and_the_failure_is_real()
     two = pipe(prompt=["a red cube", "a blue car"], output_type="np", **fam.call_arguments(gen),
                generator=[torch.Generator("cpu").manual_seed(i) for i in range(2)])
     assert len(two.images) == 2
+
+
+@pytest.mark.parametrize("key", FAMILIES)
+def test_evalkit_models_lists_every_variant(key: str) -> None:
+    assert_listed_by_evalkit_models(get_family(key))

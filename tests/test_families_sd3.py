@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_scored_reported_checked,
-                          checkpoint_deviation, cpu_backends, image_hashes, record, run_study)
+from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_listed_by_evalkit_models,
+                          assert_scored_reported_checked, checkpoint_deviation, cpu_backends, image_hashes, record,
+                          run_study)
 from evalkit.families import sd3
 
 FAMILY = sd3.FAMILY
@@ -127,3 +128,7 @@ def test_regional_compile_uses_the_familys_blocks() -> None:
         apply_compile(pipe, settings)
     rec = apply_compile(pipe, settings, FAMILY.compile_blocks)
     assert rec["repeated_blocks"] == ["JointTransformerBlock"] and rec["compiled_regions"] == 2
+
+
+def test_evalkit_models_lists_every_variant() -> None:
+    assert_listed_by_evalkit_models(FAMILY)

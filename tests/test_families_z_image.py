@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_scored_reported_checked,
-                          checkpoint_deviation, cpu_backends, image_hashes, run_study)
+from family_study import (assert_census, assert_gguf_is_loaded_without_conversion, assert_listed_by_evalkit_models,
+                          assert_scored_reported_checked, checkpoint_deviation, cpu_backends, image_hashes, run_study)
 from evalkit.families import z_image
 from evalkit.families.tokenizers import real_qwen_vocabulary
 
@@ -177,3 +177,7 @@ def test_a_users_gguf_in_the_original_layout_loads_through_diffusers_converter(t
     ref = state["layers.0.attention.to_k.weight"].float()
     got = dequantize_gguf_tensor(model.layers[0].attention.to_k.weight).float()
     assert got.shape == ref.shape and torch.allclose(got, ref, atol=2e-2 * float(ref.abs().max()))
+
+
+def test_evalkit_models_lists_every_variant() -> None:
+    assert_listed_by_evalkit_models(FAMILY)

@@ -139,9 +139,10 @@ class ModelFamily:
     # vocabulary from an optional package). () -> (pipeline arguments replacing build_extras' tokenizers, the
     # tokenizer note the build's manifest carries instead of tokenizer_note)
     random_tokenizers: Callable[[], tuple[dict[str, Any], str]] | None = None
-    # Backends (base names) that fail inside their library for this family's pipeline -> why: recorded as failed
-    # with the reason, not attempted, unless --attempt-known-failures (as a library's own known_incompatible)
-    known_incompatible: Mapping[str, str] = field(default_factory=lambda: MappingProxyType({}))
+    # (backend base name, device or "*") -> why it fails inside its library for this family's pipeline there:
+    # recorded as failed with the reason, not attempted, unless --attempt-known-failures (as a library's own
+    # known_incompatible); a device is named where the failure was seen only there
+    known_incompatible: Mapping[tuple[str, str], str] = field(default_factory=lambda: MappingProxyType({}))
     # Modules a worker forkserver imports once on a machine without a GPU (the pipeline's and its text encoders'),
     # so that each backend's process does not pay for them
     preload_modules: tuple[str, ...] = ()
