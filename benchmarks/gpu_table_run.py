@@ -9,9 +9,9 @@ A `--run NAME:GPUS:WARMUP:BACKENDS` is one run directory (/tmp/evalkit-runs/NAME
 `--gpus GPUS --warmup WARMUP`; its bf16 anchor runs first on its first GPU, as the stage does. Each run's processes
 see only its GPUs (CUDA_VISIBLE_DEVICES=GPUS), so runs on disjoint GPUs do not share a GPU and their latencies stand;
 a step that picks no GPU itself (calibrate) stays on its run's GPUs too. Before the runs: optimum-quanto's CUDA
-kernels start building in the background (if a run has quanto-int4) and the `--model random:VARIANT` build
-(default random:flux-dev; any variant `evalkit models` lists, e.g. random:flux2-klein-4b) is made once, so concurrent
-runs do not race to build it.
+kernels start building in the background (if a run has quanto-int4) and the `--model random:VARIANT` (default
+random:flux-dev; any family's variant, `evalkit models`) is built once, so concurrent runs do not race to build it.
+benchmarks/families-gpu.md has the commands for the families of issue #25.
 
 `--calibrate NAME:P1,P2,...[:Q1,...]` follows run NAME's generate with its noise floor (issue #17): one
 `evalkit calibrate RUN --perturbations P` per P, each its own process, so a deadline keeps every perturbation
@@ -230,7 +230,7 @@ def main() -> int:
                     help="after the per-perturbation calls, skip the plain `evalkit calibrate RUN`")
     ap.add_argument("--then", action="append", default=[], help="NAME:BACKENDS: generated into run NAME at the end")
     ap.add_argument("--prompts", default=str(REPO / "benchmarks" / "prompts-3.txt"))
-    ap.add_argument("--model", default="random:flux-dev")
+    ap.add_argument("--model", default="random:flux-dev", help="random:VARIANT of any family (built once first)")
     ap.add_argument("--device", default="cuda", help="cpu only for a dry run of this script with --model tiny")
     ap.add_argument("--deadline-s", type=float, default=540)
     ap.add_argument("--keep-going", action="store_true",
@@ -259,7 +259,7 @@ def main() -> int:
                                    "extensions import get_extension as g; g('quanto_cuda').lib; "
                                    "print('quanto_cuda build seconds', round(time.time()-t, 1))"], cwd=REPO)
         say("optimum-quanto kernel build started in the background")
-    if a.model.startswith("random:"):  # any variant's random build (`evalkit models`): once, before the runs race
+    if a.model.startswith("random:"):  # any family's variant: random:flux-dev, random:qwen-image, ...
         tb = time.time()
         subprocess.run([sys.executable, "-c", "import sys; from evalkit.families.registry import resolve_model as r; "
                         "r(sys.argv[1], 'cuda')", a.model], cwd=REPO, check=True)

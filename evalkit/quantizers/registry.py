@@ -266,6 +266,10 @@ def availability(spec: BackendSpec, device: str, capability: tuple[int, int] | N
         for (base, need), reason in known_incompatible().items():
             if base in (b.name, "*") and need <= mods:
                 return "failed", f"known incompatible: {reason} (use --attempt-known-failures to try anyway)"
+        why = family.known_incompatible.get((b.name, device)) or family.known_incompatible.get((b.name, "*"))
+        if why:
+            return "failed", (f"known incompatible with {family.display} on {device}: {why} "
+                              "(use --attempt-known-failures to try anyway)")
     return "ok", None
 
 

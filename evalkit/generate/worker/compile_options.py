@@ -242,14 +242,18 @@ def _declining(check: Any, reject_devices: tuple[str, ...]) -> Any:
     return extra_check
 
 
-def apply_compile(pipe: Any, settings: CompileSettings) -> dict[str, Any]:
-    """Compile one component of `pipe` as `settings` say (lazily: the first call compiles). Returns the record."""
+def apply_compile(pipe: Any, settings: CompileSettings, family_blocks: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Compile one component of `pipe` as `settings` say (lazily: the first call compiles). Returns the record.
+    `family_blocks`: the model family's repeated-block classes, used when the component's class declares none
+    (`ModelFamily.compile_blocks`)."""
     module = getattr(pipe, settings.component, None)
     if module is None:
         raise EvalkitError(f"compile: the pipeline has no component {settings.component!r}")
     flags = apply_inductor_flags(settings)
     guard = woq_int8pack_guard(() if settings.woq_int8pack else ("cuda",))
     if settings.regional:
+        if not getattr(module, "_repeated_blocks", None) and family_blocks:
+            module._repeated_blocks = list(family_blocks)  # on this instance: diffusers' class stays as it is
         if not getattr(module, "_repeated_blocks", None):
             raise EvalkitError(f"compile: regional = true, but {type(module).__name__} declares no repeated blocks; "
                                f"set regional = false in the [compile] table")

@@ -128,7 +128,8 @@ def apply_compile(pipe: Any, spec: BackendSpec, compile_config: dict[str, Any] |
 
     settings = resolve_compile(compile_config, spec.backend.name, family.denoiser.name)
     cache = prepare_compile_cache(cache_root)
-    return {**compile_component(pipe, settings), "cache": cache, "torch": torch.__version__}
+    blocks = family.compile_blocks if settings.component == family.denoiser.name else ()
+    return {**compile_component(pipe, settings, blocks), "cache": cache, "torch": torch.__version__}
 
 
 # ---------------------------------------------------------------------------------------------------------------
