@@ -143,9 +143,9 @@ def assert_gguf_is_loaded_without_conversion(run: Path, family: ModelFamily, bac
 def checkpoint_deviation(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]],
                          published: Mapping[str, int]) -> dict[str, float]:
     """component -> relative deviation of the meta-built checkpoint count from the published figure."""
-    from evalkit.families.base import component_checkpoint_counts
+    from evalkit.families.base import component_parameter_counts
 
-    counts = component_checkpoint_counts(family, configs)
+    counts = component_parameter_counts(family, configs)
     assert set(published) <= set(counts), (set(published) - set(counts))
     return {name: (counts[name] - n) / n for name, n in published.items()}
 
