@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 from evalkit.generate.options import GenerateOptions
 from evalkit.options import api_doc, api_signature
+from evalkit.score import api as score_api  # light: its options, no stage
 
 if TYPE_CHECKING:
     from evalkit.check.results import Report
@@ -119,9 +120,9 @@ def merge(run_dir: PathLike) -> dict[str, Any]:
 def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
     """Score every backend of a run against the reference backend (`evalkit score`); returns {backend: metrics}.
 
-    Options are `evalkit score`'s flags: metrics=, lpips_net=, clip_model=, real_dir=, bootstrap_samples=,
-    workers=, metrics_batch_size=, fid_sqrt=, no_cache=, weights_dir=, device=, verify= (hash every image
-    instead of trusting unchanged size and mtime). See evalkit.score.api.score.
+    Options are `evalkit score`'s flags (evalkit/score/options.py; the signature lists them), e.g. metrics=,
+    device=, verify= (hash every image instead of trusting unchanged size and mtime), progress= (a progress bar).
+    See evalkit.score.api.score.
 
     >>> import tempfile, evalkit
     >>> from evalkit.report.synthetic import make_synthetic_run
@@ -133,6 +134,9 @@ def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
     from evalkit.score import api as metrics_api
 
     return metrics_api.score(run_dir, **options)
+
+
+score.__signature__ = inspect.signature(score_api.score)  # type: ignore[attr-defined]
 
 
 def report(run_dir: PathLike, *, thumb_size: int = 256, no_figures: bool = False, memory_axis: str = "auto",

@@ -52,6 +52,7 @@ class OptionSpec:
     aliases: tuple[str, ...] = ()  # other spellings, shown in --help (e.g. -q)
     deprecated: tuple[str, ...] = ()  # old spellings still accepted, with a warning (users' scripts)
     internal: bool = False  # not a user option: no flag, no API parameter, no manifest entry
+    api: bool = True  # False: a command-line matter only (a launcher's --gpus, the terminal's --quiet)
     manifest_when_unset: bool = True  # False: left out of the manifest while None (old runs keep their entry)
 
 
@@ -59,12 +60,13 @@ def option(default: Any = MISSING, *, help: str, flag: str | None = None, group:
            parse: Callable[[str], Any] | None = None, choices: Sequence[Any] | None = None,
            api_name: str | None = None, api_type: str | None = None, metavar: str | None = None,
            positional: bool = False, repeat: bool = False, aliases: Sequence[str] = (),
-           deprecated: Sequence[str] = (), internal: bool = False, manifest_when_unset: bool = True) -> Any:
+           deprecated: Sequence[str] = (), internal: bool = False, manifest_when_unset: bool = True,
+           api: bool = True) -> Any:
     """A dataclass field that is a stage option. A list default is copied per instance."""
     spec = OptionSpec(help=help, flag=flag, group=group, parse=parse, choices=tuple(choices) if choices else None,
                       api_name=api_name, api_type=api_type, metavar=metavar, positional=positional, repeat=repeat,
                       aliases=tuple(aliases), deprecated=tuple(deprecated), internal=internal,
-                      manifest_when_unset=manifest_when_unset)
+                      manifest_when_unset=manifest_when_unset, api=api)
     meta = {"option": spec}
     if isinstance(default, list):
         items = list(default)
@@ -134,6 +136,15 @@ def _type_parts(tp: Any) -> tuple[type, bool, bool]:
 
 def option_fields(cls: type, *, internal: bool = False) -> list[Field]:
     """The options of `cls`, in declaration order (internal ones only with `internal=True`)."""
+    return [f for f in _all_fields(cls) if internal or not f.spec.internal]
+
+
+def api_fields(cls: type) -> list[Field]:
+    """The options the Python API takes."""
+    return [f for f in option_fields(cls) if f.spec.api]
+
+
+def _all_fields(cls: type) -> list[Field]:
     cached = cls.__dict__.get("_option_fields")
     if cached is None:
         hints = typing.get_type_hints(cls)
@@ -147,7 +158,7 @@ def option_fields(cls: type, *, internal: bool = False) -> list[Field]:
                 f.default_factory() if f.default_factory is not MISSING else MISSING)
             cached.append(Field(f.name, spec, base, optional, is_list, default, str(f.type)))
         type.__setattr__(cls, "_option_fields", cached)
-    return [f for f in cached if internal or not f.spec.internal]
+    return cached
 
 
 # ------------------------------------------------------------------------------------------------ argparse
@@ -163,6 +174,11 @@ class _Deprecated(argparse.Action):
                  option_string: str | None = None) -> None:
         print(f"evalkit: warning: {option_string} is deprecated; use {self.new}", file=sys.stderr)
         setattr(namespace, self.dest, self.const if self.nargs == 0 else values)
+
+
+def add_deprecated_alias(parser: argparse.ArgumentParser | Any, old: str, new: str, dest: str, **kwargs: Any) -> None:
+    """Accept `old` as a hidden spelling of `new` (same `dest`), saying on stderr which one to use."""
+    parser.add_argument(old, dest=dest, action=_Deprecated, new=new, help=argparse.SUPPRESS, **kwargs)
 
 
 def _converter(f: Field) -> Callable[[str], Any]:
@@ -209,7 +225,7 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequen
         for old in f.spec.deprecated:
             extra: dict[str, Any] = ({"nargs": 0, "const": f.default is not True} if f.is_switch
                                      else {"type": kwargs["type"], "choices": kwargs.get("choices")})
-            target.add_argument(old, dest=f.name, action=_Deprecated, new=f.flag, help=argparse.SUPPRESS, **extra)
+            add_deprecated_alias(target, old, f.flag, f.name, **extra)
 
 
 def _split(text: str) -> list[str]:
@@ -325,7 +341,7 @@ def from_api(cls: type[T], values: Mapping[str, Any], where: str = "", **interna
     comma string or any sequence, a string option given as a sequence is joined with commas. `where` names the
     function in errors ("evalkit.generate")."""
     out: dict[str, Any] = {}
-    for f in option_fields(cls):
+    for f in api_fields(cls):
         if f.api_name not in values:
             continue
         value = values[f.api_name]
@@ -348,7 +364,7 @@ def api_signature(cls: type, *, positional: Sequence[str] = (), extra: Sequence[
                   defaults: Mapping[str, Any] | None = None) -> inspect.Signature:
     """The Python API's signature: `positional` (API names) first, the other options keyword-only, then `extra`.
     `defaults` overrides a default where the API's differs."""
-    fields_ = {f.api_name: f for f in option_fields(cls)}
+    fields_ = {f.api_name: f for f in api_fields(cls)}
     params = []
     for name in list(positional) + [n for n in fields_ if n not in positional]:
         f = fields_[name]
@@ -363,7 +379,7 @@ def api_signature(cls: type, *, positional: Sequence[str] = (), extra: Sequence[
 def api_doc(cls: type, title: str = "Options") -> str:
     """An `Options:` section for a docstring: each API parameter with its flag, default and help."""
     lines = [f"{title} (each is the command line's flag of the same name):"]
-    for f in option_fields(cls):
+    for f in api_fields(cls):
         shown = tuple(f.default) if isinstance(f.default, list) else f.default  # as the API's signature shows it
         default = "" if f.default is MISSING or f.spec.positional else f", default {shown!r}"
         head = f"{f.api_name} ({f.api_name if f.spec.positional else f.flag}{default}): "

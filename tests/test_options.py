@@ -17,23 +17,29 @@ from evalkit.calibrate.options import CalibrateOptions
 from evalkit.cli import build_parser
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions, prompts_slug
-from evalkit.options import Field, option_fields
+from evalkit.options import Field, api_fields, option_fields
+from evalkit.score.options import RUN_FLAGS, ScoreOptions
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _api_function(cls: type) -> Any:
-    if cls is GenerateOptions:
-        import evalkit.api
+def _api_functions(cls: type) -> list[Any]:
+    """The Python functions that take `cls`'s options as keyword arguments."""
+    import evalkit.api
 
-        return evalkit.api.generate
+    if cls is GenerateOptions:
+        return [evalkit.api.generate]
+    if cls is ScoreOptions:
+        import evalkit.score.api
+
+        return [evalkit.score.api.score, evalkit.api.score]
     from evalkit.calibrate.stage import run_calibration
 
-    return run_calibration
+    return [run_calibration]
 
 
-# (options class, its command, its Python function)
-STAGES = [(GenerateOptions, "generate"), (CalibrateOptions, "calibrate")]
+# (options class, its command)
+STAGES = [(GenerateOptions, "generate"), (CalibrateOptions, "calibrate"), (ScoreOptions, "score")]
 
 
 def _other_value(f: Field) -> Any:
@@ -77,9 +83,15 @@ def test_every_option_survives_the_launchers_argv(cls: type, command: str) -> No
     assert _options(cls.from_args(build_parser().parse_args([command, *plain.to_argv()]))) == _options(plain)
 
 
-def test_evalkit_run_takes_every_generate_option() -> None:
+def test_evalkit_run_takes_every_generate_option_and_the_scoring_ones() -> None:
     opts = non_default(GenerateOptions)
     assert _options(GenerateOptions.from_args(build_parser().parse_args(["run", *opts.to_argv()]))) == _options(opts)
+    score = non_default(ScoreOptions)
+    argv = [a for a in score.to_argv()[1:] if a.split("=")[0].lstrip("-").replace("-", "_") in RUN_FLAGS]
+    args = build_parser().parse_args(["run", "p.txt", *argv])
+    args.run_dir = "RUN"  # what generate_main sets for the later stages
+    back = ScoreOptions.from_args(args)
+    assert {k: getattr(back, k) for k in RUN_FLAGS} == {k: getattr(score, k) for k in RUN_FLAGS}
 
 
 @pytest.mark.parametrize("cls,command", STAGES)
@@ -95,17 +107,23 @@ def test_every_option_has_help_and_nothing_else_is_on_the_command_line(cls: type
 
 @pytest.mark.parametrize("cls,command", STAGES)
 def test_every_option_is_a_documented_parameter_of_the_python_api(cls: type, command: str) -> None:
-    fn = _api_function(cls)
-    params = inspect.signature(fn).parameters
-    for f in option_fields(cls):
-        assert f.api_name in params, f"{fn.__name__} lacks {f.api_name}"
-        default = params[f.api_name].default
-        if f.default is not dataclasses.MISSING:
-            assert default == (tuple(f.default) if isinstance(f.default, list) else f.default), f.name
-        assert f"{f.api_name} (" in fn.__doc__, f"{fn.__name__}'s docstring does not document {f.api_name}"
+    """Every option but the few that only the command line has (a launcher's --gpus, the terminal's --quiet)."""
+    cli_only = {f.name for f in option_fields(cls) if not f.spec.api}
+    assert cli_only <= {"quiet", "gpus", "jobs"}, cli_only
+    for fn in _api_functions(cls):
+        params = inspect.signature(fn).parameters
+        for f in api_fields(cls):
+            assert f.api_name in params, f"{fn.__module__}.{fn.__name__} lacks {f.api_name}"
+            default = params[f.api_name].default
+            if f.default is not dataclasses.MISSING:
+                assert default == (tuple(f.default) if isinstance(f.default, list) else f.default), f.name
+        doc = _api_functions(cls)[0].__doc__
+        for f in api_fields(cls):
+            assert f"{f.api_name} (" in doc, f"the docstring does not document {f.api_name}"
     opts = non_default(cls)
-    values = {f.api_name: getattr(opts, f.name) for f in option_fields(cls)}
-    assert _options(cls.from_api(values)) == _options(opts)
+    values = {f.api_name: getattr(opts, f.name) for f in api_fields(cls)}
+    assert {k: v for k, v in _options(cls.from_api(values)).items() if k not in cli_only} == \
+        {k: v for k, v in _options(opts).items() if k not in cli_only}
 
 
 def test_api_takes_paths_and_sequences_and_refuses_a_wrong_type_naming_it(tmp_path: Path) -> None:
@@ -231,3 +249,19 @@ def test_reopening_a_run_that_holds_other_backends_says_so() -> None:
     note = held_backends_note(opts, ["bf16", "quanto-int8", "torchao-int8wo", "fp8-layerwise"])
     assert note is not None and note.startswith(
         "this run directory already holds backends quanto-int8, fp8-layerwise; it now has 4")
+
+
+def test_flags_read_alike_across_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    """#24: score's --quiet has -q; compare-images' batch flag is score's --metrics-batch-size (the old --batch-size
+    still works, saying so); every flag of every command has help."""
+    parser = build_parser()
+    assert parser.parse_args(["score", "RUN", "-q"]).quiet is True
+    assert parser.parse_args(["compare-images", "a", "b", "--metrics-batch-size", "4"]).batch_size == 4
+    assert "deprecated" not in capsys.readouterr().err
+    assert parser.parse_args(["compare-images", "a", "b", "--batch-size", "3"]).batch_size == 3
+    assert "--batch-size is deprecated; use --metrics-batch-size" in capsys.readouterr().err
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    for command, p in sub.choices.items():
+        for action in p._actions:
+            if action.help != argparse.SUPPRESS:
+                assert action.help and len(action.help.split()) >= 2, (command, action.option_strings or action.dest)
