@@ -17,7 +17,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from evalkit.calibrate.floor import SCHEMA, metric_facts, metric_floor, perturbation_entry
 from evalkit.calibrate.options import CalibrateOptions
@@ -47,7 +47,6 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
     from evalkit.runlock import acquire
 
     opts = CalibrateOptions.from_api(_CALIBRATE_SIGNATURE.bind(run_dir, **options).arguments, "run_calibration")
-    device, workers = opts.device, opts.workers
     rd, manifest = open_run(opts.run_dir)
     manifest = dict(manifest)
     reference = manifest.get("reference_backend") or REFERENCE_BACKEND
@@ -69,14 +68,8 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
         cand_images = _ok_images(cand_rd, backend, f"perturbation {p.name!r}")
         _check_in_force(p, rec, cand_rd.generation_record(backend))
         key = _images_key(ref_images, cand_images, metrics)
-        cached = (old.get("perturbations") or {}).get(p.name) or {}
-        if cached.get("images_key") == key and all(p.name in (old["metrics"].get(m) or {}).get("perturbations", {})
-                                                    for m in metrics):
-            records = {m: old["metrics"][m]["perturbations"][p.name] for m in metrics}
-        else:
-            scored = _score(rd, ref_images, cand_rd, cand_images, metrics, device, workers)
-            records = {m: perturbation_entry(scored.get(m) or {"status": "skipped", "reason": "not scored"},
-                                             metric_facts(m)) for m in metrics}
+        records = _records(old, p.name, key, metrics,
+                           lambda: _score(rd, ref_images, cand_rd, cand_images, metrics, opts.device, opts.workers))
         for m in metrics:
             per_metric[m][p.name] = records[m]
         same = sum(ref_images[pid]["sha256"] == cand_images[pid]["sha256"] for pid in ref_images)
@@ -86,11 +79,6 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
             "n_images": len(cand_images), "n_byte_identical_images": same,
         }
 
-    out_metrics: dict[str, Any] = {}
-    for m in metrics:
-        facts = metric_facts(m)
-        out_metrics[m] = {**{k: facts[k] for k in ("label", "unit", "higher_is_better", "identity", "scale")},
-                          "floor": metric_floor(per_metric[m], facts), "perturbations": per_metric[m]}
     result = {
         "schema": SCHEMA, "run_id": manifest.get("run_id"), "reference_backend": reference, "device": run_device,
         "model": (manifest.get("model") or {}).get("spec"), "generation": manifest.get("generation"),
@@ -100,7 +88,7 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
                              "is better); 'identical' when every perturbation reproduced the reference exactly"),
         # What the reference itself ran under (null for a run generated before the worker recorded it).
         "reference_in_force": read_json(rd.generation_record(reference)).get("numerics"),
-        "perturbations": pert_out, "metrics": out_metrics,
+        "perturbations": pert_out, "metrics": {m: _metric_floor(m, per_metric[m]) for m in metrics},
     }
     with acquire(rd.root, stage="calibrate"):
         atomic_write_json(rd.root / CALIBRATION_FILE, result)
@@ -112,6 +100,25 @@ _CALIBRATE_SIGNATURE = api_signature(CalibrateOptions, positional=("run_dir",), 
 run_calibration.__signature__ = _CALIBRATE_SIGNATURE  # type: ignore[attr-defined]
 run_calibration.__doc__ = (f"{run_calibration.__doc__}\n\n    "
                            + api_doc(CalibrateOptions).replace("\n", "\n    ").rstrip() + "\n")
+
+
+def _records(old: dict[str, Any], name: str, key: str, metrics: list[str],
+             score: Callable[[], dict[str, Any]]) -> dict[str, Any]:
+    """Each metric's record of perturbation `name`: the previous calibration's while the images it scored are the
+    same ones (`key`), else scored now."""
+    cached = (old.get("perturbations") or {}).get(name) or {}
+    if cached.get("images_key") == key and all(name in (old["metrics"].get(m) or {}).get("perturbations", {})
+                                               for m in metrics):
+        return {m: old["metrics"][m]["perturbations"][name] for m in metrics}
+    scored = score()
+    return {m: perturbation_entry(scored.get(m) or {"status": "skipped", "reason": "not scored"}, metric_facts(m))
+            for m in metrics}
+
+
+def _metric_floor(metric: str, per_perturbation: dict[str, Any]) -> dict[str, Any]:
+    facts = metric_facts(metric)
+    return {**{k: facts[k] for k in ("label", "unit", "higher_is_better", "identity", "scale")},
+            "floor": metric_floor(per_perturbation, facts), "perturbations": per_perturbation}
 
 
 def _previous(rd: RunDir) -> dict[str, Any]:

@@ -241,6 +241,13 @@ def generation_settings(opts: GenerateOptions, model: ModelInfo, family: ModelFa
     return gen
 
 
+def _check_output_location(opts: GenerateOptions) -> None:
+    out_root = Path(opts.out) if opts.out else Path(opts.reports_dir)
+    if opts.out:
+        check_ownership(out_root)
+    ensure_writable_dir(out_root if not opts.out else out_root.parent if not out_root.exists() else out_root)
+
+
 def run_root(opts: GenerateOptions, model: ModelInfo, identity: dict[str, Any]) -> tuple[Path, str]:
     """(run directory, run id): --out, else <reports-dir>/<model>-<prompts>-<identity hash>. An auto-named run of a
     prompt set made before the set's format joined the name (`tiny-three-<hash>` for three.csv) is reopened there:
@@ -276,11 +283,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     if on_validated is not None:
         on_validated()
 
-    # Check the output location before the (possibly long) model build.
-    out_root = Path(opts.out) if opts.out else Path(opts.reports_dir)
-    if opts.out:
-        check_ownership(out_root)
-    ensure_writable_dir(out_root if not opts.out else out_root.parent if not out_root.exists() else out_root)
+    _check_output_location(opts)  # before the (possibly long) model build
     model = resolve_model(opts.model, device=device)
     family = get_family(model.family)
     check_family_options(family, opts, compile_config)
@@ -308,13 +311,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         model=model.to_manifest(), generation=gen, backends=backends,
         reference_backend=REFERENCE_BACKEND, device=device_info, versions=package_versions(),
         memory_convention=MEMORY_CONVENTION,
-        config={"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
-                "compile": compile_config,
-                "gguf_file": identity["gguf_file"], "plugins": plugins, "cache_dir": str(cache_dir()), "jobs": opts.jobs,
-                "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
-                # what the workers apply (evalkit/generate/worker/run.py apply_numerics); only the knobs set
-                **({"numerics": opts.numerics()} if opts.numerics() else {}),
-                "options": opts.to_manifest()},
+        config=_run_config(opts, identity, device, backend_options, compile_config, plugins),
     ))
     for k in ("fid_mode",):  # written by later stages; keep
         if old is not None and k in old:
@@ -325,6 +322,19 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
                                    opts.attempt_known_failures), opts.max_images)
     atomic_write_json(rd.manifest, manifest)
     return rd, manifest, specs_now
+
+
+def _run_config(opts: GenerateOptions, identity: dict[str, Any], device: str, backend_options: dict[str, Any],
+                compile_config: dict[str, Any], plugins: list[dict[str, str]]) -> dict[str, Any]:
+    """The manifest's `config`: what the workers read (device, components, backend options, compile, numerics) and
+    the options the command was given (read back strictly by calibration and the unchanged-rerun check)."""
+    return {"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
+            "compile": compile_config, "gguf_file": identity["gguf_file"], "plugins": plugins,
+            "cache_dir": str(cache_dir()), "jobs": opts.jobs, "gpus": opts.gpus,
+            "attempt_known_failures": opts.attempt_known_failures,
+            # what the workers apply (evalkit/generate/worker/run.py apply_numerics); only the knobs set
+            **({"numerics": opts.numerics()} if opts.numerics() else {}),
+            "options": opts.to_manifest()}
 
 
 def _reopen(old: dict[str, Any] | None, root: Path, identity: dict[str, Any], specs: list[BackendSpec],
