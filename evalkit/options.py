@@ -347,7 +347,9 @@ def from_api(cls: type[T], values: Mapping[str, Any], where: str = "", **interna
         value = values[f.api_name]
         if isinstance(value, os.PathLike):
             value = os.fspath(value)
-        if f.is_list and value is not None:
+        if f.is_list and value is None and not f.optional:
+            value = []  # `gpus=None` reads as no GPUs, as the API's earlier signatures allowed
+        elif f.is_list and value is not None:
             items = _split(value) if isinstance(value, str) else [os.fspath(x) if isinstance(x, os.PathLike) else x
                                                                    for x in value]
             value = items or (None if f.optional else [])

@@ -133,6 +133,7 @@ def test_api_takes_paths_and_sequences_and_refuses_a_wrong_type_naming_it(tmp_pa
     assert opts.prompts_file == str(tmp_path / "p.txt") and opts.backends == "bf16,torchao-int8wo"
     assert opts.components == ["transformer", "text_encoder_2"] and opts.plugins == [str(tmp_path / "a.py")]
     assert opts.config_file == str(tmp_path / "c.toml") and opts.guidance == 3.0
+    assert GenerateOptions.from_api({"prompts": "p.txt", "gpus": None}).gpus == []
     with pytest.raises(EvalkitError, match=r"^evalkit.generate: height = '64': expected int or null$"):
         GenerateOptions.from_api({"prompts": "p.txt", "height": "64"}, "evalkit.generate")
     with pytest.raises(EvalkitError, match="schedule = 'fastest': expected one of auto, prompts, backends"):
