@@ -16,9 +16,14 @@ Errors are evalkit.errors.EvalkitError (one line naming the file, flag or backen
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
+
+from evalkit.generate.options import GenerateOptions
+from evalkit.options import api_doc, api_signature
+from evalkit.score import api as score_api  # light: its options, no stage
 
 if TYPE_CHECKING:
     from evalkit.check.results import Report
@@ -30,15 +35,7 @@ __all__ = ["generate", "merge", "score", "report", "check", "list_backends", "li
            "compare_images", "compute_fid", "compute_kid"]
 
 
-def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = "default", *,
-             model: str = "black-forest-labs/FLUX.1-dev", out: PathLike | None = None,
-             reports_dir: PathLike = "reports", device: str = "auto", height: int | None = None,
-             width: int | None = None, steps: int | None = None, guidance: float | None = None,
-             max_sequence_length: int | None = None, batch_size: int = 1, seed: int = 0, warmup: int = 1,
-             components: str | Sequence[str] | None = None, config: PathLike | None = None,
-             gguf_file: PathLike | None = None, attempt_known_failures: bool = False, jobs: int = 1,
-             gpus: str | Sequence[str] | None = None, prompt_column: str | None = None,
-             schedule: str = "auto", plugins: Sequence[PathLike] = (), quiet: bool = False) -> Path:
+def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = "default", **options: Any) -> Path:
     """Generate images for each backend and measure memory and latency (`evalkit generate`); returns the run dir.
 
     `prompts` is a prompts file or a list of prompt texts (written to evalkit's cache as a prompts file, so the
@@ -46,7 +43,8 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
     (default: prompt, prompts, text or caption). Rerunning with the same arguments resumes the same run directory.
     `quiet=True` hides the progress display. `gpus=[...]` (or `jobs=N` on CPU) runs one rank per GPU (per job)
     through torchrun, as `evalkit generate --gpus` does; `schedule` is auto|prompts|backends (docs/distributed.md).
-    Raises EvalkitError on bad input, and when ranks end with missing prompts (see `merge`).
+    Raises EvalkitError on bad input (a value of the wrong type names its parameter), and when ranks end with
+    missing prompts (see `merge`); TypeError on an unknown parameter.
 
     >>> import tempfile, evalkit
     >>> run = evalkit.generate(["A red cube on a blue table"], backends="bf16", model="tiny",
@@ -56,24 +54,17 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
     >>> evalkit.api.read_summary(run)["backends"]["bf16"]["status"]
     'ok'
     """
-    from evalkit.generate.stage import GenerateOptions, run_generate
-
-    opts = GenerateOptions(
-        prompts_file=str(_prompts_file(prompts)), model=model, backends=_csv(backends), out=_str(out),
-        reports_dir=str(reports_dir), device=device, height=height, width=width, steps=steps, guidance=guidance,
-        max_sequence_length=max_sequence_length, batch_size=batch_size, seed=seed, prompt_column=prompt_column,
-        warmup=warmup,
-        components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
-        gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
-        command=["evalkit.generate(...)"], schedule=schedule, plugins=[str(p) for p in plugins],
-    )
+    args = _GENERATE_SIGNATURE.bind(prompts, backends, **options).arguments
+    quiet = bool(args.pop("quiet", False))
+    args["prompts"] = str(_prompts_file(args["prompts"]))
+    opts = GenerateOptions.from_api(args, "evalkit.generate", command=["evalkit.generate(...)"])
     from evalkit.errors import EvalkitError
-    from evalkit.generate.cli import launch_ranks, local_ranks_wanted, options_argv
+    from evalkit.generate.launch import generate_argv, launch_ranks, launched_run_dir, local_ranks_wanted
 
     n = local_ranks_wanted(opts)
     if n > 1:
-        rc = launch_ranks(options_argv(opts), opts, n)
-        root = _launched_run_dir(opts)
+        rc = launch_ranks(generate_argv(opts), opts, n)
+        root = launched_run_dir(opts)
         if rc != 0 or root is None:
             raise EvalkitError(f"generate on {n} ranks ended with exit code {rc}" + (
                 f"; `evalkit merge {root}` names what is missing, and rerunning resumes" if root else ""))
@@ -85,15 +76,17 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
         from rich.console import Console
 
         console = Console(file=io.StringIO())
+    from evalkit.generate.stage import run_generate
+
     return Path(run_generate(opts, console=console))
 
 
-def _launched_run_dir(opts: Any) -> Path | None:
-    """The run directory the ranks wrote: --out, else the newest auto-named one for these prompts and model."""
-    from evalkit.generate.uptodate import _candidates
-
-    found = [p for p in _candidates(opts) if (p / "manifest.json").is_file()]
-    return max(found, key=lambda p: (p / "manifest.json").stat().st_mtime_ns).resolve() if found else None
+# The signature and the Options section are GenerateOptions' (evalkit/generate/options.py): declared once.
+_GENERATE_SIGNATURE = api_signature(
+    GenerateOptions, positional=("prompts", "backends"), return_annotation="Path",
+    extra=[inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")])
+generate.__signature__ = _GENERATE_SIGNATURE  # type: ignore[attr-defined]
+generate.__doc__ = f"{generate.__doc__}\n    " + api_doc(GenerateOptions).replace("\n", "\n    ").rstrip() + "\n"
 
 
 def merge(run_dir: PathLike) -> dict[str, Any]:
@@ -127,9 +120,9 @@ def merge(run_dir: PathLike) -> dict[str, Any]:
 def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
     """Score every backend of a run against the reference backend (`evalkit score`); returns {backend: metrics}.
 
-    Options are `evalkit score`'s flags: metrics=, lpips_net=, clip_model=, real_dir=, bootstrap_samples=,
-    workers=, metrics_batch_size=, fid_sqrt=, no_cache=, weights_dir=, device=, verify= (hash every image
-    instead of trusting unchanged size and mtime). See evalkit.score.api.score.
+    Options are `evalkit score`'s flags (evalkit/score/options.py; the signature lists them), e.g. metrics=,
+    device=, verify= (hash every image instead of trusting unchanged size and mtime), progress= (a progress bar).
+    See evalkit.score.api.score.
 
     >>> import tempfile, evalkit
     >>> from evalkit.report.synthetic import make_synthetic_run
@@ -141,6 +134,9 @@ def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
     from evalkit.score import api as metrics_api
 
     return metrics_api.score(run_dir, **options)
+
+
+score.__signature__ = inspect.signature(score_api.score)  # type: ignore[attr-defined]
 
 
 def report(run_dir: PathLike, *, thumb_size: int = 256, no_figures: bool = False, memory_axis: str = "auto",
@@ -308,23 +304,6 @@ def _prompts_file(prompts: PathLike | Sequence[str]) -> Path:
     if not path.exists():
         atomic_write_text(path, body)
     return path
-
-
-def _csv(value: str | Sequence[str] | None) -> str | None:
-    if value is None or isinstance(value, str):
-        return value
-    return ",".join(value)
-
-
-def _list(value: str | Sequence[str] | None) -> list[str] | None:
-    if value is None:
-        return None
-    items = value.split(",") if isinstance(value, str) else list(value)
-    return [s.strip() for s in items if s.strip()] or None
-
-
-def _str(value: PathLike | None) -> str | None:
-    return None if value is None else os.fspath(value)
 
 
 def _probe_device(requested: str) -> tuple[str, tuple[int, int] | None]:

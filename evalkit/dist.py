@@ -315,7 +315,6 @@ def launch_local(argv: Sequence[str], nproc: int, gpus: Sequence[str] | None = N
         env["CUDA_VISIBLE_DEVICES"] = ",".join(gpus)
     if threads_per_rank:
         env.setdefault("OMP_NUM_THREADS", str(threads_per_rank))
-        env.setdefault("EVALKIT_THREADS", str(threads_per_rank))
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
            "-m", "evalkit", *strip_launch_options(argv)]
     from evalkit.procs import call_tied

@@ -17,9 +17,10 @@ from __future__ import annotations
 import logging
 import os
 import tempfile
-import time
 import warnings
 from pathlib import Path
+
+from evalkit.timeutil import utc_now
 
 VERBOSE_ENV = "EVALKIT_VERBOSE"
 # Set for the forkserver: the file its preloaded imports write to until the stage moves it into the run directory.
@@ -52,7 +53,7 @@ def move_pending_log(pending: Path, dest: Path, title: str) -> None:
     if text.strip():
         dest.parent.mkdir(parents=True, exist_ok=True)
         with open(dest, "ab") as f:
-            f.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} {title} ===\n".encode())
+            f.write(f"\n=== {utc_now()} {title} ===\n".encode())
             f.write(text)
     pending.unlink(missing_ok=True)
 

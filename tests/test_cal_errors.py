@@ -38,9 +38,8 @@ def test_perturbation_for_another_device(tmp_path: Path, capsys) -> None:
 def test_one_options_file_serves_run_and_calibrate(tmp_path, monkeypatch) -> None:
     """`evalkit run --config F --calibrate`: generate accepts F's [calibrate] table (it is calibrate's), and calibrate
     reads its perturbations from F when F has one."""
-    import argparse
-
     import evalkit.calibrate.stage as stage
+    from evalkit.cli import build_parser
     from evalkit.calibrate import cli as cal_cli
     from evalkit.generate.stage import load_config
 
@@ -59,7 +58,9 @@ def test_one_options_file_serves_run_and_calibrate(tmp_path, monkeypatch) -> Non
         raise Stop
 
     monkeypatch.setattr(stage, "run_calibration", fake_run_calibration)
-    args = argparse.Namespace(calibrate=True, perturbations=None, config=str(cfg), run_dir=str(tmp_path))
+    # the namespace `evalkit run` really builds (generate's --config is the one file; --calibrate turns it on)
+    args = build_parser().parse_args(["run", "p.txt", "--config", str(cfg), "--calibrate"])
+    args.run_dir = str(tmp_path)  # what generate_main sets for the later stages
     with pytest.raises(Stop):
         cal_cli.calibrate_main(args)
     cfg.write_text('[backends.bnb-8bit]\nllm_int8_threshold = 5.0\n')

@@ -65,7 +65,7 @@ def test_calibration_sharded_over_two_ranks_equals_one_process(tmp_path: Path, t
     two = tmp_path / "two"
     shutil.copytree(one, two)
     for run, extra in ((one, []), (two, ["--jobs", "2"])):
-        r = run_evalkit("calibrate", str(run), "--perturbations", "batch2", "--metrics-device", "cpu", *extra)
+        r = run_evalkit("calibrate", str(run), "--perturbations", "batch2", "--device", "cpu", *extra)
         assert r.returncode == 0, r.stderr[-3000:]
     sub_one, sub_two = one / "calibration" / "batch2", two / "calibration" / "batch2"
     tags = {u["tag"] for u in read_json(sub_two / "merge.json")["backends"]["bf16"]["units"]}
@@ -78,3 +78,39 @@ def test_calibration_sharded_over_two_ranks_equals_one_process(tmp_path: Path, t
     for name, m in a["metrics"].items():
         assert m["perturbations"]["batch2"] == b["metrics"][name]["perturbations"]["batch2"], name
     assert a["metrics"]["ssim"]["perturbations"]["batch2"]["per_prompt"]  # the comparison covered values
+
+
+def test_a_sub_run_made_when_knobs_were_environment_variables_is_refused_naming_it(tmp_path: Path) -> None:
+    """Before --threads existed, the 'threads' sub-run got EVALKIT_THREADS and its identity did not say so: reusing
+    it would compare images made under unrecorded settings. Calibration says which directory to delete."""
+    import json
+
+    import pytest as _pytest
+
+    from evalkit.calibrate.stage import _refuse_unrecorded_knobs
+    from evalkit.errors import EvalkitError
+
+    sub = tmp_path / "calibration" / "threads"
+    sub.mkdir(parents=True)
+    (sub / "manifest.json").write_text(json.dumps({"config": {"identity": {"model_spec": "tiny"}}}))
+    opts = GenerateOptions(prompts_file="p.txt", threads=1)
+    with _pytest.raises(EvalkitError, match=r"did not record threads=1 .* delete .*calibration/threads"):
+        _refuse_unrecorded_knobs(sub, opts)
+    _refuse_unrecorded_knobs(sub, GenerateOptions(prompts_file="p.txt"))  # no knob set: nothing to refuse
+    (sub / "manifest.json").write_text(json.dumps({"config": {"identity": {"threads": 1}}}))
+    _refuse_unrecorded_knobs(sub, opts)  # recorded: prepare_run compares it like any identity key
+
+
+def test_perturbation_knobs_become_the_sub_run_s_options(tmp_path: Path) -> None:
+    from evalkit.prompts import load_prompts
+
+    src = tmp_path / "src.txt"
+    src.write_text(THREE_PROMPTS, encoding="utf-8")
+    entries = [{"index": i, "id": q.id, "text": q.text, "seed": q.seed} for i, q in enumerate(load_prompts(src))]
+    manifest = {"reference_backend": "bf16", "prompts": entries, "config": {"device": "cpu", "options": {
+        "prompts_file": "p.txt", "model": "tiny", "seed": 0, "tf32": False}}}
+    opts = _generate_options(manifest, tmp_path / "t", "bf16", Perturbation("t", "t", intra_op_threads=3))
+    assert (opts.threads, opts.tf32, opts.sdpa_backend) == (3, False, None)  # the run's own tf32 is kept
+    manifest["config"]["options"]["heigth"] = 64  # a field this evalkit does not know is refused, never dropped
+    with pytest.raises(Exception, match="unknown option\\(s\\) heigth"):
+        _generate_options(manifest, tmp_path / "t", "bf16", Perturbation("t", "t"))

@@ -1,12 +1,14 @@
-"""The generate worker's numerics knobs (EVALKIT_THREADS / EVALKIT_TF32 / EVALKIT_SDPA_BACKEND): applied, stated
-as in force, and refused when not understood (a calibration must never run under settings it did not ask for)."""
+"""The generate worker's numerics knobs (--threads / --tf32 / --sdpa-backend, read from the manifest's
+config.numerics and the unit file): applied, stated as in force, and refused when not understood (a calibration must
+never run under settings it did not ask for)."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from evalkit.generate.worker.run import apply_numerics, numerics_state, restore_numerics, sdpa_context
+from evalkit.generate.worker.run import (apply_numerics, numerics_state, requested_numerics, restore_numerics,
+                                         sdpa_context)
 
 
 @pytest.fixture(autouse=True)
@@ -19,11 +21,8 @@ def restore_torch_state():
     torch.backends.cuda.matmul.allow_tf32 = tf32
 
 
-def test_knobs_are_applied_and_stated(monkeypatch) -> None:
-    monkeypatch.setenv("EVALKIT_THREADS", "1")
-    monkeypatch.setenv("EVALKIT_TF32", "1")
-    monkeypatch.setenv("EVALKIT_SDPA_BACKEND", "math")
-    got = apply_numerics(torch)
+def test_knobs_are_applied_and_stated() -> None:
+    got = apply_numerics(torch, {"threads": 1, "tf32": True, "sdpa_backend": "math"})
     assert got == {"intra_op_threads": 1, "tf32_matmul": True, "sdpa_backend": "math"}
     assert torch.get_num_threads() == 1
     # Seeded: the math kernel and the CPU default differ in the last bits, by an amount that depends on the input.
@@ -33,12 +32,26 @@ def test_knobs_are_applied_and_stated(monkeypatch) -> None:
     assert torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, q, q), atol=1e-6)
 
 
-@pytest.mark.parametrize("var,value", [("EVALKIT_THREADS", "0"), ("EVALKIT_THREADS", "two"), ("EVALKIT_TF32", "yes"),
-                                       ("EVALKIT_SDPA_BACKEND", "fastest")])
-def test_knob_not_understood_is_an_error(monkeypatch, var: str, value: str) -> None:
-    monkeypatch.setenv(var, value)
-    with pytest.raises(ValueError, match=var):
-        apply_numerics(torch)
+def test_nothing_asked_changes_nothing() -> None:
+    before = torch.get_num_threads()
+    assert apply_numerics(torch, {}) == {"intra_op_threads": before, "tf32_matmul": False, "sdpa_backend": None}
+
+
+@pytest.mark.parametrize("asked,name", [({"threads": 0}, "threads"), ({"threads": "two"}, "threads"),
+                                        ({"threads": True}, "threads"), ({"tf32": "yes"}, "tf32"),
+                                        ({"sdpa_backend": "fastest"}, "sdpa_backend"), ({"fast": 1}, "fast")])
+def test_knob_not_understood_is_an_error(asked: dict, name: str) -> None:
+    with pytest.raises(ValueError, match=name):
+        apply_numerics(torch, asked)
+
+
+def test_the_unit_files_thread_count_is_the_rank_s_word() -> None:
+    """The manifest holds what the command asked for; a rank writes into each unit file the threads its worker uses
+    (--threads, or its share of the machine's cores), and that wins."""
+    cfg = {"numerics": {"threads": 3, "tf32": False}}
+    assert requested_numerics(cfg, None) == {"threads": 3, "tf32": False}
+    assert requested_numerics(cfg, {"threads": 2}) == {"threads": 2, "tf32": False}
+    assert requested_numerics({}, {"threads": None}) == {}
 
 
 def test_what_loading_changed_is_put_back_and_stated() -> None:

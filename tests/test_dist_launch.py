@@ -2,27 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict
-
 import pytest
 
 from conftest import run_evalkit
-from evalkit.cli import build_parser
-from evalkit.generate.cli import local_ranks_wanted, options_argv, options_from_args
+from evalkit.generate.launch import local_ranks_wanted
 from evalkit.generate.stage import GenerateOptions
 from evalkit.io import read_json
-
-
-def test_api_options_become_the_same_command_line() -> None:
-    opts = GenerateOptions(prompts_file="p.txt", model="tiny", backends="bf16,fp8-layerwise", out="/tmp/r",
-                           height=32, width=48, steps=3, guidance=2.5, max_sequence_length=64, batch_size=2, seed=7,
-                           prompt_column="caption", warmup=0, components=["transformer", "text_encoder_2"],
-                           config_file="c.toml", gguf_file="g.gguf", attempt_known_failures=True, break_lock=True,
-                           lock_timeout=3.0, max_images=9, schedule="backends")
-    back = options_from_args(build_parser().parse_args(options_argv(opts)))
-    drop = ("command",)
-    assert {k: v for k, v in asdict(back).items() if k not in drop} == \
-        {k: v for k, v in asdict(opts).items() if k not in drop}
 
 
 def test_ranks_wanted_by_gpus_and_jobs(monkeypatch) -> None:

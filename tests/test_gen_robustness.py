@@ -92,8 +92,8 @@ def test_failed_validation_leaves_no_forkserver(tmp_path: Path, three_prompts: P
     started: list[int] = []
     real_start = spawn.start_forkserver
 
-    def start_and_note() -> None:
-        real_start()
+    def start_and_note(*args: object) -> None:  # the stage passes the model family whose modules to preload
+        real_start(*args)
         pid = spawn.forkserver_pid()
         if pid:
             started.append(pid)

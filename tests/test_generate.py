@@ -137,15 +137,30 @@ def test_resume_after_sigkill(tiny_run: Path, three_prompts: Path, tmp_path: Pat
 
 
 def test_worker_whose_forkserver_initialized_cuda_is_rerun_in_a_fresh_interpreter(
-        tiny_run: Path, three_prompts: Path, tmp_path: Path) -> None:
+        tiny_run: Path, three_prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """On the H100, a library imported by the forkserver initialized CUDA and every forked worker failed with
     'Cannot re-initialize CUDA in forked subprocess'. A worker that finds itself in such a fork exits with a
-    distinct status and the stage reruns it, and every later backend, as a subprocess. Simulated here (no GPU)."""
+    distinct status and the stage reruns it, and every later backend, as a subprocess. Simulated here (no GPU): the
+    forkserver also preloads tests/poisoned_fork.py, which makes its forks report a poisoned CUDA."""
+    import io
+
+    from rich.console import Console
+
+    import evalkit.generate.spawn as spawn
+    import evalkit.generate.worker.run as worker_run
+    from evalkit.generate.stage import GenerateOptions, run_generate
+
+    preload = worker_run.preload_modules
+    monkeypatch.setattr(worker_run, "preload_modules", lambda *a: (*preload(*a), "poisoned_fork"))
+    monkeypatch.setattr(spawn, "_FORK_POISONED", False)  # restored after the test: later runs fork again
+    monkeypatch.setenv("EVALKIT_WORKER_MODE", "forkserver")
+    # the forkserver is a fresh interpreter: this is how it finds tests/poisoned_fork.py (Python 3.11 ignores the
+    # sys.path multiprocessing hands it)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
     out = tmp_path / "poisoned"
-    r = run_evalkit("generate", str(three_prompts), "--model", "tiny", "--height", "64", "--width", "64",
-                    "--backends", "bf16,fp8-layerwise", "--out", str(out),
-                    env={"EVALKIT_SIMULATE_POISONED_FORK": "1", "EVALKIT_WORKER_MODE": "forkserver"})
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_generate(GenerateOptions(prompts_file=str(three_prompts), model="tiny", height=64, width=64,
+                                 backends="bf16,fp8-layerwise", out=str(out)), console=Console(file=io.StringIO()))
+    assert spawn._FORK_POISONED
     for b in ("bf16", "fp8-layerwise"):
         assert read_json(out / "generation" / f"{b}.json")["status"] == "ok", b
     # The first backend was tried forked, then rerun; the second went straight to a subprocess.

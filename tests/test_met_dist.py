@@ -20,7 +20,7 @@ import pytest
 
 from conftest import REPO, run_evalkit
 from evalkit.score.common import PlainProgress
-from evalkit.score.distributed import FAIL_RANK_ENV, assign_chunks
+from evalkit.score.distributed import assign_chunks
 
 # KID needs 10 images per set; 64x64 keeps the tiny model fast. Two batch-size-2 chunks of 4 per backend and a
 # leftover chunk: both the round-robin and the leftover deal are exercised.
@@ -116,12 +116,28 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
+# Rank 1's scoring raises as soon as its share starts: the test wraps the CLI, production code has no switch for it.
+FAILING_RANK = """
+import os, sys
+import evalkit.score.stage as stage
+from evalkit.cli import main
+from evalkit.errors import EvalkitError
+
+def fail(*args, **kwargs):
+    raise EvalkitError("this rank fails on purpose")
+
+if os.environ["RANK"] == "1":
+    stage.run_work = fail  # what evalkit.score.distributed.compute_share runs for the rank's share
+sys.exit(main(sys.argv[1:]))
+"""
+
+
 def test_a_failing_rank_stops_every_rank_quickly(run10: Path, tmp_path: Path) -> None:
     """Two ranks started by hand (not torchrun, which would also kill the survivor): each must exit on its own."""
     run = _copy(run10, tmp_path / "run")
     base = {**os.environ, **ENV, "WORLD_SIZE": "2", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "127.0.0.1",
-            "MASTER_PORT": str(_free_port()), FAIL_RANK_ENV: "1"}
-    procs = [subprocess.Popen([sys.executable, "-m", "evalkit", "score", str(run), *SCORE_ARGS], cwd=REPO,
+            "MASTER_PORT": str(_free_port())}
+    procs = [subprocess.Popen([sys.executable, "-c", FAILING_RANK, "score", str(run), *SCORE_ARGS], cwd=REPO,
                               env={**base, "RANK": str(r), "LOCAL_RANK": str(r)}, text=True,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE) for r in (0, 1)]
     t0 = time.monotonic()

@@ -106,12 +106,12 @@ def test_collectives_over_two_gloo_ranks(tmp_path: Path) -> None:
 def test_backend_workers_get_no_launcher_variables(monkeypatch: pytest.MonkeyPatch) -> None:
     """A worker is one process on one GPU, not a rank. On 2 H200s (2026-11-29) a worker that inherited torchrun's
     LOCAL_RANK=1 had transformers load onto cuda:1 while it saw a single GPU: 'invalid device ordinal'."""
-    from evalkit.generate.stage import GenerateOptions, _worker_env
+    from evalkit.generate.ranks import worker_env
 
     for k, v in {"RANK": "1", "WORLD_SIZE": "2", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2", "MASTER_ADDR": "h",
                  "MASTER_PORT": "29500", "TORCHELASTIC_RUN_ID": "x", "SLURM_PROCID": "1", "KEEP_ME": "yes"}.items():
         monkeypatch.setenv(k, v)
-    env = _worker_env(GenerateOptions(prompts_file="p.txt"), "3", "cuda", local_ranks=2)
+    env = worker_env("3")
     assert env["CUDA_VISIBLE_DEVICES"] == "3" and env["KEEP_ME"] == "yes"
     leaked = {k for k in env if k in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "MASTER_ADDR",
                                       "MASTER_PORT", "SLURM_PROCID") or k.startswith("TORCHELASTIC_")}

@@ -2,8 +2,8 @@
 
 A perturbation changes how the reference backend computes, never what it computes: batch shape, intra-op thread
 count, attention kernel, TF32 matmul, torch.compile. The generate stage's worker applies them (batch size through
-the generation settings, the rest through EVALKIT_THREADS / EVALKIT_TF32 / EVALKIT_SDPA_BACKEND, see
-evalkit/generate/worker/run.py apply_numerics) and its record states what was in force (`numerics`).
+the generation settings, the rest through the generate options --threads / --tf32 / --sdpa-backend of the
+sub-run, see evalkit/generate/worker/run.py apply_numerics) and its record states what was in force (`numerics`).
 
 Selected by name in `evalkit calibrate --config FILE.toml`:
 
@@ -21,10 +21,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from evalkit.io import read_toml
 from evalkit.errors import EvalkitError, suggest
-
-SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")  # worker.SDPA_BACKENDS; validated again by the worker
+from evalkit.generate.options import SDPA_BACKENDS
+from evalkit.io import read_toml
 
 
 @dataclass(frozen=True)
@@ -44,17 +43,6 @@ class Perturbation:
         """The knobs this perturbation sets (what calibration.json records as its exact settings)."""
         return {k: v for k, v in asdict(self).items()
                 if k not in ("name", "description", "devices") and v not in (None, False)}
-
-    def environment(self) -> dict[str, str]:
-        """The worker's environment variables for these settings."""
-        env: dict[str, str] = {}
-        if self.intra_op_threads is not None:
-            env["EVALKIT_THREADS"] = str(self.intra_op_threads)
-        if self.tf32_matmul is not None:
-            env["EVALKIT_TF32"] = "1" if self.tf32_matmul else "0"
-        if self.sdpa_backend is not None:
-            env["EVALKIT_SDPA_BACKEND"] = self.sdpa_backend
-        return env
 
 
 def _other_thread_count() -> int:

@@ -1,139 +1,29 @@
-"""CLI for the generate stage and `evalkit backends`. Imports nothing heavy at module level."""
+"""CLI for the generate stage and `evalkit backends`. Imports nothing heavy at module level: the options are
+declared in evalkit/generate/options.py, the launch code is in evalkit/generate/launch.py."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from evalkit.generate.stage import GenerateOptions
+from evalkit.generate.options import GenerateOptions
 
 
 def add_generate_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("prompts", help="prompts file: one prompt a line, '#' comments and blank lines ignored, UTF-8")
-    p.add_argument("--model", default="black-forest-labs/FLUX.1-dev",
-                   help="Hugging Face id (from the local cache only; default %(default)s), a local diffusers "
-                        "directory, 'tiny' (embedded tiny Flux, CPU-friendly) or 'random:flux-dev' (full-size "
-                        "architecture, random weights: memory/latency only)")
-    p.add_argument("--backends", default="default",
-                   help="comma-separated backend names with optional +compile/+offload/+group-offload modifiers; "
-                        "'default' = every registered backend, 'seed' = the seed study's set; bf16 is always "
-                        "included (see `evalkit backends`)")
-    p.add_argument("--out", help="run directory (default: reports/<model>-<prompts>-<settings hash>; rerunning "
-                                 "the same command resumes it)")
-    p.add_argument("--reports-dir", default="reports", help="parent of auto-named run directories (default %(default)s)")
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-    g = p.add_argument_group("generation settings (defaults: the seed study's for real Flux; small ones for tiny)")
-    g.add_argument("--height", type=int)
-    g.add_argument("--width", type=int)
-    g.add_argument("--steps", type=int, help="num_inference_steps")
-    g.add_argument("--guidance", type=float, help="guidance_scale")
-    g.add_argument("--max-sequence-length", type=int, help="T5 tokens (Flux default 512)")
-    g.add_argument("--batch-size", type=int, default=1)
-    g.add_argument("--seed", type=int, default=0, help="base seed; each prompt's seed derives from it and the prompt text")
-    g.add_argument("--prompt-column", metavar="NAME",
-                   help="column/field holding the prompt in a .csv/.tsv/.jsonl/.json prompt set "
-                        "(default: the first of prompt, prompts, text, caption; a 'category' column is kept)")
-    g.add_argument("--warmup", type=int, default=1, help="warm-up generations excluded from latency (default 1)")
-    q = p.add_argument_group("quantization")
-    q.add_argument("--components", help="what quantizing backends quantize: transformer, text_encoder_2, or both "
-                                        "(comma-separated); default per backend, as in the seed study")
-    q.add_argument("--config", dest="config_file", help="TOML with per-backend options, e.g. [backends.bnb-8bit] llm_int8_threshold = 5.0, and +compile "
-                        "settings: [compile] preset = \"regional\"|\"whole\"|\"seed\", mode, fullgraph, dynamic, "
-                        "component, regional (per backend: [backends.NAME.compile])")
-    q.add_argument("--gguf-file", help="a pre-quantized GGUF transformer for the gguf-* backends (else evalkit makes one)")
-    q.add_argument("--plugin", dest="plugins", action="append", metavar="FILE.py",
-                   help="a Python file registering your own quantization library and backends, model family or "
-                        "metric (repeatable; docs/plugins.md); installed plugins load through entry points")
-    q.add_argument("--attempt-known-failures", action="store_true",
-                   help="try backend/modifier pairs known to fail instead of recording them as failed")
-    x = p.add_argument_group("execution")
-    x.add_argument("--jobs", type=int, default=1,
-                   help="CPU only: run N ranks on this machine (torchrun underneath), sharing the cores; the work "
-                        "is split as --schedule says (latency then shares cores)")
-    x.add_argument("--gpus", help="comma-separated GPU indices: one rank per GPU on this machine (torchrun "
-                                  "underneath); under torchrun/accelerate/srun each rank takes its own GPU instead")
-    x.add_argument("--no-reference", dest="include_reference", action="store_false",
-                   help="generate only the backends named (calibration's bf16+compile sub-run); score needs the "
-                        "reference, so a normal run never uses this")
-    x.add_argument("--schedule", choices=["auto", "prompts", "backends"], default="auto",
-                   help="how work units are chosen over ranks: whole backends to ranks, every backend split over "
-                        "all ranks, or auto (the split with the smallest estimated wall time, fixed costs "
-                        "counted; default)")
-    x.add_argument("--max-images", type=int, help="refuse (exit 2) a command that would generate more images than "
-                                                  "this; studies over 2000 images print their size and an estimate")
-    x.add_argument("--lock-timeout", type=float, default=0.0, metavar="SECONDS",
-                   help="wait this long for another evalkit process writing the same run directory (default: refuse)")
-    x.add_argument("--break-lock", action="store_true",
-                   help="remove a run directory's lock left by a process that is gone (e.g. on another host)")
+    GenerateOptions.add_arguments(p)
 
 
 def options_from_args(args: argparse.Namespace) -> GenerateOptions:
-    from evalkit.generate.stage import GenerateOptions
-
-    return GenerateOptions(
-        prompts_file=args.prompts, model=args.model, backends=args.backends, out=args.out, reports_dir=args.reports_dir,
-        device=args.device, height=args.height, width=args.width, steps=args.steps, guidance=args.guidance,
-        max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, prompt_column=args.prompt_column, warmup=args.warmup,
-        components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
-        config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs, plugins=list(args.plugins or []),
-        gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
-        attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
-        max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
-        schedule=getattr(args, "schedule", "auto"), include_reference=getattr(args, "include_reference", True),
-    )
-
-
-def local_ranks_wanted(opts: GenerateOptions) -> int:
-    """How many ranks `--gpus`/`--jobs` ask for on this machine; 1 inside a launched world (the launcher decided)."""
-    import evalkit.dist as dist
-
-    if dist.launched() or dist.world().distributed:
-        return 1
-    return len(opts.gpus) if opts.gpus else max(1, opts.jobs)
-
-
-def launch_ranks(argv: list[str], opts: GenerateOptions, n: int) -> int:
-    """`--gpus`/`--jobs` as a thin launcher: torchrun --standalone with n ranks running `evalkit <argv>`."""
-    import os
-
-    import evalkit.dist as dist
-
-    threads = None if opts.gpus else max(1, (os.cpu_count() or 1) // n)
-    print(f"evalkit: starting {n} ranks on this machine (torchrun --standalone"
-          f"{', GPUs ' + ','.join(opts.gpus) if opts.gpus else ''})", file=sys.stderr, flush=True)
-    return dist.launch_local(argv, n, gpus=opts.gpus or None, threads_per_rank=threads)
-
-
-def options_argv(opts: GenerateOptions) -> list[str]:
-    """The `evalkit generate` command line that asks for `opts` (the API's `gpus=`/`jobs=` launch ranks with it)."""
-    argv = ["generate", opts.prompts_file, "--model", opts.model, "--reports-dir", opts.reports_dir,
-            "--device", opts.device, "--batch-size", str(opts.batch_size), "--seed", str(opts.seed),
-            "--warmup", str(opts.warmup), "--schedule", opts.schedule, "--lock-timeout", str(opts.lock_timeout)]
-    for flag, value in (("--backends", opts.backends), ("--out", opts.out), ("--height", opts.height),
-                        ("--width", opts.width), ("--steps", opts.steps), ("--guidance", opts.guidance),
-                        ("--max-sequence-length", opts.max_sequence_length), ("--prompt-column", opts.prompt_column),
-                        ("--components", ",".join(opts.components) if opts.components else None),
-                        ("--config", opts.config_file), ("--gguf-file", opts.gguf_file),
-                        ("--max-images", opts.max_images)):
-        if value is not None:
-            argv += [flag, str(value)]
-    for plugin in opts.plugins:
-        argv += ["--plugin", plugin]
-    for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock),
-                     ("--no-reference", not opts.include_reference)):
-        if on:
-            argv.append(flag)
-    return argv
+    return GenerateOptions.from_args(args, command=["evalkit", *sys.argv[1:]])
 
 
 def generate_main(args: argparse.Namespace) -> int:
+    from evalkit.generate.launch import launch_ranks, local_ranks_wanted
     from evalkit.generate.stage import run_generate
+    from evalkit.generate.uptodate import unchanged_run
 
     opts = options_from_args(args)
-    from evalkit.generate.uptodate import unchanged_run
 
     done = unchanged_run(opts)  # an unchanged rerun: no torch import, no manifest rewrite, no ranks started
     n = local_ranks_wanted(opts)
@@ -189,7 +79,7 @@ def merge_main(args: argparse.Namespace) -> int:
 
 def add_backends_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="the device to judge runnability for (default: cuda if available)")
+                   help="the device to judge runnability for (auto: cuda if available)")
     p.add_argument("--model", help="judge for this model's family: tiny[:FAMILY], random:VARIANT, a hub id or a "
                                    "directory (default: the default family, FLUX.1); see `evalkit models`")
     p.add_argument("--json", action="store_true", help="machine-readable output")

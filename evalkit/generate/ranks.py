@@ -21,14 +21,17 @@ import signal
 import socket
 import sys
 import threading
-import time
 from typing import Any, Callable, Iterator
 
 import evalkit.dist as dist
 from evalkit.errors import EvalkitError
+from evalkit.generate.console import print_generation_table, write_error
+from evalkit.generate.options import GenerateOptions
 from evalkit.generate.plan import LARGE_STUDY_IMAGES
+from evalkit.generate.prepare import prepare_run
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import RunDir, write_summary
+from evalkit.timeutil import utc_now
 
 
 class MergeIncomplete(EvalkitError):
@@ -62,7 +65,7 @@ def _lock_token(rd: RunDir) -> str | None:
     return holder.get("token") if holder else None
 
 
-def plan_and_share(opts: Any, lock: contextlib.ExitStack, console: Any,
+def plan_and_share(opts: GenerateOptions, lock: contextlib.ExitStack, console: Any,
                    start_early: Callable[[], None]) -> tuple[RunDir, dict[str, Any]]:
     """Steps 1 and 2 of the module docstring; returns the run directory and its manifest on every rank."""
     w = dist.world()
@@ -93,11 +96,11 @@ def plan_and_share(opts: Any, lock: contextlib.ExitStack, console: Any,
     return rd, manifest
 
 
-def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Callable[[], None]) -> dict[str, Any]:
+def _plan(opts: GenerateOptions, lock: contextlib.ExitStack, console: Any,
+          start_early: Callable[[], None]) -> dict[str, Any]:
     from evalkit.generate.plan import describe_plan, plan_work
     from evalkit.generate.schedule import describe, make_schedule
     from evalkit.generate.spawn import write_unrun_record
-    from evalkit.generate.stage import _write_error, prepare_run
 
     w = dist.world()
     rd, manifest, specs = prepare_run(opts, lock, on_validated=start_early)
@@ -106,13 +109,16 @@ def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Call
                   f"{manifest['generation']['height']}x{manifest['generation']['width']} "
                   f"steps={manifest['generation']['num_inference_steps']} prompts={len(manifest['prompts'])} "
                   f"backends={len(specs)} ranks={w.world_size} -> {rd.root}")
+    note = held_backends_note(opts, [s.name for s in specs])
+    if note:
+        console.print(note, markup=False, highlight=False)
     requested = tuple(opts.components) if opts.components else None
     work = plan_work(rd, manifest, specs, requested, opts.attempt_known_failures)
     try:
         for spec, status, reason in work.unrun:
             write_unrun_record(rd, spec, status, reason)
     except OSError as e:
-        raise _write_error(e) from None
+        raise write_error(e) from None
     for name, (_rec, problems) in work.repairs.items():
         first = next(iter(problems.values()))
         console.print(f"{name}: regenerating {len(problems)} image(s) that changed since they were recorded "
@@ -122,7 +128,7 @@ def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Call
             with open(rd.log(name), "a", encoding="utf-8") as log:
                 log.writelines(f"regenerating {pid}: {why}\n" for pid, why in problems.items())
         except OSError as e:
-            raise _write_error(e) from None
+            raise write_error(e) from None
     if work.images > LARGE_STUDY_IMAGES:
         console.print(describe_plan(work, rd, manifest))
     costs = unit_costs(rd, manifest, list(work.missing))
@@ -137,7 +143,7 @@ def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Call
     try:
         atomic_write_json(rd.manifest, manifest)
     except OSError as e:
-        raise _write_error(e) from None
+        raise write_error(e) from None
     return {"root": str(rd.root), "token": _lock_token(rd), "schedule": schedule.to_json()}
 
 
@@ -161,7 +167,7 @@ def unit_costs(rd: RunDir, manifest: dict[str, Any], backends: list[str]) -> dic
     return out
 
 
-def run_and_merge(opts: Any, rd: RunDir, manifest: dict[str, Any], console: Any) -> None:
+def run_and_merge(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], console: Any) -> None:
     """Steps 3 and 4 of the module docstring."""
     from evalkit.generate.schedule import Schedule
 
@@ -198,28 +204,27 @@ def run_and_merge(opts: Any, rd: RunDir, manifest: dict[str, Any], console: Any)
 def merge_and_summarize(rd: RunDir, console: Any) -> list[str]:
     """Merge the shards, rebuild summary.json and print the generation table; returns the merge's problems."""
     from evalkit.generate.merge import merge_run
-    from evalkit.generate.stage import _print_summary, _write_error
 
     try:
         result = merge_run(rd)
         summary = write_summary(rd.root)
     except OSError as e:
-        raise _write_error(e) from None
-    _print_summary(console, summary)
+        raise write_error(e) from None
+    print_generation_table(console, summary)
     return result.problems  # the caller says them, once, as plain lines (rich would wrap the file names)
 
 
-def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any], console: Any) -> None:
+def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], units: list[Any], console: Any) -> None:
     from evalkit.quantizers.registry import parse_backend
     from evalkit.generate.spawn import run_worker_process
-    from evalkit.generate.stage import _worker_env, _write_error
 
     w = dist.world()
     device = manifest["config"]["device"]
     gpu = dist.local_gpu() if device == "cuda" else None
     if gpu is None and device == "cuda" and len(opts.gpus) == 1:
         gpu = opts.gpus[0]
-    env = _worker_env(opts, gpu, device, w.local_world_size)
+    env = worker_env(gpu)
+    threads = worker_threads(manifest, device, max(opts.jobs, w.local_world_size))
     tag = w.tag()
     plain = not sys.stderr.isatty()
     with contextlib.ExitStack() as stack:
@@ -242,8 +247,7 @@ def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any]
                 atomic_write_json(rd.shard_unit(unit.backend, tag), {
                     "schema": "evalkit.unit/1", "backend": unit.backend, "tag": tag, "rank": w.rank,
                     "world_size": w.world_size, "host": shard["host"], "pid": os.getpid(),
-                    "prompt_ids": list(unit.prompt_ids),
-                    "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())})
+                    "prompt_ids": list(unit.prompt_ids), "threads": threads, "created_utc": utc_now()})
                 sink = _event_sink(bars, tasks.get(unit.backend), w, unit)
                 seen: list[str] = []
 
@@ -256,7 +260,52 @@ def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any]
                     rec = read_json(rd.shard_record(unit.backend, tag)) if rd.shard_record(unit.backend, tag).exists() else {}
                     sink({"event": "done", "status": rec.get("status", "failed"), "reason": rec.get("reason")})
             except OSError as e:  # the rank could not even write its unit or failed record: disk full, read-only
-                raise _write_error(e) from None
+                raise write_error(e) from None
+
+
+def held_backends_note(opts: GenerateOptions, backends: list[str]) -> str | None:
+    """When the run directory already held backends this command did not ask for: say so, since every table that
+    follows (and score, and the report) covers all of them."""
+    from evalkit.quantizers.registry import parse_backend_list
+
+    asked = {s.name for s in parse_backend_list(opts.backends, opts.include_reference)}
+    held = [b for b in backends if b not in asked]
+    if not held:
+        return None
+    return (f"this run directory already holds backends {', '.join(held)}; it now has {len(backends)} "
+            f"(the {len(asked)} asked for and those)")
+
+
+# Set by torchrun / accelerate / srun for a rank (evalkit.dist reads them); never passed on to a backend worker.
+LAUNCHER_VARIABLES = frozenset({"RANK", "WORLD_SIZE", "LOCAL_RANK", "LOCAL_WORLD_SIZE", "GROUP_RANK", "GROUP_WORLD_SIZE",
+                                "ROLE_RANK", "ROLE_WORLD_SIZE", "ROLE_NAME", "MASTER_ADDR", "MASTER_PORT",
+                                "SLURM_PROCID", "SLURM_LOCALID", "SLURM_NTASKS", "SLURM_STEP_ID", "SLURM_STEPID",
+                                "ACCELERATE_DYNAMO_BACKEND", "ACCELERATE_MIXED_PRECISION"})
+
+
+def worker_env(gpu: str | None) -> dict[str, str]:
+    """The environment of this rank's backend workers: this process's, without the launcher's variables."""
+    # A worker is one process on one device, not a rank: the launcher's variables would make libraries act on them
+    # (transformers' loading picked cuda:LOCAL_RANK in a worker that sees one GPU: "invalid device ordinal" on rank 1).
+    env = {k: v for k, v in os.environ.items() if k not in LAUNCHER_VARIABLES and not k.startswith("TORCHELASTIC_")}
+    env.setdefault("HF_HUB_OFFLINE", "1")  # workers never reach for the hub
+    env["PYTHONUNBUFFERED"] = "1"
+    env["EVALKIT_PARENT_PID"] = str(os.getpid())  # a subprocess worker checks it still has this parent
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    return env
+
+
+def worker_threads(manifest: dict[str, Any], device: str, local_workers: int) -> int | None:
+    """The intra-op threads this rank's workers use, written to each unit file (the worker reads it there):
+    --threads, else on CPU with several workers on this machine at once its cores shared among them (they would
+    oversubscribe them), else None (torch's default)."""
+    asked = ((manifest.get("config") or {}).get("numerics") or {}).get("threads")
+    if asked is not None:
+        return int(asked)
+    if device == "cpu" and local_workers > 1:
+        return max(1, (os.cpu_count() or 1) // local_workers)
+    return None
 
 
 def _event_sink(bars: Any, task: Any, w: dist.World, unit: Any) -> Callable[[dict[str, Any]], None]:

@@ -14,7 +14,6 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +21,7 @@ from evalkit.errors import EvalkitError
 from evalkit.quantizers.registry import BackendSpec
 from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import SCHEMA_VERSION, RunDir
+from evalkit.timeutil import utc_now
 
 
 def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str, tag: str | None = None,
@@ -71,7 +71,7 @@ def _write_unrun(path: Path, rd: RunDir, spec: BackendSpec, status: str, reason:
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": status, "reason": reason, "error": None,
         "recipe": spec.recipe(_user_options(rd, spec)),
         "images": [], "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_utc": utc_now(),
     })
 
 
@@ -239,7 +239,7 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
         # A stale record from an earlier attempt must not stand in for this attempt's outcome.
         rec_path.unlink(missing_ok=True)
     with open(rd.log(spec.name), "ab") as log:
-        log.write(f"\n=== {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())} worker for {spec.name}"
+        log.write(f"\n=== {utc_now()} worker for {spec.name}"
                   f"{' unit ' + tag if tag else ''} ===\n".encode())
     rc = _spawn(rd, spec, env, on_event, tag)
     if rc != 0:

@@ -9,16 +9,13 @@ and the stage then runs as before: the fast path can only skip work that the ful
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from evalkit.version import __version__
 from evalkit.errors import EvalkitError
+from evalkit.generate.options import GenerateOptions, run_id_prefix
 from evalkit.io import read_json, sha256_file
-
-if TYPE_CHECKING:
-    from evalkit.generate.stage import GenerateOptions
 
 
 # Options that say how the work is spread, not what it produces: a rerun with another --jobs/--gpus/--schedule (or
@@ -40,14 +37,23 @@ def _device_without_torch(requested: str) -> str | None:
     return None  # CUDA: whether torch can use it takes torch to say
 
 
-def _candidates(opts: GenerateOptions) -> list[Path]:
-    from evalkit.generate.stage import _slug
-
+def run_dir_candidates(opts: GenerateOptions) -> list[Path]:
+    """The run directories this command may reopen: --out, else the auto-named ones for its model and prompts
+    (under either name a prompt set's runs have had, evalkit.generate.prepare.run_root)."""
     if opts.out:
         return [Path(opts.out)]
-    prefix = f"{_slug(opts.model)}-{_slug(Path(opts.prompts_file).stem)}-"
     parent = Path(opts.reports_dir)
-    return sorted(p for p in parent.glob(prefix + "*") if p.is_dir()) if parent.is_dir() else []
+    if not parent.is_dir():
+        return []
+    prefixes = {run_id_prefix(opts.model, opts.prompts_file), run_id_prefix(opts.model, opts.prompts_file, True)}
+    # the settings hash is the rest of the name: 8 hex digits (a longer tail is another prompts file's name)
+    return sorted(p for prefix in prefixes for p in parent.glob(prefix + "*")
+                  if p.is_dir() and len(p.name) == len(prefix) + 8)
+
+
+def _comparable(options: dict[str, Any]) -> Any:
+    """A manifest's options as this evalkit reads them, without those that only say how the work is spread."""
+    return _normal({k: v for k, v in options.items() if k not in EXECUTION_ONLY})
 
 
 def unchanged_run(opts: GenerateOptions) -> Path | None:
@@ -58,8 +64,8 @@ def unchanged_run(opts: GenerateOptions) -> Path | None:
         if device is None:
             return None
         prompts_sha = sha256_file(opts.prompts_file)
-        options = _normal({k: v for k, v in asdict(opts).items() if k not in EXECUTION_ONLY})
-        for root in _candidates(opts):
+        options = _comparable(opts.to_manifest())
+        for root in run_dir_candidates(opts):
             if _is_done(root, opts, options, prompts_sha, device):
                 return root
     except (EvalkitError, OSError, KeyError, TypeError, ValueError):
@@ -70,7 +76,7 @@ def unchanged_run(opts: GenerateOptions) -> Path | None:
 def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, device: str) -> bool:
     from evalkit.quantizers.registry import parse_backend_list
     from evalkit.generate.plan import finished_record, plan_work
-    from evalkit.generate.stage import _all_specs, load_config, package_versions
+    from evalkit.generate.prepare import all_specs, load_config, package_versions
     from evalkit.rundir import RunDir
 
     rd = RunDir(root)
@@ -83,7 +89,8 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     config = manifest.get("config") or {}
     if (manifest.get("evalkit_version") != __version__ or manifest.get("prompts_sha256") != prompts_sha
             or config.get("device") != device
-            or _normal({k: v for k, v in (config.get("options") or {}).items() if k not in EXECUTION_ONLY}) != options):
+            or _comparable(GenerateOptions.from_manifest(config.get("options"), "manifest.json: config.options")
+                           .to_manifest()) != options):
         return False
     backend_options, compile_config = load_config(opts.config_file)
     if _normal(backend_options) != _normal(config.get("backend_options")) or \
@@ -102,7 +109,7 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     if any(s.name not in names for s in parse_backend_list(opts.backends, opts.include_reference)):
         return False
     requested = tuple(opts.components) if opts.components else None
-    plan = plan_work(rd, manifest, _all_specs(names), requested, opts.attempt_known_failures)
+    plan = plan_work(rd, manifest, all_specs(names), requested, opts.attempt_known_failures)
     if plan.todo or plan.repairs:
         return False
     for spec, status, reason in plan.unrun:  # skipped backends: the same record, or the stage rewrites it

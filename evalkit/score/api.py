@@ -12,13 +12,16 @@ as lossless PNGs to a temporary folder, decoded by evalkit.score.decode's rules 
 
 from __future__ import annotations
 
+import inspect
 import os
 import tempfile
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from evalkit.errors import EvalkitError
+from evalkit.options import api_doc, api_signature
+from evalkit.score.options import ScoreOptions
 
 __all__ = ["compare_images", "compute_fid", "compute_kid", "score"]
 
@@ -98,12 +101,7 @@ def compute_kid(reference: Any, candidate: Any, device: str | None = None, *, wo
     return _set_metric("kid", reference, candidate, device, workers, weights_dir, "auto")
 
 
-def score(run_dir: str | os.PathLike[str], *, metrics: str | Sequence[str] | None = None, lpips_net: str | None = None,
-          clip_model: str | None = None, real_dir: str | os.PathLike[str] | None = None,
-          bootstrap_samples: int = 2000, workers: int | None = None, metrics_batch_size: int = 8,
-          fid_sqrt: str = "auto", no_cache: bool = False, weights_dir: str | None = None, device: str = "auto",
-          verify: bool = False, progress: bool = False,
-          metric_weights: dict[str, str] | None = None) -> dict[str, Any]:
+def score(run_dir: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     """Score a run directory in place, as `evalkit score RUN_DIR` with the same flags; returns
     {backend: {metric: record}} and writes metrics/<backend>.json, metrics/per_image.csv and summary.json.
 
@@ -128,20 +126,27 @@ def score(run_dir: str | os.PathLike[str], *, metrics: str | Sequence[str] | Non
     >>> round(res["int8"]["psnr"]["mean"], 2), res["bf16"]["psnr"]["status"]
     (48.13, 'skipped')
 
-    `metric_weights` is `--metric-weights`: {NAME: PATH} for the metrics whose weights the user supplies, e.g.
-    {"pickscore": "/models/PickScore_v1", "hps_v21": "/models/HPS_v2.1_compressed.pt"} (docs/metrics.md).
-
     Raises:
-        EvalkitError: not a run directory or a malformed record; an unknown `metric_weights` name; an image that is not the file its generation
+        EvalkitError: not a run directory or a malformed record; an image that is not the file its generation
             record describes (missing, truncated, replaced, wrong size, extra; `verify=True` re-hashes every
             file); an unknown metric; `real_dir` that is not a folder; `device="cuda"` without CUDA.
     """
     from evalkit.score.stage import score_run
 
-    return score_run(run_dir, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
-                     real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers, use_cache=not no_cache,
-                     weights_dir=weights_dir, batch_size=metrics_batch_size, fid_method=fid_sqrt, progress=progress,
-                     verify=verify, metric_weights=metric_weights)
+    if isinstance(options.get("metric_weights"), Mapping):  # {NAME: PATH}, as in docs/metrics.md
+        options["metric_weights"] = [f"{k}={v}" for k, v in options["metric_weights"].items()]
+    args = _SCORE_SIGNATURE.bind(run_dir, **options).arguments
+    progress = bool(args.pop("progress", False))
+    opts = ScoreOptions.from_api(args, "evalkit.score")
+    return score_run(opts.run_dir, progress=progress, **opts.run_kwargs())
+
+
+# The signature and the Options section are ScoreOptions' (evalkit/score/options.py): declared once.
+_SCORE_SIGNATURE = api_signature(
+    ScoreOptions, positional=("run_dir",), return_annotation="dict[str, Any]",
+    extra=[inspect.Parameter("progress", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")])
+score.__signature__ = _SCORE_SIGNATURE  # type: ignore[attr-defined]
+score.__doc__ = f"{score.__doc__}\n    " + api_doc(ScoreOptions).replace("\n", "\n    ").rstrip() + "\n"
 
 
 def _set_metric(name: str, reference: Any, candidate: Any, device: str | None, workers: int | None,

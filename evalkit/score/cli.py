@@ -8,52 +8,15 @@ import sys
 from typing import Any
 
 
-def _add_metric_options(p: argparse.ArgumentParser | Any, for_run: bool) -> None:
-    from evalkit.metrics.registry import ALIASES, DEFAULT_METRICS  # light: no torch
-    from evalkit.weights.user import USER_WEIGHTS
-
-    p.add_argument("--metrics", default=None,
-                   help=f"comma list of metrics (see docs/metrics.md), or 'all'; default: {', '.join(DEFAULT_METRICS)}. "
-                        f"'lpips' means lpips_<--lpips-net>; {', '.join(repr(a) for a in ALIASES)} are groups")
-    p.add_argument("--lpips-net", default=None, help="alex (default), vgg, or alex,vgg")
-    p.add_argument("--clip-model", default=None,
-                   help="CLIP for clip_score: a local folder, a Hugging Face id in the local cache "
-                        "(default openai/clip-vit-large-patch14), open_clip:ARCH:/path/to/ckpt, or open_clip:/path/to/folder")
-    p.add_argument("--metric-weights", action="append", default=None, metavar="NAME=PATH",
-                   help="weights a metric needs and evalkit cannot fetch (repeatable); NAME: "
-                        + "; ".join(f"{s.id} ({s.needed_by}): {s.expects}" for s in USER_WEIGHTS.values())
-                        + ". Without it the Hugging Face repo is looked up in the local cache, else the metric is "
-                          "skipped with the reason")
-    p.add_argument("--real-dir", default=None, help="a folder of real images: adds fid_real / kid_real / cmmd_real")
-    p.add_argument("--bootstrap-samples", type=int, default=2000, help="bootstrap resamples for 95%% CIs (default 2000)")
-    p.add_argument("--workers", type=int, default=None, help="image-decoding processes (default: CPU count, at most 32)")
-    p.add_argument("--metrics-batch-size", type=int, default=8, help="image pairs per device batch (default 8)")
-    p.add_argument("--fid-sqrt", choices=["auto", "eigh", "sqrtm"], default="auto",
-                   help="trace-sqrt method for FID: auto (exact low-rank path for sets under 2048 images, else eigh), "
-                        "eigh, or sqrtm (clean-fid's scipy path); all agree to ~1e-6")
-    p.add_argument("--no-cache", action="store_true", help="recompute everything (ignore and do not write metrics/cache)")
-    p.add_argument("--weights-dir", default=None, help="folder holding metric weight files (also $EVALKIT_WEIGHTS_DIR)")
-    if not for_run:
-        p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"], help="default: cuda if available")
-
-
 def add_score_arguments(parser: argparse.ArgumentParser, for_run: bool = False) -> None:
-    """Options of `evalkit score RUN_DIR`; with for_run, only the options (`evalkit run` owns --device etc.)."""
-    if not for_run:
-        parser.add_argument("run_dir", help="a run directory written by `evalkit generate`")
-    group = parser.add_argument_group("scoring (stage 2)") if for_run else parser
-    _add_metric_options(group, for_run)
-    if not for_run:
-        parser.add_argument("--quiet", action="store_true", help="no progress bar, no table")
-        parser.add_argument("--verify", action="store_true",
-                            help="re-hash every image against its generation record (default: files whose size and "
-                                 "mtime match the record are trusted)")
-        many = parser.add_argument_group("many GPUs (or `torchrun --nproc-per-node N -m evalkit score RUN_DIR`)")
-        many.add_argument("--gpus", default=None, metavar="0,1,...",
-                          help="score with one rank per listed GPU on this machine (started through torchrun); "
-                               "results equal a one-process score")
-        many.add_argument("--jobs", type=int, default=None, metavar="N",
-                          help="score with N ranks on this machine (CPU, or GPUs picked by local rank)")
+    """Options of `evalkit score RUN_DIR` (evalkit/score/options.py); with for_run, only the scoring options
+    (`evalkit run` owns --device etc.)."""
+    from evalkit.score.options import RUN_FLAGS, ScoreOptions
+
+    if for_run:
+        ScoreOptions.add_arguments(parser.add_argument_group("scoring (stage 2)"), only=RUN_FLAGS)
+    else:
+        ScoreOptions.add_arguments(parser)
 
 
 def warn_missing_weights(args: argparse.Namespace) -> dict[str, list[str]]:
@@ -86,14 +49,16 @@ def score_main(args: argparse.Namespace) -> int:
     import evalkit.dist as dist
     from evalkit.errors import EvalkitError
     from evalkit.score.distributed import launch
+    from evalkit.score.options import ScoreOptions
 
+    opts = ScoreOptions.from_args(args)
     # Only `evalkit score` launches: in `evalkit run`, --gpus belongs to generate and score runs in the world it is in.
-    if getattr(args, "command", None) == "score" and (getattr(args, "gpus", None) or getattr(args, "jobs", None)):
+    if getattr(args, "command", None) == "score" and (opts.gpus or opts.jobs):
         argv = sys.argv[1:]
         if "score" not in argv:
             raise EvalkitError("--gpus/--jobs start `evalkit score` again through torchrun: use them from the command "
                                "line (from Python, call score_run under your own launcher)")
-        code = launch(argv, args.gpus, args.jobs)
+        code = launch(argv, ",".join(opts.gpus) or None, opts.jobs)
         if code is not None:
             return code
     from evalkit.score.stage import score_run
@@ -101,15 +66,8 @@ def score_main(args: argparse.Namespace) -> int:
     # Under a distributed launcher every rank scores, rank 0 alone speaks (and writes).
     main_rank = dist.world().is_main
     missing = warn_missing_weights(args) if main_rank else {}
-    quiet = bool(getattr(args, "quiet", False))
-    results = score_run(
-        args.run_dir, metrics=args.metrics, device=getattr(args, "device", "auto") or "auto",
-        lpips_net=args.lpips_net, clip_model=args.clip_model, metric_weights=getattr(args, "metric_weights", None),
-        real_dir=args.real_dir,
-        bootstrap_samples=args.bootstrap_samples, workers=args.workers, use_cache=not args.no_cache,
-        weights_dir=args.weights_dir, batch_size=args.metrics_batch_size, fid_method=args.fid_sqrt,
-        progress=not quiet, verify=bool(getattr(args, "verify", False)),
-    )
+    quiet = opts.quiet
+    results = score_run(opts.run_dir, progress=not quiet, **opts.run_kwargs())
     if not main_rank:
         return 0
     if not quiet:
@@ -173,15 +131,22 @@ def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
 # ---------------------------------------------------------------- compare-images
 
 def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
+    from evalkit.options import add_deprecated_alias
+
     parser.add_argument("dir_a", help="reference images (e.g. bf16)")
     parser.add_argument("dir_b", help="candidate images, paired with DIR_A by file stem (x.png with x.jpg)")
     parser.add_argument("--metrics", default="lpips,ssim,psnr",
                         help="comma list: lpips (=lpips_alex), lpips_vgg, ssim, ms_ssim, psnr, fid, kid (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: each metric's mean, CI and n")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
+                        help="where to score: auto (default: cuda if available), cpu or cuda")
     parser.add_argument("--workers", type=int, default=None, help="image-decoding processes")
-    parser.add_argument("--batch-size", type=int, default=8, help="image pairs per device batch")
-    parser.add_argument("--bootstrap-samples", type=int, default=2000)
+    # --metrics-batch-size as in `evalkit score`; --batch-size, its old name here, still works (users' scripts)
+    parser.add_argument("--metrics-batch-size", dest="batch_size", type=int, default=8, metavar="METRICS_BATCH_SIZE",
+                        help="image pairs per device batch (default 8)")
+    add_deprecated_alias(parser, "--batch-size", "--metrics-batch-size", "batch_size", type=int)
+    parser.add_argument("--bootstrap-samples", type=int, default=2000,
+                        help="bootstrap resamples for the 95%% confidence intervals (default 2000)")
     parser.add_argument("--weights-dir", default=None, help="folder holding metric weight files")
 
 

@@ -33,9 +33,6 @@ if TYPE_CHECKING:
 
 _T = TypeVar("_T")
 
-# Tests only: the rank whose scoring raises as soon as its share starts (a failing rank must stop every rank).
-FAIL_RANK_ENV = "EVALKIT_TEST_SCORE_FAIL_RANK"
-
 
 def is_main() -> bool:
     return dist.world().is_main
@@ -242,8 +239,6 @@ def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
     mine = [(p, part) for p, row in zip(plans, owners) for part, r in zip(p.parts, row) if r == w.rank]
     watch = PeerWatch()
     try:
-        if os.environ.get(FAIL_RANK_ENV) == str(w.rank):
-            raise EvalkitError(f"test hook {FAIL_RANK_ENV}={w.rank}: this rank fails on purpose")
         run_work(state, mine, between_chunks=watch.check)
         failed: BaseException | None = None
     except Exception as e:  # noqa: BLE001

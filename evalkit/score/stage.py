@@ -61,6 +61,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
     `metric_weights`: {NAME: PATH} (or ["NAME=PATH", ...]) for metrics whose weights the user supplies
     (evalkit.weights.user.USER_WEIGHTS); an unknown NAME is an EvalkitError.
+
     Holds the run directory's lock (evalkit.runlock) while it scores: a second writer waits or is refused.
     Under a distributed launcher every rank calls this and gets the same results; rank 0 alone takes the lock and
     writes (evalkit.score.distributed)."""
@@ -68,16 +69,23 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
 
     from evalkit.score import distributed as dsc
     from evalkit.runlock import acquire
+
+    # Refuse a path that is not a run before creating a lock file in it (on every rank: each must see the run).
+    rd, _ = dsc.everywhere(lambda: open_run(run_dir))
+    # The options, resolved once: the stage below and the score-inputs key read the same values.
     from evalkit.weights.user import parse_metric_weights
 
     user_weights = parse_metric_weights(metric_weights)
-    # Refuse a path that is not a run before creating a lock file in it (on every rank: each must see the run).
-    rd, _ = dsc.everywhere(lambda: open_run(run_dir))
+    opts = Options(metrics=expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None),
+                   device=device, clip_model=clip_model, metric_weights=user_weights,
+                   real_dir=str(real_dir) if real_dir else None,
+                   bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
+                   weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
     with ExitStack() as locked:
         dsc.on_main(lambda: bool(locked.enter_context(acquire(rd.root, "score"))))
-        options = {"metrics": expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None),
-                   "device": device, "clip_model": clip_model, "metric_weights": dict(sorted(user_weights.items())),
-                   "real_dir": str(real_dir) if real_dir else None,
+        # these keys (not workers or progress, which change no number) make the score-inputs key: keep them stable
+        options = {"metrics": opts.metrics, "device": device, "clip_model": clip_model,
+                   "metric_weights": dict(sorted(user_weights.items())), "real_dir": opts.real_dir,
                    "bootstrap_samples": bootstrap_samples, "use_cache": use_cache, "weights_dir": weights_dir,
                    "batch_size": batch_size, "fid_method": fid_method}
         from evalkit.score.score_key import SCORE_INPUTS_FILE, score_inputs_key, unchanged_results
@@ -95,10 +103,7 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
                 print(f"score: nothing to do: the images, prompts and options are those of the last score "
                       f"(metrics/{SCORE_INPUTS_FILE}); delete that file to force a rescore", file=sys.stderr)
             return unchanged
-        results = _score_run(rd, metrics, device=device, lpips_net=lpips_net, clip_model=clip_model,
-                             metric_weights=user_weights, real_dir=real_dir, bootstrap_samples=bootstrap_samples, workers=workers,
-                             use_cache=use_cache, weights_dir=weights_dir, batch_size=batch_size,
-                             fid_method=fid_method, progress=progress, verify=verify)
+        results = _score_run(rd, opts, verify)
         from evalkit.inputs_key import store_key
 
         dsc.on_main(lambda: store_key(rd.metrics_dir / SCORE_INPUTS_FILE, key, "generation records' images, "
@@ -107,19 +112,12 @@ def score_run(run_dir: str | os.PathLike[str], metrics: Iterable[str] | str | No
         return results
 
 
-def _score_run(rd: RunDir, metrics: Iterable[str] | str | None, *, device: str,
-               lpips_net: str | None, clip_model: str | None, metric_weights: dict[str, str],
-               real_dir: str | os.PathLike[str] | None,
-               bootstrap_samples: int, workers: int | None, use_cache: bool, weights_dir: str | None,
-               batch_size: int, fid_method: str, progress: bool, verify: bool) -> dict[str, Any]:
+def _score_run(rd: RunDir, opts: Options, verify: bool) -> dict[str, Any]:
     from evalkit.score import distributed as dsc
     from evalkit.score.summary import summarise_backend, write_outputs
 
-    names = expand_metric_names(metrics, lpips_net, str(real_dir) if real_dir else None)
-    opts = Options(metrics=names, device=device, clip_model=clip_model, metric_weights=metric_weights,
-                   real_dir=str(real_dir) if real_dir else None,
-                   bootstrap_samples=bootstrap_samples, workers=workers, use_cache=use_cache,
-                   weights_dir=weights_dir, batch_size=batch_size, fid_method=fid_method, progress=progress)
+    names, device, workers, use_cache, progress = opts.metrics, opts.device, opts.workers, opts.use_cache, opts.progress
+    real_dir = opts.real_dir
     run = dsc.on_main(lambda: prepare(rd, names, real_dir, verify))
     ref, ok, results = run.ref, run.ok, dict(run.results)
     if run.random_weights:

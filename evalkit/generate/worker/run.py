@@ -15,6 +15,7 @@ import traceback
 from typing import Any
 
 from evalkit.families.registry import family_of_manifest
+from evalkit.generate.options import SDPA_BACKENDS
 from evalkit.plugins import load_run_plugins
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
@@ -56,10 +57,7 @@ EXIT_POISONED_FORK = 75
 
 
 def fork_is_poisoned() -> bool:
-    """True when this forked process inherited an initialized CUDA context (torch would refuse every CUDA call).
-    EVALKIT_SIMULATE_POISONED_FORK=1 makes it true, so the fallback can be tested on machines without a GPU."""
-    if os.environ.get("EVALKIT_SIMULATE_POISONED_FORK") == "1":
-        return True
+    """True when this forked process inherited an initialized CUDA context (torch would refuse every CUDA call)."""
     torch = sys.modules.get("torch")
     return bool(torch is not None and getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
 
@@ -256,7 +254,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     from evalkit.generate.worker import loading, measure
 
-    numerics = apply_numerics(torch)
+    numerics = apply_numerics(torch, requested_numerics(cfg, target.unit))
     numerics_before = numerics_state(torch)
     device = cfg["device"]
     capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
@@ -400,29 +398,41 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
 
 
 # Numerics knobs: settings a release should tolerate, applied by the worker so that `evalkit calibrate` can
-# regenerate the reference under them. They come from the environment (the stage passes its environment to every
-# worker) and the record states what was in force (record["numerics"]), not what was asked for.
-SDPA_BACKENDS = ("math", "flash", "efficient", "cudnn")
+# regenerate the reference under them. They are generate options (--threads, --tf32, --sdpa-backend), stored in the
+# manifest's config.numerics; the thread count can also come from the unit file (the rank's share of its machine's
+# cores). The record states what was in force (record["numerics"]), not what was asked for.
 
 
-def apply_numerics(torch: Any) -> dict[str, Any]:
-    """Apply EVALKIT_THREADS (intra-op threads), EVALKIT_TF32 (1/0: TF32 matmul and cuDNN conv) and
-    EVALKIT_SDPA_BACKEND (one of SDPA_BACKENDS; entered around generation by sdpa_context). Returns the settings
-    in force. A value that is not understood is an error: a calibration must never run under settings it
-    did not ask for."""
-    if threads := os.environ.get("EVALKIT_THREADS"):
-        if not threads.isdigit() or int(threads) < 1:
-            raise ValueError(f"EVALKIT_THREADS={threads!r}: expected a positive integer")
-        torch.set_num_threads(int(threads))
-    tf32 = os.environ.get("EVALKIT_TF32")
+def requested_numerics(cfg: dict[str, Any], unit: dict[str, Any] | None) -> dict[str, Any]:
+    """What this worker is asked for: the manifest's config.numerics, with the unit file's thread count (the rank
+    resolved --threads or its share of the cores) over it."""
+    asked = dict(cfg.get("numerics") or {})
+    if unit is not None and unit.get("threads") is not None:
+        asked["threads"] = unit["threads"]
+    return asked
+
+
+def apply_numerics(torch: Any, asked: dict[str, Any]) -> dict[str, Any]:
+    """Apply `asked` (threads: intra-op threads; tf32: TF32 matmul and cuDNN conv; sdpa_backend: one of
+    SDPA_BACKENDS, entered around generation by sdpa_context). Returns the settings in force. A value that is not
+    understood is an error: a calibration must never run under settings it did not ask for."""
+    unknown = sorted(set(asked) - {"threads", "tf32", "sdpa_backend"})
+    if unknown:
+        raise ValueError(f"numerics {unknown}: not understood (expected threads, tf32, sdpa_backend)")
+    threads = asked.get("threads")
+    if threads is not None:
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise ValueError(f"threads={threads!r}: expected a positive integer")
+        torch.set_num_threads(threads)
+    tf32 = asked.get("tf32")
     if tf32 is not None:
-        if tf32 not in ("0", "1"):
-            raise ValueError(f"EVALKIT_TF32={tf32!r}: expected 0 or 1")
-        torch.backends.cuda.matmul.allow_tf32 = tf32 == "1"
-        torch.backends.cudnn.allow_tf32 = tf32 == "1"
-    sdpa = os.environ.get("EVALKIT_SDPA_BACKEND") or None
+        if not isinstance(tf32, bool):
+            raise ValueError(f"tf32={tf32!r}: expected true or false")
+        torch.backends.cuda.matmul.allow_tf32 = tf32
+        torch.backends.cudnn.allow_tf32 = tf32
+    sdpa = asked.get("sdpa_backend")
     if sdpa is not None and sdpa not in SDPA_BACKENDS:
-        raise ValueError(f"EVALKIT_SDPA_BACKEND={sdpa!r}: expected one of {', '.join(SDPA_BACKENDS)}")
+        raise ValueError(f"sdpa_backend={sdpa!r}: expected one of {', '.join(SDPA_BACKENDS)}")
     return {"intra_op_threads": torch.get_num_threads(), "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
             "sdpa_backend": sdpa}
 
