@@ -12,3 +12,8 @@ def cache_dir() -> Path:
         return Path(env).expanduser()
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "evalkit"
+
+
+def weights_cache_dir() -> Path:
+    """Where prepared metric weights and the memo of users' weight hashes live."""
+    return cache_dir() / "weights"

@@ -20,7 +20,6 @@ ROOT = Path(__file__).resolve().parents[1] / "evalkit"
 KNOWN_CYCLES: set[tuple[str, ...]] = {
     ("evalkit.report.categories", "evalkit.report.tables"),
     ("evalkit.report.build", "evalkit.report.cli"),
-    ("evalkit.weights.fetch", "evalkit.weights.store"),
     ("evalkit.score.distributed", "evalkit.score.stage", "evalkit.score.summary"),
     ("evalkit.quantizers.gguf", "evalkit.quantizers.gguf.convert"),
 }

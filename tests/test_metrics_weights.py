@@ -108,7 +108,9 @@ def test_prepare_then_offline_from_cache_only(isolated, tmp_path, real_pkgs):
             continue  # 87 MB; the same code path as the others
         (src / spec.id).mkdir(parents=True, exist_ok=True)
         shutil.copy(real_pkgs[spec.package] / spec.relpath, src / spec.id / spec.filename)
-    rows = {r["id"]: r for r in w.prepare(src)}
+    from evalkit.weights.fetch import prepare
+
+    rows = {r["id"]: r for r in prepare(src)}
     assert rows["fid_inception"]["status"] == "missing"
     assert all(rows[i]["status"] == "ok" for i in ("lpips_alex", "lpips_vgg", "lpips_lin_alex", "lpips_lin_vgg"))
     conv = w.weights_cache_dir() / "lpips_alex" / "lpips_alex.torch.safetensors"

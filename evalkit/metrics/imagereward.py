@@ -230,10 +230,10 @@ class ImageRewardMetric(UserWeightsPromptMetric):
         for sub in BERT_DIRS:
             if (folder / sub / "vocab.txt").is_file():
                 return ckpt, med, folder / sub
-        from evalkit.weights.user import _hf_cached
+        from evalkit.weights.user import hf_cached
 
         for repo in ("google-bert/bert-base-uncased", "bert-base-uncased"):
-            snap = _hf_cached(repo)
+            snap = hf_cached(repo)
             if snap is not None and (snap / "vocab.txt").is_file():
                 return ckpt, med, snap
         raise MissingWeightsError(f"imagereward: no bert-base-uncased vocab.txt in {folder} or {folder / 'bert-base-uncased'} "

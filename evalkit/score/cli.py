@@ -253,7 +253,9 @@ def weights_main(args: argparse.Namespace) -> int:
     if args.action == "fetch":
         return _weights_fetch(args)
     if args.action == "prepare":
-        rows = w.prepare(args.from_dir or args.weights_dir)
+        from evalkit.weights.fetch import prepare
+
+        rows = prepare(args.from_dir or args.weights_dir)
     elif args.action == "verify":
         rows = w.verify(args.weights_dir)
     else:

