@@ -5,6 +5,7 @@ every CPU backend (slow)."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import shutil
@@ -88,14 +89,13 @@ def test_tiny_text_encoders_are_deeper_than_the_layers_the_pipelines_read() -> N
 def test_local_tokenizers_render_the_pipelines_chat_templates() -> None:
     from diffusers.pipelines.flux2.pipeline_flux2 import SYSTEM_MESSAGE, format_input
 
-    from evalkit.families.bpe_tokenizers import build_mistral_tokenizer, build_qwen_tokenizer
-
-    qwen = build_qwen_tokenizer()
+    qwen = flux2_klein.build_extras()["tokenizer"]
     text = qwen.apply_chat_template([{"role": "user", "content": "A red fox"}], tokenize=False,
                                     add_generation_prompt=True, enable_thinking=False)
     assert text == "<|im_start|>user\nA red fox<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert len(qwen) <= flux2_klein.TINY_QWEN3["vocab_size"]
-    mistral = build_mistral_tokenizer()
+    assert max(qwen(text).input_ids) < flux2_klein.TINY_QWEN3["vocab_size"]
+    mistral = flux2.build_extras()["tokenizer"]
     ids = mistral.apply_chat_template(format_input(["A red fox"], SYSTEM_MESSAGE), tokenize=True, return_dict=True,
                                       padding="max_length", truncation=True, max_length=128)["input_ids"][0]
     assert mistral.convert_ids_to_tokens(ids[:2]) == ["<s>", "[SYSTEM_PROMPT]"]
@@ -107,12 +107,15 @@ def test_local_tokenizers_render_the_pipelines_chat_templates() -> None:
 
 @pytest.mark.slow
 def test_the_trained_bpe_is_the_same_in_another_process() -> None:
-    """The tiny build is cached under a version key, so its tokenizers must not depend on the process."""
-    code = ("import hashlib, json; from evalkit.families.bpe_tokenizers import trained_byte_level_bpe as t; "
-            "print(hashlib.sha256(json.dumps(t()).encode()).hexdigest())")
-    from evalkit.families.bpe_tokenizers import trained_byte_level_bpe
+    """The tiny build is cached under a version key, so its tokenizers must not depend on the process: the shared
+    trainer gives the same vocabulary and merges for Mistral's and Qwen's specials in a fresh interpreter."""
+    code = ("import hashlib, json; from evalkit.families.tokenizers import byte_level_bpe as t, MISTRAL_SPECIALS; "
+            "print(hashlib.sha256(json.dumps([t(MISTRAL_SPECIALS, ['A fixed text']), "
+            "t(['<|endoftext|>'])]).encode()).hexdigest())")
+    from evalkit.families.tokenizers import MISTRAL_SPECIALS, byte_level_bpe
 
-    here = __import__("hashlib").sha256(json.dumps(trained_byte_level_bpe()).encode()).hexdigest()
+    here = hashlib.sha256(json.dumps([byte_level_bpe(MISTRAL_SPECIALS, ["A fixed text"]),
+                                      byte_level_bpe(["<|endoftext|>"])]).encode()).hexdigest()
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert here == there
 

@@ -3,7 +3,8 @@ Qwen3-4B / Qwen3-8B as the text encoder, step-distilled to 4 steps.
 
 A family of its own beside FLUX.2 [dev] (evalkit/families/flux2.py), because it is another pipeline class with
 another text encoder, tokenizer and call: a directory's model_index.json names Flux2KleinPipeline, and that is what
-tells evalkit it is klein. The transformer, VAE and scheduler builders are flux2.py's.
+tells evalkit it is klein. The transformer, VAE and scheduler builders are flux2.py's; the tokenizer is Z-Image's
+Qwen3 one (evalkit/families/tokenizers.py), and random builds take Qwen's real vocabulary where it is installed.
 
 Configs:
 - transformer: diffusers scripts/convert_flux2_to_diffusers.py, "klein-4b" (hidden 3072 = 24 heads x 128, 5 double +
@@ -85,10 +86,18 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def build_extras() -> dict[str, Any]:
-    """Scheduler, a local Qwen-kind tokenizer, and `is_distilled` (a pipeline config flag): the distilled variants'."""
-    from evalkit.families.bpe_tokenizers import build_qwen_tokenizer
+    """Scheduler, the small Qwen3 tokenizer (Z-Image's: both pipelines render one user turn with Qwen3's template),
+    and `is_distilled` (a pipeline config flag): the distilled variants'."""
+    from evalkit.families.tokenizers import build_qwen_tokenizer
 
-    return dict(scheduler=flux2.build_scheduler(), tokenizer=build_qwen_tokenizer(), is_distilled=True)
+    return dict(scheduler=flux2.build_scheduler(), tokenizer=build_qwen_tokenizer(qwen3=True), is_distilled=True)
+
+
+def random_tokenizers() -> tuple[dict[str, Any], str]:
+    """Qwen's real vocabulary where qwen-tokenizer is installed, as for Qwen-Image and Z-Image."""
+    from evalkit.families.tokenizers import random_qwen_tokenizers
+
+    return random_qwen_tokenizers(TOKENIZER_NOTE, qwen3=True)
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
@@ -97,6 +106,7 @@ def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
                 guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
 
 
+TOKENIZER_NOTE = flux2.TOKENIZER_NOTE.format(kind="Qwen3", extra="")
 _QWEN_NOTE = ("an LLM as the text encoder: Qwen3-4B (klein 4B, 4.02B, lm_head tied to the embeddings) or Qwen3-8B "
               "(klein 9B, 8.19B, a separate 0.62B lm_head). Only the hidden states of layers 9, 18 and 27 reach the "
               "image: layers 28-36 and the logits are computed but never affect it")
@@ -126,6 +136,10 @@ FAMILY = ModelFamily(
     tokenizers=(Tokenizer("tokenizer", "qwen3", None),),
     gguf=flux2.GGUF,
     random_weight_scale=flux2.RANDOM_WEIGHT_SCALE,
-    tokenizer_note=flux2.TOKENIZER_NOTE.format(kind="Qwen", extra=""),
+    random_tokenizers=random_tokenizers,
+    tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.flux2.pipeline_flux2_klein", "transformers.models.qwen3.modeling_qwen3"),
+    # 2: the tiny build's tokenizer is the shared Qwen3 one (Z-Image's), no longer a klein-only BPE; the weights are
+    # version 1's
+    version="2",
 )

