@@ -15,10 +15,10 @@ from pathlib import Path
 
 import pytest
 
-from family_study import (check_gguf_from_bf16, check_published_counts, check_regional_compile,
-                          denoiser_calls_per_step, run_study)
+from family_checks import (check_gguf_from_bf16, check_listed_by_evalkit_models, check_published_counts,
+                           check_regional_compile, denoiser_calls_per_step, run_study)
 from evalkit.families import flux2, flux2_klein
-from evalkit.families.registry import find_variant, get_family
+from evalkit.families.registry import find_variant
 
 FAMILIES = (flux2.FAMILY, flux2_klein.FAMILY)
 # optimum-quanto 0.2.7's CPU int8 kernel (torch._weight_int8pack_mm) needs activations contiguous in the last
@@ -166,15 +166,16 @@ def test_distilled_guidance_runs_the_transformer_once_per_step(key: str) -> None
     assert denoiser_calls_per_step(key) == 1
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.key)
+def test_evalkit_models_lists_every_variant(family) -> None:
+    check_listed_by_evalkit_models(family)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["flux2", "flux2-klein"])
-def test_the_tiny_build_runs_the_study_with_every_cpu_backend(key: str, tmp_path: Path, monkeypatch) -> None:
-    study = run_study(key, tmp_path, monkeypatch, expected_failures=QUANTO_INT8_CPU)
-    records = study["records"]
+def test_the_tiny_build_runs_the_study_with_every_cpu_backend(key: str, tmp_path: Path) -> None:
+    # run_study also checks every GGUF backend: evalkit's converter wrote diffusers key names, the transformer class
+    # loaded them as they are; and the manifest carries the family's tokenizer note.
+    study = run_study(key, tmp_path, expected_failures=QUANTO_INT8_CPU)
     # The LLM text encoder is quantized by the backends that quantize text encoders (the family marks it).
-    assert "text_encoder" in records["torchao-int8wo"]["quantization"]["components_quantized"]
-    # GGUF: evalkit's own converter wrote diffusers key names and the transformer class loaded them as they are.
-    for name in (b for b in study["backends"] if b.startswith("gguf-")):
-        q = records[name]["quantization"]
-        assert q["gguf_summary"]["key_names"] == "diffusers" and q["quantized_linear_count"]["transformer"] > 0
-    assert get_family(key).tokenizer_note in study["manifest"]["tokenization_note"]
+    assert "text_encoder" in study.record("torchao-int8wo")["quantization"]["components_quantized"]
