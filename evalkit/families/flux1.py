@@ -27,8 +27,8 @@ from __future__ import annotations
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, GGUFSupport, ModelFamily, Tokenizer, Variant)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 
 TRANSFORMER = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -127,8 +127,7 @@ def build_extras() -> dict[str, Any]:
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Flux's guidance is distilled into the model (an embedding, no negative prompt); T5 is padded to
     max_sequence_length."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen)
 
 
 FAMILY = ModelFamily(

@@ -37,8 +37,8 @@ from pathlib import Path
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, GGUFSupport, ModelFamily, Tokenizer, Variant)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 from evalkit.families.tokenizers import MISTRAL_IMAGE_TOKEN_ID, MISTRAL_PAD_TOKEN_ID
 
 TRANSFORMER_COMMON = Frozen(dict(patch_size=1, in_channels=128, out_channels=None, timestep_guidance_channels=256,
@@ -158,8 +158,7 @@ def build_extras() -> dict[str, Any]:
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Distilled guidance (an embedding, no negative prompt); the chat-templated prompt padded to
     max_sequence_length. The encoder layers read (10, 20, 30) stay the pipeline's default."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen)
 
 
 def supplied_components(model_path: str) -> dict[str, Any]:

@@ -27,12 +27,14 @@ Generator, regional compilation and GGUF: as FLUX.2 [dev] (the same transformer 
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families import flux2
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, ModelFamily, Tokenizer, Variant)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import random_qwen_tokenizers
 
 KLEIN_4B_TRANSFORMER = dict(flux2.TRANSFORMER_COMMON, num_layers=5, num_single_layers=20, attention_head_dim=128,
                             num_attention_heads=24, joint_attention_dim=7680, guidance_embeds=False)
@@ -93,17 +95,9 @@ def build_extras() -> dict[str, Any]:
     return dict(scheduler=flux2.build_scheduler(), tokenizer=build_qwen_tokenizer(qwen3=True), is_distilled=True)
 
 
-def random_tokenizers() -> tuple[dict[str, Any], str]:
-    """Qwen's real vocabulary where qwen-tokenizer is installed, as for Qwen-Image and Z-Image."""
-    from evalkit.families.tokenizers import random_qwen_tokenizers
-
-    return random_qwen_tokenizers(TOKENIZER_NOTE, qwen3=True)
-
-
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """No guidance embedder and no negative prompt: guidance 1.0 runs the transformer once per step."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen)
 
 
 TOKENIZER_NOTE = flux2.TOKENIZER_NOTE.format(kind="Qwen3", extra="")
@@ -136,7 +130,8 @@ FAMILY = ModelFamily(
     tokenizers=(Tokenizer("tokenizer", "qwen3", None),),
     gguf=flux2.GGUF,
     random_weight_scale=flux2.RANDOM_WEIGHT_SCALE,
-    random_tokenizers=random_tokenizers,
+    # Qwen's real vocabulary (Qwen3's tokens and template) where qwen-tokenizer is installed, as for Z-Image
+    random_tokenizers=functools.partial(random_qwen_tokenizers, TOKENIZER_NOTE, qwen3=True),
     tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.flux2.pipeline_flux2_klein", "transformers.models.qwen3.modeling_qwen3"),
     # 2: the tiny build's tokenizer is the shared Qwen3 one (Z-Image's), no longer a klein-only BPE; the weights are

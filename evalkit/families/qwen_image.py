@@ -17,12 +17,13 @@ truncates the prompt embeddings; the tokenizer does not pad, so the sequence len
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
-from evalkit.families.tokenizers import SMALL_VOCAB_PADDED
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
 
 TRANSFORMER = dict(
     patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
@@ -119,19 +120,10 @@ def build_extras() -> dict[str, Any]:
                 tokenizer=build_qwen_tokenizer(fixed_texts=[PROMPT_TEMPLATE.format("a cat")]))
 
 
-def random_tokenizers() -> tuple[dict[str, Any], str]:
-    """Qwen's real vocabulary where qwen-tokenizer is installed (Qwen-Image's sequence length is the token count)."""
-    from evalkit.families.tokenizers import random_qwen_tokenizers
-
-    return random_qwen_tokenizers(TOKENIZER_NOTE)
-
-
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """True CFG: `true_cfg_scale` (evalkit's guidance) with a negative prompt; `guidance_scale` is only for
     guidance-distilled transformers, which Qwen-Image is not."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                true_cfg_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True, guidance="true_cfg_scale")
 
 
 TOKENIZER_NOTE = ("Qwen2: a small byte-level BPE (8,192 tokens) in Qwen2's format trained here, not Qwen's "
@@ -168,7 +160,8 @@ FAMILY = ModelFamily(
     # Single-file loadable with an identity mapping: a file must already use diffusers' key names.
     gguf=GGUFSupport("transformer", "qwen_image"),
     random_weight_scale=Frozen({"transformer": 0.5, "text_encoder": 0.5}),
-    random_tokenizers=random_tokenizers,
+    # Qwen's real vocabulary where qwen-tokenizer is installed: Qwen-Image's sequence length is the token count
+    random_tokenizers=functools.partial(random_qwen_tokenizers, TOKENIZER_NOTE),
     tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.qwenimage.pipeline_qwenimage",
                      "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"),

@@ -21,7 +21,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families import sana
-from evalkit.families.base import GenerationDefaults, ModelFamily, Tokenizer, Variant
+from evalkit.families.base import GenerationDefaults, ModelFamily, Tokenizer, Variant, pipeline_arguments
 
 GUIDANCE = dict(guidance_embeds=True, guidance_embeds_scale=0.1, timestep_scale=1.0)
 FULL = Frozen({**sana.FULL, "transformer": dict(sana.TRANSFORMER_COMMON, num_layers=20, **GUIDANCE)})
@@ -54,11 +54,8 @@ def build_extras() -> dict[str, Any]:
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """No negative prompt and no CFG: guidance_scale is the embedder's input."""
-    steps = gen["num_inference_steps"]
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=steps,
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"],
-                intermediate_timesteps=INTERMEDIATE_TIMESTEP if steps == 2 else None,
-                use_resolution_binning=sana.binning(gen))
+    return {**pipeline_arguments(gen), "use_resolution_binning": sana.binning(gen),
+            "intermediate_timesteps": INTERMEDIATE_TIMESTEP if gen["num_inference_steps"] == 2 else None}
 
 
 FAMILY = ModelFamily(

@@ -24,7 +24,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 
 LARGE = dict(
     attention_head_dim=64, caption_projection_dim=2432, in_channels=16, joint_attention_dim=4096,
@@ -117,9 +117,7 @@ def build_extras() -> dict[str, Any]:
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Classic CFG (guidance_scale > 1) with the negative prompt, batched with the prompt in one transformer call."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True)
 
 
 FAMILY = ModelFamily(

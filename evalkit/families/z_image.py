@@ -19,12 +19,14 @@ on the prompt's real tokens only (the pipeline masks the padding away).
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
+from evalkit.families import flux1
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
-from evalkit.families.tokenizers import SMALL_VOCAB_PADDED
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
 
 TRANSFORMER = dict(
     all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
@@ -37,11 +39,7 @@ TEXT_ENCODER_CONFIG = dict(  # Qwen3-4B, loaded as Qwen3Model (no lm_head: the p
     rope_theta=1000000, attention_bias=False, tie_word_embeddings=True, use_sliding_window=False, vocab_size=151936,
     bos_token_id=151643, eos_token_id=151645,
 )
-FLUX_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-)
+FLUX_VAE = flux1.FLUX_VAE  # FLUX.1's autoencoder, config for config (module docstring)
 SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)
 FULL = Frozen({"transformer": TRANSFORMER, "text_encoder": TEXT_ENCODER_CONFIG, "vae": FLUX_VAE})
 
@@ -93,17 +91,9 @@ def build_extras() -> dict[str, Any]:
     return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), tokenizer=build_qwen_tokenizer(qwen3=True))
 
 
-def random_tokenizers() -> tuple[dict[str, Any], str]:
-    from evalkit.families.tokenizers import random_qwen_tokenizers
-
-    return random_qwen_tokenizers(TOKENIZER_NOTE, qwen3=True)
-
-
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Classic CFG, on only when guidance_scale > 0 (the Turbo default 0 runs the transformer once per step)."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True)
 
 
 TOKENIZER_NOTE = ("Qwen3: a small byte-level BPE (8,192 tokens) in Qwen2's format trained here, with Qwen3's chat "
@@ -144,7 +134,8 @@ FAMILY = ModelFamily(
                                                                      "model.diffusion_model."),
                      original_converter="convert_z_image_transformer_checkpoint_to_diffusers"),
     random_weight_scale=Frozen({"transformer": 0.5, "text_encoder": 0.5}),
-    random_tokenizers=random_tokenizers,
+    # Qwen's real vocabulary (Qwen3's tokens and template) where qwen-tokenizer is installed
+    random_tokenizers=functools.partial(random_qwen_tokenizers, TOKENIZER_NOTE, qwen3=True),
     tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.z_image.pipeline_z_image", "transformers.models.qwen3.modeling_qwen3"),
 )
