@@ -95,8 +95,8 @@ PARAMS_SOURCE = ("HF Hub file sizes: transformer and T5 index total_size (bf16),
 
 
 def build_t5_encoder(config: Mapping[str, Any]) -> Any:
-    """A T5 v1.1 encoder from its config: FLUX.1's text_encoder_2, reused as is by families assembled from FLUX.1's
-    components (Chroma)."""
+    """A T5 v1.1 encoder from its config: FLUX.1's text_encoder_2, reused by the families that take FLUX.1's T5
+    (Chroma's text_encoder, SD3.5's text_encoder_3)."""
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(**config))

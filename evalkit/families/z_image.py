@@ -23,7 +23,7 @@ import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
-from evalkit.families import flux1
+from evalkit.families import flux1, flux2_klein
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
                                    GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
@@ -33,12 +33,9 @@ TRANSFORMER = dict(
     n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
     axes_dims=(32, 48, 48), axes_lens=(1536, 512, 512),
 )
-TEXT_ENCODER_CONFIG = dict(  # Qwen3-4B, loaded as Qwen3Model (no lm_head: the pipeline reads hidden_states[-2])
-    hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-    head_dim=128, hidden_act="silu", max_position_embeddings=40960, max_window_layers=36, rms_norm_eps=1e-6,
-    rope_theta=1000000, attention_bias=False, tie_word_embeddings=True, use_sliding_window=False, vocab_size=151936,
-    bos_token_id=151643, eos_token_id=151645,
-)
+# Qwen3-4B's config.json, as FLUX.2 [klein] 4B's text encoder; loaded as Qwen3Model (no lm_head: the pipeline reads
+# hidden_states[-2])
+TEXT_ENCODER_CONFIG = flux2_klein.QWEN3_4B
 FLUX_VAE = flux1.FLUX_VAE  # FLUX.1's autoencoder, config for config (module docstring)
 SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)
 FULL = Frozen({"transformer": TRANSFORMER, "text_encoder": TEXT_ENCODER_CONFIG, "vae": FLUX_VAE})
