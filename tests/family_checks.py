@@ -11,9 +11,10 @@
 - `check_regional_compile`, `denoiser_calls_per_step`, `check_gguf_from_bf16`, `check_listed_by_evalkit_models`:
   the tiny build's compile regions, guidance passes, GGUF conversion and the `evalkit models --json` listing.
 
-Kept small: 2 prompts, 64x64 (SANA's x32 latent is 2x2), 2 steps, no warm-up, one intra-op thread in the CLI
-subprocesses and their workers: a fixed thread count is part of bit-identity on CPU, and on the shared 2-core
-machine two threads made a tiny FLUX.2 image 30x slower (OpenMP spinning under load).
+Kept small: 2 prompts, 64x64 (SANA's x32 latent is 2x2), 2 steps, no warm-up (a tiny image takes ~50 ms; a study's
+time is its workers' start-up, one per backend and command), one intra-op thread in the workers
+(EVALKIT_THREADS=1): a fixed thread count is part of bit-identity on CPU, and on the shared 2-core machine two
+threads made a tiny FLUX.2 image 30x slower (OpenMP spinning under load).
 """
 
 from __future__ import annotations
@@ -23,9 +24,11 @@ import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
+
+import pytest
 
 from evalkit.families.base import ModelFamily
 from evalkit.io import read_json
@@ -59,7 +62,6 @@ class Study:
     backends: list[str]  # asked for besides bf16: every CPU-capable backend, then the expected failures
     failing: Mapping[str, str]  # backend asked for that must fail -> words its reason holds
     run: Path
-    settings: list[str] = field(default_factory=list)  # the model, size and steps options both runs pass
 
     @property
     def ok(self) -> list[str]:
@@ -80,29 +82,32 @@ def run_study(family_key: str, root: Path, expected_failures: Mapping[str, str] 
     """The whole study on the tiny build, checked as the module docstring says. `expected_failures`: backend ->
     words of the reason its record must give (a library's own failure on CPU); the family's known CPU
     incompatibilities are asked for too and must be recorded as failed, not crash the run."""
+    from evalkit.cli import main
     from evalkit.families.registry import get_family
 
     family = get_family(family_key)
-    backends = cpu_backends(family)
-    assert len(backends) > 8, backends
+    available = cpu_backends(family)
+    assert len(available) > 8, available
     known = {b: "known incompatible" for b, device in family.known_incompatible if device in ("cpu", "*")}
     failing = {**known, **(expected_failures or {})}
+    study = Study(family, [*available, *(b for b in failing if b not in available)], failing, root / "run")
     root.mkdir(parents=True, exist_ok=True)
     prompts = root / "two.txt"
     prompts.write_text(PROMPTS, encoding="utf-8")
     settings = ["--model", f"tiny:{family.key}", "--height", str(size), "--width", str(size), "--steps", str(steps),
                 "--warmup", "0"]
-    asked = ["bf16", *backends, *(b for b in failing if b not in backends)]
-    study = Study(family, [*backends, *(b for b in failing if b not in backends)], failing, root / "run", settings)
-    r = evalkit("run", str(prompts), *settings, "--backends", ",".join(asked), "--out", str(study.run),
-                "--metrics", METRICS, "--report-formats", "png")
-    assert r.returncode == 0, r.stderr[-4000:]
-    _check_census(study)
-    _check_gguf_files(study)
-    _check_scored_reported_checked(study, root)
-    again = root / "again"
-    r = evalkit("generate", str(prompts), *settings, "--backends", ",".join(study.ok), "--out", str(again))
-    assert r.returncode == 0, r.stderr[-4000:]
+    # In this process (the workers are subprocesses either way): the second command, `check` and the GGUF check
+    # reuse the imports the first one paid for.
+    with pytest.MonkeyPatch.context() as env:
+        for k, v in ENV.items():
+            env.setenv(k, v)
+        assert main(["run", str(prompts), *settings, "--backends", ",".join(["bf16", *study.backends]),
+                     "--out", str(study.run), "--metrics", METRICS, "--report-formats", "png"]) == 0
+        _check_census(study)
+        _check_gguf_files(study)
+        _check_scored_reported_checked(study, root)
+        again = root / "again"
+        assert main(["generate", str(prompts), *settings, "--backends", ",".join(study.ok), "--out", str(again)]) == 0
     assert study.image_hashes(again) == study.image_hashes()
     return study
 
@@ -151,16 +156,18 @@ def _check_gguf_files(study: Study) -> None:
     the family's key converter, and the record says so."""
     names = [b for b in study.ok if b.startswith("gguf-")]
     assert names, study.backends
+    files = []
     for name in names:
         q = study.record(name)["quantization"]
         assert q["gguf_summary"]["key_names"] == "diffusers", (name, q["gguf_summary"])
         assert q["quantized_linear_count"][study.family.denoiser.name] > 0, (name, q)
-        assert_gguf_keys_are_the_models(study.family, q["gguf_file"])
+        files.append(q["gguf_file"])
+    assert_gguf_keys_are_the_models(study.family, *files)
 
 
-def assert_gguf_keys_are_the_models(family: ModelFamily, path: str | Path) -> None:
+def assert_gguf_keys_are_the_models(family: ModelFamily, *paths: str | Path) -> None:
     """diffusers' from_single_file skips the family's key converter only when the file's keys equal the model's
-    state_dict keys exactly, buffers included (`_should_convert_state_dict_to_diffusers`); evalkit's file must."""
+    state_dict keys exactly, buffers included (`_should_convert_state_dict_to_diffusers`); evalkit's files must."""
     import gguf
     import torch
     from diffusers.loaders.single_file_model import _should_convert_state_dict_to_diffusers
@@ -168,9 +175,10 @@ def assert_gguf_keys_are_the_models(family: ModelFamily, path: str | Path) -> No
     assert family.gguf is not None and family.gguf.component == family.denoiser.name
     with torch.device("meta"):
         state = family.build_modules(family.tiny_configs)[family.gguf.component].state_dict()
-    keys = {t.name for t in gguf.GGUFReader(str(path)).tensors}
-    assert keys == set(state), sorted(keys ^ set(state))[:5]
-    assert not _should_convert_state_dict_to_diffusers(state, dict.fromkeys(keys))
+    for path in paths:
+        keys = {t.name for t in gguf.GGUFReader(str(path)).tensors}
+        assert keys == set(state), (path, sorted(keys ^ set(state))[:5])
+        assert not _should_convert_state_dict_to_diffusers(state, dict.fromkeys(keys)), path
 
 
 def _check_scored_reported_checked(study: Study, root: Path) -> None:

@@ -157,7 +157,8 @@ FAMILY = ModelFamily(
     build_extras=build_extras,
     call_arguments=call_arguments,
     tokenizers=(Tokenizer("tokenizer", "clip", 77), Tokenizer("tokenizer_2", "t5", None)),
-    gguf=GGUFSupport("transformer", "flux", original_key_markers=("double_blocks.", "single_blocks.", "model.diffusion_model."),
+    gguf=GGUFSupport("transformer", "flux",
+                     original_key_markers=("double_blocks.", "single_blocks.", "model.diffusion_model."),
                      original_converter="convert_flux_transformer_checkpoint_to_diffusers"),
     # Default init of 57 stacked blocks overflows bf16 within a few steps; halving keeps 50 steps finite (the
     # random FLUX.1-dev rows of benchmarks/results/flux-dev-random-h200.md were made with it). The other families
