@@ -4,13 +4,12 @@ listing every variant of every built-in family, and the whole study with every C
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import pytest
 
-from family_study import check_published_counts, check_regional_compile, denoiser_calls_per_step, run_study
+from family_checks import (check_listed_by_evalkit_models, check_published_counts, check_regional_compile,
+                           denoiser_calls_per_step, evalkit_models_json, run_study)
 from evalkit.families import flux1
 from evalkit.families.registry import find_variant
 
@@ -31,7 +30,7 @@ def test_variants_and_card_defaults() -> None:
 
 
 def test_full_size_configs_match_the_published_sizes() -> None:
-    check_published_counts(flux1.FAMILY, {})
+    check_published_counts(flux1.FAMILY)
 
 
 def test_the_count_includes_persistent_buffers_and_counts_tied_tensors_once() -> None:
@@ -63,21 +62,19 @@ def test_regional_compile_wraps_each_repeated_block() -> None:
     assert check_regional_compile("flux1")["repeated_blocks"] == ["FluxSingleTransformerBlock", "FluxTransformerBlock"]
 
 
-def test_evalkit_models_json_lists_every_variant(capsys: pytest.CaptureFixture[str]) -> None:
-    from evalkit.families.cli import models_main
-
-    assert models_main(argparse.Namespace(json=True)) == 0
-    rows = {r["family"]: r for r in json.loads(capsys.readouterr().out)["families"]}
+def test_evalkit_models_json_lists_every_variant() -> None:
+    rows = evalkit_models_json()
     assert {k: {v["name"] for v in r["variants"]} for k, r in rows.items() if k in EVERY_VARIANT} == EVERY_VARIANT
     for r in rows.values():
         assert r["tiny"]["spec"] == f"tiny:{r['family']}"
         for v in r["variants"]:
             assert v["forms"]["random"]["spec"] == f"random:{v['name']}" and "/" in v["hub_id"]
             assert v["published_params"] and v["source"]
+    check_listed_by_evalkit_models(flux1.FAMILY)
 
 
 @pytest.mark.slow
-def test_the_tiny_build_runs_the_study_with_every_cpu_backend(tmp_path: Path, monkeypatch) -> None:
-    study = run_study("flux1", tmp_path, monkeypatch)
-    assert "text_encoder_2" in study["records"]["torchao-int8wo"]["quantization"]["components_quantized"]
-    assert "text_encoder" not in study["records"]["torchao-int8wo"]["quantization"]["components_quantized"]
+def test_the_tiny_build_runs_the_study_with_every_cpu_backend(tmp_path: Path) -> None:
+    study = run_study("flux1", tmp_path)
+    assert "text_encoder_2" in study.record("torchao-int8wo")["quantization"]["components_quantized"]
+    assert "text_encoder" not in study.record("torchao-int8wo")["quantization"]["components_quantized"]

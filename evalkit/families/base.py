@@ -198,6 +198,18 @@ class ModelFamily:
 # What every family's builders share.
 
 
+def pipeline_arguments(gen: Mapping[str, Any], *, negative_prompt: bool = False,
+                       guidance: str = "guidance_scale") -> dict[str, Any]:
+    """The call arguments every family's pipeline takes under one name from evalkit's generation settings: size,
+    steps, the guidance knob (`guidance` names it: Qwen-Image's is `true_cfg_scale`), max_sequence_length and, for a
+    family that runs CFG against a negative prompt, the run's. A family's `call_arguments` adds what is its own."""
+    args = {"height": gen["height"], "width": gen["width"], "num_inference_steps": gen["num_inference_steps"],
+            guidance: gen["guidance_scale"], "max_sequence_length": gen["max_sequence_length"]}
+    if negative_prompt:
+        args["negative_prompt"] = gen.get("negative_prompt")
+    return args
+
+
 def build_cached(target: Path, builder: Callable[[Path], None]) -> Path:
     """Build into a temp dir then rename, so a killed build never leaves a half model that looks complete."""
     marker = target / ".evalkit-complete"

@@ -32,8 +32,8 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families import flux1
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, GGUFSupport, ModelFamily, Tokenizer, Variant)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 
 TRANSFORMER = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
                    attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
@@ -84,9 +84,7 @@ def build_extras() -> dict[str, Any]:
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """True CFG with the negative prompt (the run's; the docs' by default): two transformer passes per step."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True)
 
 
 FAMILY = ModelFamily(

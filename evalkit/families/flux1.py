@@ -27,8 +27,8 @@ from __future__ import annotations
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, GGUFSupport, ModelFamily, Tokenizer, Variant)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 
 TRANSFORMER = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -95,8 +95,8 @@ PARAMS_SOURCE = ("HF Hub file sizes: transformer and T5 index total_size (bf16),
 
 
 def build_t5_encoder(config: Mapping[str, Any]) -> Any:
-    """A T5 v1.1 encoder from its config: FLUX.1's text_encoder_2, reused as is by families assembled from FLUX.1's
-    components (Chroma)."""
+    """A T5 v1.1 encoder from its config: FLUX.1's text_encoder_2, reused by the families that take FLUX.1's T5
+    (Chroma's text_encoder, SD3.5's text_encoder_3)."""
     from transformers import T5Config, T5EncoderModel
 
     return T5EncoderModel(T5Config(**config))
@@ -127,8 +127,7 @@ def build_extras() -> dict[str, Any]:
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Flux's guidance is distilled into the model (an embedding, no negative prompt); T5 is padded to
     max_sequence_length."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen)
 
 
 FAMILY = ModelFamily(
@@ -158,7 +157,8 @@ FAMILY = ModelFamily(
     build_extras=build_extras,
     call_arguments=call_arguments,
     tokenizers=(Tokenizer("tokenizer", "clip", 77), Tokenizer("tokenizer_2", "t5", None)),
-    gguf=GGUFSupport("transformer", "flux", original_key_markers=("double_blocks.", "single_blocks.", "model.diffusion_model."),
+    gguf=GGUFSupport("transformer", "flux",
+                     original_key_markers=("double_blocks.", "single_blocks.", "model.diffusion_model."),
                      original_converter="convert_flux_transformer_checkpoint_to_diffusers"),
     # Default init of 57 stacked blocks overflows bf16 within a few steps; halving keeps 50 steps finite (the
     # random FLUX.1-dev rows of benchmarks/results/flux-dev-random-h200.md were made with it). The other families

