@@ -19,8 +19,8 @@ from evalkit.version import __version__
 
 _API = ("generate", "merge", "score", "report", "check", "list_backends", "list_models", "list_metrics",
         "compare_images", "compute_fid", "compute_kid")
-# API names that are also stage packages (evalkit/generate/, evalkit/report/, evalkit/check/).
-_STAGES = ("generate", "report", "check")
+# API names that are also stage packages (evalkit/generate/, evalkit/score/, evalkit/report/, evalkit/check/).
+_STAGES = ("generate", "score", "report", "check")
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the real functions

@@ -13,7 +13,7 @@
 
 Kept small: 2 prompts, 64x64 (SANA's x32 latent is 2x2), 2 steps, no warm-up (a tiny image takes ~50 ms; a study's
 time is its workers' start-up, one per backend and command), one intra-op thread in the workers
-(EVALKIT_THREADS=1): a fixed thread count is part of bit-identity on CPU, and on the shared 2-core machine two
+(`--threads 1`): a fixed thread count is part of bit-identity on CPU, and on the shared 2-core machine two
 threads made a tiny FLUX.2 image 30x slower (OpenMP spinning under load).
 """
 
@@ -21,14 +21,12 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping
 
-import pytest
 
 from evalkit.families.base import ModelFamily
 from evalkit.io import read_json
@@ -36,7 +34,6 @@ from evalkit.io import read_json
 REPO = Path(__file__).resolve().parents[1]
 PROMPTS = "A red cube on a blue table\nA lighthouse at dusk, oil painting\n"
 METRICS = "lpips_alex,ssim,psnr"
-ENV = {"EVALKIT_THREADS": "1"}
 
 
 def cpu_backends(family: ModelFamily) -> list[str]:
@@ -49,8 +46,8 @@ def cpu_backends(family: ModelFamily) -> list[str]:
 
 
 def evalkit(*args: str, timeout: float = 3000) -> subprocess.CompletedProcess[str]:
-    """The CLI in a subprocess, as a user runs it, with one thread."""
-    return subprocess.run([sys.executable, "-m", "evalkit", *args], cwd=REPO, env={**os.environ, **ENV}, text=True,
+    """The CLI in a subprocess, as a user runs it."""
+    return subprocess.run([sys.executable, "-m", "evalkit", *args], cwd=REPO, text=True,
                           capture_output=True, timeout=timeout)
 
 
@@ -95,19 +92,16 @@ def run_study(family_key: str, root: Path, expected_failures: Mapping[str, str] 
     prompts = root / "two.txt"
     prompts.write_text(PROMPTS, encoding="utf-8")
     settings = ["--model", f"tiny:{family.key}", "--height", str(size), "--width", str(size), "--steps", str(steps),
-                "--warmup", "0"]
+                "--warmup", "0", "--threads", "1"]
     # In this process (the workers are subprocesses either way): the second command, `check` and the GGUF check
     # reuse the imports the first one paid for.
-    with pytest.MonkeyPatch.context() as env:
-        for k, v in ENV.items():
-            env.setenv(k, v)
-        assert main(["run", str(prompts), *settings, "--backends", ",".join(["bf16", *study.backends]),
-                     "--out", str(study.run), "--metrics", METRICS, "--report-formats", "png"]) == 0
-        _check_census(study)
-        _check_gguf_files(study)
-        _check_scored_reported_checked(study, root)
-        again = root / "again"
-        assert main(["generate", str(prompts), *settings, "--backends", ",".join(study.ok), "--out", str(again)]) == 0
+    assert main(["run", str(prompts), *settings, "--backends", ",".join(["bf16", *study.backends]),
+                 "--out", str(study.run), "--metrics", METRICS, "--report-formats", "png"]) == 0
+    _check_census(study)
+    _check_gguf_files(study)
+    _check_scored_reported_checked(study, root)
+    again = root / "again"
+    assert main(["generate", str(prompts), *settings, "--backends", ",".join(study.ok), "--out", str(again)]) == 0
     assert study.image_hashes(again) == study.image_hashes()
     return study
 

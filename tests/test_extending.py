@@ -13,7 +13,24 @@ from evalkit.cli import main
 TESTS = Path(__file__).resolve().parent
 
 
+@pytest.fixture()
+def plugins_forgotten_after():
+    """The CLI runs in this process here, so --plugin registers the toys in the live registries: forget them after,
+    or a later test that registers the same toys itself finds them listed twice."""
+    yield
+    import toy_family
+    import toy_library
+
+    from evalkit import plugins
+
+    toy_library.unregister()
+    toy_family.unregister()
+    for name in ("toy_family.py", "toy_library.py"):
+        plugins._loaded_files.pop(str(TESTS / name), None)
+
+
 @pytest.mark.slow
+@pytest.mark.usefixtures("plugins_forgotten_after")
 def test_a_toy_family_and_a_toy_library_run_the_study_end_to_end(tmp_path: Path, capsys) -> None:
     prompts = tmp_path / "two.txt"
     prompts.write_text("A red cube on a blue table\nA lighthouse at dusk, oil painting\n", encoding="utf-8")

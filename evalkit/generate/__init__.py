@@ -1,4 +1,6 @@
-"""Generate stage: load a Flux pipeline per quantization backend, make seeded images, measure memory and latency.
+"""Generate stage: load a pipeline of a model family per quantization backend, make seeded images, measure memory
+and latency.
 
-Where to add a backend: `evalkit/quantizers/registry.py` (one frozen recipe in the registry).
+Where to add a backend: a library module in `evalkit/quantizers/` (docs/quantizers.md); a model family:
+a module in `evalkit/families/` (docs/models.md).
 """
