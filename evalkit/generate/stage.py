@@ -344,7 +344,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     manifest = dict(manifest)  # later stages' keys are merged in below
     if rd.manifest.exists():
         old = read_json(rd.manifest)
-        for k in ("fid_mode",):  # written by later stages; keep
+        for k in ("fid_mode", "compute"):  # written by later stages (compute: by generate's plan, ranks.py); keep
             if k in old:
                 manifest[k] = old[k]
     all_specs = _all_specs(backends)

@@ -280,9 +280,11 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     device = cfg["device"]
     capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
     family = family_of_manifest(manifest)
+    from evalkit.generate.worker.compute_dtype import dtypes_of
+
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
                        options=record["recipe"]["options"], cache_dir=cfg["cache_dir"], family=family.key,
-                       checkpoint=cfg.get("gguf_file"))
+                       checkpoint=cfg.get("gguf_file"), compute_dtypes=dtypes_of(manifest))
     requested = tuple(cfg["components"]) if cfg.get("components") else None
     on_cuda = device == "cuda"
 
@@ -336,7 +338,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     record["compile"] = compile_info
     record["footprint"] = loading.pipeline_footprint(pipe, family)
     record["numerics"] = {**numerics, "batch_size": max(1, int(gen.get("batch_size", 1))),
-                          "changed_by_loading": changed}
+                          "changed_by_loading": changed, "compute_plan": dict(ctx.compute_dtypes) or None}
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
@@ -356,12 +358,24 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     prompts = manifest["prompts"]
     common = dict(family_of_manifest(manifest).call_arguments(gen), output_type="np")
     warm_times = []
-    for _ in range(int(gen.get("warmup_runs", 1))):
-        emit("phase", phase="warmup")
-        g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
-        _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
-        warm_times.append(dt)
+    from evalkit.generate.worker.compute_dtype import dtypes_of, mismatch, observe_activations
+
+    family = family_of_manifest(manifest)
+    names = [c.name for c in family.components]
+    with observe_activations(pipe, names) as seen:  # the warm-up shows what each component computed in
+        for _ in range(int(gen.get("warmup_runs", 1))):
+            emit("phase", phase="warmup")
+            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
+            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
+            warm_times.append(dt)
     record["warmup_times_s"] = warm_times
+    if warm_times:
+        record["numerics"]["activation_dtypes"] = {n: sorted(seen[n]) for n in names if seen[n]}
+        below = mismatch(dtypes_of(manifest), seen)
+        if below:
+            print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
+            q = record["quantization"]
+            q["partial_reason"] = "; ".join(r for r in (q.get("partial_reason"), below) if r)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
     done: dict[str, dict[str, Any]] = {}
@@ -396,7 +410,8 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
                      "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
             write_or_explain(append_jsonl, target.partial, entry)
             done[p["id"]] = entry
-        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine))
+        # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
+        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
 
     if on_cuda:
         snap = measure.cuda_snapshot()
