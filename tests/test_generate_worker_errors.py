@@ -31,7 +31,9 @@ def test_the_error_line_is_the_exception_of_the_last_traceback_after_the_header(
 def test_without_a_traceback_the_last_line_and_without_output_nothing(tmp_path: Path) -> None:
     log = tmp_path / "bf16.log"
     log.write_text(HEADER + "Killed: out of memory\n\n")
-    assert worker_error_line(log) == "Killed: out of memory"  # the header itself is never the answer
+    assert worker_error_line(log) == "Killed: out of memory"
+    log.write_text(HEADER)  # the case: a header and nothing after it; the header is never the answer
+    assert worker_error_line(log) == ""
     log.write_text("older output\n" + HEADER)
     assert worker_error_line(log, log.stat().st_size) == ""
     assert worker_error_line(tmp_path / "missing.log") == ""
