@@ -26,6 +26,7 @@ import argparse
 import os
 import platform
 import re
+import resource
 import statistics
 import subprocess
 import sys
@@ -42,6 +43,7 @@ FIGURES_LINE = re.compile(r"^report: (\d+) figures .* in ([0-9.]+) s")
 
 
 EXTRA_ENV: dict[str, str] = {}  # --env
+EXTRA_ARGS: list[str] = []  # --args: appended to the README's command (e.g. a subset of backends)
 
 
 def cpu_description() -> str:
@@ -66,9 +68,10 @@ def one_run(tree: Path, cache: Path, out: Path) -> dict[str, float]:
     env = dict(os.environ, EVALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=str(tree), **EXTRA_ENV)
     t0 = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.Popen([sys.executable, "-m", "evalkit", "run", "prompts/styles.txt", "--model", "tiny",
-                          "--out", str(out)], cwd=tree, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                         text=True, bufsize=1)
+                          "--out", str(out), *EXTRA_ARGS], cwd=tree, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.STDOUT, text=True, bufsize=1)
     assert p.stdout is not None
     marks: dict[str, float] = {}
     tail: list[str] = []
@@ -84,9 +87,13 @@ def one_run(tree: Path, cache: Path, out: Path) -> dict[str, float]:
             figures = float(m.group(2))
     rc = p.wait()
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if rc != 0:
         raise SystemExit(f"{tree}: evalkit run failed ({rc}):\n{''.join(tail)[-3000:]}")
-    row = {"wall": wall, "figures": figures}
+    # CPU seconds of the whole process tree (workers are reaped by their forkserver, it by the stage): on a shared,
+    # loaded machine far steadier than wall time, which other processes' load stretches.
+    cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+    row = {"wall": wall, "figures": figures, "cpu": cpu}
     before = 0.0
     for stage, _ in STAGE_ENDS:
         if stage in marks:
@@ -102,10 +109,10 @@ def _fmt(v: float | None) -> str:
 
 def _table(rows: list[tuple[str, dict[str, float]]]) -> str:
     cols = [s for s, _ in STAGE_ENDS] + ["exit"]
-    out = ["| case | wall s | " + " | ".join(cols) + " | of which figures |",
-           "|---|---:|" + "---:|" * len(cols) + "---:|"]
+    out = ["| case | wall s | CPU s | " + " | ".join(cols) + " | of which figures |",
+           "|---|---:|---:|" + "---:|" * len(cols) + "---:|"]
     for name, r in rows:
-        out.append(f"| {name} | {r['wall']:.1f} | " + " | ".join(_fmt(r.get(c)) for c in cols)
+        out.append(f"| {name} | {r['wall']:.1f} | {_fmt(r.get('cpu'))} | " + " | ".join(_fmt(r.get(c)) for c in cols)
                    + f" | {_fmt(r.get('figures'))} |")
     return "\n".join(out)
 
@@ -122,12 +129,16 @@ def main() -> None:
                     help="an evalkit cache a tiny run has already filled: no cold or warming run at all")
     ap.add_argument("--env", action="append", default=[], metavar="NAME=VALUE",
                     help="an environment variable for every run (repeat), e.g. ONEDNN_MAX_CPU_ISA=AVX2")
+    ap.add_argument("--args", default="", help="extra arguments for `evalkit run`, e.g. '--backends bf16,gguf-q8_0' "
+                    "(then it is no longer the README's command: the table says so)")
     a = ap.parse_args()
     EXTRA_ENV.update(dict(e.split("=", 1) for e in a.env))
+    EXTRA_ARGS.extend(a.args.split())
     trees = {k: Path(v).resolve() for k, v in (t.split("=", 1) for t in a.tree)} or {"this tree": REPO}
     load_before = os.getloadavg()[0]
     rows: list[tuple[str, dict[str, float]]] = []
     per_tree: dict[str, list[float]] = {k: [] for k in trees}
+    per_tree_cpu: dict[str, list[float]] = {k: [] for k in trees}
     with tempfile.TemporaryDirectory() as tmp:
         cache = a.cache.resolve() if a.cache else Path(tmp) / "cache"
         if a.cache is None:
@@ -139,17 +150,24 @@ def main() -> None:
             for name, tree in trees.items():
                 r = one_run(tree, cache, Path(tmp) / f"run-{i}-{len(rows)}")
                 per_tree[name].append(r["wall"])
+                per_tree_cpu[name].append(r["cpu"])
                 rows.append((f"warm, {name}, round {i + 1}" if a.tree else f"warm cache, repeat {i + 1}", r))
-    print("# `evalkit run prompts/styles.txt --model tiny` wall time\n")
+                print(f"{rows[-1][0]}: wall {r['wall']:.1f} s, CPU {r['cpu']:.1f} s, load {os.getloadavg()[0]:.2f}",
+                      file=sys.stderr, flush=True)  # kept if a later run is stopped
+    print(f"# `evalkit run prompts/styles.txt --model tiny{' ' + a.args if a.args else ''}` wall time\n")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_description()}, "
           f"{os.cpu_count()} cores, load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}\n")
     print(_table(rows))
     print(f"\nwarm medians (target <= {TARGET_S:.0f} s on a quiet 2-core AVX2-only machine):")
     for name, ts in per_tree.items():
-        print(f"- {name} ({trees[name]}): median {statistics.median(ts):.1f} s, min {min(ts):.1f} s over {len(ts)}")
+        cpus = per_tree_cpu[name]
+        print(f"- {name} ({trees[name]}): median {statistics.median(ts):.1f} s, min {min(ts):.1f} s over {len(ts)}; "
+              f"CPU median {statistics.median(cpus):.1f} s")
     if len(per_tree) == 2:
         (n1, t1), (n2, t2) = per_tree.items()
-        print(f"- ratio {n2}/{n1} of medians: {statistics.median(t2) / statistics.median(t1):.3f}")
+        c1, c2 = per_tree_cpu[n1], per_tree_cpu[n2]
+        print(f"- ratio {n2}/{n1} of medians: wall {statistics.median(t2) / statistics.median(t1):.3f}, "
+              f"CPU {statistics.median(c2) / statistics.median(c1):.3f}")
 
 
 if __name__ == "__main__":
