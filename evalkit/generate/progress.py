@@ -117,6 +117,12 @@ class RankStudy:
         k = min(len(self.units), max(1, self.index + 1))
         return f"backend {k} of {len(self.units)}"
 
+    def short(self) -> str:
+        """The summary for a progress bar's narrow column."""
+        per_image, _ = self.seconds_per_image()
+        return (f"{self.backend_position()} · {_eta(self.eta())} · ~{per_image:.3g} s/image "
+                f"({'measured' if self.latencies else 'estimated'})")
+
     def summary(self) -> str:
         per_image, basis = self.seconds_per_image()
         return (f"{self.backend_position()}, {self.made}/{self.total} images, {_eta(self.eta())} "

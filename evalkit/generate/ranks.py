@@ -108,7 +108,7 @@ def _plan(opts: Any, lock: contextlib.ExitStack, console: Any, start_early: Call
                   f"backends={len(specs)} ranks={w.world_size} -> {rd.root}")
     note = ensure_compute_plan(rd, manifest)
     if note:
-        console.print(note, markup=False, highlight=False)
+        console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however narrow the console
     requested = tuple(opts.components) if opts.components else None
     work = plan_work(rd, manifest, specs, requested, opts.attempt_known_failures)
     try:
@@ -171,7 +171,8 @@ def ensure_compute_plan(rd: RunDir, manifest: dict[str, Any]) -> str | None:
 
         per_image, basis = seconds_per_image(rd, manifest)
         return f"slow: a full-size model on a CPU, about {per_image:.0f} s an image ({basis})"
-    return f"compute: {compute['reason']}" if compute.get("summary") else None
+    return f"compute: {compute['summary']}, every backend alike (manifest.json `compute` says why)" \
+        if compute.get("summary") else None
 
 
 def unit_costs(rd: RunDir, manifest: dict[str, Any], backends: list[str]) -> dict[str, Any]:
@@ -265,7 +266,7 @@ def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any]
                 TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=console, transient=False))
         study = _rank_study(rd, manifest, units)
         overall = bars.add_task("study" if not w.distributed else f"this rank's share [{tag}]", total=study.total,
-                                phase=study.summary()) if bars else None
+                                phase=study.short()) if bars else None
         tasks = {u.backend: bars.add_task(u.backend if not w.distributed else f"{u.backend} [{tag}]",
                                           total=len(u.prompt_ids), phase="queued")
                  for u in units} if bars else {}
@@ -289,7 +290,7 @@ def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any]
                     study.on_event(ev)  # first, so the line the sink prints includes this event
                     sink(ev)
                     if overall is not None:
-                        bars.update(overall, completed=study.made, phase=study.summary())
+                        bars.update(overall, completed=study.made, phase=study.short())
 
                 run_worker_process(rd, spec, env, on_event, tag, shard)
                 study.finish_unit()
@@ -297,7 +298,7 @@ def _run_units(opts: Any, rd: RunDir, manifest: dict[str, Any], units: list[Any]
                     rec = read_json(rd.shard_record(unit.backend, tag)) if rd.shard_record(unit.backend, tag).exists() else {}
                     sink({"event": "done", "status": rec.get("status", "failed"), "reason": rec.get("reason")})
                 if overall is not None:
-                    bars.update(overall, completed=study.made, phase=study.summary())
+                    bars.update(overall, completed=study.made, phase=study.short())
             except OSError as e:  # the rank could not even write its unit or failed record: disk full, read-only
                 raise _write_error(e) from None
 

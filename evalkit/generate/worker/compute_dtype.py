@@ -77,7 +77,7 @@ def plan_compute(device: str, model_kind: str, components: Mapping[str, str],
         return {"dtypes": dtypes, "cpu": cpu,
                 "reason": f"{why}: the tiny model computes in float32 throughout, in every backend alike (its images "
                           "carry no quality information; bf16 there is 30-70x slower than float32)",
-                "summary": f"compute float32 (CPU without native bf16: {cpu['capability']})"}
+                "summary": f"float32 compute throughout (CPU without native bf16: {cpu['capability']})"}
     fp32 = [n for n, role in components.items() if role == VAE_ROLE]
     for n in fp32:
         dtypes[n] = FP32
@@ -85,7 +85,7 @@ def plan_compute(device: str, model_kind: str, components: Mapping[str, str],
     return {"dtypes": dtypes, "cpu": cpu,
             "reason": f"{why}: {', '.join(fp32) or 'no component'} (never quantized) computes in float32 in every "
                       f"backend alike; {', '.join(bf16)} stay bf16, the path the study measures",
-            "summary": f"compute: {', '.join(fp32)} float32, the rest bf16 (CPU without native bf16: "
+            "summary": f"{', '.join(fp32)} in float32, the rest in bf16 (CPU without native bf16: "
                        f"{cpu['capability']})"}
 
 
@@ -203,3 +203,15 @@ def mismatch(planned: Mapping[str, str], observed: Mapping[str, Any]) -> str | N
         if lower:
             bad.append(f"{name} computed partly in {'/'.join(lower)}, the run's plan says {want}")
     return "; ".join(bad) or None
+
+
+def record_activations(record: dict[str, Any], planned: Mapping[str, str], seen: Mapping[str, set[str]]) -> str | None:
+    """Write what each component computed in (`numerics.activation_dtypes`) into a generation record; a dtype below
+    the plan's is added to `quantization.partial_reason` (the backend is then not comparable as it stands) and
+    returned."""
+    record["numerics"]["activation_dtypes"] = {n: sorted(d) for n, d in seen.items() if d}
+    below = mismatch(planned, seen)
+    if below:
+        q = record["quantization"]
+        q["partial_reason"] = "; ".join(r for r in (q.get("partial_reason"), below) if r)
+    return below

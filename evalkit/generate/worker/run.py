@@ -342,11 +342,11 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
-        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target)
+        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target, family)
 
 
 def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
-                     compile_info: Any, memory: dict[str, Any], target: Target) -> None:
+                     compile_info: Any, memory: dict[str, Any], target: Target, family: Any) -> None:
     import torch
 
     from evalkit.generate.worker import loading, measure
@@ -355,27 +355,20 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     # --- warm-up (excluded from latency; includes compilation for +compile) -------------------------------------
     if on_cuda:
         measure.cuda_reset_peak()
-    prompts = manifest["prompts"]
-    common = dict(family_of_manifest(manifest).call_arguments(gen), output_type="np")
-    warm_times = []
-    from evalkit.generate.worker.compute_dtype import dtypes_of, mismatch, observe_activations
+    from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
 
-    family = family_of_manifest(manifest)
-    names = [c.name for c in family.components]
-    with observe_activations(pipe, names) as seen:  # the warm-up shows what each component computed in
+    prompts = manifest["prompts"]
+    common = dict(family.call_arguments(gen), output_type="np")
+    warm_times = []
+    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
         for _ in range(int(gen.get("warmup_runs", 1))):
             emit("phase", phase="warmup")
             g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
             _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
             warm_times.append(dt)
     record["warmup_times_s"] = warm_times
-    if warm_times:
-        record["numerics"]["activation_dtypes"] = {n: sorted(seen[n]) for n in names if seen[n]}
-        below = mismatch(dtypes_of(manifest), seen)
-        if below:
-            print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
-            q = record["quantization"]
-            q["partial_reason"] = "; ".join(r for r in (q.get("partial_reason"), below) if r)
+    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
+        print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
     done: dict[str, dict[str, Any]] = {}
