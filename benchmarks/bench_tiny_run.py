@@ -63,10 +63,10 @@ def cpu_description() -> str:
     return f"{model}, {seen}" + (f" (under {extra})" if extra else "")
 
 
-def one_run(tree: Path, cache: Path, out: Path) -> dict[str, float]:
+def one_run(tree: Path, cache: Path, out: Path, tree_env: dict[str, str] | None = None) -> dict[str, float]:
     """Run the README's command from `tree` (its own code first on PYTHONPATH); wall, stage and figure seconds."""
     env = dict(os.environ, EVALKIT_CACHE=str(cache), HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=str(tree), **EXTRA_ENV)
+               PYTHONPATH=str(tree), **EXTRA_ENV, **(tree_env or {}))
     t0 = time.perf_counter()
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     p = subprocess.Popen([sys.executable, "-m", "evalkit", "run", "prompts/styles.txt", "--model", "tiny",
@@ -131,7 +131,15 @@ def main() -> None:
                     help="an environment variable for every run (repeat), e.g. ONEDNN_MAX_CPU_ISA=AVX2")
     ap.add_argument("--args", default="", help="extra arguments for `evalkit run`, e.g. '--backends bf16,gguf-q8_0' "
                     "(then it is no longer the README's command: the table says so)")
+    ap.add_argument("--tree-env", action="append", default=[], metavar="NAME=VAR=VALUE",
+                    help="an environment variable for the runs of tree NAME only (repeat): time one tree natively "
+                         "and as a CPU without native bf16 in alternation, e.g. --tree native=. --tree avx2=. "
+                         "--tree-env avx2=ONEDNN_MAX_CPU_ISA=AVX2")
     a = ap.parse_args()
+    tree_envs: dict[str, dict[str, str]] = {}
+    for item in a.tree_env:
+        name, var, value = item.split("=", 2)
+        tree_envs.setdefault(name, {})[var] = value
     EXTRA_ENV.update(dict(e.split("=", 1) for e in a.env))
     EXTRA_ARGS.extend(a.args.split())
     trees = {k: Path(v).resolve() for k, v in (t.split("=", 1) for t in a.tree)} or {"this tree": REPO}
@@ -148,7 +156,7 @@ def main() -> None:
         rounds = a.rounds if a.tree else a.repeats
         for i in range(rounds):
             for name, tree in trees.items():
-                r = one_run(tree, cache, Path(tmp) / f"run-{i}-{len(rows)}")
+                r = one_run(tree, cache, Path(tmp) / f"run-{i}-{len(rows)}", tree_envs.get(name))
                 per_tree[name].append(r["wall"])
                 per_tree_cpu[name].append(r["cpu"])
                 rows.append((f"warm, {name}, round {i + 1}" if a.tree else f"warm cache, repeat {i + 1}", r))
@@ -157,6 +165,8 @@ def main() -> None:
     print(f"# `evalkit run prompts/styles.txt --model tiny{' ' + a.args if a.args else ''}` wall time\n")
     print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, {cpu_description()}, "
           f"{os.cpu_count()} cores, load average before: {load_before:.2f}, after: {os.getloadavg()[0]:.2f}\n")
+    for name, extra in tree_envs.items():
+        print(f"- {name} runs under {' '.join(f'{k}={v}' for k, v in extra.items())}\n")
     print(_table(rows))
     print(f"\nwarm medians (target <= {TARGET_S:.0f} s on a quiet 2-core AVX2-only machine):")
     for name, ts in per_tree.items():
