@@ -131,7 +131,8 @@ def test_input_scaling_matches_fid_helper_convention(extractor: InceptionFeature
     img = np.random.default_rng(0).integers(0, 256, (2, 299, 299, 3), dtype=np.uint8)
     with torch.inference_mode():
         raw = extractor.forward_normalized((torch.from_numpy(img).permute(0, 3, 1, 2).float() - 128) / 128)
-    np.testing.assert_allclose(extractor.features(img), raw.double().numpy(), rtol=0, atol=1e-6)
+    # features() runs each image alone on one thread (thread-count independent); a batch rounds up to ~3e-6 apart
+    np.testing.assert_allclose(extractor.features(img), raw.double().numpy(), rtol=0, atol=1e-5)
 
 
 def test_features_layout_dtype_and_batching(extractor: InceptionFeatureExtractor, sets: dict) -> None:

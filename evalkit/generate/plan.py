@@ -131,11 +131,33 @@ def seconds_per_image(rd: RunDir, manifest: dict[str, Any]) -> tuple[float, str]
                 medians.append(float(median))
     if medians:
         return sum(medians) / len(medians), f"mean median latency of {len(medians)} backend(s) already run here"
+    made = measured_latencies(rd, manifest)
+    if made:
+        made.sort()
+        return made[len(made) // 2], f"median latency of {len(made)} image(s) already made in this run"
     gen = manifest["generation"]
     kind = "tiny" if (manifest.get("model") or {}).get("kind") == "tiny" else "full"
     base_s, base_steps, base_pixels, basis = ROUGH_SECONDS[(kind, manifest["config"]["device"])]
     scale = gen["num_inference_steps"] / base_steps * gen["height"] * gen["width"] / base_pixels
     return base_s * scale, f"rough: {basis}, scaled to {gen['height']}x{gen['width']}, {gen['num_inference_steps']} steps"
+
+
+def measured_latencies(rd: RunDir, manifest: dict[str, Any]) -> list[float]:
+    """Seconds an image of the images an unfinished attempt of this run already made (the per-image progress lists
+    of every rank), so that an estimate corrects itself from the run's first images, not only its finished backends."""
+    from evalkit.io import read_jsonl
+
+    out: list[float] = []
+    for name in manifest.get("backends", []):
+        files = [rd.generation_partial(name)]
+        if rd.shards_dir(name).is_dir():
+            files += sorted(rd.shards_dir(name).glob("*.partial.jsonl"))
+        for path in files:
+            for e in read_jsonl(path):
+                lat = e.get("latency_s") if isinstance(e, dict) else None
+                if isinstance(lat, (int, float)) and lat > 0:
+                    out.append(float(lat))
+    return out
 
 
 def describe_plan(plan: WorkPlan, rd: RunDir, manifest: dict[str, Any]) -> str:

@@ -317,7 +317,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         memory_convention=MEMORY_CONVENTION,
         config=_run_config(opts, identity, device, backend_options, compile_config, plugins),
     ))
-    for k in ("fid_mode",):  # written by later stages; keep
+    for k in ("fid_mode", "compute"):  # written by later stages (compute: by generate's plan, ranks.py); keep
         if old is not None and k in old:
             manifest[k] = old[k]
     specs_now = all_specs(backends)

@@ -112,6 +112,9 @@ def _plan(opts: GenerateOptions, lock: contextlib.ExitStack, console: Any,
     note = held_backends_note(opts, [s.name for s in specs])
     if note:
         console.print(note, markup=False, highlight=False)
+    note = ensure_compute_plan(rd, manifest)
+    if note:
+        console.print(note, markup=False, highlight=False, soft_wrap=True)  # one line, however narrow the console
     requested = tuple(opts.components) if opts.components else None
     work = plan_work(rd, manifest, specs, requested, opts.attempt_known_failures)
     try:
@@ -145,6 +148,37 @@ def _plan(opts: GenerateOptions, lock: contextlib.ExitStack, console: Any,
     except OSError as e:
         raise write_error(e) from None
     return {"root": str(rd.root), "token": _lock_token(rd), "schedule": schedule.to_json()}
+
+
+def ensure_compute_plan(rd: RunDir, manifest: dict[str, Any]) -> str | None:
+    """Give a new run its compute plan (manifest `compute`: which dtype each component computes in, and why;
+    evalkit/generate/worker/compute_dtype.py); a run keeps the one it has. A run made before plans were recorded
+    keeps bf16 throughout once it has images, so a resumed run never mixes dtypes. Returns the one line to print
+    at the start, if any: why the run computes partly in float32, or why it will be slow."""
+    from evalkit.families.registry import family_of_manifest
+    from evalkit.generate.worker.compute_dtype import BF16, cpu_bf16, legacy_compute, plan_compute
+
+    device = (manifest.get("config") or {}).get("device") or (manifest.get("device") or {}).get("type") or "cpu"
+    kind = (manifest.get("model") or {}).get("kind") or ""
+    cpu = cpu_bf16() if device == "cpu" else None
+    if not isinstance(manifest.get("compute"), dict):
+        components = {c.name: c.role for c in family_of_manifest(manifest).components}
+        images = rd.root / "images"
+        started = images.is_dir() and any(p.is_file() for p in images.rglob("*.png"))
+        manifest["compute"] = legacy_compute(components) if started else plan_compute(device, kind, components, cpu)
+    compute = manifest["compute"]
+    dtypes = compute.get("dtypes") or {}
+    slow_bf16 = [n for n, d in dtypes.items() if d == BF16] if cpu is not None and not cpu["native_bf16"] else []
+    if slow_bf16:
+        return (f"slow: this CPU has no native bf16 kernels ({cpu['capability']}), and {', '.join(slow_bf16)} compute "
+                "in bf16 in this run, 30-70x slower than float32 here (manifest.json `compute` says why)")
+    if device == "cpu" and kind != "tiny":
+        from evalkit.generate.plan import seconds_per_image
+
+        per_image, basis = seconds_per_image(rd, manifest)
+        return f"slow: a full-size model on a CPU, about {per_image:.0f} s an image ({basis})"
+    return f"compute: {compute['summary']}, every backend alike (manifest.json `compute` says why)" \
+        if compute.get("summary") else None
 
 
 def unit_costs(rd: RunDir, manifest: dict[str, Any], backends: list[str]) -> dict[str, Any]:
@@ -235,10 +269,13 @@ def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], unit
             bars = stack.enter_context(Progress(
                 TextColumn("{task.description:<32}"), BarColumn(), MofNCompleteColumn(),
                 TextColumn("{task.fields[phase]}"), TimeElapsedColumn(), console=console, transient=False))
+        study = _rank_study(rd, manifest, units)
+        overall = bars.add_task("study" if not w.distributed else f"this rank's share [{tag}]", total=study.total,
+                                phase=study.short()) if bars else None
         tasks = {u.backend: bars.add_task(u.backend if not w.distributed else f"{u.backend} [{tag}]",
                                           total=len(u.prompt_ids), phase="queued")
                  for u in units} if bars else {}
-        for unit in units:
+        for index, unit in enumerate(units):
             spec = parse_backend(unit.backend)
             shard = {"tag": tag, "rank": w.rank, "world_size": w.world_size, "host": socket.gethostname(),
                      "gpu": env.get("CUDA_VISIBLE_DEVICES"), "prompt_ids": list(unit.prompt_ids)}
@@ -248,17 +285,24 @@ def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], unit
                     "schema": "evalkit.unit/1", "backend": unit.backend, "tag": tag, "rank": w.rank,
                     "world_size": w.world_size, "host": shard["host"], "pid": os.getpid(),
                     "prompt_ids": list(unit.prompt_ids), "threads": threads, "created_utc": utc_now()})
-                sink = _event_sink(bars, tasks.get(unit.backend), w, unit)
+                study.start_unit(index)
+                sink = _event_sink(bars, tasks.get(unit.backend), w, unit, study)
                 seen: list[str] = []
 
                 def on_event(ev: dict[str, Any]) -> None:
                     seen.append(str(ev.get("event")))
+                    study.on_event(ev)  # first, so the line the sink prints includes this event
                     sink(ev)
+                    if overall is not None:
+                        bars.update(overall, completed=study.made, phase=study.short())
 
                 run_worker_process(rd, spec, env, on_event, tag, shard)
+                study.finish_unit()
                 if "done" not in seen:  # the worker died before saying so: show what its failed record says
                     rec = read_json(rd.shard_record(unit.backend, tag)) if rd.shard_record(unit.backend, tag).exists() else {}
                     sink({"event": "done", "status": rec.get("status", "failed"), "reason": rec.get("reason")})
+                if overall is not None:
+                    bars.update(overall, completed=study.made, phase=study.short())
             except OSError as e:  # the rank could not even write its unit or failed record: disk full, read-only
                 raise write_error(e) from None
 
@@ -308,11 +352,24 @@ def worker_threads(manifest: dict[str, Any], device: str, local_workers: int) ->
     return None
 
 
-def _event_sink(bars: Any, task: Any, w: dist.World, unit: Any) -> Callable[[dict[str, Any]], None]:
+def _rank_study(rd: RunDir, manifest: dict[str, Any], units: list[Any]) -> Any:
+    """This rank's units as one study (evalkit/generate/progress.py), starting from the plan's estimates."""
+    from evalkit.generate.plan import seconds_per_image
+    from evalkit.generate.progress import RankStudy
+    from evalkit.generate.schedule import rough_cost
+
+    per_image, basis = seconds_per_image(rd, manifest)
+    kind = (manifest.get("model") or {}).get("kind") or "full"
+    fixed = [rough_cost(u.backend, kind, per_image, basis).fixed_s for u in units]
+    return RankStudy([(u.backend, len(u.prompt_ids)) for u in units], per_image, basis,
+                     sum(fixed) / len(fixed) if fixed else 0.0)
+
+
+def _event_sink(bars: Any, task: Any, w: dist.World, unit: Any, study: Any = None) -> Callable[[dict[str, Any]], None]:
     if bars is None:
         from evalkit.generate.progress import PlainUnitProgress
 
-        return PlainUnitProgress(w, unit.backend, len(unit.prompt_ids)).on_event
+        return PlainUnitProgress(w, unit.backend, len(unit.prompt_ids), study=study).on_event
 
     def on_event(ev: dict[str, Any]) -> None:
         if ev.get("event") == "phase":

@@ -197,7 +197,9 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, ta
                     pass  # a library printing to stdout; not ours
             return proc.wait()
     from evalkit.generate.worker.run import forked_main
+    from evalkit.mainguard import check_main_guard
 
+    check_main_guard("backend workers (forkserver processes)")
     ctx = _forkserver()
     recv, send = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=forked_main, args=(str(rd.root), spec.name, str(log_path), env, send, tag),
@@ -241,6 +243,9 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
     with open(rd.log(spec.name), "ab") as log:
         log.write(f"\n=== {utc_now()} worker for {spec.name}"
                   f"{' unit ' + tag if tag else ''} ===\n".encode())
+        start = log.tell()  # what this worker writes comes after its header
+    pending = forkserver_log()
+    pending_start = _size(pending)
     rc = _spawn(rd, spec, env, on_event, tag)
     if rc != 0:
         rec = read_json(rec_path) if rec_path.exists() else None
@@ -252,13 +257,38 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
                     reason += " (out of host memory?)"
             else:
                 reason = f"worker exited with code {rc}"
-            tail = _log_tail(rd.log(spec.name))
-            write_unrun_record(rd, spec, "failed", f"{reason}; last log line: {tail}" if tail else reason, tag, shard)
+            # The worker's own last word: its exception from its log, or, when it died while starting (before its
+            # output went to its log), from the forkserver's log.
+            said = worker_error_line(rd.log(spec.name), start)
+            if not said and pending is not None:
+                said = worker_error_line(pending, pending_start)
+            write_unrun_record(rd, spec, "failed", f"{reason}: {said}" if said else
+                               f"{reason}; it wrote nothing to {rd.relative(rd.log(spec.name))}", tag, shard)
 
 
-def _log_tail(path: Path) -> str:
+def _size(path: Path | None) -> int:
     try:
-        lines = [ln.strip() for ln in path.read_text(errors="replace").splitlines() if ln.strip()]
+        return path.stat().st_size if path is not None else 0
+    except OSError:
+        return 0
+
+
+def worker_error_line(path: Path, start: int = 0) -> str:
+    """What a dead worker last said in `path` after byte `start`: the exception line of its last traceback
+    (`EvalkitError: ...`), else its last non-empty line; "" when it said nothing."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode("utf-8", errors="replace")
     except OSError:
         return ""
-    return lines[-1][:300] if lines else ""
+    lines = [ln.rstrip() for ln in text.splitlines() if ln.strip() and not ln.startswith("=== ")]
+    exception = ""
+    in_traceback = False
+    for ln in lines:
+        if ln.startswith("Traceback (most recent call last):"):
+            in_traceback = True
+        elif in_traceback and not ln[:1].isspace():
+            exception, in_traceback = ln, False  # the first unindented line after the frames
+    said = exception or (lines[-1].strip() if lines else "")
+    return said[:300]

@@ -28,6 +28,7 @@ depends on the resize filter, and clean-fid's "clean" mode lives in evalkit.metr
 from __future__ import annotations
 
 import importlib.util
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -110,12 +111,19 @@ class InceptionFeatureExtractor:
     def features(self, images: Any) -> np.ndarray:
         """Pool3 features of images on the 0..255 scale (uint8 or float), 299x299, NCHW or NHWC -> float64 [N,2048].
 
-        A list/tuple of HWC images is also accepted. Batched by ``self.batch_size``; float32 on the device (as
-        clean-fid), converted to float64 so every later statistic is float64."""
+        A list/tuple of HWC images is also accepted. float32 on the device (as clean-fid), converted to float64 so
+        every later statistic is float64. On a GPU, batched by ``self.batch_size``. On a CPU, one image at a time on
+        one intra-op thread, images spread over as many Python threads as torch has intra-op threads: each image's
+        features are then the same bits whatever the thread count and whatever else is in its batch (batched,
+        they moved by up to 3e-6 between 1 and 2 threads, enough to change FID in the 6th digit between world
+        sizes), at no cost in CPU time (benchmarks/results/inception-threads-2026-12-05.md)."""
         import torch
 
         x = _to_nchw_float(images)
         out = np.empty((x.shape[0], INCEPTION_FEATURE_DIM), dtype=np.float64)
+        if self.device.type == "cpu":
+            self._features_per_image(x, out)
+            return out
         with torch.inference_mode():
             for i in range(0, x.shape[0], self.batch_size):
                 b = x[i : i + self.batch_size].to(self.device, non_blocking=True)
@@ -124,8 +132,37 @@ class InceptionFeatureExtractor:
                 out[i : i + b.shape[0]] = f.reshape(b.shape[0], -1).double().cpu().numpy()
         return out
 
+    def _features_per_image(self, x: Any, out: np.ndarray) -> None:
+        """CPU: `out[i]` = features of image i alone, computed on one intra-op thread (see `features`)."""
+        import torch
+        from concurrent.futures import ThreadPoolExecutor
+
+        def one(i: int) -> None:
+            with torch.inference_mode():
+                f = self.model((x[i : i + 1] - 128.0) / 128.0)
+            out[i] = f.reshape(-1).double().numpy()
+
+        with _ONE_INTRA_OP_THREAD:
+            threads = torch.get_num_threads()
+            torch.set_num_threads(1)  # process-wide: threads started below take it on their first op
+            try:
+                if threads <= 1 or x.shape[0] <= 1:
+                    for i in range(x.shape[0]):
+                        one(i)
+                else:
+                    with ThreadPoolExecutor(max_workers=min(threads, x.shape[0])) as pool:
+                        list(pool.map(one, range(x.shape[0])))
+            finally:
+                torch.set_num_threads(threads)
+
     def __repr__(self) -> str:
         return f"InceptionFeatureExtractor(path={str(self.path)!r}, device={str(self.device)!r})"
+
+
+# One extraction at a time changes the process's intra-op thread count (and puts it back).
+_ONE_INTRA_OP_THREAD = threading.Lock()
+# In the features' cache key: CPU features are computed image by image since 2026-12-05 (other bits than batched).
+EXTRACTION_ID = "cpu-per-image-1-thread"
 
 
 def load_default_inception(device: str | Any = "cpu", batch_size: int = 32) -> InceptionFeatureExtractor:
@@ -163,7 +200,8 @@ class InceptionSetExtractor:
         from evalkit.metrics.fid import CLEAN_RESIZE_ID
         from evalkit.metrics.registry import METRICS_VERSION
 
-        return hashlib.sha256(f"{INCEPTION_ID}|{CLEAN_RESIZE_ID}|{METRICS_VERSION}".encode()).hexdigest()[:16]
+        return hashlib.sha256(f"{INCEPTION_ID}|{CLEAN_RESIZE_ID}|{METRICS_VERSION}|{EXTRACTION_ID}".encode()
+                              ).hexdigest()[:16]
 
     @classmethod
     def describe(cls, fid_method: str = "auto") -> dict[str, Any]:

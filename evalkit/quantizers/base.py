@@ -81,6 +81,15 @@ class BuildContext:
     cache_dir: str
     family: str = ""  # the model family's key (evalkit.families)
     checkpoint: str | None = None  # a prequantized file given for the run (`--gguf-file`), read by the GGUF library
+    # The run's plan (manifest `compute`, evalkit/generate/worker/compute_dtype.py): component -> dtype name. A
+    # library with its own compute-dtype setting takes it from here, so every backend computes as the reference does.
+    compute_dtypes: Mapping[str, str] = field(default_factory=dict)
+
+    def compute_dtype(self, component: str) -> Any:
+        """The torch dtype `component` computes in under the run's plan (bf16 when the plan does not name it)."""
+        import torch
+
+        return getattr(torch, self.compute_dtypes.get(component, "bfloat16"))
 
 
 # Roles a backend quantizes (the family says which components have them): evalkit.families.base.DENOISER, ...

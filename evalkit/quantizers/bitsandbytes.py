@@ -25,8 +25,6 @@ class BitsAndBytesQuantizer(Quantizer):
     library = LIBRARY
 
     def config(self, backend: Backend, component: "Component", ctx: BuildContext) -> Any:
-        import torch
-
         if component.config_library == DIFFUSERS:
             from diffusers import BitsAndBytesConfig
         else:
@@ -38,7 +36,7 @@ class BitsAndBytesQuantizer(Quantizer):
             kw: dict[str, Any] = {"load_in_8bit": True, "llm_int8_threshold": opts.get("llm_int8_threshold", 6.0)}
         else:
             kw = {"load_in_4bit": True, "bnb_4bit_quant_type": "fp4" if kind == "fp4" else "nf4",
-                  "bnb_4bit_compute_dtype": torch.bfloat16,
+                  "bnb_4bit_compute_dtype": ctx.compute_dtype(component.name),
                   "bnb_4bit_use_double_quant": kind == "nf4-dq" or bool(opts.get("double_quant", False))}
         if skip:
             kw["llm_int8_skip_modules"] = skip

@@ -21,11 +21,14 @@ class LayerwiseQuantizer(Quantizer):
                   ctx: BuildContext) -> dict[str, Any] | None:
         import torch
 
-        cfg = {"storage_dtype": "float8_e4m3fn", "compute_dtype": "bfloat16"}
+        cfg = {}
         for c in components:
-            getattr(pipe, c.name).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn,
-                                                           compute_dtype=torch.bfloat16)
-        return {"enable_layerwise_casting": cfg, "components": [c.name for c in components]}
+            # the run's compute dtype (bf16, or float32 on a CPU without native bf16), as the reference computes
+            compute = ctx.compute_dtype(c.name)
+            getattr(pipe, c.name).enable_layerwise_casting(storage_dtype=torch.float8_e4m3fn, compute_dtype=compute)
+            cfg[c.name] = {"storage_dtype": "float8_e4m3fn", "compute_dtype": str(compute).replace("torch.", "")}
+        first = next(iter(cfg.values()), {"storage_dtype": "float8_e4m3fn", "compute_dtype": "bfloat16"})
+        return {"enable_layerwise_casting": first, "components": [c.name for c in components]}
 
 
 BACKENDS = (

@@ -189,6 +189,13 @@ class Decoder:
         if self._pool is None:
             import multiprocessing as mp
 
+            from evalkit.mainguard import main_guard_problem
+
+            if main_guard_problem("image-decoding workers"):
+                # spawn would run the caller's unguarded script again in each worker: decode here instead
+                self.workers = 1
+                return PendingDecode(self, paths, None)
+
             # forkserver/spawn would re-import torch in each worker; the workers only need PIL and numpy,
             # but fork after torch threads exist is unsafe, so use spawn with a light entry point.
             self._pool = ProcessPoolExecutor(max_workers=self.workers, mp_context=mp.get_context("spawn"))

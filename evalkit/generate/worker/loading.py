@@ -11,6 +11,7 @@ from typing import Any, Callable
 
 import torch
 
+from evalkit.generate.worker.compute_dtype import cast_inputs, load_dtype
 from evalkit.quantizers.base import BuildContext
 from evalkit.families.base import ModelFamily
 from evalkit.quantizers.registry import BackendSpec, quantizer_for, resolve_components
@@ -61,7 +62,8 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
     components, note = resolve_components(b, family, requested_components, ctx.device)
     info: dict[str, Any] = {"components_quantized": [c.name for c in components], "resolved_config": {}, "note": note,
                             "library": b.library.key, "library_version": _distribution_version(b.library.pip_name)}
-    kwargs: dict[str, Any] = {"dtype": torch.bfloat16}
+    # bf16, or the run's compute plan (float32 on a CPU without native bf16: evalkit/generate/worker/compute_dtype.py)
+    kwargs: dict[str, Any] = {"dtype": load_dtype(ctx.compute_dtypes)}
 
     mapping: dict[str, Any] = {}
     for c in components:
@@ -93,6 +95,7 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
         ctx.model_path, **kwargs, **{name: None for name in supplied if name not in kwargs})
     if supplied:
         pipe.register_modules(**supplied)
+    cast_inputs(pipe, ctx.compute_dtypes)
 
     done = quantizer.post_load(b, pipe, components, ctx)
     if done is not None:

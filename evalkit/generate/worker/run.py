@@ -259,9 +259,11 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     device = cfg["device"]
     capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
     family = family_of_manifest(manifest)
+    from evalkit.generate.worker.compute_dtype import dtypes_of
+
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
                        options=record["recipe"]["options"], cache_dir=cfg["cache_dir"], family=family.key,
-                       checkpoint=cfg.get("gguf_file"))
+                       checkpoint=cfg.get("gguf_file"), compute_dtypes=dtypes_of(manifest))
     requested = tuple(cfg["components"]) if cfg.get("components") else None
     on_cuda = device == "cuda"
 
@@ -315,15 +317,15 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     record["compile"] = compile_info
     record["footprint"] = loading.pipeline_footprint(pipe, family)
     record["numerics"] = {**numerics, "batch_size": max(1, int(gen.get("batch_size", 1))),
-                          "changed_by_loading": changed}
+                          "changed_by_loading": changed, "compute_plan": dict(ctx.compute_dtypes) or None}
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
-        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target)
+        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target, family)
 
 
 def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
-                     compile_info: Any, memory: dict[str, Any], target: Target) -> None:
+                     compile_info: Any, memory: dict[str, Any], target: Target, family: Any) -> None:
     import torch
 
     from evalkit.generate.worker import loading, measure
@@ -332,15 +334,20 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     # --- warm-up (excluded from latency; includes compilation for +compile) -------------------------------------
     if on_cuda:
         measure.cuda_reset_peak()
+    from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
+
     prompts = manifest["prompts"]
-    common = dict(family_of_manifest(manifest).call_arguments(gen), output_type="np")
+    common = dict(family.call_arguments(gen), output_type="np")
     warm_times = []
-    for _ in range(int(gen.get("warmup_runs", 1))):
-        emit("phase", phase="warmup")
-        g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
-        _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
-        warm_times.append(dt)
+    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
+        for _ in range(int(gen.get("warmup_runs", 1))):
+            emit("phase", phase="warmup")
+            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
+            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
+            warm_times.append(dt)
     record["warmup_times_s"] = warm_times
+    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
+        print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
     done: dict[str, dict[str, Any]] = {}
@@ -375,7 +382,8 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
                      "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
             write_or_explain(append_jsonl, target.partial, entry)
             done[p["id"]] = entry
-        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine))
+        # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
+        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
 
     if on_cuda:
         snap = measure.cuda_snapshot()

@@ -24,8 +24,6 @@ class GGUFQuantizer(Quantizer):
 
     def load_component(self, backend: Backend, component: "Component", ctx: BuildContext, family: Any,
                        info: dict[str, Any]) -> Any:
-        import torch
-
         from evalkit.quantizers.gguf import convert
 
         support = family.gguf
@@ -40,10 +38,11 @@ class GGUFQuantizer(Quantizer):
             info["gguf_source"] = "made by evalkit from the bf16 weights with the gguf package"
         info["gguf_file"] = path
         model, info["gguf_summary"] = convert.load_gguf_component(
-            path, ctx.model_path, component.name, torch.bfloat16, support.original_key_markers,
+            path, ctx.model_path, component.name, ctx.compute_dtype(component.name), support.original_key_markers,
             support.original_converter)
+        compute = str(ctx.compute_dtype(component.name)).replace("torch.", "")
         info["resolved_config"] = {component.name: {"class": "diffusers.GGUFQuantizationConfig",
-                                                    "config": {"compute_dtype": "bfloat16", "qtype": qtype}}}
+                                                    "config": {"compute_dtype": compute, "qtype": qtype}}}
         return model
 
     def unavailable(self, backend: Backend, device: str, capability: tuple[int, int] | None,
