@@ -52,6 +52,9 @@ class Library:
     deprecated: str | None = None
     # Extra install arguments, e.g. ("--no-deps",) for a package whose dependencies would pull torchvision.
     install_note: str = ""
+    # The `quant_method` values of a checkpoint's `quantization_config` (config.json) that this library reads: a
+    # prequantized folder naming one is loaded as this library's (evalkit/quantizers/checkpoint.py).
+    quant_methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key or not self.pip_name or not self.import_name:
@@ -81,6 +84,10 @@ class BuildContext:
     cache_dir: str
     family: str = ""  # the model family's key (evalkit.families)
     checkpoint: str | None = None  # a prequantized file given for the run (`--gguf-file`), read by the GGUF library
+    # The study's prompts and generation settings (manifest `generation`): a library that calibrates on the study's
+    # own prompts (AutoRound) reads them; () / {} where the caller has none.
+    prompts: tuple[str, ...] = ()
+    generation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
 # Roles a backend quantizes (the family says which components have them): evalkit.families.base.DENOISER, ...
@@ -106,6 +113,9 @@ class Backend:
     cpu_unsupported_reason: str = "needs a CUDA GPU"
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     in_seed_study: bool = True
+    # False: run only when named or with `--backends all`, not with `default` (a backend that first calibrates for
+    # minutes on the study's prompts: AutoRound's SignRound)
+    in_default: bool = True
     reference: bool = False
     # What proves a component was quantized when the library marks layers its own way (default: library.layer_marker)
     layer_marker: str | None = None
@@ -161,4 +171,27 @@ class Quantizer:
         """Combinations with modifiers that fail inside the library: (backend base name or '*', modifiers) ->
         reason. Recorded as failed instead of attempted (unless --attempt-known-failures)."""
         return {}
+
+    # --- prequantized checkpoints (`--backend NAME=PATH`, evalkit/quantizers/checkpoint.py) ---------------------
+
+    def read_file(self, path: str) -> dict[str, Any] | None:
+        """Facts about a single-file checkpoint this library reads (a GGUF file, a BFL safetensors), or None when
+        the file is not this library's. Runs in the stage (cheap: headers only, no torch). The facts go into the
+        record; they must hold `scheme` (what the file is, in the library's terms), `component` (the family
+        component it holds; "" = the denoiser) and `params` (the logical parameter count of its weights, scales
+        left out: checked against the run's model, so a checkpoint of another architecture is refused)."""
+        return None
+
+    def load_checkpoint(self, backend: Backend, component: "Component", ctx: BuildContext, family: Any,
+                        info: dict[str, Any], checkpoint: Mapping[str, Any]) -> Any:
+        """`component` loaded from a prequantized checkpoint of this library (`checkpoint`: the facts
+        checkpoint.py recorded: path, layout, settings). None: the generic route does it (the component's class
+        `from_pretrained` on the folder; diffusers and transformers read its `quantization_config` themselves)."""
+        return None
+
+    def checkpoint_unavailable(self, checkpoint: Mapping[str, Any], device: str,
+                               capability: tuple[int, int] | None) -> str | None:
+        """Why a prequantized checkpoint of this library cannot load on `device` (a CUDA-only quantizer, a GPU
+        generation), or None."""
+        return None
 
