@@ -38,7 +38,8 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
              components: str | Sequence[str] | None = None, config: PathLike | None = None,
              gguf_file: PathLike | None = None, attempt_known_failures: bool = False, jobs: int = 1,
              gpus: str | Sequence[str] | None = None, prompt_column: str | None = None,
-             schedule: str = "auto", plugins: Sequence[PathLike] = (), quiet: bool = False) -> Path:
+             schedule: str = "auto", plugins: Sequence[PathLike] = (), checkpoints: Sequence[str] = (),
+             quiet: bool = False) -> Path:
     """Generate images for each backend and measure memory and latency (`evalkit generate`); returns the run dir.
 
     `prompts` is a prompts file or a list of prompt texts (written to evalkit's cache as a prompts file, so the
@@ -46,6 +47,7 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
     (default: prompt, prompts, text or caption). Rerunning with the same arguments resumes the same run directory.
     `quiet=True` hides the progress display. `gpus=[...]` (or `jobs=N` on CPU) runs one rank per GPU (per job)
     through torchrun, as `evalkit generate --gpus` does; `schedule` is auto|prompts|backends (docs/distributed.md).
+    `checkpoints=["mine=DIR"]` adds prequantized checkpoints as backends, as `--backend NAME=PATH` does.
     Raises EvalkitError on bad input, and when ranks end with missing prompts (see `merge`).
 
     >>> import tempfile, evalkit
@@ -66,6 +68,7 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
         components=_list(components), config_file=_str(config), gguf_file=_str(gguf_file), jobs=jobs,
         gpus=_list(gpus) or [], attempt_known_failures=attempt_known_failures,
         command=["evalkit.generate(...)"], schedule=schedule, plugins=[str(p) for p in plugins],
+        checkpoints=list(checkpoints),
     )
     from evalkit.errors import EvalkitError
     from evalkit.generate.cli import launch_ranks, local_ranks_wanted, options_argv

@@ -44,6 +44,10 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "settings: [compile] preset = \"regional\"|\"whole\"|\"seed\", mode, fullgraph, dynamic, "
                         "component, regional (per backend: [backends.NAME.compile])")
     q.add_argument("--gguf-file", help="a pre-quantized GGUF transformer for the gguf-* backends (else evalkit makes one)")
+    q.add_argument("--backend", dest="checkpoints", action="append", metavar="NAME=PATH_OR_HUB_ID",
+                   help="a prequantized checkpoint as a backend named NAME (repeatable): a diffusers folder or "
+                        "pipeline whose config.json has a quantization_config, a GGUF or BFL file, or a hub id in "
+                        "the HF cache (never downloaded)")
     q.add_argument("--plugin", dest="plugins", action="append", metavar="FILE.py",
                    help="a Python file registering your own quantization library and backends, model family or "
                         "metric (repeatable; docs/plugins.md); installed plugins load through entry points")
@@ -79,6 +83,7 @@ def options_from_args(args: argparse.Namespace) -> GenerateOptions:
         max_sequence_length=args.max_sequence_length, batch_size=args.batch_size, seed=args.seed, prompt_column=args.prompt_column, warmup=args.warmup,
         components=[c.strip() for c in args.components.split(",") if c.strip()] if args.components else None,
         config_file=args.config_file, gguf_file=args.gguf_file, jobs=args.jobs, plugins=list(args.plugins or []),
+        checkpoints=list(getattr(args, "checkpoints", None) or []),
         gpus=[g.strip() for g in args.gpus.split(",") if g.strip()] if args.gpus else [],
         attempt_known_failures=args.attempt_known_failures, command=["evalkit", *sys.argv[1:]],
         max_images=args.max_images, lock_timeout=args.lock_timeout, break_lock=args.break_lock,
@@ -122,6 +127,8 @@ def options_argv(opts: GenerateOptions) -> list[str]:
             argv += [flag, str(value)]
     for plugin in opts.plugins:
         argv += ["--plugin", plugin]
+    for ckpt in opts.checkpoints:
+        argv += ["--backend", ckpt]
     for flag, on in (("--attempt-known-failures", opts.attempt_known_failures), ("--break-lock", opts.break_lock),
                      ("--no-reference", not opts.include_reference)):
         if on:

@@ -48,7 +48,7 @@ def versioned_packages() -> tuple[str, ...]:
 # Settings that decide what the images are. A run directory holds one value of each; backends can be added.
 IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
                  "max_sequence_length", "base_seed", "batch_size", "device", "components", "backend_options", "gguf_file",
-                 "plugins", "prompt_column")
+                 "plugins", "prompt_column", "checkpoints")
 
 
 @dataclass
@@ -72,6 +72,7 @@ class GenerateOptions:
     config_file: str | None = None
     gguf_file: str | None = None
     plugins: list[str] = field(default_factory=list)  # plugin files registering backends, families, metrics
+    checkpoints: list[str] = field(default_factory=list)  # `--backend NAME=PATH_OR_HUB_ID`: prequantized checkpoints
     jobs: int = 1
     gpus: list[str] = field(default_factory=list)
     attempt_known_failures: bool = False
@@ -255,6 +256,10 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     from evalkit.plugins import load_plugin_files
 
     plugins = load_plugin_files(opts.plugins)  # before any backend, family or option names are read
+    from evalkit.quantizers import checkpoint
+
+    checkpoints = checkpoint.read_arguments(opts.checkpoints)
+    checkpoint.register_checkpoints(checkpoints)  # their backend names, before --backends and --config read them
     backend_options, compile_config = load_config(opts.config_file)
     early_family = family_of_spec(opts.model)  # known without building or reading anything, except for a path
     if early_family is not None:
@@ -296,7 +301,13 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     for k in ("height", "width"):
         if gen[k] % multiple:
             raise EvalkitError(f"--{k} {gen[k]}: {family.display} needs a multiple of {multiple} for this model")
+    checkpoints = [checkpoint.fit_to_model(e, model.path, family) for e in checkpoints]  # another architecture: refused
+    checkpoint.register_checkpoints(checkpoints)
+    specs += [_all_specs([e["name"]])[0] for e in checkpoints
+              if e["name"] not in {x.name for x in specs}]  # a checkpoint given is a backend asked for
     identity = run_identity(opts, model, prompts_sha, gen, device, backend_options, plugins)
+    if checkpoints:  # path and content key: other weights, another study (absent without: run ids stay as they were)
+        identity["checkpoints"] = checkpoint.identity(checkpoints)
     ident_hash = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:8]
     run_id = f"{_slug(model.spec)}-{_slug(Path(opts.prompts_file).stem)}-{ident_hash}"
     root = Path(opts.out) if opts.out else Path(opts.reports_dir) / run_id
@@ -340,7 +351,8 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         memory_convention=MEMORY_CONVENTION,
         config={"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
                 "compile": compile_config,
-                "gguf_file": identity["gguf_file"], "plugins": plugins, "cache_dir": str(cache_dir()), "jobs": opts.jobs,
+                "gguf_file": identity["gguf_file"], "plugins": plugins, "checkpoints": checkpoints,
+                "cache_dir": str(cache_dir()), "jobs": opts.jobs,
                 "gpus": opts.gpus, "attempt_known_failures": opts.attempt_known_failures,
                 "options": {k: v for k, v in asdict(opts).items() if k != "command"}},
     )

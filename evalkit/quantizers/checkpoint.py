@@ -300,8 +300,8 @@ def register_checkpoints(entries: Iterable[Mapping[str, Any]]) -> None:
     register_library(LIBRARY, QUANTIZER, list(mine.values()), replace=True)
 
 
-def register_arguments(args: Iterable[str]) -> list[dict[str, Any]]:
-    """`--backend NAME=TARGET` values -> their entries, registered (before any backend name is read)."""
+def read_arguments(args: Iterable[str]) -> list[dict[str, Any]]:
+    """`--backend NAME=TARGET` values -> their entries (not yet registered)."""
     entries, seen = [], set()
     for text in args:
         name, target = parse_argument(text)
@@ -309,7 +309,6 @@ def register_arguments(args: Iterable[str]) -> list[dict[str, Any]]:
             raise EvalkitError(f"--backend {name}=...: given twice")
         seen.add(name)
         entries.append(read_checkpoint(name, target))
-    register_checkpoints(entries)
     return entries
 
 
@@ -323,6 +322,34 @@ def register_run_checkpoints(manifest: Any) -> None:
 def identity(entries: Iterable[Mapping[str, Any]]) -> list[list[str]] | None:
     """The run identity's part: each checkpoint's name, path and content key (None without checkpoints)."""
     return sorted([e["name"], e["path"], e["content_key"]] for e in entries) or None
+
+
+def save_quantized(model_path: str, backend_name: str, out: str | os.PathLike[str], component: str | None = None,
+                   device: str = "cpu", family_key: str | None = None) -> Path:
+    """Quantize one component of a pipeline folder with a registered backend's recipe and `save_pretrained` it to
+    `out` (a diffusers folder with its quantization_config): a prequantized checkpoint for `--backend NAME=OUT`.
+    Only backends that quantize through a config can (bitsandbytes on CUDA, torchao, SDNQ, quanto, ModelOpt)."""
+    import torch
+
+    from evalkit.families.registry import family_of_pipeline_dir, get_family
+    from evalkit.quantizers.registry import parse_backend, quantizer_for
+
+    family = get_family(family_key) if family_key else family_of_pipeline_dir(Path(model_path))
+    comp = family.component(component) if component else family.denoiser
+    backend = parse_backend(backend_name).backend
+    ctx = BuildContext(device=device, capability=tuple(torch.cuda.get_device_capability()) if device == "cuda"
+                       else None, model_path=str(model_path), options=backend.options, cache_dir=str(out),
+                       family=family.key)
+    cfg = quantizer_for(backend).config(backend, comp, ctx)
+    if cfg is None:
+        raise EvalkitError(f"{backend_name}: quantizes without a config (it loads or transforms the model its own "
+                           "way), so it cannot be saved as a prequantized folder")
+    lib, cls_name = pipeline_entry(model_path, comp.name)
+    cls = getattr(importlib.import_module(lib), cls_name)
+    model = cls.from_pretrained(str(model_path), subfolder=comp.name, dtype=torch.bfloat16, quantization_config=cfg,
+                                local_files_only=True, **({"device_map": "cuda"} if device == "cuda" else {}))
+    model.save_pretrained(str(out))
+    return Path(out)
 
 
 # ---------------------------------------------------------------------------------------------------------------
