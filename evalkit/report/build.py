@@ -201,6 +201,8 @@ def _perf_rows(data: ReportData) -> list[dict[str, Any]]:
             "lat_ratio": _ratio(med, ref_lat) if b.name != data.reference else "",
             "load": rec.get("load_time_s"), "compile": rec.get("compile_time_s"),
             "flags": b.flags, "partial": b.partial_reason, "lat_noisy": b.latency_noisy,
+            # the library's integration is deprecated upstream (recipe.deprecated, from its Library record)
+            "deprecated": b.recipe.get("deprecated"),
         })
     return rows
 
