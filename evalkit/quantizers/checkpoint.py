@@ -300,6 +300,14 @@ def register_checkpoints(entries: Iterable[Mapping[str, Any]]) -> None:
     register_library(LIBRARY, QUANTIZER, list(mine.values()), replace=True)
 
 
+def forget_checkpoints() -> None:
+    """Drop every checkpoint backend of this process (tests; a process otherwise holds one run's)."""
+    from evalkit.quantizers.registry import register_library, unregister_library
+
+    unregister_library(LIBRARY.key)
+    register_library(LIBRARY, QUANTIZER, BACKENDS)
+
+
 def read_arguments(args: Iterable[str]) -> list[dict[str, Any]]:
     """`--backend NAME=TARGET` values -> their entries (not yet registered)."""
     entries, seen = [], set()
@@ -402,9 +410,9 @@ class CheckpointQuantizer(Quantizer):
         if real is None:
             return f"library {backend.options.get('library')!r} of this checkpoint is not registered"
         lib, quantizer = real
-        if not lib.available():
-            return lib.install_hint
-        return quantizer.checkpoint_unavailable(backend.options, device, capability)
+        reasons = [] if lib.available() else [lib.install_hint]  # and what the device lacks, as for any backend
+        why = quantizer.checkpoint_unavailable(backend.options, device, capability)
+        return "; ".join(reasons + ([why] if why else [])) or None
 
 
 BACKENDS: tuple[Backend, ...] = ()  # one per `--backend NAME=PATH`, registered by the run

@@ -42,14 +42,15 @@ def device_reason(precision: str, device: str, capability: tuple[int, int] | Non
         return "needs a CUDA GPU (diffusers: \"Loading Nunchaku checkpoints requires a CUDA-capable NVIDIA GPU.\")"
     if capability is None:
         return None
+    reasons = []
     if capability[0] == 9:
-        return ("diffusers 0.42.1 refuses Hopper: \"Loading Nunchaku checkpoints is not supported on Hopper NVIDIA "
-                "GPUs.\" (int4 runs on SM 7.5-8.x and >= 10.0)")
+        reasons.append("diffusers 0.42.1 refuses Hopper: \"Loading Nunchaku checkpoints is not supported on Hopper "
+                       "NVIDIA GPUs.\" (int4 runs on SM 7.5-8.x and >= 10.0)")
     if precision == "nvfp4" and capability < (10, 0):
-        return "NVFP4 needs a Blackwell GPU, SM >= 10.0 (this GPU: %d.%d)" % capability
+        reasons.append("NVFP4 needs a Blackwell GPU, SM >= 10.0 (this GPU: %d.%d)" % capability)
     if precision == "int4" and capability < (7, 5):
-        return "int4 needs a Turing or newer GPU, SM >= 7.5 (this GPU: %d.%d)" % capability
-    return None
+        reasons.append("int4 needs a Turing or newer GPU, SM >= 7.5 (this GPU: %d.%d)" % capability)
+    return "; ".join(reasons) or None
 
 
 def kernels_reason() -> str | None:
