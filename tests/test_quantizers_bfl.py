@@ -14,7 +14,7 @@ def test_bfl_nvfp4_is_written_once_and_loads_quantized(study: Path, study_rerun:
     rec = read_json(study / "generation" / "bfl-nvfp4.json")
     assert rec["status"] == "ok", rec["reason"]
     prep = rec["prepare"]
-    assert prep["cached"] is False and prep["checkpoint"]["quantized_linears"] == 20
+    assert prep["checkpoint"]["quantized_linears"] == 20 and prep["checkpoint"]["seconds"] > 0
     assert prep["checkpoint"]["calibration_prompts"] == 2  # the study's prompts calibrate NVFP4's input scales
     q = rec["quantization"]
     # the linears inside the repeated blocks, as BFL's checkpoints have it; embedders and proj_out stay bf16

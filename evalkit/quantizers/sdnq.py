@@ -7,6 +7,8 @@ What evalkit keeps in mind (probed with sdnq 0.2.8 on the tiny Flux, /work/scrat
 - sdnq's own skip lists keep Flux's embedders, `proj_out` and norms in bf16 (19 of the tiny transformer's 30
   linears are quantized), and it leaves layers under 16,384 values unquantized: every linear of the tiny T5 is that
   small, so on the tiny model the T5 stays bf16 and the record says so (`partial_reason`); T5-XXL's are quantized.
+- `use_svd` computes its low-rank branch with `torch.svd_lowrank`, which draws random projections from the global
+  RNG: `prepare` seeds it, or two runs of sdnq-uint4-svd differ (seen: different images from one checkpoint).
 - `import sdnq` raises torch._dynamo's recompile limits to 8192 for the whole process (for its compiled dequantize
   functions). The worker imports the library off the load clock; `prepare` then puts the process-wide limits back
   where torch 2.12+ lets sdnq pass its own limit per compiled function, so `+compile` of the denoiser runs under
@@ -32,6 +34,7 @@ LIBRARY = Library("sdnq", "sdnq", "sdnq", "SDNQ", 7, "#56B4E9", quantize_on_gpu=
 # The process-wide torch._dynamo settings sdnq raises at import (cache_size_limit and accumulated_cache_size_limit
 # are aliases of the first two in torch 2.13).
 DYNAMO_LIMITS = ("recompile_limit", "accumulated_recompile_limit")
+SEED = 0  # the global RNG's seed before loading (use_svd's randomized SVD draws from it)
 
 
 def restore_dynamo_limits() -> dict[str, Any]:
@@ -71,9 +74,16 @@ class SDNQQuantizer(Quantizer):
         return SDNQConfig(**dict(ctx.options))
 
     def prepare(self, backend: Backend, ctx: BuildContext) -> dict[str, Any] | None:
+        import torch
+
         t0 = time.perf_counter()
         done = restore_dynamo_limits()
-        return {"what": "undo sdnq's process-wide torch._dynamo recompile limits (set at `import sdnq`)", **done,
+        # use_svd's low-rank branch comes from torch.svd_lowrank, a randomized SVD drawing from the global RNG:
+        # seeded here, right before loading, the same checkpoint quantizes to the same bytes in every process.
+        seed = int(SEED)
+        torch.manual_seed(seed)
+        return {"what": "undo sdnq's process-wide torch._dynamo recompile limits (set at `import sdnq`); seed the "
+                        "RNG its randomized SVD draws from", **done, "rng_seed": seed,
                 "seconds": time.perf_counter() - t0}
 
 
