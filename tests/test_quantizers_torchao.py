@@ -62,6 +62,8 @@ def test_cuda_int4_takes_mslk_where_it_serves_the_gpu_else_tinygemm(tiny_model_p
     assert cfg.quant_type.int4_packing_format == "tile_packed_to_4d"
     cfg = q.config(b, comp, _ctx("torchao-int4wo", tiny_model_path, "cuda", (9, 0), int4_packing_format="plain"))
     assert cfg.quant_type.int4_packing_format == "plain"  # the option wins
+    cfg = q.config(b, comp, _ctx("torchao-int4wo", tiny_model_path, "cuda", (9, 0), int4_packing_format="intx"))
+    assert type(cfg.quant_type).__name__ == "IntxWeightOnlyConfig"  # the no-MSLK route that compiles to cuBLAS
 
 
 def test_mslk_is_judged_by_gpu_generation_and_by_what_imports(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -30,6 +30,9 @@ INT4_KERNELS = {
     "Int4TilePackedTo4dTensor": "tinygemm aten._weight_int4pack_mm (a small-M kernel: slow at Flux's ~4,608 rows)",
     "IntxUnpackedToInt8Tensor": "dequantize to bf16, then F.linear (int4 values stored one per int8 byte)",
 }
+# The `int4_packing_format` option's value for IntxWeightOnlyConfig on CUDA too (int4 codes one per int8 byte,
+# dequantized to bf16 for a cuBLAS GEMM): the int4 quality row at bf16-GEMM speed once compiled, without MSLK.
+INTX = "intx"
 # The NVFP4/MX prototypes: what torchao needs to run each one's matmul, said on machines that lack it.
 SM100_REASONS = {
     "nvfp4": "NVFP4 dynamic activation quantization needs an SM100 (Blackwell) GPU (torchao asserts \"NVFP4 DYNAMIC "
@@ -116,9 +119,9 @@ class TorchAoQuantizer(Quantizer):
         skip = None
         if kind == "int4wo":
             group = int(ctx.options.get("group_size", 128 if ctx.device == "cuda" else 32))
-            if ctx.device == "cuda":
-                quant = torchao_config(q.Int4WeightOnlyConfig, group_size=group,
-                                       int4_packing_format=self._int4_cuda_format(ctx))
+            fmt = self._int4_cuda_format(ctx) if ctx.device == "cuda" else None
+            if fmt is not None and fmt != INTX:
+                quant = torchao_config(q.Int4WeightOnlyConfig, group_size=group, int4_packing_format=fmt)
             else:
                 # Int4WeightOnlyConfig has no CPU kernel; the intx path stores int4 values with per-group scales.
                 quant = torchao_config(q.IntxWeightOnlyConfig, weight_dtype=torch.int4, granularity=q.PerGroup(group))
