@@ -111,6 +111,28 @@ def test_a_hub_id_is_read_from_the_hf_cache_only(tmp_path: Path, torchao_checkpo
     assert json.loads(r.stdout.strip().splitlines()[-1]) == [str(snap.resolve()), "torchao", "folder"]
 
 
+def test_a_file_of_a_hub_repo_keeps_its_name_through_the_caches_links(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+    import torch
+
+    repo = tmp_path / "hub" / "models--someone--bfl"
+    (repo / "blobs").mkdir(parents=True)
+    save_file({"transformer_blocks.0.ff.net.2.weight": torch.zeros(8, 16, dtype=torch.float8_e4m3fn),
+               "transformer_blocks.0.ff.net.2.weight_scale": torch.ones(8)}, str(repo / "blobs" / "abc123"))
+    snap = repo / "snapshots" / ("1" * 40)
+    snap.mkdir(parents=True)
+    (snap / "small-fp8r.safetensors").symlink_to("../../blobs/abc123")  # how the HF cache stores a file
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("1" * 40)
+    code = ("import json; from evalkit.quantizers.checkpoint import read_checkpoint; "
+            "e = read_checkpoint('x', 'someone/bfl/small-fp8r.safetensors'); print(json.dumps([e['library'], "
+            "e['layout'], e['components']['']['scheme']]))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300,
+                       env={**os.environ, "HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1"})
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1]) == ["bfl", "file", "fp8r"]
+
+
 def test_a_pipeline_folder_loads_its_quantized_components(tmp_path: Path, torchao_checkpoint: Path,
                                                           tiny_model_path: Path, clean_registry: None) -> None:
     pipe = tmp_path / "pipe"

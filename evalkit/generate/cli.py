@@ -224,7 +224,8 @@ def backends_main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"evalkit backends for {family.display} on this machine (device: {device}"
+    where = "a CUDA GPU that need not be here" if getattr(args, "capability", None) else "this machine"
+    t = Table(title=f"evalkit backends for {family.display} on {where} (device: {device}"
                     + (f", compute capability {capability[0]}.{capability[1]})" if capability else ")"))
     for col in ("name", "runs here", "quantizes", "library", "why not / note", "what it is"):
         t.add_column(col, overflow="fold")

@@ -143,19 +143,25 @@ def parse_argument(text: str) -> tuple[str, str]:
 
 
 def resolve_target(target: str) -> Path:
-    """A local path, or a hub id's snapshot in the HF cache (never downloaded)."""
+    """A local path, or from the HF cache (never downloaded) a hub id's snapshot (`owner/name`) or one file of it
+    (`owner/name/file.gguf`). Returns the local path."""
     p = Path(target).expanduser()
-    if p.exists():
-        return p.resolve()
-    if target.count("/") == 1 and not target.startswith((".", "/", "~")):
+    if p.exists():  # a file keeps its own name (a hub cache's is a link to an unnamed blob: its suffix tells its kind)
+        return p.resolve() if p.is_dir() else p.absolute()
+    parts = target.split("/")
+    if len(parts) >= 2 and all(parts) and not target.startswith((".", "/", "~")):
+        repo, filename = "/".join(parts[:2]), "/".join(parts[2:])
         try:
-            from huggingface_hub import snapshot_download
+            from huggingface_hub import hf_hub_download, snapshot_download
 
-            return Path(snapshot_download(target, local_files_only=True)).resolve()
+            found = hf_hub_download(repo, filename, local_files_only=True) if filename else \
+                snapshot_download(repo, local_files_only=True)
+            return Path(found) if filename else Path(found).resolve()
         except Exception as e:  # noqa: BLE001 - LocalEntryNotFoundError and friends: say where to get it
             raise EvalkitError(f"--backend {target}: not a local path, and not in the Hugging Face cache "
                                f"({type(e).__name__}); evalkit never downloads: fetch it with "
-                               f"`huggingface-cli download {target}` or give a local path") from None
+                               f"`huggingface-cli download {repo}{' ' + filename if filename else ''}` or give a "
+                               "local path") from None
     raise EvalkitError(f"--backend {target}: no such file or folder")
 
 
@@ -367,10 +373,11 @@ def save_quantized(model_path: str, backend_name: str, out: str | os.PathLike[st
 class CheckpointQuantizer(Quantizer):
     library = LIBRARY
 
-    def _real(self, backend: Backend) -> tuple[Library, Quantizer] | None:
+    @staticmethod
+    def _real(key: str | None) -> tuple[Library, Quantizer] | None:
+        """The library a checkpoint's component names (a pipeline's components may name different ones)."""
         from evalkit.quantizers.registry import LIBRARIES, quantizer_for_library
 
-        key = backend.options.get("library")
         return (LIBRARIES[key], quantizer_for_library(key)) if key in LIBRARIES else None
 
     def load_component(self, backend: Backend, component: "Component", ctx: BuildContext, family: Any,
@@ -382,9 +389,9 @@ class CheckpointQuantizer(Quantizer):
         if recorded and content_key(str(path)) != recorded:
             raise EvalkitError(f"checkpoint {path} changed since this run recorded it (content key {recorded}): "
                                "its images would come from other weights; start a new run")
-        real = self._real(backend)
+        real = self._real(facts.get("library"))
         if real is None:
-            raise EvalkitError(f"checkpoint {path}: library {backend.options.get('library')!r} is not registered")
+            raise EvalkitError(f"checkpoint {path}: library {facts.get('library')!r} is not registered")
         lib, quantizer = real
         from importlib import metadata
 
@@ -406,13 +413,19 @@ class CheckpointQuantizer(Quantizer):
 
     def unavailable(self, backend: Backend, device: str, capability: tuple[int, int] | None,
                     family: Any = None) -> str | None:
-        real = self._real(backend)
-        if real is None:
-            return f"library {backend.options.get('library')!r} of this checkpoint is not registered"
-        lib, quantizer = real
-        reasons = [] if lib.available() else [lib.install_hint]  # and what the device lacks, as for any backend
-        why = quantizer.checkpoint_unavailable(backend.options, device, capability)
-        return "; ".join(reasons + ([why] if why else [])) or None
+        reasons: list[str] = []
+        keys = sorted({str(c.get("library")) for c in (backend.options.get("components") or {}).values()})
+        for key in keys or [str(backend.options.get("library"))]:
+            real = self._real(key)
+            if real is None:
+                reasons.append(f"library {key!r} of this checkpoint is not registered")
+                continue
+            lib, quantizer = real
+            if not lib.available():  # and what the device lacks, as for any backend
+                reasons.append(lib.install_hint)
+            why = quantizer.checkpoint_unavailable(backend.options, device, capability)
+            reasons += [why] if why else []
+        return "; ".join(dict.fromkeys(reasons)) or None
 
 
 BACKENDS: tuple[Backend, ...] = ()  # one per `--backend NAME=PATH`, registered by the run
