@@ -4,7 +4,8 @@ A library module (evalkit/quantizers/<library>.py or a folder) holds, and is the
 - its `Library` record: pip and import names, report order and colour, preloading, the census marker, versions;
 - its `Backend` recipes: frozen data naming the library record, the roles quantized and the library's own options;
 - a `Quantizer` subclass: how a recipe becomes a quantization config per component, a component loaded by the
-  library itself (a GGUF file), a post-load transform, a one-time preparation, and extra runnability checks.
+  library itself (a GGUF file), a post-load transform, a one-time preparation (a kernel build, a calibration), extra
+  runnability checks judged from a device and capability alone, and how it reads a prequantized checkpoint.
 
 evalkit/quantizers/registry.py collects them (`register_library`); the worker calls the `Quantizer` methods and
 never branches on a library's name. Importing this module is cheap (no torch): `evalkit --help` and the report read
