@@ -19,7 +19,8 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "architecture, random weights: memory/latency only)")
     p.add_argument("--backends", default="default",
                    help="comma-separated backend names with optional +compile/+offload/+group-offload modifiers; "
-                        "'default' = every registered backend, 'seed' = the seed study's set; bf16 is always "
+                        "'default' = every registered backend but those that calibrate first (autoround-w4a16), "
+                        "'all' = every one, 'seed' = the seed study's set; bf16 is always "
                         "included (see `evalkit backends`)")
     p.add_argument("--out", help="run directory (default: reports/<model>-<prompts>-<settings hash>; rerunning "
                                  "the same command resumes it)")

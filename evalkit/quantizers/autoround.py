@@ -29,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
-from evalkit.quantizers.base import DENOISER_ROLE, Backend, BuildContext, Library, Quantizer
+from evalkit.quantizers.base import DENOISER_ROLE, Backend, BuildContext, Library, Quantizer, release_device_memory
 
 if TYPE_CHECKING:
     from evalkit.families.base import Component
@@ -119,6 +119,8 @@ class AutoRoundQuantizer(Quantizer):
         t0 = time.perf_counter()
         made = not (target / ".evalkit-complete").exists()
         build_cached(target, lambda tmp: quantize(ctx, denoiser, settings, tmp))
+        if made:
+            release_device_memory()  # auto-round's pipeline and cached activations are not the backend's memory
         cal = json.loads((target / "calibration.json").read_text(encoding="utf-8"))
         return {"what": f"AutoRound {settings['options'].get('scheme', 'W4A16')} calibration (SignRound, "
                         f"{settings['options'].get('iters')} iterations a block) on the study's first "

@@ -91,6 +91,18 @@ class BuildContext:
     generation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
 
 
+def release_device_memory() -> None:
+    """Give back what a one-time step (a calibration run, a checkpoint writer) left in torch's CUDA caching allocator,
+    so that the backend's memory after loading and at peak are its own (called at the end of such a `prepare`)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 # Roles a backend quantizes (the family says which components have them): evalkit.families.base.DENOISER, ...
 DENOISER_ROLE = "denoiser"
 TEXT_ENCODER_ROLE = "text_encoder"

@@ -19,6 +19,8 @@ dequantizes per forward; nvfp4 needs SM >= 10 and flashinfer, else dequantizes p
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 import json
 import os
 import re
@@ -27,7 +29,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any, Mapping
 
-from evalkit.quantizers.base import DENOISER_ROLE, Backend, BuildContext, Library, Quantizer
+from evalkit.quantizers.base import DENOISER_ROLE, Backend, BuildContext, Library, Quantizer, release_device_memory
 
 if TYPE_CHECKING:
     from evalkit.families.base import Component
@@ -53,8 +55,6 @@ def cache_path(ctx: BuildContext, component: str, scheme: str) -> Path:
     calib = len(ctx.prompts[: int(ctx.options.get("calibration_prompts", 4))]) if scheme == "nvfp4" else 0
     extra = json.dumps([WRITER_VERSION, scheme, calib, list(ctx.prompts[:calib]), dict(ctx.generation) if calib else {}],
                        sort_keys=True)
-    import hashlib
-
     return Path(ctx.cache_dir) / "bfl" / f"{component}-{scheme}-{key}-{hashlib.sha256(extra.encode()).hexdigest()[:8]}" \
                                          ".safetensors"
 
@@ -107,11 +107,14 @@ def write_checkpoint(ctx: BuildContext, component: str, scheme: str, out: Path) 
                 continue
             layer = name[: -len(".weight")]
             quantized += 1
+            w = w.to(ctx.device)  # the same arithmetic, on the GPU where there is one (minutes on a CPU at full size)
             if scheme == "fp8r":
-                tensors[name], tensors[layer + ".weight_scale"] = quantize_fp8r(w)
+                q, s = quantize_fp8r(w)
+                tensors[name], tensors[layer + ".weight_scale"] = q.cpu(), s.cpu()
             else:
                 q, s, s2 = quantize_nvfp4(w)
-                tensors[name], tensors[layer + ".weight_scale"], tensors[layer + ".weight_scale_2"] = q, s, s2.reshape(())
+                tensors[name], tensors[layer + ".weight_scale"] = q.cpu(), s.cpu()
+                tensors[layer + ".weight_scale_2"] = s2.reshape(()).cpu()
                 tensors[layer + ".input_scale"] = torch.tensor(max(amax.get(layer, 1.0), 1e-6) / (FP8_MAX * E2M1_MAX),
                                                                dtype=torch.float32)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -131,8 +134,6 @@ def load_bfl_file(path: str, ctx: BuildContext, component: str) -> Any:
     from diffusers import BFLQuantizationConfig
 
     from evalkit.quantizers.checkpoint import pipeline_entry
-
-    import importlib
 
     lib, cls_name = pipeline_entry(ctx.model_path, component)
     cls = getattr(importlib.import_module(lib), cls_name)
@@ -158,6 +159,8 @@ class BFLQuantizer(Quantizer):
                 if not path.exists():
                     write_checkpoint(ctx, component, backend.kind, path)
                     made = True
+        if made:
+            release_device_memory()  # the calibration pipeline's and the writer's GPU blocks are not the backend's
         meta = json.loads(path.with_name(path.name + ".json").read_text(encoding="utf-8"))
         return {"what": f"BFL {backend.kind} checkpoint of the {component}, written by evalkit from the bf16 weights "
                         "with diffusers' quantize_" + backend.kind, "path": str(path), "cached": not made,
