@@ -54,7 +54,9 @@ def all_backends_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: 
     cfg.write_text("[backends.bnb-8bit]\nllm_int8_threshold = 5.0\n", encoding="utf-8")
     out = d / "run"
     r = run_evalkit("generate", str(prompts), "--model", "tiny", "--height", "32", "--width", "32", "--warmup", "0",
-                    "--backends", "default,bf16+offload", "--config", str(cfg), "--jobs", "2", "--out", str(out),
+                    # the opt-in backends of #26's libraries that run on CPU too: every one's census is checked
+                    "--backends", ",".join(["default", "bf16+offload", *NEW_CPU_EXPECTED]), "--config", str(cfg),
+                    "--jobs", "2", "--out", str(out),
                     timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     return out

@@ -19,8 +19,9 @@ def add_generate_arguments(p: argparse.ArgumentParser) -> None:
                         "architecture, random weights: memory/latency only)")
     p.add_argument("--backends", default="default",
                    help="comma-separated backend names with optional +compile/+offload/+group-offload modifiers; "
-                        "'default' = every registered backend but those that calibrate first (autoround-w4a16), "
-                        "'all' = every one, 'seed' = the seed study's set; bf16 is always "
+                        "'default' = every registered backend but the opt-in ones (ModelOpt, SDNQ, AutoRound, BFL, "
+                        "Nunchaku: `evalkit backends` marks them), 'all' = every one, 'seed' = the seed study's set; "
+                        "bf16 is always "
                         "included (see `evalkit backends`)")
     p.add_argument("--out", help="run directory (default: reports/<model>-<prompts>-<settings hash>; rerunning "
                                  "the same command resumes it)")
@@ -234,6 +235,8 @@ def backends_main(args: argparse.Namespace) -> int:
         note = r["reason"] or ""
         if r.get("deprecated"):
             note = (note + "; " if note else "") + f"deprecated upstream: {r['deprecated']}"
+        if r.get("in_default") is False:
+            note = (note + "; " if note else "") + "opt-in: not in --backends default (name it, or use all)"
         t.add_row(r["name"], "[green]yes[/]" if r["runs_here"] else "[red]no[/]", ",".join(r["quantizes"]) or "-",
                   r["library"], note, r["description"])
     # Off a terminal (piped), rich would wrap at 80 columns into word fragments: give the table room instead.

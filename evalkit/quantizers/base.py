@@ -127,7 +127,7 @@ class Backend:
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     in_seed_study: bool = True
     # False: run only when named or with `--backends all`, not with `default` (a backend that first calibrates for
-    # minutes on the study's prompts: AutoRound's SignRound)
+    # minutes on the study's prompts, AutoRound's SignRound; the libraries added by #26, opt-in while unmeasured)
     in_default: bool = True
     reference: bool = False
     # What proves a component was quantized when the library marks layers its own way (default: library.layer_marker)

@@ -40,6 +40,9 @@ LIBRARY = Library("bfl", "diffusers", "diffusers", "BFL (diffusers)", 9, "#33228
 WRITER_VERSION = "1"  # bump when the written bytes would change
 IN_A_BLOCK = re.compile(r"(^|\.)\d+\.")  # a layer inside a repeated block (a ModuleList index in its name)
 SCALE_SUFFIXES = (".weight_scale", ".weight_scale_2", ".input_scale")
+# Run when named or with `--backends all`, not with `default`: #26's libraries cost the tiny headline run minutes of
+# CPU (docs/quantizers.md, "default and all"); one field to flip once their GPU rows stand.
+IN_DEFAULT = False
 
 
 def _quantized_here(name: str, shape: list[int], scheme: str) -> bool:
@@ -212,8 +215,8 @@ class BFLQuantizer(Quantizer):
 
 def _bfl(name: str, scheme: str, description: str) -> Backend:
     return Backend(name, LIBRARY, description, kind=scheme, roles=(DENOISER_ROLE,), supported_roles=(DENOISER_ROLE,),
-                   in_seed_study=False, options=MappingProxyType({"calibration_prompts": 4} if scheme == "nvfp4"
-                                                                  else {}))
+                   in_seed_study=False, in_default=IN_DEFAULT,
+                   options=MappingProxyType({"calibration_prompts": 4} if scheme == "nvfp4" else {}))
 
 
 BACKENDS = (

@@ -39,6 +39,9 @@ LIBRARY = Library("nvidia-modelopt", "nvidia-modelopt", "modelopt", "NVIDIA Mode
 # evalkit's own options (not NVIDIAModelOptConfig arguments): leave out linears whose row length is not a multiple of
 # this block (NF4 blocks of 128: Flux's x_embedder has 64 inputs).
 SKIP_INDIVISIBLE = "skip_indivisible_by"
+# Run when named or with `--backends all`, not with `default`: #26's libraries cost the tiny headline run minutes of
+# CPU (docs/quantizers.md, "default and all"); one field to flip once their GPU rows stand.
+IN_DEFAULT = False
 
 
 def _json_safe(x: Any) -> Any:
@@ -126,7 +129,7 @@ class ModelOptQuantizer(Quantizer):
 
 def _mo(name: str, kind: str, description: str, **options: Any) -> Backend:
     return Backend(name, LIBRARY, description, kind=kind, roles=(DENOISER_ROLE,), supported_roles=(DENOISER_ROLE,),
-                   options=MappingProxyType({"quant_type": kind, **options}), in_seed_study=False)
+                   options=MappingProxyType({"quant_type": kind, **options}), in_seed_study=False, in_default=IN_DEFAULT)
 
 
 BACKENDS = (

@@ -24,6 +24,9 @@ LIBRARY = Library("nunchaku", "kernels", "kernels", "Nunchaku Lite", 10, "#99993
 KERNEL_REPO = "rootonchair/nunchaku-lite-kernels"
 PREQUANTIZED_ONLY = ("prequantized only: diffusers loads Nunchaku Lite checkpoints made by diffuse-compressor and "
                      "cannot quantize from bf16; give one with --backend NAME=DIR")
+# Run when named or with `--backends all`, not with `default`: #26's libraries cost the tiny headline run minutes of
+# CPU (docs/quantizers.md, "default and all"); one field to flip once their GPU rows stand.
+IN_DEFAULT = False
 
 
 def _kernels_cached() -> bool:
@@ -89,7 +92,7 @@ class NunchakuQuantizer(Quantizer):
 def _nunchaku(name: str, precision: str, description: str) -> Backend:
     # Every device is judged by `unavailable` (CPU included), so the reason names all that stands in the way.
     return Backend(name, LIBRARY, description, kind=precision, roles=(DENOISER_ROLE,),
-                   supported_roles=(DENOISER_ROLE,), in_seed_study=False)
+                   supported_roles=(DENOISER_ROLE,), in_seed_study=False, in_default=IN_DEFAULT)
 
 
 BACKENDS = (

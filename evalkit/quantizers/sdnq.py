@@ -35,6 +35,9 @@ LIBRARY = Library("sdnq", "sdnq", "sdnq", "SDNQ", 7, "#56B4E9", quantize_on_gpu=
 # are aliases of the first two in torch 2.13).
 DYNAMO_LIMITS = ("recompile_limit", "accumulated_recompile_limit")
 SEED = 0  # the global RNG's seed before loading (use_svd's randomized SVD draws from it)
+# Run when named or with `--backends all`, not with `default`: #26's libraries cost the tiny headline run minutes of
+# CPU (docs/quantizers.md, "default and all"); one field to flip once their GPU rows stand.
+IN_DEFAULT = False
 
 
 def restore_dynamo_limits() -> dict[str, Any]:
@@ -89,7 +92,7 @@ class SDNQQuantizer(Quantizer):
 
 def _sdnq(name: str, description: str, **options: Any) -> Backend:
     return Backend(name, LIBRARY, description, kind=str(options["weights_dtype"]),
-                   options=MappingProxyType(options), in_seed_study=False)
+                   options=MappingProxyType(options), in_seed_study=False, in_default=IN_DEFAULT)
 
 
 BACKENDS = (
