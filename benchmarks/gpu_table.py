@@ -43,7 +43,12 @@ COLUMNS = ("row", "run", "backend", "compile_preset", "status", "reason", "image
            "quantized_linears_transformer", "quantized_linears_text_encoder_2", "layer_types", "placement",
            "compile_settings", "compile_cache_warm", "compile_graphs", "compile_graph_breaks", "compile_recompilations", "torchao_config_version", "device", "gpu_count", "torch",
            "diffusers", "transformers", "torchao", "bitsandbytes", "optimum_quanto", "gguf", "date_utc", "warmup_runs",
-           "source", "in_table")
+           "source", "in_table", "int4_kernel", "modelopt", "sdnq", "auto_round", "mslk_cuda")
+
+# The kernel an int4 record's weights run (quantization.post_load.int4_kernel, evalkit/quantizers/torchao.py), short,
+# for the row's name: torchao-int4wo is one backend whose speed depends on it.
+INT4_KERNEL_LABELS = (("bf16i4bf16_shuffled", "mslk preshuffled"), ("bf16i4bf16_rowwise", "mslk plain"),
+                      ("tinygemm", "tinygemm"), ("dequantize", "intx dequantize"))
 
 
 def required_rows() -> list[str]:
@@ -78,13 +83,31 @@ def _settings(manifest: dict[str, Any]) -> str:
             f"{len(manifest.get('prompts') or [])} prompts ({Path(str(manifest.get('prompts_file'))).name})")
 
 
-def _row_name(backend: str, compile_rec: dict[str, Any] | None, run_cfg: dict[str, Any]) -> tuple[str, str]:
-    """(table row, compile preset). A compile row without a record takes its preset from the run's --config."""
+def _int4_kernel(backend: str, rec: dict[str, Any] | None, run_cfg: dict[str, Any]) -> str:
+    """Which int4 kernel a torchao-int4wo row ran: from the record (what the weights are), else what the run's
+    --config asked for; "" for other backends."""
+    if not backend.startswith("torchao-int4wo"):
+        return ""
+    kernels = (((rec or {}).get("quantization") or {}).get("post_load") or {}).get("int4_kernel") or {}
+    for key in kernels:
+        for needle, label in INT4_KERNEL_LABELS:
+            if needle in key:
+                return label
+    asked = ((run_cfg.get("backend_options") or {}).get("torchao-int4wo") or {}).get("int4_packing_format")
+    return f"asked: {asked}" if asked else ""
+
+
+def _row_name(backend: str, compile_rec: dict[str, Any] | None, run_cfg: dict[str, Any],
+              rec: dict[str, Any] | None = None) -> tuple[str, str]:
+    """(table row, compile preset). A compile row without a record takes its preset from the run's --config; an
+    int4 row names its kernel (one backend, several kernels: each its own row)."""
+    kernel = _int4_kernel(backend, rec, run_cfg)
+    name = f"{backend} ({kernel})" if kernel else backend
     if "+compile" not in backend:
-        return backend, ""
+        return name, ""
     preset = (compile_rec or {}).get("preset") or ((run_cfg.get("compile") or {}).get("global") or {}).get("preset") \
         or "regional"
-    return f"{backend} [{preset}]", preset
+    return f"{name} [{preset}]", preset
 
 
 def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
@@ -102,6 +125,8 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
               "diffusers": versions.get("diffusers"), "transformers": versions.get("transformers"),
               "torchao": versions.get("torchao"), "bitsandbytes": versions.get("bitsandbytes"),
               "optimum_quanto": versions.get("optimum-quanto"), "gguf": versions.get("gguf"),
+              "modelopt": versions.get("nvidia-modelopt"), "sdnq": versions.get("sdnq"),
+              "auto_round": versions.get("auto-round"), "mslk_cuda": versions.get("mslk-cuda"),
               "date_utc": manifest.get("created_utc"), "source": str(run_dir),
               "warmup_runs": (manifest.get("generation") or {}).get("warmup_runs"),
               "settings": _settings(manifest)}
@@ -111,7 +136,8 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
         rec = _json(rec_path) if rec_path.exists() else None
         row: dict[str, Any] = dict(common, backend=backend)
         comp = (rec or {}).get("compile")
-        row["row"], row["compile_preset"] = _row_name(backend, comp, manifest.get("config") or {})
+        row["row"], row["compile_preset"] = _row_name(backend, comp, manifest.get("config") or {}, rec)
+        row["int4_kernel"] = _int4_kernel(backend, rec, manifest.get("config") or {})
         if rec is None:
             c = cuts.get(backend) or {}
             lats = c.get("image_latencies_s") or []

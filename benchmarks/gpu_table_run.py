@@ -10,7 +10,9 @@ A `--run NAME:GPUS:WARMUP:BACKENDS` is one run directory (/tmp/evalkit-runs/NAME
 see only its GPUs (CUDA_VISIBLE_DEVICES=GPUS), so runs on disjoint GPUs do not share a GPU and their latencies stand;
 a step that picks no GPU itself (calibrate) stays on its run's GPUs too. Before the runs: optimum-quanto's CUDA
 kernels start building in the background (if a run has quanto-int4) and the `--model random:VARIANT` (default
-random:flux-dev; any family's variant, `evalkit models`) is built once, so concurrent runs do not race to build it.
+random:flux-dev; any family's variant, `evalkit models`) is built once, so concurrent runs do not race to build it;
+`evalkit backends --json` is saved as $OUT/backends.json (why a row cannot run on this GPU), and whether MSLK's int4
+kernels load goes into meta.json (`mslk_int4`) when a run has torchao-int4wo.
 benchmarks/families-gpu.md has the commands for the families of issue #25.
 
 `--calibrate NAME:P1,P2,...[:Q1,...]` follows run NAME's generate with its noise floor (issue #17): one
@@ -252,6 +254,20 @@ def main() -> int:
 
     def say(msg: str) -> None:
         print(f"[{time.time() - t0:6.1f}s] {msg}", flush=True)
+
+    # What this machine can run and why not (`evalkit backends --json`, the H200's own verdicts for rows that cannot
+    # run: SM100-only formats, Nunchaku on Hopper, a package not carried), and whether MSLK's int4 kernels load
+    # (mslk-cuda carried as a wheel: torchao-int4wo then takes them; an ABI mismatch shows here as an import error).
+    probe = subprocess.run([sys.executable, "-m", "evalkit", "backends", "--json", "--device", a.device], cwd=REPO,
+                           capture_output=True, text=True)
+    (out / "backends.json").write_text(probe.stdout or probe.stderr)
+    if any("torchao-int4wo" in r["backends"] for r in a.run):
+        mslk = subprocess.run([sys.executable, "-c", "import torch; from evalkit.quantizers.torchao import "
+                               "mslk_int4_unusable as u; cap = tuple(torch.cuda.get_device_capability()) if "
+                               "torch.cuda.is_available() else None; print(u(cap) or 'usable')"], cwd=REPO,
+                              capture_output=True, text=True)
+        meta["mslk_int4"] = (mslk.stdout.strip() or mslk.stderr.strip()[-400:])
+        say(f"MSLK int4 kernels: {meta['mslk_int4']}")
 
     quanto = None
     if any("quanto-int4" in r["backends"] for r in a.run):

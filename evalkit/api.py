@@ -43,6 +43,7 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
     (default: prompt, prompts, text or caption). Rerunning with the same arguments resumes the same run directory.
     `quiet=True` hides the progress display. `gpus=[...]` (or `jobs=N` on CPU) runs one rank per GPU (per job)
     through torchrun, as `evalkit generate --gpus` does; `schedule` is auto|prompts|backends (docs/distributed.md).
+    `checkpoints=["mine=DIR"]` adds prequantized checkpoints as backends, as `--backend NAME=PATH` does.
     Raises EvalkitError on bad input (a value of the wrong type names its parameter), and when ranks end with
     missing prompts (see `merge`); TypeError on an unknown parameter.
 

@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+# Session fixtures of the quantization libraries' tests (the done-when study of #26, its rerun, the example plugin).
+pytest_plugins = ("quant_fixtures",)
 
 # One cache for the whole session (the tiny model is built once, ~6 s), never the user's real cache,
 # and never the network.

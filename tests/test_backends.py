@@ -33,6 +33,18 @@ CPU_EXPECTED = {
     "bnb-nf4-dq": ("text_encoder_2",),
     "bnb-8bit": ("text_encoder_2",),
 }
+# #26's libraries that run on CPU: the least share of the transformer's linears each quantizes on the tiny model, by
+# design (ModelOpt keeps proj_out in bf16, and NF4 layers narrower than its block; SDNQ's skip list keeps embedders,
+# proj_out and norms; BFL quantizes the linears inside the blocks), and whether the T5 is quantized too (SDNQ's
+# minimum layer size leaves every linear of the tiny T5 in bf16, said in partial_reason).
+NEW_CPU_EXPECTED = {
+    **{f"modelopt-{k}": (0.9, False) for k in ("fp8", "fp8-fp8", "int8", "int4", "nvfp4")},
+    "modelopt-nf4": (0.8, False),
+    **{f"sdnq-{k}": (0.6, False) for k in ("int8", "uint4", "fp8", "uint4-svd", "int8-mm")},
+    "bfl-fp8r": (0.6, False), "bfl-nvfp4": (0.6, False),
+}
+
+
 @pytest.fixture(scope="module")
 def all_backends_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Path:
     d = tmp_path_factory.mktemp("allbackends")
@@ -42,7 +54,9 @@ def all_backends_run(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: 
     cfg.write_text("[backends.bnb-8bit]\nllm_int8_threshold = 5.0\n", encoding="utf-8")
     out = d / "run"
     r = run_evalkit("generate", str(prompts), "--model", "tiny", "--height", "32", "--width", "32", "--warmup", "0",
-                    "--backends", "default,bf16+offload", "--config", str(cfg), "--jobs", "2", "--out", str(out),
+                    # the opt-in backends of #26's libraries that run on CPU too: every one's census is checked
+                    "--backends", ",".join(["default", "bf16+offload", *NEW_CPU_EXPECTED]), "--config", str(cfg),
+                    "--jobs", "2", "--out", str(out),
                     timeout=1800)
     assert r.returncode == 0, r.stderr[-3000:]
     return out
@@ -74,6 +88,24 @@ def test_cpu_backend_generates_with_quantized_layers(all_backends_run: Path, nam
             assert rec["footprint"][comp]["bytes"] < ref[comp]["bytes"], (name, comp)
 
 
+@pytest.mark.parametrize("name", sorted(NEW_CPU_EXPECTED))
+def test_new_library_backend_generates_quantized_on_cpu(all_backends_run: Path, name: str) -> None:
+    rec = read_json(all_backends_run / "generation" / f"{name}.json")
+    if not BACKENDS[name].library.available():
+        assert rec["status"] == "skipped" and "pip install" in rec["reason"]
+        return
+    assert rec["status"] == "ok", f"{name}: {rec.get('reason')}"
+    q = rec["quantization"]
+    share, t5 = NEW_CPU_EXPECTED[name]
+    n, total = q["quantized_linear_count"]["transformer"], q["linear_count"]["transformer"]
+    assert n >= share * total, (name, q["layer_types"]["transformer"])
+    marker = BACKENDS[name].library.layer_marker
+    assert sum(v for k, v in q["layer_types"]["transformer"].items() if marker in k) == n, (name, marker)
+    assert (q["quantized_linear_count"]["text_encoder_2"] > 0) is t5, name
+    ref = read_json(all_backends_run / "generation" / "bf16.json")["footprint"]["transformer"]["bytes"]
+    assert rec["footprint"]["transformer"]["bytes"] < ref, name
+
+
 def test_cpu_narrowing_of_bnb_is_stated(all_backends_run: Path) -> None:
     rec = read_json(all_backends_run / "generation" / "bnb-nf4.json")
     assert "transformer left in bf16 on CPU" in (rec["quantization"]["note"] or "")
@@ -98,7 +130,7 @@ def test_backends_that_cannot_run_on_cpu_are_skipped_with_reasons(all_backends_r
         assert b["status"] in ("ok", "skipped"), (name, b["reason"])
         if b["status"] != "ok":
             assert b["reason"], name
-    assert set(BACKENDS) <= set(summary["backends"])
+    assert {n for n, b in BACKENDS.items() if b.in_default} <= set(summary["backends"])
 
 
 def test_components_flag_limits_what_is_quantized(tmp_path: Path, tiny_model_path: Path) -> None:
@@ -130,7 +162,9 @@ def test_modifiers_parse_in_canonical_order() -> None:
 def test_backend_list_always_starts_with_the_reference() -> None:
     specs = parse_backend_list("bnb-nf4,quanto-int8")
     assert [s.name for s in specs] == ["bf16", "bnb-nf4", "quanto-int8"]
-    assert {s.name for s in parse_backend_list("default")} == set(BACKENDS)
+    # `default` leaves out what calibrates for minutes first (AutoRound); `all` is every backend
+    assert {s.name for s in parse_backend_list("default")} == {n for n, b in BACKENDS.items() if b.in_default}
+    assert {s.name for s in parse_backend_list("all")} == set(BACKENDS)
     seed = {s.name for s in parse_backend_list("seed")}
     assert "torchao-int8dq" not in seed and "gguf-q2_k" in seed and len(seed) == 14
 

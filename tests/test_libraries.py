@@ -33,13 +33,14 @@ ALLOWED: dict[tuple[str, str], tuple[int, str]] = {
        for f in ("flux1", "base") for lib in ("diffusers", "transformers")},
     ("families/base.py", "diffusers"): (99, "Component.config_library values"),
     **{("quantizers/registry.py", m): (1, "BUILTIN_LIBRARIES: the built-in library modules' names")
-       for m in ("bitsandbytes", "torchao", "gguf")},
+       for m in ("bitsandbytes", "torchao", "gguf", "modelopt", "sdnq", "bfl", "nunchaku")},
 }
 
 
 def _own_files(lib: Library) -> set[str]:
     """The files of a library's own module (a folder's every file) relative to evalkit/."""
-    mod = type(quantizer_for(next(b for b in backend_list() if b.library is lib))).__module__
+    # through the library's quantizer: a library may have no built-in backend (prequantized checkpoints)
+    mod = type(registry.quantizer_for_library(lib.key)).__module__
     parts = mod.split(".")[1:]
     folder = EVALKIT.joinpath(*parts)
     if folder.is_dir():

@@ -82,6 +82,9 @@ def add_backends_arguments(p: argparse.ArgumentParser) -> None:
                    help="the device to judge runnability for (auto: cuda if available)")
     p.add_argument("--model", help="judge for this model's family: tiny[:FAMILY], random:VARIANT, a hub id or a "
                                    "directory (default: the default family, FLUX.1); see `evalkit models`")
+    p.add_argument("--capability", metavar="MAJOR.MINOR",
+                   help="judge for a CUDA GPU of this compute capability, present or not (9.0 = H100/H200, "
+                        "10.0 = B200); implies --device cuda")
     p.add_argument("--json", action="store_true", help="machine-readable output")
 
 
@@ -92,7 +95,7 @@ def backends_main(args: argparse.Namespace) -> int:
 
     from evalkit.families.registry import default_family, family_of_pipeline_dir, family_of_spec, resolve_model
 
-    device, capability = _probe_device(args.device)
+    device, capability = _probe_device(args.device, getattr(args, "capability", None))
     family = default_family()
     if getattr(args, "model", None):
         family = family_of_spec(args.model) or family_of_pipeline_dir(Path(resolve_model(args.model, build=False).path))
@@ -104,7 +107,8 @@ def backends_main(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    t = Table(title=f"evalkit backends for {family.display} on this machine (device: {device}"
+    where = "a CUDA GPU that need not be here" if getattr(args, "capability", None) else "this machine"
+    t = Table(title=f"evalkit backends for {family.display} on {where} (device: {device}"
                     + (f", compute capability {capability[0]}.{capability[1]})" if capability else ")"))
     for col in ("name", "runs here", "quantizes", "library", "why not / note", "what it is"):
         t.add_column(col, overflow="fold")
@@ -112,6 +116,8 @@ def backends_main(args: argparse.Namespace) -> int:
         note = r["reason"] or ""
         if r.get("deprecated"):
             note = (note + "; " if note else "") + f"deprecated upstream: {r['deprecated']}"
+        if r.get("in_default") is False:
+            note = (note + "; " if note else "") + "opt-in: not in --backends default (name it, or use all)"
         t.add_row(r["name"], "[green]yes[/]" if r["runs_here"] else "[red]no[/]", ",".join(r["quantizes"]) or "-",
                   r["library"], note, r["description"])
     # Off a terminal (piped), rich would wrap at 80 columns into word fragments: give the table room instead.
@@ -119,7 +125,14 @@ def backends_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe_device(requested: str) -> tuple[str, tuple[int, int] | None]:
+def _probe_device(requested: str, capability: str | None = None) -> tuple[str, tuple[int, int] | None]:
+    if capability is not None:  # a hypothetical GPU: nothing is probed
+        from evalkit.errors import EvalkitError
+
+        major, _, minor = capability.partition(".")
+        if requested == "cpu" or not (major.isdigit() and minor.isdigit()):
+            raise EvalkitError(f"--capability {capability!r}: expected MAJOR.MINOR of a CUDA GPU, e.g. 9.0")
+        return "cuda", (int(major), int(minor))
     import torch
 
     if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
@@ -127,5 +140,6 @@ def _probe_device(requested: str) -> tuple[str, tuple[int, int] | None]:
     if not torch.cuda.is_available():
         from evalkit.errors import EvalkitError
 
-        raise EvalkitError("--device cuda: no CUDA device is available to torch")
+        raise EvalkitError("--device cuda: no CUDA device is available to torch (judge a GPU that is not here with "
+                           "--capability, e.g. --capability 9.0 for an H200)")
     return "cuda", tuple(torch.cuda.get_device_capability())

@@ -45,7 +45,8 @@ class GenerateOptions(StageOptions):
     backends: str = option(
         "default",
         help="comma-separated backend names with optional +compile/+offload/+group-offload modifiers; 'default' = "
-             "every registered backend, 'seed' = the seed study's set; bf16 is always included (see `evalkit "
+             "every registered backend but the opt-in ones (ModelOpt, SDNQ, AutoRound, BFL, Nunchaku: `evalkit "
+             "backends` marks them), 'all' = every one, 'seed' = the seed study's set; bf16 is always included (see `evalkit "
              "backends`). A run directory keeps the backends it already holds",
         api_type="str | Sequence[str]")
     out: str | None = option(
@@ -95,6 +96,11 @@ class GenerateOptions(StageOptions):
         [], group=_QUANT, flag="--plugin", repeat=True, metavar="FILE.py", api_type="Sequence[PathLike]",
         help="a Python file registering your own quantization library and backends, model family or metric "
              "(repeatable; docs/plugins.md); installed plugins load through entry points")
+    checkpoints: list[str] = option(
+        [], group=_QUANT, flag="--backend", repeat=True, metavar="NAME=PATH_OR_HUB_ID", api_type="Sequence[str]",
+        help="a prequantized checkpoint as a backend named NAME (repeatable): a diffusers folder or pipeline whose "
+             "config.json has a quantization_config, a GGUF or BFL file, or a hub id in the HF cache (never "
+             "downloaded)")
     attempt_known_failures: bool = option(
         False, group=_QUANT, help="try backend/modifier pairs known to fail instead of recording them as failed")
 

@@ -47,7 +47,7 @@ def versioned_packages() -> tuple[str, ...]:
 # Settings that decide what the images are. A run directory holds one value of each; backends can be added.
 IDENTITY_KEYS = ("model_spec", "prompts_sha256", "height", "width", "num_inference_steps", "guidance_scale",
                  "max_sequence_length", "base_seed", "batch_size", "device", "components", "backend_options", "gguf_file",
-                 "plugins", "prompt_column", "threads", "tf32", "sdpa_backend")
+                 "plugins", "prompt_column", "threads", "tf32", "sdpa_backend", "checkpoints")
 
 
 def package_versions() -> dict[str, str | None]:
@@ -276,6 +276,10 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     from evalkit.plugins import load_plugin_files
 
     plugins = load_plugin_files(opts.plugins)  # before any backend, family or option names are read
+    from evalkit.quantizers import checkpoint
+
+    checkpoints = checkpoint.read_arguments(opts.checkpoints)
+    checkpoint.register_checkpoints(checkpoints)  # their backend names, before --backends and --config read them
     backend_options, compile_config = load_config(opts.config_file)
     early_family = family_of_spec(opts.model)  # known without building or reading anything, except for a path
     if early_family is not None:
@@ -291,7 +295,13 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     family = get_family(model.family)
     check_family_options(family, opts, compile_config)
     gen = generation_settings(opts, model, family)
+    checkpoints = [checkpoint.fit_to_model(e, model.path, family) for e in checkpoints]  # another architecture: refused
+    checkpoint.register_checkpoints(checkpoints)
+    specs += [all_specs([e["name"]])[0] for e in checkpoints
+              if e["name"] not in {x.name for x in specs}]  # a checkpoint given is a backend asked for
     identity = run_identity(opts, model, prompts_sha, gen, device, backend_options, plugins)
+    if checkpoints:  # path and content key: other weights, another study (absent without: run ids stay as they were)
+        identity["checkpoints"] = checkpoint.identity(checkpoints)
     root, run_id = run_root(opts, model, identity)
     check_ownership(root)
     ensure_writable_dir(root)
@@ -315,7 +325,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         model=model.to_manifest(), generation=gen, backends=backends,
         reference_backend=REFERENCE_BACKEND, device=device_info, versions=package_versions(),
         memory_convention=MEMORY_CONVENTION,
-        config=_run_config(opts, identity, device, backend_options, compile_config, plugins),
+        config=_run_config(opts, identity, device, backend_options, compile_config, plugins, checkpoints),
     ))
     for k in ("fid_mode", "compute"):  # written by later stages (compute: by generate's plan, ranks.py); keep
         if old is not None and k in old:
@@ -329,12 +339,13 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
 
 
 def _run_config(opts: GenerateOptions, identity: dict[str, Any], device: str, backend_options: dict[str, Any],
-                compile_config: dict[str, Any], plugins: list[dict[str, str]]) -> dict[str, Any]:
+                compile_config: dict[str, Any], plugins: list[dict[str, str]],
+                checkpoints: list[dict[str, Any]]) -> dict[str, Any]:
     """The manifest's `config`: what the workers read (device, components, backend options, compile, numerics) and
     the options the command was given (read back strictly by calibration and the unchanged-rerun check)."""
     return {"identity": identity, "device": device, "components": opts.components, "backend_options": backend_options,
             "compile": compile_config, "gguf_file": identity["gguf_file"], "plugins": plugins,
-            "cache_dir": str(cache_dir()), "jobs": opts.jobs, "gpus": opts.gpus,
+            "checkpoints": checkpoints, "cache_dir": str(cache_dir()), "jobs": opts.jobs, "gpus": opts.gpus,
             "attempt_known_failures": opts.attempt_known_failures,
             # what the workers apply (evalkit/generate/worker/run.py apply_numerics); only the knobs set
             **({"numerics": opts.numerics()} if opts.numerics() else {}),

@@ -96,6 +96,14 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     if _normal(backend_options) != _normal(config.get("backend_options")) or \
             _normal(compile_config) != _normal(config.get("compile")):
         return False
+    from evalkit.quantizers import checkpoint
+
+    # `--backend NAME=PATH`: the same checkpoints, unchanged since the run recorded them (content keys), then their
+    # backends as the run registered them
+    if _normal(checkpoint.identity(checkpoint.read_arguments(opts.checkpoints))) != \
+            _normal((config.get("identity") or {}).get("checkpoints")):
+        return False
+    checkpoint.register_run_checkpoints(manifest)
     model_path = (manifest.get("model") or {}).get("path")
     if not model_path or not Path(model_path).exists():
         return False

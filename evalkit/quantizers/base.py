@@ -4,7 +4,8 @@ A library module (evalkit/quantizers/<library>.py or a folder) holds, and is the
 - its `Library` record: pip and import names, report order and colour, preloading, the census marker, versions;
 - its `Backend` recipes: frozen data naming the library record, the roles quantized and the library's own options;
 - a `Quantizer` subclass: how a recipe becomes a quantization config per component, a component loaded by the
-  library itself (a GGUF file), a post-load transform, a one-time preparation, and extra runnability checks.
+  library itself (a GGUF file), a post-load transform, a one-time preparation (a kernel build, a calibration), extra
+  runnability checks judged from a device and capability alone, and how it reads a prequantized checkpoint.
 
 evalkit/quantizers/registry.py collects them (`register_library`); the worker calls the `Quantizer` methods and
 never branches on a library's name. Importing this module is cheap (no torch): `evalkit --help` and the report read
@@ -52,6 +53,9 @@ class Library:
     deprecated: str | None = None
     # Extra install arguments, e.g. ("--no-deps",) for a package whose dependencies would pull torchvision.
     install_note: str = ""
+    # The `quant_method` values of a checkpoint's `quantization_config` (config.json) that this library reads: a
+    # prequantized folder naming one is loaded as this library's (evalkit/quantizers/checkpoint.py).
+    quant_methods: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.key or not self.pip_name or not self.import_name:
@@ -91,6 +95,23 @@ class BuildContext:
 
         return getattr(torch, self.compute_dtypes.get(component, "bfloat16"))
 
+    # The study's prompts and generation settings (manifest `generation`): a library that calibrates on the study's
+    # own prompts (AutoRound) reads them; () / {} where the caller has none.
+    prompts: tuple[str, ...] = ()
+    generation: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
+
+
+def release_device_memory() -> None:
+    """Give back what a one-time step (a calibration run, a checkpoint writer) left in torch's CUDA caching allocator,
+    so that the backend's memory after loading and at peak are its own (called at the end of such a `prepare`)."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
 
 # Roles a backend quantizes (the family says which components have them): evalkit.families.base.DENOISER, ...
 DENOISER_ROLE = "denoiser"
@@ -115,6 +136,9 @@ class Backend:
     cpu_unsupported_reason: str = "needs a CUDA GPU"
     options: Mapping[str, Any] = field(default_factory=lambda: MappingProxyType({}))
     in_seed_study: bool = True
+    # False: run only when named or with `--backends all`, not with `default` (a backend that first calibrates for
+    # minutes on the study's prompts, AutoRound's SignRound; the libraries added by #26, opt-in while unmeasured)
+    in_default: bool = True
     reference: bool = False
     # What proves a component was quantized when the library marks layers its own way (default: library.layer_marker)
     layer_marker: str | None = None
@@ -170,4 +194,27 @@ class Quantizer:
         """Combinations with modifiers that fail inside the library: (backend base name or '*', modifiers) ->
         reason. Recorded as failed instead of attempted (unless --attempt-known-failures)."""
         return {}
+
+    # --- prequantized checkpoints (`--backend NAME=PATH`, evalkit/quantizers/checkpoint.py) ---------------------
+
+    def read_file(self, path: str) -> dict[str, Any] | None:
+        """Facts about a single-file checkpoint this library reads (a GGUF file, a BFL safetensors), or None when
+        the file is not this library's. Runs in the stage (cheap: headers only, no torch). The facts go into the
+        record; they must hold `scheme` (what the file is, in the library's terms), `component` (the family
+        component it holds; "" = the denoiser) and `params` (the logical parameter count of its weights, scales
+        left out: checked against the run's model, so a checkpoint of another architecture is refused)."""
+        return None
+
+    def load_checkpoint(self, backend: Backend, component: "Component", ctx: BuildContext, family: Any,
+                        info: dict[str, Any], checkpoint: Mapping[str, Any]) -> Any:
+        """`component` loaded from a prequantized checkpoint of this library (`checkpoint`: the facts
+        checkpoint.py recorded: path, layout, settings). None: the generic route does it (the component's class
+        `from_pretrained` on the folder; diffusers and transformers read its `quantization_config` themselves)."""
+        return None
+
+    def checkpoint_unavailable(self, checkpoint: Mapping[str, Any], device: str,
+                               capability: tuple[int, int] | None) -> str | None:
+        """Why a prequantized checkpoint of this library cannot load on `device` (a CUDA-only quantizer, a GPU
+        generation), or None."""
+        return None
 

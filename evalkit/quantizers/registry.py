@@ -26,21 +26,25 @@ if TYPE_CHECKING:
 
 # Built-in library modules under evalkit/quantizers/, each defining LIBRARY, QUANTIZER and BACKENDS; the reference
 # first. Adding a library: its module, and its name here.
-BUILTIN_LIBRARIES = ("reference", "bitsandbytes", "torchao", "quanto", "gguf", "layerwise")
+BUILTIN_LIBRARIES = ("reference", "bitsandbytes", "torchao", "quanto", "gguf", "layerwise", "modelopt", "sdnq",
+                     "autoround", "bfl", "nunchaku", "checkpoint")
 
 _libraries: dict[str, Library] = {}
 _quantizers: dict[str, Quantizer] = {}
 _backends: dict[str, Backend] = {}
+_aliases: dict[str, str] = {}  # another name -> the backend it is (a library module's ALIASES)
 LIBRARIES: Mapping[str, Library] = MappingProxyType(_libraries)
 BACKENDS: Mapping[str, Backend] = MappingProxyType(_backends)
+ALIASES: Mapping[str, str] = MappingProxyType(_aliases)
 
 _NAME = re.compile(r"[a-z0-9][a-z0-9_.-]*")
 
 
 def register_library(library: Library, quantizer: Quantizer, backends: tuple[Backend, ...] | list[Backend],
-                     replace: bool = False) -> None:
+                     replace: bool = False, aliases: Mapping[str, str] | None = None) -> None:
     """Add a library with its quantizer and backends (a plugin's or a test's). Names must be new unless `replace`.
-    Raises ValueError naming what is wrong."""
+    `aliases`: other names for some of these backends (a name an issue or a paper uses for the same recipe); they
+    parse to the backend itself, so a run never holds one recipe twice. Raises ValueError naming what is wrong."""
     if not isinstance(library, Library):
         raise TypeError(f"register_library: expected a Library record, got {type(library).__name__}")
     if not isinstance(quantizer, Quantizer):
@@ -61,10 +65,19 @@ def register_library(library: Library, quantizer: Quantizer, backends: tuple[Bac
             raise ValueError(f"backend {b.name!r} is already a backend of {_backends[b.name].library.key!r}")
         if b.name in _backends and not replace:
             raise ValueError(f"backend {b.name!r} is listed twice")
+        if b.name in _aliases:
+            raise ValueError(f"backend {b.name!r} is already another name of {_aliases[b.name]!r}")
+    names = {b.name for b in backends}
+    for alias, target in (aliases or {}).items():
+        if target not in names:
+            raise ValueError(f"alias {alias!r} of library {library.key!r} names {target!r}, not one of its backends")
+        if alias in _backends or (alias in _aliases and _aliases[alias] != target) or not _NAME.fullmatch(alias):
+            raise ValueError(f"alias {alias!r} is already a backend name, or not a valid one")
     _libraries[library.key] = library
     _quantizers[library.key] = quantizer
     for b in backends:
         _backends[b.name] = b
+    _aliases.update(aliases or {})
 
 
 def unregister_library(key: str) -> None:
@@ -73,11 +86,13 @@ def unregister_library(key: str) -> None:
     _quantizers.pop(key, None)
     for name in [n for n, b in _backends.items() if b.library.key == key]:
         del _backends[name]
+    for alias in [a for a, t in _aliases.items() if t not in _backends]:
+        del _aliases[alias]
 
 
 for _module in BUILTIN_LIBRARIES:
     _m = importlib.import_module(f"evalkit.quantizers.{_module}")
-    register_library(_m.LIBRARY, _m.QUANTIZER, _m.BACKENDS)
+    register_library(_m.LIBRARY, _m.QUANTIZER, _m.BACKENDS, aliases=getattr(_m, "ALIASES", None))
 
 
 def get_library(key: str) -> Library:
@@ -106,6 +121,11 @@ def backend_list() -> list[Backend]:
 
 def quantizer_for(backend: Backend) -> Quantizer:
     return _quantizers[backend.library.key]
+
+
+def quantizer_for_library(key: str) -> Quantizer:
+    """The quantizer of a registered library (a prequantized checkpoint is read by the library it names)."""
+    return _quantizers[key]
 
 
 def known_incompatible() -> dict[tuple[str, frozenset[str]], str]:
@@ -149,9 +169,9 @@ class BackendSpec:
 def parse_backend(name: str) -> BackendSpec:
     """Parse `base+mod+mod`, with errors that suggest the closest names."""
     parts = [p.strip() for p in name.strip().split("+")]
-    base, mods = parts[0], parts[1:]
+    base, mods = _aliases.get(parts[0], parts[0]), parts[1:]
     if base not in _backends:
-        hint = suggest(base, list(_backends))
+        hint = suggest(base, [*_backends, *_aliases])
         raise EvalkitError(f"unknown backend {base!r}.{hint} (see `evalkit backends`)")
     seen: list[str] = []
     for m in mods:
@@ -169,16 +189,18 @@ def parse_backend(name: str) -> BackendSpec:
 
 
 def parse_backend_list(text: str | None, include_reference: bool = True) -> list[BackendSpec]:
-    """`--backends` value: comma-separated names; `default` = every registry backend (the reference first);
-    `seed` = the seed study's set. bf16 is included, first, since every score is against it, unless
+    """`--backends` value: comma-separated names; `all` = every registry backend (the reference first); `default` =
+    the same less those that calibrate for minutes first (`Backend.in_default`); `seed` = the seed study's set. bf16 is included, first, since every score is against it, unless
     `include_reference` is False (calibration's `bf16+compile` sub-run: its reference is the run's own bf16)."""
     names: list[str] = []
     for item in (text or "default").split(","):
         item = item.strip()
         if not item:
             continue
-        if item in ("default", "all"):
+        if item == "all":
             names += [b.name for b in backend_list()]
+        elif item == "default":
+            names += [b.name for b in backend_list() if b.in_default]
         elif item == "seed":
             names += [b.name for b in backend_list() if b.in_seed_study]
         else:
@@ -234,16 +256,18 @@ def availability(spec: BackendSpec, device: str, capability: tuple[int, int] | N
     family), or ('failed', reason) for a known incompatible combination."""
     b = spec.backend
     family = family or _default_family()
-    if not b.library.available():
-        return "skipped", b.library.install_hint
+    # A missing package and what the device lacks are both said: installing the package alone may not be enough.
+    # `unavailable` reads only its arguments (never the machine's GPU), so a hypothetical device can be judged.
+    reasons = [] if b.library.available() else [b.library.install_hint]
     if device not in b.devices:
-        return "skipped", b.cpu_unsupported_reason
-    if b.min_capability and device == "cuda" and capability is not None and tuple(capability) < b.min_capability:
+        reasons.append(b.cpu_unsupported_reason)
+    elif b.min_capability and device == "cuda" and capability is not None and tuple(capability) < b.min_capability:
         need = ".".join(map(str, b.min_capability))
-        return "skipped", f"needs CUDA compute capability >= {need} (this GPU: {capability[0]}.{capability[1]})"
-    why = quantizer_for(b).unavailable(b, device, capability, family)
-    if why:
-        return "skipped", why
+        reasons.append(f"needs CUDA compute capability >= {need} (this GPU: {capability[0]}.{capability[1]})")
+    elif why := quantizer_for(b).unavailable(b, device, capability, family):
+        reasons.append(why)
+    if reasons:
+        return "skipped", "; ".join(reasons)
     for m in spec.modifiers:
         mod = MODIFIERS[m]
         if device not in mod.devices:
@@ -284,7 +308,10 @@ def backend_rows(device: str, capability: tuple[int, int] | None,
         comps, note = resolve_components(b, family, None, device)
         rows.append({"name": b.name, "kind": "backend", "library": b.library.key, "runs_here": status == "ok",
                      "reason": reason or note, "quantizes": [c.name for c in comps], "description": b.description,
-                     "deprecated": b.library.deprecated})
+                     "deprecated": b.library.deprecated, "in_default": b.in_default})
+        for alias in (a for a, t in _aliases.items() if t == b.name):
+            rows.append({**rows[-1], "name": alias, "kind": "alias", "alias_of": b.name,
+                         "description": f"another name for {b.name} (the same recipe): {b.description}"})
     for m in MODIFIERS.values():
         ok = device in m.devices
         rows.append({"name": "+" + m.name, "kind": "modifier", "library": "diffusers/torch", "runs_here": ok,

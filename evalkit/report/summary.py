@@ -258,6 +258,8 @@ def perf_view(data: ReportData) -> dict[str, Any]:
             "load": rec.get("load_time_s"), "load_text": load(rec.get("load_time_s")),
             "compile": rec.get("compile_time_s"), "compile_text": comp(rec.get("compile_time_s")),
             "flags": b.flags, "partial": b.partial_reason, "lat_noisy": b.latency_noisy,
+            # the library's integration is deprecated upstream (recipe.deprecated, from its Library record)
+            "deprecated": b.recipe.get("deprecated"),
         })
     reasons = sorted({str(b.memory.get("cuda_reason") or "not measured") for b in ok})
     return {"rows": rows, "gpu_columns": gpu_columns, "gpu_na_reasons": [] if gpu_columns else reasons,

@@ -100,8 +100,9 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
     done = quantizer.post_load(b, pipe, components, ctx)
     if done is not None:
         info["post_load"] = done
-        info["resolved_config"] = {c.name: {"class": f"post-load transform of {b.library.display}", "config": done}
-                                   for c in components}
+        if not info["resolved_config"]:  # a transform that is the whole recipe (layerwise casting); else it completes one
+            info["resolved_config"] = {c.name: {"class": f"post-load transform of {b.library.display}", "config": done}
+                                       for c in components}
     return pipe, info
 
 
@@ -195,21 +196,27 @@ _FLOAT = {torch.float32, torch.float16, torch.bfloat16}
 
 
 def layer_types(module: torch.nn.Module) -> tuple[dict[str, int], int, int]:
-    """Counts of `ModuleClass[WeightClass:dtype]` over modules with a 2-D weight (Linear-like layers), plus how
-    many of those are quantized (class other than nn.Linear, subclassed weight, or a non-float weight dtype) and
-    how many there are in all."""
+    """Counts of `ModuleClass[WeightClass:dtype]` over Linear-like layers (a 2-D weight, or an nn.Linear subclass
+    whose packed weight is flat, or a packed `qweight` with no float `weight`: AutoRound/GPTQ and Nunchaku layers),
+    plus how many of those are quantized (a subclassed weight or a non-float weight dtype; a wrapper class around a
+    plain bf16 weight is a layer its library left unquantized, e.g. ModelOpt's excluded proj_out) and how many
+    there are in all."""
     counts: Counter[str] = Counter()
     quantized = 0
     total = 0
     for m in module.modules():
         w = getattr(m, "weight", None)
-        if not isinstance(w, torch.Tensor) or w.dim() != 2 or isinstance(m, torch.nn.Embedding):
+        if not isinstance(w, torch.Tensor):
+            w = getattr(m, "qweight", None)
+        if not isinstance(w, torch.Tensor) or isinstance(m, torch.nn.Embedding):
+            continue
+        if w.dim() != 2 and not (isinstance(m, torch.nn.Linear) and w.dim() >= 1):
             continue
         total += 1
         wcls = type(w).__name__
         key = f"{type(m).__name__}[{wcls}:{str(w.dtype).replace('torch.', '')}]"
         counts[key] += 1
-        plain = type(m) is torch.nn.Linear and type(w) in (torch.Tensor, torch.nn.Parameter) and w.dtype in _FLOAT
+        plain = type(w) in (torch.Tensor, torch.nn.Parameter) and w.dtype in _FLOAT
         if not plain:
             quantized += 1
     return dict(counts), quantized, total

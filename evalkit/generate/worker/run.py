@@ -263,7 +263,8 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
                        options=record["recipe"]["options"], cache_dir=cfg["cache_dir"], family=family.key,
-                       checkpoint=cfg.get("gguf_file"), compute_dtypes=dtypes_of(manifest))
+                       checkpoint=cfg.get("gguf_file"), compute_dtypes=dtypes_of(manifest),
+                       prompts=tuple(p["text"] for p in manifest["prompts"]), generation=gen)
     requested = tuple(cfg["components"]) if cfg.get("components") else None
     on_cuda = device == "cuda"
 
