@@ -106,7 +106,7 @@ def merge(run_dir: PathLike) -> dict[str, Any]:
     from rich.console import Console
 
     from evalkit.generate.ranks import MergeIncomplete, merge_and_summarize
-    from evalkit.io import read_json
+    from evalkit.records import read_merge
     from evalkit.rundir import open_run
     from evalkit.runlock import acquire
 
@@ -115,7 +115,7 @@ def merge(run_dir: PathLike) -> dict[str, Any]:
         problems = merge_and_summarize(rd, Console(file=io.StringIO()))
     if problems:
         raise MergeIncomplete("; ".join(problems))
-    return read_json(rd.merge_manifest)
+    return read_merge(rd.merge_manifest)
 
 
 def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:

@@ -18,12 +18,16 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, Required, TypedDict
 
 from evalkit.errors import EvalkitError
+from evalkit.record_types import (CalibrationFile, CompileRecord, ComputePlan, DeviceInfo, ErrorInfo, FidMode,
+                                  Footprint, GenerationSettings, InForce, LatencyRecord, MemoryRecord, MergeFile,
+                                  ModelEntry, Placement, PrepareStep, QuantizationCensus, RankEntry, Recipe,
+                                  RunConfig, ShardInfo, TokenCounts, UnitFile)
 from evalkit.shapes import ShapeError, validate
 
 __all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "ImageEntry", "GenerationRecord",
            "MetricResult", "LeftOut", "MetricRecord", "SummaryBackend", "Summary", "ShapeError", "validate",
            "read_record", "check_record", "read_manifest", "read_generation_record", "read_metric_record",
-           "read_summary", "prompt_entry", "build_manifest", "image_entry", "image_entry_for_file",
+           "read_summary", "read_calibration", "read_merge", "read_unit", "checked_calibration", "checked_merge", "checked_unit", "prompt_entry", "build_manifest", "image_entry", "image_entry_for_file",
            "build_generation_record", "build_metric_record", "build_summary", "partial_reason"]
 
 SCHEMA_VERSION = 1
@@ -41,7 +45,7 @@ class PromptEntry(TypedDict, total=False):
     seed: Required[int]  # evalkit.prompts.prompt_seed
     line: int  # 1-based line (or record) in the prompts file
     category: str | None  # from a prompt set's category column (PartiPrompts, DrawBench)
-    tokens: dict[str, Any]
+    tokens: TokenCounts
 
 
 class Manifest(TypedDict, total=False):
@@ -56,14 +60,15 @@ class Manifest(TypedDict, total=False):
     prompts_file: str | None
     prompts_sha256: str | None
     tokenization_note: str | None
-    model: dict[str, Any] | None
-    generation: dict[str, Any] | None  # height, width, num_inference_steps, guidance_scale, base_seed, ...
+    model: ModelEntry | None
+    generation: GenerationSettings | None
     reference_backend: str
-    device: dict[str, Any] | None
-    versions: dict[str, Any] | None
-    memory_convention: dict[str, Any] | None
-    fid_mode: dict[str, Any] | None  # written by score
-    config: dict[str, Any] | None
+    device: DeviceInfo | None
+    versions: dict[str, str | None] | None
+    memory_convention: dict[str, str] | None
+    compute: ComputePlan  # added (#24): which dtype each component computes in
+    fid_mode: FidMode | None  # schema 1 only: score wrote it here; schema 2 keeps it in metrics/fid_mode.json
+    config: RunConfig | None
 
 
 class ImageEntry(TypedDict, total=False):
@@ -84,36 +89,61 @@ class GenerationRecord(TypedDict, total=False):
     backend: Required[str]
     status: Required[Literal["ok", "failed", "skipped"]]
     reason: str | None  # one line; set whenever status is not ok
-    error: dict[str, Any] | None
-    recipe: dict[str, Any] | None
-    quantization: dict[str, Any] | None  # components_quantized, layer_types, note, partial_reason, ...
-    footprint: dict[str, Any] | None
-    placement: dict[str, Any] | None
-    prepare: dict[str, Any] | None
-    compile: dict[str, Any] | None
+    error: ErrorInfo | None
+    recipe: Recipe | None
+    quantization: QuantizationCensus | None
+    footprint: Footprint | None
+    placement: Placement | None
+    prepare: PrepareStep | None
+    compile: CompileRecord | None
+    numerics: InForce  # what the worker's numerics were (threads, TF32, SDPA kernel, dtypes in force)
     load_time_s: float | None
     compile_time_s: float | None
-    memory: dict[str, Any] | None
-    latency: dict[str, Any] | None
+    memory: MemoryRecord | None
+    latency: LatencyRecord | None
     warmup_times_s: list[float] | None
     resumed_images: int | None
     images: list[ImageEntry]
     started_utc: str | None
     finished_utc: str | None
     pid: int | None
-    ranks: list[dict[str, Any]]  # added (#14): per-rank figures of a merged record (docs/run-directory.md)
-    shard: dict[str, Any]  # added (#14): in a rank's shard record only: tag, rank, world_size, host, gpu, prompt_ids
+    ranks: list[RankEntry]  # added (#14): per-rank figures of a merged record (docs/run-directory.md)
+    shard: ShardInfo  # added (#14): in a rank's shard record only
+
+
+class SkippedPair(TypedDict, total=False):
+    prompt_id: str | None
+    seed: int | None
+    path: str | None
+    reason: Required[str]
 
 
 class MetricResult(TypedDict, total=False):
+    """One metric of one backend. Paired and prompt metrics: mean, CI and per_prompt; set metrics (FID, KID, CMMD):
+    value. A metric adds its own fields (its options, FID's indicative flag); the registry declares its kind."""
+
     status: Required[str]  # "ok", "skipped", ...
     reason: str | None
     mean: float | None
     value: float | None
+    std: float | None
+    ci_low: float | None
+    ci_high: float | None
+    ci_level: float
+    ci_method: str
     n: int | None
+    n_reference: int
+    n_skipped: int
+    n_corrupt: int
+    n_resized: int
     higher_is_better: bool | None
+    indicative: bool  # a set metric at too few images to be trusted as a plain number
+    indicative_reason: str
+    options: dict[str, Any]
+    description: str
+    note: str
     per_prompt: dict[str, float | None]
-    skipped: list[dict[str, Any]]  # pairs this metric could not score: {prompt_id, seed, reason}
+    skipped: list[SkippedPair]  # pairs this metric could not score
 
 
 class LeftOut(TypedDict, total=False):
@@ -131,7 +161,7 @@ class MetricRecord(TypedDict, total=False):
     reference_backend: str
     metrics_version: Any
     device: Any
-    left_out: list[dict[str, Any]]  # images the score stage left out: {prompt_id, path, reason}
+    left_out: list[SkippedPair]  # images the score stage left out, with the reason
     missing_headline_metrics: list[str]  # default metrics score skipped for lack of their pinned weights
 
 
@@ -139,8 +169,8 @@ class SummaryBackend(TypedDict):
     status: str  # a generation status, or "pending" before the backend ran
     reason: str | None
     partial_reason: str | None  # did less than its name says here (bnb on CPU; +compile hit the recompile limit)
-    memory: dict[str, Any] | None
-    latency: dict[str, Any] | None
+    memory: MemoryRecord | None
+    latency: LatencyRecord | None
     load_time_s: float | None
     compile_time_s: float | None
     prepare_time_s: float | None
@@ -151,17 +181,17 @@ class SummaryBackend(TypedDict):
     metrics: dict[str, dict[str, Any]]
 
 
-class Summary(TypedDict):
-    schema_version: int
+class Summary(TypedDict, total=False):
+    schema_version: Required[int]
     run_id: str | None
-    model: dict[str, Any] | None
-    device: dict[str, Any] | None
-    generation: dict[str, Any] | None
+    model: ModelEntry | None
+    device: DeviceInfo | None
+    generation: GenerationSettings | None
     reference_backend: str
     n_prompts: int
-    memory_convention: dict[str, Any] | None
-    fid_mode: dict[str, Any] | None
-    backends: dict[str, SummaryBackend]
+    memory_convention: dict[str, str] | None
+    fid_mode: FidMode | None
+    backends: Required[dict[str, SummaryBackend]]
     images_left_out: list[LeftOut]
     status: str  # "ok", or "missing headline metrics" (then missing_headline_metrics names them)
     missing_headline_metrics: list[str]
@@ -209,11 +239,25 @@ def read_summary(path: str | os.PathLike[str]) -> Summary:
     return read_record(path, Summary)
 
 
+def read_calibration(path: str | os.PathLike[str]) -> CalibrationFile:
+    """calibration.json (RunDir.calibration): the one reader calibrate, check and report share."""
+    return read_record(path, CalibrationFile)
+
+
+def read_merge(path: str | os.PathLike[str]) -> MergeFile:
+    return read_record(path, MergeFile)
+
+
+def read_unit(path: str | os.PathLike[str]) -> UnitFile:
+    return read_record(path, UnitFile)
+
+
 _LABELS.update({Manifest: "manifest", GenerationRecord: "generation record", MetricRecord: "metric record",
-                Summary: "summary"})
+                Summary: "summary", CalibrationFile: "calibration", MergeFile: "merge record", UnitFile: "unit file"})
 # How a message names the top of each record: "manifest.backends must be a JSON list, found str".
 _ROOTS: dict[Any, str] = {Manifest: "manifest", GenerationRecord: "record", MetricRecord: "record",
-                          Summary: "summary"}
+                          Summary: "summary", CalibrationFile: "calibration", MergeFile: "merge",
+                          UnitFile: "unit"}
 
 
 # --------------------------------------------------------------------------------------------- builders
@@ -288,6 +332,19 @@ def checked_generation_record(record: Mapping[str, Any]) -> GenerationRecord:
     """The worker builds its record step by step while it runs; this checks the finished one against the schema
     before it is written, as build_generation_record checks what it builds."""
     return _built(dict(record), GenerationRecord)
+
+
+def checked_calibration(record: Mapping[str, Any]) -> CalibrationFile:
+    """calibrate builds calibration.json as it measures; this checks the finished one before it is written."""
+    return _built(dict(record), CalibrationFile)
+
+
+def checked_merge(record: Mapping[str, Any]) -> MergeFile:
+    return _built(dict(record), MergeFile)
+
+
+def checked_unit(record: Mapping[str, Any]) -> UnitFile:
+    return _built(dict(record), UnitFile)
 
 
 def build_generation_record(*, backend: str, status: Literal["ok", "failed", "skipped"], reason: str | None = None,

@@ -75,6 +75,21 @@ class RunDir:
     def merge_manifest(self) -> Path:
         return self.root / "merge.json"
 
+    @property
+    def calibration(self) -> Path:
+        """calibration.json: written by `evalkit calibrate`, read by check and report (records.read_calibration)."""
+        return self.root / "calibration.json"
+
+    @property
+    def calibration_runs(self) -> Path:
+        """calibration/<perturbation>/: the sub-runs calibrate regenerates the reference into."""
+        return self.root / "calibration"
+
+    @property
+    def fid_mode(self) -> Path:
+        """metrics/fid_mode.json: how score computed FID/KID (schema 2; a schema-1 manifest held it)."""
+        return self.root / "metrics" / "fid_mode.json"
+
     def log(self, backend: str) -> Path:
         return self.root / "logs" / f"{safe_name(backend, 'backend')}.log"
 

@@ -24,12 +24,11 @@ from evalkit.calibrate.perturbations import Perturbation, select_perturbations
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions
 from evalkit.io import atomic_write_json, read_json
+from evalkit.records import checked_calibration, read_calibration
 from evalkit.options import api_doc, api_signature
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run
 from evalkit.timeutil import utc_now
 
-CALIBRATION_FILE = "calibration.json"
-CALIBRATION_DIR = "calibration"
 
 
 def paired_metric_names() -> list[str]:
@@ -58,7 +57,7 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
     pert_out: dict[str, Any] = {}
     per_metric: dict[str, dict[str, Any]] = {m: {} for m in metrics}
     for p in chosen:
-        sub = rd.root / CALIBRATION_DIR / p.name
+        sub = rd.calibration_runs / p.name
         backend = f"{reference}+compile" if p.compile else reference
         _regenerate(manifest, sub, backend, p, ranks=(len(opts.gpus), list(opts.gpus)) if opts.gpus else (opts.jobs, []),
                     ref_threads=(read_json(rd.generation_record(reference)).get("numerics") or {}).get("intra_op_threads"))
@@ -74,7 +73,7 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
         same = sum(ref_images[pid]["sha256"] == cand_images[pid]["sha256"] for pid in ref_images)
         pert_out[p.name] = {
             "description": p.description, "settings": p.settings(), "backend": backend,
-            "in_force": rec.get("numerics"), "run_dir": f"{CALIBRATION_DIR}/{p.name}", "images_key": key,
+            "in_force": rec.get("numerics"), "run_dir": rd.relative(sub), "images_key": key,
             "n_images": len(cand_images), "n_byte_identical_images": same,
         }
 
@@ -90,7 +89,7 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
         "perturbations": pert_out, "metrics": {m: _metric_floor(m, per_metric[m]) for m in metrics},
     }
     with acquire(rd.root, stage="calibrate"):
-        atomic_write_json(rd.root / CALIBRATION_FILE, result)
+        atomic_write_json(rd.calibration, checked_calibration(result))
     return result
 
 
@@ -121,9 +120,9 @@ def _metric_floor(metric: str, per_perturbation: dict[str, Any]) -> dict[str, An
 
 
 def _previous(rd: RunDir) -> dict[str, Any]:
-    path = rd.root / CALIBRATION_FILE
+    path = rd.calibration
     try:
-        old = read_json(path) if path.exists() else {}
+        old = read_calibration(path) if path.exists() else {}
     except (EvalkitError, ValueError):
         return {}  # an unreadable cache is recomputed, never trusted
     return old if isinstance(old, dict) and old.get("schema") == SCHEMA and isinstance(old.get("metrics"), dict) else {}

@@ -19,8 +19,10 @@ from typing import Any
 from evalkit.check.thresholds import Bound
 from evalkit.errors import EvalkitError
 from evalkit.check.inputs import is_number, read_json_checked
+from evalkit.record_types import CalibrationFile
+from evalkit.records import check_record
+from evalkit.rundir import RunDir
 
-CALIBRATION_FILE = "calibration.json"
 
 
 @dataclass(frozen=True)
@@ -56,7 +58,7 @@ class Floor:
 
 
 def calibration_path(run_root: Path, given: str | Path | None) -> Path:
-    return Path(given) if given else run_root / CALIBRATION_FILE
+    return Path(given) if given else RunDir(run_root).calibration
 
 
 def load_floors(path: Path) -> dict[str, Floor | str]:
@@ -65,6 +67,7 @@ def load_floors(path: Path) -> dict[str, Floor | str]:
     data = read_json_checked(path, "a calibration")
     if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
         raise EvalkitError(f"{path}: not a calibration (no 'metrics' table); rerun `evalkit calibrate`")
+    check_record(data, CalibrationFile, path)  # the one schema (evalkit/record_types.py); the floors are checked below
     out: dict[str, Floor | str] = {}
     for name, m in data["metrics"].items():
         where = f"metrics.{name}"
@@ -158,6 +161,7 @@ def calibration_differences(path: Path, manifest: dict[str, Any], run_root: Path
     cal = read_json_checked(path, "a calibration")
     if not isinstance(cal, dict):
         raise EvalkitError(f"{path}: not a calibration (a JSON object is expected)")
+    check_record(cal, CalibrationFile, path)
     diffs: list[str] = []
     model = (manifest.get("model") or {}).get("spec")
     if cal.get("model") != model:

@@ -27,9 +27,10 @@ from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json, read_json, read_jsonl
+from evalkit.record_types import MERGE_SCHEMA
+from evalkit.records import checked_merge
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 
-MERGE_SCHEMA = "evalkit.merge/1"
 _TAG = re.compile(r"^w(\d+)-r(\d+)$")
 SHARD_SUFFIXES = (".unit.json", ".partial.jsonl", ".json")
 # Fields of the merged record taken from the lowest tag's shard (every rank ran the same recipe).
@@ -390,9 +391,9 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
         if bm.status == "duplicate":
             continue  # nothing changed for it: keep what merge.json said before
         old_backends[name] = {"status": bm.status, "missing": bm.missing, "units": bm.units}
-    atomic_write_json(rd.merge_manifest, {"schema": MERGE_SCHEMA,
+    atomic_write_json(rd.merge_manifest, checked_merge({"schema": MERGE_SCHEMA,
                                           "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                          "host": socket.gethostname(), "backends": old_backends})
+                                          "host": socket.gethostname(), "backends": old_backends}))
     for name, bm in result.backends.items():
         if bm.status == "complete":
             remove_shards(rd, name)

@@ -30,6 +30,8 @@ from evalkit.generate.options import GenerateOptions
 from evalkit.generate.plan import LARGE_STUDY_IMAGES
 from evalkit.generate.prepare import prepare_run
 from evalkit.io import atomic_write_json, read_json
+from evalkit.record_types import UNIT_SCHEMA
+from evalkit.records import checked_unit
 from evalkit.rundir import RunDir, write_summary
 from evalkit.timeutil import utc_now
 
@@ -281,10 +283,10 @@ def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], unit
                      "gpu": env.get("CUDA_VISIBLE_DEVICES"), "prompt_ids": list(unit.prompt_ids)}
             try:
                 rd.shards_dir(unit.backend).mkdir(parents=True, exist_ok=True)
-                atomic_write_json(rd.shard_unit(unit.backend, tag), {
-                    "schema": "evalkit.unit/1", "backend": unit.backend, "tag": tag, "rank": w.rank,
+                atomic_write_json(rd.shard_unit(unit.backend, tag), checked_unit({
+                    "schema": UNIT_SCHEMA, "backend": unit.backend, "tag": tag, "rank": w.rank,
                     "world_size": w.world_size, "host": shard["host"], "pid": os.getpid(),
-                    "prompt_ids": list(unit.prompt_ids), "threads": threads, "created_utc": utc_now()})
+                    "prompt_ids": list(unit.prompt_ids), "threads": threads, "created_utc": utc_now()}))
                 study.start_unit(index)
                 sink = _event_sink(bars, tasks.get(unit.backend), w, unit, study)
                 seen: list[str] = []

@@ -23,8 +23,8 @@ from evalkit.io import atomic_write_text
 from evalkit.report.categories import category_tables
 from evalkit.report.data import MEMORY_AXES, ReportData, load_report_data, metric_value
 from evalkit.report.numbers import decimals_for, fmt_fixed, fmt_num, fmt_seconds
-from evalkit.report.noise_floor import CALIBRATION_FILE
 from evalkit.report.options import parse_formats
+from evalkit.rundir import RunDir
 from evalkit.report.summary import highlights, model_notice, noise_floor_cells, perf_view, quality_rows
 
 
@@ -82,7 +82,8 @@ def report_inputs_key(root: Path, options: dict[str, Any]) -> str:
     csv_path = root / "metrics" / "per_image.csv"
     files["per_image.csv"] = hashlib.sha256(csv_path.read_bytes()).hexdigest() if csv_path.is_file() else None
     # The noise floor is drawn on the quality plots and printed in the quality table: a new calibration redraws.
-    files[CALIBRATION_FILE] = json_file_content(root / CALIBRATION_FILE, _CALIBRATION_VOLATILE)
+    calibration = RunDir(root).calibration
+    files[calibration.name] = json_file_content(calibration, _CALIBRATION_VOLATILE)
     return content_key({"evalkit": __version__, "options": options, "files": files,
                         "report_code": tree_fingerprint(Path(__file__).parent)})
 

@@ -15,9 +15,10 @@ from pathlib import Path
 
 from evalkit.errors import EvalkitError
 from evalkit.io import read_json
+from evalkit.record_types import CALIBRATION_SCHEMA, CalibrationFile
+from evalkit.records import check_record
+from evalkit.rundir import RunDir
 
-CALIBRATION_FILE = "calibration.json"
-CALIBRATION_SCHEMA = "evalkit.calibration/1"
 BAND_LABEL = "reference noise floor (calibration)"
 IDENTICAL_NOTE = "reference: byte-identical under every perturbation"
 
@@ -93,7 +94,7 @@ def load_noise_floors(root: Path, reference: str) -> tuple[dict[str, NoiseFloor]
     has no calibration (the report is then exactly what it was before calibrations existed). A calibration of
     another reference backend is not this run's floor: it is left out, and the note says so. A file of another
     shape is a one-line EvalkitError."""
-    path = root / CALIBRATION_FILE
+    path = RunDir(root).calibration
     if not path.exists():
         return {}, None
     cal = read_json(path)
@@ -101,6 +102,7 @@ def load_noise_floors(root: Path, reference: str) -> tuple[dict[str, NoiseFloor]
         found = cal.get("schema") if isinstance(cal, dict) else type(cal).__name__
         raise EvalkitError(f"{path}: not a calibration of schema {CALIBRATION_SCHEMA!r} (found {found!r}); "
                            "rerun `evalkit calibrate` or remove the file")
+    check_record(cal, CalibrationFile, path)  # the one schema every reader of calibration.json checks
     cal_ref = cal.get("reference_backend")
     if cal_ref is not None and cal_ref != reference:
         return {}, (f"{path}: calibrated reference {cal_ref!r}, but this run's reference is {reference!r}; "

@@ -19,7 +19,7 @@ from evalkit.generate.options import SDPA_BACKENDS
 from evalkit.plugins import load_run_plugins
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
-from evalkit.records import checked_generation_record
+from evalkit.records import checked_generation_record, read_unit
 from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 
@@ -181,7 +181,7 @@ class Target:
 
     def __init__(self, rd: RunDir, backend: str, tag: str | None) -> None:
         self.tag = tag
-        self.unit: dict[str, Any] | None = read_json(rd.shard_unit(backend, tag)) if tag else None
+        self.unit: dict[str, Any] | None = read_unit(rd.shard_unit(backend, tag)) if tag else None
         self.partial = rd.shard_partial(backend, tag) if tag else rd.generation_partial(backend)
         self.record = rd.shard_record(backend, tag) if tag else rd.generation_record(backend)
 
