@@ -90,13 +90,10 @@ def load_plugin_files(paths: Iterable[str | Path]) -> list[dict[str, str]]:
 
 
 def load_run_plugins(manifest: Any) -> None:
-    """Load the plugin files a run's manifest records (a worker, a rank or a later stage of that run), and register
-    the run's prequantized-checkpoint backends (`--backend NAME=PATH`), which are defined by the run as well."""
+    """Load the plugin files a run's manifest records (a worker, a rank or a later stage of that run). The run's
+    prequantized-checkpoint backends are registered beside it (quantizers.checkpoint.register_run_checkpoints)."""
     entries = ((manifest or {}).get("config") or {}).get("plugins") or [] if isinstance(manifest, dict) else []
     for entry in entries:
         if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
             raise EvalkitError(f"manifest.json: config.plugins holds a malformed entry {entry!r}")
         load_plugin_file(entry["path"], expected_sha256=entry.get("sha256"))
-    from evalkit.quantizers.checkpoint import register_run_checkpoints
-
-    register_run_checkpoints(manifest)

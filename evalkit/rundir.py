@@ -149,6 +149,9 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Manifest]:
     from evalkit.plugins import load_run_plugins
 
     load_run_plugins(manifest)  # the run's plugin backends, families and metrics are known to every later stage
+    from evalkit.quantizers.checkpoint import register_run_checkpoints
+
+    register_run_checkpoints(manifest)  # and the backends its --backend NAME=PATH checkpoints define
     return rd, manifest
 
 

@@ -17,6 +17,7 @@ from typing import Any
 from evalkit.families.registry import family_of_manifest
 from evalkit.generate.options import SDPA_BACKENDS
 from evalkit.plugins import load_run_plugins
+from evalkit.quantizers.checkpoint import register_run_checkpoints
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
 from evalkit.records import checked_generation_record, read_unit
@@ -207,6 +208,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
     rd = RunDir(__import__("pathlib").Path(run_dir))
     manifest = read_json(rd.manifest)
     load_run_plugins(manifest)  # the run's own backends, families and metrics, before any name is read
+    register_run_checkpoints(manifest)  # and its --backend NAME=PATH checkpoints
     cfg = manifest["config"]
     gen = manifest["generation"]
     spec = parse_backend(backend_name)
