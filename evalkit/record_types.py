@@ -129,7 +129,7 @@ class RunConfig(TypedDict, total=False):
 
 
 class FidMode(TypedDict, total=False):
-    """How FID/KID were computed (written by score into metrics/fid_mode.json; a v1 manifest held it)."""
+    """How FID/KID were computed: fid_mode.json, written by score (a schema-1 manifest held it as `fid_mode`)."""
 
     implementation: str
     extractor_id: str
@@ -144,6 +144,7 @@ class FidMode(TypedDict, total=False):
     reference_backend: str
     n: int | dict[str, int]
     n_reference: int
+    real_dir: str  # --real-dir: FID against real images instead of the reference backend's
     kid: dict[str, Any]
 
 

@@ -30,7 +30,9 @@ __all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "Im
            "read_summary", "read_calibration", "read_merge", "read_unit", "checked_calibration", "checked_merge", "checked_unit", "prompt_entry", "build_manifest", "image_entry", "image_entry_for_file",
            "build_generation_record", "build_metric_record", "build_summary", "partial_reason"]
 
-SCHEMA_VERSION = 1
+# 2: score keeps FID/KID's settings in fid_mode.json, no longer in the manifest (generate owns the manifest).
+# Schema-1 records read as before (rundir.load_fid_mode reads a schema-1 manifest's fid_mode).
+SCHEMA_VERSION = 2
 REFERENCE_BACKEND = "bf16"
 # Words in an older record's quantization.note that mean "this backend quantized less than its name says".
 _PARTIAL_NOTE_MARKER = "left in bf16"
@@ -67,7 +69,7 @@ class Manifest(TypedDict, total=False):
     versions: dict[str, str | None] | None
     memory_convention: dict[str, str] | None
     compute: ComputePlan  # added (#24): which dtype each component computes in
-    fid_mode: FidMode | None  # schema 1 only: score wrote it here; schema 2 keeps it in metrics/fid_mode.json
+    fid_mode: FidMode | None  # schema 1 only: score wrote it here; schema 2 keeps it in fid_mode.json
     config: RunConfig | None
 
 
@@ -387,8 +389,9 @@ def build_metric_record(*, backend: str, metrics: dict[str, MetricResult],
 
 
 def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[str, Any] | None],
-                  metrics: Mapping[str, Mapping[str, Any] | None]) -> Summary:
-    """summary.json from the manifest and each backend's records (None where a record is not written yet)."""
+                  metrics: Mapping[str, Mapping[str, Any] | None], fid_mode: Mapping[str, Any] | None = None) -> Summary:
+    """summary.json from the manifest, each backend's records (None where a record is not written yet) and score's
+    fid_mode.json (rundir.load_fid_mode; a schema-1 manifest's own `fid_mode` when not given)."""
     backends: dict[str, SummaryBackend] = {}
     left_out: list[LeftOut] = []
     for name in manifest.get("backends") or []:
@@ -404,7 +407,7 @@ def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[
         "reference_backend": manifest.get("reference_backend") or REFERENCE_BACKEND,
         "n_prompts": len(manifest.get("prompts") or []),
         "memory_convention": manifest.get("memory_convention"),
-        "fid_mode": manifest.get("fid_mode"),
+        "fid_mode": dict(fid_mode) if fid_mode is not None else manifest.get("fid_mode"),
         "backends": backends,
         "images_left_out": left_out,
         "status": "ok",

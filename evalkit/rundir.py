@@ -5,14 +5,16 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, Mapping
 
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json
+from evalkit.record_types import FidMode
 from evalkit.records import (REFERENCE_BACKEND, SCHEMA_VERSION, GenerationRecord, Manifest, MetricRecord, Summary,
-                             build_summary, read_generation_record, read_manifest, read_metric_record)
+                             build_summary, read_generation_record, read_manifest, read_metric_record, read_record)
 
 __all__ = ["REFERENCE_BACKEND", "SCHEMA_VERSION", "RunDir", "open_run", "display_path", "ensure_writable_dir",
-           "load_generation_records", "load_metric_records", "write_summary"]
+           "load_generation_records", "load_metric_records", "load_fid_mode", "current_summary", "write_summary"]
 
 
 def safe_name(name: object, what: str) -> str:
@@ -85,10 +87,10 @@ class RunDir:
         """calibration/<perturbation>/: the sub-runs calibrate regenerates the reference into."""
         return self.root / "calibration"
 
-    @property
-    def fid_mode(self) -> Path:
-        """metrics/fid_mode.json: how score computed FID/KID (schema 2; a schema-1 manifest held it)."""
-        return self.root / "metrics" / "fid_mode.json"
+    def extractor_mode(self, key: str) -> Path:
+        """<key>.json at the run's root (fid_mode.json): how score computed a set metric's features (the registry's
+        ExtractorSpec.mode_key). Score owns it; a schema-1 run kept it in the manifest under the same key."""
+        return self.root / f"{safe_name(key, 'extractor mode')}.json"
 
     def log(self, backend: str) -> Path:
         return self.root / "logs" / f"{safe_name(backend, 'backend')}.log"
@@ -192,10 +194,26 @@ def load_metric_records(rd: RunDir, backends: list[str]) -> dict[str, MetricReco
             for b in backends}
 
 
-def write_summary(run_dir: str | os.PathLike[str]) -> Summary:
-    """Rebuild summary.json from the manifest, generation records and metric records. Every stage calls this last."""
-    rd, manifest = open_run(run_dir)
+def load_fid_mode(rd: RunDir, manifest: Mapping[str, Any]) -> FidMode | None:
+    """How score computed FID/KID: fid_mode.json (schema 2), else the manifest's `fid_mode` (schema 1), else None."""
+    path = rd.extractor_mode("fid_mode")
+    if path.is_file():
+        return read_record(path, FidMode)
+    legacy = manifest.get("fid_mode")
+    return legacy if isinstance(legacy, dict) else None
+
+
+def current_summary(rd: RunDir, manifest: Mapping[str, Any]) -> Summary:
+    """The summary the run's records make now, built in memory (a reader that must not write: report)."""
     names = list(manifest["backends"])
-    summary = build_summary(manifest, load_generation_records(rd, names), load_metric_records(rd, names))
+    return build_summary(manifest, load_generation_records(rd, names), load_metric_records(rd, names),
+                         fid_mode=load_fid_mode(rd, manifest))
+
+
+def write_summary(run_dir: str | os.PathLike[str]) -> Summary:
+    """Rebuild summary.json from the manifest, generation records and metric records. summary.json is derived: the
+    stages that change records rebuild it (generate after a merge, score after scoring), never edit it."""
+    rd, manifest = open_run(run_dir)
+    summary = current_summary(rd, manifest)
     atomic_write_json(rd.summary, summary, sort_keys=False)  # backends stay in manifest order
     return summary

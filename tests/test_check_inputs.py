@@ -53,7 +53,7 @@ def _floor(d: dict, metric: str, **kw: Any) -> dict:
      "metrics.ssim.higher_is_better must be true or false"),
     (lambda d: {**d, "metrics": "all"}, "not a calibration (no 'metrics' table)"),
     (lambda d: [d], "not a calibration"),
-    (lambda d: {**d, "generation": "128x128"}, "generation must be a JSON object, found str"),
+    (lambda d: {**d, "generation": "128x128"}, "calibration.generation must be a JSON object or null, found str"),
 ])
 def test_malformed_calibration_is_exit_2_naming_file_and_field(tmp_path: Path, capsys, fn, fragment) -> None:
     run = make_run(tmp_path / "run")

@@ -37,8 +37,9 @@ def test_old_run_opens_and_its_summary_rebuilds_unchanged(old_run: Path) -> None
     assert verify_run(rd, records).problems == []  # hashed: its records predate the stat fingerprint
 
     rebuilt = json.loads(json.dumps(write_summary(old_run)))
+    assert written["schema_version"] == 1 and rebuilt["schema_version"] == SCHEMA_VERSION == 2  # derived: rebuilt new
     for key, value in written.items():
-        if key != "backends":
+        if key not in ("backends", "schema_version"):
             assert rebuilt[key] == value, key
     for name, entry in written["backends"].items():
         new = rebuilt["backends"][name]
@@ -210,3 +211,37 @@ def test_summary_carries_partial_reason_and_images_left_out(tmp_path: Path) -> N
          "path": f"images/torchao-int8wo/{pids[0]}_s{prompt_seed(PROMPTS[0], 0)}.png",
          "reason": "undecodable: truncated"},
     ]
+
+
+def test_old_run_scores_and_reports_and_score_leaves_the_manifest_to_generate(old_run: Path) -> None:
+    """Schema 2: score writes FID's settings to its own fid_mode.json; the schema-1 manifest is read, never
+    rewritten (generate owns it), and report writes none of the run's records (summary.json included)."""
+    import evalkit
+    from evalkit.rundir import load_fid_mode
+
+    manifest_bytes = (old_run / "manifest.json").read_bytes()
+    results = evalkit.score(old_run, metrics="ssim,psnr,fid")
+    assert results["torchao-int8wo"]["ssim"]["status"] == "ok"
+    assert (old_run / "manifest.json").read_bytes() == manifest_bytes
+    mode = read_json(old_run / "fid_mode.json")
+    assert mode["n_reference"] == len(read_json(old_run / "manifest.json")["prompts"]) and mode["reference_backend"] == "bf16"
+    rd, manifest = open_run(old_run)
+    assert load_fid_mode(rd, manifest) == mode
+    assert read_json(old_run / "summary.json")["fid_mode"] == mode
+    before = {p: p.read_bytes() for p in [old_run / "summary.json", *sorted((old_run / "generation").glob("*.json")),
+                                           *sorted((old_run / "metrics").glob("*.json"))]}
+    page = evalkit.report(old_run, no_figures=True)
+    assert page.is_file() and "FID" in page.read_text(encoding="utf-8")
+    assert {p: p.read_bytes() for p in before} == before
+
+
+def test_a_schema_1_manifest_keeps_its_fid_mode_readable(old_run: Path) -> None:
+    from evalkit.rundir import load_fid_mode
+
+    m = read_json(old_run / "manifest.json")
+    m["fid_mode"] = {"implementation": "old", "n": 3}
+    (old_run / "manifest.json").write_text(json.dumps(m), encoding="utf-8")
+    rd, manifest = open_run(old_run)
+    assert load_fid_mode(rd, manifest) == {"implementation": "old", "n": 3}
+    (old_run / "fid_mode.json").write_text(json.dumps({"implementation": "new", "n": 3}), encoding="utf-8")
+    assert load_fid_mode(rd, manifest)["implementation"] == "new"  # score's own file wins once it exists

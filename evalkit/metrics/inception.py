@@ -205,7 +205,7 @@ class InceptionSetExtractor:
 
     @classmethod
     def describe(cls, fid_method: str = "auto") -> dict[str, Any]:
-        """What manifest.fid_mode records: everything a reader needs to compare FID values across runs."""
+        """What fid_mode.json records: everything a reader needs to compare FID values across runs."""
         from evalkit.metrics.fid import CLEAN_RESIZE_ID, FID_MIN_N, KIDMetric
         from evalkit.weights.store import WEIGHTS
 

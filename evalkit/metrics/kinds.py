@@ -9,7 +9,7 @@ loads no network):
   result_key(**opts) -> str          prompt: content key of the values (model + weights); may raise
                                      MissingWeightsError, and the metric is then skipped with that reason
   describe(**opts) -> dict           prompt: fields every record states (the model, the truncation rule);
-                                     extractor: the manifest entry named by ExtractorSpec.manifest_key
+                                     extractor: the file named by ExtractorSpec.mode_key
   FLAG_NOTE / FLAG_COUNT: str        prompt: per-image note and record count for images whose flag is set
   content_key() -> str               extractor: cache key of its features
 

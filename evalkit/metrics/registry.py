@@ -70,7 +70,8 @@ class ExtractorSpec:
     factory: str  # "module:attribute"; called with device (+ weights_dir); see kinds.FeatureExtractor
     weights: tuple[str, ...] = ()
     modules: tuple[str, ...] = ()
-    manifest_key: str | None = None  # the manifest field its describe(**opts) fills (e.g. "fid_mode")
+    # The file (RunDir.extractor_mode: <mode_key>.json) score writes its describe(**opts) into (e.g. "fid_mode")
+    mode_key: str | None = None
 
 
 _REGISTRY: dict[str, MetricSpec] = {}
@@ -314,7 +315,7 @@ def cache_key(name: str, options: Mapping[str, Any] | None = None) -> str:
 
 register_extractor(ExtractorSpec("inception", "evalkit.metrics.inception:InceptionSetExtractor",
                                  weights=("fid_inception",), modules=("evalkit.metrics.fid",),
-                                 manifest_key="fid_mode"))
+                                 mode_key="fid_mode"))
 # CMMD's CLIP ViT-L/14@336: the user's checkpoint (--metric-weights cmmd=PATH, evalkit.weights.user).
 register_extractor(ExtractorSpec("clip_vit_l14_336", "evalkit.metrics.cmmd:CMMDExtractor", weights=("cmmd",),
                                  modules=("evalkit.metrics.cmmd",)))

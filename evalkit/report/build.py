@@ -79,6 +79,8 @@ def report_inputs_key(root: Path, options: dict[str, Any]) -> str:
         for p in sorted((root / folder).glob("*.json")):
             if p.name != "inputs.json":
                 files[f"{folder}/{p.name}"] = json_file_content(p, _VOLATILE)
+    fid_mode = RunDir(root).extractor_mode("fid_mode")  # score's FID/KID settings, printed beside FID
+    files[fid_mode.name] = json_file_content(fid_mode, ())
     csv_path = root / "metrics" / "per_image.csv"
     files["per_image.csv"] = hashlib.sha256(csv_path.read_bytes()).hexdigest() if csv_path.is_file() else None
     # The noise floor is drawn on the quality plots and printed in the quality table: a new calibration redraws.
@@ -321,7 +323,7 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "data": data, "m": manifest, "run_id": manifest.get("run_id") or data.root.name,
         "model": manifest.get("model") or {}, "device": device, "gen": manifest.get("generation") or {},
         "versions": manifest.get("versions") or {}, "conventions": manifest.get("memory_convention") or {},
-        "fid_mode": manifest.get("fid_mode") or {}, "reference": data.reference, "fid_n": _fid_n(manifest.get("fid_mode") or {}),
+        "fid_mode": data.fid_mode or {}, "reference": data.reference, "fid_n": _fid_n(data.fid_mode or {}),
         "reference_ok": bool(ref and ref.ok),
         "random_weights": data.random_weights, "scored": data.scored, "cuda": data.has_cuda_memory,
         "device_type": data.device_type, "metrics": data.metrics, "include_partial": data.include_partial,

@@ -16,7 +16,7 @@ from evalkit.errors import EvalkitError
 from evalkit.io import read_json
 from evalkit.quantizers.base import Library
 from evalkit.quantizers.registry import LIBRARIES, library_order
-from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run, write_summary
+from evalkit.rundir import REFERENCE_BACKEND, RunDir, current_summary, load_fid_mode, open_run
 
 
 @dataclass(frozen=True)
@@ -236,6 +236,12 @@ class ReportData:
         return b.ok and (self.include_partial or not b.partial)
 
     @property
+    def fid_mode(self) -> dict[str, Any] | None:
+        """How score computed FID/KID (fid_mode.json; a schema-1 run's manifest), None before FID was scored."""
+        mode = load_fid_mode(self.rd, self.manifest)
+        return dict(mode) if mode else None
+
+    @property
     def images_left_out(self) -> list[dict[str, Any]]:
         """summary.json `images_left_out`: [{backend, path, reason}] (images the stages refused to use)."""
         raw = self.summary.get("images_left_out") if isinstance(self.summary, dict) else None
@@ -325,7 +331,7 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
         names.insert(0, reference)
     notes: list[str] = []
     records: dict[str, tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]] = {}
-    # Every record is read and shape-checked before write_summary touches it, so a mangled one is named here.
+    # Every record is read and shape-checked before the summary is built from them, so a mangled one is named here.
     for name in names:
         gen_path, met_path = rd.generation_record(name), rd.metrics_record(name)
         rec = _read_object(gen_path, "a generation record") if gen_path.exists() else None
@@ -345,7 +351,7 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
                 _check_shape(met_path, m, {"per_prompt": (dict,)})
                 metrics[key] = m
         records[name] = (rec, metrics)
-    summary = write_summary(rd.root)
+    summary = current_summary(rd, manifest)  # report reads the run; it writes only its own files
     entries = summary.get("backends") if isinstance(summary, dict) else None
     entries = entries if isinstance(entries, dict) else {}
     views = []

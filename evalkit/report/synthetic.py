@@ -123,6 +123,9 @@ def make_synthetic_run(
     plist = _prompt_list(prompts, base_seed)
     cuda = device == "cuda"
     atomic_write_json(rd.manifest, _manifest(root, prompts, plist, names, size, base_seed, cuda, random_weights))
+    atomic_write_json(rd.extractor_mode("fid_mode"), {  # score's file (schema 2), as a scored run has it
+        "implementation": "evalkit (clean-fid 'clean' resize, TF Inception pool3)", "n": len(prompts),
+        "note": "FID on a handful of images is strongly biased; read KID and paired metrics first"})
     ref_imgs = {p["id"]: _scene(p["seed"], size) for p in plist}
     for name in names:
         _, level, mem_factor, lat_factor = table.get(name, (name, 0.4, 0.5, 1.2))
@@ -192,8 +195,6 @@ def _manifest(root: Path, prompts: Sequence[str], plist: list[dict[str, Any]], n
             "peak_*": "torch.cuda.max_memory_allocated/reserved during generation",
             "cpu_peak_rss_gib": "process peak RSS (ru_maxrss)",
         },
-        "fid_mode": {"implementation": "evalkit (clean-fid 'clean' resize, TF Inception pool3)", "n": len(prompts),
-                     "note": "FID on a handful of images is strongly biased; read KID and paired metrics first"},
         "config": {"synthetic": True},
     }
 

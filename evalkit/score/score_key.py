@@ -64,7 +64,7 @@ def unchanged_results(rd: RunDir, key: str, verify: bool) -> dict[str, Any] | No
 
     manifest = read_json(rd.manifest)
     backends = list(manifest.get("backends", []))
-    outputs = [rd.metrics_record(b) for b in backends] + [rd.metrics_dir / "per_image.csv", rd.root / "summary.json"]
+    outputs = [rd.metrics_record(b) for b in backends] + [rd.metrics_dir / "per_image.csv", rd.summary]
     if not stored_key_matches(rd.metrics_dir / SCORE_INPUTS_FILE, key, outputs):
         return None
     gens = load_generation_records(rd, backends)

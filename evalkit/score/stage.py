@@ -1,5 +1,5 @@
 """The score stage: read a run directory, score every backend against the reference images, write
-`metrics/<backend>.json`, `metrics/per_image.csv`, `manifest.fid_mode` and `summary.json` (docs/run-directory.md).
+`metrics/<backend>.json`, `metrics/per_image.csv`, `fid_mode.json` and `summary.json` (docs/run-directory.md).
 
 Flow, per backend with generation status ok:
   1. hash every PNG (content keys for the cache; the record's sha256 is compared, not trusted);

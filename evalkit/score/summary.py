@@ -1,6 +1,6 @@
 """Summaries of the score stage: per backend and metric, the record of docs/run-directory.md (mean, bootstrap
 CI, n, per-prompt means, skips with reasons; set statistics with their sample sizes), the per-image CSV, the
-manifest's extractor entry (fid_mode) and summary.json. Reads values from the score cache; computes no image.
+each extractor's settings (fid_mode.json) and summary.json. Reads values from the score cache; computes no image.
 Every fact about a metric comes from the registry (kind, direction, derivation, extractor, class hooks)."""
 
 from __future__ import annotations
@@ -212,7 +212,7 @@ def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
 
 def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dict[str, Any]], ref: str,
                   names: list[str], state: "State | None") -> None:
-    """metrics/<backend>.json, metrics/per_image.csv, each extractor's manifest entry, then summary.json."""
+    """metrics/<backend>.json, metrics/per_image.csv, each extractor's settings file, then summary.json."""
     from evalkit.score.common import extractor_unavailable
     from evalkit.weights.store import headline_missing
 
@@ -234,16 +234,15 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
         for ext in set_extractors(names):
             espec = reg.get_extractor_spec(ext)
             cls = reg.extractor_class(ext)
-            if not espec.manifest_key or extractor_unavailable(state.opts, ext) or not hasattr(cls, "describe"):
+            if not espec.mode_key or extractor_unavailable(state.opts, ext) or not hasattr(cls, "describe"):
                 continue
-            fresh = read_json(rd.manifest)  # read-modify-write: keep whatever else is there now
             mode = dict(reg.call_with(cls.describe, state.opts.factory_options("extractor")))
             mode["n"] = dict(sorted(state.dist_n.get(ext, {}).items()))
             mode["n_reference"] = len(state.items.get(ref, []))
             mode["reference_backend"] = ref
             if state.opts.real_dir:
                 mode["real_dir"] = state.opts.real_dir
-            if fresh.get(espec.manifest_key) != mode:
-                fresh[espec.manifest_key] = mode
-                atomic_write_json(rd.manifest, fresh)
+            path = rd.extractor_mode(espec.mode_key)  # score's own file: the manifest is generate's
+            if not path.is_file() or read_json(path) != mode:
+                atomic_write_json(path, mode)
     write_summary(rd.root)
