@@ -154,11 +154,12 @@ def test_fid_kid_with_sample_sizes_and_fid_mode(tmp_path):
     assert res["bf16"]["fid"]["status"] == "skipped"
     assert abs(res["same"]["fid"]["value"]) < 1e-6
     assert res["same"]["psnr"]["mean"] == 100.0 and res["same"]["psnr"]["n_capped"] == 3
-    mode = read_json(run / "manifest.json")["fid_mode"]
+    mode = read_json(run / "fid_mode.json")  # score's own file (schema 2); the manifest is generate's
+    assert "fid_mode" not in read_json(run / "manifest.json")
     assert mode["dtype"] == "float64" and mode["feature_dim"] == 2048 and mode["n"] == {"q": 3, "same": 3}
     assert "clean" in mode["resize"] and mode["weights_sha256"]
     assert read_json(run / "summary.json")["fid_mode"] == mode
-    assert read_json(run / "manifest.json")["prompts"]  # read-modify-write kept the rest
+    assert read_json(run / "manifest.json")["prompts"]
     assert mode["kid"]["min_n"] == 10 and mode["fid_indicative_below_n"] == 2048
     # #13.8: --no-cache computes everything, to the same numbers (it used to skip FID: "got 0" features)
     nc = score_run(run, "fid,kid,psnr", workers=1, progress=False, use_cache=False)
