@@ -93,7 +93,13 @@ def plan_and_share(opts: GenerateOptions, lock: contextlib.ExitStack, console: A
                    "run directory is not on a filesystem every rank mounts; put --out on a shared filesystem "
                    "(docs/distributed.md)")
     dist.agree(problem)
-    manifest = read_json(rd.manifest)
+    if w.is_main:
+        manifest = read_json(rd.manifest)
+    else:  # the run's plugin and checkpoint backends were registered by rank 0's prepare_run only: register them here
+        from evalkit.rundir import open_run
+
+        _, manifest = open_run(rd.root)
+        manifest = dict(manifest)
     manifest["_schedule"] = payload["schedule"]
     return rd, manifest
 
