@@ -352,13 +352,13 @@ class MergeFile(TypedDict, total=False):
 class InForce(TypedDict, total=False):
     """What a worker's numerics actually were (generation record `numerics`; calibration compares them)."""
 
-    intra_op_threads: int
-    tf32_matmul: bool
+    intra_op_threads: int | None
+    tf32_matmul: bool | None
     sdpa_backend: str | None
-    batch_size: int
-    compute_plan: dict[str, str]
-    activation_dtypes: dict[str, list[str]]
-    changed_by_loading: dict[str, Any]
+    batch_size: int | None
+    compute_plan: dict[str, str] | None  # the run's plan (manifest compute); null before one existed
+    activation_dtypes: dict[str, list[str]] | None
+    changed_by_loading: dict[str, Any] | None
 
 
 class Perturbation(TypedDict, total=False):

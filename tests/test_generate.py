@@ -28,7 +28,7 @@ def _hashes(run: Path, backend: str) -> dict[str, str]:
 
 def test_run_directory_contract(tiny_run: Path) -> None:
     manifest = read_json(tiny_run / "manifest.json")
-    assert manifest["schema_version"] == 1
+    assert manifest["schema_version"] == 2  # schema 2: fid_mode.json is score's own file
     assert manifest["model"]["kind"] == "tiny" and manifest["model"]["random_weights"] is False
     assert manifest["reference_backend"] == "bf16"
     assert manifest["backends"] == ["bf16", "torchao-int8wo", "fp8-layerwise", "torchao-fp8dq"]

@@ -17,6 +17,7 @@ from PIL import Image
 from metrics_fixtures import blur, jpeg, make_run, noise
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json, read_json, sha256_file
+from evalkit.records import SCHEMA_VERSION
 from evalkit.score import images as images_mod
 from evalkit.metrics.lpips import LPIPSMetric
 from evalkit.score.stage import RANDOM_WEIGHTS_REASON, score_run
@@ -62,7 +63,7 @@ def test_score_writes_the_contract(run, fake_clip):
     res = score_run(run, f"{FAST},clip", workers=1, progress=False)
     for b in ("bf16", "mild", "harsh"):
         rec = read_json(run / "metrics" / f"{b}.json")
-        assert rec["schema_version"] == 1 and rec["backend"] == b and rec["reference_backend"] == "bf16"
+        assert rec["schema_version"] == SCHEMA_VERSION and rec["backend"] == b and rec["reference_backend"] == "bf16"
         assert set(rec["metrics"]) == {"lpips_alex", "ssim", "ms_ssim", "psnr", "clip_score", "clip_score_drop"}
         ms = rec["metrics"]["ms_ssim"]
         assert ms["status"] == "skipped" and "mean" not in ms
