@@ -50,6 +50,7 @@ class GenerationSettings(TypedDict, total=False):
     base_seed: int
     generator_device: str
     warmup_runs: int
+    warmup_steps: int  # --warmup-steps: denoising steps of each warm-up generation (absent: num_inference_steps)
     dtype: str
     negative_prompt: str  # families whose pipeline takes one (SD3.5)
 
@@ -280,6 +281,8 @@ class LatencyRecord(TypedDict, total=False):
     p90_s: float | None
     iqr_s: float | None
     warmup_runs: int
+    first_s: float  # the unit's first measured image (a merged record leaves it to each rank's entry)
+    first_vs_median: float | None  # first_s over the median: how far the warm-up left it from steady state
 
 
 class RankEntry(TypedDict, total=False):
