@@ -258,7 +258,7 @@ def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> di
         "schema_version": SCHEMA_VERSION, "backend": backend, "status": "ok", "reason": None, "error": None,
         **{k: base.get(k) for k in BASE_FIELDS},
         "memory": _merged_memory(shard_recs + ([prev] if kept_prev and prev else [])),
-        "latency": latency_stats(lat_samples, warmup),
+        "latency": _merged_latency(lat_samples, warmup, ranks),
         "load_time_s": _max([r.get("load_time_s") for r in ranks]),
         "compile_time_s": _max([r.get("compile_time_s") for r in ranks]),
         # images not made by this attempt: kept from the earlier merged record or legacy list, or carried forward
@@ -398,3 +398,17 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
         if bm.status == "complete":
             remove_shards(rd, name)
     return result
+
+
+def _merged_latency(samples: list[float], warmup: int, ranks: list[dict[str, Any]]) -> dict[str, Any]:
+    """The pooled latency of every rank's images. Pooled images are in prompt order, so "the first image" is each
+    unit's own: the merged first_vs_median is the worst unit's (each rank's is in `ranks`)."""
+    from evalkit.generate.worker.measure import latency_stats
+
+    lat = latency_stats(samples, warmup)
+    lat.pop("first_s", None)
+    firsts = [r["latency"]["first_vs_median"] for r in ranks
+              if isinstance(r.get("latency"), dict) and isinstance(r["latency"].get("first_vs_median"), (int, float))]
+    if "first_vs_median" in lat:
+        lat["first_vs_median"] = max(firsts) if firsts else None
+    return lat

@@ -68,6 +68,11 @@ class GenerateOptions(StageOptions):
         help="column/field holding the prompt in a .csv/.tsv/.jsonl/.json prompt set (default: the first of "
              "prompt, prompts, text, caption; a 'category' column is kept)")
     warmup: int = option(1, group=_SETTINGS, help="warm-up generations per backend, excluded from latency")
+    warmup_steps: int | None = option(
+        None, group=_SETTINGS, parse=_positive_int, manifest_when_unset=False, metavar="N",
+        help="denoising steps of each warm-up generation (default: --steps). A few steps warm the same kernels, "
+             "compiled graphs and allocator at a fraction of a full image's cost; each unit records its first "
+             "measured image against the median (latency.first_vs_median) to show whether that held")
 
     threads: int | None = option(
         None, group=_NUMERICS, parse=_positive_int, manifest_when_unset=False,

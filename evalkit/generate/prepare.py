@@ -222,6 +222,8 @@ def check_options(opts: GenerateOptions) -> None:
         raise EvalkitError(f"--max-images must be 0 or more (got {opts.max_images})")
     if opts.warmup < 0:
         raise EvalkitError(f"--warmup must be 0 or more (got {opts.warmup})")
+    if opts.warmup_steps is not None and opts.steps is not None and opts.warmup_steps > opts.steps:
+        raise EvalkitError(f"--warmup-steps {opts.warmup_steps} is more than --steps {opts.steps}")
 
 
 def generation_settings(opts: GenerateOptions, model: ModelInfo, family: ModelFamily) -> dict[str, Any]:
@@ -237,6 +239,8 @@ def generation_settings(opts: GenerateOptions, model: ModelInfo, family: ModelFa
     }
     if d.negative_prompt is not None:
         gen["negative_prompt"] = d.negative_prompt
+    if opts.warmup_steps is not None:  # absent unless set: warm-up never changes an image, nor the run's identity
+        gen["warmup_steps"] = min(opts.warmup_steps, gen["num_inference_steps"])
     multiple = family.tiny_size_multiple if model.kind == "tiny" else family.size_multiple
     for k in ("height", "width"):
         if gen[k] % multiple:

@@ -66,7 +66,8 @@ def current_rss_gib() -> float | None:
 
 
 def latency_stats(samples: list[float], warmup_runs: int) -> dict[str, Any]:
-    """Median and spread of per-image latency (warm-up runs are never in `samples`)."""
+    """Median and spread of per-image latency (warm-up runs are never in `samples`, which are in generation order).
+    `first_vs_median`: the first measured image over the median, how far the warm-up left it from steady state."""
     if not samples:
         return {"warmup_runs": warmup_runs, "n": 0, "median_s": None, "reason": "no image generated"}
     s = sorted(samples)
@@ -88,4 +89,6 @@ def latency_stats(samples: list[float], warmup_runs: int) -> dict[str, Any]:
         "p10_s": q(0.1),
         "p90_s": q(0.9),
         "iqr_s": q(0.75) - q(0.25),
+        "first_s": samples[0],
+        "first_vs_median": samples[0] / statistics.median(s) if statistics.median(s) > 0 else None,
     }

@@ -341,12 +341,15 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
 
     prompts = manifest["prompts"]
     common = dict(family.call_arguments(gen), output_type="np")
+    # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
+    warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
+    warm_call = dict(family.call_arguments(warm_gen), output_type="np")
     warm_times = []
     with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
         for _ in range(int(gen.get("warmup_runs", 1))):
             emit("phase", phase="warmup")
             g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
-            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **common), device)
+            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **warm_call), device)
             warm_times.append(dt)
     record["warmup_times_s"] = warm_times
     if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
