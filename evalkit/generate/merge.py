@@ -34,7 +34,7 @@ _TAG = re.compile(r"^w(\d+)-r(\d+)$")
 SHARD_SUFFIXES = (".unit.json", ".partial.jsonl", ".json")
 # Fields of the merged record taken from the lowest tag's shard (every rank ran the same recipe).
 BASE_FIELDS = ("recipe", "quantization", "footprint", "compile", "numerics", "placement", "prepare",
-               "warmup_times_s")
+               "warmup_times_s", "tripwires")
 RANK_FIELDS = ("pid", "memory", "latency", "load_time_s", "compile_time_s", "prepare", "warmup_times_s",
                "started_utc", "finished_utc")
 
