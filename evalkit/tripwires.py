@@ -399,10 +399,22 @@ def describe(entries: Sequence[Mapping[str, Any]], shown: int = 5) -> str:
     """'p00-… (constant: near-constant image, all black …); p01-… (…)' for messages, at most `shown` named."""
     parts = []
     for e in entries[:shown]:
-        who = e.get("file") or e.get("prompt_id") or "the backend"
+        who = e.get("file") or e.get("prompt_id") or ("every image" if e.get("scope") == "backend" else "?")
         parts.append(f"{who} ({e.get('tripwire')}: {all_reasons(e)})")
     more = f"; and {len(entries) - shown} more" if len(entries) > shown else ""
     return "; ".join(parts) + more
+
+
+def recorded_broken(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+    """A backend's broken entries as its records state them: the metric record's `broken` once scored (it includes
+    generate's), else generate's own (image entries' `broken` and the record's census tripwire)."""
+    if met and isinstance(met.get("broken"), list):
+        return list(met["broken"])
+    gen = gen or {}
+    out = list(((gen.get("tripwires") or {}).get("broken_backend")) or [])
+    for e in gen.get("images") or []:
+        out += list(e.get("broken") or [])
+    return out
 
 
 def registry_rows() -> list[dict[str, Any]]:
