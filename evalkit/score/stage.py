@@ -176,7 +176,7 @@ class State:
 
 
 def find_broken(state: State, rd: RunDir | None, backends: Sequence[str],
-                gens: Mapping[str, Any] | None = None) -> None:
+                gens: Mapping[str, Any] | None = None, backend_level: bool = True) -> None:
     """Fill state.broken for `backends`: tripwires not cached yet are computed (decoding what the scoring loop did
     not), then joined with the generation records' (evalkit.score.broken)."""
     from evalkit.score.broken import broken_for_backend, fill_missing
@@ -193,7 +193,7 @@ def find_broken(state: State, rd: RunDir | None, backends: Sequence[str],
         return rd.relative(it.path) if rd is not None else it.path.name
 
     for b in backends:
-        state.broken[b] = broken_for_backend(state, b, gens.get(b), gens.get(state.ref), file_of)
+        state.broken[b] = broken_for_backend(state, b, gens.get(b), gens.get(state.ref), file_of, backend_level)
 
 
 def text_sha(text: str) -> str:

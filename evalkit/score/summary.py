@@ -40,8 +40,13 @@ def summary_record(state: "State", name: str, items: list[Item], values: dict[in
     spec = reg.get_spec(name)
     if not values:
         reasons = sorted({r for _i, r in skips})
-        rec = skipped(reasons[0] if len(reasons) == 1 else f"no pair could be scored ({'; '.join(reasons[:3])})"
-                      if reasons else "no images to score")
+        if len(reasons) > 1 and all(r.startswith(("broken ", "its reference image is broken")) for r in reasons):
+            kinds = sorted({r.split(":", 1)[0] for r in reasons})
+            rec = skipped(f"every image is broken or has a broken reference ({', '.join(kinds)}): the record's "
+                          f"`broken` list says which and why")
+        else:
+            rec = skipped(reasons[0] if len(reasons) == 1 else f"no pair could be scored ({'; '.join(reasons[:3])})"
+                          if reasons else "no images to score")
         rec["n_skipped"] = len(skips)
         return rec
     order = sorted(values)
