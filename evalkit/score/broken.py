@@ -61,7 +61,7 @@ def _score_entry(it: Item, results: Sequence[Mapping[str, Any]], file: str) -> d
 
 
 def broken_for_backend(state: "State", b: str, gen: Mapping[str, Any] | None, ref_gen: Mapping[str, Any] | None,
-                       file_of: Any = None, backend_level: bool = True
+                       file_of: Any = None, backend_tests: bool = True
                        ) -> tuple[list[dict[str, Any]], dict[int, str], dict[int, str], list[str]]:
     """(broken entries, {item index: reason} of b's broken images, {item index: reason} of pairs whose reference
     image is broken, not-evaluated notes) for backend b.
@@ -89,11 +89,11 @@ def broken_for_backend(state: "State", b: str, gen: Mapping[str, Any] | None, re
             entries.append(e)
             by_index[i] = f"broken image ({e['tripwire']}): {tripwires.all_reasons(e)}"
     backend_level: list[dict[str, Any]] = []
-    if gen is not None:
+    if gen is not None and backend_tests:
         nq = tripwires.not_quantized(gen, b == state.ref, state.ref)
         if nq:
             backend_level.append(nq)
-    if backend_level and b != state.ref and state.ref in state.items \
+    if backend_tests and b != state.ref and state.ref in state.items \
             and not (gen is not None and tripwires.reference_based(gen, state.ref)):
         ref_shas = {(it.prompt_id, it.seed): it.sha for it in state.items[state.ref]}
         mine = {f"{it.prompt_id}:{it.seed}": it.sha for it in items}
@@ -107,7 +107,7 @@ def broken_for_backend(state: "State", b: str, gen: Mapping[str, Any] | None, re
             by_index.setdefault(i, f"broken backend ({backend_level[0]['tripwire']}): {why}")
     ref_broken: dict[int, str] = {}
     if b != state.ref and state.ref in state.items:
-        _e, ref_idx, _r, _n = broken_for_backend(state, state.ref, ref_gen, None, file_of, backend_level)
+        _e, ref_idx, _r, _n = broken_for_backend(state, state.ref, ref_gen, None, file_of, backend_tests)
         ref_items = state.items[state.ref]
         bad_ref = {(ref_items[j].prompt_id, ref_items[j].seed): why for j, why in ref_idx.items()}
         for i, it in enumerate(items):
