@@ -2,7 +2,8 @@
 
 Shared by generate's worker (non-finite latents and pixels, a near-constant image: on the tensors, before the PNG),
 score and compare-images (the image tests, against the reference image of the same seed) and check/report (which
-read the records). numpy only, no torch at module level, no import of any stage.
+read the records). numpy only (imported where pixels are handled: check and the CLI read records without it), no torch, no import
+of any stage.
 
 Every tripwire is a registry entry (`TRIPWIRES`): its name, what it detects, its level and why that level. The
 levels were measured on 2026-12-05 (benchmarks/results/tripwires-2026-12-05.md): healthy quantized backends of the
@@ -22,9 +23,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Iterable, Mapping, Sequence, TypedDict
+from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TypedDict
 
-import numpy as np
+if TYPE_CHECKING:
+    import numpy as np
 
 # Bumped when a level or a definition changes: score's cached tripwire values and its inputs key depend on it.
 TRIPWIRES_VERSION = 1
@@ -129,6 +131,8 @@ def _guarded(name: str, fn: Any, *args: Any) -> Result:
 
 def as_float_image(arr: Any) -> np.ndarray:
     """HxWxC as float64 in 8-bit levels (0..255): uint8 as is, floats in [0, 1] scaled (NaN kept)."""
+    import numpy as np
+
     a = np.asarray(arr)
     if a.ndim == 2:
         a = a[:, :, None]
@@ -143,6 +147,8 @@ def as_float_image(arr: Any) -> np.ndarray:
 
 def count_nonfinite(arr: Any) -> int:
     """Non-finite values of an array or torch tensor: one reduction (on the tensor's device for a tensor)."""
+    import numpy as np
+
     if hasattr(arr, "isfinite") and hasattr(arr, "numel"):  # a torch tensor: no copy to the host
         return int((~arr.isfinite()).sum().item())
     a = np.asarray(arr)
@@ -158,6 +164,8 @@ def nonfinite_result(latents: int | None, pixels: int | None) -> Result:
 
 
 def _constant(img: np.ndarray) -> Result:
+    import numpy as np
+
     f = as_float_image(img)
     f = np.where(np.isfinite(f), f, 0.0)  # what the PNG holds
     std = float(f.reshape(-1, f.shape[2]).std(axis=0).max())
@@ -177,6 +185,8 @@ def constant(img: Any) -> Result:
 
 
 def _clipped_fraction(f: np.ndarray) -> float:
+    import numpy as np
+
     clipped = np.all((f <= 0.5) | (f >= 254.5), axis=2)
     return float(clipped.mean())
 
@@ -205,6 +215,8 @@ def _grey(f: np.ndarray) -> np.ndarray:
 
 def _grid_bins(h: int, w: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     """Frequency bins of a period-k grid on an h x w image (rows, cols), DC excluded: multiples of h/k and w/k."""
+    import numpy as np
+
     us = sorted({round(j * h / k) % h for j in range(k)})
     vs = sorted({round(j * w / k) % w for j in range(k)})
     uu, vv = np.meshgrid(us, vs, indexing="ij")
@@ -216,6 +228,8 @@ def grid_energy(img: Any, ref: Any) -> tuple[float, int, float, float]:
     """(RMS in 8-bit levels of (img - ref) at the grid frequencies beyond the reference's own, the period with the
     most, the RMS of the reference there, and how concentrated the difference is there: its power per grid bin
     over its mean power per bin, ~1 or less for a broadband difference). Images of the same size, grey."""
+    import numpy as np
+
     a, r = _grey(as_float_image(img)), _grey(as_float_image(ref))
     if a.shape != r.shape:
         raise ValueError(f"image {a.shape} and reference {r.shape} differ in size")
@@ -281,6 +295,8 @@ def unrelated(img: Any, ref: Any) -> Result:
 def image_tests(img: Any, ref: Any | None) -> list[Result]:
     """The score-time image tripwires of one image (and its reference image of the same seed, None for the
     reference backend). Comparisons against a reference that is itself broken are not evaluated."""
+    import numpy as np
+
     out = [constant(img), saturated(img, ref)]
     if ref is None:
         return out
