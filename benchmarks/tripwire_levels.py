@@ -46,14 +46,12 @@ def natural(rng: np.random.Generator, n: int = 256) -> np.ndarray:
 
 
 def values(img: np.ndarray, ref: np.ndarray | None) -> dict[str, float | None]:
-    f = tw.as_float_image(img)
     out: dict[str, float | None] = {"constant": tw.constant(img)["value"], "saturated": tw.saturated(img, ref)["value"]}
     if ref is not None:
         e = tw.grid_energy(img, ref)
         out["grid"] = e[0]
         out["concentration"] = e[3] if e[0] > 0.5 else None  # only where there is a difference to speak of
         out["unrelated"] = tw.correlation(img, ref)
-    del f
     return out
 
 

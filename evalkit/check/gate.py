@@ -138,7 +138,8 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
 def _broken_case(backend: str, entry: dict[str, Any] | None, run: RunInputs, th: Thresholds,
                  rules: Rules | None) -> CaseResult | None:
     """Broken images (evalkit.tripwires) fail a backend whatever its other bounds, reference included; `broken_max`
-    relaxes it. None: nothing to judge (not generated, or `ignore = true`)."""
+    relaxes it. None: nothing to judge (not generated, `ignore = true`, or nothing broken and no broken_max that
+    applies to it: a clean run's outputs gain no testcase)."""
     from evalkit import tripwires
 
     if entry is None or entry.get("status") != "ok" or (rules is not None and rules.ignored_in):
@@ -147,6 +148,8 @@ def _broken_case(backend: str, entry: dict[str, Any] | None, run: RunInputs, th:
     listed = [e for e in listed or [] if isinstance(e, dict)]
     n = tripwires.count_broken(listed, int(entry.get("n_images") or 0)) if listed else 0
     bound = th.broken_bound(backend)
+    if n == 0 and (bound is None or (bound.section == "default" and backend == run.reference)):
+        return None  # nothing broken and no broken_max bounds it: no testcase (every other output stays as it was)
     limit = bound.limit if bound is not None else 0.0
     where = f"broken_max, [{_table_label(bound.section)}]" if bound is not None else "no broken_max: limit 0"
     cells = (str(n), f"≤ {fmt(limit)}")

@@ -28,9 +28,12 @@ def compute_for(state: "State", b: str, i: int, img: Any, ref: Any | None) -> No
     """Cache item i's tripwire results (never raises: a failing tripwire is recorded as not evaluated)."""
     it = state.items[b][i]
     table = state.cache.table(TABLE)
+    is_ref = b == state.ref
+    if not is_ref and ref is not None and it.ref_sha and f":{it.ref_sha}" not in table:
+        # the reference image's own tests (its key as the reference backend's item): it is decoded here anyway
+        state.cache.put(TABLE, f":{it.ref_sha}", tripwires.image_tests(ref, None))
     if it.pair_key in table:
         return
-    is_ref = b == state.ref
     if not is_ref and ref is None:
         return  # its reference is not decoded here; fill_missing does it
     state.cache.put(TABLE, it.pair_key, tripwires.image_tests(img, None if is_ref else ref))
@@ -89,6 +92,9 @@ def broken_for_backend(state: "State", b: str, gen: Mapping[str, Any] | None, re
             entries.append(e)
             by_index[i] = f"broken image ({e['tripwire']}): {tripwires.all_reasons(e)}"
     backend_level: list[dict[str, Any]] = []
+    # Backend-level tests need the record to say what the backend is (generate writes `recipe`; without it, e.g.
+    # a hand-made record, identical images may be a reference-based variant: not evaluated).
+    backend_tests = backend_tests and bool(((gen or {}).get("recipe") or {}).get("library"))
     if gen is not None and backend_tests:
         nq = tripwires.not_quantized(gen, b == state.ref, state.ref)
         if nq:
@@ -107,7 +113,7 @@ def broken_for_backend(state: "State", b: str, gen: Mapping[str, Any] | None, re
             by_index.setdefault(i, f"broken backend ({backend_level[0]['tripwire']}): {why}")
     ref_broken: dict[int, str] = {}
     if b != state.ref and state.ref in state.items:
-        _e, ref_idx, _r, _n = broken_for_backend(state, state.ref, ref_gen, None, file_of, backend_tests)
+        _e, ref_idx, _r, _n = broken_for_backend(state, state.ref, ref_gen, None, file_of, False)
         ref_items = state.items[state.ref]
         bad_ref = {(ref_items[j].prompt_id, ref_items[j].seed): why for j, why in ref_idx.items()}
         for i, it in enumerate(items):
