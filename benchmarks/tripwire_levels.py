@@ -5,6 +5,8 @@
     what an unrelated image is);
   * natural-like images: 1/f-spectrum random images (the spectrum of photographs) with a healthy perturbation
     (noise of 2 levels, a half-pixel shift), and the same with a fine period-2 texture in the reference itself;
+  * real photographs (scikit-image's samples): JPEG q30, blur, noise and a 2-pixel shift as the healthy side, the
+    other photographs as the unrelated side;
   * the synthetic failures: black, white, one colour, a checkerboard overlay of amplitude 4 and 8 levels, a period-8
     grid, NaN pixels (0 in the PNG).
 
@@ -43,6 +45,48 @@ def natural(rng: np.random.Generator, n: int = 256) -> np.ndarray:
         out.append((img - img.mean()) / img.std())
     a = np.stack(out, axis=2) * 40 + 128
     return np.clip(a, 0, 255).astype(np.uint8)
+
+
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "immunohistochemistry", "hubble_deep_field",
+          "coins", "page", "horse")
+
+
+def real_photos(size: int = 256) -> dict[str, np.ndarray]:
+    """scikit-image's sample photographs (offline), center-cropped and resized: real image statistics."""
+    try:
+        from skimage import data
+    except ImportError:
+        return {}
+    out = {}
+    for name in PHOTOS:
+        try:
+            arr = np.asarray(getattr(data, name)())
+        except Exception:  # noqa: BLE001 - a sample that is not installed is left out
+            continue
+        if arr.dtype != np.uint8:
+            arr = (arr.astype(float) * (255 if arr.max() <= 1 else 1)).clip(0, 255).astype(np.uint8)
+        if arr.ndim == 2:
+            arr = np.stack([arr] * 3, -1)
+        arr = arr[..., :3]
+        h, w = arr.shape[:2]
+        m = min(h, w)
+        arr = arr[(h - m) // 2:(h - m) // 2 + m, (w - m) // 2:(w - m) // 2 + m]
+        out[name] = np.asarray(Image.fromarray(np.ascontiguousarray(arr)).resize((size, size), Image.BICUBIC))
+    return out
+
+
+def jpeg(arr: np.ndarray, quality: int) -> np.ndarray:
+    import io
+
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, format="JPEG", quality=quality)
+    return np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"))
+
+
+def blur(arr: np.ndarray, radius: float) -> np.ndarray:
+    from PIL import ImageFilter
+
+    return np.asarray(Image.fromarray(arr).filter(ImageFilter.GaussianBlur(radius)))
 
 
 def values(img: np.ndarray, ref: np.ndarray | None) -> dict[str, float | None]:
@@ -100,6 +144,18 @@ def main() -> None:
         healthy_t = np.clip(textured.astype(float) + rng.normal(0, 2, ref.shape), 0, 255).astype(np.uint8)
         pops.setdefault("healthy: natural-like with a period-2 texture of its own (amp 20) + noise 2", []).append(
             values(healthy_t, textured))
+    photos = real_photos()
+    for name, ph in photos.items():
+        for label, f in (("JPEG q30", lambda a: jpeg(a, 30)), ("blur r2", lambda a: blur(a, 2.0)),
+                         ("noise 10", lambda a: np.clip(a + rng.normal(0, 10, a.shape), 0, 255).astype(np.uint8)),
+                         ("shift 2 px", lambda a: np.roll(a, 2, axis=1))):
+            pops.setdefault("healthy-like: real photographs, JPEG q30 / blur r2 / noise 10 / 2-px shift", []).append(
+                values(f(ph), ph))
+        for other, ph2 in photos.items():
+            if other != name:
+                pops.setdefault("unrelated: real photograph vs another photograph", []).append(values(ph2, ph))
+        pops.setdefault("failure: real photograph + checkerboard amp 8", []).append(
+            values(np.clip(ph + checker(*ph.shape[:2], 8), 0, 255).astype(np.uint8), ph))
     for name, r in list(refs.items()):
         h, w = r.shape[:2]
         fails = {
@@ -122,7 +178,7 @@ def main() -> None:
              "of clipped pixels (trips at or above); grid = RMS levels of the difference at period-k grid frequencies "
              "beyond the reference's own (trips at or above); unrelated = correlation of 16x16 block means (trips "
              "below).", "",
-             "| population | n | constant min | saturated max | grid max | grid median | grid concentration min "
+             "| population | n | constant min | saturated max | grid max | grid median | grid concentration min / max "
              "(where grid > 0.5) | correlation min | correlation median | correlation max |",
              "|---|---|---|---|---|---|---|---|---|---|"]
 
@@ -132,7 +188,7 @@ def main() -> None:
 
     for k, vals in pops.items():
         lines.append(f"| {k} | {len(vals)} | {stat(vals, 'constant', min)} | {stat(vals, 'saturated', max)} | "
-                     f"{stat(vals, 'grid', max)} | {stat(vals, 'grid', np.median)} | {stat(vals, 'concentration', min)} | "
+                     f"{stat(vals, 'grid', max)} | {stat(vals, 'grid', np.median)} | {stat(vals, 'concentration', min)} / {stat(vals, 'concentration', max)} | "
                      f"{stat(vals, 'unrelated', min)} | "
                      f"{stat(vals, 'unrelated', np.median)} | {stat(vals, 'unrelated', max)} |")
     lines += ["", "Worst healthy backend image: " + "; ".join(f"{k} {v[0]:.3g} ({v[1]})" for k, v in worst_backend.items()),

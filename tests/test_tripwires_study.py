@@ -97,12 +97,15 @@ def test_every_tripwire_fails_check_naming_the_images_and_a_healthy_study_passes
     from evalkit.check.gate import check_run
     from evalkit.check.results import Outcome
 
-    bounds.write_text('[default]\nssim_min = 0.5\n[backends."broken-grid"]\nbroken_max = 2\nignore = false\n',
-                      encoding="utf-8")
+    bounds.write_text('[default]\nssim_min = 0.5\n[backends."broken-grid"]\nbroken_max = 2\n', encoding="utf-8")
     report = check_run(run, bounds)
     outcome = {c.backend: c.outcome for c in report.cases if c.name == "broken"}
     assert outcome["broken-grid"] is Outcome.PASS and outcome["broken-black"] is Outcome.FAIL
-    assert outcome["torchao-int8wo"] is Outcome.PASS and outcome["bf16"] is Outcome.PASS
+    # nothing broken and no broken_max for it: no testcase, so a clean run's outputs are as they were
+    assert "torchao-int8wo" not in outcome and "bf16" not in outcome
+    bounds.write_text("[default]\nssim_min = 0.5\nbroken_max = 0\n", encoding="utf-8")
+    outcome = {c.backend: c.outcome for c in check_run(run, bounds).cases if c.name == "broken"}
+    assert outcome["torchao-int8wo"] is Outcome.PASS and "bf16" not in outcome  # [default] skips the reference
 
     # compare-images runs the image tripwires: one entry per broken image, with its file name and reason.
     capsys.readouterr()

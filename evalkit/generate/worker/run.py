@@ -377,7 +377,8 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
         latents_nonfinite = probe.take(len(batch))
         for p, arr, lat_bad in zip(batch, out.images, latents_nonfinite):
-            png = encode_png(to_uint8(arr))
+            u8 = to_uint8(arr)
+            png = encode_png(u8)
             path = rd.image_path(spec.name, p["id"], p["seed"])
             write_or_explain(atomic_write_bytes, path, png)
             st = path.stat()
@@ -386,7 +387,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
                      "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
                      "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid(),
                      # before the PNG: non-finite latents and pixels, a near-constant image (evalkit.tripwires)
-                     **image_checks(arr, lat_bad, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
+                     **image_checks(arr, u8, lat_bad, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
             write_or_explain(append_jsonl, target.partial, entry)
             done[p["id"]] = entry
         # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
