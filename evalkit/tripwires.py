@@ -490,6 +490,14 @@ def recorded_broken(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None
     return out
 
 
+def image_counts(images: Iterable[Mapping[str, Any]]) -> dict[str, int]:
+    """A generation record's per-backend totals of its image entries' generate-time tripwires."""
+    images = list(images)
+    return {"n_broken_images": sum(1 for e in images if e.get("broken")),
+            "n_nonfinite_images": sum(1 for e in images
+                                      if any((e.get("nonfinite") or {}).get(k) for k in ("latents", "pixels")))}
+
+
 def registry_rows() -> list[dict[str, Any]]:
     return [{"name": t.name, "detects": t.detects, "level": t.level, "unit": t.unit, "when": t.when, "why": t.why}
             for t in TRIPWIRES.values()]

@@ -269,6 +269,10 @@ def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> di
         "pid": base.get("pid"),
         "ranks": ranks,
     }
+    if isinstance(record.get("tripwires"), dict):  # the lowest tag's section, its counts over every merged image
+        from evalkit.tripwires import image_counts
+
+        record["tripwires"] = {**record["tripwires"], **image_counts(images)}
     note = _quantized_counts_note(shard_recs)
     if note and isinstance(record.get("quantization"), dict):
         record["quantization"] = {**record["quantization"], "ranks_note": note}

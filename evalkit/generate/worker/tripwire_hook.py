@@ -72,4 +72,4 @@ def record_section(probe: LatentsProbe, record: dict[str, Any], reference: bool)
     nq = tripwires.not_quantized(record, reference) if "quantization" in record else None
     return {"version": tripwires.TRIPWIRES_VERSION,
             "latents": "callback_on_step_end (last step)" if probe.reason is None else probe.reason,
-            "broken_backend": [nq] if nq else []}
+            "broken_backend": [nq] if nq else [], **tripwires.image_counts(record.get("images") or [])}
