@@ -2,12 +2,13 @@
 
 Shared by generate's worker (non-finite latents and pixels, a near-constant image: on the tensors, before the PNG),
 score and compare-images (the image tests, against the reference image of the same seed) and check/report (which
-read the records). numpy only (imported where pixels are handled: check and the CLI read records without it), no torch, no import
-of any stage.
+read the records). numpy only, imported where pixels are handled (check and the CLI read records without it); no
+torch, no import of any stage.
 
 Every tripwire is a registry entry (`TRIPWIRES`): its name, what it detects, its level and why that level. The
 levels were measured on 2026-12-05 (benchmarks/results/tripwires-2026-12-05.md): healthy quantized backends of the
-tiny study against the synthetic failures below; docs/metrics.md "Broken output" says the same.
+tiny study and distorted real photographs against unrelated images and synthetic failures; docs/metrics.md "Broken
+output" says the same.
 
 A tripwire that cannot be computed (an odd array, a failure inside numpy) never stops a run: its result is
 `not evaluated` with the reason, and the image counts as healthy for it.
@@ -15,8 +16,8 @@ A tripwire that cannot be computed (an odd array, a failure inside numpy) never 
 Record shapes (docs/run-directory.md "Broken output"):
   * `BrokenEntry`: one broken image (or, `scope: "backend"`, a whole backend): file, tripwire, reason, value, level;
   * generation records: each image entry may carry `nonfinite` {latents, pixels} and `broken` [BrokenEntry];
-    the record's `tripwires` {version, latents, broken_backend}; metric records: `broken` [BrokenEntry] and
-    `tripwires` {version, n_broken, not_evaluated}.
+    the record's `tripwires` {version, latents, broken_backend, n_broken_images, n_nonfinite_images}; metric
+    records: `broken` [BrokenEntry] and `tripwires` {version, n_broken, n_reference_broken, not_evaluated, ...}.
 """
 
 from __future__ import annotations

@@ -116,3 +116,10 @@ def test_every_tripwire_fails_check_naming_the_images_and_a_healthy_study_passes
     assert sorted(e["file"] for e in res["broken"]) == names
     assert all(e["tripwire"] == "constant" and "all black" in e["reason"] for e in res["broken"])
     assert res["metrics"]["ssim"]["status"] == "skipped"
+
+    # compare (run vs run) shows the broken images of either run as a row of their own.
+    import re
+
+    capsys.readouterr()
+    assert main(["compare", str(run), str(run), "--force"]) == 0
+    assert re.search(r"broken-grid\s+broken\s+2\s+2\s+\+0", capsys.readouterr().out)
