@@ -15,7 +15,7 @@ field bumps SCHEMA_VERSION, and the reader keeps reading the old version.
 # stringified ones would make every key optional (Python 3.11).
 import os
 from pathlib import Path
-from typing import Any, Literal, Mapping, Required, TypedDict
+from typing import Any, Literal, Mapping, NotRequired, Required, TypedDict
 
 from evalkit.errors import EvalkitError
 from evalkit.record_types import (CalibrationFile, CompileRecord, ComputePlan, DeviceInfo, ErrorInfo, FidMode,
@@ -23,6 +23,7 @@ from evalkit.record_types import (CalibrationFile, CompileRecord, ComputePlan, D
                                   ModelEntry, Placement, PrepareStep, QuantizationCensus, RankEntry, Recipe,
                                   RunConfig, ShardInfo, TokenCounts, UnitFile)
 from evalkit.shapes import ShapeError, validate
+from evalkit.tripwires import recorded_broken
 
 __all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "ImageEntry", "GenerationRecord",
            "MetricResult", "LeftOut", "MetricRecord", "SummaryBackend", "Summary", "ShapeError", "validate",
@@ -82,6 +83,8 @@ class ImageEntry(TypedDict, total=False):
     mtime_ns: int
     latency_s: float | None
     flags: list[str]  # "nan", "all_black"
+    nonfinite: dict[str, Any]  # added (#27): {"latents": int | None, "pixels": int}, counted before the PNG
+    broken: list[dict[str, Any]]  # added (#27): generate-time tripwire entries (evalkit.tripwires.BrokenEntry)
     batch_size: int
     pid: int | None
 
@@ -111,6 +114,7 @@ class GenerationRecord(TypedDict, total=False):
     pid: int | None
     ranks: list[RankEntry]  # added (#14): per-rank figures of a merged record (docs/run-directory.md)
     shard: ShardInfo  # added (#14): in a rank's shard record only
+    tripwires: dict[str, Any]  # added (#27): {version, latents, broken_backend} (evalkit.tripwires)
 
 
 class SkippedPair(TypedDict, total=False):
@@ -165,6 +169,8 @@ class MetricRecord(TypedDict, total=False):
     device: Any
     left_out: list[SkippedPair]  # images the score stage left out, with the reason
     missing_headline_metrics: list[str]  # default metrics score skipped for lack of their pinned weights
+    broken: list[dict[str, Any]]  # added (#27): broken images left out of every mean (evalkit.tripwires)
+    tripwires: dict[str, Any]  # added (#27): {version, n_broken, n_reference_broken, not_evaluated, n_not_evaluated}
 
 
 class SummaryBackend(TypedDict):
@@ -181,6 +187,7 @@ class SummaryBackend(TypedDict):
     image_flags: dict[str, int]
     n_images: int
     metrics: dict[str, dict[str, Any]]
+    broken: NotRequired[list[dict[str, Any]]]  # added (#27): evalkit.tripwires.recorded_broken
 
 
 class Summary(TypedDict, total=False):
@@ -464,6 +471,7 @@ def _summary_backend(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | Non
         "n_images": len(gen_d.get("images") or []),
         "metrics": {metric: {k: v for k, v in value.items() if k not in ("per_prompt", "per_image")}
                     for metric, value in ((met or {}).get("metrics") or {}).items()},
+        "broken": recorded_broken(gen, met),
     }
 
 

@@ -346,6 +346,16 @@ def _compare_resources(b: str, be: dict, ce: dict, same_device: bool, mem_tol: f
         out.append(CaseResult(b, "flagged_images", flag if worse else Outcome.PASS, (str(bf), str(cf), f"{cf - bf:+d}", "", ""),
                               msg if worse else "", msg,
                               finding=Finding.REGRESSION if worse else Finding.WITHIN_TOLERANCE))
+    from evalkit.tripwires import count_broken, describe
+
+    bb, cb = be.get("broken") or [], ce.get("broken") or []
+    nb, nc = (count_broken(x, int(e.get("n_images") or 0)) if x else 0 for x, e in ((bb, be), (cb, ce)))
+    if nb or nc:  # broken output (evalkit.tripwires): more of it in the candidate is a regression
+        worse = nc > nb
+        msg = f"broken images: {nb} → {nc}" + (f" ({describe(cb, 3)})" if cb else "")
+        out.append(CaseResult(b, "broken", flag if worse else Outcome.PASS, (str(nb), str(nc), f"{nc - nb:+d}", "", ""),
+                              msg if worse else "", msg,
+                              finding=Finding.REGRESSION if worse else Finding.WITHIN_TOLERANCE))
     return out
 
 

@@ -110,6 +110,9 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     report.backend_info = {b: BackendInfo(b, run.partial_reason(b), tuple(run.missing_prompts(b))) for b in backends}
 
     for b in backends:
+        broken = _broken_case(b, summary["backends"].get(b), run, th, rules.get(b))
+        if broken is not None:
+            report.cases.append(broken)
         if b in rules:
             entry = summary["backends"].get(b)
             report.cases.extend(_judge_backend(rules[b], entry, summary, reference, run, use_ci, floors, report))
@@ -130,6 +133,32 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     report.cases = [c if len(c.cells) == width else dataclasses.replace(c, cells=(c.cells + ("—",) * width)[:width])
                     for c in report.cases]
     return report
+
+
+def _broken_case(backend: str, entry: dict[str, Any] | None, run: RunInputs, th: Thresholds,
+                 rules: Rules | None) -> CaseResult | None:
+    """Broken images (evalkit.tripwires) fail a backend whatever its other bounds, reference included; `broken_max`
+    relaxes it. None: nothing to judge (not generated, `ignore = true`, or nothing broken and no broken_max that
+    applies to it: a clean run's outputs gain no testcase)."""
+    from evalkit import tripwires
+
+    if entry is None or entry.get("status") != "ok" or (rules is not None and rules.ignored_in):
+        return None
+    listed = entry.get("broken") if "broken" in entry else tripwires.recorded_broken(run.generation(backend), None)
+    listed = [e for e in listed or [] if isinstance(e, dict)]
+    n = tripwires.count_broken(listed, int(entry.get("n_images") or 0)) if listed else 0
+    bound = th.broken_bound(backend)
+    if n == 0 and (bound is None or (bound.section == "default" and backend == run.reference)):
+        return None  # nothing broken and no broken_max bounds it: no testcase (every other output stays as it was)
+    limit = bound.limit if bound is not None else 0.0
+    where = f"broken_max, [{_table_label(bound.section)}]" if bound is not None else "no broken_max: limit 0"
+    cells = (str(n), f"≤ {fmt(limit)}")
+    if n <= limit:
+        note = f"{n} broken image(s) allowed by {where}: {tripwires.describe(listed)}" if n else ""
+        return CaseResult(backend, "broken", Outcome.PASS, cells, "", note)
+    msg = f"{n} broken image(s) ({where}): {tripwires.describe(listed)}"
+    return CaseResult(backend, "broken", Outcome.FAIL, cells, msg, "\n".join(
+        [msg] + [f"{e.get('file') or backend}: {e.get('tripwire')}: {tripwires.all_reasons(e)}" for e in listed]))
 
 
 def _uncovered(backend: str, th: Thresholds, required: bool) -> CaseResult:
@@ -237,6 +266,8 @@ def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str
                                   f"generation status is {status!r}: {reason}", _log_hint(rd, b)))
     n_prompts = len(run.prompt_ids())
     for bound in rules.bounds:
+        if bound.quantity == "broken":
+            continue  # judged for every backend by _broken_case
         bound_text = f"{bound.symbol()} {fmt(bound.limit)}" + (f" ({bound.noise:g}× floor)" if bound.is_relative else "")
         if isinstance(out, _NoiseCells):
             out.bound = bound

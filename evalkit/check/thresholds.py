@@ -71,6 +71,10 @@ RESOURCES: dict[str, Resource] = {r.name: r for r in [
     Resource("load_time_s", "s", ("load_time_s",), (), "seconds to load (and quantize) the pipeline"),
     Resource("compile_time_s", "s", ("compile_time_s",), (), "torch.compile cold-start seconds"),
     Resource("flagged_images", "images", (), (), "images flagged nan or all_black"),
+    # Broken images (evalkit.tripwires): judged for every backend of the run, reference included, with a limit of 0
+    # unless `broken_max` says otherwise (evalkit.check.gate._broken_case).
+    Resource("broken", "images", (), (), "broken images (tripwires: non-finite, constant, grid, unrelated, "
+             "did not quantize); judged with a limit of 0 when no broken_max is set"),
 ]}
 
 OPTIONS = {
@@ -140,6 +144,14 @@ class Thresholds:
     backends: dict[str, Section]  # sections of backends in the run
     warnings: list[str] = field(default_factory=list)
     absent: dict[str, str] = field(default_factory=dict)  # sections of known backends the run lacks -> file:line
+
+    def broken_bound(self, backend: str) -> Bound | None:
+        """The `broken_max` that applies to `backend` (its own section's, else [default]'s, the reference
+        included: a broken reference image breaks every pair of its prompt); None: the limit is 0."""
+        for s in ([self.backends[backend]] if backend in self.backends else []) + [self.default]:
+            if "broken_max" in s.bounds:
+                return s.bounds["broken_max"]
+        return None
 
     def rules_for(self, backend: str, reference: str) -> Rules | None:
         """Merged rules for `backend`, or None when nothing in the file applies to it.

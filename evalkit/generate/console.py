@@ -28,9 +28,13 @@ def print_generation_table(console: Any, summary: dict[str, Any]) -> None:
         lat = b.get("latency") or {}
         peak = mem.get("peak_reserved_gib") if dev == "cuda" else mem.get("cpu_peak_rss_gib")
         flags = ", ".join(f"{k}×{v}" for k, v in (b.get("image_flags") or {}).items())
+        broken = b.get("broken") or []
+        if broken:  # generate's tripwires (evalkit.tripwires): said first, the images are left out of every mean
+            kinds = sorted({str(e.get("tripwire")) for e in broken if isinstance(e, dict)})
+            flags = f"BROKEN ({', '.join(kinds)})" + (f"; {flags}" if flags else "")
         table.add_row(name, b["status"], _fmt(b.get("load_time_s")), _fmt(lat.get("median_s"), 3), _fmt(peak),
                       ",".join(b.get("components_quantized") or []) or "-",
-                      (b.get("reason") or b.get("partial_reason") or flags or "")[:80])
+                      (b.get("reason") or (flags if broken else None) or b.get("partial_reason") or flags or "")[:80])
     console.print(table)
 
 

@@ -35,7 +35,7 @@ _TAG = re.compile(r"^w(\d+)-r(\d+)$")
 SHARD_SUFFIXES = (".unit.json", ".partial.jsonl", ".json")
 # Fields of the merged record taken from the lowest tag's shard (every rank ran the same recipe).
 BASE_FIELDS = ("recipe", "quantization", "footprint", "compile", "numerics", "placement", "prepare",
-               "warmup_times_s")
+               "warmup_times_s", "tripwires")
 RANK_FIELDS = ("pid", "memory", "latency", "load_time_s", "compile_time_s", "prepare", "warmup_times_s",
                "started_utc", "finished_utc")
 
@@ -270,6 +270,10 @@ def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> di
         "pid": base.get("pid"),
         "ranks": ranks,
     }
+    if isinstance(record.get("tripwires"), dict):  # the lowest tag's section, its counts over every merged image
+        from evalkit.tripwires import image_counts
+
+        record["tripwires"] = {**record["tripwires"], **image_counts(images)}
     note = _quantized_counts_note(shard_recs)
     if note and isinstance(record.get("quantization"), dict):
         record["quantization"] = {**record["quantization"], "ranks_note": note}

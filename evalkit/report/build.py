@@ -278,6 +278,32 @@ def _problems(data: ReportData, images: dict) -> dict[str, Any]:
             "count": len(backends) + len(metrics) + len(missing) + len(flags) + len(data.notes) + len(left_out) + len(partial)}
 
 
+def _broken_views(data: ReportData, images: dict) -> list[dict[str, Any]]:
+    """Broken output first (evalkit.tripwires): one card per broken image with its thumbnail and reference's, and
+    one per backend-level tripwire (did not quantize), shown with the backend's first image."""
+    from evalkit.tripwires import all_reasons
+
+    out = []
+    by_path = {}
+    for b in data.backends:
+        for pid, img in b.images.items():
+            by_path[(b.name, str(img.get("path") or ""))] = pid
+    for b in data.backends:
+        if not b.ok:
+            continue
+        for e in b.broken:
+            pid = e.get("prompt_id") or by_path.get((b.name, str(e.get("file") or "")))
+            if pid is None and e.get("scope") == "backend":
+                pid = next(iter(b.images), None)
+            entry = images.get((b.name, str(pid))) if pid is not None else None
+            ref = images.get((data.reference, str(pid))) if pid is not None else None
+            out.append({"backend": b.name, "scope": e.get("scope") or "image", "prompt_id": pid,
+                        "file": e.get("file"), "tripwire": e.get("tripwire"), "reason": all_reasons(e),
+                        "thumb": entry.thumb_href if entry else None, "full": entry.full_href if entry else None,
+                        "ref_thumb": ref.thumb_href if ref and b.name != data.reference else None})
+    return out
+
+
 def _blind_rounds(data: ReportData, images: dict) -> list[dict[str, Any]]:
     """Every (prompt, quantized backend) pair with both PNGs. Full-resolution PNGs: lossy thumbnails would add artefacts."""
     rounds = []
@@ -336,6 +362,7 @@ def _context(data: ReportData, images: dict, figs: list, tables: list[Path], sho
         "per_prompt_tables": _per_prompt_tables(data) if not data.random_weights else [],
         "category_tables": category_tables(data) if not data.random_weights else [],
         "problems": problems, "figures": _figure_views(data, figs),
+        "broken": _broken_views(data, images),
         "tables": [p.name for p in tables], "show_images": show_images,
         "blind_json": json_for_script({"rounds": blind, "reference": data.reference}),
         "n_blind": len(blind),

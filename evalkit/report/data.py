@@ -153,6 +153,23 @@ class BackendView:
         return self.partial_reason is not None
 
     @property
+    def broken(self) -> list[dict[str, Any]]:
+        """Its broken images and backend-level tripwires (evalkit.tripwires): summary.json's list, else (a run
+        summarised before tripwires) what its generation record states."""
+        v = self.summary_entry.get("broken")
+        if isinstance(v, list):
+            return [e for e in v if isinstance(e, dict)]
+        from evalkit.tripwires import recorded_broken
+
+        return recorded_broken(self.record, None)
+
+    @property
+    def n_broken(self) -> int:
+        from evalkit.tripwires import count_broken
+
+        return count_broken(self.broken, len((self.record or {}).get("images") or [])) if self.broken else 0
+
+    @property
     def latency_noisy(self) -> bool:
         """p90 - p10 above the median: the spread is larger than the number, so a ranking by it is noise."""
         lat = self.latency

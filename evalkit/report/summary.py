@@ -172,7 +172,8 @@ def quality_rows(data: ReportData) -> list[dict[str, Any]]:
             cells.append({"value": fmt_fixed(v, d), "raw": v, "ci": spread, "note": rec.get("note") or rec.get("description") or "",
                           "n": rec.get("n"), "n_ref": rec.get("n_reference"), "best": cols[m.key].best == b.name,
                           "indicative": bool(rec.get("indicative"))})
-        rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference, "partial": b.partial_reason})
+        rows.append({"name": b.name, "cells": cells, "is_ref": b.name == data.reference, "partial": b.partial_reason,
+                     "broken": b.n_broken})
     return rows
 
 
@@ -257,7 +258,7 @@ def perf_view(data: ReportData) -> dict[str, Any]:
             "lat_n": lat_rec.get("n"), "lat_ratio": "" if is_ref else _ratio(med, ref_lat),
             "load": rec.get("load_time_s"), "load_text": load(rec.get("load_time_s")),
             "compile": rec.get("compile_time_s"), "compile_text": comp(rec.get("compile_time_s")),
-            "flags": b.flags, "partial": b.partial_reason, "lat_noisy": b.latency_noisy,
+            "flags": b.flags, "partial": b.partial_reason, "lat_noisy": b.latency_noisy, "broken": b.n_broken,
             # the library's integration is deprecated upstream (recipe.deprecated, from its Library record)
             "deprecated": b.recipe.get("deprecated"),
         })

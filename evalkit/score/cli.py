@@ -168,6 +168,12 @@ def compare_images_main(args: argparse.Namespace) -> int:
         print(f"  {res['n_resized']} reference image(s) resized: {res['resize_policy']}")
     if res["n_corrupt"]:
         print(f"  {res['n_corrupt']} corrupt image(s) skipped: {', '.join(res['corrupt'][:3])}")
+    if res.get("broken"):
+        print(f"  {len(res['broken'])} broken image(s), left out of every mean:")
+        for e in res["broken"][:20]:
+            print(f"    {e['folder']} {e['file']}: {e['tripwire']}: {e['reason']}")
+        if len(res["broken"]) > 20:
+            print(f"    and {len(res['broken']) - 20} more (--json lists them all)")
     t = res["timing"]
     line = f"  {t['wall_s']:.1f} s on {res['device']}, {t['decode_workers']} decoding worker(s)"
     if res["n_pairs"] and t["wall_s"] > 0:

@@ -36,7 +36,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                     bootstrap_samples: int = DEFAULT_RESAMPLES, fid_method: str = "auto",
                     progress: bool = False) -> dict[str, Any]:
     """Score DIR_B against DIR_A (the reference), pairing files by stem. One dict: metric -> mean, CI, n."""
-    from evalkit.score.stage import State, compute_backends, hash_items
+    from evalkit.score.stage import State, compute_backends, find_broken, hash_items
     from evalkit.score.summary import summarise_backend
 
     a, b = Path(dir_a), Path(dir_b)
@@ -72,6 +72,8 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     with Decoder(workers) as dec, progress_bar(progress) as bar:
         state.decoder, state.bar = dec, bar
         compute_backends(state, [REFERENCE, CANDIDATE])
+        # the image tripwires (evalkit.tripwires): a broken image is listed, never averaged
+        find_broken(state, None, [REFERENCE, CANDIDATE], gens={}, backend_level=False)
     n_workers = dec.workers  # after the loop: a failed pool falls back to 1
     records, _rows = summarise_backend(state, CANDIDATE, ref_ok=True)
     for m, rec in records.items():
@@ -86,4 +88,20 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
             # pixels; when it is most of `wall_s`, more decoding workers (--workers) help and a faster GPU does not.
             "timing": {"wall_s": time.perf_counter() - t_start, "waiting_for_images_s": state.waited,
                        "decode_workers": n_workers},  # 1 if the pool failed and decoding fell back in-process
-            "n_corrupt": len(corrupt), "corrupt": corrupt[:MAX_LISTED], "device": dev}
+            "n_corrupt": len(corrupt), "corrupt": corrupt[:MAX_LISTED], "device": dev,
+            "broken": _broken_list(state)}
+
+
+def _broken_list(state: Any) -> list[dict[str, Any]]:
+    """One entry per broken image, candidate or reference: its file name, which folder, the reason (every tripwire
+    it tripped), the first tripwire with its value and level."""
+    from evalkit import tripwires
+
+    out = []
+    for which in (CANDIDATE, REFERENCE):
+        entries = (state.broken.get(which) or ([], {}, {}, []))[0]
+        for e in entries:
+            out.append({"file": e.get("file"), "folder": which, "reason": tripwires.all_reasons(e),
+                        "tripwire": e.get("tripwire"), "value": e.get("value"), "level": e.get("level"),
+                        "others": [o.get("tripwire") for o in e.get("others") or []]})
+    return out

@@ -7,6 +7,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from evalkit.tripwires import TRIPWIRES_VERSION
+
 from evalkit.metrics import registry as reg
 from evalkit.rundir import RunDir, load_generation_records
 
@@ -33,6 +35,7 @@ def score_inputs_key(rd: RunDir, options: dict[str, Any]) -> str:
     hub = hf_hub_cache()
     return content_key({
         "evalkit": __version__, "metrics_version": reg.METRICS_VERSION, "options": options,
+        "tripwires_version": TRIPWIRES_VERSION,
         "prompts": manifest.get("prompts"), "reference": manifest.get("reference_backend"),
         "model": manifest.get("model"), "generation": generation, "packages": package_versions(score_packages()),
         "weights": [tree_fingerprint(weights_cache_dir()), tree_fingerprint(user_weights_dir(options.get("weights_dir"))),

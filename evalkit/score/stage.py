@@ -136,6 +136,7 @@ def _score_run(rd: RunDir, opts: Options, verify: bool) -> dict[str, Any]:
                 state.real_feats = {ext: _real_features(state, Path(opts.real_dir), ext)
                                     for ext in set_extractors(n for n in names if reg.get_spec(n).reference == "real")}
             cache.save()
+            find_broken(state, rd, ok)
             rows: list[dict[str, Any]] = []
             for b in ok:
                 results[b], brows = summarise_backend(state, b, ref in ok)
@@ -168,6 +169,31 @@ class State:
     ref_inflight: dict[Path, Any] = field(default_factory=dict)
     ref_lock: threading.Lock = field(default_factory=threading.Lock)
     claimed: set[tuple[str, ...]] = field(default_factory=set)  # work planned this run, by content key
+    # Broken-output tripwires per backend (evalkit.score.broken): entries, {item: reason} left out of every mean,
+    # {item: reason} of pairs whose reference is broken, notes on tripwires not evaluated.
+    broken: dict[str, tuple[list[dict[str, Any]], dict[int, str], dict[int, str], list[str]]] = \
+        field(default_factory=dict)
+
+
+def find_broken(state: State, rd: RunDir | None, backends: Sequence[str],
+                gens: Mapping[str, Any] | None = None, backend_level: bool = True) -> None:
+    """Fill state.broken for `backends`: tripwires not cached yet are computed (decoding what the scoring loop did
+    not), then joined with the generation records' (evalkit.score.broken)."""
+    from evalkit.score.broken import broken_for_backend, fill_missing
+
+    order = [state.ref] + [b for b in backends if b != state.ref] if state.ref in backends else list(backends)
+    fill_missing(state, order)
+    if gens is None and rd is not None:
+        from evalkit.rundir import load_generation_records
+
+        gens = load_generation_records(rd, list(backends))
+    gens = gens or {}
+
+    def file_of(it: Item) -> str:
+        return rd.relative(it.path) if rd is not None else it.path.name
+
+    for b in backends:
+        state.broken[b] = broken_for_backend(state, b, gens.get(b), gens.get(state.ref), file_of, backend_level)
 
 
 def text_sha(text: str) -> str:
@@ -369,6 +395,12 @@ def _score_chunk(state: State, plan: Plan, cur: dict[str, Any], up: Uploads) -> 
     for d in cur["got"]:
         if d.array is None and d.sha256:
             cache.put("corrupt", d.sha256, d.error)
+    from evalkit.score.broken import compute_for
+
+    for i in good:  # the broken-output tripwires, on pixels decoded anyway (evalkit.score.broken)
+        rp = items[i].ref_path
+        ref = decoded[rp].array if rp is not None and rp in decoded else None
+        compute_for(state, plan.b, i, decoded[items[i].path].array, ref)
     for group in cur["groups"]:
         _paired_group(state, plan.b, plan.paired, group, up)
     for ext, need in plan.feats.items():

@@ -40,8 +40,13 @@ def summary_record(state: "State", name: str, items: list[Item], values: dict[in
     spec = reg.get_spec(name)
     if not values:
         reasons = sorted({r for _i, r in skips})
-        rec = skipped(reasons[0] if len(reasons) == 1 else f"no pair could be scored ({'; '.join(reasons[:3])})"
-                      if reasons else "no images to score")
+        if len(reasons) > 1 and all(r.startswith(("broken ", "its reference image is broken")) for r in reasons):
+            kinds = sorted({r.split(":", 1)[0] for r in reasons})
+            rec = skipped(f"every image is broken or has a broken reference ({', '.join(kinds)}): the record's "
+                          f"`broken` list says which and why")
+        else:
+            rec = skipped(reasons[0] if len(reasons) == 1 else f"no pair could be scored ({'; '.join(reasons[:3])})"
+                          if reasons else "no images to score")
         rec["n_skipped"] = len(skips)
         return rec
     order = sorted(values)
@@ -62,8 +67,18 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
     out: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
     n_corrupt = sum(1 for it in items if it.sha in corrupt_t)
+    # Broken images (evalkit.score.broken) are left out of every mean, with their reason; so are pairs whose
+    # reference image is broken.
+    _entries, bad, ref_bad, _notes = state.broken.get(b, ([], {}, {}, []))
+    bad_key = {(items[i].prompt_id, items[i].seed): why for i, why in bad.items()}
+    ref_bad_key = {(items[i].prompt_id, items[i].seed): why for i, why in ref_bad.items()}
+    n_broken = len(bad)
 
     def corrupt_reason(it: Item, with_ref: bool) -> str | None:
+        if (it.prompt_id, it.seed) in bad_key:
+            return bad_key[(it.prompt_id, it.seed)]
+        if with_ref and (it.prompt_id, it.seed) in ref_bad_key:
+            return ref_bad_key[(it.prompt_id, it.seed)]
         if it.sha in corrupt_t:
             return f"corrupt image {it.path.name}: {corrupt_t[it.sha]}"
         if with_ref and it.ref_sha in corrupt_t:
@@ -112,7 +127,7 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
                 n_resized += bool(e.get("r"))
                 row(it, m, e["v"], "ok", "reference resized" if e.get("r") else "")
             extra = {"n_resized": n_resized, "resize_policy": RESIZE_POLICY if n_resized else None,
-                     "n_corrupt": n_corrupt, "options": metric_options(m)}
+                     "n_corrupt": n_corrupt, "n_broken": n_broken, "options": metric_options(m)}
             hook = getattr(reg.factory_class(m), "summary_extra", None)
             if hook is not None:
                 extra.update(hook([values[i] for i in sorted(values)]))
@@ -130,8 +145,8 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
                 r = ref_by_key.get((it.prompt_id, it.seed))
                 e = table.get(f"{it.sha}:{text_sha(it.prompt)}")
                 er = table.get(f"{r.sha}:{text_sha(r.prompt)}") if r else None
-                if e is None or er is None or r is None or r.sha in corrupt_t:
-                    why = corrupt_reason(it, False) or f"no {base} for this image or its reference"
+                if e is None or er is None or r is None or r.sha in corrupt_t or corrupt_reason(it, True):
+                    why = corrupt_reason(it, True) or f"no {base} for this image or its reference"
                     skips.append((i, why))
                     row(it, m, None, "skipped", why)
                     continue
@@ -139,7 +154,8 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
                 row(it, m, values[i], "ok")
             # What identifies the numbers: the model, and the weights' SHA-256 where the user supplied them.
             extra = {k: v for k, v in described.items() if k in ("model", "weights_sha256")}
-            out[m] = summary_record(state, m, items, values, skips, {**extra, "definition": "reference minus backend"})
+            out[m] = summary_record(state, m, items, values, skips, {**extra, "definition": "reference minus backend",
+                                                                      "n_broken": n_broken})
             continue
         n_flag = 0
         for i, it in enumerate(items):
@@ -154,8 +170,15 @@ def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, A
             n_flag += bool(e.get("t"))
             row(it, m, e["v"], "ok", getattr(cls, "FLAG_NOTE", "flagged") if e.get("t") else "")
         flags = {getattr(cls, "FLAG_COUNT", "n_flagged"): n_flag}
-        out[m] = summary_record(state, m, items, values, skips, {**described, **flags, "n_corrupt": n_corrupt})
+        out[m] = summary_record(state, m, items, values, skips, {**described, **flags, "n_corrupt": n_corrupt,
+                                                                 "n_broken": n_broken})
     return out, rows
+
+
+def kept_items(state: "State", b: str) -> list[Item]:
+    """Backend b's items less its broken images (evalkit.score.broken): what a set statistic is over."""
+    bad = (state.broken.get(b) or ([], {}, {}, []))[1]
+    return [it for i, it in enumerate(state.items[b]) if i not in bad]
 
 
 def _set_features(state: "State", items: list[Item], ext: str) -> np.ndarray:
@@ -177,7 +200,7 @@ def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
         return skipped(f"{b} is the reference set")
     if not against_real and not ref_ok:
         return skipped(f"reference backend {state.ref} has no usable images")
-    fb = _set_features(state, state.items[b], ext)
+    fb = _set_features(state, kept_items(state, b), ext)
     if against_real:
         real = state.real_feats.get(ext)
         if isinstance(real, reg.MetricUnavailable) or real is None:
@@ -186,15 +209,15 @@ def _set_record(state: "State", b: str, m: str, ref_ok: bool) -> dict[str, Any]:
         ref_name = f"real images ({state.opts.real_dir})"
         ref_shas = ["real"] + sorted(hashlib.sha256(f.tobytes()).hexdigest()[:16] for f in fr)
     else:
-        fr = _set_features(state, state.items[state.ref], ext)
+        fr = _set_features(state, kept_items(state, state.ref), ext)
         n_ref = fr.shape[0]
         ref_name = state.ref
-        ref_shas = sorted(it.sha for it in state.items[state.ref])
+        ref_shas = sorted(it.sha for it in kept_items(state, state.ref))
     n = fb.shape[0]
     state.dist_n.setdefault(ext, {})[b] = n
     base = {"n": n, "n_reference": int(n_ref), "reference": ref_name}
     key = hashlib.sha256(json_key([m, reg.cache_key(m), state.opts.result_options(), feature_key(ext, state.opts), ref_shas,
-                                   sorted(it.sha for it in state.items[b])])).hexdigest()
+                                   sorted(it.sha for it in kept_items(state, b))])).hexdigest()
     table = state.cache.table("distribution")
     if key in table:
         return table[key]
@@ -224,6 +247,8 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
     for b, mets in results.items():
         rec = build_metric_record(backend=b, metrics=mets, reference_backend=ref, metrics_version=reg.METRICS_VERSION,
                                   device=device, missing_headline_metrics=missing_headline)
+        if state is not None and b in state.broken:
+            rec.update(broken_fields(state, b))
         atomic_write_json(rd.metrics_record(b), rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")
@@ -246,3 +271,15 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
             if not path.is_file() or read_json(path) != mode:
                 atomic_write_json(path, mode)
     write_summary(rd.root)
+
+
+def broken_fields(state: "State", b: str) -> dict[str, Any]:
+    """The metric record's `broken` list and `tripwires` summary (docs/run-directory.md "Broken output")."""
+    from evalkit import tripwires
+
+    entries, bad, ref_bad, notes = state.broken[b]
+    return {"broken": entries,
+            "tripwires": {"version": tripwires.TRIPWIRES_VERSION,
+                          "n_broken": tripwires.count_broken(entries, len(state.items[b])),
+                          "n_reference_broken": len(ref_bad), "not_evaluated": notes[:MAX_LISTED],
+                          "n_not_evaluated": len(notes)}}

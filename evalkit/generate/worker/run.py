@@ -340,10 +340,13 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
 
     prompts = manifest["prompts"]
-    common = dict(family.call_arguments(gen), output_type="np")
+    from evalkit.generate.worker.tripwire_hook import LatentsProbe, image_checks, record_section
+
+    probe = LatentsProbe(pipe)  # final latents for the non-finite tripwire (evalkit.tripwires)
+    common = dict(family.call_arguments(gen), output_type="np", **probe.kwargs())
     # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
     warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
-    warm_call = dict(family.call_arguments(warm_gen), output_type="np")
+    warm_call = dict(family.call_arguments(warm_gen), output_type="np", **probe.kwargs())
     warm_times = []
     with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
         for _ in range(int(gen.get("warmup_runs", 1))):
@@ -377,15 +380,19 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         batch = todo[start:start + bs]
         gens = [torch.Generator("cpu").manual_seed(p["seed"]) for p in batch]
         out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
-        for p, arr in zip(batch, out.images):
-            png = encode_png(to_uint8(arr))
+        latents_nonfinite = probe.take(len(batch))
+        for p, arr, lat_bad in zip(batch, out.images, latents_nonfinite):
+            u8 = to_uint8(arr)
+            png = encode_png(u8)
             path = rd.image_path(spec.name, p["id"], p["seed"])
             write_or_explain(atomic_write_bytes, path, png)
             st = path.stat()
             # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
             entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
                      "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
+                     "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid(),
+                     # before the PNG: non-finite latents and pixels, a near-constant image (evalkit.tripwires)
+                     **image_checks(arr, u8, lat_bad, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
             write_or_explain(append_jsonl, target.partial, entry)
             done[p["id"]] = entry
         # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
@@ -399,6 +406,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     # A unit's record also carries its tag's earlier verified entries outside this unit: a resumed rank loses nothing.
     record["images"] = [done[p["id"]] for p in prompts if p["id"] in done]
     # Latency only from images timed in this process: a resumed run may come from another process or machine state.
+    record["tripwires"] = record_section(probe, {**record, "status": "ok"}, spec.backend.reference)
     fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
     record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
     if compile_info is not None:
