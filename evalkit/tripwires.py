@@ -429,8 +429,8 @@ def not_quantized(gen: Mapping[str, Any], reference: bool, reference_name: str =
     q = gen.get("quantization") or {}
     expected = list(q.get("components_quantized") or recipe.get("components") or [])
     counts = q.get("quantized_linear_count")
-    if not expected or not isinstance(counts, Mapping):
-        return None
+    if not expected or not isinstance(counts, Mapping) or not any(c in counts for c in expected):
+        return None  # no census of these components was taken: nothing to judge (never a guess)
     total = sum(int(counts.get(c) or 0) for c in expected)
     if total > 0:
         return None
@@ -450,15 +450,12 @@ def identical_to_reference(images: Mapping[str, str], reference: Mapping[str, st
             "value": 1.0, "level": 1.0, "when": "score"}
 
 
-REFERENCE_LIBRARY = "torch"  # the library key of the reference recipe (bf16: plain torch weights)
-
-
 def reference_based(gen: Mapping[str, Any], reference_name: str = "bf16") -> bool:
     """A backend built on the reference recipe itself (bf16+offload, bf16+compile): identical images are expected,
-    and no layer is quantized."""
+    and no layer is quantized. Told by name (the run's reference backend, modifiers aside), never by library."""
     recipe = gen.get("recipe") or {}
     base = str(recipe.get("name") or gen.get("backend") or "").split("+")[0]
-    return recipe.get("library") == REFERENCE_LIBRARY or base == str(reference_name).split("+")[0]
+    return base == str(reference_name).split("+")[0]
 
 
 def count_broken(entries: Iterable[Mapping[str, Any]], n_images: int) -> int:

@@ -206,7 +206,8 @@ def _record_head(name: str) -> dict[str, Any]:
         "recipe": {"name": name, "library": _library_of(name), "components": ["transformer", "text_encoder_2"],
                    "modifiers": name.split("+")[1:], "options": {}},
         "quantization": {"resolved_config": {}, "components_quantized": [] if name == "bf16" else ["transformer", "text_encoder_2"],
-                         "layer_types": {}, "quantized_linear_count": {}},
+                         "layer_types": {},
+                         "quantized_linear_count": {} if name == "bf16" else {"transformer": 30, "text_encoder_2": 8}},
         "started_utc": "2026-11-21T14:30:00Z", "finished_utc": "2026-11-21T14:31:00Z", "pid": 1234,
     }
 

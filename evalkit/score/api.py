@@ -37,7 +37,8 @@ def compare_images(reference: Any, candidate: Any, metrics: str | Sequence[str] 
     `device`: "auto" (default), "cpu" or "cuda". The other arguments are the CLI's flags of the same names.
 
     >>> import numpy as np
-    >>> ref = [np.full((32, 32, 3), 100, np.uint8), np.full((32, 32, 3), 200, np.uint8)]
+    >>> rng = np.random.default_rng(0)
+    >>> ref = [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(2)]
     >>> cand = [a + 1 for a in ref]  # every pixel off by one
     >>> res = compare_images(ref, cand, metrics="psnr,ssim", device="cpu", workers=1)
     >>> round(res["psnr"]["mean"], 2), res["psnr"]["n"]  # 20 log10(255)
@@ -118,7 +119,8 @@ def score(run_dir: str | os.PathLike[str], **options: Any) -> dict[str, Any]:
     ...     for p in prompts:
     ...         rel = f"images/{b}/{p['id']}.png"
     ...         (run / rel).parent.mkdir(parents=True, exist_ok=True)
-    ...         Image.fromarray(np.full((32, 32, 3), 100 + shift, np.uint8)).save(run / rel)
+    ...         ramp = np.add.outer(np.arange(32), np.arange(32)).astype(np.uint8)  # not a constant image
+    ...         Image.fromarray(np.stack([ramp + 100 + shift] * 3, axis=-1)).save(run / rel)
     ...         images.append(image_entry_for_file(run, rel, prompt_id=p["id"], seed=p["seed"]))
     ...     atomic_write_json(run / "generation" / f"{b}.json",
     ...                       build_generation_record(backend=b, status="ok", images=images))
