@@ -16,6 +16,8 @@ while [ $# -ge 3 ]; do
   mkdir -p "$OUT/$name"
   echo "=== $model $run (deadline ${deadline}s) $(date -u +%H:%M:%S)"
   OUT=$OUT/$name python3 benchmarks/gpu_table_run.py --model "$model" --deadline-s "$deadline" --run "$run" \
+    ${PROMPTS:+--prompts "$PROMPTS"} \
     2>&1 | tee "$OUT/$name/session.log" | grep -v "it/s\]$" | tail -40
+  (cd "$OUT" && tar czf "$name.tgz" "$name" && rm -rf "$name")  # one file per model comes back (8 at most)
   rm -rf /tmp/ekc/models  # the next variant's random build needs the disk
 done

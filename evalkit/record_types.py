@@ -78,7 +78,7 @@ class ComputePlan(TypedDict, total=False):
     dtypes: dict[str, str]
     reason: str
     summary: str  # "" when bf16 throughout
-    cpu: CpuCompute
+    cpu: CpuCompute | None  # null on CUDA
 
 
 class Numerics(TypedDict, total=False):

@@ -173,8 +173,8 @@ class MetricRecord(TypedDict, total=False):
     tripwires: dict[str, Any]  # added (#27): {version, n_broken, n_reference_broken, not_evaluated, n_not_evaluated}
 
 
-class SummaryBackend(TypedDict):
-    status: str  # a generation status, or "pending" before the backend ran
+class SummaryBackend(TypedDict, total=False):
+    status: Required[str]  # a generation status, or "pending" before the backend ran
     reason: str | None
     partial_reason: str | None  # did less than its name says here (bnb on CPU; +compile hit the recompile limit)
     memory: MemoryRecord | None
