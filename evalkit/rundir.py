@@ -55,9 +55,6 @@ class RunDir:
     def generation_record(self, backend: str) -> Path:
         return self.root / "generation" / f"{safe_name(backend, 'backend')}.json"
 
-    def generation_partial(self, backend: str) -> Path:
-        return self.root / "generation" / f"{safe_name(backend, 'backend')}.partial.jsonl"
-
     def shards_dir(self, backend: str) -> Path:
         """Where each rank's files for one backend wait for the merge (docs/run-directory.md, "Shards")."""
         return self.root / "generation" / "shards" / safe_name(backend, "backend")

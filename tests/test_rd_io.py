@@ -127,7 +127,7 @@ def test_temp_names_carry_the_pid_and_differ(tmp_path: Path, monkeypatch: pytest
 
 
 def test_append_after_a_torn_line_keeps_the_next_record(tmp_path: Path) -> None:
-    path = tmp_path / "generation" / "bf16.partial.jsonl"
+    path = tmp_path / "generation" / "shards" / "bf16" / "w1-r0.partial.jsonl"
     io.append_jsonl(path, {"prompt_id": "p00"})
     with open(path, "a") as f:
         f.write('{"prompt_id": "p01", "sha')  # killed mid-write: no newline

@@ -37,7 +37,7 @@ class WorkPlan:
     # Finished backends with images that can no longer be trusted: name -> (record, prompt id -> why)
     repairs: dict[str, tuple[dict[str, Any], dict[str, str]]] = field(default_factory=dict)
     prompts: int = 0
-    # Backend -> its prompt ids with no valid image yet (merged record, shards and legacy partial list counted), in
+    # Backend -> its prompt ids with no valid image yet (merged record and shards counted), in
     # manifest order: what the schedule splits into units.
     missing: dict[str, list[str]] = field(default_factory=dict)
 
@@ -149,9 +149,7 @@ def measured_latencies(rd: RunDir, manifest: dict[str, Any]) -> list[float]:
 
     out: list[float] = []
     for name in manifest.get("backends", []):
-        files = [rd.generation_partial(name)]
-        if rd.shards_dir(name).is_dir():
-            files += sorted(rd.shards_dir(name).glob("*.partial.jsonl"))
+        files = sorted(rd.shards_dir(name).glob("*.partial.jsonl")) if rd.shards_dir(name).is_dir() else []
         for path in files:
             for e in read_jsonl(path):
                 lat = e.get("latency_s") if isinstance(e, dict) else None

@@ -112,7 +112,7 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     names = list(manifest.get("backends", []))
     from evalkit.generate.merge import has_shards
 
-    if any(has_shards(rd, n) or rd.generation_partial(n).exists() for n in names):
+    if any(has_shards(rd, n) for n in names):
         return False  # shard files await a merge (a rank died, or the merge was interrupted)
     if any(s.name not in names for s in parse_backend_list(opts.backends, opts.include_reference)):
         return False

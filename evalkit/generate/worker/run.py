@@ -1,6 +1,6 @@
 """One backend, one process: load the pipeline, measure, generate the missing images, write the record.
 
-Run by the generate stage as `python -m evalkit.generate.worker.run RUN_DIR BACKEND`. A process per backend keeps
+Run by the generate stage as `python -m evalkit.generate.worker.run RUN_DIR BACKEND TAG`. A process per backend keeps
 peak-memory statistics clean and lets a crash (OOM, segfault in a kernel) take down only that backend.
 Progress goes to stdout as JSON lines; everything else goes to stderr (the run's logs/<backend>.log).
 """
@@ -76,8 +76,7 @@ def emit(event: str, **data: Any) -> None:
 from evalkit.procs import die_with_parent  # noqa: E402 (re-exported: workers and tests use it)
 
 
-def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any,
-                tag: str | None = None) -> None:
+def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any, tag: str) -> None:
     """Entry point of a backend's process forked from the preloaded forkserver."""
     global _event_conn
     # Its parent is the forkserver, which exits when the stage's process does (it watches a pipe from it).
@@ -176,24 +175,20 @@ def partial_reason(backend: Any, quantization: dict[str, Any]) -> str | None:
 
 
 class Target:
-    """Where one worker's output goes: the whole backend (generation/<backend>.json, legacy, one process) or one
-    work unit of a rank (generation/shards/<backend>/<tag>.*, docs/run-directory.md "Shards")."""
+    """Where one worker's output goes: one work unit of a rank, generation/shards/<backend>/<tag>.*
+    (docs/run-directory.md "Shards"); the stage merges the units into generation/<backend>.json."""
 
-    def __init__(self, rd: RunDir, backend: str, tag: str | None) -> None:
+    def __init__(self, rd: RunDir, backend: str, tag: str) -> None:
         self.tag = tag
-        self.unit: dict[str, Any] | None = read_json(rd.shard_unit(backend, tag)) if tag else None
-        self.partial = rd.shard_partial(backend, tag) if tag else rd.generation_partial(backend)
-        self.record = rd.shard_record(backend, tag) if tag else rd.generation_record(backend)
+        self.unit: dict[str, Any] = read_json(rd.shard_unit(backend, tag))
+        self.partial = rd.shard_partial(backend, tag)
+        self.record = rd.shard_record(backend, tag)
 
     def prompts(self, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.unit is None:
-            return list(manifest["prompts"])
         ids = set(self.unit.get("prompt_ids") or [])
         return [p for p in manifest["prompts"] if p["id"] in ids]
 
-    def shard_info(self) -> dict[str, Any] | None:
-        if self.unit is None:
-            return None
+    def shard_info(self) -> dict[str, Any]:
         import socket
 
         return {"tag": self.tag, "rank": self.unit.get("rank"), "world_size": self.unit.get("world_size"),
@@ -201,9 +196,9 @@ class Target:
                 "prompt_ids": list(self.unit.get("prompt_ids") or [])}
 
 
-def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
-    """Generate one backend's missing images (or, with `tag`, exactly the prompts of that rank's unit file) and
-    write its record; returns the exit status."""
+def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
+    """Generate the missing images of the prompts in the unit file of `tag` (a rank's share of one backend) and
+    write that unit's record; returns the exit status."""
     rd = RunDir(__import__("pathlib").Path(run_dir))
     manifest = read_json(rd.manifest)
     load_run_plugins(manifest)  # the run's own backends, families and metrics, before any name is read
@@ -215,10 +210,8 @@ def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
         "recipe": spec.recipe(cfg.get("backend_options", {}).get(spec.backend.name)),
-        "started_utc": started, "pid": os.getpid(), "images": [],
+        "started_utc": started, "pid": os.getpid(), "images": [], "shard": target.shard_info(),
     }
-    if target.unit is not None:
-        record["shard"] = target.shard_info()
     try:
         _run(rd, manifest, cfg, gen, spec, record, target)
         record["status"] = "ok"
@@ -482,12 +475,12 @@ def sdpa_context(torch: Any, backend: str | None) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) not in (2, 3):
-        print("usage: python -m evalkit.generate.worker.run RUN_DIR BACKEND [TAG]", file=sys.stderr)
+    if len(argv) != 3:
+        print("usage: python -m evalkit.generate.worker.run RUN_DIR BACKEND TAG", file=sys.stderr)
         return 2
     parent = os.environ.get("EVALKIT_PARENT_PID")
     die_with_parent(int(parent) if parent and parent.isdigit() else None)  # subprocess mode: the parent is the stage
-    return run_worker(argv[0], argv[1], argv[2] if len(argv) == 3 else None)
+    return run_worker(argv[0], argv[1], argv[2])
 
 
 if __name__ == "__main__":
