@@ -75,12 +75,6 @@ def finished_record(rd: RunDir, backend: str) -> dict[str, Any] | None:
     return rec if rec.get("status") == "ok" else None
 
 
-def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
-    """A finished backend: status ok, every prompt's image present, unchanged since it was recorded."""
-    rec = finished_record(rd, backend)
-    return rec is not None and not image_problems(rd, backend, rec, manifest)
-
-
 def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], requested: tuple[str, ...] | None,
               attempt_known_failures: bool) -> WorkPlan:
     """Backends left to run (and those that cannot), and how many images they will make."""
