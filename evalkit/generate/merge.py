@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json, read_json, read_jsonl
 from evalkit.rundir import SCHEMA_VERSION, RunDir
+from evalkit.timeutil import utc_now
 
 MERGE_SCHEMA = "evalkit.merge/1"
 _TAG = re.compile(r"^w(\d+)-r(\d+)$")
@@ -260,7 +260,7 @@ def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> di
         + sum(int(r.get("resumed_images") or 0) for r in shard_recs),
         "images": images,
         "started_utc": min((r["started_utc"] for r in ranks if r.get("started_utc")), default=None),
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_utc": utc_now(),
         "pid": base.get("pid"),
         "ranks": ranks,
     }
@@ -279,7 +279,7 @@ def _failed_record(backend: str, col: Collected, failed: list[tuple[str, str]]) 
     return {"schema_version": SCHEMA_VERSION, "backend": backend, "status": "failed", "reason": "; ".join(lines),
             "error": (first or {}).get("error"), "recipe": (first or {}).get("recipe"), "images": [],
             "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished_utc": utc_now(),
             "ranks": [_rank_entry(sh.record, 0) for sh in col.shards.values() if sh.record is not None]}
 
 
@@ -384,7 +384,7 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
             continue  # nothing changed for it: keep what merge.json said before
         old_backends[name] = {"status": bm.status, "missing": bm.missing, "units": bm.units}
     atomic_write_json(rd.merge_manifest, {"schema": MERGE_SCHEMA,
-                                          "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                          "updated_utc": utc_now(),
                                           "host": socket.gethostname(), "backends": old_backends})
     for name, bm in result.backends.items():
         if bm.status == "complete":

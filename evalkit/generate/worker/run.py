@@ -74,6 +74,7 @@ def emit(event: str, **data: Any) -> None:
 
 
 from evalkit.procs import die_with_parent  # noqa: E402 (re-exported: workers and tests use it)
+from evalkit.timeutil import utc_now
 
 
 def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any, tag: str) -> None:
@@ -101,10 +102,6 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
-
-
-def utcnow() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def image_flags(arr: Any) -> list[str]:
@@ -206,7 +203,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
     gen = manifest["generation"]
     spec = parse_backend(backend_name)
     target = Target(rd, spec.name, tag)
-    started = utcnow()
+    started = utc_now()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
         "recipe": spec.recipe(cfg.get("backend_options", {}).get(spec.backend.name)),
@@ -223,7 +220,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
                            "traceback_tail": "".join(traceback.format_exception(e))[-4000:]}
         traceback.print_exc()
         code = 1
-    record["finished_utc"] = utcnow()
+    record["finished_utc"] = utc_now()
     try:
         atomic_write_json(target.record, checked_generation_record(record))
     except OSError as e:
