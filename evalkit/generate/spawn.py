@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from evalkit.device import nvidia_gpu_present
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.registry import BackendSpec
 from evalkit.io import atomic_write_json, read_json
@@ -160,11 +161,6 @@ def forkserver_pid() -> int | None:
     from multiprocessing import forkserver
 
     return getattr(forkserver._forkserver, "_forkserver_pid", None)
-
-
-def nvidia_gpu_present() -> bool:
-    """Whether this machine has an NVIDIA GPU, judged from the driver's device nodes (no CUDA call, no torch)."""
-    return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
 
 
 # Set once a forked worker reports that its forkserver had initialized CUDA: the rest of the run uses subprocesses.
