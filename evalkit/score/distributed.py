@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import evalkit.dist as dist
 from evalkit.errors import EvalkitError
+from evalkit.plainlines import PlainLines
 
 if TYPE_CHECKING:
     from evalkit.score.cache import ScoreCache
@@ -265,11 +265,9 @@ def say_share(done: dict[str, int]) -> None:
     """One stderr line per rank saying what it scored (a world of one says nothing, as before)."""
     w = dist.world()
     if w.distributed:
-        # One write per line: the ranks share torchrun's stderr, and print's separate newline would interleave.
-        sys.stderr.write(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of "
-                         f"{done['chunks_total']} chunks ({done.get('images', 0)} images)"
-                         + ("; rank 0 writes the results" if w.is_main else "") + "\n")
-        sys.stderr.flush()
+        PlainLines(0).write(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of "
+                            f"{done['chunks_total']} chunks ({done.get('images', 0)} images)"
+                            + ("; rank 0 writes the results" if w.is_main else ""))
 
 
 def launch(argv: Sequence[str], gpus: str | None, jobs: int | None) -> int | None:
