@@ -19,8 +19,8 @@ LARGE_STUDY_IMAGES = 2000
 
 # Rough seconds per image for the bf16 reference at each model kind's reference settings, used only when the run has
 # timed nothing yet. Scaled by steps and pixels; quantized backends are often slower than bf16, so it is a floor.
-# tiny: 0.034 s at 64x64, 4 steps on a 2-core CPU (docs: environment.md, 2026-11-21). Full size: an assumption
-# (about 12 s for FLUX.1-dev at 1024x1024, 50 steps, on an H100-class GPU), stated as such wherever it is printed.
+# tiny: measured (benchmarks/results/tiny-run-2026-11-21.md). Full size: an assumption, stated as such wherever it
+# is printed.
 ROUGH_SECONDS: dict[tuple[str, str], tuple[float, int, int, str]] = {
     ("tiny", "cpu"): (0.034, 4, 64 * 64, "tiny Flux, 64x64, 4 steps on a 2-core CPU, measured"),
     ("tiny", "cuda"): (0.034, 4, 64 * 64, "tiny Flux, 64x64, 4 steps on a 2-core CPU, measured"),

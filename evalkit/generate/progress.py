@@ -1,6 +1,6 @@
 """What a rank shows while its units run: rich bars on a terminal, plain lines off one (cluster logs, CI).
 
-Off a terminal rich prints nothing until the end (environment.md, 2026-11-28), so each rank prints plain lines
+Off a terminal rich prints nothing until the end, so each rank prints plain lines (evalkit.plainlines)
 instead: phase lines (loading, loaded in X s, warm-up, done/failed with the reason) and a line per finished image,
 at most one every PLAIN_EVERY_S per rank plus always a unit's last:
 
