@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json
@@ -128,10 +129,24 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Manifest]:
         raise EvalkitError(f"{root}: not a run directory (no manifest.json); create one with `evalkit generate` or `evalkit run`")
     rd.refuse_links_out()
     manifest = read_manifest(rd.manifest)
-    from evalkit.plugins import load_run_plugins
-
     load_run_plugins(manifest)  # the run's plugin backends, families and metrics are known to every later stage
     return rd, manifest
+
+
+def load_run_plugins(manifest: Any) -> None:
+    """Load the plugin files a run's manifest records (a worker, a rank or a later stage of that run), and register
+    the run's prequantized-checkpoint backends (`--backend NAME=PATH`), which are defined by the run as well."""
+    entries = ((manifest or {}).get("config") or {}).get("plugins") or [] if isinstance(manifest, dict) else []
+    from evalkit.plugins import load_plugin_file
+
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise EvalkitError(f"manifest.json: config.plugins holds a malformed entry {entry!r}")
+        load_plugin_file(entry["path"], expected_sha256=entry.get("sha256"))
+    # Here, not in evalkit.plugins: the checkpoint backends' registry loads installed plugins through that module.
+    from evalkit.quantizers.checkpoint import register_run_checkpoints
+
+    register_run_checkpoints(manifest)
 
 
 def display_path(path: str | os.PathLike[str]) -> str:

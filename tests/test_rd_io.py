@@ -152,8 +152,8 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> N
     """A report or summary is the user's file: readable by whoever the umask allows, like any file they write."""
     import stat
 
-    from evalkit.io import _UMASK, atomic_write_text
+    from evalkit.io import UMASK, atomic_write_text
 
     target = tmp_path / "summary.json"
     atomic_write_text(target, "{}")
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_UMASK
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~UMASK

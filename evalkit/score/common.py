@@ -3,6 +3,7 @@ instances of a run, created once on first need from the registry. Nothing here n
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -66,6 +67,16 @@ class Options:
         """The options that can change a metric's numbers (part of set-statistic cache keys)."""
         return {"clip_model": self.clip_model, "metric_weights": dict(sorted(self.metric_weights.items())),
                 "fid_method": self.fid_method}
+
+
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_table(opts: Options, name: str) -> str:
+    """Cache table of a prompt metric's per-image values: named by the metric's result key (model + weights)."""
+    cls = reg.factory_class(name)
+    return f"prompt-{name}-{reg.call_with(cls.result_key, opts.factory_options('prompt'))}"
 
 
 def resolve_device(device: str | None) -> str:

@@ -217,11 +217,11 @@ class PeerWatch:
             raise PeerFailed(line.decode() if isinstance(line, bytes) else str(line))
 
 
-def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
+def compute_share(state: "State", backends: Sequence[str], plan_work: Callable[..., list["Plan"]],
+                  run_work: Callable[..., None]) -> dict[str, int]:
     """Plan every backend (every rank the same), agree on the plans, compute this rank's chunks. Returns counts
-    of what this rank did (chunks, images) and of the whole plan."""
-    from evalkit.score.stage import plan_work, run_work
-
+    of what this rank did (chunks, images) and of the whole plan. The stage passes its planner and its runner
+    (evalkit.score.stage plan_work, run_work): this module only shares their work out."""
     w = dist.world()
     if not w.distributed:
         plans = plan_work(state, backends)

@@ -16,8 +16,8 @@ from evalkit.records import build_metric_record
 from evalkit.io import atomic_write_json, atomic_write_text, read_json
 from evalkit.metrics import registry as reg
 from evalkit.score.cache import json_key
-from evalkit.score.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, set_extractors,
-                                    skipped, unavailable)
+from evalkit.score.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, prompt_table,
+                                    set_extractors, skipped, text_sha, unavailable)
 from evalkit.score.images import RESIZE_POLICY
 from evalkit.score.stats import summarize
 from evalkit.rundir import RunDir, write_summary
@@ -55,8 +55,6 @@ def summary_record(state: "State", name: str, items: list[Item], values: dict[in
 
 def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every metric's record for backend `b`, and its rows of per_image.csv."""
-    from evalkit.score.stage import prompt_table, text_sha
-
     opts, cache, items = state.opts, state.cache, state.items[b]
     corrupt_t = cache.table("corrupt")
     out: dict[str, Any] = {}

@@ -16,12 +16,11 @@ from typing import Any
 
 from evalkit.families.registry import family_of_manifest
 from evalkit.generate.options import SDPA_BACKENDS
-from evalkit.plugins import load_run_plugins
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
 from evalkit.records import checked_generation_record
 from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
-from evalkit.rundir import SCHEMA_VERSION, RunDir
+from evalkit.rundir import SCHEMA_VERSION, RunDir, load_run_plugins
 
 # All-black means every channel of every pixel is at most this (out of 255): a VAE decoding zeros/NaNs.
 ALL_BLACK_MAX = 3
