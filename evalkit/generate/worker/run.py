@@ -314,6 +314,35 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
         _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target, family)
 
 
+def _resumed(rd: RunDir, manifest: dict, backend: str, target: Target) -> dict[str, dict[str, Any]]:
+    """The entries of earlier attempts of this unit's tag that still hold: the prompt's seed, and still the file that
+    attempt wrote (evalkit.integrity); the others are said and regenerated."""
+    from evalkit.integrity import verify_images
+
+    seeds = {p["id"]: p["seed"] for p in manifest["prompts"]}
+    partial = [e for e in read_jsonl(target.partial)
+               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
+    check = verify_images(rd, backend, {"images": partial}, manifest=manifest, check_extra=False)
+    for bad in check.problems:
+        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
+    return {line["prompt_id"]: line for line in check.ok}
+
+
+def _write_image(rd: RunDir, backend: str, p: dict[str, Any], arr: Any, batch_s: float, batch_size: int,
+                 target: Target) -> dict[str, Any]:
+    """Write one generated image and append its entry to the unit's partial list; returns the entry."""
+    png = encode_png(to_uint8(arr))
+    path = rd.image_path(backend, p["id"], p["seed"])
+    write_or_explain(atomic_write_bytes, path, png)
+    st = path.stat()
+    # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
+    entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
+             "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "latency_s": batch_s / batch_size,
+             "batch_size": batch_size, "flags": image_flags(arr), "pid": os.getpid()}
+    write_or_explain(append_jsonl, target.partial, entry)
+    return entry
+
+
 def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
                      compile_info: Any, memory: dict[str, Any], target: Target, family: Any) -> None:
     import torch
@@ -340,18 +369,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
-    done: dict[str, dict[str, Any]] = {}
-    # What an earlier attempt wrote is kept only if it is still the file that attempt wrote (evalkit.integrity).
-    from evalkit.integrity import verify_images
-
-    seeds = {p["id"]: p["seed"] for p in prompts}
-    partial = [e for e in read_jsonl(target.partial)
-               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
-    check = verify_images(rd, spec.name, {"images": partial}, manifest=manifest, check_extra=False)
-    for line in check.ok:
-        done[line["prompt_id"]] = line
-    for bad in check.problems:
-        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
+    done = _resumed(rd, manifest, spec.name, target)
     mine = target.prompts(manifest)
     todo = [p for p in mine if p["id"] not in done]
     record["resumed_images"] = len(done)  # verified images of earlier attempts carried forward, not redone
@@ -362,16 +380,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         gens = [torch.Generator("cpu").manual_seed(p["seed"]) for p in batch]
         out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
         for p, arr in zip(batch, out.images):
-            png = encode_png(to_uint8(arr))
-            path = rd.image_path(spec.name, p["id"], p["seed"])
-            write_or_explain(atomic_write_bytes, path, png)
-            st = path.stat()
-            # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
-            entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
-                     "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid()}
-            write_or_explain(append_jsonl, target.partial, entry)
-            done[p["id"]] = entry
+            done[p["id"]] = _write_image(rd, spec.name, p, arr, dt, len(batch), target)
         # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
         emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
 
