@@ -259,22 +259,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     # --- load -------------------------------------------------------------------------------------------------
     emit("phase", phase="loading")
-    # Python imports and CUDA context creation are process start-up, not model loading: keep them off the clock.
-    import importlib
-
-    import diffusers
-
-    getattr(diffusers, family.pipeline_class)  # diffusers imports a pipeline's module lazily, on first access
-
-    importlib.import_module(spec.backend.library.import_name)
-    if on_cuda:
-        torch.zeros(1, device="cuda")
-    # One-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either.
-    record["prepare"] = None
-    quantizer = quantizer_for(spec.backend)
-    if type(quantizer).prepare is not Quantizer.prepare:
-        emit("phase", phase="preparing")
-        record["prepare"] = quantizer.prepare(spec.backend, ctx)
+    record["prepare"] = _before_the_clock(torch, family, spec, ctx, on_cuda)
     if on_cuda:
         measure.cuda_reset_peak()
     t0 = time.perf_counter()
@@ -290,17 +275,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     record["load_time_s"] = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
 
-    memory: dict[str, Any] = {"device": device}
-    if on_cuda:
-        snap = measure.cuda_snapshot()
-        memory.update(after_load_allocated_gib=snap["allocated_gib"], after_load_reserved_gib=snap["reserved_gib"],
-                      load_peak_allocated_gib=snap["max_allocated_gib"], load_peak_reserved_gib=snap["max_reserved_gib"],
-                      cuda_reason=None)
-    else:
-        memory.update(after_load_allocated_gib=None, after_load_reserved_gib=None, load_peak_allocated_gib=None,
-                      load_peak_reserved_gib=None, peak_allocated_gib=None, peak_reserved_gib=None,
-                      cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
-                      cpu_rss_after_load_gib=measure.current_rss_gib())
+    memory = _memory_after_load(device)
     record["quantization"] = {**qinfo, **loading.inspect_quantization(pipe, family)}
     record["quantization"]["partial_reason"] = partial_reason(spec.backend, record["quantization"])
     record["placement"] = placement
@@ -312,6 +287,45 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
         _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target, family)
+
+
+def _before_the_clock(torch: Any, family: Any, spec: Any, ctx: BuildContext, on_cuda: bool) -> Any:
+    """What happens before the load clock starts; returns the library's one-time prepare step's record (None when it
+    has none). Python imports and CUDA context creation are process start-up, not model loading, and one-time library
+    steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either."""
+    import importlib
+
+    import diffusers
+
+    getattr(diffusers, family.pipeline_class)  # diffusers imports a pipeline's module lazily, on first access
+
+    importlib.import_module(spec.backend.library.import_name)
+    if on_cuda:
+        torch.zeros(1, device="cuda")
+    quantizer = quantizer_for(spec.backend)
+    if type(quantizer).prepare is Quantizer.prepare:
+        return None
+    emit("phase", phase="preparing")
+    return quantizer.prepare(spec.backend, ctx)
+
+
+def _memory_after_load(device: str) -> dict[str, Any]:
+    """The record's memory figures once the pipeline is loaded (CUDA allocator figures, or on a CPU why there are
+    none and the process's RSS)."""
+    from evalkit.generate.worker import measure
+
+    memory: dict[str, Any] = {"device": device}
+    if device == "cuda":
+        snap = measure.cuda_snapshot()
+        memory.update(after_load_allocated_gib=snap["allocated_gib"], after_load_reserved_gib=snap["reserved_gib"],
+                      load_peak_allocated_gib=snap["max_allocated_gib"], load_peak_reserved_gib=snap["max_reserved_gib"],
+                      cuda_reason=None)
+    else:
+        memory.update(after_load_allocated_gib=None, after_load_reserved_gib=None, load_peak_allocated_gib=None,
+                      load_peak_reserved_gib=None, peak_allocated_gib=None, peak_reserved_gib=None,
+                      cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
+                      cpu_rss_after_load_gib=measure.current_rss_gib())
+    return memory
 
 
 def _resumed(rd: RunDir, manifest: dict, backend: str, target: Target) -> dict[str, dict[str, Any]]:
