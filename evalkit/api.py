@@ -189,10 +189,11 @@ def list_backends(device: str = "auto", model: str | None = None) -> list[dict[s
     >>> rows["bf16"]["runs_here"], rows["torchao-int8wo"]["library"]
     (True, 'torchao')
     """
+    from evalkit.device import device_capability
     from evalkit.families.registry import default_family, family_of_pipeline_dir, family_of_spec, resolve_model
     from evalkit.quantizers.registry import backend_rows
 
-    dev, capability = _probe_device(device)
+    dev, capability = device_capability(device, option="device")
     family = default_family()
     if model:
         family = family_of_spec(model) or family_of_pipeline_dir(Path(resolve_model(model, build=False).path))
@@ -305,20 +306,3 @@ def _prompts_file(prompts: PathLike | Sequence[str]) -> Path:
     if not path.exists():
         atomic_write_text(path, body)
     return path
-
-
-def _probe_device(requested: str) -> tuple[str, tuple[int, int] | None]:
-    from evalkit.errors import EvalkitError
-
-    if requested not in ("auto", "cpu", "cuda"):
-        raise EvalkitError(f"device {requested!r}: choose auto, cpu or cuda")
-    if requested == "cpu":
-        return "cpu", None  # no torch import needed to list what runs on a CPU
-    import torch
-
-    if not torch.cuda.is_available():
-        if requested == "cuda":
-            raise EvalkitError("device cuda: no CUDA device is available to torch")
-        return "cpu", None
-    return "cuda", tuple(torch.cuda.get_device_capability())
-

@@ -22,7 +22,7 @@ def _read_umask() -> int:
     return mask
 
 
-_UMASK = _read_umask()
+UMASK = _read_umask()
 
 
 def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
@@ -43,7 +43,7 @@ def atomic_write_bytes(path: str | os.PathLike[str], data: bytes) -> None:
             while view:  # os.write may write less than asked (signals, some file systems)
                 view = view[os.write(fd, view):]
             # mkstemp creates 0600; a report, summary or table is the user's file and gets the umask's mode.
-            os.fchmod(fd, 0o666 & ~_UMASK)
+            os.fchmod(fd, 0o666 & ~UMASK)
             os.fsync(fd)
         finally:
             os.close(fd)

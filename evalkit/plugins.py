@@ -8,7 +8,8 @@ Two ways in (docs/plugins.md):
 A plugin module registers with `evalkit.quantizers.registry.register_library`, `evalkit.families.registry.
 register_family` or `evalkit.metrics.registry.register_metric`. The run's manifest records each plugin file with its
 SHA-256 (part of the run's identity: a changed plugin is another study), and every process of the run (backend
-workers, ranks, the score stage) loads the same files before it reads a backend, family or metric name.
+workers, ranks, the score stage) loads the same files before it reads a backend, family or metric name
+(evalkit.rundir.load_run_plugins).
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import importlib
 import importlib.util
 import sys
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Iterable
 
 from evalkit.errors import EvalkitError
 
@@ -87,13 +88,3 @@ def load_plugin_file(path: str | Path, expected_sha256: str | None = None) -> di
 
 def load_plugin_files(paths: Iterable[str | Path]) -> list[dict[str, str]]:
     return [load_plugin_file(p) for p in paths]
-
-
-def load_run_plugins(manifest: Any) -> None:
-    """Load the plugin files a run's manifest records (a worker, a rank or a later stage of that run). The run's
-    prequantized-checkpoint backends are registered beside it (quantizers.checkpoint.register_run_checkpoints)."""
-    entries = ((manifest or {}).get("config") or {}).get("plugins") or [] if isinstance(manifest, dict) else []
-    for entry in entries:
-        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
-            raise EvalkitError(f"manifest.json: config.plugins holds a malformed entry {entry!r}")
-        load_plugin_file(entry["path"], expected_sha256=entry.get("sha256"))

@@ -34,7 +34,6 @@ from evalkit.errors import EvalkitError, suggest
 DEFAULT_PROMPT_COLUMNS = ("prompt", "prompts", "text", "caption")
 DEFAULT_CATEGORY_COLUMNS = ("category",)
 TABULAR = {".csv": ",", ".tsv": "\t"}
-JSON_SUFFIXES = (".json", ".jsonl")
 
 
 @dataclass(frozen=True)

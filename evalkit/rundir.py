@@ -57,9 +57,6 @@ class RunDir:
     def generation_record(self, backend: str) -> Path:
         return self.root / "generation" / f"{safe_name(backend, 'backend')}.json"
 
-    def generation_partial(self, backend: str) -> Path:
-        return self.root / "generation" / f"{safe_name(backend, 'backend')}.partial.jsonl"
-
     def shards_dir(self, backend: str) -> Path:
         """Where each rank's files for one backend wait for the merge (docs/run-directory.md, "Shards")."""
         return self.root / "generation" / "shards" / safe_name(backend, "backend")
@@ -148,13 +145,24 @@ def open_run(path: str | os.PathLike[str]) -> tuple[RunDir, Manifest]:
         raise EvalkitError(f"{root}: not a run directory (no manifest.json); create one with `evalkit generate` or `evalkit run`")
     rd.refuse_links_out()
     manifest = read_manifest(rd.manifest)
-    from evalkit.plugins import load_run_plugins
+    load_run_plugins(manifest)  # the run's plugin and checkpoint backends, families and metrics: known to every stage
+    return rd, manifest
 
-    load_run_plugins(manifest)  # the run's plugin backends, families and metrics are known to every later stage
+
+def load_run_plugins(manifest: Any) -> None:
+    """Load the plugin files a run's manifest records (a worker, a rank or a later stage of that run), and register
+    the run's prequantized-checkpoint backends (`--backend NAME=PATH`), which are defined by the run as well."""
+    entries = ((manifest or {}).get("config") or {}).get("plugins") or [] if isinstance(manifest, dict) else []
+    from evalkit.plugins import load_plugin_file
+
+    for entry in entries:
+        if not isinstance(entry, dict) or not isinstance(entry.get("path"), str):
+            raise EvalkitError(f"manifest.json: config.plugins holds a malformed entry {entry!r}")
+        load_plugin_file(entry["path"], expected_sha256=entry.get("sha256"))
+    # Here, not in evalkit.plugins: the checkpoint backends' registry loads installed plugins through that module.
     from evalkit.quantizers.checkpoint import register_run_checkpoints
 
-    register_run_checkpoints(manifest)  # and the backends its --backend NAME=PATH checkpoints define
-    return rd, manifest
+    register_run_checkpoints(manifest)
 
 
 def display_path(path: str | os.PathLike[str]) -> str:

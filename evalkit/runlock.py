@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from evalkit.errors import EvalkitError
+from evalkit.timeutil import utc_now
 
 LOCK_NAME = ".evalkit.lock"
 MANIFEST_NAME = "manifest.json"
@@ -149,7 +150,7 @@ def acquire(run_dir: str | os.PathLike[str], stage: str, break_lock: bool = Fals
     root = Path(run_dir)
     path = root / LOCK_NAME
     me = LockHolder(pid=os.getpid(), host=socket.gethostname(), stage=stage,
-                    started_utc=time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), token=uuid.uuid4().hex,
+                    started_utc=utc_now(), token=uuid.uuid4().hex,
                     pid_start=_pid_start(os.getpid()))
     root.mkdir(parents=True, exist_ok=True)
     if break_lock and path.exists():

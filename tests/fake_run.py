@@ -46,18 +46,19 @@ def make_run(root: Path, *, prompts: tuple[str, ...] | list[str] = PROMPTS,
              quantization: dict[str, dict[str, Any]] | None = None,
              metrics: dict[str, dict[str, Any]] | None = None,
              left_out: dict[str, list[dict[str, Any]]] | None = None,
-             device: str = "cpu") -> Path:
+             device: str = "cpu", random_weights: bool = False, tokens: dict[str, Any] | None = None) -> Path:
     """A run directory with a manifest, images and a generation record per backend, optional metric records, and
     summary.json. `status` maps a backend to "failed"/"skipped" (no images); `metrics` maps a backend to its
-    metric results (the `metrics` object of metrics/<backend>.json)."""
+    metric results (the `metrics` object of metrics/<backend>.json); `tokens`: every prompt's token counts."""
     rd = RunDir(root)
     parsed = parse_prompts("\n".join(prompts) + "\n", base_seed=base_seed)
     generation = {"height": size, "width": size, "num_inference_steps": 2, "guidance_scale": 3.5,
                   "max_sequence_length": 64, "batch_size": 1, "base_seed": base_seed, "generator_device": "cpu",
                   "warmup_runs": 1, "dtype": "bfloat16"}
     manifest = build_manifest(
-        prompts=[prompt_entry(p) for p in parsed], backends=list(backends), run_id=root.name, generation=generation,
-        model={"spec": "tiny", "kind": "tiny", "path": None, "random_weights": False, "quality_meaningful": True,
+        prompts=[prompt_entry(p, tokens) for p in parsed], backends=list(backends), run_id=root.name, generation=generation,
+        model={"spec": "tiny", "kind": "tiny", "path": None, "random_weights": random_weights,
+               "quality_meaningful": not random_weights,
                "note": "fake run built by tests/fake_run.py (no model was run)"},
         device={"type": device, "name": "test", "capability": None, "cpu_count": 2},
         versions={}, created_utc="2026-11-28T00:00:00Z", command=["tests/fake_run.py"],

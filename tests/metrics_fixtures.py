@@ -10,8 +10,9 @@ from typing import Callable
 import numpy as np
 from PIL import Image, ImageFilter
 
-from evalkit.prompts import prompt_id, prompt_seed
-from evalkit.io import atomic_write_json, sha256_file
+import fake_run
+
+from evalkit.prompts import Prompt
 
 PHOTOS = ("astronaut", "chelsea", "coffee", "rocket", "immunohistochemistry", "camera")
 
@@ -55,45 +56,18 @@ GRADES: dict[str, list[Callable[[np.ndarray], np.ndarray]]] = {
 }
 
 
-def _png(path: Path, arr: np.ndarray) -> str:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(arr).save(path, format="PNG")
-    return sha256_file(path)
-
-
 def make_run(root: Path, backends: dict[str, Callable[[np.ndarray, int], np.ndarray] | None],
              n_prompts: int = 4, size: int = 96, random_weights: bool = False,
              status: dict[str, str] | None = None) -> Path:
-    """A run directory. `backends` maps name -> f(reference image, prompt index) -> image (None for bf16).
-    Reference images are crops of real photographs, one per prompt."""
-    status = status or {}
-    prompts = []
-    for i in range(n_prompts):
-        text = f"a photograph number {i} of {PHOTOS[i % len(PHOTOS)]}, highly detailed, 35mm"
-        pid, seed = prompt_id(i, text), prompt_seed(text, 0)  # evalkit's own formulas, never re-derived here
-        prompts.append({"index": i, "id": pid, "text": text, "seed": seed,
-                        "tokens": {"clip": 20, "clip_limit": 77, "clip_truncated": False}})
+    """A run directory (tests/fake_run.py builds it). `backends` maps name -> f(reference image, prompt index) ->
+    image (None for bf16). Reference images are crops of real photographs, one per prompt."""
+    texts = [f"a photograph number {i} of {PHOTOS[i % len(PHOTOS)]}, highly detailed, 35mm" for i in range(n_prompts)]
     refs = [photo(PHOTOS[i % len(PHOTOS)], size) for i in range(n_prompts)]
-    names = list(backends)
-    manifest = {
-        "schema_version": 1, "run_id": "test-run", "created_utc": "2026-11-21T00:00:00Z", "evalkit_version": "0.1.0",
-        "prompts": prompts, "backends": names, "reference_backend": "bf16",
-        "model": {"spec": "tiny", "kind": "tiny", "random_weights": random_weights,
-                  "quality_meaningful": not random_weights},
-        "generation": {"height": size, "width": size}, "device": {"type": "cpu"}, "versions": {},
-    }
-    root.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(root / "manifest.json", manifest)
-    for b, fn in backends.items():
-        st = status.get(b, "ok")
-        images = []
-        if st == "ok":
-            for i, p in enumerate(prompts):
-                arr = refs[i] if fn is None else fn(refs[i], i)
-                rel = f"images/{b}/{p['id']}_s{p['seed']}.png"
-                images.append({"prompt_id": p["id"], "seed": p["seed"], "path": rel,
-                               "sha256": _png(root / rel, arr), "latency_s": 0.01, "flags": []})
-        atomic_write_json(root / "generation" / f"{b}.json", {
-            "schema_version": 1, "backend": b, "status": st, "reason": None if st == "ok" else "test failure",
-            "images": images, "memory": {}, "latency": {}})
-    return root
+
+    def image(backend: str, prompt: Prompt) -> np.ndarray:
+        fn = backends[backend]
+        return refs[prompt.index] if fn is None else fn(refs[prompt.index], prompt.index)
+
+    return fake_run.make_run(root, prompts=texts, backends=tuple(backends), size=size, image=image, status=status,
+                             random_weights=random_weights,
+                             tokens={"clip": 20, "clip_limit": 77, "clip_truncated": False})

@@ -257,6 +257,7 @@ def test_a_toy_library_is_listed_by_evalkit_backends(toy_registered, capsys: pyt
 
 
 def test_a_toy_library_backend_runs_on_the_tiny_model(toy_registered, tmp_path: Path, tiny_model_path: Path) -> None:
+    from evalkit.generate.ranks import write_unit
     from evalkit.generate.stage import GenerateOptions, prepare_run
     from evalkit.generate.worker.run import run_worker
     from evalkit.io import read_json
@@ -267,8 +268,9 @@ def test_a_toy_library_backend_runs_on_the_tiny_model(toy_registered, tmp_path: 
                                                       out=str(tmp_path / "run"), height=32, width=32, warmup=0))
     assert [s.name for s in specs] == ["bf16", "toy-int6"]
     assert "toylib-pip" in manifest["versions"] and manifest["versions"]["toylib-pip"] is None
-    assert run_worker(str(rd.root), "toy-int6") == 0
-    rec = read_json(rd.generation_record("toy-int6"))
+    write_unit(rd, "toy-int6", "w1-r0", 0, 1, [p["id"] for p in manifest["prompts"]])
+    assert run_worker(str(rd.root), "toy-int6", "w1-r0") == 0
+    rec = read_json(rd.shard_record("toy-int6", "w1-r0"))
     assert rec["status"] == "ok" and rec["recipe"]["library"] == "toylib" and len(rec["images"]) == 1
     types = rec["quantization"]["layer_types"]["transformer"]
     assert any("ToyInt6Linear" in k for k in types), types

@@ -1,7 +1,7 @@
 """Test-only metrics, one of each kind, registered from outside evalkit: the proof that adding a metric is one
 module (the class) plus its MetricSpec, with no change to the stage (issue #12.1).
 
-    with toy_metrics.registered():   # or the `toy_registered` fixture of tests/test_met_kinds.py
+    with toy_metrics.registered():   # or the `toy_registered` fixture of tests/test_metrics_kinds.py
         score_run(run, ",".join(toy_metrics.TOY_METRICS))
 
 They are removed again on exit, so no other test sees them in `list_metrics()` or `--metrics all`."""

@@ -27,7 +27,7 @@ from evalkit.check.bootstrap import MIN_PROMPTS_FOR_SIGNIFICANCE, BootstrapResul
 from evalkit.check.inputs import RunInputs, few, load_run, number_or_none, verify_images
 from evalkit.check.measure import dig, fmt, num
 from evalkit.check.results import BackendInfo, CaseResult, Finding, Outcome, Report
-from evalkit.check.thresholds import _known_metrics
+from evalkit.check.thresholds import known_metrics
 from evalkit.errors import EvalkitError
 from evalkit.rundir import REFERENCE_BACKEND
 
@@ -252,7 +252,7 @@ def _compare_metrics(b: str, base: RunInputs, cand: RunInputs, be: dict, ce: dic
             out.append(CaseResult(b, name, Outcome.SKIPPED, ("—", "—", "", "", ""), f"{name} {why}",
                                   finding=Finding.NOT_COMPARED))
             continue
-        hib = cm.get("higher_is_better", bm.get("higher_is_better", _known_metrics().get(name)))
+        hib = cm.get("higher_is_better", bm.get("higher_is_better", known_metrics().get(name)))
         bpp = (bfull.get(name) or {}).get("per_prompt") or {}
         cpp = (cfull.get(name) or {}).get("per_prompt") or {}
         common = [i for i in cpp if i in bpp and bpp[i] is not None and cpp[i] is not None]

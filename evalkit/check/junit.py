@@ -10,13 +10,13 @@ CI job uploads says ERROR instead of keeping an earlier PASS. The file starts wi
 
 from __future__ import annotations
 
-import datetime as _dt
 import socket
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 from evalkit.check.outputs import marker_comment
 from evalkit.check.results import PARTIAL_MARK, Outcome, Report, Verdict, group_reasons
+from evalkit.timeutil import utc_now
 
 SHORT_REASON = 120  # characters of a shared reason repeated in every testcase
 
@@ -27,15 +27,11 @@ def _document(kind: str, root: ET.Element) -> bytes:
     return head.encode("utf-8") + ET.tostring(root, encoding="utf-8") + b"\n"
 
 
-def _stamp() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat().replace("+00:00", "Z")
-
-
 def _render_error(report: Report, elapsed_s: float) -> bytes:
     root = ET.Element("testsuites", {"name": f"evalkit {report.kind}", "tests": "1", "failures": "0", "errors": "1",
                                      "time": f"{elapsed_s:.3f}"})
     suite = ET.SubElement(root, "testsuite", {"name": f"evalkit.{report.kind}", "tests": "1", "failures": "0",
-                                              "errors": "1", "skipped": "0", "time": "0.000", "timestamp": _stamp(),
+                                              "errors": "1", "skipped": "0", "time": "0.000", "timestamp": utc_now(),
                                               "hostname": socket.gethostname()})
     tc = ET.SubElement(suite, "testcase", {"classname": f"evalkit.{report.kind}", "name": "inputs", "time": "0.000"})
     el = ET.SubElement(tc, "error", {"message": str(report.error), "type": "CannotJudge"})
@@ -62,7 +58,7 @@ def render_junit(report: Report, elapsed_s: float = 0.0) -> bytes:
         if len(g.backends) > 1 and len(g.message) > SHORT_REASON:
             first_of[(g.name, g.outcome, g.message)] = g.backends[0]
             count_of[(g.name, g.outcome, g.message)] = len(g.backends)
-    stamp = _stamp()
+    stamp = utc_now()
     host = socket.gethostname()
     for backend in report.backends():
         cases = [c for c in report.cases if c.backend == backend]

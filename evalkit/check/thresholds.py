@@ -28,7 +28,7 @@ from typing import Any, Literal
 
 from evalkit.errors import EvalkitError, suggest
 
-def _known_metrics() -> dict[str, bool]:
+def known_metrics() -> dict[str, bool]:
     """name -> higher_is_better, from the metric registry (a light import: no torch), so a metric added there is
     known here without a second table. The run's own metric names are added to these at load time."""
     from evalkit.metrics.registry import list_metrics
@@ -36,7 +36,7 @@ def _known_metrics() -> dict[str, bool]:
     return {m.name: m.higher_is_better for m in list_metrics()}
 
 
-KNOWN_METRICS: dict[str, bool] = _known_metrics()
+KNOWN_METRICS: dict[str, bool] = known_metrics()
 
 
 @dataclass(frozen=True)
@@ -206,7 +206,7 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
     except RecursionError:
         raise EvalkitError(f"{path}: invalid thresholds file: values nested too deeply") from None
 
-    known = _known_metrics()  # at load time: a metric registered after this module was imported counts too
+    known = known_metrics()  # at load time: a metric registered after this module was imported counts too
     metrics = set(known) | set(run_metrics)
     direction = dict(known)
     direction.update(higher_is_better or {})

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
@@ -27,6 +26,7 @@ from typing import Any, Callable, Mapping
 
 from evalkit.errors import EvalkitError
 from evalkit.io import file_lock
+from evalkit.timeutil import utc_now
 
 # Roles a component plays. A backend says which roles it quantizes; a family says which component has which role.
 DENOISER = "denoiser"
@@ -221,7 +221,7 @@ def build_cached(target: Path, builder: Callable[[Path], None]) -> Path:
         tmp = target.parent / f".{target.name}.tmp-{os.getpid()}"
         shutil.rmtree(tmp, ignore_errors=True)
         builder(tmp)
-        (tmp / ".evalkit-complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        (tmp / ".evalkit-complete").write_text(utc_now())
         shutil.rmtree(target, ignore_errors=True)
         os.replace(tmp, target)
     return target

@@ -104,8 +104,8 @@ TINY = Frozen({"transformer": dict(TINY_TRANSFORMER, guidance_embeds=True), "tex
 # found for either large component: the card's "32 billion parameter" transformer and the "24B" of
 # Mistral-Small-3.2-24B are rounded names (the transformer's 32.22B is +0.7% from 32B). Both are kept in
 # ROUNDED_PARAMS and checked within their rounding. BFL's own reference class, Flux2(Flux2Params()), instantiated on
-# the meta device has exactly the 32,223,281,152 parameters the diffusers config builds (the research notes of
-# 2026-12-05 ran it), so the config is BFL's architecture. The VAE: FLUX.2-klein-4B's
+# the meta device has exactly the 32,223,281,152 parameters the diffusers config builds (the research notes
+# ran it), so the config is BFL's architecture. The VAE: FLUX.2-klein-4B's
 # vae/diffusion_pytorch_model.safetensors (the same VAE), 168,000,000 bytes bf16 in the Hub's listing (3 s.f.).
 VAE_PARAMS = Frozen({"vae": 168_000_000 // 2})
 # component -> (rounded published count, relative half-width of its rounding, source)

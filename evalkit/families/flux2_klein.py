@@ -67,7 +67,7 @@ TINY = Frozen({"transformer": dict(flux2.TINY_TRANSFORMER, guidance_embeds=False
 #   the Hub's listing (to the kB; the same weights as the repo's flux-2-klein-4b.safetensors).
 # - transformer (9B): no figure precise enough was found; "a 9B flow model" (BFL) is 0.9% from the 9.08B the config
 #   builds, checked within its rounding (ROUNDED_PARAMS). BFL's reference Flux2 class with klein-9B's shapes, less
-#   its guidance embedder, has exactly the parameter count the diffusers config builds (research notes, 2026-12-05).
+#   its guidance embedder, has exactly the parameter count the diffusers config builds (the research notes ran it).
 # - vae: FLUX.2's, as in flux2.VAE_PARAMS.
 PARAMS_4B = Frozen({"transformer": 7_751_106_000 // 2, "text_encoder": 8_044_936_192 // 2, **flux2.VAE_PARAMS})
 PARAMS_9B = Frozen({"text_encoder": 16_381_470_720 // 2, **flux2.VAE_PARAMS})

@@ -133,13 +133,7 @@ def _probe_device(requested: str, capability: str | None = None) -> tuple[str, t
         if requested == "cpu" or not (major.isdigit() and minor.isdigit()):
             raise EvalkitError(f"--capability {capability!r}: expected MAJOR.MINOR of a CUDA GPU, e.g. 9.0")
         return "cuda", (int(major), int(minor))
-    import torch
+    from evalkit.device import device_capability
 
-    if requested == "cpu" or (requested == "auto" and not torch.cuda.is_available()):
-        return "cpu", None
-    if not torch.cuda.is_available():
-        from evalkit.errors import EvalkitError
-
-        raise EvalkitError("--device cuda: no CUDA device is available to torch (judge a GPU that is not here with "
-                           "--capability, e.g. --capability 9.0 for an H200)")
-    return "cuda", tuple(torch.cuda.get_device_capability())
+    return device_capability(requested, hint="; judge a GPU that is not here with --capability, e.g. --capability "
+                                             "9.0 for an H200")

@@ -2,8 +2,7 @@
 
 Each rank writes only its own files (generation/shards/<backend>/<tag>.{unit.json,partial.jsonl,json}, tag =
 `w<world size>-r<rank>`). The merge reads, per backend: the existing merged record (if status ok), every shard's
-final record (or its partial list when it has none: a rank that died), and a legacy
-generation/<backend>.partial.jsonl. Every entry is verified (evalkit.integrity) and must carry the prompt's seed;
+final record (or its partial list when it has none: a rank that died). Every entry is verified (evalkit.integrity) and must carry the prompt's seed;
 what fails is dropped, so the planner regenerates it. Then:
 
 - two shard files whose valid entries claim one prompt: a duplicate, refused with both files named;
@@ -20,7 +19,6 @@ from __future__ import annotations
 
 import re
 import socket
-import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +28,7 @@ from evalkit.io import atomic_write_json, read_json, read_jsonl
 from evalkit.record_types import MERGE_SCHEMA
 from evalkit.records import checked_merge
 from evalkit.rundir import SCHEMA_VERSION, RunDir
+from evalkit.timeutil import utc_now
 
 _TAG = re.compile(r"^w(\d+)-r(\d+)$")
 SHARD_SUFFIXES = (".unit.json", ".partial.jsonl", ".json")
@@ -133,7 +132,7 @@ def _verified(rd: RunDir, backend: str, entries: list[dict[str, Any]], seeds: di
 
 def collect(rd: RunDir, manifest: dict[str, Any], backend: str) -> Collected:
     """Every valid entry for `backend`: shard entries first (the planner gave them only prompts that had none),
-    then the legacy partial list, then the previous merged record."""
+    then the previous merged record."""
     seeds = {p["id"]: p["seed"] for p in manifest["prompts"]}
     out = Collected(backend, shards=read_shards(rd, backend))
     owner: dict[str, str] = {}
@@ -149,10 +148,6 @@ def collect(rd: RunDir, manifest: dict[str, Any], backend: str) -> Collected:
                 continue
             owner[pid] = tag
             out.valid[pid] = (e, src)
-    legacy, dropped = _verified(rd, backend, read_jsonl(rd.generation_partial(backend)), seeds, manifest)
-    out.dropped += dropped
-    for e in legacy:
-        out.valid.setdefault(e["prompt_id"], (e, "legacy"))
     path = rd.generation_record(backend)
     if path.is_file():
         try:
@@ -235,8 +230,6 @@ def _quantized_counts_note(records: list[dict[str, Any]]) -> str | None:
 
 
 def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> dict[str, Any]:
-    from evalkit.generate.worker.measure import latency_stats
-
     images = [col.valid[p["id"]][0] for p in manifest["prompts"]]
     used = {src.split(".")[0] for _, src in col.valid.values()}
     shard_recs = [sh.record for tag, sh in col.shards.items()
@@ -261,12 +254,12 @@ def _merged_record(backend: str, manifest: dict[str, Any], col: Collected) -> di
         "latency": _merged_latency(lat_samples, warmup, ranks),
         "load_time_s": _max([r.get("load_time_s") for r in ranks]),
         "compile_time_s": _max([r.get("compile_time_s") for r in ranks]),
-        # images not made by this attempt: kept from the earlier merged record or legacy list, or carried forward
-        "resumed_images": sum(1 for _, src in col.valid.values() if src in ("merged", "legacy"))
+        # images not made by this attempt: kept from the earlier merged record, or carried forward
+        "resumed_images": sum(1 for _, src in col.valid.values() if src == "merged")
         + sum(int(r.get("resumed_images") or 0) for r in shard_recs),
         "images": images,
         "started_utc": min((r["started_utc"] for r in ranks if r.get("started_utc")), default=None),
-        "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "finished_utc": utc_now(),
         "pid": base.get("pid"),
         "ranks": ranks,
     }
@@ -289,7 +282,7 @@ def _failed_record(backend: str, col: Collected, failed: list[tuple[str, str]]) 
     return {"schema_version": SCHEMA_VERSION, "backend": backend, "status": "failed", "reason": "; ".join(lines),
             "error": (first or {}).get("error"), "recipe": (first or {}).get("recipe"), "images": [],
             "memory": None, "latency": None, "load_time_s": None, "compile_time_s": None,
-            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "finished_utc": utc_now(),
             "ranks": [_rank_entry(sh.record, 0) for sh in col.shards.values() if sh.record is not None]}
 
 
@@ -340,7 +333,7 @@ def merge_backend(rd: RunDir, manifest: dict[str, Any], backend: str,
     for p in manifest["prompts"]:
         entry, src = col.valid[p["id"]]
         tag = src.split(".")[0]
-        if src in ("merged", "legacy"):
+        if src == "merged":
             old = prev_units.get(p["id"])
             unit = dict(old) if old and old.get("sha256") == entry["sha256"] else {
                 "prompt_id": p["id"], "tag": None, "rank": None, "world_size": None}
@@ -361,7 +354,6 @@ def remove_shards(rd: RunDir, backend: str) -> None:
             leftover.rmdir()
         except OSError:
             pass  # not empty (another backend's shards, or a file that is not ours): leave it
-    rd.generation_partial(backend).unlink(missing_ok=True)
 
 
 def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
@@ -379,8 +371,7 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
                 rec = read_json(rec_path)
             except EvalkitError:
                 rec = None
-        shards_or_partial = has_shards(rd, name) or rd.generation_partial(name).is_file()
-        if not shards_or_partial and rec is not None and rec.get("status") in ("skipped", "failed"):
+        if not has_shards(rd, name) and rec is not None and rec.get("status") in ("skipped", "failed"):
             if rec.get("status") == "failed":
                 result.backends[name] = BackendMerge(name, "failed", message=f"{name}: failed: {rec.get('reason')}")
             continue  # skipped: the direct record stands, nothing to merge
@@ -395,9 +386,8 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
         if bm.status == "duplicate":
             continue  # nothing changed for it: keep what merge.json said before
         old_backends[name] = {"status": bm.status, "missing": bm.missing, "units": bm.units}
-    atomic_write_json(rd.merge_manifest, checked_merge({"schema": MERGE_SCHEMA,
-                                          "updated_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                          "host": socket.gethostname(), "backends": old_backends}))
+    atomic_write_json(rd.merge_manifest, checked_merge({"schema": MERGE_SCHEMA, "updated_utc": utc_now(),
+                                                        "host": socket.gethostname(), "backends": old_backends}))
     for name, bm in result.backends.items():
         if bm.status == "complete":
             remove_shards(rd, name)

@@ -19,8 +19,8 @@ LARGE_STUDY_IMAGES = 2000
 
 # Rough seconds per image for the bf16 reference at each model kind's reference settings, used only when the run has
 # timed nothing yet. Scaled by steps and pixels; quantized backends are often slower than bf16, so it is a floor.
-# tiny: 0.034 s at 64x64, 4 steps on a 2-core CPU (docs: environment.md, 2026-11-21). Full size: an assumption
-# (about 12 s for FLUX.1-dev at 1024x1024, 50 steps, on an H100-class GPU), stated as such wherever it is printed.
+# tiny: measured (benchmarks/results/tiny-run-2026-11-21.md). Full size: an assumption, stated as such wherever it
+# is printed.
 ROUGH_SECONDS: dict[tuple[str, str], tuple[float, int, int, str]] = {
     ("tiny", "cpu"): (0.034, 4, 64 * 64, "tiny Flux, 64x64, 4 steps on a 2-core CPU, measured"),
     ("tiny", "cuda"): (0.034, 4, 64 * 64, "tiny Flux, 64x64, 4 steps on a 2-core CPU, measured"),
@@ -37,7 +37,7 @@ class WorkPlan:
     # Finished backends with images that can no longer be trusted: name -> (record, prompt id -> why)
     repairs: dict[str, tuple[dict[str, Any], dict[str, str]]] = field(default_factory=dict)
     prompts: int = 0
-    # Backend -> its prompt ids with no valid image yet (merged record, shards and legacy partial list counted), in
+    # Backend -> its prompt ids with no valid image yet (merged record and shards counted), in
     # manifest order: what the schedule splits into units.
     missing: dict[str, list[str]] = field(default_factory=dict)
 
@@ -73,12 +73,6 @@ def finished_record(rd: RunDir, backend: str) -> dict[str, Any] | None:
     except EvalkitError:
         return None
     return rec if rec.get("status") == "ok" else None
-
-
-def record_is_complete(rd: RunDir, backend: str, manifest: dict[str, Any]) -> bool:
-    """A finished backend: status ok, every prompt's image present, unchanged since it was recorded."""
-    rec = finished_record(rd, backend)
-    return rec is not None and not image_problems(rd, backend, rec, manifest)
 
 
 def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], requested: tuple[str, ...] | None,
@@ -149,9 +143,7 @@ def measured_latencies(rd: RunDir, manifest: dict[str, Any]) -> list[float]:
 
     out: list[float] = []
     for name in manifest.get("backends", []):
-        files = [rd.generation_partial(name)]
-        if rd.shards_dir(name).is_dir():
-            files += sorted(rd.shards_dir(name).glob("*.partial.jsonl"))
+        files = sorted(rd.shards_dir(name).glob("*.partial.jsonl")) if rd.shards_dir(name).is_dir() else []
         for path in files:
             for e in read_jsonl(path):
                 lat = e.get("latency_s") if isinstance(e, dict) else None

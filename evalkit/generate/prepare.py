@@ -65,14 +65,12 @@ def package_versions() -> dict[str, str | None]:
 
 
 def detect_device(requested: str) -> tuple[str, dict[str, Any]]:
+    """The run's device (evalkit.device.choose_device) and what the manifest records about it."""
     import torch
 
-    if requested not in ("auto", "cpu", "cuda"):
-        raise EvalkitError(f"--device {requested!r}: expected auto, cpu or cuda")
-    if requested == "cuda" and not torch.cuda.is_available():
-        raise EvalkitError("--device cuda: no CUDA device is available to torch "
-                           f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'})")
-    device = "cuda" if requested == "cuda" or (requested == "auto" and torch.cuda.is_available()) else "cpu"
+    from evalkit.device import choose_device
+
+    device = choose_device(requested)
     info: dict[str, Any] = {"type": device, "platform": platform.platform(), "cpu_count": os.cpu_count(),
                             "python": platform.python_version(), "torch": torch.__version__}
     if device == "cuda":

@@ -1,6 +1,6 @@
 """What a rank shows while its units run: rich bars on a terminal, plain lines off one (cluster logs, CI).
 
-Off a terminal rich prints nothing until the end (environment.md, 2026-11-28), so each rank prints plain lines
+Off a terminal rich prints nothing until the end, so each rank prints plain lines (evalkit.plainlines)
 instead: phase lines (loading, loaded in X s, warm-up, done/failed with the reason) and a line per finished image,
 at most one every PLAIN_EVERY_S per rank plus always a unit's last:
 
@@ -20,13 +20,13 @@ study-wide line at most every STUDY_EVERY_S, counted from every rank's shard fil
 from __future__ import annotations
 
 import statistics
-import sys
 import threading
 import time
 from typing import Any, Callable, TextIO
 
 from evalkit.dist import World
 from evalkit.io import read_json, read_jsonl
+from evalkit.plainlines import PlainLines
 from evalkit.rundir import RunDir
 
 PLAIN_EVERY_S = 10.0
@@ -138,16 +138,13 @@ class PlainUnitProgress:
                  study: RankStudy | None = None) -> None:
         self.prefix = f"[rank {world.rank}/{world.world_size} {world.tag()}] {backend}"
         self.total = total
-        self.stream = stream or sys.stderr
-        self.every_s = PLAIN_EVERY_S if every_s is None else every_s
-        self.clock = clock
+        self.out = PlainLines(PLAIN_EVERY_S if every_s is None else every_s, stream, clock)
         self.study = study
-        self.last_line = -float("inf")
         self.first: tuple[float, int] | None = None  # (time, done) when generation started: the rate's origin
 
     def line(self, text: str) -> None:
         tail = f" | {self.study.summary()}" if self.study is not None else ""
-        print(f"{self.prefix} {text}{tail}", file=self.stream, flush=True)
+        self.out.write(f"{self.prefix} {text}{tail}")
 
     def on_event(self, ev: dict[str, Any]) -> None:
         kind = ev.get("event")
@@ -159,14 +156,13 @@ class PlainUnitProgress:
                 self.line(phase.replace("warmup", "warm-up"))
         elif kind == "progress":
             done, total = int(ev.get("done", 0)), int(ev.get("total", self.total) or self.total)
-            now = self.clock()
+            now = self.out.clock()
             if self.first is None:
                 self.first = (now, done)
                 return  # the count an attempt resumes from, not a finished image
             last = done >= total
-            if not last and now - self.last_line < self.every_s:
+            if not self.out.due(last):
                 return
-            self.last_line = now
             made, spent = done - self.first[1], now - self.first[0]
             rate = made / spent if spent > 0 and made > 0 else None
             eta = (total - done) / rate if rate else None
@@ -185,8 +181,7 @@ class StudyProgress:
         self.rd = rd
         self.units = units  # (backend, tag, prompt ids)
         self.total = sum(len(ids) for _, _, ids in units)
-        self.stream = stream or sys.stderr
-        self.every_s = every_s
+        self.out = PlainLines(every_s, stream)
         self.stop_event = threading.Event()
         self.started = time.monotonic()
         self.thread = threading.Thread(target=self._loop, daemon=True)
@@ -214,9 +209,9 @@ class StudyProgress:
                 f"{'%.2f img/s' % rate if rate else '? img/s'} {_eta(eta)}")
 
     def _loop(self) -> None:
-        while not self.stop_event.wait(self.every_s):
+        while not self.stop_event.wait(self.out.every_s):
             try:
-                print(self.line(), file=self.stream, flush=True)
+                self.out.write(self.line())
             except Exception:  # noqa: BLE001 - progress must never stop the work
                 pass
 

@@ -256,6 +256,16 @@ def merge_and_summarize(rd: RunDir, console: Any) -> list[str]:
     return result.problems  # the caller says them, once, as plain lines (rich would wrap the file names)
 
 
+def write_unit(rd: RunDir, backend: str, tag: str, rank: int, world_size: int, prompt_ids: Any,
+               threads: int | None = None) -> None:
+    """The unit file of `tag` for `backend`: the prompts its worker is to make (docs/run-directory.md "Shards")."""
+    rd.shards_dir(backend).mkdir(parents=True, exist_ok=True)
+    atomic_write_json(rd.shard_unit(backend, tag), checked_unit({
+        "schema": UNIT_SCHEMA, "backend": backend, "tag": tag, "rank": rank, "world_size": world_size,
+        "host": socket.gethostname(), "pid": os.getpid(), "prompt_ids": list(prompt_ids), "threads": threads,
+        "created_utc": utc_now()}))
+
+
 def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], units: list[Any], console: Any) -> None:
     from evalkit.quantizers.registry import parse_backend
     from evalkit.generate.spawn import run_worker_process
@@ -288,11 +298,7 @@ def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], unit
             shard = {"tag": tag, "rank": w.rank, "world_size": w.world_size, "host": socket.gethostname(),
                      "gpu": env.get("CUDA_VISIBLE_DEVICES"), "prompt_ids": list(unit.prompt_ids)}
             try:
-                rd.shards_dir(unit.backend).mkdir(parents=True, exist_ok=True)
-                atomic_write_json(rd.shard_unit(unit.backend, tag), checked_unit({
-                    "schema": UNIT_SCHEMA, "backend": unit.backend, "tag": tag, "rank": w.rank,
-                    "world_size": w.world_size, "host": shard["host"], "pid": os.getpid(),
-                    "prompt_ids": list(unit.prompt_ids), "threads": threads, "created_utc": utc_now()}))
+                write_unit(rd, unit.backend, tag, w.rank, w.world_size, unit.prompt_ids, threads)
                 study.start_unit(index)
                 sink = _event_sink(bars, tasks.get(unit.backend), w, unit, study)
                 seen: list[str] = []

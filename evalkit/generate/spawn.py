@@ -17,6 +17,7 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from evalkit.device import nvidia_gpu_present
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.registry import BackendSpec
 from evalkit.io import atomic_write_json, read_json
@@ -26,7 +27,8 @@ from evalkit.timeutil import utc_now
 
 def write_unrun_record(rd: RunDir, spec: BackendSpec, status: str, reason: str, tag: str | None = None,
                        shard: dict[str, Any] | None = None) -> None:
-    """The record of a backend (or, with `tag`, of one rank's unit) that did not run or whose worker died."""
+    """The record of a backend that does not run (skipped, known failure: generation/<backend>.json) or, with `tag`,
+    of one rank's unit whose worker died."""
     path = rd.shard_record(spec.name, tag) if tag else rd.generation_record(spec.name)
     try:
         _write_unrun(path, rd, spec, status, reason, shard)
@@ -161,11 +163,6 @@ def forkserver_pid() -> int | None:
     return getattr(forkserver._forkserver, "_forkserver_pid", None)
 
 
-def nvidia_gpu_present() -> bool:
-    """Whether this machine has an NVIDIA GPU, judged from the driver's device nodes (no CUDA call, no torch)."""
-    return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
-
-
 # Set once a forked worker reports that its forkserver had initialized CUDA: the rest of the run uses subprocesses.
 _FORK_POISONED = False
 
@@ -181,13 +178,12 @@ def worker_mode() -> str:
     return mode
 
 
-def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str | None = None) -> int:
+def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str) -> int:
     global _FORK_POISONED
     log_path = rd.log(spec.name)
     if worker_mode() == "subprocess":
         with open(log_path, "ab") as log:
-            proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name,
-                                     *([tag] if tag else [])],
+            proc = subprocess.Popen([sys.executable, "-m", "evalkit.generate.worker", str(rd.root), spec.name, tag],
                                     stdout=subprocess.PIPE, stderr=log, env=env, text=True)
             assert proc.stdout is not None
             for line in proc.stdout:
@@ -229,20 +225,15 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, ta
     return rc
 
 
-def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str | None = None,
+def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str,
                        shard: dict[str, Any] | None = None) -> None:
-    """Run one worker (for the whole backend, or with `tag` for one rank's unit) and make sure a record exists
-    afterwards: a worker that died without writing its own gets a failed one naming the signal or exit code."""
+    """Run one worker for one rank's unit (`tag`) and make sure a record exists afterwards: a worker that died
+    without writing its own gets a failed one naming the signal or exit code."""
     rd.log(spec.name).parent.mkdir(parents=True, exist_ok=True)
-    rec_path = rd.shard_record(spec.name, tag) if tag else rd.generation_record(spec.name)
-    if tag:
-        fold_previous_shard(rd, spec.name, tag)
-    else:
-        # A stale record from an earlier attempt must not stand in for this attempt's outcome.
-        rec_path.unlink(missing_ok=True)
+    rec_path = rd.shard_record(spec.name, tag)
+    fold_previous_shard(rd, spec.name, tag)
     with open(rd.log(spec.name), "ab") as log:
-        log.write(f"\n=== {utc_now()} worker for {spec.name}"
-                  f"{' unit ' + tag if tag else ''} ===\n".encode())
+        log.write(f"\n=== {utc_now()} worker for {spec.name} unit {tag} ===\n".encode())
         start = log.tell()  # what this worker writes comes after its header
     pending = forkserver_log()
     pending_start = _size(pending)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.version import __version__
+from evalkit.device import device_without_torch
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions, run_id_prefix
 from evalkit.io import read_json, sha256_file
@@ -26,15 +27,6 @@ EXECUTION_ONLY = ("command", "jobs", "gpus", "schedule")
 def _normal(obj: Any) -> Any:
     """What `obj` reads back as from a JSON file (tuples become lists), so it compares with a stored value."""
     return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
-def _device_without_torch(requested: str) -> str | None:
-    """The device `detect_device` would choose, where that is certain without importing torch; None otherwise."""
-    from evalkit.generate.spawn import nvidia_gpu_present
-
-    if requested == "cpu" or (requested == "auto" and not nvidia_gpu_present()):
-        return "cpu"
-    return None  # CUDA: whether torch can use it takes torch to say
 
 
 def run_dir_candidates(opts: GenerateOptions) -> list[Path]:
@@ -60,7 +52,7 @@ def unchanged_run(opts: GenerateOptions) -> Path | None:
     """The run directory this command would reopen, when every backend it asks for is already generated (or
     recorded as skipped for the same reason) and no image changed since; None when there is work, or doubt."""
     try:
-        device = _device_without_torch(opts.device)
+        device = device_without_torch(opts.device)
         if device is None:
             return None
         prompts_sha = sha256_file(opts.prompts_file)
@@ -112,7 +104,7 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     names = list(manifest.get("backends", []))
     from evalkit.generate.merge import has_shards
 
-    if any(has_shards(rd, n) or rd.generation_partial(n).exists() for n in names):
+    if any(has_shards(rd, n) for n in names):
         return False  # shard files await a merge (a rank died, or the merge was interrupted)
     if any(s.name not in names for s in parse_backend_list(opts.backends, opts.include_reference)):
         return False

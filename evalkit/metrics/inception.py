@@ -161,7 +161,8 @@ class InceptionFeatureExtractor:
 
 # One extraction at a time changes the process's intra-op thread count (and puts it back).
 _ONE_INTRA_OP_THREAD = threading.Lock()
-# In the features' cache key: CPU features are computed image by image since 2026-12-05 (other bits than batched).
+# In the features' cache key: CPU features are computed image by image, which gives other bits than the batched
+# extraction of earlier evalkits, so features those cached are not reused.
 EXTRACTION_ID = "cpu-per-image-1-thread"
 
 

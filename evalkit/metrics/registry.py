@@ -27,7 +27,7 @@ Kind = Literal["paired", "prompt", "set"]
 KINDS: tuple[str, ...] = ("paired", "prompt", "set")
 
 # Bump when a metric's numbers change for the same images and options: it is part of every cache key.
-METRICS_VERSION = "2"  # 2: KID subsets strictly below n (2026-11-28)
+METRICS_VERSION = "2"  # 2: KID subsets strictly below n
 
 
 class MetricUnavailable(EvalkitError):

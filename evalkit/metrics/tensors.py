@@ -39,8 +39,8 @@ def to_device_uint8(batch: "np.ndarray | Iterable[np.ndarray] | object", device:
         if a.shape != shape:
             raise ValueError(f"images in one batch must share a shape: #0 is {shape}, #{i} is {a.shape}")
     host = torch.empty((len(arrays), *shape), dtype=torch.uint8, pin_memory=cuda)
-    # torch's copy_ uses all intra-op threads (numpy's copy is single-threaded: 170 instead of 200 pairs/s on the
-    # H100 at batch 32). torch.from_numpy refuses nothing but warns on read-only arrays (PIL's): numpy copies those.
+    # torch's copy_ uses all intra-op threads, numpy's copy one (what that is worth on a GPU host:
+    # benchmarks/results/metrics-gpu-2026-11-21.md). torch.from_numpy refuses nothing but warns on read-only arrays (PIL's): numpy copies those.
     if isinstance(batch, np.ndarray) and batch.flags.writeable:
         host.copy_(torch.from_numpy(np.ascontiguousarray(batch)))
     else:

@@ -38,8 +38,9 @@ class Library:
     colour: str  # report colour of its backends
     # Quantizes each layer on the GPU as the pipeline loads when loaded with device_map="cuda" (no offload).
     quantize_on_gpu: bool = False
-    # Its import leaves CUDA uninitialized, so a forkserver may preload it on a GPU machine. (Probed on an H100:
-    # optimum-quanto asks every GPU for its capability at import, which poisons forked children.)
+    # Its import leaves CUDA uninitialized, so a forkserver may preload it on a GPU machine. (Not every library's
+    # does: optimum-quanto asks every GPU for its capability at import, which poisons forked children;
+    # benchmarks/results/gpu-2026-11-21.md.)
     preload_on_gpu_machine: bool = False
     # Extra modules a forkserver preloads on a machine without a GPU, to save each worker the import.
     preload_modules: tuple[str, ...] = ()

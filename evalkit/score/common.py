@@ -3,6 +3,7 @@ instances of a run, created once on first need from the registry. Nothing here n
 
 from __future__ import annotations
 
+import hashlib
 import os
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
@@ -68,6 +69,16 @@ class Options:
                 "fid_method": self.fid_method}
 
 
+def text_sha(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def prompt_table(opts: Options, name: str) -> str:
+    """Cache table of a prompt metric's per-image values: named by the metric's result key (model + weights)."""
+    cls = reg.factory_class(name)
+    return f"prompt-{name}-{reg.call_with(cls.result_key, opts.factory_options('prompt'))}"
+
+
 def resolve_device(device: str | None) -> str:
     import torch
 
@@ -121,15 +132,11 @@ class PlainProgress:
     `every_s` seconds (and one when the last image is done)."""
 
     def __init__(self, every_s: float = 10.0, stream: Any = None, clock: Any = None) -> None:
-        import sys
-        import time
+        from evalkit.plainlines import PlainLines
 
-        self.every_s = every_s
-        self.stream = stream if stream is not None else sys.stderr
-        self.clock = clock or time.monotonic
+        self.out = PlainLines(every_s, stream, clock)
         self.tasks: list[list[Any]] = []  # [description, done, total]
         self.start: float | None = None
-        self.last: float | None = None
 
     def __enter__(self) -> "PlainProgress":
         return self
@@ -139,17 +146,16 @@ class PlainProgress:
 
     def add_task(self, description: str, total: int) -> int:
         if self.start is None:
-            self.start = self.last = self.clock()
+            self.start = self.out.last = self.out.clock()
         self.tasks.append([description, 0, int(total)])
         return len(self.tasks) - 1
 
     def advance(self, task: int, n: int) -> None:
         self.tasks[task][1] += n
         done, total = sum(t[1] for t in self.tasks), sum(t[2] for t in self.tasks)
-        now = self.clock()
-        if done < total and self.last is not None and now - self.last < self.every_s:
+        if not self.out.due(last=done >= total):
             return
-        self.last = now
+        now = self.out.last
         import evalkit.dist as dist
 
         elapsed = max(now - (now if self.start is None else self.start), 1e-9)
@@ -158,9 +164,8 @@ class PlainProgress:
         w = dist.world()
         who = f" (rank {w.rank} of {w.world_size})" if w.distributed else ""
         desc, tdone, ttotal = self.tasks[task]
-        self.stream.write(f"score: {desc} {tdone}/{ttotal}, all backends {done}/{total} images, {rate:.1f} images/s"
-                          f"{eta}{who}\n")  # one write: ranks share a log
-        self.stream.flush()
+        self.out.write(f"score: {desc} {tdone}/{ttotal}, all backends {done}/{total} images, {rate:.1f} images/s"
+                       f"{eta}{who}")
 
 
 def skipped(reason: str) -> dict[str, Any]:

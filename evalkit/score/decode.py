@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 
 MAX_PIXELS = 8192 * 8192
-ALPHA_RULE = "fully opaque alpha dropped; transparency composited onto white"
 _PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 

@@ -21,11 +21,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import sys
 from typing import TYPE_CHECKING, Any, Callable, Sequence, TypeVar
 
 import evalkit.dist as dist
 from evalkit.errors import EvalkitError
+from evalkit.plainlines import PlainLines
 
 if TYPE_CHECKING:
     from evalkit.score.cache import ScoreCache
@@ -217,11 +217,11 @@ class PeerWatch:
             raise PeerFailed(line.decode() if isinstance(line, bytes) else str(line))
 
 
-def compute_share(state: "State", backends: Sequence[str]) -> dict[str, int]:
+def compute_share(state: "State", backends: Sequence[str], plan_work: Callable[..., list["Plan"]],
+                  run_work: Callable[..., None]) -> dict[str, int]:
     """Plan every backend (every rank the same), agree on the plans, compute this rank's chunks. Returns counts
-    of what this rank did (chunks, images) and of the whole plan."""
-    from evalkit.score.stage import plan_work, run_work
-
+    of what this rank did (chunks, images) and of the whole plan. The stage passes its planner and its runner
+    (evalkit.score.stage plan_work, run_work): this module only shares their work out."""
     w = dist.world()
     if not w.distributed:
         plans = plan_work(state, backends)
@@ -265,11 +265,9 @@ def say_share(done: dict[str, int]) -> None:
     """One stderr line per rank saying what it scored (a world of one says nothing, as before)."""
     w = dist.world()
     if w.distributed:
-        # One write per line: the ranks share torchrun's stderr, and print's separate newline would interleave.
-        sys.stderr.write(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of "
-                         f"{done['chunks_total']} chunks ({done.get('images', 0)} images)"
-                         + ("; rank 0 writes the results" if w.is_main else "") + "\n")
-        sys.stderr.flush()
+        PlainLines(0).write(f"score: rank {w.rank} of {w.world_size} computed {done['chunks']} of "
+                            f"{done['chunks_total']} chunks ({done.get('images', 0)} images)"
+                            + ("; rank 0 writes the results" if w.is_main else ""))
 
 
 def launch(argv: Sequence[str], gpus: str | None, jobs: int | None) -> int | None:

@@ -90,8 +90,8 @@ def _fast_png(data: bytes) -> np.ndarray | None:
 
 
 # Decoded arrays at least this big come back from a worker through shared memory, not through the pool's pipe.
-# Pickling a 1024² RGB array (3 MB) through the pipe cost the main process 5.9 ms of CPU per image on the CPU
-# machine here; with 16 workers that, not the decoding, capped the pool (the H100 host: ~240 images/s).
+# Pickling a large array through the pipe costs the main process CPU per image, which, not the decoding, capped a
+# pool of many workers (benchmarks/results/metrics-cpu-2026-11-21.md, "Shared memory").
 SHM_MIN_BYTES = 1 << 16
 
 

@@ -26,7 +26,6 @@ Choices (docs/metrics.md says the same):
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
@@ -39,8 +38,8 @@ from evalkit.errors import EvalkitError
 from evalkit.metrics import registry as reg
 from evalkit.score.cache import ScoreCache
 from evalkit.score.common import (Item, Options, expand_metric_names, feature_key, get_extractor, get_metric,
-                                    hash_files, progress_bar, ref_cache_budget, resolve_device, set_extractors,
-                                    unavailable)
+                                    hash_files, progress_bar, prompt_table, ref_cache_budget, resolve_device,
+                                    set_extractors, text_sha, unavailable)
 from evalkit.metrics.tensors import Uploads
 from evalkit.score.images import Decoder, list_images, match_reference
 from evalkit.score.stats import DEFAULT_RESAMPLES
@@ -128,7 +127,7 @@ def _score_run(rd: RunDir, opts: Options, verify: bool) -> dict[str, Any]:
     state = State(cache=cache, opts=opts, device=dev, ref=ref, items=run.items)
     with Decoder(dsc.rank_workers(workers)) as decoder, progress_bar(progress) as bar:
         state.decoder, state.bar = decoder, bar
-        dsc.say_share(dsc.compute_share(state, ok))
+        dsc.say_share(dsc.compute_share(state, ok, plan_work, run_work))
         dsc.merge_into_main(cache)
 
         def summarise_and_write() -> dict[str, Any]:
@@ -194,16 +193,6 @@ def find_broken(state: State, rd: RunDir | None, backends: Sequence[str],
 
     for b in backends:
         state.broken[b] = broken_for_backend(state, b, gens.get(b), gens.get(state.ref), file_of, backend_level)
-
-
-def text_sha(text: str) -> str:
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
-
-
-def prompt_table(opts: Options, name: str) -> str:
-    """Cache table of a prompt metric's per-image values: named by the metric's result key (model + weights)."""
-    cls = reg.factory_class(name)
-    return f"prompt-{name}-{reg.call_with(cls.result_key, opts.factory_options('prompt'))}"
 
 
 def _needs(state: State, b: str) -> tuple[dict[str, list[int]], dict[str, list[int]], dict[str, list[int]]]:

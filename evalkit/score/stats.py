@@ -8,7 +8,6 @@ values gives the same interval. With n < 2 there is no spread to resample: the i
 
 from __future__ import annotations
 
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -54,7 +53,3 @@ def summarize(values: Sequence[float] | np.ndarray, n_resamples: int = DEFAULT_R
     if lo is None:
         out["ci_reason"] = "fewer than 2 values: no interval"
     return out
-
-
-def finite_or_none(v: float | None) -> float | None:
-    return None if v is None or not math.isfinite(v) else float(v)

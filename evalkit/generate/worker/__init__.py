@@ -1,6 +1,6 @@
 """The generate worker: one process per (backend, work unit) that loads the pipeline, measures it and makes images.
 
-`python -m evalkit.generate.worker RUN_DIR BACKEND [TAG]` (subprocess mode) or `run.forked_main` (forkserver mode).
+`python -m evalkit.generate.worker RUN_DIR BACKEND TAG` (subprocess mode) or `run.forked_main` (forkserver mode).
 - run.py: the process's life: load, warm up, generate the missing images, write the record.
 - loading.py: load a pipeline with one backend recipe and inspect what the load produced (the quantization census).
 - measure.py: memory and latency readings.

@@ -1,4 +1,4 @@
-"""`python -m evalkit.generate.worker RUN_DIR BACKEND [TAG]`."""
+"""`python -m evalkit.generate.worker RUN_DIR BACKEND TAG`."""
 
 import sys
 

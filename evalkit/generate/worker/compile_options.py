@@ -57,7 +57,8 @@ class CompileSettings:
 
 # Named starting points. "seed" is the seed study's torchao setting (whole transformer, max-autotune, one graph).
 # Regional compilation compiles each repeated block once and reuses it, so cold compiles take a fraction of the
-# whole-model time (a whole-model torchao compile at full size ran past 14 minutes on an H200, 2026-11-28).
+# whole-model time (a whole-model torchao compile at full size took many minutes on an H200:
+# benchmarks/results/compile-probe-h200-2026-11-29.md).
 PRESETS: Mapping[str, CompileSettings] = {
     "regional": CompileSettings(preset="regional", mode="default", fullgraph=False, regional=True),
     "whole": CompileSettings(preset="whole", mode="default", fullgraph=False, regional=False),

@@ -84,8 +84,8 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
 
     if ctx.device == "cuda" and b.library.quantize_on_gpu and not spec.modifiers_offload:
         # Quantize each layer on the GPU as it loads, not on the CPU before a .to("cuda"). torchao packs int4
-        # weights with CUDA-only ops. optimum-quanto's freeze() on the CPU took 158 s for int8, and had not finished
-        # int4 after 7 minutes, at full size on the H100 host (benchmarks/results/gpu-2026-11-21.md). The price is
+        # weights with CUDA-only ops, and optimum-quanto's freeze() on the CPU takes minutes at full size
+        # (benchmarks/results/gpu-2026-11-21.md). The price is
         # headroom for one layer's bf16 and quantized weights at once while loading ("load peak reserved").
         kwargs["device_map"] = "cuda"
         info["device_map"] = "cuda"

@@ -1,6 +1,6 @@
 """One backend, one process: load the pipeline, measure, generate the missing images, write the record.
 
-Run by the generate stage as `python -m evalkit.generate.worker.run RUN_DIR BACKEND`. A process per backend keeps
+Run by the generate stage as `python -m evalkit.generate.worker.run RUN_DIR BACKEND TAG`. A process per backend keeps
 peak-memory statistics clean and lets a crash (OOM, segfault in a kernel) take down only that backend.
 Progress goes to stdout as JSON lines; everything else goes to stderr (the run's logs/<backend>.log).
 """
@@ -16,13 +16,11 @@ from typing import Any
 
 from evalkit.families.registry import family_of_manifest
 from evalkit.generate.options import SDPA_BACKENDS
-from evalkit.plugins import load_run_plugins
-from evalkit.quantizers.checkpoint import register_run_checkpoints
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
 from evalkit.records import checked_generation_record, read_unit
 from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
-from evalkit.rundir import SCHEMA_VERSION, RunDir
+from evalkit.rundir import SCHEMA_VERSION, RunDir, load_run_plugins
 
 # All-black means every channel of every pixel is at most this (out of 255): a VAE decoding zeros/NaNs.
 ALL_BLACK_MAX = 3
@@ -75,10 +73,10 @@ def emit(event: str, **data: Any) -> None:
 
 
 from evalkit.procs import die_with_parent  # noqa: E402 (re-exported: workers and tests use it)
+from evalkit.timeutil import utc_now
 
 
-def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any,
-                tag: str | None = None) -> None:
+def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any, tag: str) -> None:
     """Entry point of a backend's process forked from the preloaded forkserver."""
     global _event_conn
     # Its parent is the forkserver, which exits when the stage's process does (it watches a pipe from it).
@@ -103,10 +101,6 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
-
-
-def utcnow() -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
 
 
 def image_flags(arr: Any) -> list[str]:
@@ -177,24 +171,20 @@ def partial_reason(backend: Any, quantization: dict[str, Any]) -> str | None:
 
 
 class Target:
-    """Where one worker's output goes: the whole backend (generation/<backend>.json, legacy, one process) or one
-    work unit of a rank (generation/shards/<backend>/<tag>.*, docs/run-directory.md "Shards")."""
+    """Where one worker's output goes: one work unit of a rank, generation/shards/<backend>/<tag>.*
+    (docs/run-directory.md "Shards"); the stage merges the units into generation/<backend>.json."""
 
-    def __init__(self, rd: RunDir, backend: str, tag: str | None) -> None:
+    def __init__(self, rd: RunDir, backend: str, tag: str) -> None:
         self.tag = tag
-        self.unit: dict[str, Any] | None = read_unit(rd.shard_unit(backend, tag)) if tag else None
-        self.partial = rd.shard_partial(backend, tag) if tag else rd.generation_partial(backend)
-        self.record = rd.shard_record(backend, tag) if tag else rd.generation_record(backend)
+        self.unit: dict[str, Any] = read_unit(rd.shard_unit(backend, tag))
+        self.partial = rd.shard_partial(backend, tag)
+        self.record = rd.shard_record(backend, tag)
 
     def prompts(self, manifest: dict[str, Any]) -> list[dict[str, Any]]:
-        if self.unit is None:
-            return list(manifest["prompts"])
         ids = set(self.unit.get("prompt_ids") or [])
         return [p for p in manifest["prompts"] if p["id"] in ids]
 
-    def shard_info(self) -> dict[str, Any] | None:
-        if self.unit is None:
-            return None
+    def shard_info(self) -> dict[str, Any]:
         import socket
 
         return {"tag": self.tag, "rank": self.unit.get("rank"), "world_size": self.unit.get("world_size"),
@@ -202,25 +192,22 @@ class Target:
                 "prompt_ids": list(self.unit.get("prompt_ids") or [])}
 
 
-def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
-    """Generate one backend's missing images (or, with `tag`, exactly the prompts of that rank's unit file) and
-    write its record; returns the exit status."""
+def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
+    """Generate the missing images of the prompts in the unit file of `tag` (a rank's share of one backend) and
+    write that unit's record; returns the exit status."""
     rd = RunDir(__import__("pathlib").Path(run_dir))
     manifest = read_json(rd.manifest)
     load_run_plugins(manifest)  # the run's own backends, families and metrics, before any name is read
-    register_run_checkpoints(manifest)  # and its --backend NAME=PATH checkpoints
     cfg = manifest["config"]
     gen = manifest["generation"]
     spec = parse_backend(backend_name)
     target = Target(rd, spec.name, tag)
-    started = utcnow()
+    started = utc_now()
     record: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION, "backend": spec.name, "status": "failed", "reason": None, "error": None,
         "recipe": spec.recipe(cfg.get("backend_options", {}).get(spec.backend.name)),
-        "started_utc": started, "pid": os.getpid(), "images": [],
+        "started_utc": started, "pid": os.getpid(), "images": [], "shard": target.shard_info(),
     }
-    if target.unit is not None:
-        record["shard"] = target.shard_info()
     try:
         _run(rd, manifest, cfg, gen, spec, record, target)
         record["status"] = "ok"
@@ -232,7 +219,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str | None = None) -> int:
                            "traceback_tail": "".join(traceback.format_exception(e))[-4000:]}
         traceback.print_exc()
         code = 1
-    record["finished_utc"] = utcnow()
+    record["finished_utc"] = utc_now()
     try:
         atomic_write_json(target.record, checked_generation_record(record))
     except OSError as e:
@@ -272,22 +259,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     # --- load -------------------------------------------------------------------------------------------------
     emit("phase", phase="loading")
-    # Python imports and CUDA context creation are process start-up, not model loading: keep them off the clock.
-    import importlib
-
-    import diffusers
-
-    getattr(diffusers, family.pipeline_class)  # diffusers imports a pipeline's module lazily, on first access
-
-    importlib.import_module(spec.backend.library.import_name)
-    if on_cuda:
-        torch.zeros(1, device="cuda")
-    # One-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either.
-    record["prepare"] = None
-    quantizer = quantizer_for(spec.backend)
-    if type(quantizer).prepare is not Quantizer.prepare:
-        emit("phase", phase="preparing")
-        record["prepare"] = quantizer.prepare(spec.backend, ctx)
+    record["prepare"] = _before_the_clock(torch, family, spec, ctx, on_cuda)
     if on_cuda:
         measure.cuda_reset_peak()
     t0 = time.perf_counter()
@@ -303,17 +275,7 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     record["load_time_s"] = time.perf_counter() - t0
     pipe.set_progress_bar_config(disable=True)
 
-    memory: dict[str, Any] = {"device": device}
-    if on_cuda:
-        snap = measure.cuda_snapshot()
-        memory.update(after_load_allocated_gib=snap["allocated_gib"], after_load_reserved_gib=snap["reserved_gib"],
-                      load_peak_allocated_gib=snap["max_allocated_gib"], load_peak_reserved_gib=snap["max_reserved_gib"],
-                      cuda_reason=None)
-    else:
-        memory.update(after_load_allocated_gib=None, after_load_reserved_gib=None, load_peak_allocated_gib=None,
-                      load_peak_reserved_gib=None, peak_allocated_gib=None, peak_reserved_gib=None,
-                      cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
-                      cpu_rss_after_load_gib=measure.current_rss_gib())
+    memory = _memory_after_load(device)
     record["quantization"] = {**qinfo, **loading.inspect_quantization(pipe, family)}
     record["quantization"]["partial_reason"] = partial_reason(spec.backend, record["quantization"])
     record["placement"] = placement
@@ -325,6 +287,79 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
         _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target, family)
+
+
+def _before_the_clock(torch: Any, family: Any, spec: Any, ctx: BuildContext, on_cuda: bool) -> Any:
+    """What happens before the load clock starts; returns the library's one-time prepare step's record (None when it
+    has none). Python imports and CUDA context creation are process start-up, not model loading, and one-time library
+    steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either."""
+    import importlib
+
+    import diffusers
+
+    getattr(diffusers, family.pipeline_class)  # diffusers imports a pipeline's module lazily, on first access
+
+    importlib.import_module(spec.backend.library.import_name)
+    if on_cuda:
+        torch.zeros(1, device="cuda")
+    quantizer = quantizer_for(spec.backend)
+    if type(quantizer).prepare is Quantizer.prepare:
+        return None
+    emit("phase", phase="preparing")
+    return quantizer.prepare(spec.backend, ctx)
+
+
+def _memory_after_load(device: str) -> dict[str, Any]:
+    """The record's memory figures once the pipeline is loaded (CUDA allocator figures, or on a CPU why there are
+    none and the process's RSS)."""
+    from evalkit.generate.worker import measure
+
+    memory: dict[str, Any] = {"device": device}
+    if device == "cuda":
+        snap = measure.cuda_snapshot()
+        memory.update(after_load_allocated_gib=snap["allocated_gib"], after_load_reserved_gib=snap["reserved_gib"],
+                      load_peak_allocated_gib=snap["max_allocated_gib"], load_peak_reserved_gib=snap["max_reserved_gib"],
+                      cuda_reason=None)
+    else:
+        memory.update(after_load_allocated_gib=None, after_load_reserved_gib=None, load_peak_allocated_gib=None,
+                      load_peak_reserved_gib=None, peak_allocated_gib=None, peak_reserved_gib=None,
+                      cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
+                      cpu_rss_after_load_gib=measure.current_rss_gib())
+    return memory
+
+
+def _resumed(rd: RunDir, manifest: dict, backend: str, target: Target) -> dict[str, dict[str, Any]]:
+    """The entries of earlier attempts of this unit's tag that still hold: the prompt's seed, and still the file that
+    attempt wrote (evalkit.integrity); the others are said and regenerated."""
+    from evalkit.integrity import verify_images
+
+    seeds = {p["id"]: p["seed"] for p in manifest["prompts"]}
+    partial = [e for e in read_jsonl(target.partial)
+               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
+    check = verify_images(rd, backend, {"images": partial}, manifest=manifest, check_extra=False)
+    for bad in check.problems:
+        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
+    return {line["prompt_id"]: line for line in check.ok}
+
+
+def _write_image(rd: RunDir, backend: str, p: dict[str, Any], arr: Any, batch_s: float, batch_size: int,
+                 target: Target, latents_nonfinite: Any = None) -> dict[str, Any]:
+    """Write one generated image and append its entry to the unit's partial list; returns the entry. The image's
+    tripwires (non-finite latents and pixels, a near-constant image) are taken before the PNG (evalkit.tripwires)."""
+    from evalkit.generate.worker.tripwire_hook import image_checks
+
+    u8 = to_uint8(arr)
+    png = encode_png(u8)
+    path = rd.image_path(backend, p["id"], p["seed"])
+    write_or_explain(atomic_write_bytes, path, png)
+    st = path.stat()
+    # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
+    entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
+             "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "latency_s": batch_s / batch_size,
+             "batch_size": batch_size, "flags": image_flags(arr), "pid": os.getpid(),
+             **image_checks(arr, u8, latents_nonfinite, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
+    write_or_explain(append_jsonl, target.partial, entry)
+    return entry
 
 
 def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
@@ -340,7 +375,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
 
     prompts = manifest["prompts"]
-    from evalkit.generate.worker.tripwire_hook import LatentsProbe, image_checks, record_section
+    from evalkit.generate.worker.tripwire_hook import LatentsProbe, record_section
 
     probe = LatentsProbe(pipe)  # final latents for the non-finite tripwire (evalkit.tripwires)
     common = dict(family.call_arguments(gen), output_type="np", **probe.kwargs())
@@ -359,18 +394,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
-    done: dict[str, dict[str, Any]] = {}
-    # What an earlier attempt wrote is kept only if it is still the file that attempt wrote (evalkit.integrity).
-    from evalkit.integrity import verify_images
-
-    seeds = {p["id"]: p["seed"] for p in prompts}
-    partial = [e for e in read_jsonl(target.partial)
-               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
-    check = verify_images(rd, spec.name, {"images": partial}, manifest=manifest, check_extra=False)
-    for line in check.ok:
-        done[line["prompt_id"]] = line
-    for bad in check.problems:
-        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
+    done = _resumed(rd, manifest, spec.name, target)
     mine = target.prompts(manifest)
     todo = [p for p in mine if p["id"] not in done]
     record["resumed_images"] = len(done)  # verified images of earlier attempts carried forward, not redone
@@ -382,19 +406,7 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
         out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
         latents_nonfinite = probe.take(len(batch))
         for p, arr, lat_bad in zip(batch, out.images, latents_nonfinite):
-            u8 = to_uint8(arr)
-            png = encode_png(u8)
-            path = rd.image_path(spec.name, p["id"], p["seed"])
-            write_or_explain(atomic_write_bytes, path, png)
-            st = path.stat()
-            # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
-            entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
-                     "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns,
-                     "latency_s": dt / len(batch), "batch_size": len(batch), "flags": image_flags(arr), "pid": os.getpid(),
-                     # before the PNG: non-finite latents and pixels, a near-constant image (evalkit.tripwires)
-                     **image_checks(arr, u8, lat_bad, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
-            write_or_explain(append_jsonl, target.partial, entry)
-            done[p["id"]] = entry
+            done[p["id"]] = _write_image(rd, spec.name, p, arr, dt, len(batch), target, lat_bad)
         # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
         emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
 
@@ -495,12 +507,12 @@ def sdpa_context(torch: Any, backend: str | None) -> Any:
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    if len(argv) not in (2, 3):
-        print("usage: python -m evalkit.generate.worker.run RUN_DIR BACKEND [TAG]", file=sys.stderr)
+    if len(argv) != 3:
+        print("usage: python -m evalkit.generate.worker.run RUN_DIR BACKEND TAG", file=sys.stderr)
         return 2
     parent = os.environ.get("EVALKIT_PARENT_PID")
     die_with_parent(int(parent) if parent and parent.isdigit() else None)  # subprocess mode: the parent is the stage
-    return run_worker(argv[0], argv[1], argv[2] if len(argv) == 3 else None)
+    return run_worker(argv[0], argv[1], argv[2])
 
 
 if __name__ == "__main__":

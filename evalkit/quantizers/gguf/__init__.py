@@ -68,7 +68,7 @@ class GGUFQuantizer(Quantizer):
 
         from evalkit.quantizers.gguf import convert
 
-        reader = convert._read_gguf(Path(path))
+        reader = convert.read_gguf(Path(path))
         types: Counter[str] = Counter(t.tensor_type.name for t in reader.tensors)
         params = 0
         for t in reader.tensors:

@@ -42,7 +42,7 @@ from typing import TYPE_CHECKING, Any
 
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.gguf.quant import (  # noqa: F401 (quantizers re-exported: gguf.quantize_tensor etc.)
-    TORCH_QTYPES, _check_makeable, _engine, _gguf_module, _qtype_enum, makeable_qtypes, quantize_q2_k, quantize_q4_0,
+    TORCH_QTYPES, check_makeable, quant_engine, gguf_module, qtype_enum, makeable_qtypes, quantize_q2_k, quantize_q4_0,
     quantize_q4_1, quantize_q8_0, quantize_tensor)
 from evalkit.io import file_lock
 
@@ -113,24 +113,22 @@ def _gguf_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        from evalkit.quantizers.gguf import LIBRARY
-
-        return version(LIBRARY.pip_name)
+        return version("gguf")  # the package LIBRARY names (evalkit/quantizers/gguf/__init__.py imports this module)
     except PackageNotFoundError:  # pragma: no cover - imported but not installed as a distribution
         return "unknown"
 
 
 def tensor_qtype(name: str, shape: tuple[int, ...], qtype: str) -> str:
     """The GGUF type a tensor gets under `qtype` (city96's convention, see the module docstring)."""
-    gguf = _gguf_module()
-    block = gguf.GGML_QUANT_SIZES[_qtype_enum(qtype)][0]
+    gguf = gguf_module()
+    block = gguf.GGML_QUANT_SIZES[qtype_enum(qtype)][0]
     n = 1
     for s in shape:
         n *= s
     if len(shape) != 2 or not name.endswith(".weight") or n <= SMALL_TENSOR_LIMIT:
         return "F32"
     if shape[-1] % block == 0:
-        return _qtype_enum(qtype).name
+        return qtype_enum(qtype).name
     return "BF16"
 
 
@@ -141,7 +139,7 @@ def tensor_qtype(name: str, shape: tuple[int, ...], qtype: str) -> str:
 def gguf_cache_path(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], component: str,
                     arch: str) -> Path:
     """Where `ensure_gguf` keeps (or would keep) the file for this component and type."""
-    t = _qtype_enum(qtype).name
+    t = qtype_enum(qtype).name
     key = _source_key(component_files(model_path, component), t, _gguf_version())
     return Path(cache_dir) / "gguf" / f"{arch}-{component}-{t}-{key}.gguf"
 
@@ -151,7 +149,7 @@ def ensure_gguf(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], 
     """The GGUF file of `<model_path>/<component>` quantized to `qtype`, made once and cached under
     `<cache_dir>/gguf/`. Types: see `makeable_qtypes()`; Q2_K is evalkit's own simple min/max quantizer (see
     the module docstring). Raises EvalkitError for a type nothing here can make."""
-    t = _check_makeable(qtype)
+    t = check_makeable(qtype)
     target = gguf_cache_path(model_path, t.name, cache_dir, component, arch)
     if target.exists():
         return target
@@ -169,8 +167,8 @@ def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], 
     import numpy as np
     from safetensors import safe_open
 
-    gguf = _gguf_module()
-    t = _check_makeable(qtype)
+    gguf = gguf_module()
+    t = check_makeable(qtype)
     out = Path(out)
     files = component_files(model_path, component)
     plan: list[tuple[Path, str, tuple[int, ...], str]] = []  # file, name, shape, gguf type
@@ -231,7 +229,7 @@ def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], 
             os.unlink(tmp)
         raise
     stats = {"seconds": round(time.perf_counter() - t0, 3), "params": n_params, "tensor_types": dict(counts),
-             "qtype": t.name, "engine": "/".join(_engine(t.name, device)), "converter": CONVERTER_VERSION,
+             "qtype": t.name, "engine": "/".join(quant_engine(t.name, device)), "converter": CONVERTER_VERSION,
              "gguf_version": _gguf_version(), "source": str(Path(model_path).resolve() / component),
              "file_bytes": out.stat().st_size}
     from evalkit.io import atomic_write_json
@@ -251,8 +249,8 @@ def conversion_record_path(gguf_path: str | os.PathLike[str]) -> Path:
 # Checking and loading a file.
 
 
-def _read_gguf(path: Path) -> Any:
-    gguf = _gguf_module()
+def read_gguf(path: Path) -> Any:
+    gguf = gguf_module()
     if not path.is_file():
         raise EvalkitError(f"{path}: GGUF file not found")
     size = path.stat().st_size
@@ -301,7 +299,7 @@ def validate_gguf(path: str | os.PathLike[str], model_path: str, component: str,
     tensor type is one diffusers can load. Raises EvalkitError naming the file and the first bad tensor.
     Returns {path, file_bytes, n_tensors, tensor_types: {type: count}, key_names: 'diffusers'|'original'}."""
     path = Path(path)
-    reader = _read_gguf(path)
+    reader = read_gguf(path)
     from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES
 
     supported = {t.name for t in SUPPORTED_GGUF_QUANT_TYPES} | {"F32", "F16"}

@@ -2,7 +2,7 @@
 
 Q8_0, Q4_0 and Q4_1 are torch re-implementations of `gguf.quants`' numpy code, bit-exact (tests/test_gguf.py); Q2_K
 is evalkit's own simple min/max quantizer in ggml's block layout. `quantize_tensor` picks torch on CUDA and gguf's
-numpy code on CPU, where it is faster (see `_engine`).
+numpy code on CPU, where it is faster (see `quant_engine`).
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ _CHUNK_ELEMENTS = 1 << 24
 # Which types can be made.
 
 
-def _gguf_module() -> Any:
+def gguf_module() -> Any:
     try:
         import gguf
     except ImportError:
@@ -32,8 +32,8 @@ def _gguf_module() -> Any:
     return gguf
 
 
-def _qtype_enum(qtype: str) -> Any:
-    gguf = _gguf_module()
+def qtype_enum(qtype: str) -> Any:
+    gguf = gguf_module()
     name = qtype.strip().upper()
     try:
         return gguf.GGMLQuantizationType[name]
@@ -47,7 +47,7 @@ def _qtype_enum(qtype: str) -> Any:
 def makeable_qtypes() -> list[str]:
     """GGUF types `ensure_gguf` can produce: evalkit's torch quantizers plus the types gguf.quants can quantize,
     limited to those diffusers' GGUF loader can read (gguf also makes e.g. MXFP4/TQ1_0, which diffusers cannot load)."""
-    gguf = _gguf_module()
+    gguf = gguf_module()
     import numpy as np
     from diffusers.quantizers.gguf.utils import SUPPORTED_GGUF_QUANT_TYPES
 
@@ -64,8 +64,8 @@ def makeable_qtypes() -> list[str]:
     return sorted(out)
 
 
-def _check_makeable(qtype: str) -> Any:
-    t = _qtype_enum(qtype)
+def check_makeable(qtype: str) -> Any:
+    t = qtype_enum(qtype)
     if t.name in TORCH_QTYPES:
         return t
     ok = makeable_qtypes()
@@ -205,7 +205,7 @@ def quantize_q2_k(blocks: "torch.Tensor", iters: int = 2) -> "torch.Tensor":
 _TORCH_QUANTIZERS = {"Q8_0": quantize_q8_0, "Q4_0": quantize_q4_0, "Q4_1": quantize_q4_1, "Q2_K": quantize_q2_k}
 
 
-def _engine(qtype: str, device: str | None) -> tuple[str, str]:
+def quant_engine(qtype: str, device: str | None) -> tuple[str, str]:
     """('torch', device) or ('numpy', 'cpu'). Why: torch wins on CUDA (GB/s), but on CPU torch's broadcasts over
     32-wide blocks run ~10x slower than gguf's numpy code (measured: Q8_0 ~14 vs ~100 Mparam/s on 2 cores), so
     on CPU gguf's own (reference) quantizer is used wherever it exists."""
@@ -227,12 +227,12 @@ def quantize_tensor(w: "torch.Tensor", qtype: str, device: str | None = None, en
     """Quantize a tensor (rows last) to ggml bytes: a uint8 array of shape [..., row_bytes].
 
     engine: 'torch' (evalkit's quantizers on `device`, default CUDA when available), 'numpy' (gguf.quants), or
-    'auto' (see `_engine`). Large tensors go in row chunks so temporary fp32 copies stay bounded."""
+    'auto' (see `quant_engine`). Large tensors go in row chunks so temporary fp32 copies stay bounded."""
     import numpy as np
     import torch
 
-    gguf = _gguf_module()
-    t = _qtype_enum(qtype)
+    gguf = gguf_module()
+    t = qtype_enum(qtype)
     block, type_size = gguf.GGML_QUANT_SIZES[t]
     if w.shape[-1] % block:
         raise EvalkitError(f"row length {w.shape[-1]} is not a multiple of the {t.name} block size {block}")
@@ -241,7 +241,7 @@ def quantize_tensor(w: "torch.Tensor", qtype: str, device: str | None = None, en
     if t.name == "BF16":
         return rows.to(torch.bfloat16).contiguous().view(torch.uint8).cpu().numpy().reshape(out_shape)
     if engine == "auto":
-        engine, dev = _engine(t.name, device)
+        engine, dev = quant_engine(t.name, device)
     else:
         dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
     if engine == "numpy":

@@ -110,11 +110,19 @@ def test_failed_validation_leaves_no_forkserver(tmp_path: Path, three_prompts: P
 
 # --- full disk -------------------------------------------------------------------------------------------------------
 
+TAG = "w1-r0"  # rank 0 of 1
+
+
 def _prepared(tmp_path: Path, three_prompts: Path, backends: str = "bf16"):
+    """A prepared run with bf16's unit file written, as the stage does before it starts the worker."""
+    from evalkit.generate.ranks import write_unit
     from evalkit.generate.stage import GenerateOptions, prepare_run
 
-    return prepare_run(GenerateOptions(prompts_file=str(three_prompts), model="tiny", backends=backends, height=32,
-                                       width=32, warmup=0, out=str(tmp_path / "run")))
+    rd, manifest, specs = prepare_run(GenerateOptions(prompts_file=str(three_prompts), model="tiny",
+                                                      backends=backends, height=32, width=32, warmup=0,
+                                                      out=str(tmp_path / "run")))
+    write_unit(rd, "bf16", TAG, 0, 1, [p["id"] for p in manifest["prompts"]])
+    return rd, manifest, specs
 
 
 def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
@@ -132,16 +140,16 @@ def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
         real(path, data)
 
     monkeypatch.setattr(worker, "atomic_write_bytes", second_write_fills_the_disk)
-    assert worker.run_worker(str(rd.root), "bf16") == 1
-    rec = read_json(rd.generation_record("bf16"))
+    assert worker.run_worker(str(rd.root), "bf16", TAG) == 1
+    rec = read_json(rd.shard_record("bf16", TAG))
     assert rec["status"] == "failed"
     assert rec["reason"] == f"cannot write {calls[1]}: No space left on device"
-    assert [e["path"] for e in read_jsonl(rd.generation_partial("bf16"))] == [rd.relative(calls[0])]
+    assert [e["path"] for e in read_jsonl(rd.shard_partial("bf16", TAG))] == [rd.relative(calls[0])]
     assert not calls[1].exists() and not list(rd.root.rglob("*.tmp"))
 
     monkeypatch.setattr(worker, "atomic_write_bytes", real)
-    assert worker.run_worker(str(rd.root), "bf16") == 0
-    rec = read_json(rd.generation_record("bf16"))
+    assert worker.run_worker(str(rd.root), "bf16", TAG) == 0
+    rec = read_json(rd.shard_record("bf16", TAG))
     assert rec["status"] == "ok" and rec["resumed_images"] == 1 and len(rec["images"]) == 3
 
 
@@ -157,11 +165,11 @@ def test_a_record_that_cannot_be_written_is_reported_not_torn(
         raise OSError(errno.ENOSPC, "No space left on device")
 
     monkeypatch.setattr(worker, "atomic_write_json", full)
-    assert worker.run_worker(str(rd.root), "bf16") == 1
-    assert not rd.generation_record("bf16").exists()
+    assert worker.run_worker(str(rd.root), "bf16", TAG) == 1
+    assert not rd.shard_record("bf16", TAG).exists()
     assert events[-1]["status"] == "failed" and "No space left on device" in events[-1]["reason"]
-    assert str(rd.generation_record("bf16")) in events[-1]["reason"]
-    assert len(read_jsonl(rd.generation_partial("bf16"))) == 3  # the images stay for a rerun
+    assert str(rd.shard_record("bf16", TAG)) in events[-1]["reason"]
+    assert len(read_jsonl(rd.shard_partial("bf16", TAG))) == 3  # the images stay for a rerun
 
 
 def test_stage_turns_a_full_disk_into_one_line(tmp_path: Path, three_prompts: Path, tiny_model_path: Path,

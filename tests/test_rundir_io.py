@@ -127,7 +127,7 @@ def test_temp_names_carry_the_pid_and_differ(tmp_path: Path, monkeypatch: pytest
 
 
 def test_append_after_a_torn_line_keeps_the_next_record(tmp_path: Path) -> None:
-    path = tmp_path / "generation" / "bf16.partial.jsonl"
+    path = tmp_path / "generation" / "shards" / "bf16" / "w1-r0.partial.jsonl"
     io.append_jsonl(path, {"prompt_id": "p00"})
     with open(path, "a") as f:
         f.write('{"prompt_id": "p01", "sha')  # killed mid-write: no newline
@@ -152,8 +152,8 @@ def test_atomic_writes_get_the_umask_mode_not_mkstemps_0600(tmp_path: Path) -> N
     """A report or summary is the user's file: readable by whoever the umask allows, like any file they write."""
     import stat
 
-    from evalkit.io import _UMASK, atomic_write_text
+    from evalkit.io import UMASK, atomic_write_text
 
     target = tmp_path / "summary.json"
     atomic_write_text(target, "{}")
-    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~_UMASK
+    assert stat.S_IMODE(target.stat().st_mode) == 0o666 & ~UMASK
