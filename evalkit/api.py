@@ -233,8 +233,8 @@ def compare_images(reference: Any, candidate: Any, metrics: Any = None, device: 
     or two lists of HxWx3 uint8 arrays / PIL images. See evalkit.score.api.compare_images.
 
     >>> import numpy as np, evalkit
-    >>> ref = [np.full((32, 32, 3), 100, np.uint8)]
-    >>> evalkit.compare_images(ref, ref, metrics="psnr")["psnr"]["n"]
+    >>> ref = [np.random.default_rng(0).integers(0, 256, (32, 32, 3), dtype=np.uint8)]
+    >>> evalkit.compare_images(ref, ref, metrics="psnr")["psnr"]["n"]  # a constant image would be broken (tripwires)
     1
     """
     from evalkit.score import api as metrics_api

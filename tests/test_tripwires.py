@@ -161,3 +161,24 @@ def test_the_module_imports_no_torch() -> None:
     code = "import sys, evalkit.tripwires; print('torch' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "False"
+
+
+def test_set_metrics_judge_each_image_alone_not_against_a_partner(tmp_path):
+    """FID/KID compare two sets: images in the same position are not partners, so an unrelated image is no fault
+    there (the grid and unrelated tests need a partner), while a black image is still broken and left out."""
+    from PIL import Image
+
+    from evalkit.score.compare import compare_folders
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    a.mkdir(), b.mkdir()
+    for i in range(4):
+        Image.fromarray(natural(i, 64)).save(a / f"{i}.png")
+        Image.fromarray(natural(10 + i, 64) if i else np.zeros((64, 64, 3), np.uint8)).save(b / f"{i}.png")
+    res = compare_folders(a, b, "fid", device="cpu", workers=1)
+    if res["metrics"]["fid"]["status"] != "ok" and "n" not in res["metrics"]["fid"]:  # no Inception weights here
+        pytest.skip(res["metrics"]["fid"].get("reason", "FID unavailable"))
+    assert [(e["file"], e["tripwire"]) for e in res["broken"]] == [("0.png", "constant")]
+    assert res["metrics"]["fid"]["n"] == 3  # the three unrelated but healthy images count
+    paired = compare_folders(a, b, "psnr", device="cpu", workers=1)  # partners now: unrelated images trip
+    assert {e["tripwire"] for e in paired["broken"]} >= {"unrelated"}

@@ -34,8 +34,9 @@ def compute_for(state: "State", b: str, i: int, img: Any, ref: Any | None) -> No
         state.cache.put(TABLE, f":{it.ref_sha}", tripwires.image_tests(ref, None))
     if it.pair_key in table:
         return
-    if not is_ref and ref is None:
+    if not is_ref and ref is None and it.ref_path is not None:
         return  # its reference is not decoded here; fill_missing does it
+    # An image with no partner (set metrics only, or its reference image missing) gets the tests of one image.
     state.cache.put(TABLE, it.pair_key, tripwires.image_tests(img, None if is_ref else ref))
 
 
@@ -46,15 +47,17 @@ def fill_missing(state: "State", backends: Sequence[str]) -> None:
     for b in backends:
         items = state.items.get(b) or []
         todo = [i for i, it in enumerate(items) if it.pair_key not in table and it.sha not in corrupt
-                and (b == state.ref or (it.ref_path is not None and it.ref_sha not in corrupt))]
+                and (b == state.ref or it.ref_path is None or it.ref_sha not in corrupt)]
         for s in range(0, len(todo), 16):
             part = todo[s:s + 16]
-            paths = [items[i].path for i in part] + ([items[i].ref_path for i in part] if b != state.ref else [])
+            paths = [items[i].path for i in part] + [items[i].ref_path for i in part
+                                                     if b != state.ref and items[i].ref_path is not None]
             decoded = {Path(d.path): d.array for d in state.decoder.decode(list(dict.fromkeys(paths)))}
             for i in part:
                 img = decoded.get(Path(items[i].path))
-                ref = decoded.get(Path(items[i].ref_path)) if b != state.ref and items[i].ref_path else None
-                if img is None or (b != state.ref and ref is None):
+                paired = b != state.ref and items[i].ref_path is not None
+                ref = decoded.get(Path(items[i].ref_path)) if paired else None
+                if img is None or (paired and ref is None):
                     continue  # undecodable: the corrupt-image path reports it
                 compute_for(state, b, i, img, ref)
 

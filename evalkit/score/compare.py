@@ -63,8 +63,11 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     dev = resolve_device(device)
     opts = Options(metrics=names, device=device, workers=workers, weights_dir=weights_dir, batch_size=batch_size,
                    bootstrap_samples=bootstrap_samples, fid_method=fid_method, use_cache=False, progress=progress)
+    # Files are partners only when a paired metric asks for it: set metrics (FID, KID) compare two sets, so the
+    # tripwires that judge an image against its partner (grid, unrelated) have no partner to judge against there.
     items = {REFERENCE: [Item(prompt_id=s, seed=0, prompt="", path=fa[s]) for s in sorted(fa)],
-             CANDIDATE: [Item(prompt_id=s, seed=0, prompt="", path=fb[s], ref_path=fa.get(s)) for s in sorted(fb)]}
+             CANDIDATE: [Item(prompt_id=s, seed=0, prompt="", path=fb[s], ref_path=fa.get(s) if paired_names else None)
+                         for s in sorted(fb)]}
     hash_items(items)
     state = State(cache=ScoreCache(Path(os.devnull), enabled=False), opts=opts, device=dev, ref=REFERENCE,
                   items=items)
