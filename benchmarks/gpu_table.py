@@ -299,7 +299,11 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
     devices = sorted({f"{r['device']} (×{r['gpu_count'] or 1})" for r in runs})
     settings = sorted({r["settings"] for r in runs})
     vers = runs[0] if runs else {}
-    lines = [f"# The seed table on {', '.join(devices) or '?'}", "",
+    models = sorted({str(r["settings"]).split(",")[0] for r in runs})
+    # The seed table (issue #3's required rows) is FLUX.1-dev's; another family's table lists the rows it measured.
+    seed = not runs or all(m.endswith(("flux-dev", "flux1-dev")) for m in models)
+    title = "The seed table" if seed else f"GPU table of {', '.join(models)}"
+    lines = [f"# {title} on {', '.join(devices) or '?'}", "",
              "Written by `benchmarks/gpu_table.py` from the run directories beside this file; do not edit by hand.",
              "", f"Settings: {'; '.join(settings)}. Software: torch {vers.get('torch')}, diffusers {vers.get('diffusers')}, "
              f"transformers {vers.get('transformers')}, torchao {vers.get('torchao')}, bitsandbytes "
@@ -329,7 +333,7 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
             f"{_f(r.get('compile_s'), 1)} | {_f(r.get('quantized_linears_transformer'))} / "
             f"{_f(r.get('quantized_linears_text_encoder_2'))} | {r['run']} | {_note(r.get('reason'))} |")
     missing = [name for name in required_rows() if not any(r["backend"] == name for r in table)]
-    if missing:
+    if missing and seed:
         lines += ["", "Required rows with no run and no earlier result: " + ", ".join(f"`{m}`" for m in missing) + "."]
     lines += ["", "## The bf16 anchor of each run", "", "| run | device | warm-up images | s/image median (p10–p90) | "
               "after load alloc / res | gen peak alloc / res |", "|---|---|---|---|---|---|"]

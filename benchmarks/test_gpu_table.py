@@ -26,12 +26,12 @@ def _record(backend: str, latency: float, alloc: float, reserved: float, **extra
 
 
 def _run(tmp: Path, name: str, records: list[dict], backends: list[str], cuts: dict | None = None,
-         preset: str | None = None) -> Path:
+         preset: str | None = None, model: str = "random:flux-dev") -> Path:
     d = tmp / name
     (d / "generation").mkdir(parents=True)
     manifest = {"backends": backends, "prompts": [{"id": "p0"}, {"id": "p1"}, {"id": "p2"}],
                 "prompts_file": "prompts-3.txt", "created_utc": "2026-11-28T21:00:00Z",
-                "model": {"spec": "random:flux-dev"},
+                "model": {"spec": model},
                 "generation": {"height": 1024, "width": 1024, "num_inference_steps": 50, "warmup_runs": 1},
                 "device": {"name": "NVIDIA H200", "device_count": 4}, "versions": {"torch": "2.11.0"},
                 "config": {"compile": {"global": {"preset": preset}} if preset else {}}}
@@ -70,6 +70,16 @@ def test_table_prefers_finished_record_and_lists_anomalies(tmp_path: Path) -> No
     assert "`bnb-nf4`: 1.06× bf16's latency" in anomalies
     assert "`bnb-nf4`: reserved" not in anomalies  # 10.7 / 10.7: nothing to report
     assert "Required rows with no run and no earlier result:" in md and "`gguf-q8_0`" in md
+
+
+def test_another_familys_table_is_titled_by_its_model_without_the_seed_tables_rows(tmp_path: Path) -> None:
+    a = _run(tmp_path, "a", [_record("bf16", 5.4, 26.1, 26.2), _record("bnb-nf4", 5.5, 10.1, 10.2)],
+             ["bf16", "bnb-nf4"], model="random:sd3.5-large")
+    out = tmp_path / "table"
+    assert gpu_table.main([str(a), "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("# GPU table of random:sd3.5-large on NVIDIA H200") and "seed table" not in md
+    assert "Required rows" not in md  # the seed table's list is FLUX.1's
 
 
 def test_earlier_figure_stands_in_and_names_this_devices_partial(tmp_path: Path) -> None:

@@ -10,7 +10,6 @@ comment its declaration carries. The document's prose around the section is writ
 from __future__ import annotations
 
 import argparse
-import ast
 import inspect
 import sys
 import typing

@@ -3,7 +3,7 @@ activations) through diffusers' `NVIDIAModelOptConfig`. Denoiser only: transform
 there is no config for a text encoder.
 
 diffusers 0.42.1 with modelopt 0.47 is broken as shipped in three plain-Python ways (probed on CPU, the same code
-runs on CUDA; /work/scratch/quant/NOTES.md section 1); evalkit works around each, here only:
+runs on CUDA; docs/quantizers.md); evalkit works around each, here only:
 1. `NVIDIAModelOptConfig(quant_type=...)` spreads `mtq.config._default_disabled_quantizer_cfg` with `**`, which
    modelopt 0.4x made a list: `TypeError: 'list' object is not a mapping`. The list is turned back into the legacy
    dict (which modelopt 0.47 still accepts) while the config is built, then put back.

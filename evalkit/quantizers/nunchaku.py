@@ -4,7 +4,7 @@ quantizes from bf16 here. Its backends are names that say why they do not run; a
 `--backend NAME=DIR` (its config.json's quant_method is `nunchaku_lite`) where the GPU allows.
 
 What diffusers 0.42.1's `validate_environment` demands, in its order (read from the source; CPU and a simulated
-SM 9.0 confirmed the texts, /work/scratch/quant/NOTES.md section 2c): the `kernels` package; a CUDA GPU; not Hopper
+SM 9.0 confirmed the texts; a test checks them): the `kernels` package; a CUDA GPU; not Hopper
 ("Loading Nunchaku checkpoints is not supported on Hopper NVIDIA GPUs."); NVFP4 needs SM >= 10.0, int4 SM >= 7.5.
 Then its kernels come from the Hub (`rootonchair/nunchaku-lite-kernels`, version 2, through `kernels.get_kernel`),
 which runs remote code: only with DIFFUSERS_TRUST_REMOTE_KERNELS=true, and only from the HF cache in evalkit's

@@ -3,7 +3,7 @@ quantized int8 matmul (`use_quantized_matmul`), through diffusers' `SDNQConfig` 
 `sdnq.SDNQConfig`) for diffusers models and `sdnq.SDNQConfig` for transformers ones (`import sdnq` registers its
 quantizer with transformers). No environment check: CPU and CUDA alike.
 
-What evalkit keeps in mind (probed with sdnq 0.2.8 on the tiny Flux, /work/scratch/quant/NOTES.md):
+What evalkit keeps in mind (probed with sdnq 0.2.8 on the tiny Flux; docs/quantizers.md):
 - sdnq's own skip lists keep Flux's embedders, `proj_out` and norms in bf16 (19 of the tiny transformer's 30
   linears are quantized), and it leaves layers under 16,384 values unquantized: every linear of the tiny T5 is that
   small, so on the tiny model the T5 stays bf16 and the record says so (`partial_reason`); T5-XXL's are quantized.

@@ -337,7 +337,8 @@ def _open_run(run_dir: str | Path) -> tuple[RunDir, dict[str, Any]]:
 
 
 def load_report_data(run_dir: str | Path, memory_axis: str | None = None, include_partial: bool = False) -> ReportData:
-    """Open a run directory, rebuild summary.json (the contract says every stage does), and gather what the report shows.
+    """Open a run directory and gather what the report shows; the run's summary is built in memory
+    (rundir.current_summary): score owns summary.json, and the report writes no record.
 
     Raises EvalkitError (one line, naming the file) for a manifest or record with the wrong shape."""
     rd, manifest = _open_run(run_dir)
