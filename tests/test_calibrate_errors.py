@@ -28,6 +28,21 @@ def test_run_without_its_generate_options(tmp_path: Path, capsys) -> None:
     assert "config.options has no prompts_file" in capsys.readouterr().err
 
 
+def test_a_replaced_reference_image_is_refused_before_any_regeneration(tmp_path: Path, capsys) -> None:
+    """The floor is measured against the reference's files: one replaced since generate is named, nothing is run."""
+    from PIL import Image
+
+    run = make_run(tmp_path / "run")
+    img = sorted((run / "images" / "bf16").iterdir())[0]
+    with Image.open(img) as im:
+        size = im.size
+    Image.new("RGB", size, (0, 0, 255)).save(img)
+    assert main([str(run), "--perturbations", "rerun"]) == 2
+    err = capsys.readouterr().err
+    assert str(img) in err and "replaced: sha256" in err and "before a floor is measured" in err
+    assert not (run / "calibration").exists()
+
+
 def test_perturbation_for_another_device(tmp_path: Path, capsys) -> None:
     run = make_run(tmp_path / "run")
     assert main([str(run), "--perturbations", "tf32"]) == 2

@@ -82,3 +82,17 @@ def test_replaced_image_makes_compare_exit_2_naming_it(tmp_path: Path, capsys, s
     assert main(["compare", str(runs["base"]), str(runs["cand"]), "-q"]) == 2
     err = capsys.readouterr().err
     assert len(err.strip().splitlines()) == 1 and str(img) in err
+
+
+def test_replaced_image_makes_report_exit_2_naming_it(tmp_path: Path, capsys) -> None:
+    """report shows the images and the numbers scored from them: a file replaced since is refused as check does."""
+    run = make_run(tmp_path / "run")
+    assert main(["report", str(run), "--formats", "png"]) == 0
+    capsys.readouterr()
+    img = first_image(run, "bnb-nf4")
+    replace_with_other_image(img)
+    assert main(["report", str(run), "--formats", "png"]) == 2  # unchanged records: the no-op path checks too
+    err = capsys.readouterr().err
+    assert str(img) in err and "replaced: sha256" in err and "no longer describe its images" in err
+    assert main(["report", str(run), "--formats", "svg,png"]) == 2  # other options: a rebuild refuses as well
+    assert str(img) in capsys.readouterr().err

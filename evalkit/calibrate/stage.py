@@ -24,7 +24,8 @@ from evalkit.calibrate.perturbations import Perturbation, select_perturbations
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions
 from evalkit.io import atomic_write_json, read_json
-from evalkit.records import checked_calibration, read_calibration
+from evalkit.integrity import verify_images
+from evalkit.records import checked_calibration, read_calibration, read_generation_record
 from evalkit.options import api_doc, api_signature
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run
 from evalkit.timeutil import utc_now
@@ -132,10 +133,18 @@ def _ok_images(rd: RunDir, backend: str, what: str) -> dict[str, dict[str, Any]]
     path = rd.generation_record(backend)
     if not path.exists():
         raise EvalkitError(f"{path}: not found; {what} ({backend}) has not been generated")
-    rec = read_json(path)
+    rec = read_generation_record(path)
     if rec.get("status") != "ok":
         raise EvalkitError(f"{path}: {what} ({backend}) has status {rec.get('status')!r}: {rec.get('reason')}; "
                            f"see {rd.log(backend)}")
+    # The floor is measured against these files: one replaced since generate would set it from another image.
+    report = verify_images(rd, backend, dict(rec), check_extra=False)
+    if report.problems:
+        try:
+            report.raise_if_problems()
+        except EvalkitError as e:
+            raise EvalkitError(f"{e}; {what} must be the images generate recorded before a floor is measured "
+                               f"against them") from None
     return {e["prompt_id"]: e for e in rec.get("images") or []}
 
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from evalkit.version import __version__
 from evalkit.inputs_key import content_key, json_file_content, store_key, stored_key_matches, tree_fingerprint
-from evalkit.io import atomic_write_text
+from evalkit.io import atomic_write_text, read_json
 from evalkit.report.categories import category_tables
 from evalkit.report.data import MEMORY_AXES, ReportData, load_report_data, metric_value
 from evalkit.report.numbers import decimals_for, fmt_fixed, fmt_num, fmt_seconds
@@ -52,6 +52,7 @@ def build_report(
         key = report_inputs_key(rd.root, options)
         out = rd.root / "index.html"
         if stored_key_matches(rd.root / REPORT_INPUTS_FILE, key, [out]):
+            _verify_recorded_images(rd)  # the records are unchanged; the files they list must be too
             if not quiet:
                 print(f"report: nothing to do: its inputs are those of the last report ({REPORT_INPUTS_FILE}); "
                       "index.html kept", file=sys.stderr)
@@ -61,6 +62,14 @@ def build_report(
         store_key(rd.root / REPORT_INPUTS_FILE, key, "manifest, generation and metric records, summary, "
                   "per_image.csv, calibration.json, report options, evalkit version and report templates (evalkit.report.build)")
         return out
+
+
+def _verify_recorded_images(rd: RunDir) -> None:
+    from evalkit.report.data import verify_images
+    from evalkit.rundir import load_generation_records
+
+    manifest = read_json(rd.manifest)
+    verify_images(rd, manifest, load_generation_records(rd, list(manifest.get("backends") or [])))
 
 
 # Stored in the run directory next to index.html: the content key of what the page was drawn from.

@@ -336,6 +336,26 @@ def _open_run(run_dir: str | Path) -> tuple[RunDir, dict[str, Any]]:
     return rd, manifest
 
 
+def verify_images(rd: RunDir, manifest: dict[str, Any], generation: dict[str, dict[str, Any] | None]) -> None:
+    """The images the page shows and its numbers describe are the files the generation records list (evalkit.integrity,
+    as score and check do: stat fingerprints, a hash where they differ); EvalkitError naming the first bad file.
+    `generation`: {backend: its generation record, or None}. A missing file is not refused: the page says "image
+    file missing" in its place and its numbers still describe the recorded file (a run copied without its images)."""
+    from evalkit.integrity import MISSING, IntegrityReport, verify_images as verify_backend
+
+    total = IntegrityReport(root=rd.root)
+    for name, rec in generation.items():
+        if isinstance(rec, dict) and rec.get("status") == "ok" and isinstance(rec.get("images"), list):
+            total.merge(verify_backend(rd, name, rec, manifest=manifest, check_extra=False))
+    total.problems = [p for p in total.problems if not str(p.get("reason", "")).startswith(MISSING)]
+    if total.problems:
+        try:
+            total.raise_if_problems()
+        except EvalkitError as e:
+            raise EvalkitError(f"{e}. The run's metrics were computed from the recorded file, so a page built now "
+                               f"would show numbers that no longer describe its images") from None
+
+
 def load_report_data(run_dir: str | Path, memory_axis: str | None = None, include_partial: bool = False) -> ReportData:
     """Open a run directory and gather what the report shows; the run's summary is built in memory
     (rundir.current_summary): score owns summary.json, and the report writes no record.
@@ -369,6 +389,7 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
                 _check_shape(met_path, m, {"per_prompt": (dict,)})
                 metrics[key] = m
         records[name] = (rec, metrics)
+    verify_images(rd, manifest, {name: rec for name, (rec, _metrics) in records.items()})
     summary = current_summary(rd, manifest)  # report reads the run; it writes only its own files
     entries = summary.get("backends") if isinstance(summary, dict) else None
     entries = entries if isinstance(entries, dict) else {}

@@ -116,7 +116,7 @@ def make_synthetic_run(
     not_run = {**{n: ("skipped", r) for n, r in (skipped or {}).items()},
                **{n: ("failed", r) for n, r in (failed or {}).items()}}  # failed wins, as it did
     if skipped_metrics is None:
-        skipped_metrics = {"clip_score": "no CLIP weights found: pass --clip-weights or set EVALKIT_CLIP_PATH"}
+        skipped_metrics = {"clip_score": "no CLIP weights found: pass --clip-model (docs/metrics.md)"}
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     rd = RunDir(root)
