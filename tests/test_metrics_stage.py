@@ -559,3 +559,17 @@ def test_cli_table_marks_indicative_fid(capsys):
                               "kid": {"status": "skipped", "reason": "KID needs at least 10 images per set, got 5"}}})
     out = capsys.readouterr().out
     assert "indicative only" in out and "KID needs at least 10" in out
+
+
+def test_cli_table_marks_partial_backends_and_keeps_the_registry_column_order(capsys):
+    """A partial backend is marked † with its reason (as check marks it), and the columns do not follow the order
+    records came in (a no-op rerun reads them from the cache in another order)."""
+    from evalkit.score.cli import _print_score_table
+
+    ok = {"status": "ok", "mean": 0.5, "ci_low": 0.4, "ci_high": 0.6, "n": 2}
+    _print_score_table({"q": {"psnr": dict(ok, mean=40.0), "lpips_alex": ok}}, {"q": "bitsandbytes on CPU"})
+    first = capsys.readouterr().out
+    _print_score_table({"q": {"lpips_alex": ok, "psnr": dict(ok, mean=40.0)}}, {"q": "bitsandbytes on CPU"})
+    assert capsys.readouterr().out == first
+    assert "q †" in first and "† q is partial: bitsandbytes on CPU" in first
+    assert first.index("lpips_alex") < first.index("psnr")  # the registry's order

@@ -71,7 +71,7 @@ def score_main(args: argparse.Namespace) -> int:
     if not main_rank:
         return 0
     if not quiet:
-        _print_score_table(results)
+        _print_score_table(results, _partial_backends(opts.run_dir, list(results)))
         from evalkit.rundir import display_path
 
         print(f"Metrics: {display_path(args.run_dir)}/metrics/ (per_image.csv, <backend>.json)")
@@ -101,14 +101,29 @@ def _fmt(rec: dict[str, Any]) -> str:
     return f"{rec['value']:.4g} (n={rec['n']}" + (", indicative only)" if rec.get("indicative") else ")")
 
 
-def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
-    """Terminal summary: one row per scored backend, mean ± half the 95% CI; every skip listed once with its reason."""
+def _partial_backends(run_dir: Any, backends: list[str]) -> dict[str, str]:
+    """{backend: why} for backends that did less than their name says (records.partial_reason), as check marks †."""
+    from evalkit.records import partial_reason
+    from evalkit.rundir import load_generation_records, open_run
+
+    rd, _manifest = open_run(run_dir)
+    gens = load_generation_records(rd, backends)
+    return {b: why for b in backends if (why := partial_reason(gens.get(b)))}
+
+
+def _print_score_table(results: dict[str, dict[str, Any]], partial: dict[str, str] | None = None) -> None:
+    """Terminal summary: one row per scored backend, mean ± half the 95% CI; every skip listed once with its reason;
+    a partial backend marked † with its reason below. Columns in the metric registry's order, whatever order the
+    records came in (a no-op rerun reads them from the cache)."""
     from rich.console import Console
     from rich.table import Table
 
-    order: list[str] = []
-    for r in results.values():
-        order += [m for m in r if m not in order]
+    from evalkit.metrics.registry import list_metrics
+
+    partial = partial or {}
+    seen = {m for r in results.values() for m in r}
+    order = [s.name for s in list_metrics() if s.name in seen]
+    order += sorted(seen - set(order))
     shown = [m for m in order if any(r.get(m, {}).get("status") == "ok" for r in results.values())]
     t = Table(title="score vs the reference backend: mean ±95% CI half-width (n images)", title_justify="left")
     t.add_column("backend")
@@ -117,12 +132,14 @@ def _print_score_table(results: dict[str, dict[str, Any]]) -> None:
     reasons: dict[str, list[str]] = {}
     for b, r in results.items():
         if any(r.get(m, {}).get("status") == "ok" for m in shown):
-            t.add_row(b, *[_fmt(r.get(m, {})) for m in shown])
+            t.add_row(f"{b} †" if b in partial else b, *[_fmt(r.get(m, {})) for m in shown])
         for m in order:
             if r.get(m, {}).get("status") == "skipped":
                 reasons.setdefault(r[m].get("reason", ""), []).append(f"{m}@{b}")
     c = Console(width=None if sys.stdout.isatty() else 160)
     c.print(t)
+    for b, why in partial.items():
+        c.print(f"  † {b} is partial: {why}", highlight=False, soft_wrap=True)
     for reason, where in reasons.items():
         more = f" (+{len(where) - 3} more)" if len(where) > 3 else ""
         c.print(f"  skipped {', '.join(where[:3])}{more}: {reason}", highlight=False, soft_wrap=True)
