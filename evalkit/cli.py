@@ -55,13 +55,7 @@ RUN_STAGES: list[tuple[str, str, str, str]] = [
 
 
 def _load(module: str, attr: str) -> Callable | None:
-    try:
-        mod = importlib.import_module(module)
-    except ModuleNotFoundError as e:
-        if e.name and module.startswith(e.name):  # the stage itself is not built yet
-            return None
-        raise
-    return getattr(mod, attr, None)
+    return getattr(importlib.import_module(module), attr, None)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -130,7 +124,7 @@ def _run_main(args: argparse.Namespace) -> int:
             continue
         every_rank = _runs_on_every_rank(module)
         if not dist.world().is_main and not every_rank:
-            continue  # only rank 0 calibrates and reports (and scores, until score runs distributed)
+            continue  # only rank 0 calibrates and reports; score runs on every rank (RUNS_ON_EVERY_RANK)
         if dist.world().is_main:  # the run's logs/<stage>.log is rank 0's; other ranks keep to their stderr
             attach_run_log(args.run_dir, name)
         # A stage rank 0 runs alone must not wait in a collective for ranks that went home: a world of one for it.

@@ -29,7 +29,7 @@ def safe_name(name: object, what: str) -> str:
 
 @dataclass(frozen=True)
 class RunDir:
-    """Paths inside one run directory. Every stage goes through these, never through string joins of its own."""
+    """Paths inside one run directory, each named once here (docs/run-directory.md); stages ask for them by name."""
 
     root: Path
 

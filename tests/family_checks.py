@@ -37,11 +37,13 @@ METRICS = "lpips_alex,ssim,psnr"
 
 
 def cpu_backends(family: ModelFamily) -> list[str]:
-    """Every registered backend (no modifiers, no reference) whose availability on this CPU is 'ok' for `family`
-    (a library not installed here is left out, as `evalkit backends` would say)."""
+    """Every backend of `--backends default` (no modifiers, no reference) whose availability on this CPU is 'ok' for
+    `family` (a library not installed here is left out, as `evalkit backends` would say). The opt-in libraries
+    (ModelOpt, SDNQ, AutoRound, BFL: `in_default=False`) are checked on FLUX.1's tiny build in test_backends.py,
+    with their own expected shares: in every family's study they would add ~9 CPU minutes each."""
     from evalkit.quantizers.registry import availability, backend_list, parse_backend
 
-    return [b.name for b in backend_list() if not b.reference
+    return [b.name for b in backend_list() if not b.reference and b.in_default
             and availability(parse_backend(b.name), "cpu", None, family=family)[0] == "ok"]
 
 

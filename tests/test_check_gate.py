@@ -101,7 +101,7 @@ def test_example_cpu_smoke_advice_works_as_written(tmp_path: Path, capsys) -> No
 
 def test_identical_reasons_are_grouped_everywhere(tmp_path: Path, capsys) -> None:
     backends = ("bf16",) + tuple(f"q{i}" for i in range(15))
-    reason = "no CLIP weights found: pass --clip-weights or set EVALKIT_CLIP_PATH; " + "x" * 500
+    reason = "no CLIP weights found: pass --clip-model (docs/metrics.md); " + "x" * 500
     m = manifest(backends=backends)
     root = make_run(tmp_path / "run", m, skipped={"clip_score_drop": reason})
     th = write(tmp_path / "t.toml", "[default]\nclip_score_drop_max = 1.5\n")
