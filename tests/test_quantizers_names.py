@@ -79,3 +79,18 @@ def test_quanto_is_shown_deprecated_upstream_in_backends_and_the_report(tmp_path
     assert "deprecated upstream" in row("quanto-int8") and "QuantoConfig" in row("quanto-int8")
     other = row("torchao-int8wo")
     assert "deprecated upstream" not in other
+
+
+def test_the_table_piped_to_a_file_keeps_each_row_on_its_lines() -> None:
+    """Off a terminal the table is not squeezed into 80 columns (words were cut, 'quantizatio' / 'n'): every backend
+    name and its 'runs here' cell share one line."""
+    r = run_evalkit("backends")
+    assert r.returncode == 0, r.stderr
+    rows = [line for line in r.stdout.splitlines() if line.startswith("│ ")]
+    names = {line.split("│")[1].strip() for line in rows} - {""}
+    assert {"bf16", "bnb-nf4", "torchao-int8wo", "gguf-q4_1"} <= names
+    for line in rows:
+        cells = [c.strip() for c in line.split("│")[1:-1]]
+        if cells[0]:
+            assert cells[1] in ("yes", "no", "partly") or cells[1].startswith(("yes", "no")), line
+    assert max(len(line) for line in r.stdout.splitlines()) > 80
