@@ -285,6 +285,48 @@ class LatencyRecord(TypedDict, total=False):
     first_vs_median: float | None  # first_s over the median: how far the warm-up left it from steady state
 
 
+class BrokenEntry(TypedDict, total=False):
+    """One broken image (or, `scope: "backend"`, a whole backend) found by a tripwire (evalkit.tripwires)."""
+
+    scope: str  # "image" or "backend"
+    prompt_id: str | None
+    seed: int | None
+    file: str | None  # images/<backend>/<prompt>_s<seed>.png (run-relative) or the file name (compare-images)
+    tripwire: str
+    reason: str  # one line
+    value: float | None
+    level: float | None
+    when: str  # "generate" or "score"
+    others: list[dict[str, Any]]  # further tripwires the same image tripped (tripwire, reason, value, level)
+
+
+class NonFinite(TypedDict, total=False):
+    """An image entry's non-finite counts, taken before the PNG (a PNG cannot hold NaN)."""
+
+    latents: int | None  # None: the pipeline gave no step callback to read its latents
+    pixels: int
+
+
+class GenerationTripwires(TypedDict, total=False):
+    """A generation record's `tripwires`: how latents were checked, the backend-level tripwire, image totals."""
+
+    version: int
+    latents: str  # how the latents were read, or why they were not
+    broken_backend: list[BrokenEntry]  # not_quantized, when the census found nothing the recipe expects
+    n_broken_images: int
+    n_nonfinite_images: int
+
+
+class ScoreTripwires(TypedDict, total=False):
+    """A metric record's `tripwires`: what score found and what it could not evaluate."""
+
+    version: int
+    n_broken: int
+    n_reference_broken: int
+    not_evaluated: list[str]  # the first few, "file: tripwire not evaluated: why"
+    n_not_evaluated: int
+
+
 class RankEntry(TypedDict, total=False):
     """One rank's own figures in a merged record (`ranks`)."""
 

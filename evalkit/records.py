@@ -18,10 +18,11 @@ from pathlib import Path
 from typing import Any, Literal, Mapping, NotRequired, Required, TypedDict
 
 from evalkit.errors import EvalkitError
-from evalkit.record_types import (CalibrationFile, CompileRecord, ComputePlan, DeviceInfo, ErrorInfo, FidMode,
-                                  Footprint, GenerationSettings, InForce, LatencyRecord, MemoryRecord, MergeFile,
-                                  ModelEntry, Placement, PrepareStep, QuantizationCensus, RankEntry, Recipe,
-                                  RunConfig, ShardInfo, TokenCounts, UnitFile)
+from evalkit.record_types import (BrokenEntry, CalibrationFile, CompileRecord, ComputePlan, DeviceInfo, ErrorInfo,
+                                  FidMode, Footprint, GenerationSettings, GenerationTripwires, InForce, LatencyRecord,
+                                  MemoryRecord, MergeFile, ModelEntry, NonFinite, Placement, PrepareStep,
+                                  QuantizationCensus, RankEntry, Recipe, RunConfig, ScoreTripwires, ShardInfo,
+                                  TokenCounts, UnitFile)
 from evalkit.shapes import ShapeError, validate
 from evalkit.tripwires import recorded_broken
 
@@ -83,8 +84,8 @@ class ImageEntry(TypedDict, total=False):
     mtime_ns: int
     latency_s: float | None
     flags: list[str]  # "nan", "all_black"
-    nonfinite: dict[str, Any]  # added (#27): {"latents": int | None, "pixels": int}, counted before the PNG
-    broken: list[dict[str, Any]]  # added (#27): generate-time tripwire entries (evalkit.tripwires.BrokenEntry)
+    nonfinite: NonFinite  # added (#27): counted before the PNG
+    broken: list[BrokenEntry]  # added (#27): generate-time tripwire entries
     batch_size: int
     pid: int | None
 
@@ -114,7 +115,7 @@ class GenerationRecord(TypedDict, total=False):
     pid: int | None
     ranks: list[RankEntry]  # added (#14): per-rank figures of a merged record (docs/run-directory.md)
     shard: ShardInfo  # added (#14): in a rank's shard record only
-    tripwires: dict[str, Any]  # added (#27): {version, latents, broken_backend} (evalkit.tripwires)
+    tripwires: GenerationTripwires  # added (#27): evalkit.tripwires
 
 
 class SkippedPair(TypedDict, total=False):
@@ -169,8 +170,8 @@ class MetricRecord(TypedDict, total=False):
     device: Any
     left_out: list[SkippedPair]  # images the score stage left out, with the reason
     missing_headline_metrics: list[str]  # default metrics score skipped for lack of their pinned weights
-    broken: list[dict[str, Any]]  # added (#27): broken images left out of every mean (evalkit.tripwires)
-    tripwires: dict[str, Any]  # added (#27): {version, n_broken, n_reference_broken, not_evaluated, n_not_evaluated}
+    broken: list[BrokenEntry]  # added (#27): broken images left out of every mean (evalkit.tripwires)
+    tripwires: ScoreTripwires  # added (#27)
 
 
 class SummaryBackend(TypedDict, total=False):
@@ -187,7 +188,7 @@ class SummaryBackend(TypedDict, total=False):
     image_flags: dict[str, int]
     n_images: int
     metrics: dict[str, dict[str, Any]]
-    broken: NotRequired[list[dict[str, Any]]]  # added (#27): evalkit.tripwires.recorded_broken
+    broken: NotRequired[list[BrokenEntry]]  # added (#27): evalkit.tripwires.recorded_broken
 
 
 class Summary(TypedDict, total=False):

@@ -26,6 +26,8 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Iterable, Mapping, Sequence, TypedDict
 
+from evalkit.record_types import BrokenEntry
+
 if TYPE_CHECKING:
     import numpy as np
 
@@ -91,19 +93,6 @@ GRID_PERIODS = (2, 3, 4, 5, 6, 7, 8)
 GRID_CONCENTRATION = 20.0
 UNRELATED_BLOCKS = 16
 SATURATED_REFERENCE_MAX = 0.5
-
-
-class BrokenEntry(TypedDict, total=False):
-    scope: str  # "image" or "backend"
-    prompt_id: str | None
-    seed: int | None
-    file: str | None  # images/<backend>/<prompt>_s<seed>.png (run-relative) or the file name (compare-images)
-    tripwire: str
-    reason: str  # one line
-    value: float | None
-    level: float
-    when: str  # "generate" or "score"
-    others: list[dict[str, Any]]  # further tripwires the same image tripped
 
 
 class Result(TypedDict, total=False):

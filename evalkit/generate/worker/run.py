@@ -367,31 +367,14 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
     import torch
 
     from evalkit.generate.worker import loading, measure
+    from evalkit.generate.worker.tripwire_hook import LatentsProbe
 
-    on_cuda = device == "cuda"
-    # --- warm-up (excluded from latency; includes compilation for +compile) -------------------------------------
-    if on_cuda:
+    if device == "cuda":
         measure.cuda_reset_peak()
-    from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
-
     prompts = manifest["prompts"]
-    from evalkit.generate.worker.tripwire_hook import LatentsProbe, record_section
-
     probe = LatentsProbe(pipe)  # final latents for the non-finite tripwire (evalkit.tripwires)
     common = dict(family.call_arguments(gen), output_type="np", **probe.kwargs())
-    # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
-    warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
-    warm_call = dict(family.call_arguments(warm_gen), output_type="np", **probe.kwargs())
-    warm_times = []
-    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
-        for _ in range(int(gen.get("warmup_runs", 1))):
-            emit("phase", phase="warmup")
-            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
-            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **warm_call), device)
-            warm_times.append(dt)
-    record["warmup_times_s"] = warm_times
-    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
-        print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
+    warm_times = _warm_up(manifest, gen, spec, record, pipe, device, family, probe)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
     done = _resumed(rd, manifest, spec.name, target)
@@ -409,16 +392,50 @@ def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: d
             done[p["id"]] = _write_image(rd, spec.name, p, arr, dt, len(batch), target, lat_bad)
         # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
         emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
+    # A unit's record also carries its tag's earlier verified entries outside this unit: a resumed rank loses nothing.
+    record["images"] = [done[p["id"]] for p in prompts if p["id"] in done]
+    _finish_record(record, spec, device, probe, memory, warm_times, compile_info)
 
-    if on_cuda:
+
+def _warm_up(manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str, family: Any,
+             probe: Any) -> list[float]:
+    """The warm-up calls (excluded from latency; compilation for +compile happens here), and what each component
+    computed in during them (compute_dtype); returns their seconds."""
+    import torch
+
+    from evalkit.generate.worker import loading
+    from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
+
+    prompts = manifest["prompts"]
+    # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
+    warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
+    warm_call = dict(family.call_arguments(warm_gen), output_type="np", **probe.kwargs())
+    warm_times = []
+    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
+        for _ in range(int(gen.get("warmup_runs", 1))):
+            emit("phase", phase="warmup")
+            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
+            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **warm_call), device)
+            warm_times.append(dt)
+    record["warmup_times_s"] = warm_times
+    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
+        print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
+    return warm_times
+
+
+def _finish_record(record: dict[str, Any], spec: Any, device: str, probe: Any, memory: dict[str, Any],
+                   warm_times: list[float], compile_info: Any) -> None:
+    """Memory peaks, tripwire totals, latency and compile time, once every image of the unit is written."""
+    from evalkit.generate.worker import measure
+    from evalkit.generate.worker.tripwire_hook import record_section
+
+    if device == "cuda":
         snap = measure.cuda_snapshot()
         memory.update(peak_allocated_gib=snap["max_allocated_gib"], peak_reserved_gib=snap["max_reserved_gib"])
     memory["cpu_peak_rss_gib"] = measure.peak_rss_gib()
     record["memory"] = memory
-    # A unit's record also carries its tag's earlier verified entries outside this unit: a resumed rank loses nothing.
-    record["images"] = [done[p["id"]] for p in prompts if p["id"] in done]
-    # Latency only from images timed in this process: a resumed run may come from another process or machine state.
     record["tripwires"] = record_section(probe, {**record, "status": "ok"}, spec.backend.reference)
+    # Latency only from images timed in this process: a resumed run may come from another process or machine state.
     fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
     record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
     if compile_info is not None:
