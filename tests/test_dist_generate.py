@@ -111,7 +111,9 @@ def test_a_killed_rank_is_named_by_merge_and_a_rerun_fills_exactly_its_holes(tmp
     prompts = tmp_path / "four.txt"
     prompts.write_text("A cat in a hat\nA lighthouse at dusk\nAn owl on a branch\nA bowl of ramen\n",
                        encoding="utf-8")
-    common = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "150", "--backends", "bf16",
+    # 400 steps: an image takes long enough (~2 s at 64x64) that rank 1 is killed before its second one even when
+    # the machine is loaded (at 150 steps a loaded CI machine once let it finish both before the kill landed)
+    common = ["--model", "tiny", "--height", "64", "--width", "64", "--steps", "400", "--backends", "bf16",
               "--warmup", "0"]
     one = tmp_path / "one"
     r = run_evalkit("generate", str(prompts), *common, "--out", str(one))
