@@ -8,6 +8,7 @@ fields written by a newer evalkit of the same schema version. A bool is never ta
 """
 
 import types
+import functools
 import typing
 from typing import Any, Literal, NotRequired, Required
 
@@ -91,8 +92,11 @@ def _resolve(schema: Any) -> Any:
     return schema
 
 
+@functools.lru_cache(maxsize=None)
 def _hints(td: Any) -> dict[str, Any]:
-    return typing.get_type_hints(td)  # resolved in the TypedDict's own module
+    # Resolved in the TypedDict's own module, once per class: get_type_hints compiles every string annotation on
+    # each call, which was most of an unchanged rerun's time (a run's records hold thousands of typed leaves).
+    return typing.get_type_hints(td)
 
 
 def _is_typeddict(hint: Any) -> bool:

@@ -245,3 +245,21 @@ def test_a_schema_1_manifest_keeps_its_fid_mode_readable(old_run: Path) -> None:
     assert load_fid_mode(rd, manifest) == {"implementation": "old", "n": 3}
     (old_run / "fid_mode.json").write_text(json.dumps({"implementation": "new", "n": 3}), encoding="utf-8")
     assert load_fid_mode(rd, manifest)["implementation"] == "new"  # score's own file wins once it exists
+
+
+def test_a_record_read_again_after_a_change_in_place_is_checked_again(tmp_path):
+    """read_record remembers what it has checked by content, not by name: the same bytes skip the shape check, a
+    record rewritten in place (same path, even the same size) is checked again."""
+    import json as _json
+
+    from evalkit.errors import EvalkitError
+    from evalkit.records import read_generation_record
+
+    p = tmp_path / "bf16.json"
+    good = {"schema_version": 2, "backend": "bf16", "status": "ok", "images": []}
+    p.write_text(_json.dumps(good))
+    assert read_generation_record(p)["status"] == "ok"
+    assert read_generation_record(p)["status"] == "ok"  # the remembered check
+    p.write_text(_json.dumps({**good, "status": "okk"}).replace('"okk"', '"ok1"'))
+    with pytest.raises(EvalkitError, match="status"):
+        read_generation_record(p)
