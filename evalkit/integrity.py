@@ -57,8 +57,9 @@ class IntegrityReport:
         self.fingerprint_only += other.fingerprint_only
         return self
 
-    def raise_if_problems(self) -> None:
-        """Raise EvalkitError naming the first bad file, what is wrong and how to fix it, in one line."""
+    def raise_if_problems(self, consequence: str = "") -> None:
+        """Raise EvalkitError naming the first bad file, what is wrong and how to fix it, in one line; `consequence`
+        (a sentence) says what the caller would have got wrong with it."""
         if not self.problems:
             return
         first = self.problems[0]
@@ -67,7 +68,8 @@ class IntegrityReport:
         kind = next((k for k in _FIXES if first["reason"].startswith(k)), BAD_ENTRY)
         more = len(self.problems) - 1
         tail = f"; and {more} more problem{'s' if more != 1 else ''}" if more else ""
-        raise EvalkitError(f"{path}: {first['reason']} ({where}); {_FIXES[kind]}{tail}")
+        raise EvalkitError(f"{path}: {first['reason']} ({where}); {_FIXES[kind]}{tail}"
+                           + (f". {consequence}" if consequence else ""))
 
 
 def expected_size(manifest: dict[str, Any] | None) -> tuple[int, int] | None:

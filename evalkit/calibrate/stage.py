@@ -138,13 +138,8 @@ def _ok_images(rd: RunDir, backend: str, what: str) -> dict[str, dict[str, Any]]
         raise EvalkitError(f"{path}: {what} ({backend}) has status {rec.get('status')!r}: {rec.get('reason')}; "
                            f"see {rd.log(backend)}")
     # The floor is measured against these files: one replaced since generate would set it from another image.
-    report = verify_images(rd, backend, dict(rec), check_extra=False)
-    if report.problems:
-        try:
-            report.raise_if_problems()
-        except EvalkitError as e:
-            raise EvalkitError(f"{e}; {what} must be the images generate recorded before a floor is measured "
-                               f"against them") from None
+    verify_images(rd, backend, dict(rec), check_extra=False).raise_if_problems(
+        f"The images of {what} must be those generate recorded before a floor is measured against them")
     return {e["prompt_id"]: e for e in rec.get("images") or []}
 
 

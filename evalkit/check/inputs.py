@@ -217,12 +217,8 @@ def verify_images(run: RunInputs, backends: list[str], full: bool = False) -> in
         if gen is None or gen.get("status") != "ok":
             continue
         total.merge(verify_backend(run.rd, b, gen, full=full, manifest=run.manifest, check_extra=False))
-    if total.problems:
-        try:
-            total.raise_if_problems()
-        except EvalkitError as e:
-            raise EvalkitError(f"{e}. The run's metrics were computed from the recorded file, so they no longer "
-                               f"describe this one") from None
+    total.raise_if_problems("The run's metrics were computed from the recorded file, so they no longer describe "
+                            "this one")
     return len(total.ok)
 
 

@@ -348,12 +348,8 @@ def verify_images(rd: RunDir, manifest: dict[str, Any], generation: dict[str, di
         if isinstance(rec, dict) and rec.get("status") == "ok" and isinstance(rec.get("images"), list):
             total.merge(verify_backend(rd, name, rec, manifest=manifest, check_extra=False))
     total.problems = [p for p in total.problems if not str(p.get("reason", "")).startswith(MISSING)]
-    if total.problems:
-        try:
-            total.raise_if_problems()
-        except EvalkitError as e:
-            raise EvalkitError(f"{e}. The run's metrics were computed from the recorded file, so a page built now "
-                               f"would show numbers that no longer describe its images") from None
+    total.raise_if_problems("The run's metrics were computed from the recorded file, so a page built now would "
+                            "show numbers that no longer describe its images")
 
 
 def load_report_data(run_dir: str | Path, memory_axis: str | None = None, include_partial: bool = False) -> ReportData:
