@@ -1,7 +1,8 @@
 """The package's shape, checked statically (AST, nothing imported):
 
 * no import cycle between evalkit's modules. A function-level import counts too: it only hides the cycle until the
-  day someone moves it to the top. Imports under `if TYPE_CHECKING:` do not run and do not count;
+  day someone moves it to the top. Imports under `if TYPE_CHECKING:` count as well: a type two modules share
+  belongs in a module both import (as score's State and Plan live in evalkit/score/state.py);
 * no module imports the package root (`from evalkit import __version__` would import every stage lazily);
 * a private name (`_x`) is not imported from another module: what modules share is public API.
 
@@ -37,26 +38,12 @@ def _resolve(name: str) -> str | None:
     return name or None
 
 
-def _runtime_nodes(tree: ast.AST) -> list[ast.AST]:
-    """Every node, except what sits under `if TYPE_CHECKING:`."""
-    out: list[ast.AST] = []
-    stack = [tree]
-    while stack:
-        node = stack.pop()
-        if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test):
-            stack.extend(node.orelse)
-            continue
-        out.append(node)
-        stack.extend(ast.iter_child_nodes(node))
-    return out
-
-
 def _imports(name: str) -> list[tuple[str, str | None]]:
     """(imported evalkit module, name imported from it or None) for every import in module `name`."""
     path = MODULES[name]
     package = name if path.name == "__init__.py" else name.rpartition(".")[0]
     out = []
-    for node in _runtime_nodes(ast.parse(path.read_text(encoding="utf-8"))):
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
         if isinstance(node, ast.ImportFrom):
             base = node.module or ""
             if node.level:

@@ -111,7 +111,7 @@ class ModelFamily:
 
     key: str  # "flux1": `tiny:<key>`, the manifest's `model.family`
     display: str  # "FLUX.1"
-    pipeline_class: str  # a diffusers attribute, e.g. "FluxPipeline"; imported in the worker only
+    pipeline_class: str  # the name of a diffusers pipeline class (each family module sets it); imported in the worker only
     components: tuple[Component, ...]
     variants: tuple[Variant, ...]
     tiny_defaults: GenerationDefaults

@@ -19,7 +19,7 @@ from evalkit import tripwires
 from evalkit.score.common import Item
 
 if TYPE_CHECKING:
-    from evalkit.score.stage import State
+    from evalkit.score.state import State
 
 TABLE = f"tripwire-v{tripwires.TRIPWIRES_VERSION}"
 

@@ -36,7 +36,8 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                     bootstrap_samples: int = DEFAULT_RESAMPLES, fid_method: str = "auto",
                     progress: bool = False) -> dict[str, Any]:
     """Score DIR_B against DIR_A (the reference), pairing files by stem. One dict: metric -> mean, CI, n."""
-    from evalkit.score.stage import State, compute_backends, find_broken, hash_items
+    from evalkit.score.stage import compute_backends, find_broken, hash_items
+    from evalkit.score.state import State
     from evalkit.score.summary import summarise_backend
 
     a, b = Path(dir_a), Path(dir_b)

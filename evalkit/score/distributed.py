@@ -29,7 +29,7 @@ from evalkit.plainlines import PlainLines
 
 if TYPE_CHECKING:
     from evalkit.score.cache import ScoreCache
-    from evalkit.score.stage import Plan, State
+    from evalkit.score.state import Plan, State
 
 _T = TypeVar("_T")
 

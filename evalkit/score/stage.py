@@ -27,8 +27,6 @@ Choices (docs/metrics.md says the same):
 from __future__ import annotations
 
 import os
-import threading
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
@@ -44,6 +42,7 @@ from evalkit.metrics.tensors import Uploads
 from evalkit.score.images import Decoder, list_images, match_reference
 from evalkit.score.stats import DEFAULT_RESAMPLES
 from evalkit.score.run_inputs import RANDOM_WEIGHTS_REASON, hash_items, prepare
+from evalkit.score.state import Plan, State
 from evalkit.rundir import RunDir, open_run
 
 
@@ -147,33 +146,6 @@ def _score_run(rd: RunDir, opts: Options, verify: bool) -> dict[str, Any]:
         return dsc.on_main(summarise_and_write)
 
 
-@dataclass
-class State:
-    cache: ScoreCache
-    opts: Options
-    device: str
-    ref: str
-    items: dict[str, list[Item]]
-    decoder: Any = None
-    bar: Any = None
-    real_feats: dict[str, Any] = field(default_factory=dict)  # extractor -> (features, n, n_corrupt) | unavailable
-    dist_n: dict[str, dict[str, int]] = field(default_factory=dict)  # extractor -> backend -> n
-    waited: float = 0.0  # seconds the scoring loop waited for decoded pixels
-    # Decoded reference images, shared by every backend's pairs (a reference is decoded once per run, not once
-    # per backend) up to EVALKIT_REF_CACHE_GIB (default 2 GiB: ~680 images at 1024²).
-    ref_images: dict[Path, Any] = field(default_factory=dict)
-    ref_bytes: int = 0
-    # References on their way from the decoding workers, by the request bringing them; guarded by ref_lock with
-    # ref_images (submitted from the main thread, settled in the upload thread).
-    ref_inflight: dict[Path, Any] = field(default_factory=dict)
-    ref_lock: threading.Lock = field(default_factory=threading.Lock)
-    claimed: set[tuple[str, ...]] = field(default_factory=set)  # work planned this run, by content key
-    # Broken-output tripwires per backend (evalkit.score.broken): entries, {item: reason} left out of every mean,
-    # {item: reason} of pairs whose reference is broken, notes on tripwires not evaluated.
-    broken: dict[str, tuple[list[dict[str, Any]], dict[int, str], dict[int, str], list[str]]] = \
-        field(default_factory=dict)
-
-
 def find_broken(state: State, rd: RunDir | None, backends: Sequence[str],
                 gens: Mapping[str, Any] | None = None, backend_level: bool = True) -> None:
     """Fill state.broken for `backends`: tripwires not cached yet are computed (decoding what the scoring loop did
@@ -237,19 +209,6 @@ def _needs(state: State, b: str) -> tuple[dict[str, list[int]], dict[str, list[i
             continue
         prompt[m] = [i for i, it in enumerate(items) if it.sha not in corrupt_t and f"{it.sha}:{text_sha(it.prompt)}" not in t]
     return paired, feats, prompt
-
-
-@dataclass
-class Plan:
-    """One backend's uncached work: paired metric -> item indices, extractor / prompt metric -> items, and the
-    chunks they are decoded and scored in."""
-    b: str
-    paired: dict[str, list[int]]
-    feats: dict[str, set[int]]
-    prompt: dict[str, set[int]]
-    need_pair: set[int]
-    parts: list[list[int]]
-    task: Any = None
 
 
 def _plan_backend(state: State, b: str) -> Plan | None:

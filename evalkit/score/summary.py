@@ -23,7 +23,7 @@ from evalkit.score.stats import summarize
 from evalkit.rundir import RunDir, write_summary
 
 if TYPE_CHECKING:
-    from evalkit.score.stage import State
+    from evalkit.score.state import State
 
 CSV_COLUMNS = ["backend", "prompt_id", "seed", "metric", "value", "status", "note"]
 
