@@ -40,7 +40,7 @@ COLUMNS = ("row", "run", "backend", "compile_preset", "status", "reason", "image
            "latency_p10_s", "latency_p90_s", "latency_x_bf16", "anchor_bf16_latency_s", "load_s", "prepare_s",
            "compile_s", "warmup_s", "after_load_allocated_gib", "after_load_reserved_gib", "load_peak_allocated_gib",
            "load_peak_reserved_gib", "peak_allocated_gib", "peak_reserved_gib", "footprint_gib",
-           "quantized_linears_transformer", "quantized_linears_text_encoder_2", "layer_types", "placement",
+           "quantized_linears", "quantized_linears_transformer", "quantized_linears_text_encoder_2", "layer_types", "placement",
            "compile_settings", "compile_cache_warm", "compile_graphs", "compile_graph_breaks", "compile_recompilations", "torchao_config_version", "device", "gpu_count", "torch",
            "diffusers", "transformers", "torchao", "bitsandbytes", "optimum_quanto", "gguf", "date_utc", "warmup_runs",
            "source", "in_table", "int4_kernel", "modelopt", "sdnq", "auto_round", "mslk_cuda")
@@ -62,11 +62,15 @@ def _json(path: Path) -> Any:
 def _layer_types(q: dict[str, Any]) -> str:
     """'transformer: Linear4bit[Params4bit:uint8]×504; text_encoder_2: ...', quantized components only."""
     parts = []
-    for comp in ("transformer", "text_encoder_2"):
-        types = (q.get("layer_types") or {}).get(comp) or {}
+    for comp, types in sorted((q.get("layer_types") or {}).items()):  # the family's components, whatever they are
         if types:
             parts.append(f"{comp}: " + ", ".join(f"{k}×{v}" for k, v in sorted(types.items())))
     return "; ".join(parts)
+
+
+def _linear_counts(counts: dict[str, Any]) -> str:
+    """'transformer 276, text_encoder 252': every component with quantized linears, in the family's own names."""
+    return ", ".join(f"{comp} {n}" for comp, n in counts.items() if n)
 
 
 def _config_version(q: dict[str, Any]) -> str:
@@ -171,7 +175,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
                    load_peak_reserved_gib=mem.get("load_peak_reserved_gib"),
                    peak_allocated_gib=mem.get("peak_allocated_gib"), peak_reserved_gib=mem.get("peak_reserved_gib"),
                    footprint_gib=(rec.get("footprint") or {}).get("total_gib"),
-                   quantized_linears_transformer=qcount.get("transformer"),
+                   quantized_linears=_linear_counts(qcount), quantized_linears_transformer=qcount.get("transformer"),
                    quantized_linears_text_encoder_2=qcount.get("text_encoder_2"),
                    layer_types=_layer_types(q), placement=(rec.get("placement") or {}).get("placement"),
                    compile_settings="" if not comp else
@@ -217,6 +221,7 @@ def rows_of_earlier(path: Path, wanted: set[str]) -> list[dict[str, Any]]:
                     "load_peak_reserved_gib": r.get("load_peak_reserved_gib"),
                     "peak_allocated_gib": r.get("peak_allocated_gib"), "peak_reserved_gib": r.get("peak_reserved_gib"),
                     "footprint_gib": r.get("footprint_gib"),
+                    "quantized_linears": _linear_counts(r.get("quantized_linear_count") or {}),
                     "quantized_linears_transformer": (r.get("quantized_linear_count") or {}).get("transformer"),
                     "quantized_linears_text_encoder_2": (r.get("quantized_linear_count") or {}).get("text_encoder_2"),
                     "layer_types": _layer_types(q), "device": data["device"].get("name"),
@@ -313,7 +318,7 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
              "(median, p10–p90 over the images); × bf16 against the bf16 anchor of the same run. Rows that are not "
              "`ok` are not numbers to compare: their reason says what they are.", "",
              "| row | status | images | s/image median (p10–p90) | × bf16 | after load alloc / res | load peak alloc / res "
-             "| gen peak alloc / res | load s | compile s | quantized linears (transformer / T5) | run | note |",
+             "| gen peak alloc / res | load s | compile s | quantized linears | run | note |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in table:
         partial = r["status"] in ("not finished", "not started")
@@ -330,8 +335,8 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
             f"{_f(r.get('after_load_allocated_gib'))} / {_f(r.get('after_load_reserved_gib'))} | "
             f"{_f(r.get('load_peak_allocated_gib'))} / {_f(r.get('load_peak_reserved_gib'))} | "
             f"{_f(r.get('peak_allocated_gib'))} / {_f(r.get('peak_reserved_gib'))} | {_f(r.get('load_s'), 1)} | "
-            f"{_f(r.get('compile_s'), 1)} | {_f(r.get('quantized_linears_transformer'))} / "
-            f"{_f(r.get('quantized_linears_text_encoder_2'))} | {r['run']} | {_note(r.get('reason'))} |")
+            f"{_f(r.get('compile_s'), 1)} | {r.get('quantized_linears') or '-'} | {r['run']} | "
+            f"{_note(r.get('reason'))} |")
     missing = [name for name in required_rows() if not any(r["backend"] == name for r in table)]
     if missing and seed:
         lines += ["", "Required rows with no run and no earlier result: " + ", ".join(f"`{m}`" for m in missing) + "."]

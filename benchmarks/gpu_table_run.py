@@ -258,8 +258,8 @@ def main() -> int:
     # What this machine can run and why not (`evalkit backends --json`, the H200's own verdicts for rows that cannot
     # run: SM100-only formats, Nunchaku on Hopper, a package not carried), and whether MSLK's int4 kernels load
     # (mslk-cuda carried as a wheel: torchao-int4wo then takes them; an ABI mismatch shows here as an import error).
-    probe = subprocess.run([sys.executable, "-m", "evalkit", "backends", "--json", "--device", a.device], cwd=REPO,
-                           capture_output=True, text=True)
+    probe = subprocess.run([sys.executable, "-m", "evalkit", "backends", "--json", "--device", a.device,
+                            "--model", a.model], cwd=REPO, capture_output=True, text=True)
     (out / "backends.json").write_text(probe.stdout or probe.stderr)
     if any("torchao-int4wo" in r["backends"] for r in a.run):
         mslk = subprocess.run([sys.executable, "-c", "import torch; from evalkit.quantizers.torchao import "
