@@ -192,11 +192,14 @@ def _converter(f: Field) -> Callable[[str], Any]:
     return parse
 
 
-def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequence[str] | None = None) -> None:
-    """Add `cls`'s options (or those named in `only`) to `parser`, each in its group, created once per parser."""
+def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequence[str] | None = None,
+                  flag_prefix: str = "") -> None:
+    """Add `cls`'s options (or those named in `only`) to `parser`, each in its group, created once per parser.
+    `flag_prefix` ("report") spells each flag `--report-<flag>` with the same dest and no other spelling: how
+    `evalkit run` takes a later stage's options without clashing with generate's or score's flags."""
     groups: dict[str, Any] = {}
     for f in option_fields(cls):
-        if only is not None and f.name not in only:
+        if only is not None and f.name not in only or (flag_prefix and f.spec.positional):
             continue
         target = parser
         if f.spec.group:
@@ -221,6 +224,11 @@ def add_arguments(parser: argparse.ArgumentParser | Any, cls: type, only: Sequen
                 kwargs["choices"] = f.spec.choices
             if f.spec.repeat:
                 kwargs["action"] = "append"
+        if f.default is MISSING:
+            kwargs["required"] = True
+        if flag_prefix:
+            target.add_argument(f"--{flag_prefix}-{f.flag[2:]}", **kwargs)
+            continue
         target.add_argument(f.flag, *f.spec.aliases, **kwargs)
         for old in f.spec.deprecated:
             extra: dict[str, Any] = ({"nargs": 0, "const": f.default is not True} if f.is_switch
@@ -397,8 +405,9 @@ class StageOptions:
     RETIRED_OPTIONS: ClassVar[tuple[str, ...]] = ()
 
     @classmethod
-    def add_arguments(cls, parser: argparse.ArgumentParser | Any, only: Sequence[str] | None = None) -> None:
-        add_arguments(parser, cls, only)
+    def add_arguments(cls, parser: argparse.ArgumentParser | Any, only: Sequence[str] | None = None,
+                      flag_prefix: str = "") -> None:
+        add_arguments(parser, cls, only, flag_prefix)
 
     @classmethod
     def from_args(cls: type[T], args: argparse.Namespace, **internal: Any) -> T:

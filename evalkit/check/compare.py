@@ -26,6 +26,7 @@ from evalkit.check import power
 from evalkit.check.bootstrap import MIN_PROMPTS_FOR_SIGNIFICANCE, BootstrapResult, format_p, paired_bootstrap
 from evalkit.check.inputs import RunInputs, few, load_run, number_or_none, verify_images
 from evalkit.check.measure import dig, fmt, num
+from evalkit.check.options import CompareOptions
 from evalkit.check.results import BackendInfo, CaseResult, Finding, Outcome, Report
 from evalkit.check.thresholds import known_metrics
 from evalkit.errors import EvalkitError
@@ -111,6 +112,15 @@ def missing_prompt_differences(base: RunInputs, cand: RunInputs, backends: list[
 def _device_label(m: dict[str, Any]) -> str:
     d = m.get("device") or {}
     return f"{d.get('type')} {d.get('name') or ''}".strip()
+
+
+def judge_compare(opts: CompareOptions) -> Report:
+    """`compare_runs` with the options of `evalkit compare` / `evalkit.compare` (the one place they meet it)."""
+    opts.validate()
+    return compare_runs(opts.base_run, opts.candidate_run, alpha=opts.alpha, n_bootstrap=opts.n_bootstrap,
+                        force=opts.force, fail_on_regression=opts.fail_on_regression,
+                        memory_tolerance=opts.memory_tolerance, latency_tolerance=opts.latency_tolerance,
+                        verify=opts.verify)
 
 
 def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0.05, n_bootstrap: int = 10000,

@@ -23,6 +23,7 @@ from evalkit.check.inputs import RunInputs, few, load_run, verify_images
 from evalkit.check.measure import Measured, fmt, measure_metric, measure_resource, within
 from evalkit.check.noise import (Floor, calibration_differences, calibration_path, floor_cells, load_floors,
                                  resolve_bound)
+from evalkit.check.options import CheckOptions
 from evalkit.check.results import BackendInfo, CaseResult, Outcome, Report
 from evalkit.check.thresholds import KNOWN_METRICS, Bound, Rules, Thresholds, load_thresholds
 from evalkit.errors import EvalkitError
@@ -49,6 +50,13 @@ def run_metric_names(summary: dict[str, Any]) -> tuple[set[str], dict[str, bool]
             if isinstance(m, dict) and isinstance(m.get("higher_is_better"), bool):
                 direction[name] = m["higher_is_better"]
     return names, direction
+
+
+def judge_check(opts: CheckOptions) -> Report:
+    """`check_run` with the options of `evalkit check` / `evalkit.check` (the one place they meet it)."""
+    return check_run(opts.run_dir, opts.thresholds, use_ci=opts.use_ci, calibration=opts.calibration,
+                     require_coverage=opts.require_coverage, require_backends=opts.require_backends,
+                     allow_calibration_mismatch=opts.allow_calibration_mismatch, verify=opts.verify)
 
 
 def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = False,
