@@ -3,7 +3,7 @@
 Stages share one contract, the run directory (docs/run-directory.md):
 generate -> score -> report -> check/compare.
 
-From Python (evalkit/api.py): evalkit.generate, score, report, check, list_backends, list_metrics,
+From Python (evalkit/api.py): evalkit.generate, score, report, check, compare, list_backends, list_metrics,
 compare_images, compute_fid, compute_kid. They are loaded on first use, so `import evalkit` imports no torch.
 """
 
@@ -17,14 +17,14 @@ from typing import TYPE_CHECKING, Any
 
 from evalkit.version import __version__
 
-_API = ("generate", "merge", "score", "report", "check", "list_backends", "list_models", "list_metrics",
+_API = ("generate", "merge", "score", "report", "check", "compare", "list_backends", "list_models", "list_metrics",
         "compare_images", "compute_fid", "compute_kid")
 # API names that are also stage packages (evalkit/generate/, evalkit/score/, evalkit/report/, evalkit/check/).
 _STAGES = ("generate", "score", "report", "check")
 __all__ = ["__version__", *_API]
 
 if TYPE_CHECKING:  # type checkers and IDEs see the real functions
-    from evalkit.api import (check, compare_images, compute_fid, compute_kid, generate, list_backends,  # noqa: F401
+    from evalkit.api import (check, compare, compare_images, compute_fid, compute_kid, generate, list_backends,  # noqa: F401
                              list_metrics, list_models, merge, report, score)
 
 

@@ -21,8 +21,10 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
+from evalkit.check.options import CheckOptions, CompareOptions
 from evalkit.generate.options import GenerateOptions
 from evalkit.options import api_doc, api_signature
+from evalkit.report.options import ReportOptions
 from evalkit.score import api as score_api  # light: its options, no stage
 
 if TYPE_CHECKING:
@@ -31,7 +33,7 @@ if TYPE_CHECKING:
 
 PathLike = str | os.PathLike[str]
 
-__all__ = ["generate", "merge", "score", "report", "check", "list_backends", "list_models", "list_metrics",
+__all__ = ["generate", "merge", "score", "report", "check", "compare", "list_backends", "list_models", "list_metrics",
            "compare_images", "compute_fid", "compute_kid"]
 
 
@@ -140,30 +142,27 @@ def score(run_dir: PathLike, **options: Any) -> dict[str, Any]:
 score.__signature__ = inspect.signature(score_api.score)  # type: ignore[attr-defined]
 
 
-def report(run_dir: PathLike, *, thumb_size: int = 256, no_figures: bool = False, memory_axis: str = "auto",
-           quiet: bool = True) -> Path:
+def report(run_dir: PathLike, **options: Any) -> Path:
     """Write the self-contained HTML report (`evalkit report`); returns the path of index.html.
 
     >>> import tempfile, evalkit
     >>> from evalkit.report.synthetic import make_synthetic_run
     >>> run = make_synthetic_run(tempfile.mkdtemp() + "/run", backends=["bf16", "torchao-int8wo"])
-    >>> evalkit.report(run, no_figures=True).name
+    >>> evalkit.report(run, no_figures=True, quiet=True).name
     'index.html'
     """
-    from evalkit.report.build import build_report
+    from evalkit.report.build import report_with
 
-    if not 32 <= int(thumb_size) <= 2048:
-        from evalkit.errors import EvalkitError
-
-        raise EvalkitError(f"thumb_size {thumb_size}: choose between 32 and 2048 pixels")
-    return Path(build_report(run_dir, thumb_size=int(thumb_size), figures=not no_figures,
-                             memory_axis=None if memory_axis in (None, "auto") else memory_axis, quiet=quiet))
+    args = _REPORT_SIGNATURE.bind(run_dir, **options).arguments
+    return Path(report_with(ReportOptions.from_api(args, "evalkit.report")))
 
 
-def check(run_dir: PathLike, thresholds: PathLike, *, use_ci: bool = False) -> Report:
+def check(run_dir: PathLike, thresholds: PathLike, **options: Any) -> Report:
     """Gate a run against a thresholds TOML (`evalkit check`); returns the result (`.exit_code`: 0 pass, 1 fail).
 
-    A thresholds file that cannot be judged raises EvalkitError (the CLI's exit 2), never a failed result.
+    A thresholds file that cannot be judged raises EvalkitError (the CLI's exit 2), never a failed result. The
+    command line's JUnit and Markdown files are renderings of the result: evalkit.check.junit.render_junit and
+    evalkit.check.markdown.render_markdown.
 
     >>> import tempfile, evalkit
     >>> from pathlib import Path
@@ -175,9 +174,41 @@ def check(run_dir: PathLike, thresholds: PathLike, *, use_ci: bool = False) -> R
     >>> result.exit_code, result.verdict.name
     (0, 'PASS')
     """
-    from evalkit.check.gate import check_run
+    from evalkit.check.gate import judge_check
 
-    return check_run(run_dir, thresholds, use_ci=use_ci)
+    args = _CHECK_SIGNATURE.bind(run_dir, thresholds, **options).arguments
+    return judge_check(CheckOptions.from_api(args, "evalkit.check"))
+
+
+def compare(base_run: PathLike, candidate_run: PathLike, **options: Any) -> Report:
+    """Compare a candidate run with a base run (`evalkit compare`): paired bootstrap per backend and metric, memory
+    and latency against tolerances; returns the result (`.exit_code`: 1 a significant regression with
+    fail_on_regression). Runs that cannot be compared raise EvalkitError (the CLI's exit 2).
+
+    >>> import tempfile, evalkit
+    >>> from evalkit.report.synthetic import make_synthetic_run
+    >>> tmp = tempfile.mkdtemp()
+    >>> base = make_synthetic_run(tmp + "/base", backends=["bf16", "torchao-int8wo"])
+    >>> cand = make_synthetic_run(tmp + "/cand", backends=["bf16", "torchao-int8wo"])
+    >>> evalkit.compare(base, cand, n_bootstrap=200).exit_code
+    0
+    """
+    from evalkit.check.compare import judge_compare
+
+    args = _COMPARE_SIGNATURE.bind(base_run, candidate_run, **options).arguments
+    return judge_compare(CompareOptions.from_api(args, "evalkit.compare"))
+
+
+# Their signatures and Options sections are the options dataclasses' (evalkit/report/options.py,
+# evalkit/check/options.py): declared once.
+_REPORT_SIGNATURE = api_signature(ReportOptions, positional=("run_dir",), return_annotation="Path")
+_CHECK_SIGNATURE = api_signature(CheckOptions, positional=("run_dir", "thresholds"), return_annotation="Report")
+_COMPARE_SIGNATURE = api_signature(CompareOptions, positional=("base_run", "candidate_run"),
+                                   return_annotation="Report")
+for _fn, _sig, _cls in ((report, _REPORT_SIGNATURE, ReportOptions), (check, _CHECK_SIGNATURE, CheckOptions),
+                        (compare, _COMPARE_SIGNATURE, CompareOptions)):
+    _fn.__signature__ = _sig  # type: ignore[attr-defined]
+    _fn.__doc__ = f"{_fn.__doc__}\n    " + api_doc(_cls).replace("\n", "\n    ").rstrip() + "\n"
 
 
 def list_backends(device: str = "auto", model: str | None = None) -> list[dict[str, Any]]:

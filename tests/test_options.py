@@ -14,10 +14,12 @@ from typing import Any
 import pytest
 
 from evalkit.calibrate.options import CalibrateOptions
+from evalkit.check.options import CheckOptions, CompareOptions
 from evalkit.cli import build_parser
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions, prompts_slug
 from evalkit.options import Field, api_fields, option_fields
+from evalkit.report.options import ReportOptions
 from evalkit.score.options import RUN_FLAGS, ScoreOptions
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,13 +35,17 @@ def _api_functions(cls: type) -> list[Any]:
         import evalkit.score.api
 
         return [evalkit.score.api.score, evalkit.api.score]
+    if cls in (ReportOptions, CheckOptions, CompareOptions):
+        return [{ReportOptions: evalkit.api.report, CheckOptions: evalkit.api.check,
+                 CompareOptions: evalkit.api.compare}[cls]]
     from evalkit.calibrate.stage import run_calibration
 
     return [run_calibration]
 
 
 # (options class, its command)
-STAGES = [(GenerateOptions, "generate"), (CalibrateOptions, "calibrate"), (ScoreOptions, "score")]
+STAGES = [(GenerateOptions, "generate"), (CalibrateOptions, "calibrate"), (ScoreOptions, "score"),
+          (ReportOptions, "report"), (CheckOptions, "check"), (CompareOptions, "compare")]
 
 
 def _other_value(f: Field) -> Any:
@@ -79,7 +85,8 @@ def test_every_option_survives_the_launchers_argv(cls: type, command: str) -> No
     args = build_parser().parse_args([command, *opts.to_argv()])
     assert _options(cls.from_args(args)) == _options(opts)
     # and the defaults, which the argv leaves out, come back as defaults
-    plain = cls(**{f.name: _other_value(f) for f in option_fields(cls) if f.spec.positional})
+    plain = cls(**{f.name: _other_value(f) for f in option_fields(cls)
+                   if f.spec.positional or f.default is dataclasses.MISSING})
     assert _options(cls.from_args(build_parser().parse_args([command, *plain.to_argv()]))) == _options(plain)
 
 
@@ -109,7 +116,8 @@ def test_every_option_has_help_and_nothing_else_is_on_the_command_line(cls: type
 def test_every_option_is_a_documented_parameter_of_the_python_api(cls: type, command: str) -> None:
     """Every option but the few that only the command line has (a launcher's --gpus, the terminal's --quiet)."""
     cli_only = {f.name for f in option_fields(cls) if not f.spec.api}
-    assert cli_only <= {"quiet", "gpus", "jobs"}, cli_only
+    # the API returns check's and compare's result, which the JUnit and Markdown files only render
+    assert cli_only <= {"quiet", "gpus", "jobs", "junit", "markdown"}, cli_only
     for fn in _api_functions(cls):
         params = inspect.signature(fn).parameters
         for f in api_fields(cls):
@@ -124,6 +132,36 @@ def test_every_option_is_a_documented_parameter_of_the_python_api(cls: type, com
     values = {f.api_name: getattr(opts, f.name) for f in api_fields(cls)}
     assert {k: v for k, v in _options(cls.from_api(values)).items() if k not in cli_only} == \
         {k: v for k, v in _options(opts).items() if k not in cli_only}
+
+
+def test_evalkit_run_takes_the_report_options_as_report_flags_and_report_takes_them_too() -> None:
+    from evalkit.report.cli import RUN_FIELDS
+    from evalkit.report.data import MEMORY_AXES
+
+    opts = non_default(ReportOptions)
+    argv = ["--report-" + a[2:] for a in opts.to_argv()[1:] if a.split("=")[0][2:].replace("-", "_") in RUN_FIELDS]
+    args = build_parser().parse_args(["run", "p.txt", *argv])
+    args.run_dir = opts.run_dir  # what generate_main sets for the later stages
+    back = ReportOptions.from_args(args)
+    assert {k: getattr(back, k) for k in RUN_FIELDS} == {k: getattr(opts, k) for k in RUN_FIELDS}
+    alone = ReportOptions.from_args(build_parser().parse_args(["report", opts.run_dir, *argv]))
+    assert {k: getattr(alone, k) for k in RUN_FIELDS} == {k: getattr(opts, k) for k in RUN_FIELDS}
+    assert ReportOptions.from_args(build_parser().parse_args(["report", "R"])) == ReportOptions(run_dir="R")
+    assert set(f.spec.choices for f in option_fields(ReportOptions) if f.name == "memory_axis").pop() == \
+        ("auto", *MEMORY_AXES), "the report's memory axes are declared in report/data.py"
+
+
+def test_values_argparse_cannot_refuse_are_refused_in_one_line_by_the_cli_and_the_api(tmp_path: Path) -> None:
+    import evalkit
+
+    with pytest.raises(EvalkitError, match=r"^--alpha must be between 0 and 1, not 1.5$"):
+        evalkit.compare(tmp_path, tmp_path, alpha=1.5)
+    with pytest.raises(EvalkitError, match=r"^--thumb-size 8: choose between 32 and 2048 pixels$"):
+        evalkit.report(tmp_path, thumb_size=8)
+    with pytest.raises(EvalkitError, match=r"^evalkit.check: use_ci = 'yes': expected bool$"):
+        evalkit.check(tmp_path, tmp_path / "t.toml", use_ci="yes")
+    with pytest.raises(SystemExit):  # argparse: --thresholds is required
+        build_parser().parse_args(["check", "RUN"])
 
 
 def test_api_takes_paths_and_sequences_and_refuses_a_wrong_type_naming_it(tmp_path: Path) -> None:

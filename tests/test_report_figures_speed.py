@@ -145,4 +145,4 @@ def test_run_takes_report_formats() -> None:
     from evalkit.cli import build_parser
 
     args = build_parser().parse_args(["run", "prompts/styles.txt", "--report-formats", "svg,png"])
-    assert args.report_formats == "svg,png"
+    assert args.formats == "svg,png"

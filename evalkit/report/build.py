@@ -23,9 +23,17 @@ from evalkit.io import atomic_write_text, read_json
 from evalkit.report.categories import category_tables
 from evalkit.report.data import MEMORY_AXES, ReportData, load_report_data, metric_value
 from evalkit.report.numbers import decimals_for, fmt_fixed, fmt_num, fmt_seconds
-from evalkit.report.options import parse_formats
+from evalkit.report.options import ReportOptions, parse_formats
 from evalkit.rundir import RunDir
 from evalkit.report.summary import highlights, model_notice, noise_floor_cells, perf_view, quality_rows
+
+
+def report_with(opts: ReportOptions) -> Path:
+    """`build_report` with the options of `evalkit report` / `evalkit.report` (the one place they meet it)."""
+    formats = opts.validate()
+    return build_report(opts.run_dir, thumb_size=opts.thumb_size, figures=not opts.no_figures,
+                        memory_axis=None if opts.memory_axis == "auto" else opts.memory_axis,
+                        include_partial=opts.include_partial, quiet=opts.quiet, formats=formats)
 
 
 def build_report(
