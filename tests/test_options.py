@@ -295,12 +295,30 @@ def test_flags_read_alike_across_commands(capsys: pytest.CaptureFixture[str]) ->
     still works, saying so); every flag of every command has help."""
     parser = build_parser()
     assert parser.parse_args(["score", "RUN", "-q"]).quiet is True
-    assert parser.parse_args(["compare-images", "a", "b", "--metrics-batch-size", "4"]).batch_size == 4
+    assert parser.parse_args(["compare-images", "a", "b", "--metrics-batch-size", "4"]).metrics_batch_size == 4
     assert "deprecated" not in capsys.readouterr().err
-    assert parser.parse_args(["compare-images", "a", "b", "--batch-size", "3"]).batch_size == 3
+    assert parser.parse_args(["compare-images", "a", "b", "--batch-size", "3"]).metrics_batch_size == 3
     assert "--batch-size is deprecated; use --metrics-batch-size" in capsys.readouterr().err
     sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     for command, p in sub.choices.items():
         for action in p._actions:
             if action.help != argparse.SUPPRESS:
                 assert action.help and len(action.help.split()) >= 2, (command, action.option_strings or action.dest)
+
+
+def test_compare_images_shares_score_s_declarations_on_the_cli_and_in_the_api() -> None:
+    """`evalkit compare-images` takes score's declarations of the flags they share, and evalkit.compare_images
+    takes each of them with score's default (it had --fid-sqrt in the API and not on the command line)."""
+    import evalkit.score.api
+    from evalkit.score.options import COMPARE_IMAGES_FLAGS
+
+    fields = {f.name: f for f in option_fields(ScoreOptions) if f.name in COMPARE_IMAGES_FLAGS}
+    opts = non_default(ScoreOptions)
+    argv = [a for a in opts.to_argv() if a.split("=")[0][2:].replace("-", "_") in COMPARE_IMAGES_FLAGS]
+    args = build_parser().parse_args(["compare-images", "A", "B", *argv])
+    assert {k: getattr(args, k) for k in fields} == {k: getattr(opts, k) for k in fields}
+    params = inspect.signature(evalkit.score.api.compare_images).parameters
+    api_name = {"metrics_batch_size": "batch_size"}  # the API's older name, kept
+    for name, f in fields.items():
+        default = params[api_name.get(name, name)].default
+        assert default == f.default or (name == "device" and default is None), name

@@ -149,30 +149,26 @@ def _print_score_table(results: dict[str, dict[str, Any]], partial: dict[str, st
 
 def add_compare_images_arguments(parser: argparse.ArgumentParser) -> None:
     from evalkit.options import add_deprecated_alias
+    from evalkit.score.options import COMPARE_IMAGES_FLAGS, ScoreOptions
 
     parser.add_argument("dir_a", help="reference images (e.g. bf16)")
     parser.add_argument("dir_b", help="candidate images, paired with DIR_A by file stem (x.png with x.jpg)")
     parser.add_argument("--metrics", default="lpips,ssim,psnr",
                         help="comma list: lpips (=lpips_alex), lpips_vgg, ssim, ms_ssim, psnr, fid, kid (default %(default)s)")
     parser.add_argument("--json", action="store_true", help="print one JSON object: each metric's mean, CI and n")
-    parser.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                        help="where to score: auto (default: cuda if available), cpu or cuda")
-    parser.add_argument("--workers", type=int, default=None, help="image-decoding processes")
-    # --metrics-batch-size as in `evalkit score`; --batch-size, its old name here, still works (users' scripts)
-    parser.add_argument("--metrics-batch-size", dest="batch_size", type=int, default=8, metavar="METRICS_BATCH_SIZE",
-                        help="image pairs per device batch (default 8)")
-    add_deprecated_alias(parser, "--batch-size", "--metrics-batch-size", "batch_size", type=int)
-    parser.add_argument("--bootstrap-samples", type=int, default=2000,
-                        help="bootstrap resamples for the 95%% confidence intervals (default 2000)")
-    parser.add_argument("--weights-dir", default=None, help="folder holding metric weight files")
+    # The flags it shares with `evalkit score` are score's, declared once (evalkit/score/options.py).
+    ScoreOptions.add_arguments(parser, only=COMPARE_IMAGES_FLAGS)
+    # --batch-size, its old name here, still works (users' scripts)
+    add_deprecated_alias(parser, "--batch-size", "--metrics-batch-size", "metrics_batch_size", type=int)
 
 
 def compare_images_main(args: argparse.Namespace) -> int:
     from evalkit.score.compare import compare_folders
 
     res = compare_folders(args.dir_a, args.dir_b, args.metrics, device=args.device, workers=args.workers,
-                          weights_dir=args.weights_dir, batch_size=args.batch_size,
-                          bootstrap_samples=args.bootstrap_samples, progress=not args.json and sys.stderr.isatty())
+                          weights_dir=args.weights_dir, batch_size=args.metrics_batch_size,
+                          bootstrap_samples=args.bootstrap_samples, fid_method=args.fid_sqrt,
+                          progress=not args.json and sys.stderr.isatty())
     if args.json:
         from evalkit.io import to_json
 

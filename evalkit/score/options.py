@@ -11,6 +11,8 @@ from evalkit.options import StageOptions, option
 # The flags `evalkit run` takes for its scoring step (the others are generate's, or make no sense there).
 RUN_FLAGS = ("metrics", "lpips_net", "clip_model", "metric_weights", "real_dir", "bootstrap_samples", "workers", "metrics_batch_size",
              "fid_sqrt", "no_cache", "weights_dir")
+# The flags `evalkit compare-images` shares with `evalkit score` (the others are a run's).
+COMPARE_IMAGES_FLAGS = ("bootstrap_samples", "workers", "metrics_batch_size", "fid_sqrt", "weights_dir", "device")
 _MANY = "many GPUs (or `torchrun --nproc-per-node N -m evalkit score RUN_DIR`)"
 
 
