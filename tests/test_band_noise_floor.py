@@ -217,3 +217,19 @@ def test_a_calibration_of_another_reference_is_not_shown_and_the_page_says_so(pl
     data = load_report_data(root)
     assert data.floors == {}
     assert any("calibrated reference 'fp32'" in n for n in data.notes)
+
+
+def test_a_calibration_check_refuses_is_not_drawn_either(plain_run: Path, tmp_path: Path) -> None:
+    """check and report read calibration.json through one reader (evalkit/floors.py): the report used to draw an
+    LPIPS floor below identity, a value `evalkit check` refuses."""
+    from evalkit.check.noise import load_floors
+    from evalkit.errors import EvalkitError
+
+    cal = copy.deepcopy(CALIBRATION)
+    cal["metrics"]["lpips_alex"]["floor"]["value"] = -0.01
+    root = _calibrated(plain_run, tmp_path, cal)
+    said = "metrics.lpips_alex.floor.value -0.01 is not on the bad side of identity 0"
+    with pytest.raises(EvalkitError, match=said):
+        load_floors(root / "calibration.json")
+    with pytest.raises(EvalkitError, match=said):
+        build_report(root, figures=False, quiet=True)

@@ -194,7 +194,8 @@ def _calibrate(root: Path, lpips_floor: float, display: str) -> None:
     atomic_write_json(root / "calibration.json", {
         "schema": "evalkit.calibration/1", "run_id": root.name, "reference_backend": "bf16", "device": "cpu",
         "created_utc": "2026-12-05T00:00:00Z", "n_prompts": 3, "model": "tiny", "perturbations": {},
-        "metrics": {"lpips_alex": {"floor": {"status": "ok", "value": lpips_floor, "identical": False, "from": "batch2",
+        "metrics": {"lpips_alex": {"higher_is_better": False, "identity": 0.0, "scale": "linear",
+                                   "floor": {"status": "ok", "value": lpips_floor, "identical": False, "from": "batch2",
                                              "display": display}}}})
 
 

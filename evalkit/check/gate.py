@@ -21,12 +21,12 @@ from typing import Any
 from evalkit.check import power
 from evalkit.check.inputs import RunInputs, few, load_run, verify_images
 from evalkit.check.measure import Measured, fmt, measure_metric, measure_resource, within
-from evalkit.check.noise import (Floor, calibration_differences, calibration_path, floor_cells, load_floors,
-                                 resolve_bound)
+from evalkit.check.noise import calibration_differences, calibration_path, floor_cells, load_floors, resolve_bound
 from evalkit.check.options import CheckOptions
 from evalkit.check.results import BackendInfo, CaseResult, Outcome, Report
 from evalkit.check.thresholds import KNOWN_METRICS, Bound, Rules, Thresholds, load_thresholds
 from evalkit.errors import EvalkitError
+from evalkit.floors import NoiseFloor
 from evalkit.rundir import RunDir
 
 CHECK_COLUMNS = ("value", "bound", "result")
@@ -207,10 +207,10 @@ def _missing_prompts(report: Report, run: RunInputs, rules: dict[str, Rules], re
                                f"over the rest")
 
 
-def _floor_summary(floors: dict[str, Floor | str]) -> str:
+def _floor_summary(floors: dict[str, NoiseFloor | str]) -> str:
     """Each floor and where it comes from: a floor over fewer perturbations than expected is visible at once
     (`evalkit calibrate --perturbations P` writes the floor over P alone)."""
-    ok = [f for f in floors.values() if isinstance(f, Floor)]
+    ok = [f for f in floors.values() if isinstance(f, NoiseFloor)]
     judged = sorted({p for f in ok for p in f.judged})
     over = f"over {', '.join(judged)}: " if judged else ""
     return over + ", ".join(f"{f.metric} {f.display}" + (f" ({f.source})" if f.source and not f.identical else "")
@@ -251,7 +251,7 @@ def _context(report: Report, rd: RunDir, manifest: dict, summary: dict, th: Thre
 
 
 def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str, Any], reference: str,
-                   run: RunInputs, use_ci: bool, floors: dict[str, Floor | str] | None = None,
+                   run: RunInputs, use_ci: bool, floors: dict[str, NoiseFloor | str] | None = None,
                    report: Report | None = None) -> list[CaseResult]:
     b, rd = rules.backend, run.rd
     out: list[CaseResult] = _NoiseCells(floors) if floors is not None else []
@@ -313,7 +313,7 @@ def _judge_backend(rules: Rules, entry: dict[str, Any] | None, summary: dict[str
 class _NoiseCells(list):
     """The cases of one backend, with the floor and margin cells put after value and bound as each is added."""
 
-    def __init__(self, floors: dict[str, Floor | str]) -> None:
+    def __init__(self, floors: dict[str, NoiseFloor | str]) -> None:
         super().__init__()
         self.floors, self.bound, self.value = floors, None, None
 

@@ -1,122 +1,39 @@
-"""The noise floor in check: read calibration.json, resolve `{ noise = k }` bounds, put values in floor units.
+"""The noise floor in check: resolve `{ noise = k }` bounds against calibration.json, put values in floor units,
+and name every setting in which a calibration differs from the run it gates.
 
-calibration.json is written by `evalkit calibrate` (evalkit/calibrate/floor.py defines the floor). Per metric it
-states the floor, the value of identical images (`identity`) and the `scale` a multiple applies on:
-- linear (LPIPS, SSIM): a value's distance from identity, in units of the floor's distance from identity;
-  `{ noise = k }` is identity + k * (floor - identity): LPIPS k * floor, SSIM 1 - k * (1 - floor).
-- db (PSNR): k times the floor's MSE, i.e. 10*log10(k) dB below the floor.
-A floor at identity (the reference reproduced exactly) makes every relative bound demand identical images.
+evalkit/floors.py reads and checks calibration.json (the reader check and report share) and says what a floor and
+its multiples are.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import math
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from evalkit.check.thresholds import Bound
 from evalkit.errors import EvalkitError
+from evalkit.floors import NoiseFloor, read_floors
 from evalkit.check.inputs import is_number, read_json_checked
 from evalkit.record_types import CalibrationFile
 from evalkit.records import check_record
 from evalkit.rundir import RunDir
 
 
-
-@dataclass(frozen=True)
-class Floor:
-    metric: str
-    higher_is_better: bool
-    identity: float
-    scale: str  # "linear" | "db"
-    value: float | None  # None: identical on a dB metric (PSNR), never a number
-    identical: bool
-    display: str
-    source: str | None = None  # the perturbation whose noise end is the floor
-    judged: tuple[str, ...] = ()  # every perturbation the floor was taken over
-
-    def units(self, v: float) -> float:
-        """`v` as a multiple of the floor's degradation (0: identical images, 1: as far off as the noise)."""
-        if self.identical:
-            return 0.0 if self._at_identity(v) else math.inf
-        if self.scale == "db":
-            return 10 ** ((self.value - v) / 10)  # type: ignore[operator]
-        return (v - self.identity) / (self.value - self.identity)  # type: ignore[operator]
-
-    def limit(self, k: float) -> float:
-        """The value `{ noise = k }` stands for."""
-        if self.identical:
-            return self.identity
-        if self.scale == "db":
-            return self.value - 10 * math.log10(k)  # type: ignore[operator]
-        return self.identity + k * (self.value - self.identity)  # type: ignore[operator]
-
-    def _at_identity(self, v: float) -> bool:
-        return v >= self.identity if self.higher_is_better else v <= self.identity
-
-
 def calibration_path(run_root: Path, given: str | Path | None) -> Path:
     return Path(given) if given else RunDir(run_root).calibration
 
 
-def load_floors(path: Path) -> dict[str, Floor | str]:
-    """metric -> Floor, or the reason the calibration has none. EvalkitError (exit 2) naming the file and the field
-    for anything that is not a calibration evalkit wrote: a wrong type, a NaN, a floor on the wrong side."""
-    data = read_json_checked(path, "a calibration")
-    if not isinstance(data, dict) or not isinstance(data.get("metrics"), dict):
-        raise EvalkitError(f"{path}: not a calibration (no 'metrics' table); rerun `evalkit calibrate`")
-    check_record(data, CalibrationFile, path)  # the one schema (evalkit/record_types.py); the floors are checked below
-    out: dict[str, Floor | str] = {}
-    for name, m in data["metrics"].items():
-        where = f"metrics.{name}"
-        _want(path, where, m, dict)
-        f = m.get("floor")
-        _want(path, f"{where}.floor", f, dict)
-        status = _want(path, f"{where}.floor.status", f.get("status"), str)
-        if status != "ok":
-            reason = f.get("reason")
-            out[name] = reason if isinstance(reason, str) and reason else "no floor"
-            continue
-        hib = _want(path, f"{where}.higher_is_better", m.get("higher_is_better"), bool)
-        identity = _want(path, f"{where}.identity", m.get("identity"), float)
-        scale = m.get("scale", "linear")
-        if scale not in ("linear", "db"):
-            raise EvalkitError(f"{path}: {where}.scale must be \"linear\" or \"db\", found {scale!r}")
-        identical = _want(path, f"{where}.floor.identical", f.get("identical"), bool)
-        value = f.get("value")
-        if value is None and not (identical and scale == "db"):
-            raise EvalkitError(f"{path}: {where}.floor.value is null, which only an identical dB floor may be")
-        if value is not None:
-            value = _want(path, f"{where}.floor.value", value, float)
-            # A floor on the good side of identity, or at identity while not identical, has no distance to scale.
-            worse = value < identity if hib else value > identity
-            if not identical and not worse:
-                raise EvalkitError(f"{path}: {where}.floor.value {value:g} is not on the bad side of identity "
-                                   f"{identity:g} ({'higher' if hib else 'lower'} is better), yet identical is false")
-        display = f.get("display")
-        judged = f.get("perturbations_judged") or []
-        if not isinstance(judged, list) or not all(isinstance(p, str) for p in judged):
-            raise EvalkitError(f"{path}: {where}.floor.perturbations_judged must be a list of names")
-        source = f.get("from")
-        out[name] = Floor(name, hib, identity, scale, value, identical,
-                          display if isinstance(display, str) else f"{value:g}" if value is not None else "identical",
-                          source if isinstance(source, str) else None, tuple(judged))
-    return out
+def load_floors(path: Path) -> dict[str, NoiseFloor | str]:
+    """metric -> NoiseFloor, or the reason the calibration has none. EvalkitError (exit 2) naming the file and the
+    field for anything that is not a calibration evalkit wrote: a wrong type, a NaN, a floor on the wrong side."""
+    read_json_checked(path, "a calibration")  # a NaN anywhere, a directory, a file nested too deeply: named
+    _, floors = read_floors(path)
+    return {name: f if f.ok else f.reason for name, f in floors.items()}
 
 
-def _want(path: Path, where: str, x: Any, typ: type) -> Any:
-    """`x` if it is a `typ` (float: any number), else a one-line EvalkitError naming the file and the field."""
-    ok = is_number(x) if typ is float else isinstance(x, typ) and not (typ is int and isinstance(x, bool))
-    if not ok:
-        kind = {dict: "a JSON object", str: "a string", bool: "true or false", float: "a number"}[typ]
-        raise EvalkitError(f"{path}: {where} must be {kind}, found {'null' if x is None else type(x).__name__}"
-                           + (f" {x!r}"[:40] if isinstance(x, (str, int, float)) else ""))
-    return float(x) if typ is float else x
-
-
-def resolve_bound(bound: Bound, floors: dict[str, Floor | str] | None, cal: Path) -> Bound:
+def resolve_bound(bound: Bound, floors: dict[str, NoiseFloor | str] | None, cal: Path) -> Bound:
     """A relative bound with its limit filled in from the floor; exit 2 (EvalkitError) naming the bound's
     file:line when there is no calibration or no floor for its metric."""
     if not bound.is_relative:
@@ -126,16 +43,16 @@ def resolve_bound(bound: Bound, floors: dict[str, Floor | str] | None, cal: Path
         raise EvalkitError(f"{bound.where}: {spelled} is relative to the noise floor, but there is no calibration "
                            f"({cal} not found); run `evalkit calibrate RUN_DIR` or pass --calibration FILE")
     floor = floors.get(bound.quantity)
-    if not isinstance(floor, Floor):
+    if not isinstance(floor, NoiseFloor):
         why = floor if isinstance(floor, str) else "the calibration has no such metric"
         raise EvalkitError(f"{bound.where}: {spelled}: {cal} has no floor for {bound.quantity} ({why})")
     return dataclasses.replace(bound, limit=floor.limit(bound.noise))  # type: ignore[arg-type]
 
 
-def floor_cells(bound: Bound, value: float | None, floors: dict[str, Floor | str] | None) -> tuple[tuple[str, str], str]:
+def floor_cells(bound: Bound, value: float | None, floors: dict[str, NoiseFloor | str] | None) -> tuple[tuple[str, str], str]:
     """(floor cell, margin cell) and a note. Margin: the bound minus the value, in floor units (> 0 passes)."""
     floor = (floors or {}).get(bound.quantity) if bound.is_metric else None
-    if not isinstance(floor, Floor):
+    if not isinstance(floor, NoiseFloor):
         return ("—", "—"), ""
     if value is None or math.isnan(value):
         return (floor.display, "—"), ""

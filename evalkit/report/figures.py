@@ -15,7 +15,9 @@ from evalkit.quantizers.base import REFERENCE_COLOUR
 from evalkit.quantizers.registry import library_order
 from evalkit.report.data import MEMORY_AXES, MetricInfo, ReportData, metric_value, pareto_front, safe_name
 from evalkit.report.labels import place_labels
-from evalkit.report.noise_floor import BAND_LABEL, IDENTICAL_NOTE, NoiseFloor, band_limits, metric_identity
+from evalkit.floors import NoiseFloor
+from evalkit.report.noise_floor import BAND_LABEL, IDENTICAL_NOTE, band_limits, metric_identity
+from evalkit.report.noise_floor import caption as floor_caption
 from evalkit.report.summary import floor_text
 
 # Okabe–Ito, for the bars of memory phases and for a library that has no record (an older run's); a registered
@@ -314,7 +316,7 @@ def _render(job: tuple[str, int], formats: tuple[str, ...]) -> Figure | None:
             key = f"{kind}_{safe_name(m.key)}"
             floor = data.floors.get(m.key)
             if floor is not None:
-                caption += " " + floor.caption(m.label, floor_text(data, m))
+                caption += " " + floor_caption(floor, m.label, floor_text(data, m))
             if any(b.partial for b in data.backends if b.ok):
                 caption += (f" † quantized less than its name says on this device (hollow marker)"
                             f"{'' if data.include_partial else '; not on the Pareto front (--include-partial)'}.")
