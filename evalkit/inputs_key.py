@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable
 
 from evalkit.io import atomic_write_json
+from evalkit.record_types import InputsKey
 
 # Packages whose version changes a score: a new release of one of them invalidates every stored score key. torch
 # itself is read from its Library record (evalkit/quantizers/base.py), which holds library names once.
@@ -83,13 +84,20 @@ def hf_hub_cache() -> Path:
 
 
 def stored_key_matches(path: Path, key: str, outputs: Iterable[Path]) -> bool:
-    """True when `path` holds `key` and every output the stage wrote is still there."""
+    """True when `path` holds an InputsKey record of `key` and every output the stage wrote is still there."""
+    from evalkit.shapes import ShapeError, validate
+
     stored = json_file_content(path)
-    return isinstance(stored, dict) and stored.get("key") == key and all(p.exists() for p in outputs)
+    try:
+        validate(stored, InputsKey, "inputs key")
+    except ShapeError:
+        return False  # not a key this evalkit wrote: the stage reruns, which is always safe
+    return stored["key"] == key and all(p.exists() for p in outputs)
 
 
 def store_key(path: Path, key: str, what: str) -> None:
-    atomic_write_json(path, {"key": key, "covers": what})
+    record: InputsKey = {"key": key, "covers": what}
+    atomic_write_json(path, record)
 
 
 __all__ = ["METRIC_PACKAGES", "content_key", "score_packages", "hf_hub_cache", "json_file_content", "package_versions", "store_key",

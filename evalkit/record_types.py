@@ -385,6 +385,14 @@ class MergeBackend(TypedDict, total=False):
     missing: list[str]  # prompt ids no unit produced
 
 
+class InputsKey(TypedDict):
+    """metrics/inputs.json (score) and report-inputs.json (report): the content key of what the stage's outputs
+    were made from. An unchanged rerun compares it and does no work; a file of another shape means a rerun."""
+
+    key: str  # evalkit.inputs_key.content_key of the stage's inputs and options
+    covers: str  # in words, what the key covers
+
+
 class MergeFile(TypedDict, total=False):
     """merge.json: every unit's rank and sha256 per backend, written by the rank that merged."""
 
