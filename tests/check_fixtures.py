@@ -1,4 +1,5 @@
-"""Tiny synthetic run directories for the check/compare tests, written exactly as docs/run-directory.md says.
+"""Tiny synthetic run directories for the check/compare tests, built through evalkit's own record builders
+(evalkit.records), as tests/fake_run.py is: a test that uses them cannot drift from the format evalkit writes.
 
 No model: manifest.json, generation/<backend>.json, metrics/<backend>.json and summary.json (via write_summary),
 plus one small solid-colour PNG per (backend, prompt) recorded with its sha256 and stat fingerprint, because check
@@ -12,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.io import atomic_write_json
-from evalkit.prompts import prompt_id, prompt_seed
+from evalkit.prompts import parse_prompts
+from evalkit.records import build_generation_record, build_manifest, build_metric_record, image_entry, prompt_entry
 from evalkit.rundir import RunDir, write_summary
 
 PROMPTS = [
@@ -40,72 +42,63 @@ BASE_PSNR = [28.0, 26.5, 27.2, 29.1, 25.8, 27.0, 26.2, 28.7, 25.1, 27.5, 28.3, 2
 
 def manifest(prompts: list[str] = PROMPTS, backends: tuple[str, ...] = ("bf16", "bnb-nf4", "torchao-int8wo"),
              base_seed: int = 0, device: str = "cpu", **generation: Any) -> dict[str, Any]:
+    """The manifest, through evalkit's own builder (evalkit.records.build_manifest); prompt ids and seeds come
+    from evalkit.prompts."""
     gen = {"height": 128, "width": 128, "num_inference_steps": 4, "guidance_scale": 3.5,
            "max_sequence_length": 64, "batch_size": 1, "base_seed": base_seed, "generator_device": "cpu",
            "warmup_runs": 1, "dtype": "bfloat16"}
     gen.update(generation)
-    return {
-        "schema_version": 1,
-        "run_id": "20261121-143000-tiny",
-        "created_utc": "2026-11-21T14:30:00Z",
-        "evalkit_version": "0.1.0",
-        "command": ["evalkit", "run", "prompts/styles.txt", "--model", "tiny"],
-        "prompts_file": "prompts/styles.txt",
-        "prompts_sha256": "0" * 64,
-        "prompts": [{"index": i, "id": prompt_id(i, t), "text": t, "seed": prompt_seed(t, base_seed),
-                     "tokens": {"clip": 12, "clip_limit": 77, "clip_truncated": False,
-                                "t5": 14, "t5_limit": 512, "t5_truncated": False}}
-                    for i, t in enumerate(prompts)],
-        "model": {"spec": "tiny", "kind": "tiny", "path": "/cache/tiny", "random_weights": False,
-                  "quality_meaningful": True, "note": "tiny test model"},
-        "generation": gen,
-        "backends": list(backends),
-        "reference_backend": "bf16",
-        "device": {"type": device, "name": "Intel CPU" if device == "cpu" else "NVIDIA H100", "capability": None,
-                   "total_memory_gib": None, "cpu_count": 2, "platform": "linux", "python": "3.11.7"},
-        "versions": {"torch": "2.13.0+cpu", "diffusers": "0.42.1"},
-        "memory_convention": {"unit": "GiB (2^30 bytes)"},
-        "fid_mode": {},
-        "config": {},
-    }
+    tokens = {"clip": 12, "clip_limit": 77, "clip_truncated": False, "t5": 14, "t5_limit": 512, "t5_truncated": False}
+    parsed = parse_prompts("\n".join(prompts) + "\n", base_seed=base_seed)
+    return dict(build_manifest(
+        prompts=[prompt_entry(p, tokens) for p in parsed], backends=list(backends), run_id="20261121-143000-tiny",
+        generation=gen, created_utc="2026-11-21T14:30:00Z", evalkit_version="0.1.0",
+        command=["evalkit", "run", "prompts/styles.txt", "--model", "tiny"], prompts_file="prompts/styles.txt",
+        prompts_sha256="0" * 64,
+        model={"spec": "tiny", "kind": "tiny", "path": "/cache/tiny", "random_weights": False,
+               "quality_meaningful": True, "note": "tiny test model"},
+        device={"type": device, "name": "Intel CPU" if device == "cpu" else "NVIDIA H100", "capability": None,
+                "total_memory_gib": None, "cpu_count": 2, "platform": "linux", "python": "3.11.7"},
+        versions={"torch": "2.13.0+cpu", "diffusers": "0.42.1"}, memory_convention={"unit": "GiB (2^30 bytes)"},
+        config={}))
 
 
 def generation_record(backend: str, m: dict[str, Any], status: str = "ok", reason: str | None = None,
                       device: str = "cpu", median_s: float = 0.03, peak_reserved: float | None = None,
                       flags: dict[str, list[str]] | None = None) -> dict[str, Any]:
+    """A generation record through evalkit's builder; its images' sha256 are placeholders until make_run writes
+    the files and records their real hashes and stat fingerprints."""
     cuda = device == "cuda"
+    peak = peak_reserved or 1.0
     mem = {
         "device": device,
-        "after_load_allocated_gib": (peak_reserved or 1.0) * 0.8 if cuda else None,
-        "after_load_reserved_gib": (peak_reserved or 1.0) * 0.9 if cuda else None,
-        "load_peak_allocated_gib": (peak_reserved or 1.0) * 0.85 if cuda else None,
-        "load_peak_reserved_gib": (peak_reserved or 1.0) * 0.95 if cuda else None,
-        "peak_allocated_gib": (peak_reserved or 1.0) * 0.9 if cuda else None,
-        "peak_reserved_gib": (peak_reserved or 1.0) if cuda else None,
+        "after_load_allocated_gib": peak * 0.8 if cuda else None,
+        "after_load_reserved_gib": peak * 0.9 if cuda else None,
+        "load_peak_allocated_gib": peak * 0.85 if cuda else None,
+        "load_peak_reserved_gib": peak * 0.95 if cuda else None,
+        "peak_allocated_gib": peak * 0.9 if cuda else None,
+        "peak_reserved_gib": peak if cuda else None,
         "cuda_reason": None if cuda else "device is cpu",
         "cpu_peak_rss_gib": 2.1,
     }
-    images = [] if status != "ok" else [
-        {"prompt_id": p["id"], "seed": p["seed"], "path": f"images/{backend}/{p['id']}_s{p['seed']}.png",
-         "sha256": "0" * 64, "latency_s": median_s, "flags": (flags or {}).get(p["id"], [])}
+    ok = status == "ok"
+    images = [] if not ok else [
+        image_entry(prompt_id=p["id"], seed=p["seed"], path=f"images/{backend}/{p['id']}_s{p['seed']}.png",
+                    sha256="0" * 64, latency_s=median_s, flags=(flags or {}).get(p["id"], []))
         for p in m["prompts"]]
-    return {
-        "schema_version": 1, "backend": backend, "status": status, "reason": reason,
-        "error": None if status == "ok" else {"type": "RuntimeError", "message": reason or "", "traceback_tail": ""},
-        "recipe": {"name": backend, "library": backend.split("-")[0], "components": ["transformer"],
-                   "modifiers": [], "options": {}},
-        "quantization": {"resolved_config": {}, "components_quantized": [] if backend == "bf16" else ["transformer"],
-                         "layer_types": {}, "quantized_linear_count": {}},
-        "footprint": {"total_bytes": 1 << 20, "total_gib": 0.001},
-        "load_time_s": 1.2 if status == "ok" else None,
-        "compile_time_s": None,
-        "memory": mem if status == "ok" else None,
-        "latency": ({"warmup_runs": 1, "n": len(m["prompts"]), "median_s": median_s, "mean_s": median_s,
-                     "std_s": 0.001, "min_s": median_s, "max_s": median_s, "p10_s": median_s, "p90_s": median_s}
-                    if status == "ok" else None),
-        "images": images,
-        "started_utc": "2026-11-21T14:30:00Z", "finished_utc": "2026-11-21T14:31:00Z", "pid": 1,
-    }
+    return dict(build_generation_record(
+        backend=backend, status=status, reason=reason,  # type: ignore[arg-type]
+        error=None if ok else {"type": "RuntimeError", "message": reason or "", "traceback_tail": ""},
+        recipe={"name": backend, "library": backend.split("-")[0], "components": ["transformer"], "modifiers": [],
+                "options": {}},
+        quantization={"resolved_config": {}, "components_quantized": [] if backend == "bf16" else ["transformer"],
+                      "layer_types": {}, "quantized_linear_count": {}},
+        footprint={"total_bytes": 1 << 20, "total_gib": 0.001}, load_time_s=1.2 if ok else None,
+        memory=mem if ok else None,
+        latency=({"warmup_runs": 1, "n": len(m["prompts"]), "median_s": median_s, "mean_s": median_s,
+                  "std_s": 0.001, "min_s": median_s, "max_s": median_s, "p10_s": median_s, "p90_s": median_s}
+                 if ok else None),
+        images=images, started_utc="2026-11-21T14:30:00Z", finished_utc="2026-11-21T14:31:00Z", pid=1))
 
 
 def _metric(values: list[float], ids: list[str], higher_is_better: bool) -> dict[str, Any]:
@@ -131,7 +124,7 @@ def metrics_record(backend: str, m: dict[str, Any], shift: float = 0.0,
     }
     for name, reason in (skipped or {}).items():
         metrics[name] = {"status": "skipped", "reason": reason}
-    return {"schema_version": 1, "backend": backend, "reference_backend": "bf16", "metrics": metrics}
+    return dict(build_metric_record(backend=backend, metrics=metrics))
 
 
 def write_images(rd: RunDir, backend: str, m: dict[str, Any]) -> list[dict[str, Any]]:
