@@ -56,3 +56,20 @@ def device_without_torch(requested: str) -> str | None:
 def nvidia_gpu_present() -> bool:
     """Whether this machine has an NVIDIA GPU, judged from the driver's device nodes (no CUDA call, no torch)."""
     return os.path.exists("/dev/nvidiactl") or any(Path("/dev").glob("nvidia[0-9]*"))
+
+
+def available_memory_bytes(device: str) -> int | None:
+    """Memory a computation on `device` ("cpu", "cuda", "cuda:N") can still take: the kernel's MemAvailable on a
+    CPU, the GPU's free memory plus what torch's caching allocator holds unused on CUDA; None when unknown."""
+    if device.startswith("cuda"):
+        import torch
+
+        dev = torch.device(device)
+        free, _ = torch.cuda.mem_get_info(dev)
+        return int(free + torch.cuda.memory_reserved(dev) - torch.cuda.memory_allocated(dev))
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            kib = next(int(line.split()[1]) for line in f if line.startswith("MemAvailable:"))
+        return kib * 1024
+    except (OSError, StopIteration, ValueError):
+        return None

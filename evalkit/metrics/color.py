@@ -132,6 +132,19 @@ def _as_tensor(batch: Any, device: Any) -> Any:
     return torch.from_numpy(np.ascontiguousarray(a)).to(device)
 
 
+def _banded_mean(ref: Any, img: Any, per_pixel: Any) -> float:
+    """Mean over the pixels of one HxWx3 pair of `per_pixel(ref, img)` (a float64 map). A large image goes band by
+    band (evalkit.metrics.tensors.row_bands), its float64 intermediates then a band's; each pixel's value is the
+    same, only the order of the float64 sum differs. At most BAND_PIXELS pixels: exactly the whole map's mean."""
+    from evalkit.metrics.tensors import row_bands
+
+    h, w = ref.shape[0], ref.shape[1]
+    bands = row_bands(h, w)
+    if len(bands) == 1:
+        return float(per_pixel(ref, img).mean())
+    return sum(float(per_pixel(ref[r0:r1], img[r0:r1]).sum()) for r0, r1 in bands) / (h * w)
+
+
 def _check_pair(ref: Any, img: Any) -> None:
     if tuple(ref.shape) != tuple(img.shape):
         raise ValueError(f"colour metrics need equal shapes, got {tuple(ref.shape)} and {tuple(img.shape)}")
@@ -157,7 +170,7 @@ class DeltaE2000Metric:
         _check_pair(ref, img)
         out = np.empty(ref.shape[0], dtype=np.float64)
         for i in range(ref.shape[0]):
-            out[i] = float(delta_e_ciede2000(rgb_to_lab(ref[i]), rgb_to_lab(img[i])).mean())
+            out[i] = _banded_mean(ref[i], img[i], lambda a, b: delta_e_ciede2000(rgb_to_lab(a), rgb_to_lab(b)))
         return out
 
 
@@ -182,10 +195,11 @@ class LabShiftMetric:
         ref, img = _as_tensor(ref_uint8_batch, self.device), _as_tensor(img_uint8_batch, self.device)
         _check_pair(ref, img)
         out = np.empty(ref.shape[0], dtype=np.float64)
+        channel = self.index
         for i in range(ref.shape[0]):
-            a = rgb_to_lab(ref[i])[..., self.index].mean()
-            b = rgb_to_lab(img[i])[..., self.index].mean()
-            out[i] = abs(float(b - a))
+            a = _banded_mean(ref[i], ref[i], lambda x, _: rgb_to_lab(x)[..., channel])
+            b = _banded_mean(img[i], img[i], lambda x, _: rgb_to_lab(x)[..., channel])
+            out[i] = abs(b - a)
         return out
 
 

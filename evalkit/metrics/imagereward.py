@@ -44,11 +44,39 @@ BERT_DIRS = ("", "bert-base-uncased")  # where vocab.txt may be, relative to the
 
 def build_model(med_cfg: Mapping[str, Any], vit: Mapping[str, int] | None = None) -> Any:
     """ImageReward's modules under the checkpoint's names: blip.visual_encoder, blip.text_encoder, mlp.layers."""
+    from torch import nn
+
+    v = dict(VIT_LARGE if vit is None else vit)
+    # The module classes are made when a model is built, not at import: importing this module needs no torch.
+    VisionTransformer, TextEncoder = _vision_transformer_class(), _text_encoder_class()
+
+    class ImageReward(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.blip = nn.Module()
+            self.blip.visual_encoder = VisionTransformer(v)
+            # blip_pretrain.py L32-37: encoder_width is the ViT's width, whatever med_config.json says.
+            self.blip.text_encoder = TextEncoder(med_cfg, encoder_width=v["width"])
+            H = int(med_cfg["hidden_size"])
+            # MLP(768): Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear; no activations.
+            self.mlp = nn.Module()
+            self.mlp.layers = nn.Sequential(nn.Linear(H, 1024), nn.Identity(), nn.Linear(1024, 128), nn.Identity(),
+                                            nn.Linear(128, 64), nn.Identity(), nn.Linear(64, 16), nn.Linear(16, 1))
+
+        def forward(self, pixel_values: Any, input_ids: Any, attention_mask: Any) -> Any:
+            h = self.blip.text_encoder(input_ids, attention_mask, self.blip.visual_encoder(pixel_values))
+            return ((self.mlp.layers(h[:, 0, :]) - IR_MEAN) / IR_STD)[:, 0]
+
+    return ImageReward().eval()
+
+
+def _attention_class() -> type:
+    """med.py's BertAttention as a torch module class: self-attention over the text (key/value width = hidden
+    size), or cross-attention to the image tokens (key/value width = the ViT's width)."""
     import torch
     from torch import nn
 
     F = torch.nn.functional
-    v = dict(VIT_LARGE if vit is None else vit)
 
     class Attention(nn.Module):  # med.py BertAttention (self.query/key/value + output.dense/LayerNorm)
         def __init__(self, hidden: int, heads: int, kv_width: int, eps: float) -> None:
@@ -69,6 +97,18 @@ def build_model(med_cfg: Mapping[str, Any], vit: Mapping[str, int] | None = None
             a = F.scaled_dot_product_attention(split(self.self.query(h)), split(self.self.key(kv)),
                                                split(self.self.value(kv)), attn_mask=mask)
             return self.output.LayerNorm(self.output.dense(a.transpose(1, 2).reshape(B, L, C)) + h)
+
+    return Attention
+
+
+def _text_encoder_class() -> type:
+    """med.py's BertModel in 'multimodal' mode as a torch module class: BERT without token-type embeddings, each
+    layer bidirectional self-attention, cross-attention to every image token, then the feed-forward."""
+    import torch
+    from torch import nn
+
+    F = torch.nn.functional
+    Attention = _attention_class()
 
     class TextEncoder(nn.Module):  # med.py BertModel(add_pooling_layer=False), 'multimodal' mode
         def __init__(self, cfg: Mapping[str, Any], encoder_width: int) -> None:
@@ -95,7 +135,8 @@ def build_model(med_cfg: Mapping[str, Any], vit: Mapping[str, int] | None = None
 
         def forward(self, ids: Any, attention_mask: Any, image_embeds: Any) -> Any:
             pos = torch.arange(ids.shape[1], device=ids.device)[None]
-            h = self.embeddings.LayerNorm(self.embeddings.word_embeddings(ids) + self.embeddings.position_embeddings(pos))
+            h = self.embeddings.LayerNorm(self.embeddings.word_embeddings(ids)
+                                          + self.embeddings.position_embeddings(pos))
             # med.py get_extended_attention_mask: (1 - mask) * -10000 added to the scores (not causal).
             mask = (1.0 - attention_mask[:, None, None, :].to(h.dtype)) * -10000.0
             for layer in self.encoder.layer:
@@ -104,8 +145,19 @@ def build_model(med_cfg: Mapping[str, Any], vit: Mapping[str, int] | None = None
                 h = layer.output.LayerNorm(layer.output.dense(F.gelu(layer.intermediate.dense(h))) + h)
             return h
 
+    return TextEncoder
+
+
+def _vision_transformer_class() -> type:
+    """vit.py's VisionTransformer (timm-style ViT: pre-LN blocks, LayerNorm eps 1e-6, every token returned) as a
+    torch module class, inference only; its size (width, depth, heads, patch, image_size) is given to it."""
+    import torch
+    from torch import nn
+
+    F = torch.nn.functional
+
     class VisionTransformer(nn.Module):  # vit.py VisionTransformer, inference only
-        def __init__(self) -> None:
+        def __init__(self, v: Mapping[str, int]) -> None:
             super().__init__()
             W, self.heads = v["width"], v["heads"]
             self.patch_embed = nn.Module()
@@ -135,24 +187,7 @@ def build_model(med_cfg: Mapping[str, Any], vit: Mapping[str, int] | None = None
                 x = x + b.mlp.fc2(F.gelu(b.mlp.fc1(b.norm2(x))))
             return self.norm(x)
 
-    class ImageReward(nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.blip = nn.Module()
-            self.blip.visual_encoder = VisionTransformer()
-            # blip_pretrain.py L32-37: encoder_width is the ViT's width, whatever med_config.json says.
-            self.blip.text_encoder = TextEncoder(med_cfg, encoder_width=v["width"])
-            H = int(med_cfg["hidden_size"])
-            # MLP(768): Linear, Dropout, Linear, Dropout, Linear, Dropout, Linear, Linear; no activations.
-            self.mlp = nn.Module()
-            self.mlp.layers = nn.Sequential(nn.Linear(H, 1024), nn.Identity(), nn.Linear(1024, 128), nn.Identity(),
-                                            nn.Linear(128, 64), nn.Identity(), nn.Linear(64, 16), nn.Linear(16, 1))
-
-        def forward(self, pixel_values: Any, input_ids: Any, attention_mask: Any) -> Any:
-            h = self.blip.text_encoder(input_ids, attention_mask, self.blip.visual_encoder(pixel_values))
-            return ((self.mlp.layers(h[:, 0, :]) - IR_MEAN) / IR_STD)[:, 0]
-
-    return ImageReward().eval()
+    return VisionTransformer
 
 
 def load_imagereward(ckpt: Path, med_config: Path, vit: Mapping[str, int] | None = None) -> Any:

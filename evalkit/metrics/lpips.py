@@ -138,6 +138,9 @@ class LPIPSMetric:
         self.memory_format = torch.channels_last if self.device.type == "cpu" else torch.contiguous_format
         self.model = self.model.to(memory_format=self.memory_format)
         self.options = {**self.OPTIONS, "net": net}
+        # Peak bytes a pair adds per pixel (float32 activations of both images; CPU, 2026-12-06,
+        # benchmarks/results/metric-memory-2026-12-06.md): score refuses a batch that cannot fit, in one line.
+        self.WORKING_BYTES_PER_PIXEL = {"alex": 210, "vgg": 2150}.get(net, 2150)
 
     def min_size_reason(self, h: int, w: int) -> str | None:
         # AlexNet: 11x11/4 conv then two 3/2 max-pools leave 1 px at 31 px input; VGG: four 2x pools need 16.

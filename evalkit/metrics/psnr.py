@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from evalkit.metrics.tensors import row_bands
+
 PSNR_CAP_DB = 100.0
 
 
@@ -20,21 +22,30 @@ def psnr_uint8(ref: "np.ndarray | object", img: "np.ndarray | object", cap_db: f
     """Per-image PSNR of uint8 (N, H, W, C) batches (numpy, or torch on any device) -> float64 (N,), capped."""
     if tuple(ref.shape) != tuple(img.shape):
         raise ValueError(f"PSNR needs equal shapes, got {tuple(ref.shape)} and {tuple(img.shape)}")
-    n = ref.shape[0]
-    if isinstance(ref, np.ndarray):
-        d = ref.reshape(n, -1).astype(np.int32) - img.reshape(n, -1).astype(np.int32)
-        sse = np.einsum("ij,ij->i", d, d, dtype=np.int64)  # exact; int64 holds 255^2 * 2^43 values
-        count = d.shape[1]
-    else:  # torch: stay on the device the images already live on
-        import torch
-
-        d = ref.reshape(n, -1).to(torch.int32) - img.reshape(n, -1).to(torch.int32)
-        sse = (d * d).sum(dim=1, dtype=torch.int64).cpu().numpy()
-        count = d.shape[1]
+    n, h = ref.shape[0], ref.shape[1]
+    w = ref.shape[2] if len(ref.shape) > 2 else 1
+    count = int(np.prod(ref.shape[1:]))
+    sse = np.zeros(n, dtype=np.int64)
+    # Summed exactly in integers, band by band for a large image (evalkit.metrics.tensors.row_bands): the same
+    # value, with a bounded working set.
+    for r0, r1 in row_bands(h, w):
+        sse += _sse(ref[:, r0:r1], img[:, r0:r1])
     mse = sse.astype(np.float64) / count / (255.0 ** 2)
     with np.errstate(divide="ignore"):
         out = 10.0 * np.log10(1.0 / mse)
     return np.minimum(out, cap_db)
+
+
+def _sse(ref: "np.ndarray | object", img: "np.ndarray | object") -> np.ndarray:
+    """Per-image sum of squared 8-bit differences, int64, exact (numpy, or torch on the images' device)."""
+    n = ref.shape[0]
+    if isinstance(ref, np.ndarray):
+        d = ref.reshape(n, -1).astype(np.int32) - img.reshape(n, -1).astype(np.int32)
+        return np.einsum("ij,ij->i", d, d, dtype=np.int64)  # exact; int64 holds 255^2 * 2^43 values
+    import torch  # stay on the device the images already live on
+
+    d = ref.reshape(n, -1).to(torch.int32) - img.reshape(n, -1).to(torch.int32)
+    return (d * d).sum(dim=1, dtype=torch.int64).cpu().numpy()
 
 
 class PSNRMetric:

@@ -21,6 +21,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from evalkit.metrics.tensors import row_bands
+
 WIN = 11
 SIGMA = 1.5
 K1, K2 = 0.01, 0.03
@@ -95,6 +97,21 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) ->
     n, c, h, w = a.shape
     if h < WIN or w < WIN:
         raise ValueError(f"SSIM needs images of at least {WIN}x{WIN} px, got {h}x{w}")
+    bands = row_bands(h, w, halo=WIN - 1)
+    if len(bands) == 1:
+        return ssim_map(a, b, data_range).mean(dim=(1, 2, 3))
+    # A large image, band by band: every band's map is the whole map's rows (the same arithmetic on the same input
+    # rows); only the sum's order differs, and it is taken in float64.
+    total = torch.zeros(n, dtype=torch.float64, device=a.device)
+    for r0, r1 in bands:
+        total += ssim_map(a[:, :, r0:r1 + WIN - 1], b[:, :, r0:r1 + WIN - 1], data_range).sum(dim=(1, 2, 3),
+                                                                                           dtype=torch.float64)
+    return (total / (c * (h - WIN + 1) * (w - WIN + 1))).float()
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """The SSIM map of (N, C, H, W) pairs over the 'valid' region -> (N, C, H-10, W-10), float32."""
+    n, c, h, w = a.shape
     a, b = a.float(), b.float()
     stack = torch.stack([a, b, a * a, b * b, a * b], dim=1)  # (N, 5, C, H, W)
     stack = gaussian_filter_valid(stack.reshape(n * 5 * c, h, w)).view(n, 5, c, h - WIN + 1, w - WIN + 1)
@@ -103,8 +120,7 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) ->
     var_b = e_bb - mu_b * mu_b
     cov = e_ab - mu_a * mu_b
     c1, c2 = (K1 * data_range) ** 2, (K2 * data_range) ** 2
-    s = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
-    return s.mean(dim=(1, 2, 3))
+    return ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a ** 2 + mu_b ** 2 + c1) * (var_a + var_b + c2))
 
 
 def ms_ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
@@ -134,6 +150,7 @@ class SSIMMetric:
 
     # The per-pair function on float NCHW batches in [0, 1]; MS-SSIM swaps in its own.
     per_image = staticmethod(lambda a, b: ssim_per_image(a, b))
+    banded = True  # a large image is scored band by band (row_bands); MS-SSIM's pyramid cannot be
 
     def min_size_reason(self, h: int, w: int) -> str | None:
         return None if min(h, w) >= WIN else f"images are {h}x{w} px; SSIM needs at least {WIN}x{WIN}"
@@ -143,12 +160,30 @@ class SSIMMetric:
         """Per-pair values for uint8 (N, H, W, 3) batches (numpy, or tensors already on the device)."""
         from evalkit.metrics.tensors import to_float_nchw
 
+        h, w = ref.shape[1], ref.shape[2]
+        bands = row_bands(h, w, halo=WIN - 1) if self.banded else [(0, h)]
+        if len(bands) > 1:  # a large image: converted and filtered band by band, one image at a time
+            return np.array([self._banded(ref[i:i + 1], img[i:i + 1], bands) for i in range(len(ref))])
         out = []
         for s in range(0, len(ref), self.batch_size):
             a = to_float_nchw(ref[s:s + self.batch_size], self.device)
             b = to_float_nchw(img[s:s + self.batch_size], self.device)
             out.append(self.per_image(a, b).double().cpu().numpy())
         return np.concatenate(out) if out else np.zeros(0)
+
+    def _banded(self, ref: "np.ndarray | torch.Tensor", img: "np.ndarray | torch.Tensor",
+                bands: list[tuple[int, int]]) -> float:
+        """SSIM of one uint8 (1, H, W, 3) pair from its map's row bands (each the whole map's rows), summed in
+        float64: the float working set is a band's, not the image's."""
+        from evalkit.metrics.tensors import to_float_nchw
+
+        h, w = ref.shape[1], ref.shape[2]
+        total = 0.0
+        for r0, r1 in bands:
+            a = to_float_nchw(ref[:, r0:r1 + WIN - 1], self.device)
+            b = to_float_nchw(img[:, r0:r1 + WIN - 1], self.device)
+            total += float(ssim_map(a, b).sum(dtype=torch.float64))
+        return total / (3 * (h - WIN + 1) * (w - WIN + 1))
 
 
 class MSSSIMMetric(SSIMMetric):
@@ -161,3 +196,7 @@ class MSSSIMMetric(SSIMMetric):
         return None if min(h, w) >= MS_SSIM_MIN_SIDE else ms_ssim_too_small_reason(h, w)
 
     per_image = staticmethod(lambda a, b: ms_ssim_per_image(a, b))
+    banded = False
+    # Peak bytes a pair adds per pixel in torchmetrics' pyramid (CPU, 2026-12-06,
+    # benchmarks/results/metric-memory-2026-12-06.md): score refuses a batch that cannot fit, in one line.
+    WORKING_BYTES_PER_PIXEL = 340

@@ -134,3 +134,21 @@ def to_float_nchw(batch: "np.ndarray | object", device: "str | object" = "cpu", 
 
     t = to_device_uint8(batch, device).permute(0, 3, 1, 2)
     return t.to(dtype or torch.float32) / 255.0
+
+
+# Pixels of one image above which the per-pixel metrics (PSNR, SSIM, ΔE, Lab shifts) work through it in bands of
+# rows, so that their float working set is bounded whatever the image size (an 8000x8000 pair cost 14 GB in SSIM).
+# At or below it they compute exactly as they always have, so every stored value of such images is unchanged.
+BAND_PIXELS = 2048 * 2048
+
+
+def row_bands(h: int, w: int, halo: int = 0, band_pixels: int | None = None) -> list[tuple[int, int]]:
+    """Row ranges [r0, r1) of the output rows of an h x w image whose metric needs `halo` more input rows below
+    each output row (SSIM's window: 10), each band about `band_pixels` (default BAND_PIXELS) input pixels. One
+    band for an image of at most that many pixels."""
+    band_pixels = BAND_PIXELS if band_pixels is None else band_pixels
+    out_rows = h - halo
+    if h * w <= band_pixels or out_rows <= 1:
+        return [(0, out_rows)]
+    step = max(1, band_pixels // max(w, 1) - halo)
+    return [(r, min(r + step, out_rows)) for r in range(0, out_rows, step)]

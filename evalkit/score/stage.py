@@ -385,6 +385,25 @@ def _upload_pairs(items: list[Item], idx: list[int], decoded: dict[Path, Any], u
             for hw, g in groups.items()]
 
 
+def _refuse_if_too_large(name: str, metric: Any, h: int, w: int, n: int, device: str) -> None:
+    """A one-line EvalkitError, before any work, when scoring a batch of these pairs with `metric` would need more
+    memory than `device` has free: it would otherwise be killed by the kernel (or run out of GPU memory) and lose
+    the run. Metrics that work in bands whatever the size (PSNR, SSIM, ΔE) declare no per-pixel cost; LPIPS and
+    MS-SSIM do (WORKING_BYTES_PER_PIXEL, measured by benchmarks/metric_memory.py). What is scored so far is kept."""
+    per_pixel = getattr(metric, "WORKING_BYTES_PER_PIXEL", None)
+    if not per_pixel:
+        return
+    from evalkit.device import available_memory_bytes
+
+    batch = min(n, getattr(metric, "batch_size", 1) or 1)
+    need, have = per_pixel * h * w * batch, available_memory_bytes(device)
+    if have is not None and need > have:
+        raise EvalkitError(
+            f"{name}: scoring {batch} pair(s) of {w}x{h} px at once needs about {need / 2**30:.1f} GiB "
+            f"({per_pixel} bytes a pixel), more than the {have / 2**30:.1f} GiB free on {device}; leave {name} out "
+            f"(--metrics), lower --metrics-batch-size, or score on a machine with more memory")
+
+
 def _paired_group(state: State, b: str, paired: dict[str, list[int]], group: dict[str, Any], up: Uploads) -> None:
     items, cache = state.items[b], state.cache
     (h, w), g, resized = group["size"], group["idx"], group["resized"]
@@ -401,6 +420,7 @@ def _paired_group(state: State, b: str, paired: dict[str, list[int]], group: dic
             for k in sel:
                 cache.put(table, items[g[k]].pair_key, {"v": None, "skip": why, "r": resized[k]})
             continue
+        _refuse_if_too_large(m, metric, h, w, len(sel), str(state.device))
         sel_t = None if len(sel) == len(g) else __import__("torch").tensor(sel, device=ref_t.device)
         a = ref_t if sel_t is None else ref_t.index_select(0, sel_t)
         c = img_t if sel_t is None else img_t.index_select(0, sel_t)
