@@ -47,12 +47,7 @@ def validate(obj: Any, schema: Any, where: str = "") -> None:
                 return
             except ShapeError as e:
                 errors.append(e)
-        options = typing.get_args(hint)
-        # An object or list of the right kind that went wrong inside: that option's complaint says where.
-        inside = [e for o, e in zip(options, errors) if _container(o) is not None and isinstance(obj, _container(o))]
-        if len(inside) == 1:
-            raise inside[0]
-        raise ShapeError(f"{name} must be {' or '.join(_name(o) for o in options)}, found {_kind(obj)}")
+        raise _union_error(obj, hint, errors, name)
     if origin is Literal:
         if obj not in typing.get_args(hint):
             raise ShapeError(f"{name} must be one of {', '.join(map(repr, typing.get_args(hint)))}, found {obj!r}")
@@ -83,6 +78,17 @@ def validate(obj: Any, schema: Any, where: str = "") -> None:
         ok = isinstance(obj, hint)
     if not ok:
         raise ShapeError(f"{name} must be {_name(hint)}, found {_kind(obj)}")
+
+
+def _union_error(obj: Any, hint: Any, errors: list[ShapeError], name: str) -> ShapeError:
+    """The error for `obj` fitting no option of the union `hint` (`errors`: each option's, in order). Apart from
+    validate's loop: it runs only once a record is refused, so the loop over valid records pays nothing for it."""
+    options = typing.get_args(hint)
+    # An object or list of the right kind that went wrong inside: that option's complaint says where.
+    inside = [e for o, e in zip(options, errors) if _container(o) is not None and isinstance(obj, _container(o))]
+    if len(inside) == 1:
+        return inside[0]
+    return ShapeError(f"{name} must be {' or '.join(_name(o) for o in options)}, found {_kind(obj)}")
 
 
 def _resolve(schema: Any) -> Any:

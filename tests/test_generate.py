@@ -261,7 +261,7 @@ def test_long_prompt_is_truncated_by_tokenizers_and_recorded(tmp_path: Path, tin
 
 
 def test_image_flags_nan_and_black() -> None:
-    from evalkit.generate.worker.run import image_flags
+    from evalkit.generate.worker.images import image_flags
 
     ok = np.full((8, 8, 3), 0.5, dtype=np.float32)
     assert image_flags(ok) == []

@@ -127,10 +127,11 @@ def _prepared(tmp_path: Path, three_prompts: Path, backends: str = "bf16"):
 
 def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
         tmp_path: Path, three_prompts: Path, tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalkit.generate.worker import images
     from evalkit.generate.worker import run as worker
 
     rd, _, _ = _prepared(tmp_path, three_prompts)
-    real = worker.atomic_write_bytes
+    real = images.atomic_write_bytes
     calls: list[Path] = []
 
     def second_write_fills_the_disk(path, data) -> None:
@@ -139,7 +140,7 @@ def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
             raise OSError(errno.ENOSPC, "No space left on device")
         real(path, data)
 
-    monkeypatch.setattr(worker, "atomic_write_bytes", second_write_fills_the_disk)
+    monkeypatch.setattr(images, "atomic_write_bytes", second_write_fills_the_disk)
     assert worker.run_worker(str(rd.root), "bf16", TAG) == 1
     rec = read_json(rd.shard_record("bf16", TAG))
     assert rec["status"] == "failed"
@@ -147,7 +148,7 @@ def test_full_disk_mid_backend_fails_it_with_the_path_and_a_rerun_resumes(
     assert [e["path"] for e in read_jsonl(rd.shard_partial("bf16", TAG))] == [rd.relative(calls[0])]
     assert not calls[1].exists() and not list(rd.root.rglob("*.tmp"))
 
-    monkeypatch.setattr(worker, "atomic_write_bytes", real)
+    monkeypatch.setattr(images, "atomic_write_bytes", real)
     assert worker.run_worker(str(rd.root), "bf16", TAG) == 0
     rec = read_json(rd.shard_record("bf16", TAG))
     assert rec["status"] == "ok" and rec["resumed_images"] == 1 and len(rec["images"]) == 3

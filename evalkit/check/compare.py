@@ -128,32 +128,77 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
                  latency_tolerance: float = 0.10, verify: bool = False) -> Report:
     """Compare two runs. Raises EvalkitError (exit 2) when they are not comparable and `force` is false, or when an
     image either run's metrics rest on is not the file its generation record describes (`verify`: hash every one)."""
+    base, cand, order, diffs = _comparable_runs(base_dir, cand_dir, force=force, verify=verify)
+    bman, cman = base.manifest, cand.manifest
+    bb, cb = base.summary["backends"], cand.summary["backends"]
+    same_device = _device_label(bman) == _device_label(cman)
+    report = _compare_report(base, cand, diffs, same_device, alpha=alpha, n_bootstrap=n_bootstrap,
+                             fail_on_regression=fail_on_regression, memory_tolerance=memory_tolerance,
+                             latency_tolerance=latency_tolerance)
+
+    flag = Outcome.FAIL if fail_on_regression else Outcome.PASS
+    only_base = [b for b in (bman.get("backends") or list(bb)) if b not in cb]
+    only_cand = [b for b in (cman.get("backends") or list(cb)) if b not in bb]
+    if only_cand:
+        report.notes.append(f"backends only in candidate (not compared): {', '.join(only_cand)}")
+    unmeasured: set[str] = set()
+    unresolved: dict[str, list[tuple[str, Any]]] = {}  # metric -> [(backend, power.Guidance)]
+    for b in order:
+        be, ce = bb[b], cb[b]
+        status = _status_case(b, be, ce, flag)
+        if status is not None:
+            report.cases.append(status)
+            continue
+        report.cases.extend(_compare_metrics(b, base, cand, be, ce, alpha, n_bootstrap, flag, unresolved,
+                                             report.properties))
+        report.cases.extend(_compare_resources(b, be, ce, same_device, memory_tolerance, latency_tolerance, flag,
+                                               unmeasured, (base.rd.summary, cand.rd.summary)))
+    for b in only_base:
+        # A backend the release had and the candidate dropped is a regression: it can no longer be shipped as tested.
+        report.cases.append(CaseResult(b, "in_candidate", flag, (str(bb[b].get("status")), "absent", "", "", ""),
+                                       f"{b} is in the base run but not in the candidate", finding=Finding.MISSING))
+    _closing_notes(report, unresolved, unmeasured)
+    return report
+
+
+def _comparable_runs(base_dir: str | Path, cand_dir: str | Path, *, force: bool,
+                     verify: bool) -> tuple[RunInputs, RunInputs, list[str], list[str]]:
+    """(base, candidate, the backends both have in the candidate's order, every reason the runs are not comparable).
+
+    Refused here, before any delta is computed: runs that differ in what was generated (unless `force`), runs that
+    share no backend, and images the per-prompt values rest on that are no longer the files their records describe."""
     base, cand = load_run(base_dir), load_run(cand_dir)
-    brd, bman, bsum = base.rd, base.manifest, base.summary
-    crd, cman, csum = cand.rd, cand.manifest, cand.summary
-    bb, cb = bsum["backends"], csum["backends"]
-    order = [b for b in (cman.get("backends") or list(cb)) if b in bb]
+    bb, cb = base.summary["backends"], cand.summary["backends"]
+    order = [b for b in (cand.manifest.get("backends") or list(cb)) if b in bb]
     both_ok = [b for b in order if bb[b].get("status") == "ok" and cb[b].get("status") == "ok"]
-    diffs = comparability(bman, cman) + missing_prompt_differences(base, cand, both_ok)
+    diffs = comparability(base.manifest, cand.manifest) + missing_prompt_differences(base, cand, both_ok)
     if diffs and not force:
         raise EvalkitError(f"runs are not comparable: {'; '.join(diffs)}. Their deltas would measure the setup, "
                            f"not the change; rerun with the same settings, or pass --force to compare anyway")
     if not order:
         raise EvalkitError(f"the runs share no backend (base: {', '.join(bb)}; candidate: {', '.join(cb)})")
     scored = [b for b in both_ok if b != base.reference]
-    for run in (base, cand) if scored else ():  # the per-prompt values describe the files scored: a replaced one is exit 2
+    # the per-prompt values describe the files scored: a replaced one is exit 2
+    for run in (base, cand) if scored else ():
         verify_images(run, scored, full=verify)
+    return base, cand, order, diffs
 
+
+def _compare_report(base: RunInputs, cand: RunInputs, diffs: list[str], same_device: bool, *, alpha: float,
+                    n_bootstrap: int, fail_on_regression: bool, memory_tolerance: float,
+                    latency_tolerance: float) -> Report:
+    """The report before any case: what was compared and how (context, JUnit properties), and the warnings that
+    qualify every delta in it (a forced comparison, different devices)."""
+    bman, cman = base.manifest, cand.manifest
     report = Report("compare", f"evalkit compare: {bman.get('run_id')} → {cman.get('run_id')}", COMPARE_COLUMNS)
     if diffs:
         report.warnings.append("FORCED comparison (--force): the runs are not comparable: " + "; ".join(diffs))
-    same_device = _device_label(bman) == _device_label(cman)
     if not same_device:
         report.warnings.append(f"devices differ ({_device_label(bman)} vs {_device_label(cman)}): latency and memory "
                                f"ratios are shown but not flagged")
     report.context += [
-        ("base", f"{brd.root} ({bman.get('run_id')})"),
-        ("candidate", f"{crd.root} ({cman.get('run_id')})"),
+        ("base", f"{base.rd.root} ({bman.get('run_id')})"),
+        ("candidate", f"{cand.rd.root} ({cman.get('run_id')})"),
         ("model", f"{(cman.get('model') or {}).get('spec')}"),
         ("device", _device_label(cman) if same_device else f"{_device_label(bman)} vs {_device_label(cman)}"),
         ("test", f"paired bootstrap over prompts, {n_bootstrap} resamples, {100 * (1 - alpha):g}% CI; "
@@ -170,38 +215,29 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
                               "forced": str(bool(diffs)).lower(), "alpha": f"{alpha:g}",
                               "n_bootstrap": str(n_bootstrap)})
     report.backend_info = _backend_info(base, cand)
+    return report
 
-    flag = Outcome.FAIL if fail_on_regression else Outcome.PASS
-    only_base = [b for b in (bman.get("backends") or list(bb)) if b not in cb]
-    only_cand = [b for b in (cman.get("backends") or list(cb)) if b not in bb]
-    if only_cand:
-        report.notes.append(f"backends only in candidate (not compared): {', '.join(only_cand)}")
-    unmeasured: set[str] = set()
-    unresolved: dict[str, list[tuple[str, Any]]] = {}  # metric -> [(backend, power.Guidance)]
-    for b in order:
-        be, ce = bb[b], cb[b]
-        bst, cst = be.get("status"), ce.get("status")
-        if bst == "ok" and cst != "ok":
-            msg = f"generation {cst} in the candidate (ok in base): {ce.get('reason')}"
-            report.cases.append(CaseResult(b, "status", flag, ("ok", str(cst), "", "", ""), msg,
-                                           finding=Finding.REGRESSION))
-            continue
-        if bst != "ok" or cst != "ok":
-            why = f"base {bst}: {be.get('reason')}" if bst != "ok" else ""
-            why += ("; " if why else "") + (f"candidate {cst}: {ce.get('reason')}" if cst != "ok" else "")
-            fixed = cst == "ok"
-            report.cases.append(CaseResult(b, "status", Outcome.PASS if fixed else Outcome.SKIPPED,
-                                           (str(bst), str(cst), "", "", ""), why,
-                                           finding=Finding.FIXED if fixed else Finding.NOT_COMPARED))
-            continue
-        report.cases.extend(_compare_metrics(b, base, cand, be, ce, alpha, n_bootstrap, flag, unresolved,
-                                             report.properties))
-        report.cases.extend(_compare_resources(b, be, ce, same_device, memory_tolerance, latency_tolerance, flag,
-                                               unmeasured, (brd.summary, crd.summary)))
-    for b in only_base:
-        # A backend the release had and the candidate dropped is a regression: it can no longer be shipped as tested.
-        report.cases.append(CaseResult(b, "in_candidate", flag, (str(bb[b].get("status")), "absent", "", "", ""),
-                                       f"{b} is in the base run but not in the candidate", finding=Finding.MISSING))
+
+def _status_case(b: str, be: dict, ce: dict, flag: Outcome) -> CaseResult | None:
+    """The one case of a backend whose generation is not ok in both runs, whose numbers cannot be compared: a
+    regression when only the candidate's failed, fixed when only the base's did, else not compared. None when both
+    are ok (its metrics and resources are compared instead)."""
+    bst, cst = be.get("status"), ce.get("status")
+    if bst == "ok" and cst != "ok":
+        msg = f"generation {cst} in the candidate (ok in base): {ce.get('reason')}"
+        return CaseResult(b, "status", flag, ("ok", str(cst), "", "", ""), msg, finding=Finding.REGRESSION)
+    if bst != "ok" or cst != "ok":
+        why = f"base {bst}: {be.get('reason')}" if bst != "ok" else ""
+        why += ("; " if why else "") + (f"candidate {cst}: {ce.get('reason')}" if cst != "ok" else "")
+        fixed = cst == "ok"
+        return CaseResult(b, "status", Outcome.PASS if fixed else Outcome.SKIPPED, (str(bst), str(cst), "", "", ""),
+                          why, finding=Finding.FIXED if fixed else Finding.NOT_COMPARED)
+    return None
+
+
+def _closing_notes(report: Report, unresolved: dict[str, list[tuple[str, Any]]], unmeasured: set[str]) -> None:
+    """The notes that sum up the cases once all are in (too few prompts, differences the prompts cannot resolve,
+    resources neither run measured), and the regression count: said once, not in every case."""
     if any(c.finding is Finding.TOO_FEW_PROMPTS for c in report.cases):
         report.notes.append(f"quality deltas over fewer than {MIN_PROMPTS_FOR_SIGNIFICANCE} shared prompts are shown "
                             f"but never called significant (a bootstrap over so few prompts overclaims)")
@@ -218,7 +254,6 @@ def compare_runs(base_dir: str | Path, cand_dir: str | Path, *, alpha: float = 0
     report.notes.append("Quality deltas compare each backend's distance from its own run's reference; if the "
                         "reference itself changed (e.g. a diffusers upgrade), compare the reference images too.")
     report.properties["regressions"] = str(report.flagged)
-    return report
 
 
 def _backend_info(base: RunInputs, cand: RunInputs) -> dict[str, BackendInfo]:

@@ -72,25 +72,10 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     `require_backends`: a thresholds section for a backend the run lacks fails. `verify`: hash every image."""
     run = load_run(run_dir)
     rd, manifest, summary = run.rd, run.manifest, run.summary
-    backends, reference = run.backends, run.reference
     metric_names, direction = run_metric_names(summary)
-    th = load_thresholds(thresholds_path, backends, metric_names, direction)
-
-    rules = {b: r for b in backends if (r := th.rules_for(b, reference)) is not None}
+    th = load_thresholds(thresholds_path, run.backends, metric_names, direction)
     cal = calibration_path(rd.root, calibration)
-    if calibration is not None and not cal.is_file():
-        raise EvalkitError(f"--calibration {cal}: file not found (write one with `evalkit calibrate RUN_DIR`)")
-    floors = load_floors(cal) if cal.is_file() else None
-    rules = {b: dataclasses.replace(r, bounds=tuple(resolve_bound(x, floors, cal) for x in r.bounds))
-             for b, r in rules.items()}
-    if not rules:
-        raise EvalkitError(f"{th.path}: no bound applies to any backend of this run (backends: {', '.join(backends)}; "
-                           f"[default] skips the reference {reference!r})")
-    mismatch = calibration_differences(cal, manifest, rd.root) if floors is not None else []
-    if mismatch and not allow_calibration_mismatch:
-        raise EvalkitError(f"{cal}: the calibration was made under other settings than this run, so its noise floor "
-                           f"says nothing about it: {'; '.join(mismatch)}. Calibrate this run (`evalkit calibrate "
-                           f"{rd.root}`), or pass --allow-calibration-mismatch to use it anyway")
+    rules, floors, mismatch = _resolved_rules(run, th, cal, calibration is not None, allow_calibration_mismatch)
     judged_metrics = [b for b, r in rules.items() if any(x.is_metric for x in r.bounds) and not r.ignored_in]
     if judged_metrics and not rd.metrics_dir.is_dir():
         raise EvalkitError(f"{rd.root}: the run has not been scored (no metrics/), but {th.path} bounds quality "
@@ -102,8 +87,8 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
                     CHECK_COLUMNS_NOISE if floors is not None else CHECK_COLUMNS)
     _context(report, rd, manifest, summary, th, use_ci)
     if judged_metrics:
-        report.context.append(("images verified", f"{n_verified} against their generation records "
-                                                   f"({'every file hashed' if verify else 'stat fingerprint, else hash'})"))
+        how = "every file hashed" if verify else "stat fingerprint, else hash"
+        report.context.append(("images verified", f"{n_verified} against their generation records ({how})"))
     report.warnings.extend(th.warnings)
     if floors is not None:
         report.context.append(("noise floor", f"{cal} ({_floor_summary(floors)})"))
@@ -114,9 +99,50 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     model = manifest.get("model") or {}
     if model.get("random_weights") or model.get("quality_meaningful") is False:
         report.warnings.append(f"model {model.get('spec')!r} has random weights: its images carry no quality "
-                               f"information, so quality bounds cannot pass ({model.get('note') or 'see manifest.model'})")
-    report.backend_info = {b: BackendInfo(b, run.partial_reason(b), tuple(run.missing_prompts(b))) for b in backends}
+                               f"information, so quality bounds cannot pass "
+                               f"({model.get('note') or 'see manifest.model'})")
+    report.backend_info = {b: BackendInfo(b, run.partial_reason(b), tuple(run.missing_prompts(b)))
+                           for b in run.backends}
 
+    _judge_cases(report, run, th, rules, floors, use_ci=use_ci, require_coverage=require_coverage,
+                 require_backends=require_backends)
+    width = len(report.columns) - 1  # every case fills every data column, so no renderer shifts a column
+    report.cases = [c if len(c.cells) == width else dataclasses.replace(c, cells=(c.cells + ("—",) * width)[:width])
+                    for c in report.cases]
+    return report
+
+
+def _resolved_rules(run: RunInputs, th: Thresholds, cal: Path, cal_given: bool,
+                    allow_mismatch: bool) -> tuple[dict[str, Rules], dict[str, NoiseFloor | str] | None, list[str]]:
+    """(each backend's rules with its noise-relative bounds resolved against the calibration at `cal`, the noise
+    floors or None without a calibration, how the calibration's settings differ from the run's).
+
+    Refused (exit 2) before anything is judged: a calibration asked for (`cal_given`) that is not there, a file no
+    bound of which applies to the run, and a calibration made under other settings unless `allow_mismatch`."""
+    rd, backends, reference = run.rd, run.backends, run.reference
+    rules = {b: r for b in backends if (r := th.rules_for(b, reference)) is not None}
+    if cal_given and not cal.is_file():
+        raise EvalkitError(f"--calibration {cal}: file not found (write one with `evalkit calibrate RUN_DIR`)")
+    floors = load_floors(cal) if cal.is_file() else None
+    rules = {b: dataclasses.replace(r, bounds=tuple(resolve_bound(x, floors, cal) for x in r.bounds))
+             for b, r in rules.items()}
+    if not rules:
+        raise EvalkitError(f"{th.path}: no bound applies to any backend of this run (backends: {', '.join(backends)}; "
+                           f"[default] skips the reference {reference!r})")
+    mismatch = calibration_differences(cal, run.manifest, rd.root) if floors is not None else []
+    if mismatch and not allow_mismatch:
+        raise EvalkitError(f"{cal}: the calibration was made under other settings than this run, so its noise floor "
+                           f"says nothing about it: {'; '.join(mismatch)}. Calibrate this run (`evalkit calibrate "
+                           f"{rd.root}`), or pass --allow-calibration-mismatch to use it anyway")
+    return rules, floors, mismatch
+
+
+def _judge_cases(report: Report, run: RunInputs, th: Thresholds, rules: dict[str, Rules],
+                 floors: dict[str, NoiseFloor | str] | None, *, use_ci: bool, require_coverage: bool,
+                 require_backends: bool) -> None:
+    """Every case, backend by backend in the run's order (broken images, then its bounds, or why none applies),
+    then what the gate could not judge: prompts missing from a record, sections for backends the run lacks."""
+    summary, backends, reference = run.summary, run.backends, run.reference
     for b in backends:
         broken = _broken_case(b, summary["backends"].get(b), run, th, rules.get(b))
         if broken is not None:
@@ -133,14 +159,12 @@ def check_run(run_dir: str | Path, thresholds_path: str | Path, use_ci: bool = F
     uncovered = [c.backend for c in report.cases if c.name == "coverage"]
     if uncovered:
         report.warnings.append(f"no bound covers {len(uncovered)} backend(s) of this run, so they are not judged: "
-                               f"{', '.join(uncovered)}" + ("" if require_coverage else " (--require-coverage fails them)"))
+                               f"{', '.join(uncovered)}"
+                               + ("" if require_coverage else " (--require-coverage fails them)"))
     if th.absent:
         report.warnings.append(f"{th.path.name} bounds backend(s) this run does not have, not judged: "
-                               f"{', '.join(th.absent)}" + ("" if require_backends else " (--require-backends fails them)"))
-    width = len(report.columns) - 1  # every case fills every data column, so no renderer shifts a column
-    report.cases = [c if len(c.cells) == width else dataclasses.replace(c, cells=(c.cells + ("—",) * width)[:width])
-                    for c in report.cases]
-    return report
+                               f"{', '.join(th.absent)}"
+                               + ("" if require_backends else " (--require-backends fails them)"))
 
 
 def _broken_case(backend: str, entry: dict[str, Any] | None, run: RunInputs, th: Thresholds,

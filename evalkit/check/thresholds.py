@@ -193,19 +193,7 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
                     higher_is_better: dict[str, bool] | None = None) -> Thresholds:
     """Parse and validate a thresholds file against one run. Raises EvalkitError naming file:line."""
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise EvalkitError(f"{path}: thresholds file not found (start from thresholds.example.toml)") from None
-    except (OSError, UnicodeDecodeError) as e:
-        raise EvalkitError(f"{path}: cannot read thresholds file ({e})") from None
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise EvalkitError(_toml_error(path, e)) from None
-    except RecursionError:
-        raise EvalkitError(f"{path}: invalid thresholds file: values nested too deeply") from None
-
+    text, data = _parse_file(path)
     known = known_metrics()  # at load time: a metric registered after this module was imported counts too
     metrics = set(known) | set(run_metrics)
     direction = dict(known)
@@ -227,9 +215,37 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
         raise EvalkitError(f"{where.at_top('backends')}: 'backends' must hold tables: [backends.\"bnb-nf4\"]")
 
     th = Thresholds(path, _section(default_raw, "default", valid_keys, where), {})
+    _add_backend_sections(th, backends_raw, run_backends, valid_keys, where)
+    _check_directions(th, direction, where)
+    return th
+
+
+def _parse_file(path: Path) -> tuple[str, dict[str, Any]]:
+    """The file's text (for line numbers) and its TOML, or one EvalkitError naming the file: missing, unreadable,
+    invalid TOML (at file:line:column) or nested past what the parser can follow."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise EvalkitError(f"{path}: thresholds file not found (start from thresholds.example.toml)") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise EvalkitError(f"{path}: cannot read thresholds file ({e})") from None
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise EvalkitError(_toml_error(path, e)) from None
+    except RecursionError:
+        raise EvalkitError(f"{path}: invalid thresholds file: values nested too deeply") from None
+    return text, data
+
+
+def _add_backend_sections(th: Thresholds, backends_raw: dict[str, Any], run_backends: list[str],
+                          valid_keys: list[str], where: "_Locator") -> None:
+    """Each `[backends."<name>"]` table into `th.backends` (a backend of the run) or `th.absent` (a real backend
+    the run lacks); a name that is no backend at all stops the check."""
     for name, raw in backends_raw.items():
         if not isinstance(raw, dict):
-            raise EvalkitError(f"{where.at('backends', name)}: backends.{name!r} must be a table: [backends.\"{name}\"]")
+            raise EvalkitError(f"{where.at('backends', name)}: backends.{name!r} must be a table: "
+                               f"[backends.\"{name}\"]")
         section = _section(raw, f"backends.{name}", valid_keys, where)
         if name in run_backends:
             th.backends[name] = section
@@ -246,7 +262,10 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
                 f"{', '.join(run_backends) or 'none'}) nor a backend evalkit knows.{hint}")
         th.absent[name] = where.at(f"backends.{name}", None)
 
-    # A bound against a metric's direction is legal but usually a slip (ssim_max instead of ssim_min).
+
+def _check_directions(th: Thresholds, direction: dict[str, bool], where: "_Locator") -> None:
+    """Bounds against their metric's direction: a noise-relative one is an error (it would cap improvement), a
+    plain one a warning (legal, but usually a slip: ssim_max instead of ssim_min)."""
     for sec in [th.default, *th.backends.values()]:
         for b in sec.bounds.values():
             hib = direction.get(b.quantity)
@@ -257,9 +276,8 @@ def load_thresholds(path: str | Path, run_backends: list[str], run_metrics: set[
             if b.is_metric and hib is not None and (b.kind == "max") == hib:
                 better = "higher" if hib else "lower"
                 other = f"{b.quantity}_{'min' if b.kind == 'max' else 'max'}"
-                th.warnings.append(f"{where.at(b.section, b.key)}: "
-                               f"{b.key} bounds {b.quantity} on its good side ({better} is better); did you mean {other}?")
-    return th
+                th.warnings.append(f"{where.at(b.section, b.key)}: {b.key} bounds {b.quantity} on its good side "
+                                   f"({better} is better); did you mean {other}?")
 
 
 def _section(raw: dict[str, Any], table: str, valid_keys: list[str], where: "_Locator") -> Section:

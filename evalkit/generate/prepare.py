@@ -305,6 +305,24 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
     if checkpoints:  # path and content key: other weights, another study (absent without: run ids stay as they were)
         identity["checkpoints"] = checkpoint.identity(checkpoints)
     root, run_id = run_root(opts, model, identity)
+    rd = _open_run_dir(root, opts, lock)
+    old = read_json(rd.manifest) if rd.manifest.exists() else None
+    backends, run_id, created = _reopen(old, root, identity, specs, run_id)
+
+    config = _run_config(opts, identity, device, backend_options, compile_config, plugins, checkpoints)
+    manifest = _run_manifest(opts, model, family, prompts, prompts_sha, gen, run_id=run_id, created=created,
+                             backends=backends, device_info=device_info, config=config, old=old)
+    specs_now = all_specs(backends)
+    if opts.max_images is not None:  # refused before the manifest grows by backends that will not run
+        check_max_images(plan_work(rd, manifest, specs_now, tuple(opts.components) if opts.components else None,
+                                   opts.attempt_known_failures), opts.max_images)
+    atomic_write_json(rd.manifest, manifest)
+    return rd, manifest, specs_now
+
+
+def _open_run_dir(root: Path, opts: GenerateOptions, lock: contextlib.ExitStack | None) -> RunDir:
+    """The run directory, checked to be evalkit's own, writable and free of links out of it before anything is
+    written into it; with `lock`, its lock taken (and held until `lock` closes)."""
     check_ownership(root)
     ensure_writable_dir(root)
     rd = RunDir(root)
@@ -313,9 +331,15 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         # Held from before the manifest is read until the stage ends: two commands on one directory cannot both
         # read the backend list and each write back its own.
         lock.enter_context(acquire(root, stage="generate", break_lock=opts.break_lock, timeout_s=opts.lock_timeout))
-    old = read_json(rd.manifest) if rd.manifest.exists() else None
-    backends, run_id, created = _reopen(old, root, identity, specs, run_id)
+    return rd
 
+
+def _run_manifest(opts: GenerateOptions, model: ModelInfo, family: ModelFamily, prompts: list[Prompt],
+                  prompts_sha: str, gen: dict[str, Any], *, run_id: str, created: str, backends: list[str],
+                  device_info: dict[str, Any], config: dict[str, Any],
+                  old: dict[str, Any] | None) -> dict[str, Any]:
+    """The manifest this stage writes: the run's settings and its prompts with their token counts, keeping the
+    fields of the manifest it replaces (`old`) that later stages own."""
     tokens = token_counts(model.path, prompts, gen["max_sequence_length"], family)
     manifest = dict(build_manifest(
         run_id=run_id, created_utc=created, updated_utc=utc_now(),
@@ -326,18 +350,12 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         tokenization_note=tokenization_note(family, model),
         model=model.to_manifest(), generation=gen, backends=backends,
         reference_backend=REFERENCE_BACKEND, device=device_info, versions=package_versions(),
-        memory_convention=MEMORY_CONVENTION,
-        config=_run_config(opts, identity, device, backend_options, compile_config, plugins, checkpoints),
+        memory_convention=MEMORY_CONVENTION, config=config,
     ))
     for k in ("fid_mode", "compute"):  # written by later stages (compute: by generate's plan, ranks.py); keep
         if old is not None and k in old:
             manifest[k] = old[k]
-    specs_now = all_specs(backends)
-    if opts.max_images is not None:  # refused before the manifest grows by backends that will not run
-        check_max_images(plan_work(rd, manifest, specs_now, tuple(opts.components) if opts.components else None,
-                                   opts.attempt_known_failures), opts.max_images)
-    atomic_write_json(rd.manifest, manifest)
-    return rd, manifest, specs_now
+    return manifest
 
 
 def _run_config(opts: GenerateOptions, identity: dict[str, Any], device: str, backend_options: dict[str, Any],

@@ -364,29 +364,50 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
         names.remove(reference)
         names.insert(0, reference)
     notes: list[str] = []
-    records: dict[str, tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]] = {}
     # Every record is read and shape-checked before the summary is built from them, so a mangled one is named here.
-    for name in names:
-        gen_path, met_path = rd.generation_record(name), rd.metrics_record(name)
-        rec = _read_object(gen_path, "a generation record") if gen_path.exists() else None
-        if rec is not None:
-            _check_shape(gen_path, rec, {"status": (str,), "images": (list,), "memory": (dict,), "latency": (dict,),
-                                         "recipe": (dict,), "quantization": (dict,), "footprint": (dict,)})
-            for i, img in enumerate(rec.get("images") or []):
-                if not isinstance(img, dict):
-                    raise EvalkitError(f"{gen_path}: images[{i}] must be an object, found {type(img).__name__}")
-        metrics: dict[str, dict[str, Any]] = {}
-        if met_path.exists():
-            met = _read_object(met_path, "a metrics record")
-            _check_shape(met_path, met, {"metrics": (dict,)})
-            for key, m in (met.get("metrics") or {}).items():
-                if not isinstance(m, dict):
-                    raise EvalkitError(f"{met_path}: metrics.{key} must be an object, found {type(m).__name__}")
-                _check_shape(met_path, m, {"per_prompt": (dict,)})
-                metrics[key] = m
-        records[name] = (rec, metrics)
+    records = {name: _read_backend_records(rd, name) for name in names}
     verify_images(rd, manifest, {name: rec for name, (rec, _metrics) in records.items()})
     summary = current_summary(rd, manifest)  # report reads the run; it writes only its own files
+    views = _backend_views(names, records, summary, reference)
+
+    data = ReportData(rd.root, rd, manifest, summary, views, list(manifest.get("prompts") or []),
+                      _shown_metrics(views), "", notes, include_partial)
+    from evalkit.report.noise_floor import load_noise_floors
+
+    data.floors, floor_note = load_noise_floors(rd.root, reference)
+    if floor_note:
+        notes.append(floor_note)
+    data.memory_axis = choose_memory_axis(data, memory_axis)
+    return data
+
+
+def _read_backend_records(rd: RunDir, name: str) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
+    """A backend's generation record (None before it is generated) and its metric records by key ({} before it is
+    scored), each checked for the shape the report reads; EvalkitError naming the file otherwise."""
+    gen_path, met_path = rd.generation_record(name), rd.metrics_record(name)
+    rec = _read_object(gen_path, "a generation record") if gen_path.exists() else None
+    if rec is not None:
+        _check_shape(gen_path, rec, {"status": (str,), "images": (list,), "memory": (dict,), "latency": (dict,),
+                                     "recipe": (dict,), "quantization": (dict,), "footprint": (dict,)})
+        for i, img in enumerate(rec.get("images") or []):
+            if not isinstance(img, dict):
+                raise EvalkitError(f"{gen_path}: images[{i}] must be an object, found {type(img).__name__}")
+    metrics: dict[str, dict[str, Any]] = {}
+    if met_path.exists():
+        met = _read_object(met_path, "a metrics record")
+        _check_shape(met_path, met, {"metrics": (dict,)})
+        for key, m in (met.get("metrics") or {}).items():
+            if not isinstance(m, dict):
+                raise EvalkitError(f"{met_path}: metrics.{key} must be an object, found {type(m).__name__}")
+            _check_shape(met_path, m, {"per_prompt": (dict,)})
+            metrics[key] = m
+    return rec, metrics
+
+
+def _backend_views(names: list[str], records: dict[str, tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]],
+                   summary: dict[str, Any], reference: str) -> list[BackendView]:
+    """One view per backend of the manifest, in the order every table and figure shows them: the reference first,
+    then libraries in their registered order (evalkit/quantizers/base.py), run order within one."""
     entries = summary.get("backends") if isinstance(summary, dict) else None
     entries = entries if isinstance(entries, dict) else {}
     views = []
@@ -396,26 +417,20 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
         reason = (rec or {}).get("reason") or (None if rec else "not generated yet (no generation record)")
         entry = entries.get(name)
         views.append(BackendView(name, status, reason, rec, metrics, entry if isinstance(entry, dict) else {}))
-
-    # Reference first, then libraries in their registered order (evalkit/quantizers/base.py), run order within one.
     views.sort(key=lambda b: (b.name != reference, library_order(b.library)))
+    return views
+
+
+def _shown_metrics(views: list[BackendView]) -> list[MetricInfo]:
+    """The metrics with at least one ok value, in display order (metric_order), each described by the registry
+    and the first record that has it."""
     keys: list[str] = []
     for b in views:
         for k, m in b.metrics.items():
             if metric_value(m) is not None and k not in keys:
                 keys.append(k)
     keys = metric_order(keys)
-    metrics_info = [metric_info(k, next((b.metrics[k] for b in views if k in b.metrics), None)) for k in keys]
-
-    data = ReportData(rd.root, rd, manifest, summary, views, list(manifest.get("prompts") or []), metrics_info, "", notes,
-                      include_partial)
-    from evalkit.report.noise_floor import load_noise_floors
-
-    data.floors, floor_note = load_noise_floors(rd.root, reference)
-    if floor_note:
-        notes.append(floor_note)
-    data.memory_axis = choose_memory_axis(data, memory_axis)
-    return data
+    return [metric_info(k, next((b.metrics[k] for b in views if k in b.metrics), None)) for k in keys]
 
 
 def choose_memory_axis(data: ReportData, requested: str | None) -> str:

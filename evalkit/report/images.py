@@ -59,21 +59,53 @@ def resolve_image(data: ReportData, backend: str, prompt: dict[str, Any], img: d
     return None, "image file missing"
 
 
-def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = None) -> tuple[dict[tuple[str, str], ImageEntry], int]:
-    """Write thumbs/ (cached by source size and mtime) and return one entry per (backend, prompt_id), and the |Δ| scale."""
+# One image to draw: (backend, prompt id, its PNG, the reference's PNG for its heatmap or None, thumbnail path,
+# heatmap path or None); the thumbnail and heatmap paths are relative to the run directory.
+_Job = tuple[str, str, Path, Path | None, str, str | None]
+# What drawing one job gave, by "<backend>\x00<prompt id>": its cache entry, and its |Δ| map at thumbnail size when
+# it was computed now (None when the cache held it).
+_Drawn = dict[str, tuple[dict[str, Any], Any]]
+
+
+def build_images(data: ReportData, thumb_size: int = 256,
+                 workers: int | None = None) -> tuple[dict[tuple[str, str], ImageEntry], int]:
+    """Write thumbs/ (cached by source size and mtime) and return one entry per (backend, prompt_id), and the |Δ|
+    scale."""
     root = data.root
     cache_path = root / "thumbs" / "cache.json"
     try:
         cache: dict[str, Any] = read_json(cache_path) if cache_path.exists() else {}
     except Exception:
         cache = {}
+    entries, jobs = _image_jobs(data)
+    workers = workers or min(8, os.cpu_count() or 1)
+    done = _draw_thumbnails(root, jobs, cache, thumb_size, workers)
+    p99 = [info.get("p99") for info, _ in done.values() if info.get("p99") is not None]
+    scale = next((s for s in DIFF_SCALES if s >= max(p99, default=0)), DIFF_SCALES[-1])
+    _paint_heatmaps(root, jobs, done, scale, thumb_size, workers)
+    results = {k: info for k, (info, _) in done.items()}
+    for name, pid, src, refp, thumb_rel, diff_rel in jobs:
+        info = results[f"{name}\x00{pid}"]
+        entries[(name, pid)] = ImageEntry(
+            name, pid, href(data.rd.relative(src)), href(thumb_rel),
+            href(diff_rel) if diff_rel and info.get("diff_scale") else None,
+            info.get("mean_abs_diff"), info.get("width"), info.get("height"), info.get("problem"),
+        )
+    atomic_write_json(cache_path, results)
+    return entries, scale
+
+
+def _image_jobs(data: ReportData) -> tuple[dict[tuple[str, str], ImageEntry], list[_Job]]:
+    """(an entry for each image with no file, saying why; a job for each one to draw), over every prompt of every
+    generated backend. A heatmap is drawn against the reference's image, where it has one."""
     ref = data.reference_view
-    jobs = []
+    jobs: list[_Job] = []
     entries: dict[tuple[str, str], ImageEntry] = {}
     ref_paths: dict[str, Path | None] = {}
     for p in data.prompts:
         pid = str(p["id"])
-        ref_paths[pid] = resolve_image(data, data.reference, p, (ref.images.get(pid) if ref else None))[0] if ref and ref.ok else None
+        ref_paths[pid] = (resolve_image(data, data.reference, p, (ref.images.get(pid) if ref else None))[0]
+                          if ref and ref.ok else None)
     for b in data.backends:
         if not b.ok:
             continue
@@ -88,25 +120,34 @@ def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = 
             thumb_rel = f"thumbs/{bdir}/{pid}.webp"
             diff_rel = f"thumbs/{bdir}/{pid}.diff.webp" if (b.name != data.reference and ref_paths.get(pid)) else None
             jobs.append((b.name, pid, src, ref_paths.get(pid) if diff_rel else None, thumb_rel, diff_rel))
+    return entries, jobs
 
-    def work(job):
+
+def _draw_thumbnails(root: Path, jobs: list[_Job], cache: dict[str, Any], thumb_size: int, workers: int) -> _Drawn:
+    """Each job's thumbnail and |Δ| statistics, from the cache where its sources are unchanged. The heatmaps are
+    painted later (_paint_heatmaps): their colour scale depends on every job's |Δ|."""
+
+    def work(job: _Job) -> tuple[str, tuple[dict[str, Any], Any]]:
         name, pid, src, refp, thumb_rel, diff_rel = job
         key = f"{name}\x00{pid}"
         stamp = [THUMB_VERSION, thumb_size, _stat_key(src), _stat_key(refp) if refp else None]
         hit = cache.get(key)
-        if hit and hit.get("stamp") == stamp and (root / thumb_rel).exists() and (not diff_rel or (root / diff_rel).exists()):
+        if (hit and hit.get("stamp") == stamp and (root / thumb_rel).exists()
+                and (not diff_rel or (root / diff_rel).exists())):
             return key, (dict(hit), None)
         info, small = _make_thumb_and_diff(src, refp, root / thumb_rel, thumb_size)
         info["stamp"] = stamp
         return key, (info, small)
 
-    workers = workers or min(8, os.cpu_count() or 1)
     with ThreadPoolExecutor(max_workers=workers) as pool:  # PIL and numpy release the GIL for the heavy parts
-        done = dict(pool.map(work, jobs))
-    p99 = [info.get("p99") for info, _ in done.values() if info.get("p99") is not None]
-    scale = next((s for s in DIFF_SCALES if s >= max(p99, default=0)), DIFF_SCALES[-1])
+        return dict(pool.map(work, jobs))
 
-    def paint(job):
+
+def _paint_heatmaps(root: Path, jobs: list[_Job], done: _Drawn, scale: int, thumb_size: int, workers: int) -> None:
+    """Each job's heatmap at the run's |Δ| scale; a cached one already drawn at that scale is kept. Records the
+    scale drawn in the job's cache entry."""
+
+    def paint(job: _Job) -> None:
         name, pid, src, refp, thumb_rel, diff_rel = job
         key = f"{name}\x00{pid}"
         info, small = done[key]
@@ -121,15 +162,6 @@ def build_images(data: ReportData, thumb_size: int = 256, workers: int | None = 
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         list(pool.map(paint, jobs))
-    results = {k: info for k, (info, _) in done.items()}
-    for name, pid, src, refp, thumb_rel, diff_rel in jobs:
-        info = results[f"{name}\x00{pid}"]
-        entries[(name, pid)] = ImageEntry(
-            name, pid, href(data.rd.relative(src)), href(thumb_rel), href(diff_rel) if diff_rel and info.get("diff_scale") else None,
-            info.get("mean_abs_diff"), info.get("width"), info.get("height"), info.get("problem"),
-        )
-    atomic_write_json(cache_path, results)
-    return entries, scale
 
 
 def _stat_key(p: Path) -> list:

@@ -1,4 +1,5 @@
-"""One backend, one process: load the pipeline, measure, generate the missing images, write the record.
+"""One backend, one process: load the pipeline, measure, generate the missing images, write the record. The image
+loop (warm-up, generation, each image's file and entry) is evalkit.generate.worker.images.
 
 Run by the generate stage as `python -m evalkit.generate.worker.run RUN_DIR BACKEND TAG`. A process per backend keeps
 peak-memory statistics clean and lets a crash (OOM, segfault in a kernel) take down only that backend.
@@ -7,7 +8,6 @@ Progress goes to stdout as JSON lines; everything else goes to stderr (the run's
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -19,15 +19,11 @@ from evalkit.generate.options import SDPA_BACKENDS
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
 from evalkit.records import checked_generation_record, read_unit
-from evalkit.io import append_jsonl, atomic_write_bytes, atomic_write_json, read_json, read_jsonl, sha256_bytes
+from evalkit.io import atomic_write_json, read_json
 from evalkit.rundir import SCHEMA_VERSION, RunDir, load_run_plugins
-
-# All-black means every channel of every pixel is at most this (out of 255): a VAE decoding zeros/NaNs.
-ALL_BLACK_MAX = 3
-
-
-# Where progress events go: stdout JSON lines (subprocess mode) or a multiprocessing pipe (forkserver mode).
-_event_conn: Any = None
+from evalkit.generate.worker import events
+from evalkit.generate.worker.events import emit
+from evalkit.generate.worker.images import WriteError, generate_images
 
 # Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
 # A forked child of a process that initialized CUDA cannot use CUDA at all, so on a machine with an NVIDIA GPU the
@@ -61,24 +57,12 @@ def fork_is_poisoned() -> bool:
     return bool(torch is not None and getattr(torch.cuda, "_is_in_bad_fork", lambda: False)())
 
 
-def emit(event: str, **data: Any) -> None:
-    msg = {"event": event, **data}
-    if _event_conn is not None:
-        try:
-            _event_conn.send(msg)
-        except (BrokenPipeError, OSError):
-            pass
-        return
-    print(json.dumps(msg), flush=True)
-
-
 from evalkit.procs import die_with_parent  # noqa: E402 (re-exported: workers and tests use it)
 from evalkit.timeutil import utc_now
 
 
 def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any, tag: str) -> None:
     """Entry point of a backend's process forked from the preloaded forkserver."""
-    global _event_conn
     # Its parent is the forkserver, which exits when the stage's process does (it watches a pipe from it).
     die_with_parent()
     # The forkserver's environment is the one it started with; this backend's (GPU pinning, thread count) wins.
@@ -90,7 +74,7 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
     os.dup2(fd, 1)  # libraries that print go to the log, not into the event stream
     os.dup2(fd, 2)
     os.close(fd)
-    _event_conn = conn
+    events.connect(conn)
     if fork_is_poisoned():
         print("forked worker cannot use CUDA (its forkserver initialized CUDA); the stage reruns it as a subprocess",
               flush=True)
@@ -101,47 +85,6 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
     sys.stdout.flush()
     sys.stderr.flush()
     sys.exit(code)
-
-
-def image_flags(arr: Any) -> list[str]:
-    import numpy as np
-
-    flags = []
-    if np.isnan(arr).any():
-        flags.append("nan")
-    u8 = to_uint8(arr)
-    if int(u8.max()) <= ALL_BLACK_MAX:
-        flags.append("all_black")
-    return flags
-
-
-def to_uint8(arr: Any) -> Any:
-    import numpy as np
-
-    # Same rounding as diffusers' numpy_to_pil; NaN becomes 0 so the PNG still exists and the flag tells why.
-    return (np.nan_to_num(arr, nan=0.0).clip(0, 1) * 255).round().astype("uint8")
-
-
-def encode_png(u8: Any) -> bytes:
-    import io
-
-    from PIL import Image
-
-    buf = io.BytesIO()
-    Image.fromarray(u8, mode="RGB").save(buf, format="PNG", optimize=False)  # no metadata: same pixels, same bytes
-    return buf.getvalue()
-
-
-class WriteError(OSError):
-    """A file of the run could not be written; the message names it."""
-
-
-def write_or_explain(write: Any, path: Any, data: Any) -> None:
-    """`write(path, data)`, turning an OSError (ENOSPC, EROFS, EACCES) into one naming the path and the cause."""
-    try:
-        write(path, data)
-    except OSError as e:
-        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
 
 
 def _error_reason(e: BaseException) -> str:
@@ -286,7 +229,8 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     emit("phase", phase="loaded", load_time_s=record["load_time_s"])
 
     with sdpa_context(torch, numerics.get("sdpa_backend")):
-        _generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, target, family)
+        generate_images(rd, manifest, gen, spec, record, pipe, device, compile_info, memory, family,
+                        mine=target.prompts(manifest), partial=target.partial)
 
 
 def _before_the_clock(torch: Any, family: Any, spec: Any, ctx: BuildContext, on_cuda: bool) -> Any:
@@ -326,126 +270,6 @@ def _memory_after_load(device: str) -> dict[str, Any]:
                       cuda_reason=f"device is {device}: no CUDA allocator; see cpu_peak_rss_gib (host RAM)",
                       cpu_rss_after_load_gib=measure.current_rss_gib())
     return memory
-
-
-def _resumed(rd: RunDir, manifest: dict, backend: str, target: Target) -> dict[str, dict[str, Any]]:
-    """The entries of earlier attempts of this unit's tag that still hold: the prompt's seed, and still the file that
-    attempt wrote (evalkit.integrity); the others are said and regenerated."""
-    from evalkit.integrity import verify_images
-
-    seeds = {p["id"]: p["seed"] for p in manifest["prompts"]}
-    partial = [e for e in read_jsonl(target.partial)
-               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
-    check = verify_images(rd, backend, {"images": partial}, manifest=manifest, check_extra=False)
-    for bad in check.problems:
-        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
-    return {line["prompt_id"]: line for line in check.ok}
-
-
-def _write_image(rd: RunDir, backend: str, p: dict[str, Any], arr: Any, batch_s: float, batch_size: int,
-                 target: Target, latents_nonfinite: Any = None) -> dict[str, Any]:
-    """Write one generated image and append its entry to the unit's partial list; returns the entry. The image's
-    tripwires (non-finite latents and pixels, a near-constant image) are taken before the PNG (evalkit.tripwires)."""
-    from evalkit.generate.worker.tripwire_hook import image_checks
-
-    u8 = to_uint8(arr)
-    png = encode_png(u8)
-    path = rd.image_path(backend, p["id"], p["seed"])
-    write_or_explain(atomic_write_bytes, path, png)
-    st = path.stat()
-    # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
-    entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
-             "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "latency_s": batch_s / batch_size,
-             "batch_size": batch_size, "flags": image_flags(arr), "pid": os.getpid(),
-             **image_checks(arr, u8, latents_nonfinite, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
-    write_or_explain(append_jsonl, target.partial, entry)
-    return entry
-
-
-def _generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str,
-                     compile_info: Any, memory: dict[str, Any], target: Target, family: Any) -> None:
-    import torch
-
-    from evalkit.generate.worker import loading, measure
-    from evalkit.generate.worker.tripwire_hook import LatentsProbe
-
-    if device == "cuda":
-        measure.cuda_reset_peak()
-    prompts = manifest["prompts"]
-    probe = LatentsProbe(pipe)  # final latents for the non-finite tripwire (evalkit.tripwires)
-    common = dict(family.call_arguments(gen), output_type="np", **probe.kwargs())
-    warm_times = _warm_up(manifest, gen, spec, record, pipe, device, family, probe)
-
-    # --- generate what is missing ---------------------------------------------------------------------------------
-    done = _resumed(rd, manifest, spec.name, target)
-    mine = target.prompts(manifest)
-    todo = [p for p in mine if p["id"] not in done]
-    record["resumed_images"] = len(done)  # verified images of earlier attempts carried forward, not redone
-    emit("progress", done=len(mine) - len(todo), total=len(mine))
-    bs = max(1, int(gen.get("batch_size", 1)))
-    for start in range(0, len(todo), bs):
-        batch = todo[start:start + bs]
-        gens = [torch.Generator("cpu").manual_seed(p["seed"]) for p in batch]
-        out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
-        latents_nonfinite = probe.take(len(batch))
-        for p, arr, lat_bad in zip(batch, out.images, latents_nonfinite):
-            done[p["id"]] = _write_image(rd, spec.name, p, arr, dt, len(batch), target, lat_bad)
-        # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
-        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
-    # A unit's record also carries its tag's earlier verified entries outside this unit: a resumed rank loses nothing.
-    record["images"] = [done[p["id"]] for p in prompts if p["id"] in done]
-    _finish_record(record, spec, device, probe, memory, warm_times, compile_info)
-
-
-def _warm_up(manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str, family: Any,
-             probe: Any) -> list[float]:
-    """The warm-up calls (excluded from latency; compilation for +compile happens here), and what each component
-    computed in during them (compute_dtype); returns their seconds."""
-    import torch
-
-    from evalkit.generate.worker import loading
-    from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
-
-    prompts = manifest["prompts"]
-    # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
-    warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
-    warm_call = dict(family.call_arguments(warm_gen), output_type="np", **probe.kwargs())
-    warm_times = []
-    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
-        for _ in range(int(gen.get("warmup_runs", 1))):
-            emit("phase", phase="warmup")
-            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
-            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **warm_call), device)
-            warm_times.append(dt)
-    record["warmup_times_s"] = warm_times
-    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
-        print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
-    return warm_times
-
-
-def _finish_record(record: dict[str, Any], spec: Any, device: str, probe: Any, memory: dict[str, Any],
-                   warm_times: list[float], compile_info: Any) -> None:
-    """Memory peaks, tripwire totals, latency and compile time, once every image of the unit is written."""
-    from evalkit.generate.worker import measure
-    from evalkit.generate.worker.tripwire_hook import record_section
-
-    if device == "cuda":
-        snap = measure.cuda_snapshot()
-        memory.update(peak_allocated_gib=snap["max_allocated_gib"], peak_reserved_gib=snap["max_reserved_gib"])
-    memory["cpu_peak_rss_gib"] = measure.peak_rss_gib()
-    record["memory"] = memory
-    record["tripwires"] = record_section(probe, {**record, "status": "ok"}, spec.backend.reference)
-    # Latency only from images timed in this process: a resumed run may come from another process or machine state.
-    fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
-    record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
-    if compile_info is not None:
-        from evalkit.generate.worker.compile_options import dynamo_stats
-
-        compile_info["dynamo"] = dynamo_stats()
-    if compile_info is not None and warm_times and record["latency"].get("median_s") is not None:
-        record["compile_time_s"] = max(0.0, warm_times[0] - record["latency"]["median_s"])
-    else:
-        record["compile_time_s"] = None
 
 
 # Numerics knobs: settings a release should tolerate, applied by the worker so that `evalkit calibrate` can

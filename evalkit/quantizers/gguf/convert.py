@@ -160,18 +160,19 @@ def ensure_gguf(model_path: str, qtype: str, cache_dir: str | os.PathLike[str], 
     return target
 
 
+# What convert_component writes, in file order: (source file, tensor name, shape, GGUF type).
+_Plan = list[tuple[Path, str, tuple[int, ...], str]]
+
+
 def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], component: str, arch: str,
                       device: str | None = None) -> dict[str, Any]:
     """Write the GGUF file (atomically) and return stats (also saved as `<out>.json`): seconds, parameters,
     tensor types, engine. `arch` is the GGUF architecture name written into the file (city96: "flux")."""
-    import numpy as np
-    from safetensors import safe_open
-
     gguf = gguf_module()
     t = check_makeable(qtype)
     out = Path(out)
     files = component_files(model_path, component)
-    plan: list[tuple[Path, str, tuple[int, ...], str]] = []  # file, name, shape, gguf type
+    plan: _Plan = []
     for f in files:
         for name, info in sorted(_read_safetensors_header(f).items()):
             shape = tuple(info["shape"])
@@ -182,47 +183,9 @@ def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], 
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     writer = gguf.GGUFWriter(tmp, arch=arch)
     try:
-        writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
-        writer.add_string("evalkit.converter", CONVERTER_VERSION)
-        writer.add_string("evalkit.qtype", t.name)
-        writer.add_string("evalkit.key_names", "diffusers")
-        for _, name, shape, tt in plan:
-            if tt == "F32":
-                writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
-            else:
-                raw = gguf.GGMLQuantizationType[tt]
-                bshape = gguf.quant_shape_to_byte_shape(shape, raw)
-                writer.add_tensor_info(name, bshape, np.dtype(np.uint8), int(np.prod(bshape)), raw_dtype=raw)
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_ti_data_to_file()
-        counts: Counter[str] = Counter()
-        n_params = 0
-        handles: dict[Path, Any] = {}
-        with contextlib.ExitStack() as stack:
-            for f in files:
-                handles[f] = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
-            for f, name, shape, tt in plan:
-                w = handles[f].get_tensor(name)
-                if tt == "F32":
-                    data = w.float().numpy()
-                else:
-                    data = quantize_tensor(w, tt, device=device)
-                writer.write_tensor_data(data)
-                counts[tt] += 1
-                n_params += w.numel()
-                del w, data
-        assert writer.fout is not None
-        fh = writer.fout[0]
-        fh.flush()
-        os.fsync(fh.fileno())
-        writer.close()
-        os.replace(tmp, out)
-        dfd = os.open(out.parent, os.O_RDONLY)
-        try:
-            os.fsync(dfd)  # the rename itself survives a crash
-        finally:
-            os.close(dfd)
+        _write_header(writer, plan, t.name)
+        counts, n_params = _write_tensors(writer, files, plan, device)
+        _replace_durably(writer, tmp, out)
     except BaseException:
         writer.close()
         with contextlib.suppress(FileNotFoundError):
@@ -237,6 +200,68 @@ def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], 
     # Optional record for the run's notes (conversion time, engine); the .gguf alone is the cache entry.
     atomic_write_json(conversion_record_path(out), stats)
     return stats
+
+
+def _write_header(writer: Any, plan: _Plan, qtype: str) -> None:
+    """The file's header, metadata and tensor table. GGUF puts every tensor's name, shape and type before any data,
+    so the whole plan is written here and the tensors are then streamed in its order (_write_tensors)."""
+    import numpy as np
+
+    gguf = gguf_module()
+    writer.add_quantization_version(gguf.GGML_QUANT_VERSION)
+    writer.add_string("evalkit.converter", CONVERTER_VERSION)
+    writer.add_string("evalkit.qtype", qtype)
+    writer.add_string("evalkit.key_names", "diffusers")
+    for _, name, shape, tt in plan:
+        if tt == "F32":
+            writer.add_tensor_info(name, shape, np.dtype(np.float32), 4 * int(np.prod(shape)))
+        else:
+            raw = gguf.GGMLQuantizationType[tt]
+            bshape = gguf.quant_shape_to_byte_shape(shape, raw)
+            writer.add_tensor_info(name, bshape, np.dtype(np.uint8), int(np.prod(bshape)), raw_dtype=raw)
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_ti_data_to_file()
+
+
+def _write_tensors(writer: Any, files: list[Path], plan: _Plan, device: str | None) -> tuple[Counter[str], int]:
+    """Each tensor of the plan read, converted to its type and written, one at a time (memory holds one tensor, not
+    the model); returns the count of tensors per type and the number of parameters."""
+    from safetensors import safe_open
+
+    counts: Counter[str] = Counter()
+    n_params = 0
+    handles: dict[Path, Any] = {}
+    with contextlib.ExitStack() as stack:
+        for f in files:
+            handles[f] = stack.enter_context(safe_open(str(f), framework="pt", device="cpu"))
+        for f, name, shape, tt in plan:
+            w = handles[f].get_tensor(name)
+            if tt == "F32":
+                data = w.float().numpy()
+            else:
+                data = quantize_tensor(w, tt, device=device)
+            writer.write_tensor_data(data)
+            counts[tt] += 1
+            n_params += w.numel()
+            del w, data
+    return counts, n_params
+
+
+def _replace_durably(writer: Any, tmp: Path, out: Path) -> None:
+    """The written temp file synced to disk, closed and renamed to `out`, the rename synced too: a crash leaves
+    either no file at `out` or the whole one, never a torn cache entry."""
+    assert writer.fout is not None
+    fh = writer.fout[0]
+    fh.flush()
+    os.fsync(fh.fileno())
+    writer.close()
+    os.replace(tmp, out)
+    dfd = os.open(out.parent, os.O_RDONLY)
+    try:
+        os.fsync(dfd)  # the rename itself survives a crash
+    finally:
+        os.close(dfd)
 
 
 def conversion_record_path(gguf_path: str | os.PathLike[str]) -> Path:

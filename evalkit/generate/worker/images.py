@@ -1,0 +1,185 @@
+"""The image loop of one worker: warm up, generate the unit's missing images batch by batch, write each as a PNG
+with its entry in the unit's partial list, and finish the record's measurements once every image is written.
+
+run.py loads the pipeline and writes the record; this module fills in the record's images and what is measured
+over them (latency, memory peaks, tripwires). An entry is appended to the partial list as soon as its PNG is
+written, so a rerun resumes from the images that still hold.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from evalkit.generate.worker.events import emit
+from evalkit.io import append_jsonl, atomic_write_bytes, read_jsonl, sha256_bytes
+from evalkit.rundir import RunDir
+
+# All-black means every channel of every pixel is at most this (out of 255): a VAE decoding zeros/NaNs.
+ALL_BLACK_MAX = 3
+
+
+def image_flags(arr: Any) -> list[str]:
+    import numpy as np
+
+    flags = []
+    if np.isnan(arr).any():
+        flags.append("nan")
+    u8 = to_uint8(arr)
+    if int(u8.max()) <= ALL_BLACK_MAX:
+        flags.append("all_black")
+    return flags
+
+
+def to_uint8(arr: Any) -> Any:
+    import numpy as np
+
+    # Same rounding as diffusers' numpy_to_pil; NaN becomes 0 so the PNG still exists and the flag tells why.
+    return (np.nan_to_num(arr, nan=0.0).clip(0, 1) * 255).round().astype("uint8")
+
+
+def encode_png(u8: Any) -> bytes:
+    import io
+
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(u8, mode="RGB").save(buf, format="PNG", optimize=False)  # no metadata: same pixels, same bytes
+    return buf.getvalue()
+
+
+class WriteError(OSError):
+    """A file of the run could not be written; the message names it."""
+
+
+def write_or_explain(write: Any, path: Any, data: Any) -> None:
+    """`write(path, data)`, turning an OSError (ENOSPC, EROFS, EACCES) into one naming the path and the cause."""
+    try:
+        write(path, data)
+    except OSError as e:
+        raise WriteError(e.errno, f"cannot write {path}: {e.strerror or e}") from None
+
+
+def generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any,
+                    device: str, compile_info: Any, memory: dict[str, Any], family: Any, *,
+                    mine: list[dict[str, Any]], partial: Path) -> None:
+    """Warm up, then generate the unit's prompts (`mine`) that no earlier attempt left a verified image of: each
+    image written as it comes, its entry appended to the unit's partial list `partial`. Fills in record["images"]
+    and the measurements over them."""
+    import torch
+
+    from evalkit.generate.worker import loading, measure
+    from evalkit.generate.worker.tripwire_hook import LatentsProbe
+
+    if device == "cuda":
+        measure.cuda_reset_peak()
+    prompts = manifest["prompts"]
+    probe = LatentsProbe(pipe)  # final latents for the non-finite tripwire (evalkit.tripwires)
+    common = dict(family.call_arguments(gen), output_type="np", **probe.kwargs())
+    warm_times = _warm_up(manifest, gen, spec, record, pipe, device, family, probe)
+
+    # --- generate what is missing ---------------------------------------------------------------------------------
+    done = _resumed(rd, manifest, spec.name, partial)
+    todo = [p for p in mine if p["id"] not in done]
+    record["resumed_images"] = len(done)  # verified images of earlier attempts carried forward, not redone
+    emit("progress", done=len(mine) - len(todo), total=len(mine))
+    bs = max(1, int(gen.get("batch_size", 1)))
+    for start in range(0, len(todo), bs):
+        batch = todo[start:start + bs]
+        gens = [torch.Generator("cpu").manual_seed(p["seed"]) for p in batch]
+        out, dt = loading.timed(lambda: pipe(prompt=[p["text"] for p in batch], generator=gens, **common), device)
+        latents_nonfinite = probe.take(len(batch))
+        for p, arr, lat_bad in zip(batch, out.images, latents_nonfinite):
+            done[p["id"]] = _write_image(rd, spec.name, p, arr, dt, len(batch), partial, lat_bad)
+        # latency_s: this batch's seconds an image, so the stage's study-wide ETA corrects itself from measured images
+        emit("progress", done=sum(1 for p in mine if p["id"] in done), total=len(mine), latency_s=dt / len(batch))
+    # A unit's record also carries its tag's earlier verified entries outside this unit: a resumed rank loses nothing.
+    record["images"] = [done[p["id"]] for p in prompts if p["id"] in done]
+    _finish_record(record, spec, device, probe, memory, warm_times, compile_info)
+
+
+def _resumed(rd: RunDir, manifest: dict, backend: str, partial: Path) -> dict[str, dict[str, Any]]:
+    """The entries of earlier attempts of this unit's tag (its partial list) that still hold: the prompt's seed, and
+    still the file that attempt wrote (evalkit.integrity); the others are said and regenerated."""
+    from evalkit.integrity import verify_images
+
+    seeds = {p["id"]: p["seed"] for p in manifest["prompts"]}
+    entries = [e for e in read_jsonl(partial)
+               if isinstance(e, dict) and seeds.get(e.get("prompt_id"), object()) == e.get("seed")]
+    check = verify_images(rd, backend, {"images": entries}, manifest=manifest, check_extra=False)
+    for bad in check.problems:
+        print(f"regenerating {bad['prompt_id']}: {bad['path']}: {bad['reason']}", file=sys.stderr, flush=True)
+    return {line["prompt_id"]: line for line in check.ok}
+
+
+def _write_image(rd: RunDir, backend: str, p: dict[str, Any], arr: Any, batch_s: float, batch_size: int,
+                 partial: Path, latents_nonfinite: Any = None) -> dict[str, Any]:
+    """Write one generated image and append its entry to the unit's partial list; returns the entry. The image's
+    tripwires (non-finite latents and pixels, a near-constant image) are taken before the PNG (evalkit.tripwires)."""
+    from evalkit.generate.worker.tripwire_hook import image_checks
+
+    u8 = to_uint8(arr)
+    png = encode_png(u8)
+    path = rd.image_path(backend, p["id"], p["seed"])
+    write_or_explain(atomic_write_bytes, path, png)
+    st = path.stat()
+    # Size and mtime let later stages skip re-hashing a file that has not changed since it was written.
+    entry = {"prompt_id": p["id"], "seed": p["seed"], "path": rd.relative(path), "sha256": sha256_bytes(png),
+             "size_bytes": st.st_size, "mtime_ns": st.st_mtime_ns, "latency_s": batch_s / batch_size,
+             "batch_size": batch_size, "flags": image_flags(arr), "pid": os.getpid(),
+             **image_checks(arr, u8, latents_nonfinite, prompt_id=p["id"], seed=p["seed"], file=rd.relative(path))}
+    write_or_explain(append_jsonl, partial, entry)
+    return entry
+
+
+def _warm_up(manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str, family: Any,
+             probe: Any) -> list[float]:
+    """The warm-up calls (excluded from latency; compilation for +compile happens here), and what each component
+    computed in during them (compute_dtype); returns their seconds."""
+    import torch
+
+    from evalkit.generate.worker import loading
+    from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
+
+    prompts = manifest["prompts"]
+    # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
+    warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
+    warm_call = dict(family.call_arguments(warm_gen), output_type="np", **probe.kwargs())
+    warm_times = []
+    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
+        for _ in range(int(gen.get("warmup_runs", 1))):
+            emit("phase", phase="warmup")
+            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
+            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **warm_call), device)
+            warm_times.append(dt)
+    record["warmup_times_s"] = warm_times
+    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
+        print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
+    return warm_times
+
+
+def _finish_record(record: dict[str, Any], spec: Any, device: str, probe: Any, memory: dict[str, Any],
+                   warm_times: list[float], compile_info: Any) -> None:
+    """Memory peaks, tripwire totals, latency and compile time, once every image of the unit is written."""
+    from evalkit.generate.worker import measure
+    from evalkit.generate.worker.tripwire_hook import record_section
+
+    if device == "cuda":
+        snap = measure.cuda_snapshot()
+        memory.update(peak_allocated_gib=snap["max_allocated_gib"], peak_reserved_gib=snap["max_reserved_gib"])
+    memory["cpu_peak_rss_gib"] = measure.peak_rss_gib()
+    record["memory"] = memory
+    record["tripwires"] = record_section(probe, {**record, "status": "ok"}, spec.backend.reference)
+    # Latency only from images timed in this process: a resumed run may come from another process or machine state.
+    fresh = [e["latency_s"] for e in record["images"] if e.get("pid") == os.getpid()]
+    record["latency"] = measure.latency_stats(fresh or [e["latency_s"] for e in record["images"]], len(warm_times))
+    if compile_info is not None:
+        from evalkit.generate.worker.compile_options import dynamo_stats
+
+        compile_info["dynamo"] = dynamo_stats()
+    if compile_info is not None and warm_times and record["latency"].get("median_s") is not None:
+        record["compile_time_s"] = max(0.0, warm_times[0] - record["latency"]["median_s"])
+    else:
+        record["compile_time_s"] = None
