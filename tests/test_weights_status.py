@@ -126,3 +126,26 @@ def test_score_says_again_at_the_end_that_headline_metrics_are_missing(isolated,
     assert "LPIPS (VGG16), FID will be skipped" in first
     # only the default (headline) metric is named at the end; lpips_vgg was asked for but is opt-in
     assert last.startswith("evalkit: this run is missing headline metrics: FID was skipped")
+
+
+def test_a_weight_file_s_hash_is_kept_across_processes_while_its_size_and_mtime_hold(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every command verified the weight files by hashing them (~0.07 s, most of an unchanged rerun's gap); the
+    hash is kept in the cache's hashes.json under score's rule for images: same size and mtime, same bytes."""
+    import os
+
+    from evalkit.weights import store
+
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path / "cache"))
+    f = tmp_path / "w.bin"
+    f.write_bytes(b"weights")
+    first = store.file_sha256(f)
+    monkeypatch.setattr(store, "_HASH_MEMO", {})  # another process
+    monkeypatch.setattr(store, "sha256_file", lambda p: pytest.fail("rehashed an unchanged file"))
+    assert store.file_sha256(f) == first
+    f.write_bytes(b"WEIGHTS")  # same size, new content: its mtime moves, so it is hashed again
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))
+    monkeypatch.setattr(store, "_HASH_MEMO", {})
+    monkeypatch.setattr(store, "sha256_file", lambda p: "b" * 64)
+    assert store.file_sha256(f) == "b" * 64
