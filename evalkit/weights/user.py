@@ -90,6 +90,11 @@ def _looks_like_hub_id(text: str) -> bool:
 def hf_cached(repo: str) -> Path | None:
     """The snapshot folder of `repo` in the local Hugging Face cache, or None; never a network call."""
     try:
+        from huggingface_hub import constants
+
+        # A repo with no folder in the cache is not there: answered without loading the hub's resolver (0.17 s).
+        if not (Path(constants.HF_HUB_CACHE) / f"models--{repo.replace('/', '--')}").is_dir():
+            return None
         from huggingface_hub import snapshot_download
 
         return Path(snapshot_download(repo_id=repo, local_files_only=True))
