@@ -41,26 +41,7 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
     from evalkit.score.summary import summarise_backend
 
     a, b = Path(dir_a), Path(dir_b)
-    for d in (a, b):
-        if not d.is_dir():
-            raise EvalkitError(f"{d}: not a folder")
-    fa, fb = files_by_stem(a), files_by_stem(b)
-    for d, f in ((a, fa), (b, fb)):
-        if not f:
-            raise EvalkitError(f"{d}: no images (.png, .jpg, .webp, ...) found")
-    names = expand_metric_names(reg.COMPARE_DEFAULT_METRICS if metrics is None else metrics)
-    bad = [n for n in names if reg.get_spec(n).kind == "prompt" or reg.get_spec(n).reference == "real"]
-    if bad:
-        raise EvalkitError(f"compare-images cannot compute {', '.join(bad)} (no prompts / no real set here)")
-    paired_names = [n for n in names if reg.get_spec(n).kind == "paired"]
-    only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
-    if paired_names and (only_a or only_b):
-        parts = []
-        for d, only, f in ((a, only_a, fa), (b, only_b, fb)):
-            if only:
-                listed = ", ".join(f[s].name for s in only[:3])
-                parts.append(f"{len(only)} only in {d}: {listed}{' …' if len(only) > 3 else ''}")
-        raise EvalkitError("images are paired by file stem and some have no partner: " + "; ".join(parts))
+    fa, fb, names, paired_names = _checked_inputs(a, b, metrics)
     dev = resolve_device(device)
     opts = Options(metrics=names, device=device, workers=workers, weights_dir=weights_dir, batch_size=batch_size,
                    bootstrap_samples=bootstrap_samples, fid_method=fid_method, use_cache=False, progress=progress)
@@ -94,6 +75,34 @@ def compare_folders(dir_a: str | os.PathLike[str], dir_b: str | os.PathLike[str]
                        "decode_workers": n_workers},  # 1 if the pool failed and decoding fell back in-process
             "n_corrupt": len(corrupt), "corrupt": corrupt[:MAX_LISTED], "device": dev,
             "broken": _broken_list(state)}
+
+
+def _checked_inputs(a: Path, b: Path, metrics: Iterable[str] | str | None
+                    ) -> tuple[dict[str, Path], dict[str, Path], list[str], list[str]]:
+    """(DIR_A's files by stem, DIR_B's, the metric names, the paired ones): a one-line EvalkitError, before any
+    decoding, for a folder that is not one or holds no images, a metric that needs prompts or a real set, and
+    files without a partner when a paired metric needs partners."""
+    for d in (a, b):
+        if not d.is_dir():
+            raise EvalkitError(f"{d}: not a folder")
+    fa, fb = files_by_stem(a), files_by_stem(b)
+    for d, f in ((a, fa), (b, fb)):
+        if not f:
+            raise EvalkitError(f"{d}: no images (.png, .jpg, .webp, ...) found")
+    names = expand_metric_names(reg.COMPARE_DEFAULT_METRICS if metrics is None else metrics)
+    bad = [n for n in names if reg.get_spec(n).kind == "prompt" or reg.get_spec(n).reference == "real"]
+    if bad:
+        raise EvalkitError(f"compare-images cannot compute {', '.join(bad)} (no prompts / no real set here)")
+    paired_names = [n for n in names if reg.get_spec(n).kind == "paired"]
+    only_a, only_b = sorted(set(fa) - set(fb)), sorted(set(fb) - set(fa))
+    if paired_names and (only_a or only_b):
+        parts = []
+        for d, only, f in ((a, only_a, fa), (b, only_b, fb)):
+            if only:
+                listed = ", ".join(f[s].name for s in only[:3])
+                parts.append(f"{len(only)} only in {d}: {listed}{' …' if len(only) > 3 else ''}")
+        raise EvalkitError("images are paired by file stem and some have no partner: " + "; ".join(parts))
+    return fa, fb, names, paired_names
 
 
 def _broken_list(state: Any) -> list[dict[str, Any]]:
