@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Sequence
 
 from evalkit.check.options import CheckOptions, CompareOptions
-from evalkit.generate.options import GenerateOptions
+from evalkit.generate.options import BackendsOptions, GenerateOptions
 from evalkit.options import api_doc, api_signature
 from evalkit.report.options import ReportOptions
 from evalkit.score import api as score_api  # light: its options, no stage
@@ -211,24 +211,26 @@ for _fn, _sig, _cls in ((report, _REPORT_SIGNATURE, ReportOptions), (check, _CHE
     _fn.__doc__ = f"{_fn.__doc__}\n    " + api_doc(_cls).replace("\n", "\n    ").rstrip() + "\n"
 
 
-def list_backends(device: str = "auto", model: str | None = None) -> list[dict[str, Any]]:
-    """Every backend and modifier, and whether it can run on `device` here for `model`'s family (default: the
-    default family) (`evalkit backends --json`).
+def list_backends(device: str = "auto", model: str | None = None, **options: Any) -> list[dict[str, Any]]:
+    """Every backend and modifier, and whether it can run for `model`'s family (default: the default family) on
+    `device` here, or on a CUDA GPU of compute `capability` that need not be here (`evalkit backends --json`).
 
     >>> import evalkit
     >>> rows = {r["name"]: r for r in evalkit.list_backends(device="cpu")}
     >>> rows["bf16"]["runs_here"], rows["torchao-int8wo"]["library"]
     (True, 'torchao')
+    >>> {r["name"]: r["runs_here"] for r in evalkit.list_backends(capability="9.0")}["torchao-nvfp4"]
+    False
     """
-    from evalkit.device import device_capability
-    from evalkit.families.registry import default_family, family_of_pipeline_dir, family_of_spec, resolve_model
-    from evalkit.quantizers.registry import backend_rows
+    from evalkit.generate.listing import backend_listing
 
-    dev, capability = device_capability(device, option="device")
-    family = default_family()
-    if model:
-        family = family_of_spec(model) or family_of_pipeline_dir(Path(resolve_model(model, build=False).path))
-    return backend_rows(dev, capability, family)
+    args = _BACKENDS_SIGNATURE.bind(device, model, **options).arguments
+    return backend_listing(BackendsOptions.from_api(args, "evalkit.list_backends"))["backends"]
+
+
+_BACKENDS_SIGNATURE = api_signature(BackendsOptions, positional=("device", "model"))
+list_backends.__signature__ = _BACKENDS_SIGNATURE  # type: ignore[attr-defined]
+list_backends.__doc__ = f"{list_backends.__doc__}\n    " + api_doc(BackendsOptions).replace("\n", "\n    ").rstrip() + "\n"
 
 
 def list_models() -> list[dict[str, Any]]:

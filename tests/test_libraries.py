@@ -247,7 +247,7 @@ def test_a_toy_library_is_listed_by_evalkit_backends(toy_registered, capsys: pyt
 
     from evalkit.generate.cli import backends_main
 
-    assert backends_main(argparse.Namespace(device="cpu", json=True, model=None)) == 0
+    assert backends_main(argparse.Namespace(device="cpu", json=True, model=None, capability=None)) == 0
     rows = {r["name"]: r for r in json.loads(capsys.readouterr().out)["backends"]}
     assert rows["toy-int6"]["library"] == "toylib" and rows["toy-int6"]["runs_here"] is True
     assert rows["ghost-int8"]["runs_here"] is False

@@ -17,7 +17,7 @@ from evalkit.calibrate.options import CalibrateOptions
 from evalkit.check.options import CheckOptions, CompareOptions
 from evalkit.cli import build_parser
 from evalkit.errors import EvalkitError
-from evalkit.generate.options import GenerateOptions, prompts_slug
+from evalkit.generate.options import BackendsOptions, GenerateOptions, prompts_slug
 from evalkit.options import Field, api_fields, option_fields
 from evalkit.report.options import ReportOptions
 from evalkit.score.options import RUN_FLAGS, ScoreOptions
@@ -35,9 +35,9 @@ def _api_functions(cls: type) -> list[Any]:
         import evalkit.score.api
 
         return [evalkit.score.api.score, evalkit.api.score]
-    if cls in (ReportOptions, CheckOptions, CompareOptions):
+    if cls in (ReportOptions, CheckOptions, CompareOptions, BackendsOptions):
         return [{ReportOptions: evalkit.api.report, CheckOptions: evalkit.api.check,
-                 CompareOptions: evalkit.api.compare}[cls]]
+                 CompareOptions: evalkit.api.compare, BackendsOptions: evalkit.api.list_backends}[cls]]
     from evalkit.calibrate.stage import run_calibration
 
     return [run_calibration]
@@ -45,7 +45,8 @@ def _api_functions(cls: type) -> list[Any]:
 
 # (options class, its command)
 STAGES = [(GenerateOptions, "generate"), (CalibrateOptions, "calibrate"), (ScoreOptions, "score"),
-          (ReportOptions, "report"), (CheckOptions, "check"), (CompareOptions, "compare")]
+          (ReportOptions, "report"), (CheckOptions, "check"), (CompareOptions, "compare"),
+          (BackendsOptions, "backends")]
 
 
 def _other_value(f: Field) -> Any:
@@ -117,7 +118,7 @@ def test_every_option_is_a_documented_parameter_of_the_python_api(cls: type, com
     """Every option but the few that only the command line has (a launcher's --gpus, the terminal's --quiet)."""
     cli_only = {f.name for f in option_fields(cls) if not f.spec.api}
     # the API returns check's and compare's result, which the JUnit and Markdown files only render
-    assert cli_only <= {"quiet", "gpus", "jobs", "junit", "markdown"}, cli_only
+    assert cli_only <= {"quiet", "gpus", "jobs", "junit", "markdown", "json"}, cli_only
     for fn in _api_functions(cls):
         params = inspect.signature(fn).parameters
         for f in api_fields(cls):

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-from pathlib import Path
 
 from evalkit.generate.options import GenerateOptions
 
@@ -78,36 +77,28 @@ def merge_main(args: argparse.Namespace) -> int:
 
 
 def add_backends_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"],
-                   help="the device to judge runnability for (auto: cuda if available)")
-    p.add_argument("--model", help="judge for this model's family: tiny[:FAMILY], random:VARIANT, a hub id or a "
-                                   "directory (default: the default family, FLUX.1); see `evalkit models`")
-    p.add_argument("--capability", metavar="MAJOR.MINOR",
-                   help="judge for a CUDA GPU of this compute capability, present or not (9.0 = H100/H200, "
-                        "10.0 = B200); implies --device cuda")
-    p.add_argument("--json", action="store_true", help="machine-readable output")
+    """Arguments of `evalkit backends` (BackendsOptions, evalkit/generate/options.py)."""
+    from evalkit.generate.options import BackendsOptions
+
+    BackendsOptions.add_arguments(p)
 
 
 def backends_main(args: argparse.Namespace) -> int:
     import json
 
-    from evalkit.quantizers.registry import backend_rows
+    from evalkit.generate.listing import backend_listing
+    from evalkit.generate.options import BackendsOptions
 
-    from evalkit.families.registry import default_family, family_of_pipeline_dir, family_of_spec, resolve_model
-
-    device, capability = _probe_device(args.device, getattr(args, "capability", None))
-    family = default_family()
-    if getattr(args, "model", None):
-        family = family_of_spec(args.model) or family_of_pipeline_dir(Path(resolve_model(args.model, build=False).path))
-    rows = backend_rows(device, capability, family)
-    if args.json:
-        print(json.dumps({"device": device, "capability": capability, "family": family.key, "backends": rows},
-                         indent=2))
+    opts = BackendsOptions.from_args(args)
+    listing = backend_listing(opts)
+    device, capability, family, rows = (listing[k] for k in ("device", "capability", "family", "backends"))
+    if opts.json:
+        print(json.dumps({**listing, "family": family.key}, indent=2))
         return 0
     from rich.console import Console
     from rich.table import Table
 
-    where = "a CUDA GPU that need not be here" if getattr(args, "capability", None) else "this machine"
+    where = "a CUDA GPU that need not be here" if opts.capability else "this machine"
     t = Table(title=f"evalkit backends for {family.display} on {where} (device: {device}"
                     + (f", compute capability {capability[0]}.{capability[1]})" if capability else ")"))
     for col in ("name", "runs here", "quantizes", "library", "why not / note", "what it is"):
@@ -125,15 +116,3 @@ def backends_main(args: argparse.Namespace) -> int:
     return 0
 
 
-def _probe_device(requested: str, capability: str | None = None) -> tuple[str, tuple[int, int] | None]:
-    if capability is not None:  # a hypothetical GPU: nothing is probed
-        from evalkit.errors import EvalkitError
-
-        major, _, minor = capability.partition(".")
-        if requested == "cpu" or not (major.isdigit() and minor.isdigit()):
-            raise EvalkitError(f"--capability {capability!r}: expected MAJOR.MINOR of a CUDA GPU, e.g. 9.0")
-        return "cuda", (int(major), int(minor))
-    from evalkit.device import device_capability
-
-    return device_capability(requested, hint="; judge a GPU that is not here with --capability, e.g. --capability "
-                                             "9.0 for an H200")

@@ -165,3 +165,20 @@ def run_id_prefix(model: str, prompts_file: str, legacy: bool = False) -> str:
     of a prompt set (.csv, .jsonl, ...) had before the format joined it (still found and resumed)."""
     prompts = slug(Path(prompts_file).stem) if legacy else prompts_slug(prompts_file)
     return f"{slug(model)}-{prompts}-"
+
+
+@dataclass
+class BackendsOptions(StageOptions):
+    """What `evalkit backends` (and `evalkit.list_backends(...)`) is asked: which backends run for which model,
+    on which device."""
+
+    device: str = option("auto", choices=("auto", "cpu", "cuda"),
+                         help="the device to judge runnability for (auto: cuda if available)")
+    model: str | None = option(
+        None, help="judge for this model's family: tiny[:FAMILY], random:VARIANT, a hub id or a directory (default: "
+                   "the default family, FLUX.1); see `evalkit models`")
+    capability: str | None = option(
+        None, metavar="MAJOR.MINOR",
+        help="judge for a CUDA GPU of this compute capability, present or not (9.0 = H100/H200, 10.0 = B200); "
+             "implies --device cuda")
+    json: bool = option(False, api=False, help="print one JSON object instead of the table")
