@@ -55,7 +55,7 @@ class ReportOptions(StageOptions):
     include_partial: bool = option(
         False, help="let backends that quantized less than their name says on this device (marked †) win the "
                     "summary cards and sit on Pareto fronts (default: shown, but left out of both)")
-    quiet: bool = option(False, help="print nothing but errors (the report's progress and its path)")
+    quiet: bool = option(False, help="print only errors, neither the report's progress nor its path")
 
     def validate(self) -> tuple[str, ...]:
         """The figure formats, in canonical order; a one-line error for a value argparse's types cannot refuse."""
