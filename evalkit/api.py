@@ -85,11 +85,18 @@ def generate(prompts: PathLike | Sequence[str], backends: str | Sequence[str] = 
 
 
 # The signature and the Options section are GenerateOptions' (evalkit/generate/options.py): declared once.
-_GENERATE_SIGNATURE = api_signature(
-    GenerateOptions, positional=("prompts", "backends"), return_annotation="Path",
+def _declared(fn: Any, cls: type, **signature: Any) -> inspect.Signature:
+    """`fn`'s signature and the Options section of its docstring, both from the options dataclass `cls`; returns
+    the signature, which `fn` binds its arguments with."""
+    sig = api_signature(cls, **signature)
+    fn.__signature__ = sig
+    fn.__doc__ = f"{fn.__doc__}\n    " + api_doc(cls).replace("\n", "\n    ").rstrip() + "\n"
+    return sig
+
+
+_GENERATE_SIGNATURE = _declared(
+    generate, GenerateOptions, positional=("prompts", "backends"), return_annotation="Path",
     extra=[inspect.Parameter("quiet", inspect.Parameter.KEYWORD_ONLY, default=False, annotation="bool")])
-generate.__signature__ = _GENERATE_SIGNATURE  # type: ignore[attr-defined]
-generate.__doc__ = f"{generate.__doc__}\n    " + api_doc(GenerateOptions).replace("\n", "\n    ").rstrip() + "\n"
 
 
 def merge(run_dir: PathLike) -> dict[str, Any]:
@@ -201,14 +208,10 @@ def compare(base_run: PathLike, candidate_run: PathLike, **options: Any) -> Repo
 
 # Their signatures and Options sections are the options dataclasses' (evalkit/report/options.py,
 # evalkit/check/options.py): declared once.
-_REPORT_SIGNATURE = api_signature(ReportOptions, positional=("run_dir",), return_annotation="Path")
-_CHECK_SIGNATURE = api_signature(CheckOptions, positional=("run_dir", "thresholds"), return_annotation="Report")
-_COMPARE_SIGNATURE = api_signature(CompareOptions, positional=("base_run", "candidate_run"),
-                                   return_annotation="Report")
-for _fn, _sig, _cls in ((report, _REPORT_SIGNATURE, ReportOptions), (check, _CHECK_SIGNATURE, CheckOptions),
-                        (compare, _COMPARE_SIGNATURE, CompareOptions)):
-    _fn.__signature__ = _sig  # type: ignore[attr-defined]
-    _fn.__doc__ = f"{_fn.__doc__}\n    " + api_doc(_cls).replace("\n", "\n    ").rstrip() + "\n"
+_REPORT_SIGNATURE = _declared(report, ReportOptions, positional=("run_dir",), return_annotation="Path")
+_CHECK_SIGNATURE = _declared(check, CheckOptions, positional=("run_dir", "thresholds"), return_annotation="Report")
+_COMPARE_SIGNATURE = _declared(compare, CompareOptions, positional=("base_run", "candidate_run"),
+                               return_annotation="Report")
 
 
 def list_backends(device: str = "auto", model: str | None = None, **options: Any) -> list[dict[str, Any]]:
@@ -228,9 +231,7 @@ def list_backends(device: str = "auto", model: str | None = None, **options: Any
     return backend_listing(BackendsOptions.from_api(args, "evalkit.list_backends"))["backends"]
 
 
-_BACKENDS_SIGNATURE = api_signature(BackendsOptions, positional=("device", "model"))
-list_backends.__signature__ = _BACKENDS_SIGNATURE  # type: ignore[attr-defined]
-list_backends.__doc__ = f"{list_backends.__doc__}\n    " + api_doc(BackendsOptions).replace("\n", "\n    ").rstrip() + "\n"
+_BACKENDS_SIGNATURE = _declared(list_backends, BackendsOptions, positional=("device", "model"))
 
 
 def list_models() -> list[dict[str, Any]]:

@@ -91,22 +91,13 @@ def ssim_per_image(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) ->
 
     float32 agrees with skimage's float64 to < 1e-6 on 8-bit photographs (C2 = 9e-4 bounds the effect of
     cancellation in E[x^2] - E[x]^2); float64 is ~10x slower on CPU. The 5 moment maps of every channel are
-    filtered together as one (N*5*C, H, W) batch."""
+    filtered together as one (N*5*C, H, W) batch; SSIMMetric.compute takes a large image in bands instead."""
     if a.shape != b.shape:
         raise ValueError(f"SSIM needs equal shapes, got {tuple(a.shape)} and {tuple(b.shape)}")
-    n, c, h, w = a.shape
+    h, w = a.shape[-2:]
     if h < WIN or w < WIN:
         raise ValueError(f"SSIM needs images of at least {WIN}x{WIN} px, got {h}x{w}")
-    bands = row_bands(h, w, halo=WIN - 1)
-    if len(bands) == 1:
-        return ssim_map(a, b, data_range).mean(dim=(1, 2, 3))
-    # A large image, band by band: every band's map is the whole map's rows (the same arithmetic on the same input
-    # rows); only the sum's order differs, and it is taken in float64.
-    total = torch.zeros(n, dtype=torch.float64, device=a.device)
-    for r0, r1 in bands:
-        total += ssim_map(a[:, :, r0:r1 + WIN - 1], b[:, :, r0:r1 + WIN - 1], data_range).sum(dim=(1, 2, 3),
-                                                                                           dtype=torch.float64)
-    return (total / (c * (h - WIN + 1) * (w - WIN + 1))).float()
+    return ssim_map(a, b, data_range).mean(dim=(1, 2, 3))
 
 
 def ssim_map(a: torch.Tensor, b: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
