@@ -116,15 +116,25 @@ def _forkserver(family: str | None = None) -> Any:
         return _FORKSERVER
 
 
-def start_forkserver(family: str | None = None) -> None:
-    """Start the forkserver now (in a thread, while the stage prepares the run), preloading `family`'s modules."""
+def start_forkserver(family: str | None = None, tokenizers: tuple[str, tuple[str, ...]] | None = None) -> None:
+    """Start the forkserver now (in a thread, while the stage prepares the run), preloading `family`'s modules and,
+    where it preloads those, `tokenizers` = (pipeline directory, tokenizer components): loaded once for every
+    backend's process (evalkit/generate/worker/tokenizers.py)."""
     from multiprocessing import forkserver
 
+    from evalkit.generate.worker.tokenizers import PRELOAD_ENV, preload_request
+
     _forkserver(family)
+    # The forkserver takes the request from its environment when it starts; nothing else reads it, and it goes
+    # again as soon as the server has started.
+    if tokenizers is not None:
+        os.environ[PRELOAD_ENV] = preload_request(*tokenizers)
     try:
         forkserver.ensure_running()
     except Exception:  # noqa: BLE001 - the first backend's start will report it properly
         pass
+    finally:
+        os.environ.pop(PRELOAD_ENV, None)
 
 
 def stop_forkserver(kill: bool = False) -> None:

@@ -16,7 +16,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
-from evalkit.families.registry import family_of_spec
+from evalkit.families.base import ModelFamily
+from evalkit.families.registry import family_of_spec, resolve_model
 from evalkit.generate import ranks
 from evalkit.generate.console import print_generation_table
 from evalkit.generate.options import GenerateOptions
@@ -44,7 +45,9 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
         if worker_mode() == "forkserver" and not starters:
             # Importing torch/diffusers into the forkserver takes seconds; do it while the manifest is being prepared.
             fam = family_of_spec(opts.model)  # None for a directory: its family's modules load per worker
-            starters.append(threading.Thread(target=start_forkserver, args=(fam.key if fam else None,), daemon=True))
+            starters.append(threading.Thread(target=start_forkserver, args=(fam.key if fam else None,
+                                                                             _tokenizers_to_preload(opts, fam)),
+                                             daemon=True))
             starters[0].start()
 
     finished = False
@@ -65,6 +68,20 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
         # After an error the forkserver may still be importing libraries it will never use: kill it, don't wait.
         stop_forkserver(kill=not finished)
         _keep_forkserver_log(root)
+
+
+def _tokenizers_to_preload(opts: GenerateOptions, fam: ModelFamily | None) -> tuple[str, tuple[str, ...]] | None:
+    """(pipeline directory, tokenizer components) when the model is already on disk (a tiny or random build made
+    by an earlier run, a cached hub snapshot); None when it is not yet (each worker then loads its own)."""
+    if fam is None:
+        return None
+    try:
+        path = resolve_model(opts.model, build=False).path
+    except Exception:  # noqa: BLE001 - not here yet, or not resolvable: planning says so properly
+        return None
+    if not (Path(path) / "model_index.json").is_file():
+        return None
+    return path, tuple(t.subfolder for t in fam.tokenizers)
 
 
 def _keep_forkserver_log(root: Path | None) -> None:

@@ -49,8 +49,10 @@ def _distribution_version(name: str) -> str | None:
 
 
 def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
-                  requested_components: tuple[str, ...] | None) -> tuple[Any, dict[str, Any]]:
+                  requested_components: tuple[str, ...] | None,
+                  loaded: dict[str, Any] | None = None) -> tuple[Any, dict[str, Any]]:
     """Load the family's pipeline for `spec` (not yet moved to the device). Returns (pipe, quantization info).
+    `loaded`: components already built (the run's tokenizers), passed to `from_pretrained` as they are.
 
     The backend's quantizer gives a config per component (one `PipelineQuantizationConfig(quant_mapping=...)`), or
     loads a component itself (a GGUF file), or transforms the pipeline after loading (layerwise casting)."""
@@ -63,7 +65,7 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
     info: dict[str, Any] = {"components_quantized": [c.name for c in components], "resolved_config": {}, "note": note,
                             "library": b.library.key, "library_version": _distribution_version(b.library.pip_name)}
     # bf16, or the run's compute plan (float32 on a CPU without native bf16: evalkit/generate/worker/compute_dtype.py)
-    kwargs: dict[str, Any] = {"dtype": load_dtype(ctx.compute_dtypes)}
+    kwargs: dict[str, Any] = {"dtype": load_dtype(ctx.compute_dtypes), **(loaded or {})}
 
     mapping: dict[str, Any] = {}
     for c in components:

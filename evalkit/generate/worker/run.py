@@ -24,6 +24,7 @@ from evalkit.rundir import SCHEMA_VERSION, RunDir, load_run_plugins
 from evalkit.generate.worker import events
 from evalkit.generate.worker.events import emit
 from evalkit.generate.worker.images import WriteError, generate_images
+from evalkit.generate.worker.tokenizers import load_tokenizers
 
 # Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
 # A forked child of a process that initialized CUDA cannot use CUDA at all, so on a machine with an NVIDIA GPU the
@@ -44,7 +45,9 @@ def preload_modules(gpu: bool, family: str | None = None) -> tuple[str, ...]:
 
     libs = tuple(m for lib in library_list() if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
     fam = get_family(family).preload_modules if family and not gpu else ()
-    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + fam + libs))
+    # Last: the run's tokenizers (needs transformers, so not on a GPU machine), once the libraries are in
+    tokenizers = ("evalkit.generate.worker.preload_tokenizers",) if family and not gpu else ()
+    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + fam + libs + tokenizers))
 
 # Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
 # reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
@@ -203,10 +206,12 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
     # --- load -------------------------------------------------------------------------------------------------
     emit("phase", phase="loading")
     record["prepare"] = _before_the_clock(torch, family, spec, ctx, on_cuda)
+    # The same tokenizer objects for every backend, loaded outside the clock (evalkit/generate/worker/tokenizers.py)
+    tokenizers = load_tokenizers(ctx.model_path, [t.subfolder for t in family.tokenizers])
     if on_cuda:
         measure.cuda_reset_peak()
     t0 = time.perf_counter()
-    pipe, qinfo = loading.load_pipeline(spec, ctx, family, requested)
+    pipe, qinfo = loading.load_pipeline(spec, ctx, family, requested, tokenizers)
     placement = loading.place_pipeline(pipe, spec, device)
     compile_info = loading.apply_compile(pipe, spec, cfg.get("compile"), cfg["cache_dir"], family)
     changed = restore_numerics(torch, numerics_before)
