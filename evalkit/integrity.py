@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json, sha256_file
+from evalkit.io import sha256_file
+from evalkit.records import read_manifest
 
 # A reason starts with one of these words, so callers (and the report) can group problems by kind.
 MISSING = "missing"
@@ -90,7 +91,7 @@ def verify_images(rd: Any, backend: str, record: dict[str, Any] | None, *, full:
     Never raises for a bad image: it is a problem in the report; call `.raise_if_problems()` to refuse.
     """
     if manifest is None and rd.manifest.exists():
-        manifest = read_json(rd.manifest)
+        manifest = read_manifest(rd.manifest)
     size = expected_size(manifest)
     report = IntegrityReport(root=rd.root)
     folder = os.path.normpath(rd.images_dir(backend))
@@ -125,7 +126,7 @@ def verify_run(rd: Any, records: dict[str, dict[str, Any] | None], *, full: bool
                manifest: dict[str, Any] | None = None) -> IntegrityReport:
     """`verify_images` for several backends ({backend: generation record or None}), merged into one report."""
     if manifest is None and rd.manifest.exists():
-        manifest = read_json(rd.manifest)
+        manifest = read_manifest(rd.manifest)
     total = IntegrityReport(root=rd.root)
     for backend, record in records.items():
         total.merge(verify_images(rd, backend, record, full=full, manifest=manifest))

@@ -298,7 +298,7 @@ def _built(record: Any, schema: Any) -> Any:
     return record
 
 
-def prompt_entry(prompt: Any, tokens: dict[str, Any] | None = None) -> PromptEntry:
+def prompt_entry(prompt: Any, tokens: TokenCounts | None = None) -> PromptEntry:
     """A manifest prompt from an evalkit.prompts.Prompt (its id and seed come from evalkit.prompts, never re-derived)."""
     entry: PromptEntry = {"index": prompt.index, "id": prompt.id, "text": prompt.text, "seed": prompt.seed,
                           "line": prompt.line}
@@ -310,14 +310,14 @@ def prompt_entry(prompt: Any, tokens: dict[str, Any] | None = None) -> PromptEnt
 
 
 def build_manifest(*, prompts: list[PromptEntry], backends: list[str], run_id: str | None,
-                   generation: dict[str, Any], model: dict[str, Any] | None = None,
-                   device: dict[str, Any] | None = None, versions: dict[str, Any] | None = None,
+                   generation: GenerationSettings, model: ModelEntry | None = None,
+                   device: DeviceInfo | None = None, versions: dict[str, Any] | None = None,
                    created_utc: str | None = None, updated_utc: str | None = None,
                    evalkit_version: str | None = None, command: list[str] | None = None,
                    prompts_file: str | None = None, prompts_sha256: str | None = None,
                    tokenization_note: str | None = None, reference_backend: str = REFERENCE_BACKEND,
-                   memory_convention: dict[str, Any] | None = None, fid_mode: dict[str, Any] | None = None,
-                   config: dict[str, Any] | None = None) -> Manifest:
+                   memory_convention: dict[str, Any] | None = None, fid_mode: FidMode | None = None,
+                   config: RunConfig | None = None) -> Manifest:
     """The manifest, as generate writes it. `backends` keeps its order (the report's order)."""
     if evalkit_version is None:
         from evalkit.version import __version__ as evalkit_version
@@ -375,12 +375,12 @@ def checked_unit(record: Mapping[str, Any]) -> UnitFile:
 
 
 def build_generation_record(*, backend: str, status: Literal["ok", "failed", "skipped"], reason: str | None = None,
-                            images: list[ImageEntry] | None = None, recipe: dict[str, Any] | None = None,
-                            quantization: dict[str, Any] | None = None, footprint: dict[str, Any] | None = None,
-                            memory: dict[str, Any] | None = None, latency: dict[str, Any] | None = None,
+                            images: list[ImageEntry] | None = None, recipe: Recipe | None = None,
+                            quantization: QuantizationCensus | None = None, footprint: Footprint | None = None,
+                            memory: MemoryRecord | None = None, latency: LatencyRecord | None = None,
                             load_time_s: float | None = None, compile_time_s: float | None = None,
-                            prepare: dict[str, Any] | None = None, compile: dict[str, Any] | None = None,
-                            placement: dict[str, Any] | None = None, error: dict[str, Any] | None = None,
+                            prepare: PrepareStep | None = None, compile: CompileRecord | None = None,
+                            placement: Placement | None = None, error: ErrorInfo | None = None,
                             warmup_times_s: list[float] | None = None, resumed_images: int | None = None,
                             started_utc: str | None = None, finished_utc: str | None = None,
                             pid: int | None = None) -> GenerationRecord:
@@ -399,10 +399,12 @@ def build_generation_record(*, backend: str, status: Literal["ok", "failed", "sk
 
 def build_metric_record(*, backend: str, metrics: dict[str, MetricResult],
                         reference_backend: str = REFERENCE_BACKEND, metrics_version: Any = None, device: Any = None,
-                        left_out: list[dict[str, Any]] | None = None,
-                        missing_headline_metrics: list[str] | None = None) -> MetricRecord:
+                        left_out: list[SkippedPair] | None = None,
+                        missing_headline_metrics: list[str] | None = None, broken: list[BrokenEntry] | None = None,
+                        tripwires: ScoreTripwires | None = None) -> MetricRecord:
     """One backend's metric record, as score writes it. `left_out`: images score could not use, with reasons;
-    `missing_headline_metrics`: default metrics skipped for lack of their pinned weights."""
+    `missing_headline_metrics`: default metrics skipped for lack of their pinned weights; `broken` and `tripwires`:
+    the broken images left out of every mean and their census (evalkit.tripwires)."""
     record: MetricRecord = {"schema_version": SCHEMA_VERSION, "backend": backend,
                             "reference_backend": reference_backend, "metrics_version": metrics_version,
                             "metrics": dict(metrics), "device": device}
@@ -410,11 +412,15 @@ def build_metric_record(*, backend: str, metrics: dict[str, MetricResult],
         record["missing_headline_metrics"] = list(missing_headline_metrics)
     if left_out is not None:
         record["left_out"] = list(left_out)
+    if broken is not None:
+        record["broken"] = list(broken)
+    if tripwires is not None:
+        record["tripwires"] = tripwires
     return _built(record, MetricRecord)
 
 
-def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[str, Any] | None],
-                  metrics: Mapping[str, Mapping[str, Any] | None], fid_mode: Mapping[str, Any] | None = None) -> Summary:
+def build_summary(manifest: Manifest, generation: Mapping[str, GenerationRecord | None],
+                  metrics: Mapping[str, MetricRecord | None], fid_mode: FidMode | None = None) -> Summary:
     """summary.json from the manifest, each backend's records (None where a record is not written yet) and score's
     fid_mode.json (rundir.load_fid_mode; a schema-1 manifest's own `fid_mode` when not given)."""
     backends: dict[str, SummaryBackend] = {}
@@ -432,7 +438,7 @@ def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[
         "reference_backend": manifest.get("reference_backend") or REFERENCE_BACKEND,
         "n_prompts": len(manifest.get("prompts") or []),
         "memory_convention": manifest.get("memory_convention"),
-        "fid_mode": dict(fid_mode) if fid_mode is not None else manifest.get("fid_mode"),
+        "fid_mode": fid_mode.copy() if fid_mode is not None else manifest.get("fid_mode"),
         "backends": backends,
         "images_left_out": left_out,
         "status": "ok",
@@ -444,7 +450,7 @@ def build_summary(manifest: Mapping[str, Any], generation: Mapping[str, Mapping[
     return _built(summary, Summary)
 
 
-def partial_reason(gen: Mapping[str, Any] | None) -> str | None:
+def partial_reason(gen: GenerationRecord | None) -> str | None:
     """Why a backend quantized less than its name says on this device, or None.
 
     Records from before `quantization.partial_reason` existed said it only in `quantization.note`
@@ -460,7 +466,7 @@ def partial_reason(gen: Mapping[str, Any] | None) -> str | None:
     return "; ".join(r for r in (reason, compiled) if r) or None
 
 
-def _partly_eager(gen: Mapping[str, Any] | None) -> str | None:
+def _partly_eager(gen: GenerationRecord | None) -> str | None:
     """`+compile` whose code hit torch._dynamo's recompile limit ran the later calls eagerly: its latency is not a
     compiled one, so it does less than its name says (generation record's compile.dynamo, written by the worker)."""
     dynamo = ((gen or {}).get("compile") or {}).get("dynamo") or {}
@@ -471,8 +477,8 @@ def _partly_eager(gen: Mapping[str, Any] | None) -> str | None:
             f"{dynamo.get('recompilations')} recompilations (first: {first})")
 
 
-def _summary_backend(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> SummaryBackend:
-    gen_d: Mapping[str, Any] = gen or {}
+def _summary_backend(gen: GenerationRecord | None, met: MetricRecord | None) -> SummaryBackend:
+    gen_d = gen or {}
     return {
         "status": gen_d.get("status", "pending"),
         "reason": gen_d.get("reason") if gen else "not generated yet",
@@ -493,7 +499,7 @@ def _summary_backend(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | Non
     }
 
 
-def _flag_counts(gen: Mapping[str, Any]) -> dict[str, int]:
+def _flag_counts(gen: GenerationRecord) -> dict[str, int]:
     counts: dict[str, int] = {}
     for img in gen.get("images") or []:
         for flag in img.get("flags") or []:
@@ -501,7 +507,7 @@ def _flag_counts(gen: Mapping[str, Any]) -> dict[str, int]:
     return counts
 
 
-def _left_out(backend: str, gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> list[LeftOut]:
+def _left_out(backend: str, gen: GenerationRecord | None, met: MetricRecord | None) -> list[LeftOut]:
     """Images the score stage did not use, one entry per (image, reason), naming the metrics when not all did.
 
     Read from the metric record's `left_out` list and from each metric's `skipped` pairs (records written before
@@ -515,7 +521,7 @@ def _left_out(backend: str, gen: Mapping[str, Any] | None, met: Mapping[str, Any
         pid = item.get("prompt_id")
         path = item.get("path") or paths.get(pid)
         found.setdefault((pid, path, str(item.get("reason"))),
-                         {"backend": item.get("backend") or backend, "prompt_id": pid, "path": path,
+                         {"backend": backend, "prompt_id": pid, "path": path,
                           "reason": str(item.get("reason"))})
     for metric, result in sorted((met.get("metrics") or {}).items()):
         for item in result.get("skipped") or []:

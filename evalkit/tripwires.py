@@ -465,7 +465,7 @@ def describe(entries: Sequence[Mapping[str, Any]], shown: int = 5) -> str:
     return "; ".join(parts) + more
 
 
-def recorded_broken(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> list[dict[str, Any]]:
+def recorded_broken(gen: Mapping[str, Any] | None, met: Mapping[str, Any] | None) -> list[BrokenEntry]:
     """A backend's broken entries as its records state them: the metric record's `broken` once scored (it includes
     generate's), else generate's own (image entries' `broken` and the record's census tripwire)."""
     if met and isinstance(met.get("broken"), list):

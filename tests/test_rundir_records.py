@@ -4,6 +4,7 @@ and a run written by the previous evalkit (tests/data/run-v1) still opening and 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -263,3 +264,41 @@ def test_a_record_read_again_after_a_change_in_place_is_checked_again(tmp_path):
     p.write_text(_json.dumps({**good, "status": "okk"}).replace('"okk"', '"ok1"'))
     with pytest.raises(EvalkitError, match="status"):
         read_generation_record(p)
+
+
+# Paths of the run directory's records (evalkit.rundir.RunDir): reading one goes through its typed reader
+# (evalkit.records.read_manifest, read_generation_record, ...), never a bare read_json.
+_RECORD_PATH = re.compile(r"\.(manifest|summary|merge_manifest|calibration)\b|\.(generation_record|metrics_record|"
+                          r"shard_record|shard_unit)\(|\b(manifest|summary|merge|calibration)\.json\b")
+
+
+def _bare_record_reads(source: str) -> list[tuple[int, str]]:
+    """(line, argument) of each read_json of a record path, given directly or through a name assigned one in the
+    same function (`path = rd.generation_record(b)` ... `read_json(path)`)."""
+    import ast
+
+    out = []
+    scopes = [n for n in ast.walk(ast.parse(source)) if isinstance(n, (ast.Module, ast.FunctionDef))]
+    for scope in scopes:
+        body = ast.walk(scope) if isinstance(scope, ast.FunctionDef) else iter(scope.body)
+        names = {t.id for n in body if isinstance(n, ast.Assign) and _RECORD_PATH.search(ast.unparse(n.value))
+                 for t in n.targets if isinstance(t, ast.Name)}
+        for node in ast.walk(scope):
+            if isinstance(node, ast.Call) and node.args and (getattr(node.func, "id", None)
+                                                            or getattr(node.func, "attr", None)) == "read_json":
+                arg = ast.unparse(node.args[0])
+                if _RECORD_PATH.search(arg) or arg in names:
+                    out.append((node.lineno, arg))
+    return sorted(set(out))
+
+
+def test_every_record_of_the_run_directory_is_read_through_its_typed_reader() -> None:
+    assert _bare_record_reads("m = read_json(rd.manifest)\nr = io.read_json(rd.shard_record(b, t))\n"
+                              "x = read_json(cache_path)\ndef f(rd):\n    path = rd.generation_record(b)\n"
+                              "    return read_json(path)\n") == [(1, "rd.manifest"), (2, "rd.shard_record(b, t)"),
+                                                                  (6, "path")]
+    root = Path(__file__).resolve().parents[1] / "evalkit"
+    offenders = [f"{p.relative_to(root.parent)}:{line}: read_json({arg})"
+                 for p in sorted(root.rglob("*.py")) if p.name != "records.py"
+                 for line, arg in _bare_record_reads(p.read_text(encoding="utf-8"))]
+    assert not offenders, "read these through evalkit.records' typed readers:\n" + "\n".join(offenders)

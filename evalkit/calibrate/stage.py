@@ -23,9 +23,9 @@ from evalkit.calibrate.options import CalibrateOptions
 from evalkit.calibrate.perturbations import Perturbation, select_perturbations
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions
-from evalkit.io import atomic_write_json, read_json
+from evalkit.io import atomic_write_json
 from evalkit.integrity import verify_images
-from evalkit.records import checked_calibration, read_calibration, read_generation_record
+from evalkit.records import checked_calibration, read_calibration, read_generation_record, read_manifest
 from evalkit.options import api_doc, api_signature
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, open_run
 from evalkit.timeutil import utc_now
@@ -61,9 +61,9 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
         sub = rd.calibration_runs / p.name
         backend = f"{reference}+compile" if p.compile else reference
         _regenerate(manifest, sub, backend, p, ranks=(len(opts.gpus), list(opts.gpus)) if opts.gpus else (opts.jobs, []),
-                    ref_threads=(read_json(rd.generation_record(reference)).get("numerics") or {}).get("intra_op_threads"))
+                    ref_threads=(read_generation_record(rd.generation_record(reference)).get("numerics") or {}).get("intra_op_threads"))
         cand_rd = RunDir(sub)
-        rec = read_json(cand_rd.generation_record(backend))
+        rec = read_generation_record(cand_rd.generation_record(backend))
         cand_images = _ok_images(cand_rd, backend, f"perturbation {p.name!r}")
         _check_in_force(p, rec, cand_rd.generation_record(backend))
         key = _images_key(ref_images, cand_images, metrics)
@@ -86,7 +86,7 @@ def run_calibration(run_dir: str | os.PathLike[str], **options: Any) -> dict[str
                              "perturbations: the largest ci_high (lower is better) or the smallest ci_low (higher "
                              "is better); 'identical' when every perturbation reproduced the reference exactly"),
         # What the reference itself ran under (null for a run generated before the worker recorded it).
-        "reference_in_force": read_json(rd.generation_record(reference)).get("numerics"),
+        "reference_in_force": read_generation_record(rd.generation_record(reference)).get("numerics"),
         "perturbations": pert_out, "metrics": {m: _metric_floor(m, per_metric[m]) for m in metrics},
     }
     with acquire(rd.root, stage="calibrate"):
@@ -123,10 +123,10 @@ def _metric_floor(metric: str, per_perturbation: dict[str, Any]) -> dict[str, An
 def _previous(rd: RunDir) -> dict[str, Any]:
     path = rd.calibration
     try:
-        old = read_calibration(path) if path.exists() else {}
+        old = read_calibration(path) if path.exists() else None
     except (EvalkitError, ValueError):
         return {}  # an unreadable cache is recomputed, never trusted
-    return old if isinstance(old, dict) and old.get("schema") == SCHEMA and isinstance(old.get("metrics"), dict) else {}
+    return dict(old) if isinstance(old, dict) and old.get("schema") == SCHEMA and isinstance(old.get("metrics"), dict) else {}
 
 
 def _ok_images(rd: RunDir, backend: str, what: str) -> dict[str, dict[str, Any]]:
@@ -224,7 +224,7 @@ def _refuse_unrecorded_knobs(sub: Path, opts: GenerateOptions) -> None:
     if not path.is_file():
         return
     try:
-        identity = (read_json(path).get("config") or {}).get("identity") or {}
+        identity = (read_manifest(path).get("config") or {}).get("identity") or {}
     except EvalkitError:
         return  # prepare_run names what is wrong with it
     for knob, value in opts.numerics().items():

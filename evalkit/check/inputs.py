@@ -165,7 +165,7 @@ class RunInputs:
 
 def load_run(run_dir: str | Path) -> RunInputs:
     """Open a run and its summary.json; exit 2 (EvalkitError) when a file a check needs is missing or malformed."""
-    from evalkit.records import Manifest, check_record
+    from evalkit.records import Manifest, Summary, check_record
 
     root = Path(run_dir)
     if not root.is_dir():
@@ -189,6 +189,7 @@ def load_run(run_dir: str | Path) -> RunInputs:
                            f"rebuild it with evalkit.rundir.write_summary")
     if not isinstance(summary.get("backends"), dict):
         raise EvalkitError(f"{rd.summary}: no 'backends' table; rebuild it with evalkit.rundir.write_summary")
+    check_record(summary, Summary, rd.summary)  # the record type's shape; the checks below add every number finite
     for name, entry in summary["backends"].items():
         where = f"backends.{name}"
         check_shape(rd.summary, where, entry, {"metrics": dict, "memory": dict, "latency": dict, "image_flags": dict,

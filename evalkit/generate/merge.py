@@ -24,9 +24,9 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.io import atomic_write_json, read_json, read_jsonl
+from evalkit.io import atomic_write_json, read_jsonl
 from evalkit.record_types import MERGE_SCHEMA
-from evalkit.records import checked_merge
+from evalkit.records import checked_merge, read_generation_record, read_manifest, read_merge, read_unit
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 from evalkit.timeutil import utc_now
 
@@ -90,9 +90,9 @@ def read_shards(rd: RunDir, backend: str) -> dict[str, Shard]:
         sh.files.append(path)
         try:
             if suffix == ".unit.json":
-                sh.unit = read_json(path)
+                sh.unit = read_unit(path)
             elif suffix == ".json":
-                sh.record = read_json(path)
+                sh.record = read_generation_record(path)
             else:
                 sh.partial = read_jsonl(path)
         except (EvalkitError, OSError, ValueError):
@@ -151,7 +151,7 @@ def collect(rd: RunDir, manifest: dict[str, Any], backend: str) -> Collected:
     path = rd.generation_record(backend)
     if path.is_file():
         try:
-            rec = read_json(path)
+            rec = read_generation_record(path)
         except EvalkitError:
             rec = None
         if rec is not None and rec.get("status") == "ok":
@@ -288,11 +288,11 @@ def _failed_record(backend: str, col: Collected, failed: list[tuple[str, str]]) 
 
 def _previous_units(rd: RunDir) -> dict[str, dict[str, dict[str, Any]]]:
     try:
-        old = read_json(rd.merge_manifest) if rd.merge_manifest.is_file() else {}
+        old = read_merge(rd.merge_manifest) if rd.merge_manifest.is_file() else None
     except EvalkitError:
-        old = {}
+        old = None
     return {b: {u["prompt_id"]: u for u in (v.get("units") or []) if isinstance(u, dict) and "prompt_id" in u}
-            for b, v in (old.get("backends") or {}).items() if isinstance(v, dict)}
+            for b, v in ((old or {}).get("backends") or {}).items() if isinstance(v, dict)}
 
 
 def merge_backend(rd: RunDir, manifest: dict[str, Any], backend: str,
@@ -359,7 +359,7 @@ def remove_shards(rd: RunDir, backend: str) -> None:
 def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
     """Merge every backend of the run that has shard files or a merged record (or `backends`), then write
     merge.json (atomic) and delete the complete backends' shard files. Returns what each backend came to."""
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     names = list(backends if backends is not None else manifest.get("backends", []))
     previous = _previous_units(rd)
     result = MergeResult()
@@ -368,7 +368,7 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
         rec = None
         if rec_path.is_file():
             try:
-                rec = read_json(rec_path)
+                rec = read_generation_record(rec_path)
             except EvalkitError:
                 rec = None
         if not has_shards(rd, name) and rec is not None and rec.get("status") in ("skipped", "failed"):
@@ -379,7 +379,7 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
     old_backends: dict[str, Any] = {}
     if rd.merge_manifest.is_file():
         try:
-            old_backends = dict(read_json(rd.merge_manifest).get("backends") or {})
+            old_backends = dict(read_merge(rd.merge_manifest).get("backends") or {})
         except EvalkitError:
             old_backends = {}
     for name, bm in result.backends.items():

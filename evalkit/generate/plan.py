@@ -12,7 +12,7 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.families.registry import family_of_manifest
 from evalkit.quantizers.registry import BackendSpec, availability
-from evalkit.io import read_json
+from evalkit.records import read_generation_record
 from evalkit.rundir import RunDir
 
 LARGE_STUDY_IMAGES = 2000
@@ -69,7 +69,7 @@ def finished_record(rd: RunDir, backend: str) -> dict[str, Any] | None:
     if not path.exists():
         return None
     try:
-        rec = read_json(path)
+        rec = read_generation_record(path)
     except EvalkitError:
         return None
     return rec if rec.get("status") == "ok" else None
@@ -118,7 +118,7 @@ def seconds_per_image(rd: RunDir, manifest: dict[str, Any]) -> tuple[float, str]
         path = rd.generation_record(name)
         if path.exists():
             try:
-                median = ((read_json(path).get("latency") or {}).get("median_s"))
+                median = ((read_generation_record(path).get("latency") or {}).get("median_s"))
             except EvalkitError:
                 continue
             if median:

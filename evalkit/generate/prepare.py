@@ -23,10 +23,10 @@ from evalkit.generate.worker.measure import MEMORY_CONVENTION
 from evalkit.families.base import ModelFamily
 from evalkit.families.registry import ModelInfo, family_of_spec, get_family, resolve_model
 from evalkit.generate.options import GenerateOptions, run_id_prefix
-from evalkit.io import atomic_write_json, read_json, sha256_file
+from evalkit.io import atomic_write_json, sha256_file
 from evalkit.paths import cache_dir
 from evalkit.prompts import Prompt, load_prompts
-from evalkit.records import build_manifest, prompt_entry
+from evalkit.records import build_manifest, prompt_entry, read_manifest
 from evalkit.generate.plan import check_max_images, plan_work
 from evalkit.runlock import acquire, check_ownership
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, ensure_writable_dir
@@ -306,7 +306,7 @@ def prepare_run(opts: GenerateOptions, lock: contextlib.ExitStack | None = None,
         identity["checkpoints"] = checkpoint.identity(checkpoints)
     root, run_id = run_root(opts, model, identity)
     rd = _open_run_dir(root, opts, lock)
-    old = read_json(rd.manifest) if rd.manifest.exists() else None
+    old = read_manifest(rd.manifest) if rd.manifest.exists() else None
     backends, run_id, created = _reopen(old, root, identity, specs, run_id)
 
     config = _run_config(opts, identity, device, backend_options, compile_config, plugins, checkpoints)

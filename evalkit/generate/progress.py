@@ -25,7 +25,8 @@ import time
 from typing import Any, Callable, TextIO
 
 from evalkit.dist import World
-from evalkit.io import read_json, read_jsonl
+from evalkit.io import read_jsonl
+from evalkit.records import read_generation_record
 from evalkit.plainlines import PlainLines
 from evalkit.rundir import RunDir
 
@@ -194,7 +195,7 @@ class StudyProgress:
             final = self.rd.shard_record(backend, tag)
             if final.exists():
                 try:
-                    made |= {e.get("prompt_id") for e in read_json(final).get("images") or []}
+                    made |= {e.get("prompt_id") for e in read_generation_record(final).get("images") or []}
                 except Exception:  # noqa: BLE001 - a file being replaced right now: counted next time
                     pass
             n += len(made & set(ids))

@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import evalkit.dist as dist
 from evalkit.errors import EvalkitError
@@ -29,9 +29,10 @@ from evalkit.generate.console import print_generation_table, write_error
 from evalkit.generate.options import GenerateOptions
 from evalkit.generate.plan import LARGE_STUDY_IMAGES
 from evalkit.generate.prepare import prepare_run
-from evalkit.io import atomic_write_json, read_json
+from evalkit.io import atomic_write_json
 from evalkit.record_types import UNIT_SCHEMA
-from evalkit.records import checked_unit
+from evalkit.generate.schedule import Schedule
+from evalkit.records import Manifest, checked_unit, read_generation_record, read_manifest
 from evalkit.rundir import RunDir, write_summary
 from evalkit.timeutil import utc_now
 
@@ -68,8 +69,9 @@ def _lock_token(rd: RunDir) -> str | None:
 
 
 def plan_and_share(opts: GenerateOptions, lock: contextlib.ExitStack, console: Any,
-                   start_early: Callable[[], None]) -> tuple[RunDir, dict[str, Any]]:
-    """Steps 1 and 2 of the module docstring; returns the run directory and its manifest on every rank."""
+                   start_early: Callable[[], None]) -> tuple[RunDir, Manifest, Schedule]:
+    """Steps 1 and 2 of the module docstring; returns the run directory, its manifest and rank 0's schedule
+    (evalkit.generate.schedule.Schedule) on every rank."""
     w = dist.world()
     if w.is_main:
         try:
@@ -94,14 +96,12 @@ def plan_and_share(opts: GenerateOptions, lock: contextlib.ExitStack, console: A
                    "(docs/distributed.md)")
     dist.agree(problem)
     if w.is_main:
-        manifest = read_json(rd.manifest)
+        manifest = read_manifest(rd.manifest)
     else:  # the run's plugin and checkpoint backends were registered by rank 0's prepare_run only: register them here
         from evalkit.rundir import open_run
 
         _, manifest = open_run(rd.root)
-        manifest = dict(manifest)
-    manifest["_schedule"] = payload["schedule"]
-    return rd, manifest
+    return rd, manifest, Schedule.from_json(payload["schedule"])
 
 
 def _plan(opts: GenerateOptions, lock: contextlib.ExitStack, console: Any,
@@ -202,19 +202,16 @@ def unit_costs(rd: RunDir, manifest: dict[str, Any], backends: list[str]) -> dic
         path = rd.generation_record(name)
         if path.is_file():
             try:
-                cost = measured_cost(read_json(path))
+                cost = measured_cost(read_generation_record(path))
             except EvalkitError:
                 cost = None
         out[name] = cost or rough_cost(name, kind, per_image, basis)
     return out
 
 
-def run_and_merge(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], console: Any) -> None:
-    """Steps 3 and 4 of the module docstring."""
-    from evalkit.generate.schedule import Schedule
-
+def run_and_merge(opts: GenerateOptions, rd: RunDir, manifest: Manifest, schedule: Schedule, console: Any) -> None:
+    """Steps 3 and 4 of the module docstring, with plan_and_share's schedule."""
     w = dist.world()
-    schedule = Schedule.from_json(manifest.pop("_schedule"))
     study = None
     if w.is_main and not sys.stderr.isatty() and w.distributed:
         from evalkit.generate.progress import StudyProgress
@@ -313,12 +310,21 @@ def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], unit
                 run_worker_process(rd, spec, env, on_event, tag, shard)
                 study.finish_unit()
                 if "done" not in seen:  # the worker died before saying so: show what its failed record says
-                    rec = read_json(rd.shard_record(unit.backend, tag)) if rd.shard_record(unit.backend, tag).exists() else {}
+                    rec = _unit_record(rd, unit.backend, tag)
                     sink({"event": "done", "status": rec.get("status", "failed"), "reason": rec.get("reason")})
                 if overall is not None:
                     bars.update(overall, completed=study.made, phase=study.short())
             except OSError as e:  # the rank could not even write its unit or failed record: disk full, read-only
                 raise write_error(e) from None
+
+
+def _unit_record(rd: RunDir, backend: str, tag: str) -> Mapping[str, Any]:
+    """The record a unit's worker left ({} when it left none, or a torn one)."""
+    path = rd.shard_record(backend, tag)
+    try:
+        return read_generation_record(path) if path.exists() else {}
+    except EvalkitError:
+        return {}
 
 
 def held_backends_note(opts: GenerateOptions, backends: list[str]) -> str | None:

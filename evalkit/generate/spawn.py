@@ -20,7 +20,8 @@ from typing import Any
 from evalkit.device import nvidia_gpu_present
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.registry import BackendSpec
-from evalkit.io import atomic_write_json, read_json
+from evalkit.io import atomic_write_json
+from evalkit.records import read_generation_record, read_manifest
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 from evalkit.timeutil import utc_now
 
@@ -46,7 +47,7 @@ def fold_previous_shard(rd: RunDir, backend: str, tag: str) -> None:
     if not final.exists():
         return
     try:
-        images = list(read_json(final).get("images") or [])
+        images = list(read_generation_record(final).get("images") or [])
     except EvalkitError:
         images = []
     if images:
@@ -62,8 +63,8 @@ def fold_previous_shard(rd: RunDir, backend: str, tag: str) -> None:
 def _user_options(rd: RunDir, spec: BackendSpec) -> dict[str, Any]:
     """This backend's `--config` options as the manifest holds them (the worker's record states the same)."""
     try:
-        return dict(((read_json(rd.manifest).get("config") or {}).get("backend_options") or {}).get(spec.backend.name) or {})
-    except (OSError, ValueError, AttributeError):
+        return dict(((read_manifest(rd.manifest).get("config") or {}).get("backend_options") or {}).get(spec.backend.name) or {})
+    except (EvalkitError, OSError):
         return {}
 
 
@@ -249,7 +250,10 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
     pending_start = _size(pending)
     rc = _spawn(rd, spec, env, on_event, tag)
     if rc != 0:
-        rec = read_json(rec_path) if rec_path.exists() else None
+        try:
+            rec = read_generation_record(rec_path) if rec_path.exists() else None
+        except EvalkitError:  # torn or mangled: as good as none
+            rec = None
         if rec is None or rec.get("status") != "failed":
             # The worker died without writing its record (killed, segfault, OOM killer).
             if rc < 0:

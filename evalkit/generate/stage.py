@@ -25,7 +25,8 @@ from evalkit.generate.options import GenerateOptions
 from evalkit.generate.prepare import (IDENTITY_KEYS, detect_device, load_config, package_versions,  # noqa: F401
                                       prepare_run, token_counts, versioned_packages)
 from evalkit.generate.spawn import start_forkserver, stop_forkserver, worker_mode
-from evalkit.io import read_json
+from evalkit.records import read_summary
+from evalkit.rundir import RunDir
 
 __all__ = ["GenerateOptions", "print_unchanged", "run_generate"]
 
@@ -54,12 +55,12 @@ def run_generate(opts: GenerateOptions, console: Any = None) -> Path:
     root: Path | None = None
     try:
         with contextlib.ExitStack() as lock, ranks.sigterm_as_interrupt():
-            rd, manifest = ranks.plan_and_share(opts, lock, console, start_early)
+            rd, manifest, schedule = ranks.plan_and_share(opts, lock, console, start_early)
             root = rd.root
             from evalkit.logs import attach_run_log
 
             attach_run_log(root, "generate")
-            ranks.run_and_merge(opts, rd, manifest, console)
+            ranks.run_and_merge(opts, rd, manifest, schedule, console)
             finished = True
             return rd.root
     finally:
@@ -109,4 +110,4 @@ def print_unchanged(root: Path, console: Any = None) -> None:
     console = console or Console(stderr=True, width=None if sys.stderr.isatty() else 140)
     console.print(f"[bold]evalkit generate[/]: nothing to do in {root}: every backend's images are in place and "
                   "unchanged since they were recorded")
-    print_generation_table(console, read_json(root / "summary.json"))
+    print_generation_table(console, read_summary(RunDir(root).summary))

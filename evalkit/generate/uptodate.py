@@ -16,7 +16,8 @@ from evalkit.version import __version__
 from evalkit.device import device_without_torch
 from evalkit.errors import EvalkitError
 from evalkit.generate.options import GenerateOptions, run_id_prefix
-from evalkit.io import read_json, sha256_file
+from evalkit.io import sha256_file
+from evalkit.records import read_generation_record, read_manifest
 
 
 # Options that say how the work is spread, not what it produces: a rerun with another --jobs/--gpus/--schedule (or
@@ -77,7 +78,7 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
     from evalkit.plugins import load_plugin_files
 
     load_plugin_files(opts.plugins)
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     config = manifest.get("config") or {}
     if (manifest.get("evalkit_version") != __version__ or manifest.get("prompts_sha256") != prompts_sha
             or config.get("device") != device
@@ -114,7 +115,10 @@ def _is_done(root: Path, opts: GenerateOptions, options: Any, prompts_sha: str, 
         return False
     for spec, status, reason in plan.unrun:  # skipped backends: the same record, or the stage rewrites it
         path = rd.generation_record(spec.name)
-        rec = read_json(path) if path.is_file() else {}
-        if rec.get("status") != status or rec.get("reason") != reason:
+        try:
+            rec = read_generation_record(path) if path.is_file() else None
+        except EvalkitError:  # mangled: the stage rewrites it
+            return False
+        if rec is None or rec.get("status") != status or rec.get("reason") != reason:
             return False
     return all(finished_record(rd, n) is not None or rd.generation_record(n).is_file() for n in names)

@@ -19,7 +19,8 @@ from typing import Any
 
 from evalkit.version import __version__
 from evalkit.inputs_key import content_key, json_file_content, store_key, stored_key_matches, tree_fingerprint
-from evalkit.io import atomic_write_text, read_json
+from evalkit.io import atomic_write_text
+from evalkit.records import read_manifest
 from evalkit.report.categories import category_tables
 from evalkit.report.data import MEMORY_AXES, ReportData, load_report_data, metric_value
 from evalkit.report.numbers import decimals_for, fmt_fixed, fmt_num, fmt_seconds
@@ -76,7 +77,7 @@ def _verify_recorded_images(rd: RunDir) -> None:
     from evalkit.report.data import verify_images
     from evalkit.rundir import load_generation_records
 
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     verify_images(rd, manifest, load_generation_records(rd, list(manifest.get("backends") or [])))
 
 

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json
 from evalkit.quantizers.base import Library
 from evalkit.quantizers.registry import LIBRARIES, library_order
+from evalkit.records import GenerationRecord, MetricResult, read_generation_record, read_metric_record
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, current_summary, load_fid_mode, open_run
 
 
@@ -305,37 +305,6 @@ class ReportData:
         return out
 
 
-def _read_object(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object from `path`, or a one-line EvalkitError naming the file: a mangled record is a clear error."""
-    obj = read_json(path)
-    if not isinstance(obj, dict):
-        raise EvalkitError(f"{path}: {what} must be a JSON object, found {type(obj).__name__}")
-    return obj
-
-
-def _check_shape(path: Path, obj: dict[str, Any], fields: dict[str, tuple[type, ...]]) -> None:
-    for key, types in fields.items():
-        if key in obj and obj[key] is not None and not isinstance(obj[key], types):
-            want = " or ".join(t.__name__ for t in types)
-            raise EvalkitError(f"{path}: field {key!r} must be {want}, found {type(obj[key]).__name__}")
-
-
-def _open_run(run_dir: str | Path) -> tuple[RunDir, dict[str, Any]]:
-    try:
-        rd, manifest = open_run(run_dir)
-    except AttributeError:  # open_run reads fields off a manifest that is not an object
-        raise EvalkitError(f"{Path(run_dir) / 'manifest.json'}: manifest must be a JSON object") from None
-    _check_shape(rd.manifest, manifest, {"backends": (list,), "prompts": (list,), "model": (dict,), "device": (dict,),
-                                         "generation": (dict,), "fid_mode": (dict,)})
-    for i, name in enumerate(manifest.get("backends") or []):
-        if not isinstance(name, str):
-            raise EvalkitError(f"{rd.manifest}: backends[{i}] must be a backend name, found {name!r}")
-    for i, p in enumerate(manifest.get("prompts") or []):
-        if not isinstance(p, dict) or "id" not in p:
-            raise EvalkitError(f"{rd.manifest}: prompts[{i}] must be an object with an 'id'")
-    return rd, manifest
-
-
 def verify_images(rd: RunDir, manifest: dict[str, Any], generation: dict[str, dict[str, Any] | None]) -> None:
     """The images the page shows and its numbers describe are the files the generation records list (evalkit.integrity,
     as score and check do: stat fingerprints, a hash where they differ); EvalkitError naming the first bad file.
@@ -357,7 +326,7 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
     (rundir.current_summary): score owns summary.json, and the report writes no record.
 
     Raises EvalkitError (one line, naming the file) for a manifest or record with the wrong shape."""
-    rd, manifest = _open_run(run_dir)
+    rd, manifest = open_run(run_dir)  # the typed reader: one line naming the file and the field
     names = list(manifest.get("backends") or [])
     reference = str(manifest.get("reference_backend") or REFERENCE_BACKEND)
     if reference in names:  # the reference goes first everywhere
@@ -381,26 +350,13 @@ def load_report_data(run_dir: str | Path, memory_axis: str | None = None, includ
     return data
 
 
-def _read_backend_records(rd: RunDir, name: str) -> tuple[dict[str, Any] | None, dict[str, dict[str, Any]]]:
-    """A backend's generation record (None before it is generated) and its metric records by key ({} before it is
-    scored), each checked for the shape the report reads; EvalkitError naming the file otherwise."""
+def _read_backend_records(rd: RunDir, name: str) -> tuple[GenerationRecord | None, dict[str, MetricResult]]:
+    """A backend's generation record (None before it is generated) and its metric results by key ({} before it is
+    scored), through the run directory's typed readers (evalkit.records): EvalkitError naming the file and the
+    field otherwise."""
     gen_path, met_path = rd.generation_record(name), rd.metrics_record(name)
-    rec = _read_object(gen_path, "a generation record") if gen_path.exists() else None
-    if rec is not None:
-        _check_shape(gen_path, rec, {"status": (str,), "images": (list,), "memory": (dict,), "latency": (dict,),
-                                     "recipe": (dict,), "quantization": (dict,), "footprint": (dict,)})
-        for i, img in enumerate(rec.get("images") or []):
-            if not isinstance(img, dict):
-                raise EvalkitError(f"{gen_path}: images[{i}] must be an object, found {type(img).__name__}")
-    metrics: dict[str, dict[str, Any]] = {}
-    if met_path.exists():
-        met = _read_object(met_path, "a metrics record")
-        _check_shape(met_path, met, {"metrics": (dict,)})
-        for key, m in (met.get("metrics") or {}).items():
-            if not isinstance(m, dict):
-                raise EvalkitError(f"{met_path}: metrics.{key} must be an object, found {type(m).__name__}")
-            _check_shape(met_path, m, {"per_prompt": (dict,)})
-            metrics[key] = m
+    rec = read_generation_record(gen_path) if gen_path.exists() else None
+    metrics = dict(read_metric_record(met_path).get("metrics") or {}) if met_path.exists() else {}
     return rec, metrics
 
 

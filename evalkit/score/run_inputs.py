@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError
-from evalkit.io import read_json
+from evalkit.records import read_manifest
 from evalkit.score.common import Item, hash_files, skipped
 from evalkit.rundir import RunDir, ensure_writable_dir, load_generation_records
 
@@ -29,7 +29,7 @@ class Prepared:
 
 def prepare(rd: RunDir, names: list[str], real_dir: str | os.PathLike[str] | None, verify: bool) -> Prepared:
     """The run's scoring inputs; raises naming any missing, replaced or extra image (nothing is scored then)."""
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     if real_dir and not Path(real_dir).is_dir():
         raise EvalkitError(f"--real-dir {real_dir}: not a folder")
     ensure_writable_dir(rd.metrics_dir)

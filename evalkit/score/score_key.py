@@ -22,9 +22,9 @@ def score_inputs_key(rd: RunDir, options: dict[str, Any]) -> str:
     from evalkit.version import __version__
     from evalkit.inputs_key import content_key, hf_hub_cache, package_versions, score_packages, tree_fingerprint
     from evalkit.weights.store import user_weights_dir, weights_cache_dir
-    from evalkit.io import read_json
+    from evalkit.records import read_manifest
 
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     backends = list(manifest.get("backends", []))
     gens = load_generation_records(rd, backends)
     generation = {b: None if not g else {"status": g.get("status"), "reason": g.get("reason"),
@@ -63,9 +63,9 @@ def unchanged_results(rd: RunDir, key: str, verify: bool) -> dict[str, Any] | No
     """The stored results, when the last score read exactly these inputs and every image is still the file its
     record describes (stat fingerprint; full hashes with `verify`); None when there is work to do."""
     from evalkit.inputs_key import stored_key_matches
-    from evalkit.io import read_json
+    from evalkit.records import read_manifest, read_metric_record
 
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     backends = list(manifest.get("backends", []))
     outputs = [rd.metrics_record(b) for b in backends] + [rd.metrics_dir / "per_image.csv", rd.summary]
     if not stored_key_matches(rd.metrics_dir / SCORE_INPUTS_FILE, key, outputs):
@@ -74,4 +74,4 @@ def unchanged_results(rd: RunDir, key: str, verify: bool) -> dict[str, Any] | No
     from evalkit.score.run_inputs import verify_images
 
     verify_images(rd, gens, [b for b in backends if gens.get(b) and gens[b].get("status") == "ok"], verify)
-    return {b: read_json(rd.metrics_record(b)).get("metrics", {}) for b in backends}
+    return {b: read_metric_record(rd.metrics_record(b)).get("metrics", {}) for b in backends}

@@ -266,10 +266,9 @@ def write_outputs(rd: RunDir, results: dict[str, dict[str, Any]], rows: list[dic
     device = state.device.split(":")[0] if state else None
 
     for b, mets in results.items():
+        broken = broken_fields(state, b) if state is not None and b in state.broken else {}
         rec = build_metric_record(backend=b, metrics=mets, reference_backend=ref, metrics_version=reg.METRICS_VERSION,
-                                  device=device, missing_headline_metrics=missing_headline)
-        if state is not None and b in state.broken:
-            rec.update(broken_fields(state, b))
+                                  device=device, missing_headline_metrics=missing_headline, **broken)
         atomic_write_json(rd.metrics_record(b), rec)
     buf = io.StringIO()
     w = csv.DictWriter(buf, fieldnames=CSV_COLUMNS, lineterminator="\n")

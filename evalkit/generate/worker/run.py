@@ -18,8 +18,8 @@ from evalkit.families.registry import family_of_manifest
 from evalkit.generate.options import SDPA_BACKENDS
 from evalkit.quantizers.base import BuildContext, Quantizer
 from evalkit.quantizers.registry import parse_backend, quantizer_for
-from evalkit.records import checked_generation_record, read_unit
-from evalkit.io import atomic_write_json, read_json
+from evalkit.records import checked_generation_record, read_manifest, read_unit
+from evalkit.io import atomic_write_json
 from evalkit.rundir import SCHEMA_VERSION, RunDir, load_run_plugins
 from evalkit.generate.worker import events
 from evalkit.generate.worker.events import emit
@@ -142,7 +142,7 @@ def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
     """Generate the missing images of the prompts in the unit file of `tag` (a rank's share of one backend) and
     write that unit's record; returns the exit status."""
     rd = RunDir(__import__("pathlib").Path(run_dir))
-    manifest = read_json(rd.manifest)
+    manifest = read_manifest(rd.manifest)
     load_run_plugins(manifest)  # the run's own backends, families and metrics, before any name is read
     cfg = manifest["config"]
     gen = manifest["generation"]
