@@ -225,11 +225,9 @@ def stage_end_to_end(device: str, size: int, prompts: int, backends: int, batch:
                      workers: "int | None", rounds: int = 1) -> dict:
     """The score stage itself (`evalkit score RUN --metrics lpips_alex,ssim,psnr`) on a run directory of real
     photographs at size x size: bf16 plus `backends` distorted backends, `prompts` images each, no cache. Timed
-    whole: hashing, decoding (each reference once per run), uploading, scoring, writing the records.
-
-    Two ways, alternating on the same run directory, `rounds` times each: as the stage runs (one stream of chunks
-    across backends) and with the stream restarted for each backend (what the stage did before 2026-11-21's fourth
-    session), to measure what streaming across backends buys, side by side."""
+    whole: hashing, decoding (each reference once per run), uploading, scoring, writing the records; `rounds` times
+    after an untimed warm-up, median. (The stage streams chunks across backends; the per-backend loop this once
+    compared against, side by side, is gone from evalkit: benchmarks/results/metrics-gpu-2026-11-21.md.)"""
     sys.path.insert(0, str(REPO / "tests"))
     from metrics_fixtures import jpeg, make_run, noise
 
@@ -237,44 +235,26 @@ def stage_end_to_end(device: str, size: int, prompts: int, backends: int, batch:
 
     kinds = [lambda a, i: jpeg(a, 40 + 10 * (i % 5)), lambda a, i: noise(a, 4 + i % 7, seed=i),
              lambda a, i: jpeg(noise(a, 3, seed=i), 85)]
-    streamed = stage._compute_backends
-
-    def per_backend(state, names):  # the former loop: the pipeline fills and drains once per backend
-        for b in names:
-            streamed(state, [b])
-
-    walls: dict[str, list[float]] = {"across_backends": [], "per_backend": []}
+    walls: list[float] = []
     with tempfile.TemporaryDirectory() as d:
         t = time.perf_counter()
         run_dir = make_run(Path(d, "run"), {"bf16": None, **{f"q{k}": kinds[k % 3] for k in range(backends)}},
                            n_prompts=prompts, size=size)
         made = time.perf_counter() - t
-        results = {}
         stage.score_run(run_dir, "lpips_alex,ssim,psnr", device=device, workers=workers, batch_size=batch,
                         use_cache=False, progress=False)  # warm-up (cuDNN, page cache), not timed
-        try:
-            for _ in range(rounds):
-                for mode in ("per_backend", "across_backends"):
-                    stage._compute_backends = streamed if mode == "across_backends" else per_backend
-                    t = time.perf_counter()
-                    res = stage.score_run(run_dir, "lpips_alex,ssim,psnr", device=device, workers=workers,
-                                          batch_size=batch, use_cache=False, progress=False)
-                    _sync(device)
-                    walls[mode].append(time.perf_counter() - t)
-                    results[mode] = {f"q{k}": res[f"q{k}"]["lpips_alex"]["per_prompt"] for k in range(backends)}
-                    n = sum(res[f"q{k}"]["lpips_alex"]["n"] for k in range(backends))
-                    assert n == prompts * backends, res
-        finally:
-            stage._compute_backends = streamed
-        assert results["per_backend"] == results["across_backends"], "the two ways gave different values"
-        wall = float(np.median(walls["across_backends"]))
-        return {"pairs": n, "backends_scored": backends, "size": size, "batch": batch, "workers": workers,
-                "wall_s": wall, "pairs_per_s": n / wall, "run_dir_build_s": made,
-                "per_backend_wall_s": walls["per_backend"], "across_backends_wall_s": walls["across_backends"],
-                "per_backend_pairs_per_s": n / float(np.median(walls["per_backend"])),
-                "across_over_per_backend": float(np.median(walls["per_backend"])) / wall,
-                "how": f"score_run on one fresh run directory, use_cache=False; {rounds} round(s) alternating "
-                       "per_backend, across_backends; medians; values identical between the two ways"}
+        for _ in range(rounds):
+            t = time.perf_counter()
+            res = stage.score_run(run_dir, "lpips_alex,ssim,psnr", device=device, workers=workers,
+                                  batch_size=batch, use_cache=False, progress=False)
+            _sync(device)
+            walls.append(time.perf_counter() - t)
+            n = sum(res[f"q{k}"]["lpips_alex"]["n"] for k in range(backends))
+            assert n == prompts * backends, res
+    wall = float(np.median(walls))
+    return {"pairs": n, "backends_scored": backends, "size": size, "batch": batch, "workers": workers,
+            "wall_s": wall, "pairs_per_s": n / wall, "run_dir_build_s": made, "walls_s": walls,
+            "how": f"score_run on one fresh run directory, use_cache=False; {rounds} round(s) after a warm-up; median"}
 
 
 def run(device: str, pairs: int, size: int, batch: int, repeat: int, decode: bool, workers: int | None) -> dict:

@@ -179,7 +179,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--stage-prompts", type=int, default=0,
                    help="also time the score stage on a run directory: bf16 + 3 backends, this many images each")
     p.add_argument("--stage-rounds", type=int, default=1,
-                   help="score-stage run: rounds of (stream restarted per backend, one stream across backends)")
+                   help="score-stage run: timed rounds after a warm-up (median)")
     p.add_argument("--e2e-copies", type=int, default=8, help="from-files run: each pair written this many times")
     p.add_argument("--cudnn-benchmark", action="store_true", help="let cuDNN time its algorithms (the stage does not)")
     p.add_argument("--skip-parity", action="store_true", help="throughput only (parity was checked in an earlier call)")
