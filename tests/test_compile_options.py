@@ -206,6 +206,10 @@ def test_compile_run_records_its_settings_and_generates(tmp_path: Path, tiny_mod
     assert rec["compile_time_s"] is not None
     # Two block types, each compiled; regional compile of the tiny model needs no recompile to the limit.
     assert c["dynamo"]["unique_graphs"] >= 2 and c["dynamo"]["recompile_limit_hit"] is False
+    # The measured image ran the graphs the warm-up compiled: nothing compiled again (the dtype observation's hooks
+    # once made every first measured image recompile), and the dtypes were still observed.
+    assert c["dynamo"]["recompilations"] == 0, c["dynamo"]["recompile_reasons"]
+    assert set(rec["numerics"]["activation_dtypes"]) >= {"transformer", "vae"}, rec["numerics"]
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["config"]["compile"]["global"] == {"regional": True, "dynamic": False}
 

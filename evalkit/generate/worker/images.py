@@ -78,7 +78,7 @@ def generate_images(rd: RunDir, manifest: dict, gen: dict, spec: Any, record: di
     prompts = manifest["prompts"]
     probe = LatentsProbe(pipe)  # final latents for the non-finite tripwire (evalkit.tripwires)
     common = dict(family.call_arguments(gen), output_type="np", **probe.kwargs())
-    warm_times = _warm_up(manifest, gen, spec, record, pipe, device, family, probe)
+    warm_times = _warm_up(manifest, gen, spec, record, pipe, device, family, probe, compile_info is not None)
 
     # --- generate what is missing ---------------------------------------------------------------------------------
     done = _resumed(rd, manifest, spec.name, partial)
@@ -135,27 +135,47 @@ def _write_image(rd: RunDir, backend: str, p: dict[str, Any], arr: Any, batch_s:
 
 
 def _warm_up(manifest: dict, gen: dict, spec: Any, record: dict[str, Any], pipe: Any, device: str, family: Any,
-             probe: Any) -> list[float]:
+             probe: Any, compiled: bool) -> list[float]:
     """The warm-up calls (excluded from latency; compilation for +compile happens here), and what each component
-    computed in during them (compute_dtype); returns their seconds."""
+    computed in (compute_dtype); returns their seconds.
+
+    The dtypes are observed through a forward hook on every layer. Under +compile, dynamo guards on the hooks of the
+    layers inside a compiled block: a warm-up with them compiles a graph that the measured images, run without them,
+    cannot use, and the first measured image compiles again (its latency then counts a compile: benchmarks/
+    families-gpu.md). So a compiled pipeline is observed in a separate short pass that dynamo leaves eager, and its
+    warm-up runs without hooks."""
     import torch
 
     from evalkit.generate.worker import loading
     from evalkit.generate.worker.compute_dtype import dtypes_of, observe_activations, record_activations
 
     prompts = manifest["prompts"]
+    steps = int(gen["num_inference_steps"])
     # --warmup-steps: the warm-up runs the same shapes through fewer denoising steps (same kernels and graphs)
-    warm_gen = {**gen, "num_inference_steps": int(gen.get("warmup_steps") or gen["num_inference_steps"])}
-    warm_call = dict(family.call_arguments(warm_gen), output_type="np", **probe.kwargs())
-    warm_times = []
-    with observe_activations(pipe, [c.name for c in family.components]) as seen:  # what each computed in
+    warm_call = dict(family.call_arguments({**gen, "num_inference_steps": int(gen.get("warmup_steps") or steps)}),
+                     output_type="np", **probe.kwargs())
+
+    def call(kwargs: dict[str, Any]) -> float:
+        g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
+        return loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **kwargs), device)[1]
+
+    def warm_ups() -> list[float]:
+        times = []
         for _ in range(int(gen.get("warmup_runs", 1))):
             emit("phase", phase="warmup")
-            g = torch.Generator("cpu").manual_seed(prompts[0]["seed"])
-            _, dt = loading.timed(lambda: pipe(prompt=prompts[0]["text"], generator=g, **warm_call), device)
-            warm_times.append(dt)
+            times.append(call(warm_call))
+        return times
+
+    names = [c.name for c in family.components]
+    if compiled:
+        with observe_activations(pipe, names) as seen, torch.compiler.set_stance("force_eager"):
+            call(dict(family.call_arguments({**gen, "num_inference_steps": min(2, steps)}), output_type="np"))
+        warm_times = warm_ups()
+    else:
+        with observe_activations(pipe, names) as seen:
+            warm_times = warm_ups()
     record["warmup_times_s"] = warm_times
-    if warm_times and (below := record_activations(record, dtypes_of(manifest), seen)):
+    if (warm_times or compiled) and (below := record_activations(record, dtypes_of(manifest), seen)):
         print(f"{spec.name}: {below}", file=sys.stderr, flush=True)
     return warm_times
 
