@@ -301,6 +301,7 @@ def test_one_recipe_builder_merges_the_users_options(tmp_path: Path) -> None:
     (they used to disagree: only the worker merged --config options in)."""
     from evalkit.quantizers.registry import parse_backend
     from evalkit.generate.spawn import write_unrun_record
+    from evalkit.records import build_manifest
     from evalkit.rundir import RunDir
 
     spec = parse_backend("bnb-8bit+offload")
@@ -308,7 +309,8 @@ def test_one_recipe_builder_merges_the_users_options(tmp_path: Path) -> None:
     assert recipe["options"]["llm_int8_threshold"] == 5.0 and recipe["modifiers"] == ["offload"]
     assert recipe["library"] == spec.backend.library.key
     rd = RunDir(tmp_path)
-    (tmp_path / "manifest.json").write_text(json.dumps(
-        {"config": {"backend_options": {"bnb-8bit": {"llm_int8_threshold": 5.0}}}}))
+    (tmp_path / "manifest.json").write_text(json.dumps(build_manifest(
+        prompts=[], backends=[spec.name], run_id=None, generation={"height": 64, "width": 64},
+        config={"backend_options": {"bnb-8bit": {"llm_int8_threshold": 5.0}}})))
     write_unrun_record(rd, spec, "failed", "known incompatible")
     assert read_json(rd.generation_record(spec.name))["recipe"] == recipe

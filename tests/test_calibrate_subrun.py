@@ -90,14 +90,20 @@ def test_a_sub_run_made_when_knobs_were_environment_variables_is_refused_naming_
     from evalkit.calibrate.stage import _refuse_unrecorded_knobs
     from evalkit.errors import EvalkitError
 
+    from evalkit.records import build_manifest
+
+    def manifest(identity: dict) -> str:  # a sub-run's manifest, as generate wrote it
+        return json.dumps(build_manifest(prompts=[], backends=["bf16"], run_id=None,
+                                         generation={"height": 64, "width": 64}, config={"identity": identity}))
+
     sub = tmp_path / "calibration" / "threads"
     sub.mkdir(parents=True)
-    (sub / "manifest.json").write_text(json.dumps({"config": {"identity": {"model_spec": "tiny"}}}))
+    (sub / "manifest.json").write_text(manifest({"model_spec": "tiny"}))
     opts = GenerateOptions(prompts_file="p.txt", threads=1)
     with _pytest.raises(EvalkitError, match=r"did not record threads=1 .* delete .*calibration/threads"):
         _refuse_unrecorded_knobs(sub, opts)
     _refuse_unrecorded_knobs(sub, GenerateOptions(prompts_file="p.txt"))  # no knob set: nothing to refuse
-    (sub / "manifest.json").write_text(json.dumps({"config": {"identity": {"threads": 1}}}))
+    (sub / "manifest.json").write_text(manifest({"threads": 1}))
     _refuse_unrecorded_knobs(sub, opts)  # recorded: prepare_run compares it like any identity key
 
 

@@ -169,6 +169,9 @@ def _shard(rec: dict, images: list[dict], tag: str) -> dict:
 
 
 def test_merge_refuses_a_duplicate_and_names_a_missing_unit(tiny_run: Path, tmp_path: Path) -> None:
+    from evalkit.generate.ranks import write_unit
+    from evalkit.rundir import RunDir
+
     out = tmp_path / "run"
     shutil.copytree(tiny_run, out)  # copy2 keeps mtimes: the images' stat fingerprints still match
     rec = read_json(out / "generation" / "bf16.json")
@@ -186,7 +189,7 @@ def test_merge_refuses_a_duplicate_and_names_a_missing_unit(tiny_run: Path, tmp_
     assert not (out / "generation" / "bf16.json").exists()
 
     (shards / "w2-r1.json").unlink()
-    (shards / "w2-r1.unit.json").write_text(json.dumps({"prompt_ids": [i["prompt_id"] for i in imgs[2:]]}))
+    write_unit(RunDir(out), "bf16", "w2-r1", 1, 2, [i["prompt_id"] for i in imgs[2:]])  # as the rank writes it
     m = run_evalkit("merge", str(out))
     assert m.returncode == 1
     assert f"1 of 3 prompt(s) have no valid image: {imgs[2]['prompt_id']} (w2-r1)" in m.stderr, m.stderr

@@ -189,7 +189,6 @@ def load_run(run_dir: str | Path) -> RunInputs:
                            f"rebuild it with evalkit.rundir.write_summary")
     if not isinstance(summary.get("backends"), dict):
         raise EvalkitError(f"{rd.summary}: no 'backends' table; rebuild it with evalkit.rundir.write_summary")
-    check_record(summary, Summary, rd.summary)  # the record type's shape; the checks below add every number finite
     for name, entry in summary["backends"].items():
         where = f"backends.{name}"
         check_shape(rd.summary, where, entry, {"metrics": dict, "memory": dict, "latency": dict, "image_flags": dict,
@@ -199,6 +198,7 @@ def load_run(run_dir: str | Path) -> RunInputs:
         for flag, count in (entry.get("image_flags") or {}).items():
             if not isinstance(count, int) or isinstance(count, bool) or count < 0:
                 raise EvalkitError(f"{rd.summary}: {where}.image_flags.{flag} must be a count, found {count!r}")
+    check_record(summary, Summary, rd.summary)  # the rest of the record type's shape, after check's own words
     return RunInputs(rd, manifest, summary)
 
 
