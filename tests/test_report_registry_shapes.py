@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-import rep_toy_metrics
+import report_toy_metrics
 from check_fixtures import write
 from evalkit.quantizers import registry as libraries
 from evalkit.cli import main
@@ -28,9 +28,9 @@ from report_fixtures import synthetic_run
 
 @pytest.fixture
 def toy_metrics():
-    rep_toy_metrics.register()
-    yield rep_toy_metrics.TOY_SPECS
-    rep_toy_metrics.unregister()
+    report_toy_metrics.register()
+    yield report_toy_metrics.TOY_SPECS
+    report_toy_metrics.unregister()
 
 
 def _add_toy_records(root: Path) -> None:
@@ -39,7 +39,7 @@ def _add_toy_records(root: Path) -> None:
     for k, name in enumerate(b for b in m["backends"] if b != "bf16"):
         path = root / "metrics" / f"{name}.json"
         rec = json.loads(path.read_text())
-        rec["metrics"].update(rep_toy_metrics.toy_records(ids, 0.1 * (k + 1)))
+        rec["metrics"].update(report_toy_metrics.toy_records(ids, 0.1 * (k + 1)))
         path.write_text(json.dumps(rec))
     write_summary(root)
 

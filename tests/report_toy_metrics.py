@@ -9,11 +9,11 @@ from evalkit.metrics import registry
 from evalkit.metrics.registry import MetricSpec
 
 TOY_SPECS = [
-    MetricSpec("toy_paired", "paired", False, "rep_toy_metrics:ToyMetric", label="Toy paired distance", unit="tu",
+    MetricSpec("toy_paired", "paired", False, "report_toy_metrics:ToyMetric", label="Toy paired distance", unit="tu",
                digits=3),
-    MetricSpec("toy_prompt", "prompt", True, "rep_toy_metrics:ToyMetric", reference="text", label="Toy alignment",
+    MetricSpec("toy_prompt", "prompt", True, "report_toy_metrics:ToyMetric", reference="text", label="Toy alignment",
                digits=1),
-    MetricSpec("toy_set", "set", False, "rep_toy_metrics:ToyMetric", label="Toy set distance", digits=2,
+    MetricSpec("toy_set", "set", False, "report_toy_metrics:ToyMetric", label="Toy set distance", digits=2,
                extractor="toy_features"),
 ]
 
@@ -25,7 +25,7 @@ class ToyMetric:  # the factory the specs name; the report and the gate never ca
 
 def register() -> None:
     # A set metric names the feature extractor it shares; registration refuses one that is not registered.
-    registry.register_extractor(registry.ExtractorSpec("toy_features", "rep_toy_metrics:ToyMetric"))
+    registry.register_extractor(registry.ExtractorSpec("toy_features", "report_toy_metrics:ToyMetric"))
     for spec in TOY_SPECS:
         registry.register_metric(spec)
 
