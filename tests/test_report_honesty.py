@@ -8,6 +8,7 @@ import csv
 import io
 import json
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
@@ -169,17 +170,32 @@ def test_hostile_reason_in_summary_csv(tmp_path: Path) -> None:
     assert row["reason"] == "'=cmd|'/C calc'!A0"
 
 
-@pytest.mark.parametrize("target, content, fragment", [
-    ("manifest.json", "[]", "manifest must be a JSON object"),
-    ("generation/bnb-nf4.json", "[1]", "a generation record must be a JSON object, found list"),
-    ("generation/bnb-nf4.json", '{"status": "ok", "images": {"a": 1}}', "field 'images' must be list"),
-    ("metrics/bnb-nf4.json", '{"metrics": {"ssim": 0.9}}', "metrics.ssim must be an object, found float"),
-    ("metrics/bnb-nf4.json", '{"metrics": {"ssim": {"per_prompt": [1]}}}', "field 'per_prompt' must be dict"),
-    ("metrics/bnb-nf4.json", '{"metrics": ', "invalid JSON"),
+def _mangled(field: str, value: object) -> Callable[[str], str]:
+    """The record as the run wrote it, with `field` (dotted) set to `value`."""
+    def mangle(text: str) -> str:
+        rec = json.loads(text)
+        *path, last = field.split(".")
+        node = rec
+        for key in path:
+            node = node[key]
+        node[last] = value
+        return json.dumps(rec)
+    return mangle
+
+
+@pytest.mark.parametrize("target, mangle, fragment", [
+    ("manifest.json", lambda _: "[]", "manifest must be a JSON object"),
+    ("generation/bnb-nf4.json", lambda _: "[1]", "record must be a JSON object, found list"),
+    ("generation/bnb-nf4.json", _mangled("images", {"a": 1}), "record.images must be a JSON list, found dict"),
+    ("metrics/bnb-nf4.json", _mangled("metrics.ssim", 0.9), "record.metrics.ssim must be a JSON object, found float"),
+    ("metrics/bnb-nf4.json", _mangled("metrics.ssim.per_prompt", [1]),
+     "record.metrics.ssim.per_prompt must be a JSON object, found list"),
+    ("metrics/bnb-nf4.json", lambda _: '{"metrics": ', "invalid JSON"),
 ])
-def test_mangled_record_is_a_one_line_error(tmp_path: Path, capsys, target, content, fragment) -> None:
+def test_mangled_record_is_a_one_line_error(tmp_path: Path, capsys, target, mangle, fragment) -> None:
+    """Through the run directory's typed readers: one line naming the file and the field, exit 2."""
     root = synthetic_run(tmp_path, backends=["bf16", "bnb-nf4"])
-    (root / target).write_text(content)
+    (root / target).write_text(mangle((root / target).read_text()))
     with pytest.raises(EvalkitError, match=fragment.replace("(", r"\(").replace("[", r"\[")):
         load_report_data(root)
     assert main(["report", str(root)]) == 2
