@@ -28,7 +28,7 @@ from evalkit.tripwires import recorded_broken
 
 __all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "ImageEntry", "GenerationRecord",
            "MetricResult", "LeftOut", "MetricRecord", "SummaryBackend", "Summary", "ShapeError", "validate",
-           "read_record", "check_record", "read_manifest", "read_generation_record", "read_metric_record",
+           "read_record", "check_record", "read_manifest", "read_generation_record", "generation_record_if_any", "read_metric_record",
            "read_summary", "read_calibration", "read_merge", "read_unit", "checked_calibration", "checked_merge", "checked_unit", "prompt_entry", "build_manifest", "image_entry", "image_entry_for_file",
            "build_generation_record", "build_metric_record", "build_summary", "partial_reason"]
 
@@ -256,6 +256,15 @@ def read_manifest(path: str | os.PathLike[str]) -> Manifest:
 
 def read_generation_record(path: str | os.PathLike[str]) -> GenerationRecord:
     return read_record(path, GenerationRecord)
+
+
+def generation_record_if_any(path: str | os.PathLike[str]) -> GenerationRecord | None:
+    """The generation record at `path`, or None where there is none or it cannot be read (torn by a killed
+    worker, mangled): for the stages that then redo or replace it, never for one that reports from it."""
+    try:
+        return read_generation_record(path) if Path(path).is_file() else None
+    except EvalkitError:
+        return None
 
 
 def read_metric_record(path: str | os.PathLike[str]) -> MetricRecord:

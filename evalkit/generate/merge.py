@@ -26,7 +26,8 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.io import atomic_write_json, read_jsonl
 from evalkit.record_types import MERGE_SCHEMA
-from evalkit.records import checked_merge, read_generation_record, read_manifest, read_merge, read_unit
+from evalkit.records import (checked_merge, generation_record_if_any, read_generation_record, read_manifest,
+                             read_merge, read_unit)
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 from evalkit.timeutil import utc_now
 
@@ -148,18 +149,13 @@ def collect(rd: RunDir, manifest: dict[str, Any], backend: str) -> Collected:
                 continue
             owner[pid] = tag
             out.valid[pid] = (e, src)
-    path = rd.generation_record(backend)
-    if path.is_file():
-        try:
-            rec = read_generation_record(path)
-        except EvalkitError:
-            rec = None
-        if rec is not None and rec.get("status") == "ok":
-            out.previous = rec
-            ok, dropped = _verified(rd, backend, list(rec.get("images") or []), seeds, manifest)
-            out.dropped += dropped
-            for e in ok:
-                out.valid.setdefault(e["prompt_id"], (e, "merged"))
+    rec = generation_record_if_any(rd.generation_record(backend))
+    if rec is not None and rec.get("status") == "ok":
+        out.previous = rec
+        ok, dropped = _verified(rd, backend, list(rec.get("images") or []), seeds, manifest)
+        out.dropped += dropped
+        for e in ok:
+            out.valid.setdefault(e["prompt_id"], (e, "merged"))
     return out
 
 
@@ -364,13 +360,7 @@ def merge_run(rd: RunDir, backends: list[str] | None = None) -> MergeResult:
     previous = _previous_units(rd)
     result = MergeResult()
     for name in names:
-        rec_path = rd.generation_record(name)
-        rec = None
-        if rec_path.is_file():
-            try:
-                rec = read_generation_record(rec_path)
-            except EvalkitError:
-                rec = None
+        rec = generation_record_if_any(rd.generation_record(name))
         if not has_shards(rd, name) and rec is not None and rec.get("status") in ("skipped", "failed"):
             if rec.get("status") == "failed":
                 result.backends[name] = BackendMerge(name, "failed", message=f"{name}: failed: {rec.get('reason')}")

@@ -12,7 +12,7 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.families.registry import family_of_manifest
 from evalkit.quantizers.registry import BackendSpec, availability
-from evalkit.records import read_generation_record
+from evalkit.records import generation_record_if_any
 from evalkit.rundir import RunDir
 
 LARGE_STUDY_IMAGES = 2000
@@ -65,14 +65,8 @@ def image_problems(rd: RunDir, backend: str, rec: dict[str, Any], manifest: dict
 
 
 def finished_record(rd: RunDir, backend: str) -> dict[str, Any] | None:
-    path = rd.generation_record(backend)
-    if not path.exists():
-        return None
-    try:
-        rec = read_generation_record(path)
-    except EvalkitError:
-        return None
-    return rec if rec.get("status") == "ok" else None
+    rec = generation_record_if_any(rd.generation_record(backend))
+    return rec if rec is not None and rec.get("status") == "ok" else None
 
 
 def plan_work(rd: RunDir, manifest: dict[str, Any], specs: list[BackendSpec], requested: tuple[str, ...] | None,
@@ -115,14 +109,9 @@ def seconds_per_image(rd: RunDir, manifest: dict[str, Any]) -> tuple[float, str]
     """This run's own median latency where it has one, else a rough figure scaled to the run's settings."""
     medians = []
     for name in manifest.get("backends", []):
-        path = rd.generation_record(name)
-        if path.exists():
-            try:
-                median = ((read_generation_record(path).get("latency") or {}).get("median_s"))
-            except EvalkitError:
-                continue
-            if median:
-                medians.append(float(median))
+        median = ((generation_record_if_any(rd.generation_record(name)) or {}).get("latency") or {}).get("median_s")
+        if median:
+            medians.append(float(median))
     if medians:
         return sum(medians) / len(medians), f"mean median latency of {len(medians)} backend(s) already run here"
     made = measured_latencies(rd, manifest)

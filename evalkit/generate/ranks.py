@@ -21,7 +21,7 @@ import signal
 import socket
 import sys
 import threading
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterator
 
 import evalkit.dist as dist
 from evalkit.errors import EvalkitError
@@ -32,7 +32,7 @@ from evalkit.generate.prepare import prepare_run
 from evalkit.io import atomic_write_json
 from evalkit.record_types import UNIT_SCHEMA
 from evalkit.generate.schedule import Schedule
-from evalkit.records import Manifest, checked_unit, read_generation_record, read_manifest
+from evalkit.records import Manifest, checked_unit, generation_record_if_any, read_manifest
 from evalkit.rundir import RunDir, write_summary
 from evalkit.timeutil import utc_now
 
@@ -198,13 +198,8 @@ def unit_costs(rd: RunDir, manifest: dict[str, Any], backends: list[str]) -> dic
     kind = (manifest.get("model") or {}).get("kind") or "full"
     out = {}
     for name in backends:
-        cost = None
-        path = rd.generation_record(name)
-        if path.is_file():
-            try:
-                cost = measured_cost(read_generation_record(path))
-            except EvalkitError:
-                cost = None
+        rec = generation_record_if_any(rd.generation_record(name))
+        cost = measured_cost(rec) if rec is not None else None
         out[name] = cost or rough_cost(name, kind, per_image, basis)
     return out
 
@@ -310,21 +305,12 @@ def _run_units(opts: GenerateOptions, rd: RunDir, manifest: dict[str, Any], unit
                 run_worker_process(rd, spec, env, on_event, tag, shard)
                 study.finish_unit()
                 if "done" not in seen:  # the worker died before saying so: show what its failed record says
-                    rec = _unit_record(rd, unit.backend, tag)
+                    rec = generation_record_if_any(rd.shard_record(unit.backend, tag)) or {}
                     sink({"event": "done", "status": rec.get("status", "failed"), "reason": rec.get("reason")})
                 if overall is not None:
                     bars.update(overall, completed=study.made, phase=study.short())
             except OSError as e:  # the rank could not even write its unit or failed record: disk full, read-only
                 raise write_error(e) from None
-
-
-def _unit_record(rd: RunDir, backend: str, tag: str) -> Mapping[str, Any]:
-    """The record a unit's worker left ({} when it left none, or a torn one)."""
-    path = rd.shard_record(backend, tag)
-    try:
-        return read_generation_record(path) if path.exists() else {}
-    except EvalkitError:
-        return {}
 
 
 def held_backends_note(opts: GenerateOptions, backends: list[str]) -> str | None:

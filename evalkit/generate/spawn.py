@@ -21,7 +21,7 @@ from evalkit.device import nvidia_gpu_present
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.registry import BackendSpec
 from evalkit.io import atomic_write_json
-from evalkit.records import read_generation_record, read_manifest
+from evalkit.records import generation_record_if_any, read_manifest
 from evalkit.rundir import SCHEMA_VERSION, RunDir
 from evalkit.timeutil import utc_now
 
@@ -46,10 +46,7 @@ def fold_previous_shard(rd: RunDir, backend: str, tag: str) -> None:
     final = rd.shard_record(backend, tag)
     if not final.exists():
         return
-    try:
-        images = list(read_generation_record(final).get("images") or [])
-    except EvalkitError:
-        images = []
+    images = list((generation_record_if_any(final) or {}).get("images") or [])
     if images:
         by_id = {e.get("prompt_id"): e for e in images if isinstance(e, dict)}
         for e in read_jsonl(rd.shard_partial(backend, tag)):
@@ -250,10 +247,7 @@ def run_worker_process(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_ev
     pending_start = _size(pending)
     rc = _spawn(rd, spec, env, on_event, tag)
     if rc != 0:
-        try:
-            rec = read_generation_record(rec_path) if rec_path.exists() else None
-        except EvalkitError:  # torn or mangled: as good as none
-            rec = None
+        rec = generation_record_if_any(rec_path)  # torn or mangled: as good as none
         if rec is None or rec.get("status") != "failed":
             # The worker died without writing its record (killed, segfault, OOM killer).
             if rc < 0:
