@@ -193,3 +193,26 @@ def test_the_tiny_build_runs_the_study_with_every_cpu_backend(key: str, tmp_path
     study = run_study(key, tmp_path, expected_failures=QUANTO_INT8_CPU)
     # The LLM text encoder is quantized by the backends that quantize text encoders (the family marks it).
     assert "text_encoder" in study.record("torchao-int8wo")["quantization"]["components_quantized"]
+
+
+def test_a_random_builds_shards_are_bounded_and_load_the_same_weights(tmp_path: Path) -> None:
+    """ensure_random saves with RANDOM_SHARD_SIZE so that a save never serialises FLUX.2-dev's 48 GB text encoder as
+    one shard in host memory (transformers' default is 50GB). Here with a limit the tiny build exceeds: every large
+    file is under it, and what loads is what was built."""
+    import torch
+    from diffusers import Flux2Pipeline
+
+    from evalkit.families.base import save_pipeline
+
+    fam, limit = flux2.FAMILY, 12_000_000  # above the tiny build's largest tensor (8.5 MB), below its encoder's 66 MB
+    torch.manual_seed(0)
+    modules = fam.build_modules(fam.tiny_configs)
+    save_pipeline(fam, {**modules, **fam.build_extras()}, tmp_path / "p", max_shard_size=f"{limit // 1_000_000}MB")
+    shards = {c: sorted((tmp_path / "p" / c).glob("*.safetensors")) for c in ("transformer", "text_encoder")}
+    assert len(shards["text_encoder"]) >= 5 and len(shards["transformer"]) >= 2
+    assert all(f.stat().st_size <= limit for files in shards.values() for f in files)
+    loaded = Flux2Pipeline.from_pretrained(tmp_path / "p", dtype=torch.float32)
+    for name, built in modules.items():
+        got = getattr(loaded, name).state_dict()
+        for key, t in built.state_dict().items():
+            assert torch.equal(got[key], t), f"{name}.{key}"

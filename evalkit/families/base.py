@@ -227,11 +227,15 @@ def build_cached(target: Path, builder: Callable[[Path], None]) -> Path:
     return target
 
 
-def save_pipeline(family: ModelFamily, components: Mapping[str, Any], out: Path) -> None:
-    """`<Pipeline>(**components).save_pretrained(out)` with the family's pipeline class."""
+def save_pipeline(family: ModelFamily, components: Mapping[str, Any], out: Path,
+                  max_shard_size: str | None = None) -> None:
+    """`<Pipeline>(**components).save_pretrained(out)` with the family's pipeline class. `max_shard_size` bounds each
+    safetensors file, and so the host memory a save takes: safetensors serialises a whole shard in memory, and
+    transformers' default shard is 50GB (FLUX.2-dev's 48 GB Mistral-3 would be one)."""
     import diffusers
 
-    getattr(diffusers, family.pipeline_class)(**components).save_pretrained(out, safe_serialization=True)
+    getattr(diffusers, family.pipeline_class)(**components).save_pretrained(
+        out, safe_serialization=True, max_shard_size=max_shard_size)
 
 
 def component_parameter_counts(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:

@@ -275,6 +275,11 @@ def _built_tokenizer_note(path: Path) -> str | None:
         return None
 
 
+# A random build's shards: small enough that saving one next to the build already written (on a RAM-backed cache, the
+# way FLUX.2-dev's 112 GB fits a 128 GiB machine with a 64 GiB disk) leaves the host room; loading reads them alike.
+RANDOM_SHARD_SIZE = "5GB"
+
+
 def ensure_random(fam: ModelFamily, variant: Variant, device: str) -> Path:
     """A variant's full-size architecture with random bf16 weights, created on the GPU (fast: 12B parameters take
     minutes to initialise on a CPU) and saved once, so quantize-on-load backends read it like real weights."""
@@ -302,7 +307,7 @@ def ensure_random(fam: ModelFamily, variant: Variant, device: str) -> Path:
         if fam.random_tokenizers is not None:
             tokenizers, note = fam.random_tokenizers()
             extras.update(tokenizers)
-        save_pipeline(fam, {**modules, **extras}, out)
+        save_pipeline(fam, {**modules, **extras}, out, max_shard_size=RANDOM_SHARD_SIZE)
         if fam.random_tokenizers is not None:
             (out / TOKENIZER_NOTE_FILE).write_text(note, encoding="utf-8")
         del modules
