@@ -116,7 +116,8 @@ class ModelFamily:
     variants: tuple[Variant, ...]
     tiny_defaults: GenerationDefaults
     tiny_configs: Mapping[str, Mapping[str, Any]]
-    # configs (component -> kwargs) -> {component name: module}, weights from the torch RNG and default dtype/device
+    # configs (component -> kwargs) -> {component name: module} for the components configs names (build_named), weights
+    # from the torch RNG and default dtype/device; a random build calls it one component at a time
     build_modules: Callable[[Mapping[str, Mapping[str, Any]]], dict[str, Any]]
     # the rest of the pipeline's arguments: tokenizers (built locally where the real ones cannot be had) and scheduler
     build_extras: Callable[[], dict[str, Any]]
@@ -210,6 +211,17 @@ def pipeline_arguments(gen: Mapping[str, Any], *, negative_prompt: bool = False,
     return args
 
 
+def build_named(configs: Mapping[str, Mapping[str, Any]],
+                builders: Mapping[str, Callable[[Mapping[str, Any]], Any]]) -> dict[str, Any]:
+    """The modules `configs` names, each from its builder, in the order of `builders`: the order they draw from the
+    RNG, so a build of every component at once and one built a component at a time (a random build larger than the
+    GPU) hold the same weights."""
+    unknown = set(configs) - set(builders)
+    if unknown:
+        raise ValueError(f"no builder for {sorted(unknown)}; builders: {', '.join(builders)}")
+    return {name: build(configs[name]) for name, build in builders.items() if name in configs}
+
+
 def build_cached(target: Path, builder: Callable[[Path], None]) -> Path:
     """Build into a temp dir then rename, so a killed build never leaves a half model that looks complete."""
     marker = target / ".evalkit-complete"
@@ -236,6 +248,37 @@ def save_pipeline(family: ModelFamily, components: Mapping[str, Any], out: Path,
 
     getattr(diffusers, family.pipeline_class)(**components).save_pretrained(
         out, safe_serialization=True, max_shard_size=max_shard_size)
+
+
+def save_one_at_a_time(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]], extras: Mapping[str, Any],
+                       out: Path, *, device: str, scale: Mapping[str, float] | None = None,
+                       max_shard_size: str | None = None) -> None:
+    """What `save_pipeline(family, {**family.build_modules(configs), **extras}, out)` writes, byte for byte, with one
+    built module in memory at a time: each is built on `device`, multiplied by its `scale` factor if any, saved and
+    freed before the next, so a build larger than the GPU (FLUX.2-dev's 104 GiB on an 80 GB card) can be made.
+    model_index.json comes from the pipeline assembled on the meta device, which draws nothing from the RNG."""
+    import diffusers
+    import torch
+
+    with torch.device("meta"):
+        skeleton = family.build_modules(configs)
+    pipe = getattr(diffusers, family.pipeline_class)(**skeleton, **extras)
+    shard = {} if max_shard_size is None else {"max_shard_size": max_shard_size}
+    for name in skeleton:  # build_named's order: the RNG's
+        with torch.device(device):
+            module = family.build_modules({name: configs[name]})[name]
+        if scale and name in scale:
+            with torch.no_grad():
+                for p in module.parameters():
+                    p.mul_(scale[name])
+        module.save_pretrained(out / name, safe_serialization=True, **shard)
+        del module
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+    for name, obj in extras.items():
+        if hasattr(obj, "save_pretrained"):  # not a pipeline's config value (klein's is_distilled): model_index.json's
+            obj.save_pretrained(out / name)
+    pipe.save_config(out)
 
 
 def component_parameter_counts(family: ModelFamily, configs: Mapping[str, Mapping[str, Any]]) -> dict[str, int]:

@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from evalkit.families import flux1
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 
 TRANSFORMER = dict(patch_size=1, in_channels=64, out_channels=None, num_layers=19, num_single_layers=38,
                    attention_head_dim=128, num_attention_heads=24, joint_attention_dim=4096,
@@ -69,9 +69,9 @@ PARAMS = Frozen({"transformer": 17_800_038_288 // 2, "text_encoder": flux1.DEV_P
 def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, ChromaTransformer2DModel
 
-    return dict(transformer=ChromaTransformer2DModel(**configs["transformer"]),
-                text_encoder=flux1.build_t5_encoder(configs["text_encoder"]),
-                vae=AutoencoderKL(**configs["vae"]))
+    return build_named(configs, dict(transformer=lambda c: ChromaTransformer2DModel(**c),
+                                     text_encoder=flux1.build_t5_encoder,
+                                     vae=lambda c: AutoencoderKL(**c)))
 
 
 def build_extras() -> dict[str, Any]:

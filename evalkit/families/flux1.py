@@ -28,7 +28,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 
 TRANSFORMER = dict(
     patch_size=1, in_channels=64, num_layers=19, num_single_layers=38, attention_head_dim=128,
@@ -107,12 +107,12 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, FluxTransformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModel
 
-    return dict(
-        transformer=FluxTransformer2DModel(**configs["transformer"]),
-        text_encoder=CLIPTextModel(CLIPTextConfig(**configs["text_encoder"])),
-        text_encoder_2=build_t5_encoder(configs["text_encoder_2"]),
-        vae=AutoencoderKL(**configs["vae"]),
-    )
+    return build_named(configs, dict(
+        transformer=lambda c: FluxTransformer2DModel(**c),
+        text_encoder=lambda c: CLIPTextModel(CLIPTextConfig(**c)),
+        text_encoder_2=build_t5_encoder,
+        vae=lambda c: AutoencoderKL(**c),
+    ))
 
 
 def build_extras() -> dict[str, Any]:

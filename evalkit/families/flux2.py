@@ -38,7 +38,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 from evalkit.families.tokenizers import MISTRAL_IMAGE_TOKEN_ID, MISTRAL_PAD_TOKEN_ID
 
 TRANSFORMER_COMMON = Frozen(dict(patch_size=1, in_channels=128, out_channels=None, timestep_guidance_channels=256,
@@ -140,9 +140,9 @@ def build_scheduler() -> Any:
 def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from transformers import Mistral3Config, Mistral3ForConditionalGeneration
 
-    return dict(transformer=build_transformer(configs["transformer"]),
-                text_encoder=Mistral3ForConditionalGeneration(Mistral3Config(**configs["text_encoder"])),
-                vae=build_vae(configs["vae"]))
+    return build_named(configs, dict(transformer=build_transformer,
+                                     text_encoder=lambda c: Mistral3ForConditionalGeneration(Mistral3Config(**c)),
+                                     vae=build_vae))
 
 
 def build_extras() -> dict[str, Any]:

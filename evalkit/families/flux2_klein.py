@@ -33,7 +33,7 @@ from typing import Any, Mapping
 
 from evalkit.families import flux2
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 from evalkit.families.tokenizers import random_qwen_tokenizers
 
 KLEIN_4B_TRANSFORMER = dict(flux2.TRANSFORMER_COMMON, num_layers=5, num_single_layers=20, attention_head_dim=128,
@@ -82,9 +82,9 @@ SOURCE = ("diffusers convert_flux2_to_diffusers.py ({name}); Qwen/{qwen} config.
 def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from transformers import Qwen3Config, Qwen3ForCausalLM
 
-    return dict(transformer=flux2.build_transformer(configs["transformer"]),
-                text_encoder=Qwen3ForCausalLM(Qwen3Config(**configs["text_encoder"])),
-                vae=flux2.build_vae(configs["vae"]))
+    return build_named(configs, dict(transformer=flux2.build_transformer,
+                                     text_encoder=lambda c: Qwen3ForCausalLM(Qwen3Config(**c)),
+                                     vae=flux2.build_vae))
 
 
 def build_extras() -> dict[str, Any]:

@@ -22,7 +22,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
 
 TRANSFORMER = dict(
@@ -104,11 +104,11 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKLQwenImage, QwenImageTransformer2DModel
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    return dict(
-        transformer=QwenImageTransformer2DModel(**configs["transformer"]),
-        vae=AutoencoderKLQwenImage(**configs["vae"]),
-        text_encoder=Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**configs["text_encoder"])).eval(),
-    )
+    return build_named(configs, dict(
+        transformer=lambda c: QwenImageTransformer2DModel(**c),
+        vae=lambda c: AutoencoderKLQwenImage(**c),
+        text_encoder=lambda c: Qwen2_5_VLForConditionalGeneration(Qwen2_5_VLConfig(**c)).eval(),
+    ))
 
 
 def build_extras() -> dict[str, Any]:

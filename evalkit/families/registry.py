@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from evalkit.errors import EvalkitError, MissingWeightsError, suggest
-from evalkit.families.base import GenerationDefaults, ModelFamily, Variant, build_cached, save_pipeline
+from evalkit.families.base import (GenerationDefaults, ModelFamily, Variant, build_cached, save_one_at_a_time,
+                                   save_pipeline)
 from evalkit.paths import cache_dir
 
 # Built-in family modules under evalkit/families/, each defining FAMILY. The first is the default family.
@@ -292,26 +293,19 @@ def ensure_random(fam: ModelFamily, variant: Variant, device: str) -> Path:
             raise EvalkitError(f"random:{variant.name} is built on a CUDA GPU; none is available here. "
                                f"Use --model tiny:{fam.key} on CPU")
         torch.manual_seed(0)
-        prev = torch.get_default_dtype()
-        torch.set_default_dtype(torch.bfloat16)
-        try:
-            with torch.device("cuda"):
-                modules = fam.build_modules(variant.configs)
-        finally:
-            torch.set_default_dtype(prev)
-        with torch.no_grad():
-            for name, factor in fam.random_weight_scale.items():
-                for p in modules[name].parameters():
-                    p.mul_(factor)
         extras = fam.build_extras()
         if fam.random_tokenizers is not None:
             tokenizers, note = fam.random_tokenizers()
             extras.update(tokenizers)
-        save_pipeline(fam, {**modules, **extras}, out, max_shard_size=RANDOM_SHARD_SIZE)
+        prev = torch.get_default_dtype()
+        torch.set_default_dtype(torch.bfloat16)
+        try:
+            save_one_at_a_time(fam, variant.configs, extras, out, device="cuda", scale=fam.random_weight_scale,
+                               max_shard_size=RANDOM_SHARD_SIZE)
+        finally:
+            torch.set_default_dtype(prev)
         if fam.random_tokenizers is not None:
             (out / TOKENIZER_NOTE_FILE).write_text(note, encoding="utf-8")
-        del modules
-        torch.cuda.empty_cache()
 
     if not (target / ".evalkit-complete").exists() and device == "cpu":
         raise EvalkitError(f"random:{variant.name} needs a CUDA device to build and run (--device cuda); "

@@ -28,7 +28,7 @@ from types import MappingProxyType as Frozen
 from typing import Any, Mapping
 
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 from evalkit.families.tokenizers import SMALL_VOCAB
 
 TRANSFORMER_COMMON = dict(
@@ -95,11 +95,11 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderDC, SanaTransformer2DModel
     from transformers import Gemma2Config, Gemma2Model
 
-    return dict(
-        transformer=SanaTransformer2DModel(**configs["transformer"]),
-        vae=AutoencoderDC(**configs["vae"]),
-        text_encoder=Gemma2Model(Gemma2Config(**configs["text_encoder"])).eval(),
-    )
+    return build_named(configs, dict(
+        transformer=lambda c: SanaTransformer2DModel(**c),
+        vae=lambda c: AutoencoderDC(**c),
+        text_encoder=lambda c: Gemma2Model(Gemma2Config(**c)).eval(),
+    ))
 
 
 def build_tokenizer() -> Any:

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from evalkit.families import flux1
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 
 LARGE = dict(
     attention_head_dim=64, caption_projection_dim=2432, in_channels=16, joint_attention_dim=4096,
@@ -86,13 +86,13 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, SD3Transformer2DModel
     from transformers import CLIPTextConfig, CLIPTextModelWithProjection
 
-    return dict(
-        transformer=SD3Transformer2DModel(**configs["transformer"]),
-        text_encoder=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder"])).eval(),
-        text_encoder_2=CLIPTextModelWithProjection(CLIPTextConfig(**configs["text_encoder_2"])).eval(),
-        text_encoder_3=flux1.build_t5_encoder(configs["text_encoder_3"]).eval(),
-        vae=AutoencoderKL(**configs["vae"]),
-    )
+    return build_named(configs, dict(
+        transformer=lambda c: SD3Transformer2DModel(**c),
+        text_encoder=lambda c: CLIPTextModelWithProjection(CLIPTextConfig(**c)).eval(),
+        text_encoder_2=lambda c: CLIPTextModelWithProjection(CLIPTextConfig(**c)).eval(),
+        text_encoder_3=lambda c: flux1.build_t5_encoder(c).eval(),
+        vae=lambda c: AutoencoderKL(**c),
+    ))
 
 
 def build_extras() -> dict[str, Any]:

@@ -25,7 +25,7 @@ from typing import Any, Mapping
 
 from evalkit.families import flux1, flux2_klein
 from evalkit.families.base import (DENOISER, DIFFUSERS, TEXT_ENCODER, TRANSFORMERS, VAE, Component, GenerationDefaults,
-                                   GGUFSupport, ModelFamily, Tokenizer, Variant, pipeline_arguments)
+                                   GGUFSupport, ModelFamily, Tokenizer, Variant, build_named, pipeline_arguments)
 from evalkit.families.tokenizers import SMALL_VOCAB_PADDED, random_qwen_tokenizers
 
 TRANSFORMER = dict(
@@ -72,11 +72,11 @@ def build_modules(configs: Mapping[str, Mapping[str, Any]]) -> dict[str, Any]:
     from diffusers import AutoencoderKL, ZImageTransformer2DModel
     from transformers import Qwen3Config, Qwen3Model
 
-    return dict(
-        transformer=ZImageTransformer2DModel(**configs["transformer"]),
-        vae=AutoencoderKL(**configs["vae"]),
-        text_encoder=Qwen3Model(Qwen3Config(**configs["text_encoder"])).eval(),
-    )
+    return build_named(configs, dict(
+        transformer=lambda c: ZImageTransformer2DModel(**c),
+        vae=lambda c: AutoencoderKL(**c),
+        text_encoder=lambda c: Qwen3Model(Qwen3Config(**c)).eval(),
+    ))
 
 
 def build_extras() -> dict[str, Any]:
