@@ -301,12 +301,16 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
     order = {name: i for i, name in enumerate(required_rows())}
     table = sorted(table, key=lambda r: (order.get(r["backend"], len(order)), r["row"]))
     runs = [r for r in rows if r["backend"] == REFERENCE and r["status"] == "ok" and not r["run"].startswith("gpu-")]
-    devices = sorted({f"{r['device']} (×{r['gpu_count'] or 1})" for r in runs})
-    settings = sorted({r["settings"] for r in runs})
-    vers = runs[0] if runs else {}
-    models = sorted({str(r["settings"]).split(",")[0] for r in runs})
+    # A run without a bf16 anchor (bf16 does not fit the GPU: --no-reference) still names its device and settings.
+    anchored = {r["run"] for r in runs}
+    unanchored = {r["run"]: r for r in rows if r["run"] not in anchored and not r["run"].startswith("gpu-")}
+    heads = runs + list(unanchored.values())
+    devices = sorted({f"{r['device']} (×{r['gpu_count'] or 1})" for r in heads})
+    settings = sorted({r["settings"] for r in heads if r.get("settings")})
+    vers = heads[0] if heads else {}
+    models = sorted({str(r["settings"]).split(",")[0] for r in heads if r.get("settings")})
     # The seed table (issue #3's required rows) is FLUX.1-dev's; another family's table lists the rows it measured.
-    seed = not runs or all(m.endswith(("flux-dev", "flux1-dev")) for m in models)
+    seed = not heads or all(m.endswith(("flux-dev", "flux1-dev")) for m in models)
     title = "The seed table" if seed else f"GPU table of {', '.join(models)}"
     lines = [f"# {title} on {', '.join(devices) or '?'}", "",
              "Written by `benchmarks/gpu_table.py` from the run directories beside this file; do not edit by hand.",
@@ -346,6 +350,8 @@ def markdown(table: list[dict[str, Any]], rows: list[dict[str, Any]], notes: str
         lines.append(f"| {r['run']} | {r['device']} | {_f(r.get('warmup_runs'))} | {_f(r['latency_median_s'])} ({_f(r['latency_p10_s'])}–"
                      f"{_f(r['latency_p90_s'])}) | {_f(r['after_load_allocated_gib'])} / "
                      f"{_f(r['after_load_reserved_gib'])} | {_f(r['peak_allocated_gib'])} / {_f(r['peak_reserved_gib'])} |")
+    for name in sorted(unanchored):
+        lines.append(f"| {name} | {unanchored[name]['device']} | - | no bf16 in this run: its rows have no × bf16 | - | - |")
     bf16 = next((r for r in table if r["backend"] == REFERENCE), None)
     lines += ["", "## Anomalies found in the numbers", ""] + [f"- {a}" for a in anomalies(table, bf16)]
     if notes:

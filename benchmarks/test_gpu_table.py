@@ -82,6 +82,19 @@ def test_another_familys_table_is_titled_by_its_model_without_the_seed_tables_ro
     assert "Required rows" not in md  # the seed table's list is FLUX.1's
 
 
+def test_a_run_without_bf16_is_titled_and_says_its_rows_have_no_ratio(tmp_path: Path) -> None:
+    """FLUX.2-dev's bf16 (104 GiB) does not fit an 80 GB card: its quantized rows run with --no-reference. The table
+    still names the model and device, and says why × bf16 is empty instead of leaving the anchor list blank."""
+    a = _run(tmp_path, "f1", [_record("bnb-nf4", 21.0, 30.1, 30.4)], ["bnb-nf4"], model="random:flux2-dev")
+    out = tmp_path / "table"
+    assert gpu_table.main([str(a), "--out", str(out)]) == 0
+    md = out.with_suffix(".md").read_text()
+    assert md.startswith("# GPU table of random:flux2-dev on NVIDIA H200 (×4)")
+    assert "| f1 | NVIDIA H200 | - | no bf16 in this run: its rows have no × bf16 |" in md
+    row = next(line for line in md.splitlines() if line.startswith("| bnb-nf4 |"))
+    assert row.split(" | ")[4] == "-"  # × bf16
+
+
 def test_earlier_figure_stands_in_and_names_this_devices_partial(tmp_path: Path) -> None:
     """A row cut here is filled from an earlier device's result, and its note keeps the images finished here."""
     a = _run(tmp_path, "a", [_record("bf16", 9.0, 31.4, 31.5)], ["bf16", "torchao-int4wo"],
