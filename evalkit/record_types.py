@@ -331,7 +331,7 @@ class RankEntry(TypedDict, total=False):
     """One rank's own figures in a merged record (`ranks`)."""
 
     host: str
-    pid: int
+    pid: int | None  # None: the worker died before writing its record (killed while loading; the stage wrote it)
     gpu: str | None
     n_images: int
     finished_utc: str

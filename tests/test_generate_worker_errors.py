@@ -9,6 +9,7 @@ from pathlib import Path
 from conftest import run_evalkit
 from evalkit.generate.spawn import worker_error_line
 from evalkit.mainguard import guarded
+from evalkit.records import read_generation_record
 
 HEADER = "\n=== 2026-12-04T22:00:00Z worker for bf16 ===\n"
 
@@ -51,6 +52,10 @@ def test_a_worker_that_dies_before_its_record_is_reported_with_its_exception(tmp
                     "--backends", "bf16", "--plugin", str(plugin), "--out", str(out))
     rec = json.loads((out / "generation" / "bf16.json").read_text())
     assert rec["status"] == "failed"
+    # The stage goes on and its own readers take the record (a GPU run's OOM-killed worker once stopped the stage
+    # with "record.ranks[0].pid must be an integer, found null": the dead worker had no pid in its record).
+    assert "must be" not in r.stderr and (out / "summary.json").is_file(), r.stderr[-2000:]
+    assert read_generation_record(out / "generation" / "bf16.json")["ranks"][0]["pid"] is None
     # the merged record names the rank: "rank 0 of 1 (w1-r0): worker exited with code 1: ...EvalkitError: ..."
     assert "worker exited with code 1: " in rec["reason"] and \
         "RuntimeError: this plugin does not load in a worker" in rec["reason"], (rec["reason"], r.stderr[-2000:])
