@@ -114,6 +114,20 @@ def _row_name(backend: str, compile_rec: dict[str, Any] | None, run_cfg: dict[st
     return f"{name} [{preset}]", preset
 
 
+def _record_of(run_dir: Path, backend: str) -> tuple[dict[str, Any] | None, str]:
+    """The backend's merged record, or, when a deadline stopped the stage after a one-rank run's unit had finished
+    but before it merged, that unit's own record (the same figures: one rank made every image), with a note."""
+    merged = run_dir / "generation" / f"{backend}.json"
+    if merged.exists():
+        return _json(merged), ""
+    unit = run_dir / "generation" / "shards" / backend / "w1-r0.json"  # rank 0 of a world of 1
+    if unit.exists():
+        rec = _json(unit)
+        if rec.get("status") == "ok":
+            return rec, "its unit finished; the deadline stopped the stage before it merged (the unit's record)"
+    return None, ""
+
+
 def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
     if not (run_dir / "manifest.json").is_file():
         raise SystemExit(f"{run_dir}: no manifest.json, so not a run directory")
@@ -121,8 +135,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
     cut = _json(run_dir / "cut.json") if (run_dir / "cut.json").exists() else {}
     cuts = cut.get("cuts") or {}
     versions, device = manifest.get("versions") or {}, manifest.get("device") or {}
-    anchor_path = run_dir / "generation" / f"{REFERENCE}.json"
-    anchor = _json(anchor_path) if anchor_path.exists() else {}
+    anchor = _record_of(run_dir, REFERENCE)[0] or {}
     anchor_lat = (anchor.get("latency") or {}).get("median_s") if anchor.get("status") == "ok" else None
     common = {"run": run_dir.name, "anchor_bf16_latency_s": anchor_lat, "device": device.get("name"),
               "gpu_count": device.get("device_count"), "torch": versions.get("torch"),
@@ -136,8 +149,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
               "settings": _settings(manifest)}
     out = []
     for backend in manifest["backends"]:
-        rec_path = run_dir / "generation" / f"{backend}.json"
-        rec = _json(rec_path) if rec_path.exists() else None
+        rec, unmerged = _record_of(run_dir, backend)
         row: dict[str, Any] = dict(common, backend=backend)
         comp = (rec or {}).get("compile")
         row["row"], row["compile_preset"] = _row_name(backend, comp, manifest.get("config") or {}, rec)
@@ -164,7 +176,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
             continue
         mem, lat, q = rec.get("memory") or {}, rec.get("latency") or {}, rec.get("quantization") or {}
         qcount = q.get("quantized_linear_count") or {}
-        row.update(status=rec.get("status"), reason=rec.get("reason") or "", images=lat.get("n") or 0,
+        row.update(status=rec.get("status"), reason=rec.get("reason") or unmerged, images=lat.get("n") or 0,
                    latency_median_s=lat.get("median_s"), latency_p10_s=lat.get("p10_s"), latency_p90_s=lat.get("p90_s"),
                    load_s=rec.get("load_time_s"), prepare_s=(rec.get("prepare") or {}).get("seconds"),
                    compile_s=rec.get("compile_time_s"),

@@ -95,6 +95,24 @@ def test_a_run_without_bf16_is_titled_and_says_its_rows_have_no_ratio(tmp_path: 
     assert row.split(" | ")[4] == "-"  # × bf16
 
 
+def test_a_finished_unit_the_deadline_left_unmerged_is_its_row_and_the_anchor(tmp_path: Path) -> None:
+    """Qwen-Image's q5: the deadline stopped the stage after bf16's one-rank unit had written its record and before
+    the merge; that record is the row (and the anchor), not "stopped in loading"."""
+    a = _run(tmp_path, "q5", [], ["bf16", "bnb-nf4"], model="random:qwen-image",
+             cuts={"bf16": {"worker_started": True, "seconds_run": 199.1, "images_done": 0, "image_latencies_s": []},
+                   "bnb-nf4": {"worker_started": True, "seconds_run": 90.0, "images_done": 1,
+                               "image_latencies_s": [33.0]}})
+    unit = a / "generation" / "shards" / "bf16"
+    unit.mkdir(parents=True)
+    (unit / "w1-r0.json").write_text(json.dumps(_record("bf16", 31.67, 53.79, 54.01)))
+    out = tmp_path / "table"
+    assert gpu_table.main([str(a), "--out", str(out)]) == 0
+    lines = {r["backend"]: r for r in csv.DictReader(out.with_suffix(".csv").open())}
+    assert lines["bf16"]["status"] == "ok" and "before it merged" in lines["bf16"]["reason"]
+    assert lines["bnb-nf4"]["status"] == "not finished"
+    assert float(lines["bnb-nf4"]["latency_x_bf16"]) == round(33.0 / 31.67, 4)  # the CSV keeps 4 decimals
+
+
 def test_earlier_figure_stands_in_and_names_this_devices_partial(tmp_path: Path) -> None:
     """A row cut here is filled from an earlier device's result, and its note keeps the images finished here."""
     a = _run(tmp_path, "a", [_record("bf16", 9.0, 31.4, 31.5)], ["bf16", "torchao-int4wo"],
