@@ -182,8 +182,8 @@ def supplied_components(model_path: str) -> dict[str, Any]:
 GGUF = GGUFSupport("transformer", "flux2", original_key_markers=("double_blocks.", "single_blocks.",
                                                                 "model.diffusion_model."),
                    original_converter="convert_flux2_transformer_checkpoint_to_diffusers")
-# FLUX.1's factor (see flux1.py): a starting point for 8 + 48 blocks and a 40-layer LLM, unverified until the random
-# build runs 50 steps on a GPU with finite images.
+# FLUX.1's factor (see flux1.py) for 8 + 48 blocks and a 40-layer LLM: FLUX.2-dev's and klein's random builds gave
+# finite images over their card's steps with it (benchmarks/results/flux2-*-random-h100-2026-12-06/).
 RANDOM_WEIGHT_SCALE = Frozen({"transformer": 0.5, "text_encoder": 0.5})
 TOKENIZER_NOTE = ("a local 8k byte-level BPE of the {kind} kind with its chat template (evalkit/families/"
                   "tokenizers.py): the pipeline pads the templated prompt to max_sequence_length, so the text "
