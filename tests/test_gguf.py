@@ -233,6 +233,29 @@ def test_interrupted_conversion_leaves_no_file(tiny_model_path: Path, tmp_path: 
     assert eg.validate_gguf(path, str(tiny_model_path), "transformer", *FLUX_ORIGINAL)["tensor_types"]["Q4_0"] > 0
 
 
+def test_a_disk_too_small_for_the_file_is_refused_before_quantizing(tiny_model_path: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """The planned size is the file's data: one byte less free space than that is refused with the folder named,
+    and nothing is quantized or left behind; with that much free, the conversion runs and the file holds it."""
+    import shutil
+    from collections import namedtuple
+
+    plan = [(f, n, tuple(i["shape"]), eg.tensor_qtype(n, tuple(i["shape"]), "Q8_0"))
+            for f in eg.component_files(str(tiny_model_path), "transformer")
+            for n, i in sorted(eg._read_safetensors_header(f).items())]
+    needed = eg._data_bytes(plan)
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * needed, 9 * needed, needed - 1))
+    monkeypatch.setattr(eg, "quantize_tensor", lambda *a, **k: pytest.fail("quantized on a full disk"))
+    with pytest.raises(EvalkitError, match=r"transformer as GGUF Q8_0: the file needs .* GiB and .*gguf has "):
+        eg.ensure_gguf(str(tiny_model_path), "Q8_0", tmp_path, "transformer", "flux")
+    assert not [p for p in (tmp_path / "gguf").iterdir() if not p.name.endswith(".lock")]
+    monkeypatch.undo()
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(10 * needed, 9 * needed, needed))
+    path = eg.ensure_gguf(str(tiny_model_path), "Q8_0", tmp_path, "transformer", "flux")
+    assert needed < path.stat().st_size < needed + 4 * 2**20  # data plus header and alignment
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Bad input.
 

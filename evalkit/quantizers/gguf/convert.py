@@ -180,6 +180,7 @@ def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], 
 
     t0 = time.perf_counter()
     out.parent.mkdir(parents=True, exist_ok=True)
+    _check_room(out.parent, _data_bytes(plan), f"{component} as GGUF {t.name}")
     tmp = out.parent / f".{out.name}.{os.getpid()}.tmp"
     writer = gguf.GGUFWriter(tmp, arch=arch)
     try:
@@ -200,6 +201,33 @@ def convert_component(model_path: str, qtype: str, out: str | os.PathLike[str], 
     # Optional record for the run's notes (conversion time, engine); the .gguf alone is the cache entry.
     atomic_write_json(conversion_record_path(out), stats)
     return stats
+
+
+def _data_bytes(plan: _Plan) -> int:
+    """The tensor data the file will hold (its header is a few MB more), known before anything is written."""
+    import numpy as np
+
+    gguf = gguf_module()
+    total = 0
+    for _, _, shape, tt in plan:
+        n = int(np.prod(shape))
+        if tt == "F32":
+            total += 4 * n
+        else:
+            total += int(np.prod(gguf.quant_shape_to_byte_shape(shape, gguf.GGMLQuantizationType[tt])))
+    return total
+
+
+def _check_room(folder: Path, needed: int, what: str) -> None:
+    """Refuse a conversion the disk cannot hold, naming the folder, before minutes of quantizing end in gguf's
+    "N requested and M written" (Qwen-Image's 11 GiB transformer file beside its 54 GiB build on a 64 GiB disk)."""
+    import shutil
+
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise EvalkitError(f"{what}: the file needs {needed / 2**30:.2f} GiB and {folder} has {free / 2**30:.2f} GiB "
+                           "free; free space there, set EVALKIT_CACHE to a larger disk, or pass a GGUF file with "
+                           "--gguf-file")
 
 
 def _write_header(writer: Any, plan: _Plan, qtype: str) -> None:
