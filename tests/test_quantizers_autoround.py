@@ -59,3 +59,26 @@ def test_calibrating_backends_run_only_when_named_or_with_all() -> None:
     assert "autoround-w4a16" not in [s.name for s in parse_backend_list("default")]
     assert "autoround-w4a16" in [s.name for s in parse_backend_list("all")]
     assert "autoround-w4a16" in [s.name for s in parse_backend_list("bf16,autoround-w4a16")]
+
+
+def test_the_torch_kernels_take_the_planned_dtype_only_while_loading() -> None:
+    """auto-round's torch kernels matmul in their input's dtype but list only float16/bfloat16, and its post_init
+    would cast a float32-planned model to bf16 (which diffusers refuses for a quantized model): on a float32 plan the
+    list is widened while loading, then put back; a bf16 plan changes nothing."""
+    import torch
+    from auto_round.inference.backend import BackendInfos
+    from auto_round_extension.torch.qlinear_torch import QuantLinear
+
+    from evalkit.quantizers.autoround import TORCH_KERNELS, _torch_kernels_accept
+
+    before = {k: list(BackendInfos[k].compute_dtype) for k in TORCH_KERNELS}
+    with _torch_kernels_accept("bfloat16") as widened:
+        assert widened == []
+    with _torch_kernels_accept("float32") as widened:
+        assert widened == list(TORCH_KERNELS)
+        assert all("float32" in BackendInfos[k].compute_dtype for k in TORCH_KERNELS)
+    assert {k: list(BackendInfos[k].compute_dtype) for k in TORCH_KERNELS} == before
+    # what makes widening honest: the kernel's forward computes in its input's dtype
+    layer = QuantLinear(bits=4, group_size=128, infeatures=128, outfeatures=64, bias=True)
+    for dtype in (torch.float32, torch.bfloat16):
+        assert layer(torch.randn(3, 128, dtype=dtype)).dtype == dtype

@@ -34,3 +34,30 @@ def test_only_files_with_bfl_scales_are_bfls(tmp_path: Path, tiny_model_path: Pa
     assert quantizer_for_library("bfl").read_file(str(plain)) is None  # bf16 weights, no weight_scale
     (tmp_path / "x.gguf").write_bytes(b"GGUF" + bytes(60))
     assert quantizer_for_library("bfl").read_file(str(tmp_path / "x.gguf")) is None
+
+
+def test_a_bfl_transformer_computes_in_the_runs_planned_dtype(tmp_path: Path, tiny_model_path: Path) -> None:
+    """BFL's linears dequantize to their `compute_dtype` whatever the input: loaded under a float32 plan (the tiny
+    model on a CPU without native bf16) every layer must compute in float32, under a bf16 plan in bf16. A fixed bf16
+    met the float32 plan's activations: 'mat1 and mat2 must have the same dtype'."""
+    import torch
+    from diffusers.quantizers.bfl.utils import BFLFP8RLinear
+
+    from evalkit.quantizers.base import BuildContext
+    from evalkit.quantizers.bfl import load_bfl_file, write_checkpoint
+
+    path = tmp_path / "transformer-fp8r.safetensors"
+    base = {"device": "cpu", "capability": None, "model_path": str(tiny_model_path), "options": {},
+            "cache_dir": str(tmp_path), "family": "flux1"}
+    write_checkpoint(BuildContext(**base), "transformer", "fp8r", path)
+    for planned in ("float32", "bfloat16"):
+        want = getattr(torch, planned)
+        model = load_bfl_file(str(path), BuildContext(**base, compute_dtypes={"transformer": planned}), "transformer")
+        layers = [m for m in model.modules() if isinstance(m, BFLFP8RLinear)]
+        assert len(layers) == 20 and {m.compute_dtype for m in layers} == {want}, planned
+        # the layers BFL leaves unquantized (embedders, norms, proj_out) are in the planned dtype too
+        floats = {t.dtype for n, t in model.named_parameters() if t.is_floating_point() and t.element_size() > 1
+                  and not n.endswith(".weight_scale")}
+        assert floats == {want}, (planned, floats)
+        x = torch.randn(3, layers[0].in_features, dtype=want)
+        assert layers[0](x).dtype == want

@@ -21,13 +21,14 @@ Census: on CPU the linears become `auto_round_extension...QuantLinear` (GPTQ-pac
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
 import time
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Mapping
+from typing import TYPE_CHECKING, Any, Iterator, Mapping
 
 from evalkit.quantizers.base import DENOISER_ROLE, Backend, BuildContext, Library, Quantizer, release_device_memory
 
@@ -107,6 +108,32 @@ def quantize(ctx: BuildContext, denoiser: str, settings: Mapping[str, Any], out:
                                           encoding="utf-8")
 
 
+# auto-round's pure-torch kernels (auto_round_extension/torch/qlinear_torch*.py: its CPU route without the
+# auto-round-lib package) unpack and scale the weights, then cast them to the input's dtype and matmul in it: any
+# float dtype works. Their BackendInfo lists float16/bfloat16 only, and auto-round's post_init casts a float32 model
+# to bf16, which diffusers refuses for a quantized model ("Casting a quantized model to a new `dtype` is
+# unsupported"). So on a float32 plan the list is widened while the component loads, then put back.
+TORCH_KERNELS = ("auto_round:torch", "auto_round:torch_zp")
+TORCH_KERNELS_WHY = ("auto-round's torch kernels compute in their input's dtype but list only float16/bfloat16; "
+                     "evalkit lets them take the run's planned dtype while loading (evalkit/quantizers/autoround.py)")
+
+
+@contextlib.contextmanager
+def _torch_kernels_accept(dtype: str) -> Iterator[list[str]]:
+    """While open, auto-round's torch kernels accept `dtype` as a compute dtype. Yields the kernels widened."""
+    from auto_round.inference.backend import BackendInfos
+
+    widened = [k for k in TORCH_KERNELS if k in BackendInfos and dtype not in BackendInfos[k].compute_dtype]
+    saved = {k: BackendInfos[k].compute_dtype for k in widened}
+    for k in widened:
+        BackendInfos[k].compute_dtype = [*saved[k], dtype]
+    try:
+        yield widened
+    finally:
+        for k, v in saved.items():
+            BackendInfos[k].compute_dtype = v
+
+
 class AutoRoundQuantizer(Quantizer):
     library = LIBRARY
 
@@ -148,8 +175,15 @@ class AutoRoundQuantizer(Quantizer):
         # The kernel diffusers/auto-round use to run the packed weights ("auto": torch on CPU, Triton or Marlin on
         # CUDA); the quantization itself comes from the checkpoint's config.json.
         kernel = str(ctx.options.get("backend", "auto"))
-        model = load_folder_component(checkpoint["path"], ctx.model_path, component.name, ctx.device,
-                                      quantization_config=AutoRoundConfig(backend=kernel))
+        # The layers auto-round left unquantized (embedders, proj_out) take the run's planned dtype, so the whole
+        # transformer computes as the reference does (float32 for the tiny model on a CPU without native bf16).
+        dtype = ctx.compute_dtype(component.name)
+        with _torch_kernels_accept(str(dtype).replace("torch.", "")) as widened:
+            model = load_folder_component(checkpoint["path"], ctx.model_path, component.name, ctx.device,
+                                          dtype=dtype, quantization_config=AutoRoundConfig(backend=kernel))
+        if widened:
+            info["autoround_compute_dtype"] = {"dtype": str(dtype).replace("torch.", ""), "kernels": widened,
+                                               "why": TORCH_KERNELS_WHY}
         info["autoround_kernels"] = repr(getattr(getattr(model, "hf_quantizer", None), "used_backends", None))
         return model
 

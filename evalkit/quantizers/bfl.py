@@ -11,7 +11,10 @@ Layout (diffusers/quantizers/bfl/utils.py): fp8r = `weight` float8_e4m3fn [N, K]
 nvfp4 = `weight` uint8 [N, K/2] (two E2M1 codes) + `weight_scale` float8_e4m3fn [N, K/16] + `weight_scale_2` fp32
 scalar + `input_scale` fp32 scalar (activation amax / (448*6), calibrated here on the study's prompts with the bf16
 model; only Blackwell's kernel reads it). As in BFL's checkpoints only the linears inside the repeated blocks are
-quantized; embedders and the final projection stay bf16.
+quantized; embedders and the final projection stay unquantized. The file is the same on every machine (written from
+the bf16 weights, calibrated in bf16); loading follows the run's compute plan: the quantized linears dequantize to,
+and the unquantized layers are loaded in, the plan's dtype (float32 for the tiny model on a CPU without native bf16,
+evalkit/generate/worker/compute_dtype.py), as the reference computes.
 
 Runtime: fp8r takes `torch._scaled_mm` on CUDA SM >= 8.9 (a real FP8 W8A8 GEMM, per-row scales on both sides), else
 dequantizes per forward; nvfp4 needs SM >= 10 and flashinfer, else dequantizes per forward (a quality row only).
@@ -133,16 +136,19 @@ def write_checkpoint(ctx: BuildContext, component: str, scheme: str, out: Path) 
 
 
 def load_bfl_file(path: str, ctx: BuildContext, component: str) -> Any:
-    import torch
+    """`component` from a BFL file, computing in the run's planned dtype (bf16, or float32 for the tiny model on a
+    CPU without native bf16): BFL's linears dequantize their weights to `compute_dtype` whatever the input, and the
+    layers BFL leaves unquantized (embedders, proj_out) take `dtype`, so both follow the plan, as the reference does.
+    A fixed bf16 here met the float32 plan's activations ("mat1 and mat2 must have the same dtype")."""
     from diffusers import BFLQuantizationConfig
 
     from evalkit.quantizers.checkpoint import pipeline_entry
 
+    compute = ctx.compute_dtype(component)
     lib, cls_name = pipeline_entry(ctx.model_path, component)
     cls = getattr(importlib.import_module(lib), cls_name)
     return cls.from_single_file(path, config=ctx.model_path, subfolder=component, local_files_only=True,
-                                quantization_config=BFLQuantizationConfig(compute_dtype=torch.bfloat16),
-                                dtype=torch.bfloat16)
+                                quantization_config=BFLQuantizationConfig(compute_dtype=compute), dtype=compute)
 
 
 class BFLQuantizer(Quantizer):
@@ -173,8 +179,9 @@ class BFLQuantizer(Quantizer):
                        info: dict[str, Any]) -> Any:
         path = cache_path(ctx, component.name, backend.kind)
         info["bfl_file"] = str(path)
+        compute = str(ctx.compute_dtype(component.name)).replace("torch.", "")  # as load_bfl_file loads it
         info["resolved_config"] = {component.name: {"class": "diffusers.BFLQuantizationConfig", "config": {
-            "compute_dtype": "bfloat16", "scheme": backend.kind, "source": "written by evalkit (prepare)"}}}
+            "compute_dtype": compute, "scheme": backend.kind, "source": "written by evalkit (prepare)"}}}
         return load_bfl_file(str(path), ctx, component.name)
 
     def read_file(self, path: str) -> dict[str, Any] | None:

@@ -117,16 +117,20 @@ def pipeline_entry(model_path: str | os.PathLike[str], component: str) -> tuple[
     return entry[0], entry[1]
 
 
-def load_folder_component(folder: str, model_path: str, component: str, device: str, **kwargs: Any) -> Any:
+def load_folder_component(folder: str, model_path: str, component: str, device: str, dtype: Any = None,
+                          **kwargs: Any) -> Any:
     """The run model's class for `component`, `from_pretrained` on a quantized folder, from local files only (the
-    library named in its config.json's quantization_config quantizes it as it loads)."""
+    library named in its config.json's quantization_config quantizes it as it loads). `dtype`: the run's compute
+    dtype for the component (`BuildContext.compute_dtype`; bf16 when None): the layers the checkpoint leaves
+    unquantized are loaded in it, so they compute as the reference does (float32 for the tiny model on a CPU without
+    native bf16, where a fixed bf16 met float32 activations: "mat1 and mat2 must have the same dtype")."""
     import torch
 
     lib, cls_name = pipeline_entry(model_path, component)
     cls = getattr(importlib.import_module(lib), cls_name)
     if device == "cuda":
         kwargs.setdefault("device_map", "cuda")  # quantized weights go straight onto the GPU, as users load them
-    return cls.from_pretrained(folder, dtype=torch.bfloat16, local_files_only=True, **kwargs)
+    return cls.from_pretrained(folder, dtype=dtype or torch.bfloat16, local_files_only=True, **kwargs)
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -408,7 +412,8 @@ class CheckpointQuantizer(Quantizer):
             "config": facts.get("quantization_config") or {k: v for k, v in facts.items() if k not in ("path",)}}
         model = quantizer.load_checkpoint(backend, component, ctx, family, info, facts)
         if model is None:
-            model = load_folder_component(facts["path"], ctx.model_path, component.name, ctx.device)
+            model = load_folder_component(facts["path"], ctx.model_path, component.name, ctx.device,
+                                          dtype=ctx.compute_dtype(component.name))
         return model
 
     def unavailable(self, backend: Backend, device: str, capability: tuple[int, int] | None,
