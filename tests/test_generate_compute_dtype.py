@@ -129,3 +129,34 @@ def test_without_native_bf16_every_backend_computes_in_float32_and_reruns_are_bi
                     "--backends", "bf16", "--out", str(native), env={"EVALKIT_CPU_BF16": "native"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert _hashes(native)["bf16"] != _hashes(runs[0])["bf16"]
+
+
+def test_float32_convolutions_give_the_same_bits_at_any_thread_count() -> None:
+    """A rank of `--jobs 2` runs at half the threads of one process, and its images must be byte-identical to one
+    process's (docs/distributed.md). oneDNN's float32 convolution partitions its sums by thread count (on an AVX2
+    EPYC the tiny VAE's 1x1 conv_shortcut differed by 5e-7 at 1 vs 2 threads, and one image in three changed), so a
+    CPU plan with float32 components turns oneDNN off in the worker; a bf16 plan or a GPU leaves it alone."""
+    import torch
+
+    from evalkit.generate.worker.compute_dtype import thread_invariant_convolutions
+
+    enabled, threads = torch.backends.mkldnn.enabled, torch.get_num_threads()
+    try:
+        assert thread_invariant_convolutions("cuda", {"vae": "float32"}) is False
+        assert thread_invariant_convolutions("cpu", {"vae": "bfloat16"}) is False
+        assert torch.backends.mkldnn.enabled == enabled
+        assert thread_invariant_convolutions("cpu", {"transformer": "bfloat16", "vae": "float32"}) is True
+        assert torch.backends.mkldnn.enabled is False
+        g = torch.Generator().manual_seed(0)
+        with torch.no_grad():
+            for kernel, cin, cout in ((1, 64, 32), (3, 32, 32), (3, 64, 64)):  # the tiny VAE decoder's shapes
+                conv = torch.nn.Conv2d(cin, cout, kernel, padding=kernel // 2)
+                x = torch.randn(1, cin, 32, 32, generator=g)
+                outs = []
+                for n in (1, 2, 3):
+                    torch.set_num_threads(n)
+                    outs.append(conv(x))
+                assert all(torch.equal(outs[0], o) for o in outs[1:]), (kernel, cin, cout)
+    finally:
+        torch.backends.mkldnn.enabled = enabled
+        torch.set_num_threads(threads)

@@ -18,6 +18,10 @@ The rule (`plan_compute`):
   - a real model's denoiser and text encoders stay bf16: that bf16 path is what such a study measures (each
     library's bf16 kernels, and memory that float32 would double); the run says at its start that it will be slow.
 
+Where the plan has float32 components on a CPU, the worker also turns oneDNN off (`thread_invariant_convolutions`):
+its float32 convolutions round differently at different thread counts, and a `--jobs` rank runs at fewer threads
+than one process, whose images it must reproduce bit for bit.
+
 The choice comes from torch's own test for oneDNN's bf16 kernels (the one torch makes before using them), not from
 a timed probe: a timing on a loaded machine could flip the choice, and with it the images. `EVALKIT_CPU_BF16=native`
 or `=slow` overrides the test (to reproduce another machine's choice). A run keeps the plan its manifest holds, so a
@@ -38,6 +42,8 @@ ENV = "EVALKIT_CPU_BF16"  # auto (default) | native | slow
 BF16 = "bfloat16"
 FP32 = "float32"
 VAE_ROLE = "vae"  # evalkit.families.base.VAE: never quantized by any backend
+NO_ONEDNN = ("; float32 convolutions run without oneDNN (thread_invariant_convolutions), so images are "
+             "byte-identical at any thread count and number of ranks")
 
 
 def cpu_bf16() -> dict[str, Any]:
@@ -76,7 +82,7 @@ def plan_compute(device: str, model_kind: str, components: Mapping[str, str],
         dtypes = {name: FP32 for name in components}
         return {"dtypes": dtypes, "cpu": cpu,
                 "reason": f"{why}: the tiny model computes in float32 throughout, in every backend alike (its images "
-                          "carry no quality information; bf16 there is 30-70x slower than float32)",
+                          "carry no quality information; bf16 there is 30-70x slower than float32)" + NO_ONEDNN,
                 "summary": f"float32 compute throughout (CPU without native bf16: {cpu['capability']})"}
     fp32 = [n for n, role in components.items() if role == VAE_ROLE]
     for n in fp32:
@@ -84,7 +90,8 @@ def plan_compute(device: str, model_kind: str, components: Mapping[str, str],
     bf16 = [n for n in components if n not in fp32]
     return {"dtypes": dtypes, "cpu": cpu,
             "reason": f"{why}: {', '.join(fp32) or 'no component'} (never quantized) computes in float32 in every "
-                      f"backend alike; {', '.join(bf16)} stay bf16, the path the study measures",
+                      f"backend alike; {', '.join(bf16)} stay bf16, the path the study measures"
+                      + (NO_ONEDNN if fp32 else ""),
             "summary": f"{', '.join(fp32)} in float32, the rest in bf16 (CPU without native bf16: "
                        f"{cpu['capability']})"}
 
@@ -135,6 +142,25 @@ def cast_inputs(pipe: Any, dtypes: Mapping[str, str]) -> list[str]:
                 setattr(module, method, _casting(fn, dtype))
         wrapped.append(name)
     return wrapped
+
+
+def thread_invariant_convolutions(device: str, dtypes: Mapping[str, str]) -> bool:
+    """On a CPU plan with float32 components, turn oneDNN off for this worker, so that float32 convolutions take
+    torch's own im2col + GEMM path. Returns whether it did.
+
+    Why: oneDNN's float32 convolution partitions its work by the intra-op thread count, and its sums then round
+    differently: the tiny VAE's 1x1 `conv_shortcut` (64 -> 32 channels at 32x32) gave results 5e-7 apart at 1 and 2
+    threads, enough to flip a pixel of one image in three. A rank of `--jobs 2` runs at half the threads of one
+    process, so its images were no longer byte-identical to one process's (docs/distributed.md promises they are).
+    torch's own path gives the same bits at any thread count (VAE decode about 1.3x slower on the tiny model).
+    Only float32 convolutions are affected: torch uses oneDNN for bf16 ones only on a CPU with native bf16, where
+    the plan is bf16 throughout and this changes nothing; linears never go through this flag (MKL GEMM)."""
+    import torch
+
+    if device != "cpu" or FP32 not in set(dtypes.values()):
+        return False
+    torch.backends.mkldnn.enabled = False
+    return True
 
 
 def _casting(fn: Any, dtype: Any) -> Any:

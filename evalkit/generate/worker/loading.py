@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 import torch
 
-from evalkit.generate.worker.compute_dtype import cast_inputs, load_dtype
+from evalkit.generate.worker.compute_dtype import cast_inputs, load_dtype, thread_invariant_convolutions
 from evalkit.quantizers.base import BuildContext
 from evalkit.families.base import ModelFamily
 from evalkit.quantizers.registry import BackendSpec, quantizer_for, resolve_components
@@ -98,6 +98,7 @@ def load_pipeline(spec: BackendSpec, ctx: BuildContext, family: ModelFamily,
     if supplied:
         pipe.register_modules(**supplied)
     cast_inputs(pipe, ctx.compute_dtypes)
+    thread_invariant_convolutions(ctx.device, ctx.compute_dtypes)  # images independent of --jobs/--threads
 
     done = quantizer.post_load(b, pipe, components, ctx)
     if done is not None:
