@@ -182,7 +182,7 @@ class AutoRoundQuantizer(Quantizer):
             model = load_folder_component(checkpoint["path"], ctx.model_path, component.name, ctx.device,
                                           dtype=dtype, quantization_config=AutoRoundConfig(backend=kernel))
         if widened:
-            info["autoround_compute_dtype"] = {"dtype": str(dtype).replace("torch.", ""), "kernels": widened,
+            info["autoround_compute_dtype"] = {"dtype": str(dtype).replace("torch.", ""), "widened_kernels": widened,
                                                "why": TORCH_KERNELS_WHY}
         info["autoround_kernels"] = repr(getattr(getattr(model, "hf_quantizer", None), "used_backends", None))
         return model
