@@ -178,11 +178,12 @@ class AutoRoundQuantizer(Quantizer):
         # The layers auto-round left unquantized (embedders, proj_out) take the run's planned dtype, so the whole
         # transformer computes as the reference does (float32 for the tiny model on a CPU without native bf16).
         dtype = ctx.compute_dtype(component.name)
-        with _torch_kernels_accept(str(dtype).replace("torch.", "")) as widened:
+        dtype_name = str(dtype).replace("torch.", "")
+        with _torch_kernels_accept(dtype_name) as widened:
             model = load_folder_component(checkpoint["path"], ctx.model_path, component.name, ctx.device,
                                           dtype=dtype, quantization_config=AutoRoundConfig(backend=kernel))
         if widened:
-            info["autoround_compute_dtype"] = {"dtype": str(dtype).replace("torch.", ""), "widened_kernels": widened,
+            info["autoround_compute_dtype"] = {"dtype": dtype_name, "widened_kernels": widened,
                                                "why": TORCH_KERNELS_WHY}
         info["autoround_kernels"] = repr(getattr(getattr(model, "hf_quantizer", None), "used_backends", None))
         return model
