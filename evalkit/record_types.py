@@ -250,6 +250,7 @@ class CompileRecord(TypedDict, total=False):
     coordinate_descent_tuning: bool
     woq_int8pack: bool
     woq_int8pack_guard: dict[str, Any]
+    time_basis: str  # how compile_time_s was measured (evalkit.generate.worker.images.compile_seconds)
 
 
 class MemoryRecord(TypedDict, total=False):

@@ -72,7 +72,8 @@ class GenerateOptions(StageOptions):
         None, group=_SETTINGS, parse=_positive_int, manifest_when_unset=False, metavar="N",
         help="denoising steps of each warm-up generation (default: --steps). A few steps warm the same kernels, "
              "compiled graphs and allocator at a fraction of a full image's cost; each unit records its first "
-             "measured image against the median (latency.first_vs_median) to show whether that held")
+             "measured image against the median (latency.first_vs_median) to show whether that held. A +compile "
+             "backend makes a second short warm-up, compiled, to measure its compile time against")
 
     threads: int | None = option(
         None, group=_NUMERICS, parse=_positive_int, manifest_when_unset=False,
