@@ -189,3 +189,18 @@ def test_keep_going_leaves_the_step_running_and_the_next_call_waits_for_it(tmp_p
     assert json.loads((run / "generation" / "bf16.json").read_text())["status"] == "ok"
     assert not (run / ".inflight.json").exists()
     assert json.loads((tmp_path / "o2" / "meta.json").read_text())["runs"][0]["rc"] == 0
+
+
+def test_an_old_short_warm_up_compile_time_is_shown_as_bounds_not_as_its_number() -> None:
+    """Qwen-Image's int8wo+compile (q6, 2026-12-06): a 4-step warm-up of 19.48 s against 26.82 s images recorded
+    compile_time_s 0.0; the table shows what that record can say, 0.0 to 19.48 - 26.82 * 4/50."""
+    rec = _record("torchao-int8wo+compile", 26.82, 28.0, 28.2, compile_time_s=0.0, warmup_times_s=[19.48],
+                  compile={"mode": "default"})
+    gen = {"num_inference_steps": 50, "warmup_steps": 4}
+    lo, hi = gpu_table.compile_bounds(rec, gen)
+    assert lo == 0.0 and abs(hi - (19.48 - 26.82 * 4 / 50)) < 1e-9
+    assert gpu_table.compile_bounds(rec, {"num_inference_steps": 50}) is None  # a whole-image warm-up: its figure stands
+    fixed = dict(rec, compile={"mode": "default", "time_basis": "first warm-up call less ..."},
+                 warmup_times_s=[19.48, 2.1])
+    assert gpu_table.compile_bounds(fixed, gen) is None  # measured against a call of its length: stands
+    assert gpu_table.compile_bounds(dict(rec, compile=None), gen) is None  # not a compiled row
