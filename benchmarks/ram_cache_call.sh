@@ -13,7 +13,7 @@
 # gguf-q4_1 (the GGUF read back, 18.6 GiB) and fp8-layerwise (the transformer cast to fp8 on the CPU, 30 GiB) were
 # OOM-killed beside the whole 105 GiB build in RAM. GGUF_IN_RAM=1 keeps made GGUF files on the tmpfs too (the disk
 # then holds Mistral-3's 45 GiB and not also an 18.6 GiB GGUF). CALL_S=570 (the default) sets --deadline-s to what
-# is left of the call after the build and the move: do not pass --deadline-s as well.
+# is left of the call after the build and the move (a --deadline-s of your own, later on the line, overrides it).
 set -uo pipefail
 start=$(date +%s)
 cd "$(dirname "$0")/.."
