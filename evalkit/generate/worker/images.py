@@ -215,8 +215,8 @@ def warm_up_is_an_image(gen: dict[str, Any]) -> bool:
 def warm_up_calls(gen: dict[str, Any], compiled: bool) -> int:
     """The warm-up calls to make: the run's `warmup_runs`; a compiled pipeline whose warm-up is not an image's work
     (`--warmup-steps`, or batches) makes at least two, so its compile time is the first call less the same call
-    compiled. Against an image's median a 4-step warm-up's compile came out as 0.0 s: Qwen-Image's 19.5 s warm-up
-    (compile included) is shorter than its 26.8 s image."""
+    compiled. Subtracting an image's median from a short warm-up understates compile time, down to 0.0 s where the
+    image takes longer than the warm-up with its compile (benchmarks/results/qwen-image-random-h100-2026-12-06)."""
     runs = int(gen.get("warmup_runs", 1))
     return max(runs, 2) if compiled and runs >= 1 and not warm_up_is_an_image(gen) else runs
 
