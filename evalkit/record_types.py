@@ -223,6 +223,19 @@ class PrepareStep(TypedDict, total=False):
     checkpoint: dict[str, Any]
 
 
+class StartupRecord(TypedDict, total=False):
+    """A worker's start-up, seconds from the stage's request to the load clock (evalkit.generate.worker.startup)."""
+
+    worker_mode: str  # forkserver, subprocess
+    preloaded: bool  # the forkserver had imported the family's modules
+    spawn_s: float | None
+    setup_s: float | None
+    cuda_context_s: float | None  # None on a CPU
+    imports_s: float | None
+    tokenizers_s: float | None
+    total_s: float | None
+
+
 class DynamoStats(TypedDict, total=False):
     frames_compiled: int
     unique_graphs: int
@@ -341,6 +354,7 @@ class RankEntry(TypedDict, total=False):
     memory: MemoryRecord | None
     latency: LatencyRecord | None
     prepare: PrepareStep | None
+    startup: StartupRecord | None  # added (#25)
 
 
 class ShardInfo(TypedDict, total=False):

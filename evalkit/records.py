@@ -22,7 +22,7 @@ from evalkit.record_types import (BrokenEntry, CalibrationFile, CompileRecord, C
                                   FidMode, Footprint, GenerationSettings, GenerationTripwires, InForce, LatencyRecord,
                                   MemoryRecord, MergeFile, ModelEntry, NonFinite, Placement, PrepareStep,
                                   QuantizationCensus, RankEntry, Recipe, RunConfig, ScoreTripwires, ShardInfo,
-                                  TokenCounts, UnitFile)
+                                  StartupRecord, TokenCounts, UnitFile)
 from evalkit.shapes import ShapeError, validate
 from evalkit.tripwires import recorded_broken
 
@@ -101,6 +101,7 @@ class GenerationRecord(TypedDict, total=False):
     footprint: Footprint | None
     placement: Placement | None
     prepare: PrepareStep | None
+    startup: StartupRecord | None  # added (#25): a unit's start-up (in a shard record, and per rank in `ranks`)
     compile: CompileRecord | None
     numerics: InForce  # what the worker's numerics were (threads, TF32, SDPA kernel, dtypes in force)
     load_time_s: float | None

@@ -37,7 +37,7 @@ SHARD_SUFFIXES = (".unit.json", ".partial.jsonl", ".json")
 BASE_FIELDS = ("recipe", "quantization", "footprint", "compile", "numerics", "placement", "prepare",
                "warmup_times_s", "tripwires")
 RANK_FIELDS = ("pid", "memory", "latency", "load_time_s", "compile_time_s", "prepare", "warmup_times_s",
-               "started_utc", "finished_utc")
+               "started_utc", "finished_utc", "startup")
 
 
 def tag_key(tag: str) -> tuple[int, int, str]:

@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -78,17 +79,27 @@ def _write_unrun(path: Path, rd: RunDir, spec: BackendSpec, status: str, reason:
 
 _FORKSERVER: Any = None
 _FORKSERVER_LOCK = threading.Lock()
+# The run's model family, for a forkserver started again (the GPU preload given up)
+_FAMILY: str | None = None
+# On a GPU machine: whether the forkserver also imports the family's modules, libraries and tokenizers
+# (evalkit.generate.worker.gpu_preload). Off after a fork found CUDA initialized all the same, for the rest of the
+# process, and when EVALKIT_GPU_PRELOAD=narrow.
+_GPU_PRELOAD_GIVEN_UP = False
+_GPU_PRELOAD_IN_FORCE = False
 
 
 def _forkserver(family: str | None = None) -> Any:
-    """A multiprocessing forkserver that has imported torch, diffusers, the quantization libraries and (without a GPU)
-    the run's model family's modules once. Each backend still gets its own process (clean CUDA peaks, crash
-    isolation), without paying ~4 s of imports."""
-    global _FORKSERVER
+    """A multiprocessing forkserver that has imported torch, diffusers, the quantization libraries, the run's model
+    family's modules and its tokenizers once (on a GPU machine through evalkit.generate.worker.gpu_preload). Each
+    backend still gets its own process (clean CUDA peaks, crash isolation), without paying seconds of imports."""
+    global _FORKSERVER, _FAMILY, _GPU_PRELOAD_IN_FORCE
     with _FORKSERVER_LOCK:
+        if family is not None:
+            _FAMILY = family
         if _FORKSERVER is None:
             import multiprocessing as mp
 
+            from evalkit.generate.worker.gpu_preload import mode as gpu_preload_mode
             from evalkit.quantizers.registry import package_available
             from evalkit.generate.worker.run import preload_modules
 
@@ -107,9 +118,11 @@ def _forkserver(family: str | None = None) -> Any:
             from evalkit.logs import PENDING_LOG_ENV, new_pending_log
 
             os.environ[PENDING_LOG_ENV] = str(new_pending_log("forkserver"))
-            ctx.set_forkserver_preload(["evalkit.generate.quiet_preload"]
-                                       + [m for m in preload_modules(gpu, family)
-                                          if package_available(m.split(".")[0])])
+            modules = [m for m in preload_modules(gpu, _FAMILY) if package_available(m.split(".")[0])]
+            _GPU_PRELOAD_IN_FORCE = gpu and not _GPU_PRELOAD_GIVEN_UP and gpu_preload_mode() == "full"
+            if _GPU_PRELOAD_IN_FORCE:
+                modules.append("evalkit.generate.worker.preload_gpu")  # last: it reads GPU_PRELOAD_ENV
+            ctx.set_forkserver_preload(["evalkit.generate.quiet_preload"] + modules)
             _FORKSERVER = ctx
         return _FORKSERVER
 
@@ -120,12 +133,19 @@ def start_forkserver(family: str | None = None, tokenizers: tuple[str, tuple[str
     backend's process (evalkit/generate/worker/tokenizers.py)."""
     from multiprocessing import forkserver
 
+    from evalkit.generate.worker.gpu_preload import GPU_PRELOAD_ENV, request
     from evalkit.generate.worker.tokenizers import PRELOAD_ENV, preload_request
 
     _forkserver(family)
-    # The forkserver takes the request from its environment when it starts; nothing else reads it, and it goes
+    # The forkserver takes the requests from its environment when it starts; nothing else reads them, and they go
     # again as soon as the server has started.
-    if tokenizers is not None:
+    if _GPU_PRELOAD_IN_FORCE:
+        from evalkit.generate.worker.run import gpu_deferred_modules
+        from evalkit.quantizers.registry import package_available
+
+        os.environ[GPU_PRELOAD_ENV] = request(
+            [m for m in gpu_deferred_modules(_FAMILY) if package_available(m.split(".")[0])], tokenizers)
+    elif tokenizers is not None:
         os.environ[PRELOAD_ENV] = preload_request(*tokenizers)
     try:
         forkserver.ensure_running()
@@ -133,6 +153,7 @@ def start_forkserver(family: str | None = None, tokenizers: tuple[str, tuple[str
         pass
     finally:
         os.environ.pop(PRELOAD_ENV, None)
+        os.environ.pop(GPU_PRELOAD_ENV, None)
 
 
 def stop_forkserver(kill: bool = False) -> None:
@@ -188,6 +209,9 @@ def worker_mode() -> str:
 
 def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, tag: str) -> int:
     global _FORK_POISONED
+    from evalkit.generate.worker.startup import SPAWNED_AT_ENV
+
+    env = {**env, SPAWNED_AT_ENV: repr(time.time())}  # the worker's start-up is timed from here
     log_path = rd.log(spec.name)
     if worker_mode() == "subprocess":
         with open(log_path, "ab") as log:
@@ -227,8 +251,13 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, ta
     rc = proc.exitcode if proc.exitcode is not None else -1
     from evalkit.generate.worker.run import EXIT_POISONED_FORK
 
-    if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA: from now on, a fresh interpreter per backend
-        _FORK_POISONED = True
+    if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA
+        global _GPU_PRELOAD_GIVEN_UP
+        if _GPU_PRELOAD_IN_FORCE:  # the GPU preload did it: a forkserver without it, for the rest of the run
+            _GPU_PRELOAD_GIVEN_UP = True
+            stop_forkserver()
+        else:  # the core preload did it: from now on, a fresh interpreter per backend
+            _FORK_POISONED = True
         return _spawn(rd, spec, env, on_event, tag)
     return rc
 

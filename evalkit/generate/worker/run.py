@@ -21,36 +21,52 @@ from evalkit.quantizers.registry import parse_backend, quantizer_for
 from evalkit.records import checked_generation_record, read_manifest, read_unit
 from evalkit.io import atomic_write_json
 from evalkit.rundir import SCHEMA_VERSION, RunDir, load_run_plugins
-from evalkit.generate.worker import events
+from evalkit.generate.worker import events, startup
 from evalkit.generate.worker.events import emit
 from evalkit.generate.worker.images import WriteError, generate_images
 from evalkit.generate.worker.tokenizers import load_tokenizers
 
 # Imported once by the forkserver, so each backend's process starts with them loaded (they cost ~4 s a process).
 # A forked child of a process that initialized CUDA cannot use CUDA at all, so on a machine with an NVIDIA GPU the
-# forkserver imports only modules that leave CUDA alone. Probed on an H100 (benchmarks/results/gpu-2026-11-21.md):
-# torch, numpy, PIL and diffusers' top level do; importing a diffusers pipeline module initializes CUDA, and so
-# does optimum-quanto (it asks every GPU for its compute capability).
+# forkserver imports these first, which leave CUDA alone (probed on an H100, benchmarks/results/gpu-2026-11-21.md),
+# and the rest (gpu_deferred_modules: a diffusers pipeline module, whose import asks bitsandbytes for every GPU's
+# compute capability) through evalkit.generate.worker.gpu_preload, which answers that question from NVML.
 PRELOAD = ("torch", "numpy", "PIL.Image", "diffusers", "safetensors.torch", "evalkit.generate.worker.loading",
            "evalkit.generate.worker.measure")
 PRELOAD_NO_GPU = ("transformers",)
 
 
 def preload_modules(gpu: bool, family: str | None = None) -> tuple[str, ...]:
-    """What the forkserver imports: the core modules, the run's model family's pipeline and text-encoder modules
-    (no GPU only: they initialize CUDA), then each backend library's own (its Library record says which, and whether
-    they are safe to import before forking on a GPU machine)."""
+    """What the forkserver imports as such: the core modules, then without a GPU the run's model family's pipeline
+    and text-encoder modules, each backend library's own (its Library record says which) and the run's tokenizers.
+    On a GPU machine only the core and the libraries safe to import before forking (Library.preload_on_gpu_machine);
+    gpu_deferred_modules are the rest, for evalkit.generate.worker.gpu_preload."""
     from evalkit.families.registry import get_family
     from evalkit.quantizers.registry import library_list
 
     libs = tuple(m for lib in library_list() if not gpu or lib.preload_on_gpu_machine for m in lib.preload_modules)
-    fam = get_family(family).preload_modules if family and not gpu else ()
-    # Last: the run's tokenizers (needs transformers, so not on a GPU machine), once the libraries are in
-    tokenizers = ("evalkit.generate.worker.preload_tokenizers",) if family and not gpu else ()
-    return tuple(dict.fromkeys(PRELOAD + (() if gpu else PRELOAD_NO_GPU) + fam + libs + tokenizers))
+    if gpu:
+        return tuple(dict.fromkeys(PRELOAD + libs))
+    fam = get_family(family).preload_modules if family else ()
+    # Last: the run's tokenizers (needs transformers), once the libraries are in
+    tokenizers = ("evalkit.generate.worker.preload_tokenizers",) if family else ()
+    return tuple(dict.fromkeys(PRELOAD + PRELOAD_NO_GPU + fam + libs + tokenizers))
+
+
+def gpu_deferred_modules(family: str | None = None) -> tuple[str, ...]:
+    """On a GPU machine, what `preload_modules` leaves out: transformers, the family's modules and the other
+    libraries' (evalkit.generate.worker.gpu_preload imports them without creating a CUDA context)."""
+    from evalkit.families.registry import get_family
+    from evalkit.quantizers.registry import library_list
+
+    fam = get_family(family).preload_modules if family else ()
+    libs = tuple(m for lib in library_list() if not lib.preload_on_gpu_machine for m in lib.preload_modules)
+    return tuple(dict.fromkeys(PRELOAD_NO_GPU + fam + libs))
+
 
 # Exit status of a forked worker that found CUDA unusable because its forkserver had initialized it; the stage then
-# reruns that backend, and every later one, in a fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
+# reruns that backend from a forkserver without the GPU preload, or failing that, and for every later backend, in a
+# fresh interpreter (EVALKIT_WORKER_MODE=subprocess).
 EXIT_POISONED_FORK = 75
 
 
@@ -66,6 +82,7 @@ from evalkit.timeutil import utc_now
 
 def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], conn: Any, tag: str) -> None:
     """Entry point of a backend's process forked from the preloaded forkserver."""
+    startup.entered("forkserver")
     # Its parent is the forkserver, which exits when the stage's process does (it watches a pipe from it).
     die_with_parent()
     # The forkserver's environment is the one it started with; this backend's (GPU pinning, thread count) wins.
@@ -158,6 +175,9 @@ def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
         _run(rd, manifest, cfg, gen, spec, record, target)
         record["status"] = "ok"
         code = 0
+    except startup.PoisonedFork as e:  # nothing made yet: the stage reruns this unit, and writes no record for it
+        print(f"forked worker cannot use CUDA ({e}); the stage reruns it as a subprocess", flush=True)
+        return EXIT_POISONED_FORK
     except BaseException as e:  # noqa: BLE001 - every failure must end up in the record
         record["status"] = "failed"
         record["reason"] = _error_reason(e)
@@ -189,11 +209,16 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     from evalkit.generate.worker import loading, measure
 
+    family = family_of_manifest(manifest)
+    record["startup"] = started = startup.begin(family.preload_modules)
     numerics = apply_numerics(torch, requested_numerics(cfg, target.unit))
     numerics_before = numerics_state(torch)
     device = cfg["device"]
-    capability = tuple(torch.cuda.get_device_capability()) if device == "cuda" else None
-    family = family_of_manifest(manifest)
+    since = startup.since_entry()
+    started["setup_s"] = None if since is None else round(since, 3)
+    t = time.perf_counter()
+    capability = startup.cuda_capability(torch) if device == "cuda" else None
+    cuda_s = time.perf_counter() - t
     from evalkit.generate.worker.compute_dtype import dtypes_of
 
     ctx = BuildContext(device=device, capability=capability, model_path=manifest["model"]["path"],
@@ -205,9 +230,12 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
 
     # --- load -------------------------------------------------------------------------------------------------
     emit("phase", phase="loading")
-    record["prepare"] = _before_the_clock(torch, family, spec, ctx, on_cuda)
+    record["prepare"] = _before_the_clock(torch, family, spec, ctx, on_cuda, started, cuda_s)
     # The same tokenizer objects for every backend, loaded outside the clock (evalkit/generate/worker/tokenizers.py)
+    t = time.perf_counter()
     tokenizers = load_tokenizers(ctx.model_path, [t.subfolder for t in family.tokenizers])
+    started["tokenizers_s"] = round(time.perf_counter() - t, 3)
+    startup.finish(started)
     if on_cuda:
         measure.cuda_reset_peak()
     t0 = time.perf_counter()
@@ -238,19 +266,24 @@ def _run(rd: RunDir, manifest: dict, cfg: dict, gen: dict, spec: Any, record: di
                         mine=target.prompts(manifest), partial=target.partial)
 
 
-def _before_the_clock(torch: Any, family: Any, spec: Any, ctx: BuildContext, on_cuda: bool) -> Any:
+def _before_the_clock(torch: Any, family: Any, spec: Any, ctx: BuildContext, on_cuda: bool,
+                      started: dict[str, Any], cuda_s: float) -> Any:
     """What happens before the load clock starts; returns the library's one-time prepare step's record (None when it
-    has none). Python imports and CUDA context creation are process start-up, not model loading, and one-time library
-    steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not loading either."""
+    has none). Python imports and CUDA context creation are process start-up (timed into `started`), not model
+    loading, and one-time library steps (optimum-quanto's CUDA kernel build: minutes, once per install) are not
+    loading either."""
     import importlib
 
     import diffusers
 
+    t = time.perf_counter()
     getattr(diffusers, family.pipeline_class)  # diffusers imports a pipeline's module lazily, on first access
-
     importlib.import_module(spec.backend.library.import_name)
+    started["imports_s"] = round(time.perf_counter() - t, 3)
     if on_cuda:
+        t = time.perf_counter()
         torch.zeros(1, device="cuda")
+        started["cuda_context_s"] = round(cuda_s + time.perf_counter() - t, 3)
     quantizer = quantizer_for(spec.backend)
     if type(quantizer).prepare is Quantizer.prepare:
         return None
@@ -356,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
     if len(argv) != 3:
         print("usage: python -m evalkit.generate.worker.run RUN_DIR BACKEND TAG", file=sys.stderr)
         return 2
+    startup.entered("subprocess")
     parent = os.environ.get("EVALKIT_PARENT_PID")
     die_with_parent(int(parent) if parent and parent.isdigit() else None)  # subprocess mode: the parent is the stage
     return run_worker(argv[0], argv[1], argv[2])

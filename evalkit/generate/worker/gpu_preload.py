@@ -1,0 +1,131 @@
+"""The forkserver's preload on a machine with an NVIDIA GPU: the run's family modules, transformers, the quantization
+libraries and the tokenizers, imported once instead of in every backend's process (#25 item 7: a unit's start-up).
+
+Why this needs care: a process forked after CUDA was initialized cannot use CUDA. On a GPU machine the family's
+pipeline module imports diffusers' quantizers, which import bitsandbytes, whose import asks every GPU's compute
+capability (`bitsandbytes/cuda_specs.py`), and `torch.cuda.get_device_capability` creates a CUDA context to answer
+(benchmarks/results/gpu-2026-11-21.md: "diffusers.pipelines.flux.pipeline_flux: CUDA initialized"). So until now
+these imports ran in every backend's process, seconds each time. While this module imports them,
+`get_device_capability` answers from NVML instead: the same (major, minor) the CUDA runtime reports, read without a
+CUDA context. It does so only when every GPU NVML sees has the same capability (then which index is asked does not
+matter); otherwise it imports nothing and each worker imports for itself, as before. Afterwards the original
+function is back, and if CUDA was initialized all the same the stage learns it from the first forked worker
+(evalkit.generate.spawn: it restarts the forkserver without this preload).
+
+The forkserver imports evalkit.generate.worker.preload_gpu, which runs `preload_from_environment`: the stage passes
+the request in GPU_PRELOAD_ENV (the modules, and the tokenizers of evalkit.generate.worker.tokenizers).
+EVALKIT_GPU_PRELOAD=narrow turns it off (benchmarks compare both; docs/environment.md).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import sys
+from typing import Any, Callable, Iterator
+
+GPU_PRELOAD_ENV = "EVALKIT_GPU_PRELOAD_REQUEST"
+MODE_ENV = "EVALKIT_GPU_PRELOAD"  # "full" (default) or "narrow"
+MODES = ("full", "narrow")
+
+
+def mode() -> str:
+    """The GPU preload asked for: EVALKIT_GPU_PRELOAD, "full" unless set; anything else is an error."""
+    value = os.environ.get(MODE_ENV, "full") or "full"
+    if value not in MODES:
+        raise ValueError(f"{MODE_ENV}={value!r}: expected one of {', '.join(MODES)}")
+    return value
+
+
+def nvml_capabilities() -> list[tuple[int, int]] | None:
+    """Every GPU's CUDA compute capability as NVML reports it (no CUDA context is created); None when NVML cannot
+    be asked (no driver library, an error from it)."""
+    from ctypes import CDLL, byref, c_int, c_uint, c_void_p
+
+    try:
+        nvml = CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return None
+    if nvml.nvmlInit_v2() != 0:
+        return None
+    try:
+        count = c_uint(0)
+        if nvml.nvmlDeviceGetCount_v2(byref(count)) != 0:
+            return None
+        caps = []
+        for i in range(count.value):
+            handle, major, minor = c_void_p(), c_int(-1), c_int(-1)
+            if (nvml.nvmlDeviceGetHandleByIndex_v2(c_uint(i), byref(handle)) != 0
+                    or nvml.nvmlDeviceGetCudaComputeCapability(handle, byref(major), byref(minor)) != 0):
+                return None
+            caps.append((major.value, minor.value))
+        return caps
+    finally:
+        nvml.nvmlShutdown()
+
+
+def uniform_capability(caps: list[tuple[int, int]] | None) -> tuple[int, int] | None:
+    """The one capability every GPU has, or None (no GPU, NVML unavailable, or GPUs that differ)."""
+    return caps[0] if caps and len(set(caps)) == 1 else None
+
+
+@contextlib.contextmanager
+def capability_from(capability: tuple[int, int], torch: Any) -> Iterator[None]:
+    """Within the block, `torch.cuda.get_device_capability(any device)` returns `capability` without touching CUDA."""
+    original: Callable[..., tuple[int, int]] = torch.cuda.get_device_capability
+
+    def from_nvml(device: Any = None) -> tuple[int, int]:
+        return capability
+
+    torch.cuda.get_device_capability = from_nvml
+    try:
+        yield
+    finally:
+        torch.cuda.get_device_capability = original
+
+
+def request(modules: list[str], tokenizers: tuple[str, tuple[str, ...]] | None) -> str:
+    """The value of GPU_PRELOAD_ENV for these modules and (pipeline directory, tokenizer components)."""
+    return json.dumps({"modules": list(modules),
+                       "tokenizers": None if tokenizers is None else [tokenizers[0], list(tokenizers[1])]})
+
+
+def preload(asked: dict[str, Any], capability: tuple[int, int] | None,
+            say: Callable[[str], None] = lambda line: print(line, file=sys.stderr, flush=True)) -> list[str]:
+    """Import `asked["modules"]` and load its tokenizers under `capability_from`; returns the modules imported.
+    Nothing when `capability` is None. An import that fails is left to the worker, which imports it itself and
+    records the error against its backend."""
+    import torch
+
+    if capability is None:
+        say("gpu preload: skipped (NVML gave no single compute capability for every GPU)")
+        return []
+    done = []
+    with capability_from(capability, torch):
+        for name in asked.get("modules") or []:
+            try:
+                importlib.import_module(name)
+                done.append(name)
+            except Exception as e:  # noqa: BLE001 - see the docstring
+                say(f"gpu preload: {name} not imported: {type(e).__name__}: {str(e)[:200]}")
+        tok = asked.get("tokenizers")
+        if tok:
+            from evalkit.generate.worker.tokenizers import load_tokenizers
+
+            try:
+                load_tokenizers(tok[0], tok[1])
+            except Exception as e:  # noqa: BLE001 - the worker loads them and reports it
+                say(f"gpu preload: tokenizers not loaded: {type(e).__name__}: {str(e)[:200]}")
+    say(f"gpu preload: {len(done)} modules at capability {capability}; CUDA initialized: "
+        f"{torch.cuda.is_initialized()}")
+    return done
+
+
+def preload_from_environment() -> list[str]:
+    """In the forkserver: do what GPU_PRELOAD_ENV asks (nothing without it)."""
+    raw = os.environ.get(GPU_PRELOAD_ENV)
+    if not raw:
+        return []
+    return preload(json.loads(raw), uniform_capability(nvml_capabilities()))

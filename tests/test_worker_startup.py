@@ -1,0 +1,174 @@
+"""A worker's start-up (#25 item 7): what it records, the GPU preload that takes the family's imports out of every
+unit, and what the stage does when that preload leaves CUDA initialized all the same."""
+
+from __future__ import annotations
+
+import io
+import os
+import sys
+import types
+from pathlib import Path
+
+import pytest
+
+from evalkit.generate.worker import gpu_preload, startup
+from evalkit.io import read_json, sha256_file
+
+
+def test_uniform_capability_only_when_every_gpu_agrees() -> None:
+    assert gpu_preload.uniform_capability([(9, 0), (9, 0)]) == (9, 0)
+    assert gpu_preload.uniform_capability([(9, 0), (8, 0)]) is None  # which index is asked would matter
+    assert gpu_preload.uniform_capability([]) is None
+    assert gpu_preload.uniform_capability(None) is None  # no NVML
+
+
+def test_capability_from_answers_without_cuda_and_puts_torch_back() -> None:
+    import torch
+
+    original = torch.cuda.get_device_capability
+    with gpu_preload.capability_from((9, 0), torch):
+        assert torch.cuda.get_device_capability() == (9, 0)
+        assert torch.cuda.get_device_capability(torch.cuda.device(1)) == (9, 0)
+        assert not torch.cuda.is_initialized()
+    assert torch.cuda.get_device_capability is original
+    with pytest.raises(ZeroDivisionError), gpu_preload.capability_from((9, 0), torch):
+        1 / 0
+    assert torch.cuda.get_device_capability is original  # also after an error inside
+
+
+def _asks_capability_module(tmp_path: Path, name: str) -> None:
+    # What bitsandbytes does at import (bitsandbytes/cuda_specs.py): ask the GPU's compute capability.
+    (tmp_path / f"{name}.py").write_text("import torch\nSEEN = torch.cuda.get_device_capability()\n")
+
+
+def test_preload_imports_under_the_nvml_answer(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _asks_capability_module(tmp_path, "ek_asks_capability")
+    said: list[str] = []
+    done = gpu_preload.preload({"modules": ["ek_asks_capability", "ek_no_such_module"], "tokenizers": None},
+                               (9, 0), said.append)
+    assert done == ["ek_asks_capability"]
+    assert sys.modules["ek_asks_capability"].SEEN == (9, 0)
+    assert any("ek_no_such_module not imported: ModuleNotFoundError" in s for s in said)  # left to the worker
+    assert "CUDA initialized: False" in said[-1]
+
+
+def test_preload_does_nothing_without_one_capability(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(tmp_path))
+    _asks_capability_module(tmp_path, "ek_never_imported")
+    said: list[str] = []
+    assert gpu_preload.preload({"modules": ["ek_never_imported"]}, None, said.append) == []
+    assert "ek_never_imported" not in sys.modules and "skipped" in said[0]
+
+
+def test_preload_from_environment_loads_the_tokenizers(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from evalkit.families.registry import get_family
+    from evalkit.generate.worker import tokenizers
+
+    names = tuple(t.subfolder for t in get_family("flux1").tokenizers)
+    monkeypatch.setattr(tokenizers, "_LOADED", {})
+    monkeypatch.setattr(gpu_preload, "nvml_capabilities", lambda: [(9, 0)])
+    monkeypatch.setenv(gpu_preload.GPU_PRELOAD_ENV, gpu_preload.request(["json"], (str(tiny_model_path), names)))
+    assert gpu_preload.preload_from_environment() == ["json"]
+    assert {k[1] for k in tokenizers._LOADED} == set(tokenizers.tokenizer_classes(tiny_model_path, names))
+    monkeypatch.delenv(gpu_preload.GPU_PRELOAD_ENV)
+    assert gpu_preload.preload_from_environment() == []  # no request: nothing
+
+
+def test_mode_is_checked(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv(gpu_preload.MODE_ENV, raising=False)
+    assert gpu_preload.mode() == "full"
+    monkeypatch.setenv(gpu_preload.MODE_ENV, "narrow")
+    assert gpu_preload.mode() == "narrow"
+    monkeypatch.setenv(gpu_preload.MODE_ENV, "all")
+    with pytest.raises(ValueError, match="EVALKIT_GPU_PRELOAD='all': expected one of full, narrow"):
+        gpu_preload.mode()
+
+
+def test_gpu_machine_defers_exactly_what_initializes_cuda() -> None:
+    from evalkit.families.registry import families
+    from evalkit.generate.worker.run import PRELOAD, gpu_deferred_modules, preload_modules
+
+    for fam in families():
+        cpu, gpu = preload_modules(False, fam.key), preload_modules(True, fam.key)
+        deferred = gpu_deferred_modules(fam.key)
+        assert not set(fam.preload_modules) & set(gpu), fam.key  # a pipeline module initializes CUDA on import
+        assert set(fam.preload_modules) <= set(deferred), fam.key
+        assert set(PRELOAD) <= set(gpu) and not set(gpu) & set(deferred), fam.key
+        # Between them, a GPU machine's forkserver imports every module a CPU's does (the tokenizers come through
+        # the request, not a module)
+        assert set(cpu) - {"evalkit.generate.worker.preload_tokenizers"} <= set(gpu) | set(deferred), fam.key
+
+
+def test_cuda_capability_tells_a_poisoned_fork_from_other_errors(monkeypatch: pytest.MonkeyPatch) -> None:
+    def raising(msg: str) -> types.SimpleNamespace:
+        def f() -> tuple[int, int]:
+            raise RuntimeError(msg)
+        return types.SimpleNamespace(cuda=types.SimpleNamespace(get_device_capability=f))
+
+    ok = types.SimpleNamespace(cuda=types.SimpleNamespace(get_device_capability=lambda: (9, 0)))
+    monkeypatch.setattr(startup, "_entered", {})
+    startup.entered("forkserver")
+    assert startup.cuda_capability(ok) == (9, 0)
+    with pytest.raises(startup.PoisonedFork, match="initialization error"):
+        startup.cuda_capability(raising("CUDA error: initialization error\nmore"))
+    with pytest.raises(RuntimeError, match="out of memory"):  # not a fork's problem: the worker's error
+        startup.cuda_capability(raising("CUDA error: out of memory"))
+    startup.entered("subprocess")  # a fresh interpreter has no forkserver to blame
+    with pytest.raises(RuntimeError, match="initialization error") as e:
+        startup.cuda_capability(raising("CUDA error: initialization error"))
+    assert not isinstance(e.value, startup.PoisonedFork)
+
+
+def test_startup_is_recorded_per_unit(tiny_run: Path) -> None:
+    for name in ("bf16", "torchao-int8wo", "fp8-layerwise"):
+        rec = read_json(tiny_run / "generation" / f"{name}.json")
+        (rank,) = rec["ranks"]
+        s = rank["startup"]
+        assert s["worker_mode"] in ("forkserver", "subprocess"), name
+        assert s["cuda_context_s"] is None, name  # a CPU run
+        parts = [s["spawn_s"], s["setup_s"], s["imports_s"], s["tokenizers_s"]]
+        assert all(isinstance(p, float) and p >= 0 for p in parts), (name, s)
+        # total is measured end to end, the parts one by one: it holds them all (and not much else here)
+        assert sum(parts) - 0.01 <= s["total_s"] <= sum(parts) + 1.0, (name, s)
+        if s["worker_mode"] == "forkserver":
+            assert s["preloaded"] is True and s["imports_s"] < 0.5, (name, s)  # the forkserver imported them
+
+
+def test_a_gpu_preload_that_poisons_forks_is_given_up_not_the_forkserver(
+        tiny_run: Path, three_prompts: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As if on a GPU machine: the forkserver runs the GPU preload (here without NVML it imports nothing, but it is
+    imported), and every fork of such a forkserver finds CUDA initialized (tests/poisoned_by_gpu_preload.py). The
+    stage restarts the forkserver without it, once, and the rest of the run forks from that one."""
+    from rich.console import Console
+
+    import evalkit.generate.spawn as spawn
+    import evalkit.generate.worker.run as worker_run
+    from evalkit.generate.stage import GenerateOptions, run_generate
+
+    preload = worker_run.preload_modules
+    monkeypatch.setattr(worker_run, "preload_modules", lambda *a: (*preload(*a), "poisoned_by_gpu_preload"))
+    monkeypatch.setattr(spawn, "nvidia_gpu_present", lambda: True)
+    monkeypatch.setenv("PYTORCH_NVML_BASED_CUDA_CHECK", "1")  # what the forkserver sets on a GPU machine; undone after
+    monkeypatch.setattr(spawn, "_FORK_POISONED", False)
+    monkeypatch.setattr(spawn, "_GPU_PRELOAD_GIVEN_UP", False)
+    monkeypatch.setenv("EVALKIT_WORKER_MODE", "forkserver")
+    monkeypatch.delenv(gpu_preload.MODE_ENV, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    out = tmp_path / "given-up"
+    run_generate(GenerateOptions(prompts_file=str(three_prompts), model="tiny", height=64, width=64,
+                                 backends="bf16,fp8-layerwise", out=str(out), device="cpu"),
+                 console=Console(file=io.StringIO()))
+    assert spawn._GPU_PRELOAD_GIVEN_UP and not spawn._FORK_POISONED
+    for b in ("bf16", "fp8-layerwise"):
+        rec = read_json(out / "generation" / f"{b}.json")
+        assert rec["status"] == "ok", b
+        assert rec["ranks"][0]["startup"]["worker_mode"] == "forkserver", b
+    assert "reruns it as a subprocess" in (out / "logs" / "bf16.log").read_text()  # the first fork, poisoned
+    assert "reruns it as a subprocess" not in (out / "logs" / "fp8-layerwise.log").read_text()
+    for b in ("bf16", "fp8-layerwise"):  # the same images as the shared run's
+        assert _hashes(out, b) == _hashes(tiny_run, b), b
+
+
+def _hashes(run: Path, backend: str) -> dict[str, str]:
+    return {p.name: sha256_file(p) for p in sorted((run / "images" / backend).glob("*.png"))}
