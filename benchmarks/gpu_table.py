@@ -38,7 +38,7 @@ RESERVED_OVER_ALLOCATED_GIB = 1.0  # reserved above allocated after load, listed
 
 COLUMNS = ("row", "run", "backend", "compile_preset", "status", "reason", "images", "latency_median_s",
            "latency_p10_s", "latency_p90_s", "latency_x_bf16", "anchor_bf16_latency_s", "load_s", "prepare_s",
-           "compile_s", "compile_s_bounds", "warmup_s", "after_load_allocated_gib", "after_load_reserved_gib", "load_peak_allocated_gib",
+           "compile_s", "compile_s_bounds", "warmup_s", "startup_s", "after_load_allocated_gib", "after_load_reserved_gib", "load_peak_allocated_gib",
            "load_peak_reserved_gib", "peak_allocated_gib", "peak_reserved_gib", "footprint_gib",
            "quantized_linears", "quantized_linears_transformer", "quantized_linears_text_encoder_2", "layer_types", "placement",
            "compile_settings", "compile_cache_warm", "compile_graphs", "compile_graph_breaks", "compile_recompilations", "torchao_config_version", "device", "gpu_count", "torch",
@@ -128,6 +128,14 @@ def _record_of(run_dir: Path, backend: str) -> tuple[dict[str, Any] | None, str]
     return None, ""
 
 
+def _startup_s(rec: dict[str, Any]) -> float | None:
+    """A row's start-up per unit (the record's ranks[].startup.total_s, evalkit/generate/worker/startup.py; the
+    median over its units), None for records from before it was recorded."""
+    totals = sorted(s["total_s"] for r in rec.get("ranks") or []
+                    if isinstance(s := r.get("startup"), dict) and isinstance(s.get("total_s"), (int, float)))
+    return totals[len(totals) // 2] if totals else None
+
+
 def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
     if not (run_dir / "manifest.json").is_file():
         raise SystemExit(f"{run_dir}: no manifest.json, so not a run directory")
@@ -181,6 +189,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
                    load_s=rec.get("load_time_s"), prepare_s=(rec.get("prepare") or {}).get("seconds"),
                    compile_s=rec.get("compile_time_s"),
                    warmup_s=(rec.get("warmup_times_s") or [None])[0] if rec.get("warmup_times_s") else None,
+                   startup_s=_startup_s(rec),
                    after_load_allocated_gib=mem.get("after_load_allocated_gib"),
                    after_load_reserved_gib=mem.get("after_load_reserved_gib"),
                    load_peak_allocated_gib=mem.get("load_peak_allocated_gib"),

@@ -172,3 +172,15 @@ def test_a_gpu_preload_that_poisons_forks_is_given_up_not_the_forkserver(
 
 def _hashes(run: Path, backend: str) -> dict[str, str]:
     return {p.name: sha256_file(p) for p in sorted((run / "images" / backend).glob("*.png"))}
+
+
+def test_the_schedule_counts_a_units_start_up_as_fixed_cost() -> None:
+    from evalkit.generate.schedule import measured_cost
+
+    rec = {"latency": {"median_s": 2.0}, "load_time_s": 5.0, "warmup_times_s": [1.0],
+           "ranks": [{"startup": {"total_s": 3.0}}, {"startup": {"total_s": 9.0}}, {"startup": {"total_s": 4.0}}]}
+    cost = measured_cost(rec)
+    assert (cost.fixed_s, cost.per_image_s) == (4.0 + 5.0 + 1.0, 2.0) and "start-up" in cost.basis
+    # A record from before start-up was recorded: load and warm-up only, and the basis says so
+    old = measured_cost({**rec, "ranks": [{"startup": None}]})
+    assert old.fixed_s == 6.0 and "start-up" not in old.basis

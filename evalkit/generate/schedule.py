@@ -194,13 +194,20 @@ def rough_cost(backend: str, model_kind: str, per_image_s: float, basis: str) ->
 
 
 def measured_cost(record: Mapping[str, Any]) -> Cost | None:
-    """A backend's costs from its own merged record (load + warm-up as fixed, median latency per image)."""
+    """A backend's costs from its own merged record: start-up + load + warm-up as fixed (the start-up is the median
+    over its units, records before it was recorded have none), median latency per image."""
     lat = (record.get("latency") or {}).get("median_s")
     load = record.get("load_time_s")
     if not lat or load is None:
         return None
     warm = sum(record.get("warmup_times_s") or [])
-    return Cost(float(load) + float(warm), float(lat), "measured in this run (load + warm-up, median latency)")
+    starts = sorted(float(s["total_s"]) for r in record.get("ranks") or []
+                    if isinstance(s := r.get("startup"), dict) and isinstance(s.get("total_s"), (int, float)))
+    if not starts:
+        return Cost(float(load) + float(warm), float(lat), "measured in this run (load + warm-up, median latency)")
+    start = starts[len(starts) // 2]
+    return Cost(start + float(load) + float(warm), float(lat),
+                "measured in this run (start-up + load + warm-up, median latency)")
 
 
 def describe(schedule: Schedule, costs: Mapping[str, Cost]) -> str:
