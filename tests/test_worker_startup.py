@@ -36,6 +36,25 @@ def test_capability_from_answers_without_cuda_and_puts_torch_back() -> None:
     assert torch.cuda.get_device_capability is original  # also after an error inside
 
 
+def test_has_triton_is_torchs_answer_for_the_capability(monkeypatch: pytest.MonkeyPatch) -> None:
+    """torchao's prototype kernels ask has_triton() at import, which reads the device's properties through dynamo
+    and creates a CUDA context (H100, 2026-12-06). Within the preload it is torch's answer for a CUDA device of that
+    capability: the triton package importable, and at least 7.0. A module binding it by name keeps that answer."""
+    import torch
+    import torch.utils._triton as triton_utils
+
+    original = triton_utils.has_triton
+    for package, cap, expected in ((True, (9, 0), True), (True, (6, 1), False), (False, (9, 0), False)):
+        monkeypatch.setattr(triton_utils, "has_triton_package", lambda package=package: package)
+        with gpu_preload.capability_from(cap, torch):
+            from torch.utils._triton import has_triton as bound
+
+            assert triton_utils.has_triton() is expected and bound() is expected, (package, cap)
+            assert not torch.cuda.is_initialized()
+        assert triton_utils.has_triton is original
+        assert bound() is expected  # what a module imported during the preload keeps
+
+
 def _asks_capability_module(tmp_path: Path, name: str) -> None:
     # What bitsandbytes does at import (bitsandbytes/cuda_specs.py): ask the GPU's compute capability.
     (tmp_path / f"{name}.py").write_text("import torch\nSEEN = torch.cuda.get_device_capability()\n")
@@ -58,7 +77,8 @@ def test_preload_does_nothing_without_one_capability(tmp_path: Path, monkeypatch
     _asks_capability_module(tmp_path, "ek_never_imported")
     said: list[str] = []
     assert gpu_preload.preload({"modules": ["ek_never_imported"]}, None, said.append) == []
-    assert "ek_never_imported" not in sys.modules and "skipped" in said[0]
+    assert gpu_preload.preload({"modules": ["ek_never_imported"]}, (6, 1), said.append) == []  # no triton answer
+    assert "ek_never_imported" not in sys.modules and "skipped" in said[0] and "below" in said[1]
 
 
 def test_preload_from_environment_loads_the_tokenizers(tiny_model_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -2,15 +2,17 @@
 libraries and the tokenizers, imported once instead of in every backend's process (#25 item 7: a unit's start-up).
 
 Why this needs care: a process forked after CUDA was initialized cannot use CUDA. On a GPU machine the family's
-pipeline module imports diffusers' quantizers, which import bitsandbytes, whose import asks every GPU's compute
-capability (`bitsandbytes/cuda_specs.py`), and `torch.cuda.get_device_capability` creates a CUDA context to answer
+pipeline module imports diffusers' and transformers' quantizers, which import bitsandbytes (whose import asks every
+GPU's compute capability, `bitsandbytes/cuda_specs.py`) and torchao's prototype kernels (which ask torch whether
+triton can run here, and torch reads the device's properties), and torch creates a CUDA context to answer either
 (benchmarks/results/gpu-2026-11-21.md: "diffusers.pipelines.flux.pipeline_flux: CUDA initialized"). So until now
-these imports ran in every backend's process, seconds each time. While this module imports them,
-`get_device_capability` answers from NVML instead: the same (major, minor) the CUDA runtime reports, read without a
-CUDA context. It does so only when every GPU NVML sees has the same capability (then which index is asked does not
-matter); otherwise it imports nothing and each worker imports for itself, as before. Afterwards the original
-function is back, and if CUDA was initialized all the same the stage learns it from the first forked worker
-(evalkit.generate.spawn: it restarts the forkserver without this preload).
+these imports ran in every backend's process: 7.6-8.7 s a unit on an H100 (benchmarks/results/
+startup-h100-2026-12-06.md). While this module imports them, both questions are answered from NVML instead
+(`capability_from`): the same (major, minor) the CUDA runtime reports, read without a CUDA context. It does so only
+when every GPU NVML sees has the same capability (then which index is asked does not matter); otherwise it imports
+nothing and each worker imports for itself, as before. Afterwards torch's own functions are back, and if CUDA was
+initialized all the same the stage learns it from the first forked worker (evalkit.generate.spawn: it restarts the
+forkserver without this preload).
 
 The forkserver imports evalkit.generate.worker.preload_gpu, which runs `preload_from_environment`: the stage passes
 the request in GPU_PRELOAD_ENV (the modules, and the tokenizers of evalkit.generate.worker.tokenizers).
@@ -20,6 +22,7 @@ EVALKIT_GPU_PRELOAD=narrow turns it off (benchmarks compare both; docs/environme
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import json
 import os
@@ -73,17 +76,33 @@ def uniform_capability(caps: list[tuple[int, int]] | None) -> tuple[int, int] | 
 
 @contextlib.contextmanager
 def capability_from(capability: tuple[int, int], torch: Any) -> Iterator[None]:
-    """Within the block, `torch.cuda.get_device_capability(any device)` returns `capability` without touching CUDA."""
+    """Within the block, the two import-time questions that create a CUDA context are answered from `capability`:
+    `torch.cuda.get_device_capability(any device)` (bitsandbytes/cuda_specs.py) and
+    `torch.utils._triton.has_triton()` (torchao's prototype kernels, e.g. torchao/prototype/mx_formats/kernels.py,
+    through dynamo's device properties; found on an H100, benchmarks/results/startup-h100-2026-12-06.md). has_triton
+    is torch's own answer for a CUDA device: the triton package importable and a capability of at least 7.0 (the
+    caller preloads nothing below that). A module that binds has_triton by name keeps this constant answer, which
+    is what torch's cached function would have returned."""
+    import torch.utils._triton as triton_utils
+
     original: Callable[..., tuple[int, int]] = torch.cuda.get_device_capability
+    original_has_triton = triton_utils.has_triton
+    answer = bool(triton_utils.has_triton_package()) and capability >= (7, 0)
 
     def from_nvml(device: Any = None) -> tuple[int, int]:
         return capability
 
+    @functools.cache
+    def has_triton() -> bool:
+        return answer
+
     torch.cuda.get_device_capability = from_nvml
+    triton_utils.has_triton = has_triton
     try:
         yield
     finally:
         torch.cuda.get_device_capability = original
+        triton_utils.has_triton = original_has_triton
 
 
 def request(modules: list[str], tokenizers: tuple[str, tuple[str, ...]] | None) -> str:
@@ -99,8 +118,10 @@ def preload(asked: dict[str, Any], capability: tuple[int, int] | None,
     records the error against its backend."""
     import torch
 
-    if capability is None:
-        say("gpu preload: skipped (NVML gave no single compute capability for every GPU)")
+    if capability is None or capability < (7, 0):
+        why = ("no single compute capability for every GPU" if capability is None
+               else f"capability {capability}, below what triton supports")
+        say(f"gpu preload: skipped (NVML gave {why})")
         return []
     done = []
     with capability_from(capability, torch):
