@@ -44,13 +44,21 @@ from evalkit.generate.worker import gpu_preload
 from evalkit.quantizers.registry import package_available
 caps = gpu_preload.nvml_capabilities()
 mods = [m for m in gpu_deferred_modules(sys.argv[1]) if package_available(m.split(".")[0])]
+import torch, traceback
+first_init = []
+_lazy = torch.cuda._lazy_init
+def _traced_lazy_init(*a, **k):  # where CUDA gets initialized during the preload, if it does
+    if not torch.cuda.is_initialized() and not first_init:
+        first_init.append("".join(traceback.format_stack()[-9:-1])[-2500:])
+    return _lazy(*a, **k)
+torch.cuda._lazy_init = _traced_lazy_init
 t1 = time.perf_counter()
 done = gpu_preload.preload({"modules": mods}, gpu_preload.uniform_capability(caps), lambda line: None)
 preload_s = time.perf_counter() - t1
-import torch
+torch.cuda._lazy_init = _lazy
 out = {"family": sys.argv[1], "nvml_capabilities": caps, "asked": mods, "imported": done,
        "core_s": round(core_s, 2), "preload_s": round(preload_s, 2),
-       "parent_cuda_initialized": torch.cuda.is_initialized()}
+       "parent_cuda_initialized": torch.cuda.is_initialized(), "first_init_from": first_init[:1]}
 r, w = os.pipe()
 pid = os.fork()
 if pid == 0:
@@ -181,7 +189,9 @@ def main() -> int:
 
     for fam in a.probe_families.split(","):
         result["probes"].append(probe(fam, env))
-        print(json.dumps(result["probes"][-1])[:600], flush=True)
+        pr = result["probes"][-1]
+        print(fam, "parent CUDA initialized:", pr.get("parent_cuda_initialized"), "child:", pr.get("child"),
+              pr.get("error", ""), *(pr.get("first_init_from") or []), flush=True)
         save()
     prompts = REPO / "benchmarks" / "prompts-2.txt"
     work = Path(tempfile.mkdtemp(prefix="startup-"))
