@@ -186,6 +186,9 @@ def test_a_gpu_preload_that_poisons_forks_is_given_up_not_the_forkserver(
         assert rec["ranks"][0]["startup"]["worker_mode"] == "forkserver", b
     assert "reruns it as a subprocess" in (out / "logs" / "bf16.log").read_text()  # the first fork, poisoned
     assert "reruns it as a subprocess" not in (out / "logs" / "fp8-layerwise.log").read_text()
+    # The first forkserver's own account (here: no NVML, so it imported nothing) is kept in the run's log, not lost
+    # with the server that was replaced
+    assert "gpu preload: skipped" in (out / "logs" / "generate.log").read_text()
     for b in ("bf16", "fp8-layerwise"):  # the same images as the shared run's
         assert _hashes(out, b) == _hashes(tiny_run, b), b
 

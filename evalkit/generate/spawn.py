@@ -117,7 +117,11 @@ def _forkserver(family: str | None = None) -> Any:
             # The preloaded libraries' import-time notices go to a pending log, not the console (evalkit.logs).
             from evalkit.logs import PENDING_LOG_ENV, new_pending_log
 
-            os.environ[PENDING_LOG_ENV] = str(new_pending_log("forkserver"))
+            # A forkserver started again in the same stage (the GPU preload given up) appends to the first one's
+            # file: the stage moves one pending log into logs/generate.log, and the first server's lines say why.
+            pending = os.environ.get(PENDING_LOG_ENV)
+            if not (pending and os.path.isfile(pending)):
+                os.environ[PENDING_LOG_ENV] = str(new_pending_log("forkserver"))
             modules = [m for m in preload_modules(gpu, _FAMILY) if package_available(m.split(".")[0])]
             _GPU_PRELOAD_IN_FORCE = gpu and not _GPU_PRELOAD_GIVEN_UP and gpu_preload_mode() == "full"
             if _GPU_PRELOAD_IN_FORCE:
