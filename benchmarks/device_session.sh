@@ -146,7 +146,7 @@ step_forkcheck() {
   local d=/tmp/evalkit-runs/forkcheck
   python3 -m evalkit generate prompts/styles.txt --model tiny --device cuda --backends bf16,torchao-int8wo \
     --warmup 0 --out $d >>"$LOG" 2>&1
-  say "forkcheck rc=$? fallbacks=$(cat $d/logs/*.log | grep -c 'reruns it as a subprocess') statuses=$(python3 -c \
+  say "forkcheck rc=$? fallbacks=$(cat $d/logs/*.log | grep -c 'reruns it in a fresh process') statuses=$(python3 -c \
     "import json,glob; print({p.split('/')[-1]: json.load(open(p))['status'] for p in sorted(glob.glob('$d/generation/*.json'))})")"
 }
 

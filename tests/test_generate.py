@@ -164,8 +164,8 @@ def test_worker_whose_forkserver_initialized_cuda_is_rerun_in_a_fresh_interprete
     for b in ("bf16", "fp8-layerwise"):
         assert read_json(out / "generation" / f"{b}.json")["status"] == "ok", b
     # The first backend was tried forked, then rerun; the second went straight to a subprocess.
-    assert "reruns it as a subprocess" in (out / "logs" / "bf16.log").read_text()
-    assert "reruns it as a subprocess" not in (out / "logs" / "fp8-layerwise.log").read_text()
+    assert "reruns it in a fresh process" in (out / "logs" / "bf16.log").read_text()
+    assert "reruns it in a fresh process" not in (out / "logs" / "fp8-layerwise.log").read_text()
     assert _hashes(out, "bf16") == _hashes(tiny_run, "bf16")
 
 

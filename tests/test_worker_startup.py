@@ -175,22 +175,37 @@ def test_a_gpu_preload_that_poisons_forks_is_given_up_not_the_forkserver(
     monkeypatch.setenv("EVALKIT_WORKER_MODE", "forkserver")
     monkeypatch.delenv(gpu_preload.MODE_ENV, raising=False)
     monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]))
+    outcome = tmp_path / "gpu-preload-outcome.json"
+    monkeypatch.setattr(gpu_preload, "_outcome_file", lambda family: outcome)
     out = tmp_path / "given-up"
-    run_generate(GenerateOptions(prompts_file=str(three_prompts), model="tiny", height=64, width=64,
-                                 backends="bf16,fp8-layerwise", out=str(out), device="cpu"),
-                 console=Console(file=io.StringIO()))
+
+    def run(out: Path) -> None:
+        run_generate(GenerateOptions(prompts_file=str(three_prompts), model="tiny", height=64, width=64,
+                                     backends="bf16,fp8-layerwise", out=str(out), device="cpu"),
+                     console=Console(file=io.StringIO()))
+
+    assert gpu_preload.known_to_poison("flux1") is None
+    run(out)
     assert spawn._GPU_PRELOAD_GIVEN_UP and not spawn._FORK_POISONED
+    assert "a worker forked for bf16 found CUDA initialized" in gpu_preload.known_to_poison("flux1")
     for b in ("bf16", "fp8-layerwise"):
         rec = read_json(out / "generation" / f"{b}.json")
         assert rec["status"] == "ok", b
         assert rec["ranks"][0]["startup"]["worker_mode"] == "forkserver", b
-    assert "reruns it as a subprocess" in (out / "logs" / "bf16.log").read_text()  # the first fork, poisoned
-    assert "reruns it as a subprocess" not in (out / "logs" / "fp8-layerwise.log").read_text()
+    assert "reruns it in a fresh process" in (out / "logs" / "bf16.log").read_text()  # the first fork, poisoned
+    assert "reruns it in a fresh process" not in (out / "logs" / "fp8-layerwise.log").read_text()
     # The first forkserver's own account (here: no NVML, so it imported nothing) is kept in the run's log, not lost
     # with the server that was replaced
     assert "gpu preload: skipped" in (out / "logs" / "generate.log").read_text()
     for b in ("bf16", "fp8-layerwise"):  # the same images as the shared run's
         assert _hashes(out, b) == _hashes(tiny_run, b), b
+    # The next run with these package versions starts without the GPU preload: no poisoned fork, no restart
+    monkeypatch.setattr(spawn, "_GPU_PRELOAD_GIVEN_UP", False)
+    again = tmp_path / "remembered"
+    run(again)
+    assert not spawn._GPU_PRELOAD_GIVEN_UP and not spawn._FORK_POISONED
+    assert "reruns it" not in (again / "logs" / "bf16.log").read_text()
+    assert _hashes(again, "bf16") == _hashes(tiny_run, "bf16")
 
 
 def _hashes(run: Path, backend: str) -> dict[str, str]:
@@ -207,3 +222,17 @@ def test_the_schedule_counts_a_units_start_up_as_fixed_cost() -> None:
     # A record from before start-up was recorded: load and warm-up only, and the basis says so
     old = measured_cost({**rec, "ranks": [{"startup": None}]})
     assert old.fixed_s == 6.0 and "start-up" not in old.basis
+
+
+def test_a_poisoning_preload_is_remembered_per_package_versions(tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import evalkit.inputs_key as inputs_key
+
+    monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path))
+    versions = {"torchao": "0.17.0"}
+    monkeypatch.setattr(inputs_key, "package_versions", lambda names: {n: versions.get(n) for n in names})
+    gpu_preload.remember_poisoned("flux1", "a worker forked for bf16 found CUDA initialized")
+    assert "found CUDA initialized" in gpu_preload.known_to_poison("flux1")
+    assert gpu_preload.known_to_poison("qwen-image") is None  # another family's modules: not known
+    versions["torchao"] = "0.18.0"  # a new torchao may have fixed it: tried again
+    assert gpu_preload.known_to_poison("flux1") is None

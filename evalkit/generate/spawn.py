@@ -99,7 +99,7 @@ def _forkserver(family: str | None = None) -> Any:
         if _FORKSERVER is None:
             import multiprocessing as mp
 
-            from evalkit.generate.worker.gpu_preload import mode as gpu_preload_mode
+            from evalkit.generate.worker.gpu_preload import known_to_poison, mode as gpu_preload_mode
             from evalkit.quantizers.registry import package_available
             from evalkit.generate.worker.run import preload_modules
 
@@ -123,7 +123,8 @@ def _forkserver(family: str | None = None) -> Any:
             if not (pending and os.path.isfile(pending)):
                 os.environ[PENDING_LOG_ENV] = str(new_pending_log("forkserver"))
             modules = [m for m in preload_modules(gpu, _FAMILY) if package_available(m.split(".")[0])]
-            _GPU_PRELOAD_IN_FORCE = gpu and not _GPU_PRELOAD_GIVEN_UP and gpu_preload_mode() == "full"
+            _GPU_PRELOAD_IN_FORCE = (gpu and not _GPU_PRELOAD_GIVEN_UP and gpu_preload_mode() == "full"
+                                     and known_to_poison(_FAMILY) is None)
             if _GPU_PRELOAD_IN_FORCE:
                 modules.append("evalkit.generate.worker.preload_gpu")  # last: it reads GPU_PRELOAD_ENV
             ctx.set_forkserver_preload(["evalkit.generate.quiet_preload"] + modules)
@@ -258,7 +259,10 @@ def _spawn(rd: RunDir, spec: BackendSpec, env: dict[str, str], on_event: Any, ta
     if rc == EXIT_POISONED_FORK:  # the forkserver initialized CUDA
         global _GPU_PRELOAD_GIVEN_UP
         if _GPU_PRELOAD_IN_FORCE:  # the GPU preload did it: a forkserver without it, for the rest of the run
+            from evalkit.generate.worker.gpu_preload import remember_poisoned
+
             _GPU_PRELOAD_GIVEN_UP = True
+            remember_poisoned(_FAMILY, f"a worker forked for {spec.name} found CUDA initialized")
             stop_forkserver()
         else:  # the core preload did it: from now on, a fresh interpreter per backend
             _FORK_POISONED = True

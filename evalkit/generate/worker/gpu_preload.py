@@ -12,7 +12,8 @@ startup-h100-2026-12-06.md). While this module imports them, both questions are 
 when every GPU NVML sees has the same capability (then which index is asked does not matter); otherwise it imports
 nothing and each worker imports for itself, as before. Afterwards torch's own functions are back, and if CUDA was
 initialized all the same the stage learns it from the first forked worker (evalkit.generate.spawn: it restarts the
-forkserver without this preload).
+forkserver without this preload) and remembers it for these package versions (`known_to_poison`), so that later
+runs start without it.
 
 The forkserver imports evalkit.generate.worker.preload_gpu, which runs `preload_from_environment`: the stage passes
 the request in GPU_PRELOAD_ENV (the modules, and the tokenizers of evalkit.generate.worker.tokenizers).
@@ -23,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import hashlib
 import importlib
 import json
 import os
 import sys
+from pathlib import Path
 from typing import Any, Callable, Iterator
 
 GPU_PRELOAD_ENV = "EVALKIT_GPU_PRELOAD_REQUEST"
@@ -103,6 +106,46 @@ def capability_from(capability: tuple[int, int], torch: Any) -> Iterator[None]:
     finally:
         torch.cuda.get_device_capability = original
         triton_utils.has_triton = original_has_triton
+
+
+# The packages whose import-time behaviour decides whether the preload leaves CUDA alone.
+DECIDING_PACKAGES = ("torch", "diffusers", "transformers", "torchao", "bitsandbytes", "gguf", "optimum-quanto",
+                     "triton")
+
+
+def _outcome_file(family: str | None) -> Path:
+    from evalkit.inputs_key import package_versions
+    from evalkit.paths import cache_dir
+
+    key = json.dumps([family, package_versions(DECIDING_PACKAGES)], sort_keys=True)
+    return cache_dir() / "gpu-preload" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
+
+
+def known_to_poison(family: str | None) -> str | None:
+    """When an earlier run with these package versions and this family found that the preload left CUDA initialized:
+    when and why (the stage then starts with the narrow preload, instead of paying a poisoned fork and a restarted
+    forkserver again in every run). None otherwise."""
+    try:
+        data = json.loads(_outcome_file(family).read_text(encoding="utf-8"))
+        return f"{data['when']}: {data['why']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def remember_poisoned(family: str | None, why: str) -> None:
+    """Record that the preload poisoned forks with these package versions (a new version of any of them tries it
+    again). Best effort: a cache that cannot be written costs only the next run's restart."""
+    from evalkit.io import atomic_write_json
+    from evalkit.inputs_key import package_versions
+    from evalkit.timeutil import utc_now
+
+    try:
+        path = _outcome_file(family)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(path, {"when": utc_now(), "why": why, "family": family,
+                                 "versions": package_versions(DECIDING_PACKAGES)})
+    except OSError:
+        pass
 
 
 def request(modules: list[str], tokenizers: tuple[str, tuple[str, ...]] | None) -> str:

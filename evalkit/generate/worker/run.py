@@ -96,8 +96,8 @@ def forked_main(run_dir: str, backend: str, log_path: str, env: dict[str, str], 
     os.close(fd)
     events.connect(conn)
     if fork_is_poisoned():
-        print("forked worker cannot use CUDA (its forkserver initialized CUDA); the stage reruns it as a subprocess",
-              flush=True)
+        print("forked worker cannot use CUDA (its forkserver initialized CUDA); the stage reruns it in a fresh "
+              "process (from a forkserver without the GPU preload, or a subprocess)", flush=True)
         conn.close()
         sys.exit(EXIT_POISONED_FORK)
     code = run_worker(run_dir, backend, tag)
@@ -176,7 +176,8 @@ def run_worker(run_dir: str, backend_name: str, tag: str) -> int:
         record["status"] = "ok"
         code = 0
     except startup.PoisonedFork as e:  # nothing made yet: the stage reruns this unit, and writes no record for it
-        print(f"forked worker cannot use CUDA ({e}); the stage reruns it as a subprocess", flush=True)
+        print(f"forked worker cannot use CUDA ({e}); the stage reruns it in a fresh process "
+              "(from a forkserver without the GPU preload, or a subprocess)", flush=True)
         return EXIT_POISONED_FORK
     except BaseException as e:  # noqa: BLE001 - every failure must end up in the record
         record["status"] = "failed"
