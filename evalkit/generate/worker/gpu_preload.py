@@ -15,6 +15,11 @@ initialized all the same the stage learns it from the first forked worker (evalk
 forkserver without this preload) and remembers it for these package versions (`known_to_poison`), so that later
 runs start without it.
 
+One decision moves from the worker to the forkserver: bitsandbytes picks at import whether to switch devices around
+each kernel (`bitsandbytes/functional.py`: when torch counts more than one GPU). A worker sees its one GPU; the
+forkserver of a rank on a multi-GPU host sees them all, so forked bnb workers there make that switch (a
+cudaGetDevice per kernel call; the images are the same). On a one-GPU machine nothing differs.
+
 The forkserver imports evalkit.generate.worker.preload_gpu, which runs `preload_from_environment`: the stage passes
 the request in GPU_PRELOAD_ENV (the modules, and the tokenizers of evalkit.generate.worker.tokenizers).
 EVALKIT_GPU_PRELOAD=narrow turns it off (benchmarks compare both; docs/environment.md).
