@@ -229,10 +229,12 @@ def test_a_poisoning_preload_is_remembered_per_package_versions(tmp_path: Path,
     import evalkit.inputs_key as inputs_key
 
     monkeypatch.setenv("EVALKIT_CACHE", str(tmp_path))
+    assert {"torch", "diffusers", "transformers", "triton"} <= set(gpu_preload.deciding_packages())
     versions = {"torchao": "0.17.0"}
     monkeypatch.setattr(inputs_key, "package_versions", lambda names: {n: versions.get(n) for n in names})
     gpu_preload.remember_poisoned("flux1", "a worker forked for bf16 found CUDA initialized")
     assert "found CUDA initialized" in gpu_preload.known_to_poison("flux1")
     assert gpu_preload.known_to_poison("qwen-image") is None  # another family's modules: not known
     versions["torchao"] = "0.18.0"  # a new torchao may have fixed it: tried again
+    assert "torchao" in gpu_preload.deciding_packages()
     assert gpu_preload.known_to_poison("flux1") is None

@@ -113,16 +113,20 @@ def capability_from(capability: tuple[int, int], torch: Any) -> Iterator[None]:
         triton_utils.has_triton = original_has_triton
 
 
-# The packages whose import-time behaviour decides whether the preload leaves CUDA alone.
-DECIDING_PACKAGES = ("torch", "diffusers", "transformers", "torchao", "bitsandbytes", "gguf", "optimum-quanto",
-                     "triton")
+def deciding_packages() -> tuple[str, ...]:
+    """The distributions whose import-time behaviour decides whether the preload leaves CUDA alone: every backend
+    library's (its Library record's `versioned`: torch, diffusers and the quantization libraries), transformers and
+    triton. More than the preload imports: a version change in any of them only means trying the preload again."""
+    from evalkit.quantizers.registry import library_list
+
+    return tuple(sorted({p for lib in library_list() for p in lib.versioned} | {"transformers", "triton"}))
 
 
 def _outcome_file(family: str | None) -> Path:
     from evalkit.inputs_key import package_versions
     from evalkit.paths import cache_dir
 
-    key = json.dumps([family, package_versions(DECIDING_PACKAGES)], sort_keys=True)
+    key = json.dumps([family, package_versions(deciding_packages())], sort_keys=True)
     return cache_dir() / "gpu-preload" / f"{hashlib.sha256(key.encode()).hexdigest()[:16]}.json"
 
 
@@ -148,7 +152,7 @@ def remember_poisoned(family: str | None, why: str) -> None:
         path = _outcome_file(family)
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_json(path, {"when": utc_now(), "why": why, "family": family,
-                                 "versions": package_versions(DECIDING_PACKAGES)})
+                                 "versions": package_versions(deciding_packages())})
     except OSError:
         pass
 
