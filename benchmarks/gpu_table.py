@@ -27,6 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from evalkit.quantizers.registry import BACKENDS  # noqa: E402  (no torch import: the registry is plain data)
 from evalkit.io import atomic_write_text  # noqa: E402
+from evalkit.records import startup_median_s  # noqa: E402
 
 # Issue #15's rows beyond the backend names: offload and compile combinations.
 COMBINATIONS = ("bnb-4bit+offload", "bnb-nf4+offload", "bnb-8bit+offload", "fp8-layerwise+group-offload",
@@ -128,14 +129,6 @@ def _record_of(run_dir: Path, backend: str) -> tuple[dict[str, Any] | None, str]
     return None, ""
 
 
-def _startup_s(rec: dict[str, Any]) -> float | None:
-    """A row's start-up per unit (the record's ranks[].startup.total_s, evalkit/generate/worker/startup.py; the
-    median over its units), None for records from before it was recorded."""
-    totals = sorted(s["total_s"] for r in rec.get("ranks") or []
-                    if isinstance(s := r.get("startup"), dict) and isinstance(s.get("total_s"), (int, float)))
-    return totals[len(totals) // 2] if totals else None
-
-
 def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
     if not (run_dir / "manifest.json").is_file():
         raise SystemExit(f"{run_dir}: no manifest.json, so not a run directory")
@@ -189,7 +182,7 @@ def rows_of_run(run_dir: Path) -> list[dict[str, Any]]:
                    load_s=rec.get("load_time_s"), prepare_s=(rec.get("prepare") or {}).get("seconds"),
                    compile_s=rec.get("compile_time_s"),
                    warmup_s=(rec.get("warmup_times_s") or [None])[0] if rec.get("warmup_times_s") else None,
-                   startup_s=_startup_s(rec),
+                   startup_s=startup_median_s(rec),
                    after_load_allocated_gib=mem.get("after_load_allocated_gib"),
                    after_load_reserved_gib=mem.get("after_load_reserved_gib"),
                    load_peak_allocated_gib=mem.get("load_peak_allocated_gib"),

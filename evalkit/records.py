@@ -476,6 +476,15 @@ def partial_reason(gen: GenerationRecord | None) -> str | None:
     return "; ".join(r for r in (reason, compiled) if r) or None
 
 
+def startup_median_s(record: Mapping[str, Any]) -> float | None:
+    """A backend's start-up per work unit: the median of its units' `startup.total_s` (`ranks[]` of a merged
+    record, or the record's own `startup` for a shard); None for records from before start-up was recorded."""
+    starts = [r.get("startup") for r in record.get("ranks") or []] or [record.get("startup")]
+    totals = sorted(float(s["total_s"]) for s in starts
+                    if isinstance(s, Mapping) and isinstance(s.get("total_s"), (int, float)))
+    return totals[len(totals) // 2] if totals else None
+
+
 def _partly_eager(gen: GenerationRecord | None) -> str | None:
     """`+compile` whose code hit torch._dynamo's recompile limit ran the later calls eagerly: its latency is not a
     compiled one, so it does less than its name says (generation record's compile.dynamo, written by the worker)."""

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from evalkit.errors import EvalkitError
+from evalkit.records import startup_median_s
 
 POLICIES = ("auto", "prompts", "backends")
 # Makespans within this fraction of the best are ties in `auto`: the one with fewer chunks is taken.
@@ -201,11 +202,9 @@ def measured_cost(record: Mapping[str, Any]) -> Cost | None:
     if not lat or load is None:
         return None
     warm = sum(record.get("warmup_times_s") or [])
-    starts = sorted(float(s["total_s"]) for r in record.get("ranks") or []
-                    if isinstance(s := r.get("startup"), dict) and isinstance(s.get("total_s"), (int, float)))
-    if not starts:
+    start = startup_median_s(record)
+    if start is None:
         return Cost(float(load) + float(warm), float(lat), "measured in this run (load + warm-up, median latency)")
-    start = starts[len(starts) // 2]
     return Cost(start + float(load) + float(warm), float(lat),
                 "measured in this run (start-up + load + warm-up, median latency)")
 
