@@ -27,7 +27,7 @@ sys.path.insert(0, str(REPO))
 
 from evalkit.quantizers.registry import BACKENDS  # noqa: E402  (no torch import: the registry is plain data)
 from evalkit.io import atomic_write_text  # noqa: E402
-from evalkit.records import startup_median_s  # noqa: E402
+from evalkit.record_readings import startup_median_s  # noqa: E402
 
 # Issue #15's rows beyond the backend names: offload and compile combinations.
 COMBINATIONS = ("bnb-4bit+offload", "bnb-nf4+offload", "bnb-8bit+offload", "fp8-layerwise+group-offload",

@@ -24,6 +24,7 @@ from evalkit.record_types import (BrokenEntry, CalibrationFile, CompileRecord, C
                                   QuantizationCensus, RankEntry, Recipe, RunConfig, ScoreTripwires, ShardInfo,
                                   StartupRecord, TokenCounts, UnitFile)
 from evalkit.shapes import ShapeError, validate
+from evalkit.record_readings import partial_reason
 from evalkit.tripwires import recorded_broken
 
 __all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "ImageEntry", "GenerationRecord",
@@ -36,8 +37,6 @@ __all__ = ["SCHEMA_VERSION", "REFERENCE_BACKEND", "PromptEntry", "Manifest", "Im
 # Schema-1 records read as before (rundir.load_fid_mode reads a schema-1 manifest's fid_mode).
 SCHEMA_VERSION = 2
 REFERENCE_BACKEND = "bf16"
-# Words in an older record's quantization.note that mean "this backend quantized less than its name says".
-_PARTIAL_NOTE_MARKER = "left in bf16"
 
 
 # --------------------------------------------------------------------------------------------- the schemas
@@ -458,42 +457,6 @@ def build_summary(manifest: Manifest, generation: Mapping[str, GenerationRecord 
     if summary["missing_headline_metrics"]:
         summary["status"] = "missing headline metrics"
     return _built(summary, Summary)
-
-
-def partial_reason(gen: GenerationRecord | None) -> str | None:
-    """Why a backend quantized less than its name says on this device, or None.
-
-    Records from before `quantization.partial_reason` existed said it only in `quantization.note`
-    ("transformer left in bf16 on CPU: ..."), so that is read when the field is absent.
-    """
-    quant = (gen or {}).get("quantization") or {}
-    if "partial_reason" in quant:
-        reason = quant["partial_reason"] or None
-    else:
-        note = quant.get("note")
-        reason = note if isinstance(note, str) and _PARTIAL_NOTE_MARKER in note else None
-    compiled = _partly_eager(gen)
-    return "; ".join(r for r in (reason, compiled) if r) or None
-
-
-def startup_median_s(record: Mapping[str, Any]) -> float | None:
-    """A backend's start-up per work unit: the median of its units' `startup.total_s` (`ranks[]` of a merged
-    record, or the record's own `startup` for a shard); None for records from before start-up was recorded."""
-    starts = [r.get("startup") for r in record.get("ranks") or []] or [record.get("startup")]
-    totals = sorted(float(s["total_s"]) for s in starts
-                    if isinstance(s, Mapping) and isinstance(s.get("total_s"), (int, float)))
-    return totals[len(totals) // 2] if totals else None
-
-
-def _partly_eager(gen: GenerationRecord | None) -> str | None:
-    """`+compile` whose code hit torch._dynamo's recompile limit ran the later calls eagerly: its latency is not a
-    compiled one, so it does less than its name says (generation record's compile.dynamo, written by the worker)."""
-    dynamo = ((gen or {}).get("compile") or {}).get("dynamo") or {}
-    if not dynamo.get("recompile_limit_hit"):
-        return None
-    first = (dynamo.get("recompile_reasons") or ["reason not recorded"])[0]
-    return (f"+compile ran partly eagerly: torch._dynamo hit its recompile limit after "
-            f"{dynamo.get('recompilations')} recompilations (first: {first})")
 
 
 def _summary_backend(gen: GenerationRecord | None, met: MetricRecord | None) -> SummaryBackend:

@@ -146,7 +146,7 @@ class RunInputs:
     def partial_reason(self, backend: str) -> str | None:
         """Why the backend quantized less than its name says here (shown with †), from its generation record;
         summary.json's copy for a run whose records are gone."""
-        from evalkit.records import partial_reason
+        from evalkit.record_readings import partial_reason
 
         gen = self.generation(backend)
         if gen is not None:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 from evalkit.errors import EvalkitError
-from evalkit.records import startup_median_s
+from evalkit.record_readings import startup_median_s
 
 POLICIES = ("auto", "prompts", "backends")
 # Makespans within this fraction of the best are ties in `auto`: the one with fewer chunks is taken.

@@ -15,8 +15,8 @@ from typing import Any
 from evalkit.errors import EvalkitError
 from evalkit.quantizers.base import Library
 from evalkit.quantizers.registry import LIBRARIES, library_order
-from evalkit.records import (GenerationRecord, MetricResult, partial_reason, read_generation_record,
-                             read_metric_record)
+from evalkit.record_readings import partial_reason
+from evalkit.records import GenerationRecord, MetricResult, read_generation_record, read_metric_record
 from evalkit.rundir import REFERENCE_BACKEND, RunDir, current_summary, load_fid_mode, open_run
 
 
@@ -139,7 +139,7 @@ class BackendView:
         v = self.summary_entry.get("partial_reason")
         if isinstance(v, str) and v:
             return v
-        return partial_reason(self.record)  # the one reading of a record (evalkit.records), old notes included
+        return partial_reason(self.record)  # the one reading of a record (evalkit.record_readings), old notes included
 
     @property
     def partial(self) -> bool:

@@ -102,8 +102,8 @@ def _fmt(rec: dict[str, Any]) -> str:
 
 
 def _partial_backends(run_dir: Any, backends: list[str]) -> dict[str, str]:
-    """{backend: why} for backends that did less than their name says (records.partial_reason), as check marks †."""
-    from evalkit.records import partial_reason
+    """{backend: why} for backends that did less than their name says (record_readings.partial_reason), as check marks †."""
+    from evalkit.record_readings import partial_reason
     from evalkit.rundir import load_generation_records, open_run
 
     rd, _manifest = open_run(run_dir)
